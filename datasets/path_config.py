@@ -1,0 +1,94 @@
+"""Where each dataset lives on disk.
+
+Every dataset has one root directory. It is resolved, first match wins, from:
+
+1. the script flag (e.g. ``--davis_root``), passed here as ``override``;
+2. the environment variable ``MEDVT_<NAME>_ROOT`` (e.g. ``MEDVT_DAVIS16_ROOT``);
+3. ``$MEDVT_DATA_ROOT/<default sub-folder>``, with ``MEDVT_DATA_ROOT`` defaulting to ``./data``.
+
+Nothing here is an absolute path of anybody's machine. A missing folder stops with
+:class:`DatasetNotFoundError`, whose message names the path, what was expected there, and
+the flag and variable that set it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset's default location and what a user should find inside it."""
+
+    name: str  # key used in code, flags and env vars
+    subdir: str  # default folder under MEDVT_DATA_ROOT
+    expected: str  # one line describing the layout, shown in errors
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in [
+        DatasetSpec("davis16", "DAVIS", "JPEGImages/480p/<seq>/*.jpg and Annotations/480p/<seq>/*.png"),
+        DatasetSpec("ytvos19", "YouTubeVOS2019", "train/JPEGImages/<video>/*.jpg and train/Annotations/<video>/*.png"),
+        DatasetSpec("youtube_objects", "YouTube-Objects", "frames/<class>/data/<vid>/shots/<shot>/frame*.jpg and youtube_masks/…/labels/*.jpg"),
+        DatasetSpec("moca", "MoCA", "JPEGImages/<video>/*.jpg and the annotation CSV"),
+        DatasetSpec("a2d", "A2D", "Release/clips320H/*.mp4 or frames, Release/Annotations/mat/…, Release/videoset.csv"),
+        DatasetSpec("avsbench", "AVSBench", "Single-source/ or Multi-sources/ with the metadata CSV"),
+        DatasetSpec("vspw", "VSPW", "data/<video>/origin/*.jpg, data/<video>/mask/*.png and the split files"),
+    ]
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset folder or file is missing or malformed; the message says how to fix it."""
+
+
+def flag_name(name: str) -> str:
+    return f"--{name}_root"
+
+
+def env_name(name: str) -> str:
+    return f"MEDVT_{name.upper()}_ROOT"
+
+
+def dataset_root(name: str, override: str | os.PathLike | None = None) -> Path:
+    """Resolve (without checking) the root folder of dataset ``name``."""
+    spec = DATASETS[name]
+    if override:
+        return Path(override)
+    if os.environ.get(env_name(name)):
+        return Path(os.environ[env_name(name)])
+    return Path(os.environ.get("MEDVT_DATA_ROOT", "data")) / spec.subdir
+
+
+def require(path: str | os.PathLike, name: str, what: str | None = None, is_file: bool = False) -> Path:
+    """Return ``path`` if it exists, else raise an error naming the flag/variable of dataset ``name``.
+
+    ``what`` describes the missing thing (defaults to the dataset's expected layout).
+    """
+    path = Path(path)
+    ok = path.is_file() if is_file else path.is_dir()
+    if not ok:
+        spec = DATASETS[name]
+        raise DatasetNotFoundError(
+            f"{spec.name}: expected {'file' if is_file else 'folder'} {path} "
+            f"({what or spec.expected}) was not found. Set the dataset root with "
+            f"{flag_name(name)} PATH or the environment variable {env_name(name)}, "
+            f"or put the data under $MEDVT_DATA_ROOT/{spec.subdir} (MEDVT_DATA_ROOT defaults to ./data)."
+        )
+    return path
+
+
+def add_path_args(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """Add one ``--<name>_root`` flag per dataset in ``names``."""
+    for name in names:
+        spec = DATASETS[name]
+        parser.add_argument(
+            flag_name(name),
+            default=None,
+            metavar="PATH",
+            help=f"root of {name} (expects {spec.expected}); default ${env_name(name)} "
+            f"or $MEDVT_DATA_ROOT/{spec.subdir}",
+        )
