@@ -1,0 +1,133 @@
+"""Backbones: each maps a clip to four feature maps at strides (8, 16, 32, 32) or (4, 8, 16, 32).
+
+* :class:`VideoSwinBackbone` — torchvision's ``SwinTransformer3d`` configured as the original
+  Video Swin-B (patch 1x4x4, window 8x7x7, embed 128, depths 2-2-18-2, heads 4-8-16-32). The
+  original takes each stage's output *after* its patch merging and passes it through a
+  per-stage LayerNorm (``norms``); the stride-4 map is never used (spec avos §1.2).
+* :class:`ResNetBackbone` — torchvision ResNet-101 with frozen batch norm; outputs of layer1..4.
+
+Both return a list of ``[B, T, C_i, h_i, w_i]`` tensors. Pretrained weights are loaded only
+from local files (:func:`load_swin_pretrained`); nothing is downloaded.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet101
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.video.swin_transformer import PatchMerging, SwinTransformer3d
+from torchvision.ops import FrozenBatchNorm2d
+
+from .config import MedVTConfig, SwinConfig
+
+
+class VideoSwinBackbone(nn.Module):
+    """Video Swin on torchvision's implementation. Input [B, T, 3, H, W]."""
+
+    def __init__(self, cfg: SwinConfig) -> None:
+        super().__init__()
+        body = SwinTransformer3d(
+            patch_size=list(cfg.patch_size),
+            embed_dim=cfg.embed_dim,
+            depths=list(cfg.depths),
+            num_heads=list(cfg.num_heads),
+            window_size=list(cfg.window_size),
+            stochastic_depth_prob=cfg.drop_path,
+            norm_layer=partial(nn.LayerNorm, eps=1e-5),
+            downsample_layer=PatchMerging,
+        )
+        # Only the patch embedding and the stages are used; drop the classifier parts.
+        self.patch_embed = body.patch_embed
+        self.features = body.features  # [stage0, merge0, stage1, merge1, stage2, merge2, stage3]
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in cfg.out_dims)
+        self.out_dims = cfg.out_dims
+        self.strides = (8, 16, 32, 32)
+
+    def forward(self, frames: Tensor) -> list[Tensor]:
+        x = self.patch_embed(frames.transpose(1, 2))  # [B, 3, T, H, W] -> [B, T, H/4, W/4, C]
+        outs = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i % 2 == 1 or i == len(self.features) - 1:  # after each merge, and the last stage
+                outs.append(x)
+        return [norm(o).permute(0, 1, 4, 2, 3) for norm, o in zip(self.norms, outs)]  # [B, T, C, h, w]
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet-101 (v1.5) with frozen batch norm, applied per frame. Input [B, T, 3, H, W]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        net = resnet101(weights=None, norm_layer=FrozenBatchNorm2d)
+        self.body = IntermediateLayerGetter(net, return_layers={f"layer{i}": str(i - 1) for i in range(1, 5)})
+        # The original never trains the stem and layer1.
+        for name, p in self.body.named_parameters():
+            if not name.startswith(("layer2", "layer3", "layer4")):
+                p.requires_grad_(False)
+        self.out_dims = (256, 512, 1024, 2048)
+        self.strides = (4, 8, 16, 32)
+
+    def forward(self, frames: Tensor) -> list[Tensor]:
+        b = frames.shape[0]
+        feats = self.body(frames.flatten(0, 1))  # per frame: [B*T, C, h, w]
+        return [f.unflatten(0, (b, -1)) for f in feats.values()]
+
+
+def build_backbone(cfg: MedVTConfig) -> nn.Module:
+    if cfg.backbone == "swin":
+        return VideoSwinBackbone(cfg.swin)
+    if cfg.backbone == "resnet101":
+        return ResNetBackbone()
+    raise ValueError(f"unknown backbone {cfg.backbone!r}")
+
+
+def convert_video_swin_kinetics(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map the official Video Swin checkpoint (mmaction layout) onto :class:`VideoSwinBackbone`.
+
+    Follows what the original training did (spec avos §4.1): keep ``backbone.*``, take the first
+    temporal slice of the 2x4x4 patch-embedding kernel, and initialise the four output norms
+    from the checkpoint's final norm (norms 0/1 take its first 256/512 entries).
+    """
+    sd = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    if not sd:
+        raise KeyError("no 'backbone.*' entries: not a Video Swin (mmaction) checkpoint")
+    w = sd["patch_embed.proj.weight"]
+    if w.dim() == 5 and w.shape[2] > 1:
+        sd["patch_embed.proj.weight"] = w[:, :, :1].contiguous()
+    final_w, final_b = sd.pop("norm.weight"), sd.pop("norm.bias")
+    out = {}
+    for k, v in sd.items():
+        out[_swin_name(k)] = v
+    for i, n in enumerate((256, 512, 1024, 1024)):
+        n = min(n, final_w.numel())
+        out[f"norms.{i}.weight"] = final_w[:n].clone()
+        out[f"norms.{i}.bias"] = final_b[:n].clone()
+    return out
+
+
+def _swin_name(name: str) -> str:
+    """Video Swin parameter name (inside the backbone) → torchvision SwinTransformer3d name."""
+    parts = name.split(".")
+    if parts[0] == "layers":
+        stage = int(parts[1])
+        if parts[2] == "blocks":
+            rest = ".".join(parts[4:]).replace("mlp.fc1", "mlp.0").replace("mlp.fc2", "mlp.3")
+            return f"features.{2 * stage}.{parts[3]}.{rest}"
+        if parts[2] == "downsample":
+            return f"features.{2 * stage + 1}.{'.'.join(parts[3:])}"
+    if parts[0] == "norm_layers":
+        return "norms." + ".".join(parts[1:])
+    return name
+
+
+def load_swin_pretrained(backbone: VideoSwinBackbone, path: str) -> list[str]:
+    """Load a local Video Swin Kinetics checkpoint into ``backbone``; returns keys left unset."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    sd = convert_video_swin_kinetics(ckpt.get("state_dict", ckpt))
+    sd = {k: v for k, v in sd.items() if "relative_position_index" not in k}
+    result = backbone.load_state_dict(sd, strict=False)
+    if result.unexpected_keys:
+        raise KeyError(f"unexpected keys in {path}: {result.unexpected_keys[:10]}")
+    return [k for k in result.missing_keys if "relative_position_index" not in k]

@@ -1,0 +1,108 @@
+"""Model configuration: one frozen dataclass and the named presets built from it.
+
+Every architectural difference between the original MED-VT variants is a field here, so
+there is one model definition (:class:`models.medvt.MEDVT`) and no copied files. The
+presets reproduce the original code's graphs (``../shared/spec/avos.md``):
+
+* ``medvt_swinb_avos``      — Video Swin-B, the CVPR'23 code (rkyuca/medvt 555a462, "V1").
+* ``medvt_swinb_avos_2024`` — the same weights layout run by the 2024 inference script ("V3"):
+  query decoder over the three finest pixel-decoder maps, decoder target 1e-6, object
+  attention normalised over heads per pixel.
+* ``medvt_swinb_avos_v2``   — the 2024 training code's forward ("V2"): decoder scale 0 reads the
+  raw encoder output instead of the first pixel-decoder map.
+* ``medvt_r101_avos``       — ResNet-101 (VisTR layout), 555a462.
+* ``tiny``                  — a small Swin backbone and narrow widths for tests and the demo.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """A torchvision ``SwinTransformer3d`` configuration (Video Swin naming in comments)."""
+
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    window_size: tuple[int, int, int] = (8, 7, 7)
+    patch_size: tuple[int, int, int] = (1, 4, 4)
+    drop_path: float = 0.1
+
+    @property
+    def out_dims(self) -> tuple[int, ...]:
+        # Outputs are taken after each stage's patch merging (the last stage has none):
+        # channels 2C, 4C, 8C, 8C at strides 8, 16, 32, 32.
+        c = self.embed_dim
+        return (2 * c, 4 * c, 8 * c, 8 * c)
+
+
+@dataclass(frozen=True)
+class MedVTConfig:
+    """All hyper-parameters of a MED-VT model.
+
+    ``variant`` selects the forward of the original code for the Swin family:
+    ``"v1"`` (CVPR'23), ``"v2"`` (2024 training code), ``"v3"`` (2024 inference code).
+    ``encoder_style`` selects the between-scale layer and stage-1 layer of the two
+    original families: ``"swin"`` (fused key, 1 head, no norms) or ``"resnet"`` (VisTR-style).
+    """
+
+    backbone: Literal["swin", "resnet101"] = "swin"
+    swin: SwinConfig = field(default_factory=SwinConfig)
+    d_model: int = 384
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    enc_layers: tuple[int, int] = (6, 1)
+    encoder_style: Literal["swin", "resnet"] = "swin"
+    dec_layers: int = 9
+    num_queries: int = 6
+    variant: Literal["v1", "v2", "v3"] = "v1"
+    head_dims: tuple[int, int, int] = (384, 256, 128)
+    num_classes: int = 1
+    lprop_mode: Literal[0, 2] = 2
+    lprop_scale: float = 8.0
+    lprop_key_dim: int = 128
+    label_enc_dims: tuple[int, int, int, int] = (16, 32, 64, 16)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "MedVTConfig":
+        d = dict(d)
+        swin = SwinConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("swin").items()})
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return MedVTConfig(swin=swin, **d)
+
+    def replace(self, **changes) -> "MedVTConfig":
+        return replace(self, **changes)
+
+
+_SWINB = MedVTConfig()
+
+MODEL_CONFIGS: dict[str, MedVTConfig] = {
+    "medvt_swinb_avos": _SWINB,
+    "medvt_swinb_avos_v2": replace(_SWINB, variant="v2"),
+    "medvt_swinb_avos_2024": replace(_SWINB, variant="v3"),
+    "medvt_r101_avos": replace(_SWINB, backbone="resnet101", encoder_style="resnet"),
+    "tiny": MedVTConfig(
+        swin=SwinConfig(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 7, 7), drop_path=0.0),
+        d_model=48,
+        nheads=4,
+        dim_feedforward=96,
+        enc_layers=(1, 1),
+        dec_layers=3,
+        head_dims=(32, 32, 16),
+        lprop_key_dim=32,
+    ),
+}
+
+
+def get_config(name: str) -> MedVTConfig:
+    """Return the named preset, with an error that lists the known names."""
+    try:
+        return MODEL_CONFIGS[name]
+    except KeyError:
+        raise KeyError(f"unknown model config {name!r}; known: {', '.join(MODEL_CONFIGS)}") from None

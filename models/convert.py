@@ -1,0 +1,193 @@
+"""Load the authors' checkpoints (and ours) into :class:`models.medvt.MEDVT`.
+
+:func:`convert_original_state_dict` is a pure renaming function, like timm's
+``checkpoint_filter_fn``: it maps the original parameter names (rkyuca/medvt, both the Swin
+``transformer.*`` layout and the ResNet/VisTR ``vistr.*`` layout) onto ours, and drops the
+entries the original creates but never uses (``WV`` value projections and ``samp_w_pred`` of
+the label propagator). :func:`load_checkpoint` reads a file safely (``weights_only=True``,
+only ``argparse.Namespace`` allow-listed), converts it when needed and loads it strictly; a
+mismatch raises :class:`CheckpointMismatchError` naming the missing, unexpected and
+wrongly shaped keys.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import MedVTConfig, get_config
+
+# Entries the original model registers but never uses in its forward.
+_UNUSED = re.compile(r"label_propagator\.(prop_layer\.(self|cross)_attn\.WV\.|label_encoder\.samp_w_pred\.)")
+
+_COMMON_RULES: list[tuple[str, str]] = [
+    (r"^label_propagator\.prop_layer\.self_attn\.WK\.", "label_propagator.propagation.self_key."),
+    (r"^label_propagator\.prop_layer\.cross_attn\.WK\.", "label_propagator.propagation.cross_key."),
+    (r"^label_propagator\.label_encoder\.conv_block\.0\.", "label_propagator.label_encoder.stem."),
+    (r"^label_propagator\.label_encoder\.label_pred_tm\.0\.", "label_propagator.label_encoder.proj."),
+    (r"^label_propagator\.label_encoder\.res(\d)_tm\.downsample\.", r"label_propagator.label_encoder.res\1.shortcut."),
+    (r"^label_propagator\.label_encoder\.res(\d)_tm\.", r"label_propagator.label_encoder.res\1."),
+    (r"^insmask_head\.", "head."),
+]
+
+_SWIN_RULES: list[tuple[str, str]] = [
+    (r"^backbone\.norm_layers\.", "backbone.norms."),
+    (r"^transformer\.input_proj_modules\.", "input_proj."),
+    (r"^transformer\.encoder\.layers\.(\d)\.(\d+)\.", r"encoder.stages.\1.\2."),
+    (r"^transformer\.encoder\.cross_res_layers\.0\.", "encoder.cross_scale."),
+    (r"^transformer\.fpn\.", "pixel_decoder."),
+    (r"^transformer\.query_embed\.", "query_decoder.query_embed."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.multihead_attn\.", r"query_decoder.layers.\1.cross_attn."),
+    (r"^transformer\.decoder\.", "query_decoder."),
+    (r"^transformer\.bbox_attention\.", "object_attention."),
+]
+
+_RESNET_RULES: list[tuple[str, str]] = [
+    (r"^vistr\.backbone\.0\.body\.", "backbone.body."),
+    (r"^vistr\.input_proj\.", "input_proj.3."),
+    (r"^vistr\.input_proj_2\.", "input_proj.2."),
+    (r"^vistr\.query_embed\.", "query_decoder.query_embed."),
+    (r"^vistr\.transformer\.encoder\.cross_res_layers\.0\.", "encoder.cross_scale."),
+    (r"^vistr\.transformer\.mask_head\.adapter(\d)\.", lambda m: f"pixel_decoder.lateral.{int(m[1]) - 1}."),
+    (r"^vistr\.transformer\.mask_head\.", "pixel_decoder."),
+    (r"^vistr\.transformer\.decoder\.layers\.(\d+)\.multihead_attn\.", r"query_decoder.layers.\1.cross_attn."),
+    (r"^vistr\.transformer\.decoder\.", "query_decoder."),
+    (r"^bbox_attention\.", "object_attention."),
+]
+
+
+def _swin_block_name(m: re.Match) -> str:
+    rest = m[3].replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.")
+    return f"backbone.features.{2 * int(m[1])}.{m[2]}.{rest}"
+
+
+_SWIN_BACKBONE_RULES = [
+    (r"^backbone\.layers\.(\d)\.blocks\.(\d+)\.(.*)$", _swin_block_name),
+    (r"^backbone\.layers\.(\d)\.downsample\.", lambda m: f"backbone.features.{2 * int(m[1]) + 1}."),
+]
+
+
+def _resnet_encoder_layer(n0: int):
+    def rename(m: re.Match) -> str:
+        i = int(m[1])
+        return f"encoder.stages.0.{i}." if i < n0 else f"encoder.stages.1.{i - n0}."
+    return [(r"^vistr\.transformer\.encoder\.layers\.(\d+)\.", rename)]
+
+
+def strip_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Remove DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes."""
+    out = {}
+    for k, v in state_dict.items():
+        for p in ("module.", "_orig_mod."):
+            if k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def convert_original_state_dict(state_dict: dict[str, Tensor], config: str | MedVTConfig) -> dict[str, Tensor]:
+    """Rename an original MED-VT state dict onto our module names.
+
+    Every rule is anchored on an original-only prefix, so names already in our layout pass through
+    unchanged and the function is idempotent.
+    """
+    cfg = get_config(config) if isinstance(config, str) else config
+    state_dict = strip_prefixes(state_dict)
+    if cfg.backbone == "swin":
+        rules = _SWIN_BACKBONE_RULES + _SWIN_RULES
+    else:
+        rules = _resnet_encoder_layer(cfg.enc_layers[0]) + _RESNET_RULES
+    rules = rules + _COMMON_RULES
+    out = {}
+    for name, value in state_dict.items():
+        if _UNUSED.match(name):
+            continue
+        for pattern, repl in rules:  # the first matching rule gives the whole new name
+            new, n = re.subn(pattern, repl, name)
+            if n:
+                name = new
+                break
+        out[name] = value
+    return out
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's keys or shapes do not fit the model; the message lists them."""
+
+
+def _describe(keys: list[str], limit: int = 20) -> str:
+    more = f" … and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Load strictly; on mismatch raise an error naming missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not fit the model ({type(model).__name__}):"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_describe(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_describe(unexpected)}")
+        if shapes:
+            lines.append(f"  shape mismatches ({len(shapes)}): {_describe(shapes)}")
+        raise CheckpointMismatchError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint file with ``weights_only=True``; only ``argparse.Namespace`` is allow-listed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (set it with --model_path)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointMismatchError(
+            f"{path} holds objects other than tensors and argparse arguments, which are not loaded "
+            f"for safety: {e}"
+        ) from None
+    except (RuntimeError, EOFError) as e:
+        raise CheckpointMismatchError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointMismatchError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
+def checkpoint_state_dict(ckpt: dict) -> dict[str, Tensor]:
+    """The model weights inside a checkpoint dict (``model`` entry, or the dict itself)."""
+    sd = ckpt.get("model", ckpt)
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise CheckpointMismatchError("the checkpoint has no 'model' state dict of tensors")
+    return sd
+
+
+def infer_model_version(ckpt: dict) -> tuple[str, str]:
+    """Which original forward a checkpoint was trained with: ("cvpr23"|"2024", reason)."""
+    args = ckpt.get("args")
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    if isinstance(args, dict):
+        # Flags only the 2024 (MED-VT++ era) scripts define.
+        marks = sorted(k for k in ("use_flow", "query_decoder_scales", "mm_fuse_type", "qgen_dec_layers") if k in args)
+        if marks:
+            return "2024", f"its saved arguments include {', '.join(marks)} (2024 code)"
+        return "cvpr23", "its saved arguments are those of the CVPR'23 code"
+    return "cvpr23", "it records no training arguments (default)"
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
+    """Load an original or a medvt checkpoint file into ``model`` strictly; returns the checkpoint dict."""
+    ckpt = read_checkpoint(path)
+    sd = convert_original_state_dict(checkpoint_state_dict(ckpt), model.cfg)
+    load_state_dict_strict(model, sd, source=str(path))
+    return ckpt

@@ -1,0 +1,126 @@
+"""Many-to-many label propagation (spec avos §1.10, ``lprop_mode`` 2).
+
+The coarse logits of every frame are upsampled (nearest, ×``scale``), encoded by a small CNN
+into 16-channel label embeddings at 1/16 of that size, and each frame's embedding is then
+re-estimated from the *other* frames of the clip through feature affinities:
+
+1. self step — features attend to the other frames' features (cosine keys, temperature 1/30),
+   values are the raw features; residual + per-frame instance norm;
+2. cross step — the updated features (queries) attend to the original features (keys) of the
+   other frames, values are the label embeddings; per-frame instance norm;
+3. a 3D-conv label decoder maps the embeddings back to logits.
+
+"Other frames" is a block mask in the original, built as a dense (T·h·w)² additive matrix. Here
+each frame's queries attend to the keys of the remaining T-1 frames gathered per frame, so no
+mask is built and the softmax runs over exactly the same keys. Clips need T ≥ 2.
+
+Unlike the original there are no ``WV`` value projections and no ``samp_w_pred`` conv: the
+original creates them but never uses their output (the converter drops them).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class _ResBlock(nn.Module):
+    """Stride-2 basic block with a 3x3 strided conv shortcut (optionally batch-normed)."""
+
+    def __init__(self, cin: int, cout: int, batch_norm: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout) if batch_norm else nn.Identity()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout) if batch_norm else nn.Identity()
+        self.shortcut = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + self.shortcut(x))
+
+
+class LabelEncoder(nn.Module):
+    """Label maps [N, K, H, W] → embeddings [N, dims[3], H/16, W/16]."""
+
+    def __init__(self, num_classes: int, dims: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(num_classes, dims[0], 3, stride=2, padding=1)
+        self.res1 = _ResBlock(dims[0], dims[1], batch_norm=False)
+        self.res2 = _ResBlock(dims[1], dims[2], batch_norm=True)
+        self.proj = nn.Conv2d(dims[2], dims[3], 3, padding=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.max_pool2d(F.relu(self.stem(x)), 3, stride=2, padding=1)
+        return F.relu(self.proj(self.res2(self.res1(x))))
+
+
+def _attend_other_frames(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """q/k [B, T, n, d], v [B, T, n, e] → [B, T, n, e]; frame t attends to all tokens of frames ≠ t."""
+    t = q.shape[1]
+    others = torch.tensor([[s for s in range(t) if s != r] for r in range(t)], device=q.device)  # [T, T-1]
+    k_o = k[:, others].flatten(2, 3)  # [B, T, (T-1)·n, d]
+    v_o = v[:, others].flatten(2, 3)
+    return F.scaled_dot_product_attention(q, k_o, v_o, scale=scale)
+
+
+def _instance_norm(x: Tensor) -> Tensor:
+    """Per frame and channel over the pixels: x [B, T, n, C]."""
+    return F.instance_norm(x.transpose(2, 3).flatten(0, 1)).unflatten(0, x.shape[:2]).transpose(2, 3)
+
+
+class MaskedPropagation(nn.Module):
+    """The self + cross propagation steps. Keys are cosine-normalised projections of the features."""
+
+    def __init__(self, feat_dim: int, key_dim: int, tau: float = 1 / 30) -> None:
+        super().__init__()
+        self.self_key = nn.Linear(feat_dim, key_dim)
+        self.cross_key = nn.Linear(feat_dim, key_dim)
+        self.scale = 1.0 / tau
+        for lin in (self.self_key, self.cross_key):
+            nn.init.normal_(lin.weight, 0, math.sqrt(2.0 / key_dim))
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, feats: Tensor, labels: Tensor) -> Tensor:
+        """feats [B, T, n, C], labels [B, T, n, E] (n = h·w tokens per frame) → [B, T, n, E]."""
+        k = F.normalize(self.self_key(feats), dim=-1)
+        updated = _instance_norm(feats + _attend_other_frames(k, k, feats, self.scale))
+        q = F.normalize(self.cross_key(updated), dim=-1)
+        k = F.normalize(self.cross_key(feats), dim=-1)
+        return _instance_norm(_attend_other_frames(q, k, labels, self.scale))
+
+
+class LabelPropagator(nn.Module):
+    """Args:
+        feat_dim: channels of the features used for affinities (decoded features + attention maps).
+        num_classes: K, channels of the logits being propagated.
+        scale: upsampling factor of the logits before encoding (8.0 Swin, 7.2/7.3/8.0 ResNet).
+    """
+
+    def __init__(self, feat_dim: int, num_classes: int, scale: float, key_dim: int = 128,
+                 enc_dims: tuple[int, int, int, int] = (16, 32, 64, 16)) -> None:
+        super().__init__()
+        self.scale = scale
+        self.label_encoder = LabelEncoder(num_classes, enc_dims)
+        self.propagation = MaskedPropagation(feat_dim, key_dim)
+        e = enc_dims[-1]
+        self.label_decoder = nn.Sequential(
+            nn.Conv3d(e, e, 3, padding="same"), nn.GroupNorm(4, e), nn.ReLU(), nn.Conv3d(e, num_classes, 1)
+        )
+
+    def forward(self, logits: Tensor, feats: Tensor) -> Tensor:
+        """logits [B, K, T, h, w], feats [B, T, C, h, w] → refined logits [B, K, T, h', w'] (h' ≈ h·scale/16)."""
+        b, _, t, h, w = logits.shape
+        up = F.interpolate(logits, size=(t, int(h * self.scale), int(w * self.scale)), mode="nearest")
+        enc = self.label_encoder(up.transpose(1, 2).flatten(0, 1))  # [B·T, E, h', w']
+        size = enc.shape[-2:]
+        f = F.interpolate(feats.flatten(0, 1), size=size, mode="nearest")
+        tokens = lambda x: x.flatten(2).transpose(1, 2).unflatten(0, (b, t))  # [B·T, C, h', w'] -> [B, T, n, C]
+        out = self.propagation(tokens(f), tokens(enc))  # [B, T, n, E]
+        out = out.transpose(2, 3).unflatten(3, size).transpose(1, 2)  # [B, E, T, h', w']
+        return self.label_decoder(out)
