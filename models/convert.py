@@ -151,13 +151,14 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointMismatchError(
-            f"{path} holds objects other than tensors and argparse arguments, which are not loaded "
-            f"for safety: {e}"
-        ) from None
-    except (RuntimeError, EOFError) as e:
-        raise CheckpointMismatchError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        unsafe = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if unsafe:
+            raise CheckpointMismatchError(
+                f"{path} holds objects other than tensors and argparse arguments ({', '.join(unsafe)}); "
+                "they are not loaded for safety (no arbitrary unpickling)"
+            ) from None
+        raise CheckpointMismatchError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointMismatchError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt
