@@ -192,3 +192,36 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
     sd = convert_original_state_dict(checkpoint_state_dict(ckpt), model.cfg)
     load_state_dict_strict(model, sd, source=str(path))
     return ckpt
+
+
+def init_from_vistr_coco(model: nn.Module, path: str | Path) -> list[str]:
+    """Initialise from VisTR's COCO checkpoint (``384_coco_r101.pth``) as the original training did.
+
+    Swin models take only the transformer (encoder stage 0, decoder, decoder norm; decoder layers
+    past the file's last are copied from it; FFN matrices sliced to our width); ResNet models take
+    every entry whose converted name and shape match, backbone included (spec avos §4.1).
+    Returns the names of the parameters that were initialised.
+    """
+    sd = strip_prefixes(checkpoint_state_dict(read_checkpoint(path)))
+    cfg = model.cfg
+    resnet = cfg.backbone == "resnet101"
+    keep = ("vistr.",) if resnet else ("vistr.transformer.encoder.layers.", "vistr.transformer.decoder.")
+    sd = {k: v for k, v in sd.items() if k.startswith(keep) and "mask_head" not in k}
+    converted = convert_original_state_dict(sd, cfg.replace(backbone="resnet101"))
+    dec = [int(m[1]) for k in converted if (m := re.match(r"query_decoder\.layers\.(\d+)\.", k))]
+    if dec:
+        last = max(dec)
+        for k in [k for k in converted if k.startswith(f"query_decoder.layers.{last}.")]:
+            for j in range(last + 1, cfg.dec_layers):
+                converted[k.replace(f"layers.{last}.", f"layers.{j}.", 1)] = converted[k]
+    own = model.state_dict()
+    loaded = {}
+    for k, v in converted.items():
+        if k not in own:
+            continue
+        if v.shape != own[k].shape and v.dim() == own[k].dim():  # wider FFN in the file: slice
+            v = v[tuple(slice(0, n) for n in own[k].shape)]
+        if v.shape == own[k].shape:
+            loaded[k] = v
+    model.load_state_dict(loaded, strict=False)
+    return sorted(loaded)

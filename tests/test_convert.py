@@ -91,3 +91,22 @@ def test_refuses_arbitrary_pickles_and_junk(tmp_path):
         load_checkpoint(_tiny(), tmp_path / "junk.pth")
     with pytest.raises(FileNotFoundError, match="--model_path"):
         load_checkpoint(_tiny(), tmp_path / "missing.pth")
+
+
+def test_vistr_coco_init_copies_last_decoder_layer_and_slices_ffn(tmp_path):
+    from models.convert import init_from_vistr_coco
+
+    model = _tiny()  # d_model 48, FFN 96, 3 decoder layers
+    sd = {
+        "vistr.transformer.encoder.layers.0.linear1.weight": torch.arange(200 * 48.0).view(200, 48),
+        "vistr.transformer.decoder.layers.1.norm1.weight": torch.full((48,), 2.0),
+        "vistr.transformer.decoder.norm.bias": torch.ones(48),
+        "vistr.backbone.0.body.conv1.weight": torch.zeros(64, 3, 7, 7),  # not taken by a Swin model
+        "vistr.transformer.mask_head.lay1.weight": torch.zeros(1),
+    }
+    torch.save({"model": sd}, tmp_path / "coco.pth")
+    loaded = init_from_vistr_coco(model, tmp_path / "coco.pth")
+    assert loaded == ["encoder.stages.0.0.linear1.weight", "query_decoder.layers.1.norm1.weight",
+                      "query_decoder.layers.2.norm1.weight", "query_decoder.norm.bias"]
+    assert torch.equal(model.encoder.stages[0][0].linear1.weight, sd["vistr.transformer.encoder.layers.0.linear1.weight"][:96])
+    assert torch.equal(model.query_decoder.layers[2].norm1.weight, torch.full((48,), 2.0))
