@@ -15,6 +15,7 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.models import resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.video.swin_transformer import PatchMerging, SwinTransformer3d
@@ -44,12 +45,16 @@ class VideoSwinBackbone(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in cfg.out_dims)
         self.out_dims = cfg.out_dims
         self.strides = (8, 16, 32, 32)
+        self.grad_checkpointing = False
 
     def forward(self, frames: Tensor) -> list[Tensor]:
         x = self.patch_embed(frames.transpose(1, 2))  # [B, 3, T, H, W] -> [B, T, H/4, W/4, C]
         outs = []
         for i, layer in enumerate(self.features):
-            x = layer(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, use_reentrant=False)  # recompute in backward to save memory
+            else:
+                x = layer(x)
             if i % 2 == 1 or i == len(self.features) - 1:  # after each merge, and the last stage
                 outs.append(x)
         return [norm(o).permute(0, 1, 4, 2, 3) for norm, o in zip(self.norms, outs)]  # [B, T, C, h, w]
@@ -68,10 +73,15 @@ class ResNetBackbone(nn.Module):
                 p.requires_grad_(False)
         self.out_dims = (256, 512, 1024, 2048)
         self.strides = (4, 8, 16, 32)
+        self.grad_checkpointing = False
 
     def forward(self, frames: Tensor) -> list[Tensor]:
         b = frames.shape[0]
-        feats = self.body(frames.flatten(0, 1))  # per frame: [B*T, C, h, w]
+        x = frames.flatten(0, 1)  # per frame: [B*T, 3, H, W]
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            feats = checkpoint(self.body, x, use_reentrant=False)
+        else:
+            feats = self.body(x)
         return [f.unflatten(0, (b, -1)) for f in feats.values()]
 
 

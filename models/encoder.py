@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiheadAttention
 
@@ -111,6 +112,7 @@ class MultiscaleEncoder(nn.Module):
             nn.ModuleList(EncoderLayer(d_model, **s1) for _ in range(num_layers[1])),
         ])
         self.cross_scale = CrossScaleLayer(d_model, s1["nhead"], s1["dim_ff"], s1["dropout"], fused=swin)
+        self.grad_checkpointing = False
 
     def forward(self, feats: list[Tensor], pos: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
         """feats/pos [B, T, C, h_i, w_i] and masks [B, T, h_i, w_i] for (deep, shallow) → same shapes."""
@@ -125,7 +127,10 @@ class MultiscaleEncoder(nn.Module):
                     pos_deep = p
                 tokens = self.cross_scale(_tokens(deep), tokens, _tokens(pos_deep), p_tok, m_tok)
             for layer in self.stages[i]:
-                tokens = layer(tokens, p_tok, m_tok)
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    tokens = checkpoint(layer, tokens, p_tok, m_tok, use_reentrant=False)
+                else:
+                    tokens = layer(tokens, p_tok, m_tok)
             b, t, c, h, w = x.shape
             outs.append(tokens.reshape(b, t, h, w, c).permute(0, 1, 4, 2, 3))
         return outs

@@ -68,6 +68,11 @@ class MEDVT(nn.Module):
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute backbone and encoder activations during backward (less memory, more time)."""
+        self.backbone.grad_checkpointing = enable
+        self.encoder.grad_checkpointing = enable
+
     def forward(self, frames: Tensor, padding_mask: Tensor | None = None) -> dict[str, Tensor]:
         """Segment a batch of clips.
 

@@ -87,3 +87,15 @@ def test_named_configs_are_complete():
     cfg = MODEL_CONFIGS["medvt_swinb_avos"]
     assert cfg.swin.window_size == (8, 7, 7) and cfg.swin.depths == (2, 2, 18, 2) and cfg.swin.embed_dim == 128
     assert MODEL_CONFIGS["medvt_swinb_avos"].from_dict(cfg.to_dict()) == cfg
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    x = clip(t=3, h=64, w=64)
+    grads = []
+    for enable in (False, True):
+        torch.manual_seed(0)
+        model = build_model("tiny", dropout=0.0).train()
+        model.set_grad_checkpointing(enable)
+        model(x)["pred_masks"].sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
