@@ -14,14 +14,55 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models import resnet101
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.video.swin_transformer import PatchMerging, SwinTransformer3d
+from torchvision.models.video.swin_transformer import (PatchMerging, ShiftedWindowAttention3d, SwinTransformer3d,
+                                                       SwinTransformerBlock, _compute_attention_mask_3d,
+                                                       _compute_pad_size_3d, _get_window_and_shift_size)
 from torchvision.ops import FrozenBatchNorm2d
 
 from .config import MedVTConfig, SwinConfig
+
+
+class SDPAWindowAttention3d(ShiftedWindowAttention3d):
+    """torchvision's shifted-window attention with the product softmax(QKᵀ·s + bias + mask)·V done by
+    ``F.scaled_dot_product_attention`` (fused, no score matrix kept around), same parameters and
+    same arithmetic otherwise: pad to whole windows, cyclic shift, windows, attention, undo."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, T, H, W, C] → [B, T, H, W, C]."""
+        b, t, h, w, c = x.shape
+        ws, ss = _get_window_and_shift_size(self.shift_size.copy(), [t, h, w], self.window_size.copy())
+        pad = _compute_pad_size_3d((t, h, w), tuple(ws))
+        x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
+        padded = tuple(x.shape[1:4])
+        shifted = sum(ss) > 0
+        if shifted:
+            x = torch.roll(x, shifts=tuple(-s for s in ss), dims=(1, 2, 3))
+        grid = [p // s for p, s in zip(padded, ws)]
+        n = ws[0] * ws[1] * ws[2]
+        # [B, T, H, W, C] -> [B·nW, N, C], windows in (t, h, w) order
+        x = x.view(b, grid[0], ws[0], grid[1], ws[1], grid[2], ws[2], c).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, n, c)
+        q, k, v = F.linear(x, self.qkv.weight, self.qkv.bias).view(x.shape[0], n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        mask = self.get_relative_position_bias(ws)  # [1, heads, N, N]
+        if shifted:  # -100 between tokens that came from different regions before the shift
+            mask = (mask + _compute_attention_mask_3d(x, padded, tuple(ws), tuple(ss))[:, None]).repeat(b, 1, 1, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
+                                             dropout_p=self.attention_dropout if self.training else 0.0)
+        out = F.linear(out.transpose(1, 2).reshape(-1, n, c), self.proj.weight, self.proj.bias)
+        out = F.dropout(out, p=self.dropout, training=self.training)
+        out = out.view(b, *grid, *ws, c).permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, *padded, c)
+        if shifted:
+            out = torch.roll(out, shifts=tuple(ss), dims=(1, 2, 3))
+        return out[:, :t, :h, :w].contiguous()
+
+
+def _sdpa_block(*args, attn_layer=None, **kwargs) -> SwinTransformerBlock:
+    # SwinTransformer3d passes attn_layer=ShiftedWindowAttention3d explicitly; use ours instead.
+    return SwinTransformerBlock(*args, attn_layer=SDPAWindowAttention3d, **kwargs)
 
 
 class VideoSwinBackbone(nn.Module):
@@ -38,6 +79,7 @@ class VideoSwinBackbone(nn.Module):
             stochastic_depth_prob=cfg.drop_path,
             norm_layer=partial(nn.LayerNorm, eps=1e-5),
             downsample_layer=PatchMerging,
+            block=_sdpa_block,
         )
         # Only the patch embedding and the stages are used; drop the classifier parts.
         self.patch_embed = body.patch_embed
