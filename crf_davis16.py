@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Dense-CRF post-processing of DAVIS-16 predictions (spec §7).
+
+Reads ``LOGITS_DIR/<seq>/<frame>.png`` (uint8 probability·255, the ``logits/`` folder that
+inference writes), refines each frame with :func:`utils.crf.dense_crf` against its RGB frame
+and writes ``OUT_DIR/<seq>/<frame>.png`` (0/255). When ground truth is found it reports
+J, F, J&F and the original's mIoU before the CRF (PNG ≥ 128, i.e. p > 0.5) and after it,
+and writes them to ``OUT_DIR/metrics.json``.
+
+Example::
+
+    python crf_davis16.py results/davis/logits results/davis/logits_crf --davis16_root data/DAVIS
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from datasets import path_config
+from utils import crf
+from utils.metrics import evaluate_sequences, jsonable
+
+SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Refine DAVIS-16 probability maps with a fully connected CRF and evaluate them.")
+    parser.add_argument("logits_dir", metavar="LOGITS_DIR", type=Path,
+                        help="folder of <seq>/<frame>.png probability maps (uint8, probability*255); "
+                             "every sub-folder is a sequence")
+    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path,
+                        help="where <seq>/<frame>.png CRF masks (0/255) and metrics.json are written")
+    parser.add_argument("--images_dir", type=Path, default=None,
+                        help="folder of <seq>/<frame>.jpg RGB frames; default <davis16 root>/JPEGImages/480p")
+    parser.add_argument("--gt_dir", type=Path, default=None,
+                        help="folder of <seq>/<frame>.png annotations for the metrics; default "
+                             "<davis16 root>/Annotations/480p when it exists, otherwise metrics are skipped")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes refining frames in parallel (1 = run in this process); default: the CPU count")
+    parser.add_argument("--sequences", nargs="+", default=None, metavar="SEQ",
+                        help="only these sequences (sub-folders of LOGITS_DIR); default all of them")
+    path_config.add_path_args(parser, ["davis16"])
+    return parser
+
+
+def list_sequences(logits_dir: Path, wanted: list[str] | None) -> list[str]:
+    """Sequence names: the sub-folders of ``logits_dir``, or the requested subset of them."""
+    if not logits_dir.is_dir():
+        raise FileNotFoundError(f"logits folder {logits_dir} does not exist")
+    available = sorted(p.name for p in logits_dir.iterdir() if p.is_dir())
+    if wanted is None:
+        if not available:
+            raise FileNotFoundError(f"logits folder {logits_dir} has no <seq>/ sub-folders")
+        return available
+    missing = [seq for seq in wanted if seq not in available]
+    if missing:
+        raise FileNotFoundError(f"sequence folder(s) {', '.join(str(logits_dir / s) for s in missing)} do not exist")
+    return list(wanted)
+
+
+def resolve_images_dir(args: argparse.Namespace) -> Path:
+    if args.images_dir is not None:
+        if not args.images_dir.is_dir():
+            raise FileNotFoundError(f"images folder {args.images_dir} (given by --images_dir) does not exist")
+        return args.images_dir
+    root = path_config.dataset_root("davis16", args.davis16_root)
+    return path_config.require(root / "JPEGImages" / "480p", "davis16", "RGB frames JPEGImages/480p/<seq>/*.jpg")
+
+
+def resolve_gt_dir(args: argparse.Namespace) -> Path | None:
+    """Explicit --gt_dir must exist; the default is used only if present (metrics are optional)."""
+    if args.gt_dir is not None:
+        if not args.gt_dir.is_dir():
+            raise FileNotFoundError(f"ground-truth folder {args.gt_dir} (given by --gt_dir) does not exist")
+        return args.gt_dir
+    default = path_config.dataset_root("davis16", args.davis16_root) / "Annotations" / "480p"
+    return default if default.is_dir() else None
+
+
+def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
+    """Run every frame's CRF, in parallel over frames when ``workers`` > 1."""
+    progress = tqdm(total=len(jobs), desc="CRF", unit="frame")
+    if workers <= 1:
+        for _ in crf.run_jobs(jobs):
+            progress.update()
+    else:
+        # Small chunks keep the progress bar moving and the load balanced across workers.
+        chunksize = max(1, len(jobs) // (8 * workers))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in crf.run_jobs(jobs, executor=pool, chunksize=chunksize):
+                progress.update()
+    progress.close()
+
+
+def summary_line(name: str, results: dict) -> str:
+    return f"{name:>10}: " + "  ".join(f"{k} {results[k] * 100:.2f}" for k in SUMMARY_KEYS)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """Run the CRF; returns the metrics written to metrics.json (None without ground truth)."""
+    args = build_parser().parse_args(argv)
+    sequences = list_sequences(args.logits_dir, args.sequences)
+    images_dir = resolve_images_dir(args)
+    gt_dir = resolve_gt_dir(args)
+    # Pair every frame with its image first, so a missing frame stops before any CRF work.
+    jobs = [job for seq in sequences
+            for job in crf.sequence_jobs(args.logits_dir / seq, images_dir / seq, args.out_dir / seq)]
+    print(f"{len(sequences)} sequences, {len(jobs)} frames from {args.logits_dir}")
+    refine_all(jobs, args.workers)
+    if gt_dir is None:
+        print("no ground truth found (give --gt_dir or --davis16_root); metrics skipped")
+        return None
+    metrics = {"before_crf": evaluate_sequences(args.logits_dir, gt_dir, sequences, threshold=127),
+               "after_crf": evaluate_sequences(args.out_dir, gt_dir, sequences)}
+    for name, results in (("before CRF", metrics["before_crf"]), ("after CRF", metrics["after_crf"])):
+        print(summary_line(name, results))
+    out_path = args.out_dir / "metrics.json"
+    out_path.write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
+    print(f"metrics written to {out_path}")
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"crf_davis16.py: error: {error}")
