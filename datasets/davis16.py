@@ -1,0 +1,73 @@
+"""DAVIS-2016: ``JPEGImages/480p/<seq>/%05d.jpg`` and ``Annotations/480p/<seq>/%05d.png`` (0/255).
+
+Which sequences form a split comes from, first match wins: an explicit list file (one name per
+line, the original's format), ``ImageSets/2016/<split>.txt`` (DAVIS-2017 release),
+``ImageSets/480p/<split>.txt`` (DAVIS-2016 release, lines ``/JPEGImages/480p/<seq>/… /Annotations/…``),
+else the standard 30 train / 20 val names below. A sequence's frames are its annotated frames
+(the sorted annotation list), as the original reads them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .path_config import dataset_root, require
+from .video import Sample, VideoSequence
+
+DAVIS16_SPLITS = {
+    "train": ("bear bmx-bumps boat breakdance-flare bus car-turn dance-jump dog-agility drift-turn elephant "
+              "flamingo hike hockey horsejump-low kite-walk lucia mallard-fly mallard-water motocross-bumps "
+              "motorbike paragliding rhino rollerblade scooter-gray soccerball stroller surf swing tennis train").split(),
+    "val": ("blackswan bmx-trees breakdance camel car-roundabout car-shadow cows dance-twirl dog drift-chicane "
+            "drift-straight goat horsejump-high kite-surf libby motocross-jump paragliding-launch parkour "
+            "scooter-black soapbox").split(),
+}
+
+
+def read_sequence_list(path: Path) -> list[str]:
+    """Sequence names from a list file: plain names, or DAVIS-2016 ``/JPEGImages/480p/<seq>/…`` lines."""
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        first = line.split()[0]
+        name = Path(first).parent.name if "/" in first else first
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def split_sequences(root: Path, split: str, seqs_file: str | Path | None = None) -> list[str]:
+    if seqs_file is not None:
+        return read_sequence_list(require(seqs_file, "davis16", f"the {split} sequence list", is_file=True))
+    for candidate in (root / "ImageSets" / "2016" / f"{split}.txt", root / "ImageSets" / "480p" / f"{split}.txt"):
+        if candidate.is_file():
+            return read_sequence_list(candidate)
+    return list(DAVIS16_SPLITS[split])
+
+
+def davis16_sequences(root: str | Path | None, split: str = "val",
+                      seqs_file: str | Path | None = None) -> list[VideoSequence]:
+    """The sequences of a DAVIS-2016 split; missing folders raise errors naming ``--davis16_root``."""
+    if split not in DAVIS16_SPLITS:
+        raise ValueError(f"DAVIS-16 split must be 'train' or 'val', not {split!r}")
+    root = require(dataset_root("davis16", root), "davis16")
+    images = require(root / "JPEGImages" / "480p", "davis16", "JPEGImages/480p/<seq>/*.jpg")
+    annotations = require(root / "Annotations" / "480p", "davis16", "Annotations/480p/<seq>/*.png")
+    sequences = []
+    for name in split_sequences(root, split, seqs_file):
+        gt = sorted(require(annotations / name, "davis16", f"annotations of sequence {name}").glob("*.png"))
+        if not gt:
+            raise FileNotFoundError(f"davis16: {annotations / name} has no PNG annotations")
+        frames = [images / name / f"{p.stem}.jpg" for p in gt]
+        missing = [str(f) for f in frames if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"davis16: {len(missing)} frames of {name} are missing, e.g. {missing[0]} "
+                                    f"(set the dataset root with --davis16_root or MEDVT_DAVIS16_ROOT)")
+        sequences.append(VideoSequence(name, frames, gt))
+    return sequences
+
+
+def davis16_train_samples(sequences: list[VideoSequence]) -> list[Sample]:
+    """Every annotated frame of every sequence is a clip centre (spec §4.4)."""
+    return [(seq, i) for seq in sequences for i in range(seq.num_frames)]
