@@ -76,9 +76,9 @@ def test_augmentation_keeps_masks_on_the_object():
     # A saturated square on grey. Every photometric step keeps grey pixels grey (equal channels),
     # so after augmentation the mask must cover exactly the coloured pixels (up to the border).
     img = np.full((120, 200, 3), 128, np.uint8)
-    img[30:90, 60:140] = (230, 40, 40)
+    img[30:90, 20:100] = (230, 40, 40)
     mask = np.zeros((120, 200), bool)
-    mask[30:90, 60:140] = True
+    mask[30:90, 20:100] = True
     tf = TrainTransform.small(64, seed=1)
     checked = 0
     for _ in range(8):
