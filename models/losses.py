@@ -1,0 +1,106 @@
+"""Training losses of MED-VT for binary (AVOS) segmentation.
+
+The original criterion (rkyuca/medvt ``avos/models/criterions.py``, a VisTR/DETR ``SetCriterion``
+stripped to masks; spec avos §4.3) computes, per clip:
+
+* a sigmoid focal loss (α = 0.25, γ = 2) **averaged over every pixel of the clip** (T·H·W),
+* a dice loss ``1 − (2·Σ p·t + 1) / (Σ p + Σ t + 1)`` over the whole clip,
+
+each summed over the clips of the batch. Predictions are logits at a fraction of the input size
+and are resized bilinearly (``align_corners=False``) to the target size first. The same two terms
+on ``aux_pred_masks`` (the 3D head's logits before label propagation) are added with weight
+``aux_weight`` (0.5 in the original):
+
+    loss = focal(main) + dice(main) + aux_weight · (focal(aux) + dice(aux))
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """RetinaNet focal loss, mean over the pixels of each clip, summed over clips.
+
+    Args:
+        logits: [B, N] (any shape with the batch first; flattened per clip).
+        targets: same shape, values in {0, 1}.
+        alpha: weight of positives (negatives get 1 − alpha); a negative value disables it.
+        gamma: focusing exponent on (1 − p_t).
+    Returns:
+        scalar tensor.
+    """
+    logits, targets = logits.flatten(1), targets.flatten(1).to(logits.dtype)
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss.mean(1).sum()
+
+
+def dice_loss(logits: Tensor, targets: Tensor, smooth: float = 1.0) -> Tensor:
+    """Soft dice loss with +1 smoothing over each whole clip, summed over clips.
+
+    Args:
+        logits: [B, N] (flattened per clip).
+        targets: same shape, values in {0, 1}.
+    """
+    prob = logits.flatten(1).sigmoid()
+    targets = targets.flatten(1).to(prob.dtype)
+    num = 2 * (prob * targets).sum(1)
+    den = prob.sum(1) + targets.sum(1)
+    return (1 - (num + smooth) / (den + smooth)).sum()
+
+
+def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, T, h, w] logits → [B, T, *size], bilinear (``align_corners=False``) as the original."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class AVOSCriterion(nn.Module):
+    """Focal + dice loss on the final masks, plus ``aux_weight`` × the same on the aux masks.
+
+    ``criterion(outputs, masks)`` with ``outputs["pred_masks"]`` (and optionally
+    ``outputs["aux_pred_masks"]``) logits [B, T, h, w] and ``masks`` [B, T, H, W] (bool or 0/1
+    float) returns a dict: ``loss`` (the total, what is back-propagated), ``loss_focal``,
+    ``loss_dice`` (main output) and, when the aux term is active, ``loss_focal_aux``,
+    ``loss_dice_aux`` (unweighted).
+
+    ``aux_norm=True`` reproduces the original's ``--aux_loss_norm``: main weight 1/(1+a), aux a/(1+a).
+    Losses are computed in float32 even under autocast (sums over ~10⁶ pixels).
+    """
+
+    def __init__(self, aux_weight: float = 0.5, alpha: float = 0.25, gamma: float = 2.0, aux_norm: bool = False) -> None:
+        super().__init__()
+        self.aux_weight = aux_weight
+        self.alpha = alpha
+        self.gamma = gamma
+        self.aux_norm = aux_norm
+
+    def _terms(self, logits: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        logits = resize_logits(logits.float(), masks.shape[-2:])
+        return (sigmoid_focal_loss(logits, masks, self.alpha, self.gamma), dice_loss(logits, masks))
+
+    def forward(self, outputs: dict[str, Tensor], masks: Tensor) -> dict[str, Tensor]:
+        masks = masks.float()
+        focal, dice = self._terms(outputs["pred_masks"], masks)
+        losses = {"loss_focal": focal, "loss_dice": dice}
+        w_main, w_aux = 1.0, self.aux_weight
+        if self.aux_norm:
+            w_main, w_aux = 1.0 / (1.0 + self.aux_weight), self.aux_weight / (1.0 + self.aux_weight)
+        total = w_main * (focal + dice)
+        if self.aux_weight > 0 and outputs.get("aux_pred_masks") is not None:
+            focal_aux, dice_aux = self._terms(outputs["aux_pred_masks"], masks)
+            losses.update(loss_focal_aux=focal_aux, loss_dice_aux=dice_aux)
+            total = total + w_aux * (focal_aux + dice_aux)
+        losses["loss"] = total
+        return losses
+
+
+def build_criterion(args) -> AVOSCriterion:
+    """Criterion from parsed training arguments (``--aux_loss``)."""
+    return AVOSCriterion(aux_weight=getattr(args, "aux_loss", 0.5))

@@ -1,0 +1,251 @@
+"""The AVOS training pipeline on a tiny model and a synthetic DAVIS folder (CPU, a few steps)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import train_swin_medvt_avos as train_script
+from datasets.path_config import DatasetNotFoundError
+from datasets.synthetic import make_synthetic_davis
+from datasets.ytvos import ytvos_train_samples
+from models import CheckpointMismatchError, MedVTConfig, build_model, load_checkpoint, read_checkpoint
+from utils.checkpoint import capture_rng, restore_rng, save_checkpoint
+from utils.engine import NonFiniteLossError, train_one_epoch
+from utils.optim import PolyLR, param_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads can make a tiny
+    training step ~50x slower when the other core is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory) -> Path:
+    return make_synthetic_davis(tmp_path_factory.mktemp("davis"), num_train=2, num_val=1, num_frames=7,
+                                size_hw=(64, 96), seed=0)
+
+
+def base_args(davis: Path, out: Path, *extra: str) -> list[str]:
+    return ["--backbone", "tiny", "--davis16_root", str(davis), "--no_ytvos", "--train_size", "64",
+            "--val_size", "64", "--small_aug", "--steps_per_epoch", "2", "--device", "cpu", "--num_workers", "0",
+            "--output_dir", str(out), *extra]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_last.pth"
+    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")  # the temp file gets partly written, then the "disk fills up"
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="no space"):
+        save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pth"]  # temp file removed
+    monkeypatch.undo()
+    assert read_checkpoint(path)["epoch"] == 1
+
+
+def test_rng_roundtrip_through_a_safe_checkpoint(tmp_path):
+    import random
+
+    state = capture_rng()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    save_checkpoint({"rng": state}, tmp_path / "c.pth")
+    restore_rng(read_checkpoint(tmp_path / "c.pth")["rng"])  # weights_only=True read
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+# --------------------------------------------------------------------------- optimiser and schedule
+def test_param_groups_original_and_intended():
+    model = build_model("tiny")
+    names = {id(p): n for n, p in model.named_parameters()}
+    orig = {g["name"]: g for g in param_groups(model, 1e-4, 1e-5, "original")}
+    assert all(names[id(p)].startswith("label_propagator.") for p in orig["label_propagator"]["params"])
+    assert any(names[id(p)].startswith("query_decoder.") for p in orig["rest"]["params"])
+    assert orig["label_propagator"]["lr"] == 1e-4 and orig["rest"]["lr"] == 1e-5
+    inten = {g["name"]: g for g in param_groups(model, 1e-4, 1e-5, "intended")}
+    assert all(names[id(p)].startswith("backbone.") for p in inten["backbone"]["params"])
+    assert inten["backbone"]["lr"] == 1e-5 and inten["non_backbone"]["lr"] == 1e-4
+    n_train = sum(p.requires_grad for p in model.parameters())
+    for groups in (orig, inten):
+        assert sum(len(g["params"]) for g in groups.values()) == n_train
+
+
+def test_poly_schedule_values():
+    opt = torch.optim.AdamW([{"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-4},
+                             {"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-5}])
+    sched = PolyLR(opt, max_steps=14, end_lr=1e-6, power=0.9)
+    lrs = []
+    for _ in range(15):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx([1e-4, 1e-5])
+    assert lrs[7][0] == pytest.approx((1e-4 - 1e-6) * 0.5 ** 0.9 + 1e-6)
+    assert lrs[14] == pytest.approx([1e-6, 1e-6])
+
+
+# --------------------------------------------------------------------------- engine
+class _Echo(nn.Module):
+    """Logits = mean of the frames' channels (NaN frames give NaN logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, frames):
+        m = frames.mean(2) * self.w
+        return {"pred_masks": m, "aux_pred_masks": m}
+
+
+def test_non_finite_loss_names_epoch_step_and_sequences():
+    from models.losses import AVOSCriterion
+
+    ok = {"frames": torch.randn(1, 2, 3, 4, 4), "masks": torch.ones(1, 2, 4, 4), "name": ["seq-a"],
+          "centre": torch.tensor([3])}
+    bad = {"frames": torch.full((1, 2, 3, 4, 4), float("nan")), "masks": torch.ones(1, 2, 4, 4),
+           "name": ["seq-broken"], "centre": torch.tensor([5])}
+    model = _Echo()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3, step 1.*seq-broken.*\[5\]"):
+        train_one_epoch(model, AVOSCriterion(), [ok, bad, ok], opt, torch.device("cpu"), epoch=3)
+    assert torch.isfinite(model.w).all()  # the bad step did not update the weights
+
+
+# --------------------------------------------------------------------------- the script
+def test_help_runs():
+    r = subprocess.run([sys.executable, str(ROOT / "train_swin_medvt_avos.py"), "--help"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for flag in ("--lr_groups", "--resume", "--davis16_root", "--amp", "--steps_per_epoch", "label_propagator"):
+        assert flag in r.stdout
+
+
+def test_missing_dataset_names_the_flag(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="--davis16_root"):
+        train_script.main(base_args(tmp_path / "nowhere", tmp_path / "out"))
+
+
+def test_missing_ytvos_names_its_flag_and_no_ytvos(davis, tmp_path):
+    args = [a for a in base_args(davis, tmp_path / "out") if a != "--no_ytvos"]
+    with pytest.raises(DatasetNotFoundError, match=r"--ytvos19_root.*--no_ytvos"):
+        train_script.main(args + ["--ytvos19_root", str(tmp_path / "no_ytvos_here")])
+
+
+def test_resume_equals_uninterrupted(davis, tmp_path):
+    """2 epochs in one go == 1 epoch, stop, --resume for the second (weights, optimiser, best)."""
+    one = ("--epochs", "2", "--steps_per_epoch", "1")  # the later flag wins over base_args' 2 steps
+    full = train_script.main(base_args(davis, tmp_path / "full", *one))
+    part = train_script.main(base_args(davis, tmp_path / "part", *one, "--stop_after", "1"))
+    assert part["epochs_done"] == 1
+    resumed = train_script.main(base_args(davis, tmp_path / "part", *one,
+                                          "--resume", str(tmp_path / "part" / "checkpoint_last.pth")))
+    assert [h["epoch"] for h in resumed["history"]] == [1]
+    a = read_checkpoint(tmp_path / "full" / "checkpoint_last.pth")
+    b = read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")
+    assert a["epoch"] == b["epoch"] == 1
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, st in a["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 2
+    assert a["best"] == b["best"]
+    assert full["history"][1]["train_loss"] == resumed["history"][0]["train_loss"]
+
+
+def test_resume_from_weights_only_and_wrong_groups(davis, tmp_path):
+    model = build_model("tiny")
+    torch.save({"model": model.state_dict()}, tmp_path / "weights.pth")  # e.g. a released checkpoint
+    args = base_args(davis, tmp_path / "run", "--epochs", "1", "--steps_per_epoch", "1", "--no_val")
+    res = train_script.main(args + ["--resume", str(tmp_path / "weights.pth")])
+    assert [h["epoch"] for h in res["history"]] == [0]
+    with pytest.raises(CheckpointMismatchError, match="--lr_groups original"):
+        train_script.main(args + ["--epochs", "2", "--lr_groups", "intended", "--resume", res["checkpoint_last"]])
+
+
+def test_checkpoint_rebuilds_model_for_inference(davis, tmp_path):
+    res = train_script.main(base_args(davis, tmp_path / "run", "--epochs", "1", "--steps_per_epoch", "1"))
+    assert 0.0 <= res["best_miou"] <= 1.0 and res["best_epoch"] == 0
+    ckpt = read_checkpoint(res["checkpoint_best"])
+    assert {"model", "optimizer", "lr_scheduler", "epoch", "args", "config", "rng", "best"} <= set(ckpt)
+    assert isinstance(ckpt["args"].output_dir, str)
+    model = build_model(MedVTConfig.from_dict(ckpt["config"]))
+    load_checkpoint(model, res["checkpoint_last"])
+    assert (tmp_path / "run" / "train.log").read_text().count("epoch 0/0 done") == 1
+
+
+def _write_ytvos(root: Path, videos: dict[str, int]) -> Path:
+    """YouTube-VOS layout: annotated frames every 5 raw frames; palette PNGs with object ids 1 and 2."""
+    for vid, n in videos.items():
+        (root / "train" / "JPEGImages" / vid).mkdir(parents=True)
+        (root / "train" / "Annotations" / vid).mkdir(parents=True)
+        for k in range(n):
+            stem = f"{5 * k:05d}"
+            Image.fromarray(np.full((48, 64, 3), 40 * k % 255, np.uint8)).save(
+                root / "train" / "JPEGImages" / vid / f"{stem}.jpg")
+            ids = np.zeros((48, 64), np.uint8)
+            ids[5:20, 5:20] = 1
+            ids[25:40, 30:60] = 2
+            png = Image.fromarray(ids, mode="P")
+            png.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (3 * 253))
+            png.save(root / "train" / "Annotations" / vid / f"{stem}.png")
+    (root / "train" / "Annotations" / "empty_video").mkdir()  # no annotations: skipped
+    return root
+
+
+def test_ytvos_sampling(tmp_path):
+    root = _write_ytvos(tmp_path / "ytvos", {"vid_b": 3, "vid_a": 14})
+    samples = ytvos_train_samples(root, step=6)
+    assert [(s.name, c) for s, c in samples] == [("vid_a", 0), ("vid_a", 6), ("vid_a", 12), ("vid_b", 0)]
+    seq = samples[0][0]
+    assert [p.name for p in seq.frames[:3]] == ["00000.jpg", "00005.jpg", "00010.jpg"]
+    mask = seq.read_mask(2)
+    ids = np.asarray(Image.open(seq.masks[2]))
+    assert mask.dtype == bool and np.array_equal(mask, ids > 0)  # both objects are one foreground
+    assert mask[10, 10] and mask[30, 40] and not mask[0, 0]
+    with pytest.raises(DatasetNotFoundError, match="--ytvos19_root"):
+        ytvos_train_samples(tmp_path / "missing")
+
+
+def test_training_with_ytvos(davis, tmp_path):
+    ytvos = _write_ytvos(tmp_path / "ytvos", {"vid_a": 7})
+    args = [a for a in base_args(davis, tmp_path / "out", "--epochs", "1", "--steps_per_epoch", "1", "--no_val")
+            if a != "--no_ytvos"]
+    res = train_script.main(args + ["--ytvos19_root", str(ytvos)])
+    assert res["history"][0]["train_steps"] == 1
+    assert "checkpoint_best" not in res and Path(res["checkpoint_last"]).is_file()
+
+
+def test_torchrun_two_processes(davis, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(ROOT / "train_swin_medvt_avos.py"),
+           *base_args(davis, out, "--epochs", "1", "--steps_per_epoch", "1")]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 process(es)" in r.stdout
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2  # one RNG state per process
+    assert (out / "checkpoint_best.pth").is_file()

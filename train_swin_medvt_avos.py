@@ -1,0 +1,382 @@
+"""Train MED-VT for automatic video object segmentation (DAVIS-2016 train + YouTube-VOS 2019).
+
+The recipe is the original's (rkyuca/medvt ``train_swin_medvt_avos.py`` at 555a462; spec avos §4):
+AdamW (weight decay 1e-4), one 6-frame clip per step per process, focal + dice loss with the aux
+term 0.5·(focal + dice) on the pre-propagation masks, gradient clipping at global norm 0.1,
+15 epochs with a per-epoch polynomial decay ``lr_e = (base − end)(1 − e/(E−1))^0.9 + end``,
+seeds 42 + rank, DAVIS'16 val mIoU after every epoch (flip on, single scale, at --val_size),
+``checkpoint_best.pth`` (best val mIoU) and ``checkpoint_last.pth`` (every epoch).
+
+Learning-rate groups (``--lr_groups``)
+    ``original`` (default for Swin and tiny) — what the original Swin script actually ran,
+    because a later branch always replaced the intended groups: ``label_propagator.*`` at
+    ``--lr`` (1e-4) and *everything else*, backbone and transformer included, at
+    ``--lr_backbone`` (1e-5). The released Swin checkpoint was trained like this.
+    ``intended`` — everything except ``backbone.*`` at ``--lr``, the backbone at ``--lr_backbone``.
+    The original ResNet-101 script used this split with ``--lr_backbone 1e-6`` (the default for
+    ``--backbone resnet101``, which also defaults to ``--train_size 300`` and ``--lprop_scale 7.3``).
+
+Resuming (``--resume checkpoint_last.pth``) restores the model, optimiser, schedule, epoch, best
+score, GradScaler and every RNG (Python, NumPy, torch CPU/CUDA, per process); the shuffling is a
+function of (seed, epoch), so a resumed run continues exactly as the uninterrupted one would
+(bit for bit with deterministic kernels: ``--deterministic``, on by default on CPU).
+
+Examples::
+
+    # the paper's Swin-B recipe (one GPU), from the Kinetics Swin-B and VisTR COCO weights
+    python train_swin_medvt_avos.py --davis16_root data/DAVIS --ytvos19_root data/YouTubeVOS2019 \\
+        --swin_pretrained ckpts/swin_base_patch244_window877_kinetics400_22k.pth \\
+        --vistr_coco ckpts/384_coco_r101.pth --output_dir runs/swinb
+    # several GPUs
+    torchrun --nproc_per_node 4 train_swin_medvt_avos.py ... --amp bf16
+    # a tiny CPU smoke run on a synthetic DAVIS folder
+    python train_swin_medvt_avos.py --backbone tiny --davis16_root /tmp/synth --no_ytvos --train_size 64 \\
+        --val_size 64 --small_aug --steps_per_epoch 2 --epochs 2 --device cpu --output_dir /tmp/run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from datasets.path_config import DatasetNotFoundError, add_path_args, dataset_root, require  # noqa: E402
+from models import build_model, get_config  # noqa: E402
+from models.config import MedVTConfig  # noqa: E402
+from models.convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict,  # noqa: E402
+                            init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
+from models.losses import AVOSCriterion  # noqa: E402
+from utils import distributed as du  # noqa: E402
+from utils.checkpoint import capture_rng, plain_args, restore_rng, save_checkpoint, seed_everything  # noqa: E402
+from utils.engine import evaluate_davis, train_one_epoch  # noqa: E402
+from utils.logger import format_metrics, setup_logger  # noqa: E402
+from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
+
+BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos", "tiny": "tiny"}
+# Defaults that differ for the ResNet-101 script of the original (555a462 train_resnet_medvt_avos.py).
+BACKBONE_DEFAULTS = {
+    "swinB": {"lr_backbone": 1e-5, "lr_groups": "original", "train_size": 360, "lprop_scale": None},
+    "resnet101": {"lr_backbone": 1e-6, "lr_groups": "intended", "train_size": 300, "lprop_scale": 7.3},
+    "tiny": {"lr_backbone": 1e-5, "lr_groups": "original", "train_size": 360, "lprop_scale": None},
+}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="swinB", choices=sorted(BACKBONE_CONFIGS),
+                   help="swinB → config medvt_swinb_avos, resnet101 → medvt_r101_avos, tiny → tiny (tests/demo)")
+    g.add_argument("--model_config", default=None, metavar="NAME",
+                   help="model config name overriding the one chosen by --backbone (see models/config.py)")
+    g.add_argument("--lprop_scale", type=float, default=None,
+                   help="label-propagation upsampling scale (default: the config's, 8.0; 7.3 for resnet101 "
+                        "as the original ResNet training)")
+    g.add_argument("--swin_pretrained", default=None, metavar="PATH",
+                   help="Video Swin-B Kinetics-400 checkpoint (swin_base_patch244_window877_kinetics400_22k.pth) "
+                        "to initialise the backbone, as the original")
+    g.add_argument("--vistr_coco", default=None, metavar="PATH",
+                   help="VisTR COCO checkpoint (384_coco_r101.pth) to initialise the transformer "
+                        "(ResNet: every matching weight)")
+    g.add_argument("--grad_checkpointing", action="store_true",
+                   help="recompute backbone/encoder activations in backward (less memory, ~30%% slower)")
+
+    g = p.add_argument_group("data")
+    add_path_args(g, ["davis16", "ytvos19"])
+    g.add_argument("--no_ytvos", action="store_true",
+                   help="train on DAVIS-2016 train only (the original always added YouTube-VOS 2019)")
+    g.add_argument("--davis16_train_seqs_file", default=None, metavar="PATH",
+                   help="text file, one DAVIS train sequence per line (default: ImageSets or the standard 30)")
+    g.add_argument("--davis16_val_seqs_file", default=None, metavar="PATH",
+                   help="text file, one DAVIS val sequence per line (default: ImageSets or the standard 20)")
+    g.add_argument("--num_frames", type=int, default=6, help="frames per clip")
+    g.add_argument("--train_size", type=int, default=None,
+                   help="shorter side of training clips (default 360; 300 for resnet101)")
+    g.add_argument("--small_aug", action="store_true",
+                   help="augmentation sizes scaled to --train_size (TrainTransform.small) for small test images")
+    g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes per training process")
+
+    g = p.add_argument_group("optimisation (defaults = the original recipe)")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate of the fast group (see --lr_groups)")
+    g.add_argument("--lr_backbone", type=float, default=None,
+                   help="learning rate of the slow group (default 1e-5; 1e-6 for resnet101)")
+    g.add_argument("--lr_groups", default=None, choices=LR_GROUPS,
+                   help="'original' (Swin default): label_propagator.* at --lr, everything else at --lr_backbone "
+                        "(what the authors' Swin script actually ran); 'intended' (resnet101 default): "
+                        "non-backbone at --lr, backbone.* at --lr_backbone")
+    g.add_argument("--end_lr", type=float, default=1e-6, help="final learning rate of the polynomial decay")
+    g.add_argument("--poly_power", type=float, default=0.9, help="power of the polynomial decay")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--epochs", type=int, default=15, help="number of epochs (the schedule decays over epochs-1)")
+    g.add_argument("--clip_max_norm", type=float, default=0.1, help="gradient clipping global norm (0 = off)")
+    g.add_argument("--aux_loss", type=float, default=0.5, help="weight of focal+dice on the pre-propagation masks")
+    g.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES),
+                   help="mixed precision on CUDA: bf16 autocast, or fp16 autocast with a GradScaler; "
+                        "the original trained in fp32")
+    g.add_argument("--steps_per_epoch", type=int, default=None, metavar="N",
+                   help="cap the steps of each epoch (quick runs; the full epoch is the whole sample list)")
+    g.add_argument("--stop_after", type=int, default=None, metavar="N",
+                   help="stop after N epochs in this run (the schedule still follows --epochs); continue "
+                        "later with --resume <output_dir>/checkpoint_last.pth")
+
+    g = p.add_argument_group("validation")
+    g.add_argument("--val_size", type=int, default=360, help="shorter side of DAVIS val frames")
+    g.add_argument("--val_flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="average with the mirrored clip during validation (the original: on)")
+    g.add_argument("--val_every", type=int, default=1, metavar="K",
+                   help="validate every K epochs (and after the last)")
+    g.add_argument("--no_val", action="store_true", help="skip validation (checkpoint_best.pth is not written)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--output_dir", default="runs/medvt_avos", help="checkpoints, train.log and metrics.jsonl")
+    g.add_argument("--resume", default=None, metavar="PATH", help="checkpoint_last.pth of a run to continue")
+    g.add_argument("--seed", type=int, default=42, help="random seed (each process uses seed + rank)")
+    g.add_argument("--device", default=du.default_device(), help="cuda or cpu (torchrun: the local rank's GPU)")
+    g.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
+                   help="deterministic kernels (torch.use_deterministic_algorithms): needed for a resumed run to "
+                        "equal an uninterrupted one bit for bit, since a few multi-threaded backward kernels "
+                        "accumulate in a varying order; auto = on for CPU, off for CUDA (on CUDA it costs speed "
+                        "and only warns where no deterministic kernel exists)")
+    g.add_argument("--find_unused_parameters", action="store_true", help="DDP option, for modified models")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard scalars to <output_dir>/tb (needs the tensorboard package)")
+    g.add_argument("--log_every", type=int, default=50, help="log the running losses every N steps")
+    return p
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the per-backbone defaults left as None (see BACKBONE_DEFAULTS)."""
+    for k, v in BACKBONE_DEFAULTS[args.backbone].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.model_config is None:
+        args.model_config = BACKBONE_CONFIGS[args.backbone]
+    return args
+
+
+def model_config(args) -> MedVTConfig:
+    cfg = get_config(args.model_config)
+    if args.lprop_scale is not None:
+        cfg = cfg.replace(lprop_scale=args.lprop_scale)
+    return cfg
+
+
+def build_train_loader(args, info: du.DistInfo) -> tuple[DataLoader, DistributedSampler]:
+    """Pooled DAVIS (+ YouTube-VOS) clips, shuffled as a function of (seed, epoch) on every process."""
+    from datasets.avos import build_avos_train_dataset
+    from datasets.transforms import TrainTransform
+
+    ytvos = None
+    if not args.no_ytvos:
+        ytvos = dataset_root("ytvos19", args.ytvos19_root)
+        try:
+            require(ytvos, "ytvos19")
+        except DatasetNotFoundError as e:
+            raise DatasetNotFoundError(f"{e} To train on DAVIS only, pass --no_ytvos.") from None
+    transform = TrainTransform.small(args.train_size) if args.small_aug else None
+    dataset = build_avos_train_dataset(args.davis16_root, ytvos, num_frames=args.num_frames,
+                                       train_size=args.train_size, transform=transform,
+                                       seqs_file=args.davis16_train_seqs_file)
+    # One sampler for one or many processes: its permutation depends only on (seed, epoch), so there
+    # is no generator state to checkpoint and resuming reproduces the order exactly.
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=args.seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=args.num_workers, drop_last=True,
+                        pin_memory=info.device.type == "cuda")
+    return loader, sampler
+
+
+def make_checkpoint(args, cfg, model, optimizer, scheduler, scaler, epoch: int, best: dict, rng: list) -> dict:
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+        "epoch": epoch, "args": plain_args(args), "config": cfg.to_dict(), "rng": rng, "best": dict(best),
+    }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def resume(path: str, cfg: MedVTConfig, model, optimizer, scheduler, scaler, info: du.DistInfo, logger) -> tuple[int, dict]:
+    """Restore a run; returns (first epoch to train, best-so-far dict)."""
+    ckpt = read_checkpoint(require_file(path, "--resume"))
+    if "config" in ckpt and MedVTConfig.from_dict(ckpt["config"]) != cfg:
+        raise CheckpointMismatchError(f"{path} was trained with a different model config; pass the same "
+                                      "--backbone/--model_config/--lprop_scale as that run")
+    load_state_dict_strict(model, convert_original_state_dict(checkpoint_state_dict(ckpt), cfg), source=path)
+    if not {"optimizer", "lr_scheduler", "epoch", "config"} <= set(ckpt):
+        # e.g. the authors' released checkpoint: its optimiser state belongs to their module layout
+        logger.warning(f"{path} is not a checkpoint of this script (weights only are used): "
+                       "starting at epoch 0 from these weights")
+        return 0, {"miou": -1.0, "epoch": -1}
+    saved_groups = getattr(ckpt.get("args"), "lr_groups", None)
+    if saved_groups is not None and saved_groups != args_lr_groups(optimizer):
+        raise CheckpointMismatchError(f"{path} was trained with --lr_groups {saved_groups}; resume with the same")
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:
+        raise CheckpointMismatchError(f"{path}: optimizer state does not fit ({e}); was it saved with a "
+                                      "different --lr_groups?") from None
+    scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if scaler is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt.get("rng")
+    if isinstance(rng, list) and len(rng) == info.world_size:
+        restore_rng(rng[info.rank])
+    else:
+        logger.warning("the checkpoint's RNG states are for a different number of processes; reseeding "
+                       "(the run continues, but not bit-identically)")
+        seed_everything(1000 * (ckpt["epoch"] + 1) + info.rank + 42)
+    best = ckpt.get("best", {"miou": -1.0, "epoch": -1})
+    logger.info(f"resumed from {path}: epoch {ckpt['epoch']} done, best val mIoU {best['miou']:.4f}")
+    return int(ckpt["epoch"]) + 1, best
+
+
+def args_lr_groups(optimizer) -> str:
+    """The --lr_groups mode an optimiser was built with, from its group names."""
+    return "original" if any(g.get("name") == "label_propagator" for g in optimizer.param_groups) else "intended"
+
+
+def require_file(path: str | None, flag: str) -> Path:
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"{flag}: file {path} does not exist")
+    return Path(path)
+
+
+def tensorboard_writer(args, info: du.DistInfo):
+    if not (args.tensorboard and info.is_main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SystemExit("--tensorboard needs the 'tensorboard' package (pip install tensorboard); "
+                         "metrics are always written to <output_dir>/metrics.jsonl and train.log") from None
+    return SummaryWriter(str(Path(args.output_dir) / "tb"))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = resolve_defaults(get_args_parser().parse_args(argv))
+    if args.amp != "none" and not str(args.device).startswith("cuda"):
+        # torchvision's CPU deformable convolution has no bf16/fp16 kernel
+        raise SystemExit(f"--amp {args.amp} needs --device cuda; on CPU train with --amp none")
+    deterministic = args.deterministic == "on" or (args.deterministic == "auto"
+                                                    and not str(args.device).startswith("cuda"))
+    if deterministic and str(args.device).startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    info = du.init_distributed(args.device)
+    try:
+        torch.use_deterministic_algorithms(deterministic, warn_only=info.device.type == "cuda")
+        return train(args, info)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        du.cleanup()
+
+
+def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
+    out = Path(args.output_dir)
+    logger = setup_logger(out, info.is_main)
+    writer = tensorboard_writer(args, info)  # fails early when tensorboard is missing
+    logger.info("arguments: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+    torch.backends.cudnn.benchmark = False  # as the original: reproducible kernels
+    torch.backends.cudnn.deterministic = True
+    seed_everything(args.seed + info.rank)
+    device = info.device
+    amp_dtype = AMP_DTYPES[args.amp]
+
+    loader, sampler = build_train_loader(args, info)
+    val_seqs = []
+    if not args.no_val:
+        from datasets.davis16 import davis16_sequences
+        val_seqs = davis16_sequences(args.davis16_root, "val", args.davis16_val_seqs_file)
+    logger.info(f"{len(loader.dataset)} training clips ({len(loader)} steps/epoch/process, {info.world_size} "
+                f"process(es)); {len(val_seqs)} val sequences")
+
+    cfg = model_config(args)
+    model = build_model(cfg).to(device)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if not args.resume:
+        if args.swin_pretrained:
+            from models.backbone import load_swin_pretrained
+            missing = load_swin_pretrained(model.backbone, str(require_file(args.swin_pretrained, "--swin_pretrained")))
+            logger.info(f"backbone from {args.swin_pretrained} ({len(missing)} entries left at init)")
+        if args.vistr_coco:
+            loaded = init_from_vistr_coco(model, require_file(args.vistr_coco, "--vistr_coco"))
+            logger.info(f"{len(loaded)} tensors from {args.vistr_coco}")
+    groups = param_groups(model, args.lr, args.lr_backbone, args.lr_groups)
+    for grp in groups:
+        logger.info(f"param group {grp['name']}: {sum(p.numel() for p in grp['params']):,} params, lr {grp['lr']:.1e}")
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = PolyLR(optimizer, max_steps=args.epochs - 1, end_lr=args.end_lr, power=args.poly_power)
+    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+    criterion = AVOSCriterion(aux_weight=args.aux_loss)
+
+    start_epoch, best = 0, {"miou": -1.0, "epoch": -1}
+    if args.resume:
+        start_epoch, best = resume(args.resume, cfg, model, optimizer, scheduler, scaler, info, logger)
+    train_model = model
+    if info.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=args.find_unused_parameters)
+
+    history, paths = [], {}
+    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        sampler.set_epoch(epoch)
+        stats = train_one_epoch(train_model, criterion, loader, optimizer, device, epoch, args.clip_max_norm,
+                                amp_dtype, args.steps_per_epoch, logger, scaler, args.log_every)
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
+        validate = bool(val_seqs) and ((epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1)
+        if validate:
+            if info.is_main:
+                val = evaluate_davis(model, val_seqs, device, args.val_size, args.num_frames, args.val_flip,
+                                     amp_dtype, logger)
+                record["val_miou"] = val["miou"]
+            record["val_miou"] = du.broadcast_object(record.get("val_miou"))
+        scheduler.step()
+        is_best = validate and record["val_miou"] > best["miou"]
+        if is_best:
+            best = {"miou": record["val_miou"], "epoch": epoch}
+        rng = du.all_gather_object(capture_rng())  # every process's RNG, so each one resumes exactly
+        if info.is_main:
+            state = make_checkpoint(args, cfg, model, optimizer, scheduler, scaler, epoch, best, rng)
+            paths["checkpoint_last"] = str(save_checkpoint(state, out / "checkpoint_last.pth"))
+            if is_best:
+                paths["checkpoint_best"] = str(save_checkpoint(state, out / "checkpoint_best.pth"))
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for k, v in record.items():
+                    if k != "epoch" and isinstance(v, (int, float)):
+                        writer.add_scalar(k, v, epoch)
+        du.barrier()
+        shown = {k: v for k, v in record.items() if k not in ("epoch", "train_steps")}
+        logger.info(f"epoch {epoch}/{args.epochs - 1} done in {time.time() - t0:.1f}s: {format_metrics(shown)}"
+                    + (f"  (best {best['miou']:.4f} @ epoch {best['epoch']})" if best["epoch"] >= 0 else ""))
+        history.append(record)
+    if writer is not None:
+        writer.close()
+    for name in ("checkpoint_last", "checkpoint_best"):  # also those of the run this one resumed
+        if info.is_main and (out / f"{name}.pth").is_file():
+            paths.setdefault(name, str(out / f"{name}.pth"))
+    return {"output_dir": str(out), "history": history, "best_miou": best["miou"], "best_epoch": best["epoch"],
+            "epochs_done": end_epoch, **paths}
+
+
+def cli() -> None:
+    try:
+        main()
+    except (DatasetNotFoundError, CheckpointMismatchError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,113 @@
+"""Training checkpoints: atomic saving and the random-number-generator state.
+
+A checkpoint is a dict with the keys ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``
+(argparse.Namespace with str, not Path, values), ``config`` (``MedVTConfig.to_dict()``), ``rng``
+(:func:`capture_rng`) and ``best``; optionally ``scaler`` (fp16 GradScaler). It holds only
+tensors, primitives, lists/tuples/dicts and the Namespace, so
+:func:`models.convert.read_checkpoint` (``weights_only=True``) can read it back.
+
+:func:`save_checkpoint` never leaves a half-written file at the target path: it writes a
+temporary file in the same folder, flushes it to disk and renames it over the target
+(``os.replace`` is atomic on POSIX and Windows), so an interrupted save keeps the old checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def plain_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Copy of ``args`` whose values are primitives (Paths and other objects become str)."""
+    def conv(v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return type(v)(conv(x) for x in v)
+        if isinstance(v, dict):
+            return {str(k): conv(x) for k, x in v.items()}
+        return str(v)
+
+    return argparse.Namespace(**{k: conv(v) for k, v in vars(args).items()})
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder + fsync + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Whatever happened (disk full, Ctrl-C), the previous checkpoint at ``path`` is untouched.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def capture_rng() -> dict:
+    """The state of every RNG training draws from (Python, NumPy, torch CPU and CUDA).
+
+    Stored as tensors / ints / lists so that ``weights_only`` loading accepts it.
+    """
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_name, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos), int(np_has_gauss),
+                  float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Inverse of :func:`capture_rng`."""
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # different GPU count: restore what matches
+            for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s, i)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) as the original (seed = 42 + rank)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,117 @@
+"""Single-process or ``torchrun`` multi-process training, with the same code path.
+
+Under ``torchrun`` (environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) the default
+process group is initialised with NCCL on CUDA and Gloo on CPU, and each process uses the GPU
+of its local rank. Without those variables everything runs in one process and the helpers
+below are no-ops, so scripts never branch on "distributed or not" beyond wrapping the model.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def init_distributed(device_arg: str | None = None, timeout_min: int = 60) -> DistInfo:
+    """Set up the process group if launched by torchrun; return rank, world size and device.
+
+    ``device_arg``: "cuda", "cuda:N" or "cpu" (None = cuda if available). Under torchrun with
+    CUDA the device index is the local rank. The timeout is generous because rank 0 alone runs
+    validation while the others wait at a barrier.
+    """
+    device = torch.device(device_arg or default_device())
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but CUDA is not available; use --device cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return DistInfo(0, 1, 0, device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not is_dist():
+        kwargs = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=timeout_min),
+                                **kwargs)
+    return DistInfo(rank, world, local_rank, device)
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average a dict of floats over processes (identity in one process)."""
+    if not is_dist() or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def all_gather_object(obj) -> list:
+    """Every process's ``obj``, in rank order ([obj] in one process)."""
+    if not is_dist():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every process."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()

@@ -1,0 +1,47 @@
+"""Readable training logs: one ``logging`` logger writing to stdout and ``<output_dir>/train.log``.
+
+Only the main process prints; other ranks log warnings and errors only, so a multi-process run
+reads like a single one.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+_FMT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def setup_logger(output_dir: str | Path | None, main_process: bool = True, name: str = "medvt.train",
+                 filename: str = "train.log") -> logging.Logger:
+    """Return a logger printing to stdout (main process) and appending to ``output_dir/filename``.
+
+    Calling it again (e.g. a second in-process run) replaces the handlers instead of duplicating them.
+    """
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO if main_process else logging.WARNING)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter(_FMT, datefmt="%Y-%m-%d %H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if output_dir is not None and main_process:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(Path(output_dir) / filename)
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger
+
+
+def format_metrics(values: dict[str, float], digits: int = 4) -> str:
+    """``{"loss": 0.51, "lr": 1e-4}`` → ``"loss 0.5100  lr 1.000e-04"``."""
+    parts = []
+    for k, v in values.items():
+        if isinstance(v, float):
+            parts.append(f"{k} {v:.3e}" if (v != 0 and abs(v) < 1e-3) else f"{k} {v:.{digits}f}")
+        else:
+            parts.append(f"{k} {v}")
+    return "  ".join(parts)
