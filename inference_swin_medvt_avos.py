@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""MED-VT AVOS inference: DAVIS-16 val, YouTube-Objects, MoCA or any video, with the original protocol.
+
+Examples (the original README's settings)::
+
+    python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset davis --flip --msc
+    python inference_swin_medvt_avos.py --model_path ckpts/resnet_medvt.pth --backbone resnet101 --dataset davis \
+        --flip --msc --lprop_scale 7.2
+    python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset ytbo --val_size 360 --flip --msc
+    python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset moca --flip
+    python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --video clip.mp4 --output_dir out/clip
+
+The protocol, output files and metrics are described in :mod:`utils.inference`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from datasets import path_config
+from datasets.davis16 import davis16_sequences
+from datasets.moca import moca_sequences
+from datasets.youtube_objects import youtube_objects_sequences
+from models import read_checkpoint
+from utils import inference as inf
+from utils.metrics import jsonable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Segment the primary moving object in videos with a MED-VT checkpoint, using the original "
+                    "test protocol (every frame the centre of its own wrap-around clip, optional flip and "
+                    "multi-scale), write probability maps, binary masks, overlays and metrics.")
+    p.add_argument("--model_path", required=True, type=Path,
+                   help="checkpoint: the authors' file (Swin-B or ResNet-101) or one saved by train_swin_medvt_avos.py")
+    p.add_argument("--dataset", default="davis", choices=["davis", "ytbo", "moca", "all"],
+                   help="evaluation set: DAVIS-16 val, YouTube-Objects, MoCA, or all three (each with its own "
+                        "val size, in sub-folders of --output_dir); ignored with --video (default davis)")
+    p.add_argument("--video", type=Path, default=None, metavar="PATH",
+                   help="segment this video instead of a dataset: a video file read with OpenCV or a folder of "
+                        "frames (sorted by name); writes masks and an overlay video, no metrics")
+    p.add_argument("--val_size", type=int, default=None,
+                   help="shorter input side (longer side capped at 1.8x); default the README's size per dataset: "
+                        "473 DAVIS, MoCA and --video, 360 YouTube-Objects; --dataset all always uses those")
+    p.add_argument("--flip", action="store_true",
+                   help="also predict the mirrored clip; merged by mean (DAVIS, video) or max (YouTube-Objects, MoCA)")
+    p.add_argument("--msc", action="store_true",
+                   help="average several input scales (DAVIS 0.75-1.3, YouTube-Objects 0.95-1.15, ResNet DAVIS "
+                        "0.75-1.15 with longer side <= 1.65x; MoCA: only for 2024 models, 0.9-1.1)")
+    p.add_argument("--lprop_scale", type=float, default=None,
+                   help="label-propagation scale; default the model config's (8.0, the README's value for "
+                        "Swin-B; its ResNet-101 runs use 7.2 DAVIS, 8.0 YouTube-Objects, 7.3 MoCA)")
+    p.add_argument("--num_frames", type=int, default=6, help="frames per clip, the centre one kept (default 6)")
+    p.add_argument("--output_dir", type=Path, default=None,
+                   help="where outputs go; default <model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<time>")
+    p.add_argument("--model_version", default="auto", choices=["auto", "cvpr23", "2024"],
+                   help="which original forward a Swin-B checkpoint needs: cvpr23 (555a462), 2024 (the 2024 "
+                        "inference code), or auto: the checkpoint's config if it has one, else its saved "
+                        "training arguments (2024 scripts add use_flow, ...), else cvpr23 (default auto)")
+    p.add_argument("--backbone", default="swinB", choices=["swinB", "resnet101"],
+                   help="backbone of an authors' checkpoint (ours record their config) (default swinB)")
+    p.add_argument("--sequences", nargs="+", default=None, metavar="SEQ",
+                   help="only these sequences (names, or path prefixes such as a YouTube-Objects class)")
+    p.add_argument("--save_overlay", action="store_true",
+                   help="also write overlay/<seq>/<frame>.png and one overlay video per sequence")
+    p.add_argument("--overlay_format", default="mp4", choices=["mp4", "gif"],
+                   help="container of the overlay videos (default mp4)")
+    p.add_argument("--fps", type=int, default=10, help="frame rate of the overlay videos (default 10)")
+    p.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast (for CUDA; works but is slow on CPU); default float32")
+    p.add_argument("--device", default=None,
+                   help="torch device, e.g. cuda, cuda:1, cpu (default cuda if available, else cpu)")
+    p.add_argument("--davis16_split", default="val", choices=["train", "val"],
+                   help="DAVIS-16 split to evaluate (default val)")
+    p.add_argument("--davis16_seqs_file", type=Path, default=None,
+                   help="DAVIS-16 sequence list (one name per line); default ImageSets of the root, else the "
+                        "standard 20 val sequences")
+    p.add_argument("--youtube_objects_list", type=Path, default=None,
+                   help="YouTube-Objects list of sequence folders (frames/<class>/data/<vid>/shots/<shot>); "
+                        "default <youtube_objects root>/val_seqs.txt")
+    p.add_argument("--moca_list", type=Path, default=None,
+                   help="MoCA list of video names; default <moca root>/val_seqs.txt")
+    p.add_argument("--moca_annotations", type=Path, default=None,
+                   help="MoCA annotation CSV; default <moca root>/annotations.csv")
+    path_config.add_path_args(p, ["davis16", "youtube_objects", "moca"])
+    return p
+
+
+def load_sequences(args: argparse.Namespace, dataset: str) -> list:
+    """The dataset's sequences (errors name the root flag when something is missing)."""
+    if dataset == "davis":
+        seqs = davis16_sequences(args.davis16_root, args.davis16_split, args.davis16_seqs_file)
+    elif dataset == "ytbo":
+        seqs = youtube_objects_sequences(args.youtube_objects_root, args.youtube_objects_list)
+    else:
+        seqs = moca_sequences(args.moca_root, args.moca_list, args.moca_annotations)
+    seqs = inf.select_sequences(seqs, args.sequences)
+    if not seqs:
+        raise ValueError(f"{dataset}: no sequences to evaluate")
+    return seqs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
+    if args.num_frames < 2:
+        parser.error("--num_frames must be at least 2 (the model attends across the frames of a clip)")
+    datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
+    # Read every dataset index first: a missing folder stops before the model is loaded.
+    sequences = {ds: load_sequences(args, ds) for ds in datasets}
+    video = inf.read_video(args.video) if args.video else None
+
+    ckpt = read_checkpoint(args.model_path)
+    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, args.lprop_scale)
+    tasks = datasets or ["video"]
+    protocols = {ds: inf.make_protocol(ds, info.config, info.version,
+                                       None if args.dataset == "all" else args.val_size, args.msc, args.flip)
+                 for ds in tasks}
+    out_dir = args.output_dir
+    if out_dir is None:
+        label = "all" if len(tasks) > 1 else tasks[0]
+        size = protocols[tasks[0]].val_size
+        out_dir = args.model_path.parent / f"{inf.run_name(label, size, args.msc, info.config)}_{int(time.time())}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = inf.add_log_file(out_dir / "out.log")
+    try:
+        log = inf.logger
+        log.info("command: python %s %s", Path(__file__).name, " ".join(sys.argv[1:] if argv is None else argv))
+        inf.log_model_choice(info)
+        model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
+        del ckpt
+        log.info("device: %s%s; output: %s", device, ", bf16 autocast" if args.amp else "", out_dir)
+        if args.dataset == "all" and args.val_size and not video:
+            log.warning("--val_size %d ignored: --dataset all uses 473 (DAVIS, MoCA) and 360 (YouTube-Objects)",
+                        args.val_size)
+        if args.amp and device.type != "cuda":
+            log.warning("--amp on %s: bfloat16 autocast is meant for CUDA and is slow here", device)
+        results: dict = {"output_dir": str(out_dir),
+                         "model": {"config": info.config_name, "version": info.version, "reason": info.reason,
+                                   "variant": info.config.variant, "lprop_scale": info.config.lprop_scale}}
+        for task in tasks:
+            protocol = protocols[task]
+            sub = out_dir / inf.run_name(task, protocol.val_size, args.msc, info.config) if len(tasks) > 1 else out_dir
+            opts = inf.RunOptions(sub, args.num_frames, args.save_overlay, args.overlay_format, args.fps,
+                                  torch.bfloat16 if args.amp else None)
+            if task == "davis":
+                results[task] = inf.run_davis(model, sequences[task], protocol, opts)
+            elif task == "ytbo":
+                results[task] = inf.run_youtube_objects(model, sequences[task], protocol, opts)
+            elif task == "moca":
+                results[task] = inf.run_moca(model, sequences[task], protocol, opts)
+            else:
+                results[task] = inf.run_video(model, video[0], video[1], protocol, opts)
+            results[task]["output_dir"] = str(sub)
+        (out_dir / "summary.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
+        return results
+    finally:
+        inf.logger.removeHandler(handler)
+        handler.close()
+
+
+if __name__ == "__main__":
+    main()

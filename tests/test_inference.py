@@ -1,0 +1,216 @@
+"""inference_swin_medvt_avos.py: DAVIS outputs and metrics, --flip/--msc, --video, model selection
+and error messages, with a tiny model on synthetic DAVIS data."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import inference_swin_medvt_avos as script
+from datasets.davis16 import davis16_sequences
+from datasets.path_config import DatasetNotFoundError
+from datasets.synthetic import make_synthetic_davis
+from datasets.transforms import load_frames, test_size
+from models import CheckpointMismatchError, build_model, get_config
+from models.predictor import VideoPredictor, wraparound_clip
+from utils import inference as inf
+from utils.metrics import evaluate_sequences
+
+ROOT = Path(__file__).resolve().parents[1]
+H, W = 64, 96
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("infer")
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    ckpt = base / "tiny.pth"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict(),
+                "args": argparse.Namespace(lr=1e-4)}, ckpt)
+    davis = make_synthetic_davis(base / "DAVIS", num_train=0, num_val=2, num_frames=5, size_hw=(H, W))
+    return {"base": base, "ckpt": ckpt, "davis": davis, "model": model}
+
+
+def run(setup, out: Path, *extra: str) -> dict:
+    return script.main(["--model_path", str(setup["ckpt"]), "--davis16_root", str(setup["davis"]),
+                        "--val_size", "48", "--output_dir", str(out), "--device", "cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def davis_run(setup) -> tuple[Path, dict]:
+    out = setup["base"] / "davis_out"
+    return out, run(setup, out, "--save_overlay")
+
+
+def test_davis_output_layout_and_metrics(setup, davis_run):
+    out, res = davis_run
+    seqs = davis16_sequences(setup["davis"], "val")
+    for seq in seqs:
+        stems = [f.stem for f in seq.frames]
+        for folder in ("logits", "bin_mask", "overlay"):
+            assert sorted(p.stem for p in (out / folder / seq.name).glob("*.png")) == stems
+        assert (out / "overlay" / f"{seq.name}.mp4").stat().st_size > 0
+    # metrics: per-sequence rows + overall in CSV and JSON, equal to evaluating bin_mask/ again
+    saved = json.loads((out / "davis_results.json").read_text())
+    assert set(saved["sequences"]) == {s.name for s in seqs}
+    again = evaluate_sequences(out / "bin_mask", setup["davis"] / "Annotations" / "480p")
+    assert saved["mIoU"] == pytest.approx(again["mIoU"]) and res["davis"]["J_mean"] == pytest.approx(again["J_mean"])
+    rows = list(csv.DictReader((out / "davis_results.csv").open()))
+    assert [r["sequence"] for r in rows] == [s.name for s in seqs] + ["Overall"]
+    assert float(rows[-1]["mIoU"]) == pytest.approx(again["mIoU"])
+    log = (out / "out.log").read_text()
+    assert "Davis Videos Mean IOU" in log and "checkpoint config" in log
+    assert json.loads((out / "summary.json").read_text())["model"]["version"] == "cvpr23"
+
+
+def test_davis_values_follow_the_protocol(setup, davis_run):
+    """logits/ = uint8(p·255) of the centre frame of a wrap-around clip at the GT size; bin_mask/ = p > 0.5."""
+    out, _ = davis_run
+    seq = davis16_sequences(setup["davis"], "val")[0]
+    frames = load_frames(seq.frames, test_size(H, W, 48))
+    assert frames.shape[-2:] == (48, 72)
+    predictor = VideoPredictor(setup["model"], clip_len=6)
+    for i in (0, 4):  # first and last frames: their clips wrap around the video
+        clip = frames[wraparound_clip(i, seq.num_frames)]
+        prob = predictor.predict_clip(clip, (H, W))[3].numpy()
+        logits = np.asarray(Image.open(out / "logits" / seq.name / f"{seq.frames[i].stem}.png"))
+        binary = np.asarray(Image.open(out / "bin_mask" / seq.name / f"{seq.frames[i].stem}.png"))
+        assert logits.shape == binary.shape == (H, W) and logits.dtype == np.uint8
+        assert np.abs(logits.astype(int) - (prob * 255).astype(np.uint8).astype(int)).max() <= 1
+        assert set(np.unique(binary)) <= {0, 255}
+        np.testing.assert_array_equal(binary == 255, prob > 0.5)
+    # the rule crf_davis16.py uses: PNG ≥ 128 is foreground (127 is the truncation band of p ∈ (0.5, 0.502))
+    for png in (out / "logits" / seq.name).glob("*.png"):
+        logits = np.asarray(Image.open(png))
+        binary = np.asarray(Image.open(out / "bin_mask" / seq.name / png.name)) == 255
+        clear = logits != 127
+        np.testing.assert_array_equal(binary[clear], logits[clear] >= 128)
+
+
+def test_davis_flip_and_msc_run(setup, tmp_path):
+    davis = make_synthetic_davis(tmp_path / "DAVIS", num_train=0, num_val=1, num_frames=2, size_hw=(H, W))
+    common = ["--model_path", str(setup["ckpt"]), "--davis16_root", str(davis), "--val_size", "48", "--device", "cpu",
+              "--sequences", "synth-val-00"]
+    script.main(common + ["--output_dir", str(tmp_path / "plain")])
+    res = script.main(common + ["--output_dir", str(tmp_path / "msc"), "--flip", "--msc", "--lprop_scale", "7.2"])
+    assert list(res["davis"]["sequences"]) == ["synth-val-00"]
+    assert res["model"]["lprop_scale"] == 7.2
+    log = (tmp_path / "msc" / "out.log").read_text()
+    assert "scales [0.75, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3], flip on (mean)" in log
+    pngs = sorted((tmp_path / "msc" / "logits" / "synth-val-00").glob("*.png"))
+    assert len(pngs) == 2
+    assert any(not np.array_equal(np.asarray(Image.open(p)),
+                                  np.asarray(Image.open(tmp_path / "plain" / "logits" / "synth-val-00" / p.name)))
+               for p in pngs)
+
+
+def test_protocol_table():
+    swin, r101 = get_config("medvt_swinb_avos"), get_config("medvt_r101_avos")
+    p = inf.make_protocol("ytbo", swin, "cvpr23", msc=True, flip=True)
+    assert (p.val_size, p.scales, p.flip_merge, p.inclusive) == (360, (0.95, 1.0, 1.05, 1.1, 1.15), "max", True)
+    assert inf.make_protocol("moca", swin, "cvpr23", msc=True).scales == (1.0,)  # CVPR'23: msc off on MoCA
+    assert inf.make_protocol("moca", swin, "2024", msc=True).scales == (0.9, 0.95, 1.0, 1.05, 1.1)
+    p = inf.make_protocol("davis", r101, "cvpr23", msc=True)
+    assert (p.scales, p.max_ratio) == ((0.75, 0.8, 0.9, 1.0, 1.1, 1.15), 1.65)
+    assert inf.make_protocol("davis", r101, "cvpr23").max_ratio == 1.8
+    p = inf.make_protocol("davis", swin, "cvpr23", val_size=473)
+    assert (p.flip_merge, p.inclusive) == ("mean", False)
+    assert test_size(480, 854, p.val_size, p.max_ratio) == (473, 841)
+    prob = np.array([0.5, 0.50001])
+    assert inf.make_protocol("ytbo", swin, "cvpr23").binarize(prob).tolist() == [True, True]
+    assert p.binarize(prob).tolist() == [False, True]
+
+
+def test_video_folder_and_mp4(setup, tmp_path):
+    seq = davis16_sequences(setup["davis"], "val")[0]
+    folder = tmp_path / "my_clip"
+    folder.mkdir()
+    rgb = [np.asarray(seq.read_image(i)) for i in range(seq.num_frames)]
+    for i, frame in enumerate(rgb):
+        Image.fromarray(frame).save(folder / f"img_{i:03d}.png")
+    res = script.main(["--model_path", str(setup["ckpt"]), "--video", str(folder), "--val_size", "48",
+                       "--output_dir", str(tmp_path / "out_dir"), "--device", "cpu"])["video"]
+    out = tmp_path / "out_dir"
+    assert res["n_frames"] == 5
+    assert sorted(p.name for p in (out / "bin_mask" / "my_clip").glob("*.png")) == [f"{i:05d}.png" for i in range(5)]
+    assert np.asarray(Image.open(out / "logits" / "my_clip" / "00003.png")).shape == (H, W)
+    assert Path(res["overlay_video"]) == out / "overlay" / "my_clip.mp4" and Path(res["overlay_video"]).is_file()
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (W, H))
+    for frame in rgb:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    res = script.main(["--model_path", str(setup["ckpt"]), "--video", str(video), "--val_size", "48",
+                       "--output_dir", str(tmp_path / "out_mp4"), "--device", "cpu", "--overlay_format", "gif"])
+    assert res["video"]["n_frames"] == 5
+    assert len(list((tmp_path / "out_mp4" / "bin_mask" / "clip").glob("*.png"))) == 5
+    assert (tmp_path / "out_mp4" / "overlay" / "clip.gif").is_file()
+    with pytest.raises(FileNotFoundError, match="--video"):
+        script.main(["--model_path", str(setup["ckpt"]), "--video", str(tmp_path / "none.mp4")])
+
+
+def test_model_version_auto_reads_checkpoint_arguments():
+    info = inf.resolve_model_config({"model": {}, "args": argparse.Namespace(use_flow=0, lr=1e-4)})
+    assert (info.config_name, info.version, info.config.variant) == ("medvt_swinb_avos_2024", "2024", "v3")
+    assert "use_flow" in info.reason
+    info = inf.resolve_model_config({"model": {}, "args": argparse.Namespace(lr=1e-4)})
+    assert (info.config_name, info.version) == ("medvt_swinb_avos", "cvpr23")
+    info = inf.resolve_model_config({"model": {}, "args": argparse.Namespace(use_flow=0)}, "cvpr23")
+    assert info.config_name == "medvt_swinb_avos"  # an explicit flag wins
+    info = inf.resolve_model_config({"model": {}}, backbone="resnet101", lprop_scale=7.2)
+    assert (info.config_name, info.config.lprop_scale) == ("medvt_r101_avos", 7.2)
+    ours = {"model": {}, "config": get_config("tiny").to_dict(), "args": argparse.Namespace(use_flow=0)}
+    assert inf.resolve_model_config(ours).config == get_config("tiny")  # our config wins over the args
+    assert inf.resolve_model_config(ours, "2024").config.variant == "v3"
+
+
+def test_auto_2024_checkpoint_end_to_end_reports_model_and_key_errors(setup, tmp_path, capsys):
+    """An authors'-style file (no config) with 2024 arguments: Swin-B 2024 is chosen and printed;
+    its (tiny) weights do not fit, and the error lists the keys."""
+    ckpt = tmp_path / "orig.pth"
+    torch.save({"model": setup["model"].state_dict(), "args": argparse.Namespace(use_flow=0)}, ckpt)
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):
+        script.main(["--model_path", str(ckpt), "--davis16_root", str(setup["davis"]),
+                     "--output_dir", str(tmp_path / "o"), "--device", "cpu"])
+    assert "medvt_swinb_avos_2024, forward 2024" in capsys.readouterr().out
+
+
+def test_wrong_keys_error_lists_them(setup, tmp_path):
+    sd = dict(setup["model"].state_dict())
+    sd["head.extra.weight"] = torch.zeros(1)
+    del sd["query_decoder.query_embed.weight"]
+    ckpt = tmp_path / "bad.pth"
+    torch.save({"model": sd, "config": get_config("tiny").to_dict()}, ckpt)
+    with pytest.raises(CheckpointMismatchError) as err:
+        script.main(["--model_path", str(ckpt), "--davis16_root", str(setup["davis"]),
+                     "--output_dir", str(tmp_path / "o"), "--device", "cpu"])
+    assert "query_decoder.query_embed.weight" in str(err.value) and "head.extra.weight" in str(err.value)
+
+
+def test_missing_dataset_names_the_flag(setup, tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="--davis16_root"):
+        script.main(["--model_path", str(setup["ckpt"]), "--davis16_root", str(tmp_path / "no_davis"),
+                     "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(FileNotFoundError, match="--model_path"):
+        script.main(["--model_path", str(tmp_path / "none.pth"), "--davis16_root", str(setup["davis"]),
+                     "--output_dir", str(tmp_path / "o")])
+
+
+def test_help():
+    proc = subprocess.run([sys.executable, str(ROOT / "inference_swin_medvt_avos.py"), "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--model_path", "--dataset", "--flip", "--msc", "--video", "--model_version", "--amp",
+                 "--davis16_root", "--youtube_objects_root", "--moca_root", "--save_overlay"):
+        assert flag in proc.stdout
