@@ -87,6 +87,7 @@ MODEL_CONFIGS: dict[str, MedVTConfig] = {
     "medvt_swinb_avos_v2": replace(_SWINB, variant="v2"),
     "medvt_swinb_avos_2024": replace(_SWINB, variant="v3"),
     "medvt_r101_avos": replace(_SWINB, backbone="resnet101", encoder_style="resnet"),
+    "medvt_swinb_vss": replace(_SWINB, num_classes=124),  # VSPW semantic segmentation (vss/config.py)
     "tiny": MedVTConfig(
         swin=SwinConfig(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 7, 7), drop_path=0.0),
         d_model=48,

@@ -1,0 +1,203 @@
+"""VSPW (Video Scene Parsing in the Wild) for video semantic segmentation.
+
+On disk (the 480p release; the full-size release has the same layout)::
+
+    <root>/train.txt, val.txt, test.txt       one video name per line
+    <root>/data/<video>/origin/<frame>.jpg    every frame
+    <root>/data/<video>/mask/<frame>.png      labels (mode L or P), same stem; none for the test split
+
+Raw mask values are 0-124 and 255: 0 = "others" and 255 = void are both ignored, so classes are
+``raw - 1`` in 0..123 with 255 = ignore (the dataset README's recipe, :func:`raw_to_class`).
+
+Training clips (:class:`VSPWClips`) follow the AVOS loaders (spec avos §4.4): clip centres at
+positions 0, s, 2s, … of every video (s = ``centre_step``, default the clip length, as for
+YouTube-VOS), a clip = T frames around its centre. Unlike AVOS the window is kept inside the video
+(shifted at the ends, wrapping only when the video is shorter than the clip): every VSPW frame is
+annotated and supervised, and a clip that jumps from the last frame to the first would teach a
+false temporal continuity.
+"""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .path_config import dataset_root, require
+from .transforms import to_tensor
+from .video import VideoSequence
+
+IGNORE_INDEX = 255
+NUM_CLASSES = 124
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def vspw_root(override: str | os.PathLike | None = None) -> Path:
+    """The checked VSPW root (``--vspw_root`` / ``MEDVT_VSPW_ROOT`` / ``$MEDVT_DATA_ROOT/VSPW``)."""
+    root = require(dataset_root("vspw", override), "vspw")
+    require(root / "data", "vspw", "the data/<video>/origin and data/<video>/mask folders")
+    return root
+
+
+def read_split(root: Path, split: str) -> list[str]:
+    """Video names listed in ``<root>/<split>.txt`` (blank lines skipped)."""
+    path = require(root / f"{split}.txt", "vspw", f"the {split} split list, one video name per line", is_file=True)
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"vspw: split list {path} names no video")
+    return names
+
+
+def vspw_sequences(root: Path, split: str, need_masks: bool | None = None) -> list[VideoSequence]:
+    """Every video of ``split`` as a :class:`VideoSequence` (frames in name order, mask per frame or None).
+
+    ``need_masks`` (default: every split but ``test``) makes a video without masks an error naming it.
+    """
+    need_masks = split != "test" if need_masks is None else need_masks
+    videos = []
+    for name in read_split(root, split):
+        frame_dir = require(root / "data" / name / "origin", "vspw", f"frames of video {name} listed in {split}.txt")
+        frames = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in FRAME_SUFFIXES
+                        and not p.name.startswith("."))
+        if not frames:
+            raise FileNotFoundError(f"vspw: {frame_dir} has no frames (*.jpg)")
+        mask_dir = root / "data" / name / "mask"
+        if need_masks:
+            require(mask_dir, "vspw", f"masks of video {name} (split {split})")
+        masks = [m if m.is_file() else None for m in (mask_dir / f"{p.stem}.png" for p in frames)]
+        if need_masks and all(m is None for m in masks):
+            raise FileNotFoundError(f"vspw: no mask in {mask_dir} matches a frame name of {frame_dir}")
+        videos.append(VideoSequence(name, frames, masks))
+    return videos
+
+
+def raw_to_class(raw: np.ndarray) -> np.ndarray:
+    """Raw VSPW labels (0 others, 1-124 classes, 255 void) → classes 0..123, 255 = ignore (uint8)."""
+    raw = np.asarray(raw)
+    out = raw.astype(np.int16) - 1
+    out[(raw == 0) | (raw == 255) | (out >= NUM_CLASSES)] = IGNORE_INDEX
+    return out.astype(np.uint8)
+
+
+def read_raw_mask(path: Path | None, size_hw: tuple[int, int]) -> np.ndarray:
+    """The raw mask as uint8 HxW (pixel values = labels); a missing mask is all void (255)."""
+    if path is None:
+        return np.full(size_hw, IGNORE_INDEX, dtype=np.uint8)
+    mask = np.asarray(Image.open(path))  # L and P modes both give the label values
+    if mask.ndim == 3:  # saved as RGB by some tool: the label is in every channel
+        mask = mask[..., 0]
+    return mask.astype(np.uint8)
+
+
+def clip_indices(num_frames: int, centre: int, clip_len: int, stride: int = 1) -> list[int]:
+    """``clip_len`` frame indices ``stride`` apart around ``centre`` (at position clip_len // 2).
+
+    The window is shifted to stay inside the video; a video too short for it wraps around.
+    """
+    span = (clip_len - 1) * stride + 1
+    if span > num_frames:
+        return [(centre + (k - clip_len // 2) * stride) % num_frames for k in range(clip_len)]
+    start = min(max(centre - (clip_len // 2) * stride, 0), num_frames - span)
+    return [start + k * stride for k in range(clip_len)]
+
+
+def resized_hw(h: int, w: int, short: int | None, max_size: int | None = None) -> tuple[int, int]:
+    """Size with the shorter side ``short`` (None = unchanged), the longer capped at ``max_size``."""
+    if not short:
+        return h, w
+    scale = short / min(h, w)
+    if max_size and max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+class VSPWTrainTransform:
+    """One random geometry per clip, the same for every frame.
+
+    Shorter side → a random choice of ``train_sizes`` (longer side ≤ ``max_size``), horizontal flip
+    with p ``hflip``, then a random ``crop_hw`` crop; a smaller image is padded first (frames with 0,
+    the mean colour after normalisation; labels with 255). A fixed crop makes clips batchable and
+    keeps both sides multiples of 32 for the Swin backbone. Frames bilinear, labels nearest.
+
+    ``__call__(images: list[PIL RGB], labels: list[uint8 HxW class ids])`` →
+    (frames [T, 3, H, W] normalised float, labels [T, H, W] long with 255 = ignore).
+    """
+
+    def __init__(self, train_sizes: Sequence[int] = (360,), max_size: int | None = 648,
+                 crop_hw: tuple[int, int] | None = (352, 640), hflip: float = 0.5, seed: int | None = None) -> None:
+        self.train_sizes, self.max_size, self.crop_hw, self.hflip = tuple(train_sizes), max_size, crop_hw, hflip
+        # The global ``random`` by default: DataLoader workers seed it, checkpoints capture it.
+        self.rng = random.Random(seed) if seed is not None else random
+
+    def __call__(self, images: list[Image.Image], labels: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+        w0, h0 = images[0].size
+        h, w = resized_hw(h0, w0, self.rng.choice(self.train_sizes), self.max_size)
+        flip = self.rng.random() < self.hflip
+        frames, masks = [], []
+        for img, lab in zip(images, labels):
+            img = img.convert("RGB").resize((w, h), Image.BILINEAR) if img.size != (w, h) else img.convert("RGB")
+            lab = Image.fromarray(np.asarray(lab, dtype=np.uint8))
+            lab = lab.resize((w, h), Image.NEAREST) if lab.size != (w, h) else lab
+            if flip:
+                img, lab = img.transpose(Image.FLIP_LEFT_RIGHT), lab.transpose(Image.FLIP_LEFT_RIGHT)
+            frames.append(to_tensor(img))
+            masks.append(torch.from_numpy(np.array(lab, dtype=np.int64)))
+        return self._crop(torch.stack(frames), torch.stack(masks))
+
+    def _crop(self, frames: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        if self.crop_hw is None:
+            return frames, masks
+        ch, cw = self.crop_hw
+        h, w = masks.shape[-2:]
+        if h < ch or w < cw:
+            pad = (0, max(cw - w, 0), 0, max(ch - h, 0))
+            frames = F.pad(frames, pad, value=0.0)
+            masks = F.pad(masks, pad, value=IGNORE_INDEX)
+            h, w = masks.shape[-2:]
+        y, x = self.rng.randint(0, h - ch), self.rng.randint(0, w - cw)
+        return frames[..., y:y + ch, x:x + cw], masks[..., y:y + ch, x:x + cw]
+
+
+class VSPWClips(Dataset):
+    """Training clips of annotated VSPW videos.
+
+    Item: ``frames`` [T, 3, H, W] normalised, ``masks`` [T, H, W] long (classes 0..K-1, 255 ignore),
+    ``name`` (video), ``centre`` (frame index of the clip centre).
+    """
+
+    def __init__(self, sequences: Sequence[VideoSequence], transform, num_frames: int = 6,
+                 centre_step: int | None = None, frame_stride: int = 1) -> None:
+        if not sequences:
+            raise ValueError("vspw: no training videos")
+        self.sequences, self.transform = list(sequences), transform
+        self.num_frames, self.frame_stride = num_frames, frame_stride
+        step = centre_step or num_frames
+        self.samples = [(v, c) for v, seq in enumerate(self.sequences) for c in range(0, seq.num_frames, step)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        v, centre = self.samples[index]
+        seq = self.sequences[v]
+        ids = clip_indices(seq.num_frames, centre, self.num_frames, self.frame_stride)
+        images = [seq.read_image(i) for i in ids]
+        size_hw = images[0].size[::-1]
+        labels = [raw_to_class(read_raw_mask(seq.masks[i], size_hw)) for i in ids]
+        frames, masks = self.transform(images, labels)
+        return {"frames": frames, "masks": masks, "name": seq.name, "centre": centre}
+
+
+def build_vspw_train_dataset(root: str | os.PathLike | None = None, split: str = "train", num_frames: int = 6,
+                             centre_step: int | None = None, frame_stride: int = 1,
+                             transform: VSPWTrainTransform | None = None) -> VSPWClips:
+    """Clips of ``split`` (default ``train``) under the resolved VSPW root."""
+    seqs = vspw_sequences(vspw_root(root), split, need_masks=True)
+    return VSPWClips(seqs, transform or VSPWTrainTransform(), num_frames, centre_step, frame_stride)

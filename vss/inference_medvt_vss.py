@@ -1,0 +1,252 @@
+"""MED-VT video semantic segmentation: inference and evaluation on VSPW.
+
+Every frame of every video of the split is predicted. Predictions are saved as palette PNGs
+``<output_dir>/predictions/<video>/<frame>.png`` whose pixel values are the class ids 0..K-1
+(raw VSPW label − 1, the dataset README's convention) and whose palette colours them, so one
+file is both the coloured picture and the label map. With ground truth (``val``), mIoU and
+mVC8 / mVC16 are computed as the VSPW authors' scripts do (:mod:`vss.metrics`) and written per
+video and overall to ``results.json`` / ``results.csv``.
+
+Clips: ``--window chunk`` (default) cuts each video into consecutive clips of ``--clip_len``
+frames (the last one shifted back inside the video) and keeps every frame's prediction, one
+forward per ``clip_len`` frames; ``--window centre`` predicts each frame as the centre of its own
+wrap-around clip (the AVOS protocol, ``clip_len`` times slower).
+
+Example::
+
+    python vss/inference_medvt_vss.py --model_path out/vss/checkpoint_best.pth \\
+        --vspw_root /data/VSPW_480p --split val --output_dir out/vss_val
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datasets.path_config import add_path_args  # noqa: E402
+from datasets.transforms import load_frames  # noqa: E402
+from datasets.video import VideoSequence  # noqa: E402
+from datasets.vspw import clip_indices, raw_to_class, read_raw_mask, resized_hw, vspw_root, vspw_sequences  # noqa: E402
+from models import MedVTConfig, build_model, load_checkpoint, read_checkpoint  # noqa: E402
+from models.predictor import wraparound_clip  # noqa: E402
+from utils.metrics import write_results  # noqa: E402
+from vss.config import DEFAULT_CONFIG, config_names, vss_config  # noqa: E402
+from vss.metrics import VSPWEvaluator  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", default=None,
+                   help="checkpoint to evaluate (one written by vss/train_medvt_vss.py records its model config); "
+                        "required unless --random_weights")
+    p.add_argument("--random_weights", action="store_true", help="run without a checkpoint (smoke tests only)")
+    p.add_argument("--model", default=DEFAULT_CONFIG, choices=config_names(),
+                   help="model config, used when the checkpoint does not record one")
+    p.add_argument("--num_classes", type=int, default=None, help="override the config's class count")
+    add_path_args(p, ["vspw"])
+    p.add_argument("--split", default="val",
+                   help="split list <vspw_root>/<split>.txt; a split without masks (test) gets predictions only")
+    p.add_argument("--videos", nargs="*", default=None, help="only these videos of the split")
+    p.add_argument("--val_size", type=int, default=480, help="shorter side fed to the model; 0 = frame size")
+    p.add_argument("--max_size", type=int, default=None, help="cap on the longer side fed to the model")
+    p.add_argument("--clip_len", type=int, default=6, help="frames per forward (the trained clip length)")
+    p.add_argument("--window", default="chunk", choices=("chunk", "centre"),
+                   help="chunk: consecutive clips, every frame kept; centre: each frame the centre of its own "
+                        "wrap-around clip (see above)")
+    p.add_argument("--flip", action="store_true", help="average the softmax with that of the mirrored clip")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--output_dir", default=None,
+                   help="where predictions/<video>/<frame>.png and results.{json,csv} go; default "
+                        "<checkpoint folder>/infer_vspw_<split>_<val_size> (runs/medvt_vss_random/... without one)")
+    p.add_argument("--save_overlays", action="store_true", help="also write overlays/<video>/<frame>.jpg")
+    p.add_argument("--no_save_predictions", action="store_true", help="compute metrics only, write no PNGs")
+    return p
+
+
+# --------------------------------------------------------------------------------- colours
+def vspw_palette(num: int = 256) -> np.ndarray:
+    """[num, 3] uint8 colours: the bit-interleaved PASCAL-VOC scheme, distinct for 256 ids.
+
+    Class c gets the VOC colour of c + 1, so class 0 is not black (black reads as "nothing").
+    """
+    pal = np.zeros((num, 3), np.uint8)
+    for i in range(num):
+        c, r, g, b = i + 1, 0, 0, 0
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        pal[i] = (r, g, b)
+    pal[255] = (0, 0, 0)  # ignore / void
+    return pal
+
+
+PALETTE = vspw_palette()
+
+
+def save_label_png(labels: np.ndarray, path: Path) -> None:
+    """Class ids HxW → palette PNG (values = ids, colours = :data:`PALETTE`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    img = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
+    img.putpalette(PALETTE.flatten().tolist())
+    img.save(path)
+
+
+def overlay_colors(frame_path: Path, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The frame (resized to the labels) blended with the class colours, HxWx3 uint8."""
+    frame = np.asarray(Image.open(frame_path).convert("RGB").resize(labels.shape[::-1], Image.BILINEAR))
+    return ((1 - alpha) * frame + alpha * PALETTE[labels]).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------ prediction
+def chunk_clips(num_frames: int, clip_len: int) -> list[list[int]]:
+    """Clips that cover every frame: consecutive chunks, the last one shifted back inside the video."""
+    if num_frames <= clip_len:
+        return [clip_indices(num_frames, 0, clip_len)]
+    starts = list(range(0, num_frames - clip_len + 1, clip_len))
+    if starts[-1] + clip_len < num_frames:
+        starts.append(num_frames - clip_len)
+    return [list(range(s, s + clip_len)) for s in starts]
+
+
+@torch.inference_mode()
+def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
+                  val_size: int | None = 480, max_size: int | None = None, clip_len: int = 6,
+                  window: str = "chunk", flip: bool = False, amp: bool = False) -> np.ndarray:
+    """Class ids [N, *out_hw] uint8 for every frame of ``video``.
+
+    Logits [B, K, T, h, w] are upsampled (bilinear) one frame at a time to ``out_hw`` — K·H·W
+    floats per frame instead of K·T·H·W — and argmax'ed; with ``flip`` the two softmaxes are averaged.
+    """
+    n = video.num_frames
+    w0, h0 = Image.open(video.frames[0]).size
+    size = resized_hw(h0, w0, val_size or None, max_size)
+    if window == "centre":
+        jobs = [(wraparound_clip(i, n, clip_len), {clip_len // 2: i}) for i in range(n)]
+    elif window == "chunk":
+        jobs = [(idx, dict(enumerate(idx))) for idx in chunk_clips(n, clip_len)]
+    else:
+        raise ValueError(f"window must be 'chunk' or 'centre', not {window!r}")
+    preds = np.zeros((n, *out_hw), np.uint8)
+    done = np.zeros(n, bool)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    for idx, keep in jobs:
+        keep = {k: i for k, i in keep.items() if not done[i]}  # a frame in two clips keeps its first prediction
+        if not keep:
+            continue
+        x = load_frames([video.frames[i] for i in idx], size).to(device)[None]  # [1, T, 3, H, W]
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        with autocast:
+            logits = model(x)["pred_masks"].float()  # [B, K, T, h, w]
+        if logits.dim() != 5:
+            raise ValueError(f"expected multi-class logits [B, K, T, h, w], got {tuple(logits.shape)}; "
+                             "is the model configured with num_classes > 1?")
+        for k, i in keep.items():
+            scores = F.interpolate(logits[:, :, k], size=out_hw, mode="bilinear", align_corners=False)
+            if flip:
+                probs = scores.softmax(1)
+                scores = (probs[:1] + probs[1:].flip(-1)) / 2
+            preds[i] = scores[0].argmax(0).to(torch.uint8).cpu().numpy()
+            done[i] = True
+    return preds
+
+
+def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device: torch.device,
+                    output_dir: Path | None = None, save_predictions: bool = True, save_overlays: bool = False,
+                    progress: bool = True, **predict_kwargs) -> dict:
+    """Predict ``videos``, write PNGs/overlays under ``output_dir``, return :meth:`VSPWEvaluator.summary`.
+
+    Predictions are made at the mask size (where metrics are taken), else at the frame size.
+    The summary is ``{}`` when no video has masks.
+    """
+    num_classes = model.cfg.num_classes
+    evaluator = VSPWEvaluator(num_classes)
+    evaluated = False
+    for video in tqdm(videos, desc="VSPW videos", unit="video", disable=not progress):
+        w0, h0 = Image.open(video.frames[0]).size
+        raw = None
+        if any(m is not None for m in video.masks):
+            raw = np.stack([read_raw_mask(m, (h0, w0)) for m in video.masks])
+            h0, w0 = raw.shape[1:]
+        preds = predict_video(model, video, (h0, w0), device, **predict_kwargs)
+        if raw is not None:
+            # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
+            evaluator.add_video(video.name, raw_to_class(raw), preds, raw)
+            evaluated = True
+        if output_dir is None:
+            continue
+        for labels, frame in zip(preds, video.frames):
+            if save_predictions:
+                save_label_png(labels, output_dir / "predictions" / video.name / f"{frame.stem}.png")
+            if save_overlays:
+                path = output_dir / "overlays" / video.name / f"{frame.stem}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(overlay_colors(frame, labels)).save(path, quality=90)
+    return evaluator.summary() if evaluated else {}
+
+
+def build_from_args(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The model from the checkpoint's recorded config, else from --model / --num_classes."""
+    cfg = None
+    if args.model_path:
+        ckpt = read_checkpoint(args.model_path)
+        if isinstance(ckpt.get("config"), dict):
+            cfg = MedVTConfig.from_dict(ckpt["config"])
+            if args.num_classes is not None:
+                cfg = cfg.replace(num_classes=args.num_classes)
+    elif not args.random_weights:
+        raise SystemExit("give --model_path CHECKPOINT (or --random_weights for a smoke test)")
+    model = build_model(cfg or vss_config(args.model, args.num_classes))
+    if args.model_path:
+        load_checkpoint(model, args.model_path)
+    return model.to(device).eval()
+
+
+def format_summary(summary: dict) -> str:
+    """One line: mIoU, mVC8, mVC16 (a VC without any window, e.g. short videos, is left out)."""
+    parts = [f"mIoU {summary['mIoU']:.4f}"]
+    parts += [f"{k} {summary[k]:.4f}" for k in ("mVC8", "mVC16") if not math.isnan(summary.get(k, math.nan))]
+    return "  ".join(parts) + f"  ({len(summary['sequences'])} videos)"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    device = torch.device(args.device)
+    root = vspw_root(args.vspw_root)
+    videos = vspw_sequences(root, args.split)
+    if args.videos:
+        missing = set(args.videos) - {v.name for v in videos}
+        if missing:
+            raise SystemExit(f"videos not in {root / (args.split + '.txt')}: {', '.join(sorted(missing))}")
+        videos = [v for v in videos if v.name in set(args.videos)]
+    model = build_from_args(args, device)
+    out = Path(args.output_dir) if args.output_dir else (
+        (Path(args.model_path).parent if args.model_path else Path("runs/medvt_vss_random"))
+        / f"infer_vspw_{args.split}_{args.val_size}")
+    summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
+                              save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
+                              clip_len=args.clip_len, window=args.window, flip=args.flip, amp=args.amp)
+    if not summary:
+        print(f"no ground truth in split {args.split}: predictions written to {out / 'predictions'}")
+        return {}
+    json_path, csv_path = write_results(summary, out, "results")
+    print(f"{format_summary(summary)}; per video: {csv_path}, all: {json_path}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Train MED-VT for video semantic segmentation on VSPW.
+
+The authors released no VSS code; this recipe is the AVOS/A2D one adapted to dense multi-class
+labels (every choice is listed in the README, "Video semantic segmentation"):
+
+* model ``medvt_swinb_vss`` (:mod:`vss.config`): the AVOS Swin-B model with a 124-way head,
+  initialised from Kinetics-400 Swin-B (``--swin_pretrained``) and the VisTR COCO transformer
+  (``--vistr_coco``) as the original AVOS training, or from any MED-VT checkpoint
+  (``--init_from``, e.g. the released AVOS weights; class-dependent layers are skipped);
+* clips of 6 consecutive frames, every frame supervised with cross-entropy, 255 ignored
+  (:mod:`vss.losses`), plus 0.5 × the same loss on the pre-propagation logits;
+* AdamW, lr 1e-4 (backbone 1e-5), weight decay 1e-4, per-epoch polynomial decay (power 0.9) to
+  1e-6, gradient-norm clipping 0.1, batch 1 clip per process;
+* after every ``--val_every`` epochs, mIoU / mVC8 / mVC16 on the val split (rank 0);
+  ``checkpoint_best.pth`` keeps the best val mIoU, ``checkpoint_last.pth`` the latest epoch.
+
+Checkpoints are written atomically and hold the model config, so ``vss/inference_medvt_vss.py``
+rebuilds the model from the file alone. ``--resume auto`` continues from
+``<output_dir>/checkpoint_last.pth`` (optimizer, schedule, RNG and best score included).
+
+Multi-GPU: ``torchrun --nproc_per_node N vss/train_medvt_vss.py ...`` (one clip per process).
+
+Example::
+
+    python vss/train_medvt_vss.py --vspw_root /data/VSPW_480p --output_dir out/vss \\
+        --swin_pretrained swin_base_patch244_window877_kinetics400_22k.pth --vistr_coco 384_coco_r101.pth
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datasets.path_config import add_path_args  # noqa: E402
+from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_root, vspw_sequences  # noqa: E402
+from models import build_model, read_checkpoint  # noqa: E402
+from models.backbone import load_swin_pretrained  # noqa: E402
+from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
+                            load_state_dict_strict)
+from utils.checkpoint import capture_rng, plain_args, restore_rng, save_checkpoint, seed_everything  # noqa: E402
+from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
+from utils.engine import train_one_epoch  # noqa: E402
+from utils.logger import format_metrics, setup_logger  # noqa: E402
+from utils.metrics import jsonable, write_results  # noqa: E402
+from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
+from vss.config import DEFAULT_CONFIG, config_names, vss_config  # noqa: E402
+from vss.inference_medvt_vss import evaluate_videos, format_summary  # noqa: E402
+from vss.losses import VSSCriterion  # noqa: E402
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_CONFIG, choices=config_names(), help="model config preset")
+    g.add_argument("--num_classes", type=int, default=None,
+                   help="override the preset's class count (VSPW: 124, the default of medvt_swinb_vss)")
+    g.add_argument("--swin_pretrained", default=None, metavar="PATH",
+                   help="Kinetics-400 Video Swin-B weights for the backbone (swin_base_patch244_window877_"
+                        "kinetics400_22k.pth); without it and --init_from the backbone starts random")
+    g.add_argument("--vistr_coco", default=None, metavar="PATH",
+                   help="VisTR ResNet-101 COCO checkpoint (384_coco_r101.pth) for the transformer, as AVOS training")
+    g.add_argument("--init_from", default=None, metavar="PATH",
+                   help="MED-VT checkpoint (original or ours, e.g. the AVOS Swin-B release) to start from; entries "
+                        "whose name or shape differ (the class-dependent head/propagation layers) are skipped")
+    g.add_argument("--grad_checkpointing", action="store_true",
+                   help="recompute backbone/encoder activations in backward (less memory, ~30%% slower)")
+
+    g = p.add_argument_group("data")
+    add_path_args(g, ["vspw"])
+    g.add_argument("--train_split", default="train", help="split list used for training (<vspw_root>/<split>.txt)")
+    g.add_argument("--num_frames", type=int, default=6, help="frames per training clip (= queries of the model)")
+    g.add_argument("--centre_step", type=int, default=None,
+                   help="distance between clip centres in a video (default: --num_frames, as YouTube-VOS in AVOS)")
+    g.add_argument("--frame_stride", type=int, default=1, help="distance between the frames of a clip")
+    g.add_argument("--train_sizes", type=int, nargs="+", default=[360],
+                   help="shorter side after resizing, one drawn per clip")
+    g.add_argument("--max_size", type=int, default=648, help="cap on the longer side after resizing (0 = none)")
+    g.add_argument("--crop", type=int, nargs=2, default=[352, 640], metavar=("H", "W"),
+                   help="random crop (padded with ignore if the image is smaller); multiples of 32 for Swin")
+    g.add_argument("--no_hflip", action="store_true", help="disable the random horizontal flip")
+    g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=15, help="training epochs (the AVOS recipe)")
+    g.add_argument("--batch_size", type=int, default=1, help="clips per process and step")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate of the non-backbone parameters")
+    g.add_argument("--lr_backbone", type=float, default=1e-5, help="learning rate of the backbone")
+    g.add_argument("--lr_groups", default="intended", choices=LR_GROUPS,
+                   help="intended: backbone at --lr_backbone, the rest (incl. the new head) at --lr; "
+                        "original: the AVOS Swin script's effective split (only label propagation at --lr)")
+    g.add_argument("--end_lr", type=float, default=1e-6, help="learning rate reached by the polynomial decay")
+    g.add_argument("--poly_power", type=float, default=0.9, help="power of the polynomial decay (stepped per epoch)")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--clip_max_norm", type=float, default=0.1, help="gradient-norm clipping (0 = off)")
+    g.add_argument("--loss", default="ce", choices=("ce", "focal"),
+                   help="ce: cross-entropy; focal: the A2D softmax focal loss (gamma 2); 255 ignored in both")
+    g.add_argument("--aux_loss", type=float, default=0.5,
+                   help="weight of the loss on the pre-propagation logits (models with label propagation)")
+    g.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES),
+                   help="autocast dtype: bf16 (recommended on recent GPUs), fp16 (with loss scaling) or none")
+    g.add_argument("--steps_per_epoch", type=int, default=None, metavar="N",
+                   help="stop each epoch after N steps (smoke tests; default: the whole dataset)")
+    g.add_argument("--seed", type=int, default=42, help="random seed (each process adds its rank)")
+
+    g = p.add_argument_group("validation, checkpoints, output")
+    g.add_argument("--val_every", type=int, default=1, help="validate every N epochs (0 = never)")
+    g.add_argument("--val_split", default="val", help="split list used for validation")
+    g.add_argument("--val_videos", type=int, default=0, help="validate on the first N videos only (0 = all)")
+    g.add_argument("--val_size", type=int, default=480, help="shorter side of validation frames (0 = as stored)")
+    g.add_argument("--output_dir", default="runs/medvt_vss",
+                   help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="checkpoint to continue from; 'auto' = <output_dir>/checkpoint_last.pth if it exists")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available; the local rank's GPU under torchrun)")
+    return p
+
+
+def init_from_medvt(model: torch.nn.Module, path: str) -> tuple[list[str], list[str]]:
+    """Copy every entry of a MED-VT checkpoint whose (converted) name and shape match; return (loaded, skipped)."""
+    sd = convert_original_state_dict(checkpoint_state_dict(read_checkpoint(path)), model.cfg)
+    own = model.state_dict()
+    loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(loaded, strict=False)
+    return sorted(loaded), sorted(k for k in own if k not in loaded)
+
+
+def build_loader(args: argparse.Namespace, rank: int, world_size: int) -> tuple[DataLoader, DistributedSampler]:
+    transform = VSPWTrainTransform(args.train_sizes, args.max_size or None, tuple(args.crop),
+                                   hflip=0.0 if args.no_hflip else 0.5)
+    dataset = build_vspw_train_dataset(args.vspw_root, args.train_split, args.num_frames, args.centre_step,
+                                       args.frame_stride, transform)
+    # A DistributedSampler also in one process: the shuffle is a function of (seed, epoch), so a
+    # resumed run sees the same order as an uninterrupted one.
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed,
+                                 drop_last=world_size > 1)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        drop_last=True, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=args.num_workers > 0)
+    return loader, sampler
+
+
+def resume_path(args: argparse.Namespace) -> Path | None:
+    if args.resume == "auto":
+        path = Path(args.output_dir) / "checkpoint_last.pth"
+        return path if path.is_file() else None
+    return Path(args.resume) if args.resume else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    info = init_distributed(args.device)
+    device = info.device
+    out = Path(args.output_dir)
+    logger = setup_logger(out, info.is_main, name="medvt.vss")
+    try:
+        return _train(args, info, device, out, logger)
+    finally:
+        cleanup()
+
+
+def _train(args, info, device, out, logger) -> dict:
+    seed_everything(args.seed + info.rank)
+    vspw_root(args.vspw_root)  # fail early, with the flag and variable named, before building the model
+    cfg = vss_config(args.model, args.num_classes)
+    model = build_model(cfg)
+    if args.swin_pretrained:
+        load_swin_pretrained(model.backbone, args.swin_pretrained)
+        logger.info(f"backbone initialised from {args.swin_pretrained}")
+    if args.vistr_coco:
+        logger.info(f"{len(init_from_vistr_coco(model, args.vistr_coco))} transformer tensors from {args.vistr_coco}")
+    if args.init_from:
+        loaded, skipped = init_from_medvt(model, args.init_from)
+        logger.info(f"{len(loaded)} tensors from {args.init_from}; kept initial values for {len(skipped)}: "
+                    f"{', '.join(skipped[:8])}{' …' if len(skipped) > 8 else ''}")
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    model_without_ddp = model
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # Without label propagation the "aux" logits are the final ones: no second loss term.
+    criterion = VSSCriterion(args.loss, aux_weight=args.aux_loss if cfg.lprop_mode else 0.0)
+    optimizer = torch.optim.AdamW(param_groups(model_without_ddp, args.lr, args.lr_backbone, args.lr_groups),
+                                  weight_decay=args.weight_decay)
+    scheduler = PolyLR(optimizer, max_steps=args.epochs - 1, end_lr=args.end_lr, power=args.poly_power)
+    amp_dtype = AMP_DTYPES[args.amp]
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype is torch.float16 else None
+    loader, sampler = build_loader(args, info.rank, info.world_size)
+    val_videos = []
+    if args.val_every > 0:
+        val_videos = vspw_sequences(vspw_root(args.vspw_root), args.val_split, need_masks=True)
+        val_videos = val_videos[: args.val_videos] if args.val_videos > 0 else val_videos
+
+    start_epoch, best, history = 0, {"mIoU": -math.inf, "epoch": -1}, []
+    ckpt_path = resume_path(args)
+    if ckpt_path is not None:
+        ckpt = read_checkpoint(ckpt_path)
+        load_state_dict_strict(model_without_ddp, checkpoint_state_dict(ckpt), source=str(ckpt_path))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if scheduler.max_steps != max(args.epochs - 1, 1):  # --epochs changed: decay over the new length
+            logger.warning(f"--epochs {args.epochs} differs from the checkpoint's run: the learning rate now "
+                           f"decays to --end_lr by epoch {args.epochs - 1}")
+            scheduler.max_steps = max(args.epochs - 1, 1)
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best = ckpt["epoch"] + 1, dict(ckpt.get("best") or best)
+        history = list(ckpt.get("history", []))
+        if "rng" in ckpt and info.world_size == 1:  # rank 0's RNG only: other ranks keep their fresh seeds
+            restore_rng(ckpt["rng"])
+        logger.info(f"resumed from {ckpt_path} (epoch {ckpt['epoch']} done)")
+
+    logger.info(f"VSS training: {args.model} ({cfg.num_classes} classes), {len(loader.dataset)} clips, "
+                f"{len(loader)} steps/epoch/process, {info.world_size} process(es) on {device}")
+    stats: dict = {}
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, args.clip_max_norm, amp_dtype,
+                                args.steps_per_epoch, logger, scaler)
+        scheduler.step()
+        row = {"epoch": epoch, **stats}
+        if val_videos and (epoch + 1) % args.val_every == 0 and info.is_main:
+            model_without_ddp.eval()
+            summary = evaluate_videos(model_without_ddp, val_videos, device, save_predictions=False,
+                                      val_size=args.val_size or None, clip_len=args.num_frames,
+                                      amp=amp_dtype is torch.bfloat16)
+            write_results(summary, out, f"val_epoch{epoch:03d}")
+            row.update({k: summary[k] for k in ("mIoU", "mVC8", "mVC16")})
+            logger.info(f"epoch {epoch} val: {format_summary(summary)}")
+            if summary["mIoU"] > best["mIoU"]:
+                best = {"mIoU": float(summary["mIoU"]), "epoch": epoch}
+        history.append(row)
+        logger.info(f"epoch {epoch} done: {format_metrics({k: v for k, v in stats.items() if k != 'steps'})}")
+        if info.is_main:
+            state = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                     "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args(args),
+                     "config": cfg.to_dict(), "rng": capture_rng(), "best": best, "history": history}
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            save_checkpoint(state, out / "checkpoint_last.pth")
+            if best["epoch"] == epoch:
+                save_checkpoint(state, out / "checkpoint_best.pth")
+            (out / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
+        barrier()
+    result = {"epochs_done": len(history), "best": best, "history": history, "output_dir": str(out)}
+    # The last epoch's numbers (loss terms, lr, steps, step_time, val scores), also after a resume
+    # that had nothing left to train.
+    if history:
+        result.update({k: v for k, v in history[-1].items() if k != "epoch"})
+    return result
+
+
+if __name__ == "__main__":
+    main()
