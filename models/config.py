@@ -11,6 +11,11 @@ presets reproduce the original code's graphs (``../shared/spec/avos.md``):
 * ``medvt_swinb_avos_v2``   — the 2024 training code's forward ("V2"): decoder scale 0 reads the
   raw encoder output instead of the first pixel-decoder map.
 * ``medvt_r101_avos``       — ResNet-101 (VisTR layout), 555a462.
+* ``medvt_r101_a2d``        — ResNet-101 for actor-action segmentation on A2D (HEAD code,
+  spec a2d §A.2): 80-class head, FFN 1024, no label propagation.
+* ``medvt_swinb_a2d``       — Swin-B for A2D (HEAD ``medvt_swin.py`` = "V2"): 80-class head, FFN
+  1024, no between-scale encoder layer, no label propagation, 3 query-decoder scales (the
+  training script's default; its inference script defaults to 1, spec a2d §A.10 #1).
 * ``tiny``                  — a small Swin backbone and narrow widths for tests and the demo.
 """
 from __future__ import annotations
@@ -46,6 +51,13 @@ class MedVTConfig:
     ``"v1"`` (CVPR'23), ``"v2"`` (2024 training code), ``"v3"`` (2024 inference code).
     ``encoder_style`` selects the between-scale layer and stage-1 layer of the two
     original families: ``"swin"`` (fused key, 1 head, no norms) or ``"resnet"`` (VisTR-style).
+    ``encoder_cross_layer=False`` drops the Swin between-scale layer (the original's
+    ``--encoder_cross_layer False``, A2D): encoder stage 1 then runs on its own map only.
+    ``cross_scale_ff`` is the between-scale layer's FFN width; 0 keeps the family rule (Swin:
+    d_model, ResNet: dim_feedforward // 2). The original ResNet code hard-codes 1024, which equals
+    that rule for AVOS (2048 // 2) but not for A2D (FFN 1024 → stage-1 512, between-scale 1024).
+    ``query_decoder_scales`` is how many memories the query decoder cycles over (the original's
+    ``--query_decoder_scales``; 1 = only the deepest).
     """
 
     backbone: Literal["swin", "resnet101"] = "swin"
@@ -55,10 +67,13 @@ class MedVTConfig:
     dim_feedforward: int = 2048
     dropout: float = 0.1
     enc_layers: tuple[int, int] = (6, 1)
+    encoder_cross_layer: bool = True
+    cross_scale_ff: int = 0
     encoder_style: Literal["swin", "resnet"] = "swin"
     dec_layers: int = 9
     num_queries: int = 6
     variant: Literal["v1", "v2", "v3"] = "v1"
+    query_decoder_scales: int = 3
     head_dims: tuple[int, int, int] = (384, 256, 128)
     num_classes: int = 1
     lprop_mode: Literal[0, 2] = 2
@@ -88,6 +103,12 @@ MODEL_CONFIGS: dict[str, MedVTConfig] = {
     "medvt_swinb_avos_2024": replace(_SWINB, variant="v3"),
     "medvt_r101_avos": replace(_SWINB, backbone="resnet101", encoder_style="resnet"),
     "medvt_swinb_vss": replace(_SWINB, num_classes=124),  # VSPW semantic segmentation (vss/config.py)
+    # Actor-action segmentation on A2D (actor_action/, spec a2d §A.2): 80 classes indexed by the raw
+    # A2D id 10·actor + action; the HEAD code's widths and switches.
+    "medvt_r101_a2d": replace(_SWINB, backbone="resnet101", encoder_style="resnet", dim_feedforward=1024,
+                              cross_scale_ff=1024, num_classes=80, lprop_mode=0, lprop_scale=16.0),
+    "medvt_swinb_a2d": replace(_SWINB, variant="v2", dim_feedforward=1024, encoder_cross_layer=False,
+                               num_classes=80, lprop_mode=0, lprop_scale=16.0),
     "tiny": MedVTConfig(
         swin=SwinConfig(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 7, 7), drop_path=0.0),
         d_model=48,

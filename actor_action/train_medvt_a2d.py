@@ -1,0 +1,228 @@
+"""Train MED-VT for actor-action segmentation on A2D (the authors' recipe, spec a2d §A.5-§A.7).
+
+* model ``medvt_swinb_a2d`` (``--backbone swinB``) or ``medvt_r101_a2d`` (``resnet101``): the AVOS
+  model with an 80-way head (raw A2D ids), FFN 1024, no label propagation (``--lprop_mode 0``);
+  Swin-B starts from Kinetics-400 weights (``--swin_b_pretrained_path``) and the VisTR COCO
+  transformer (``--resnet101_coco_weights_path``, FFN sliced to 1024) as the original. The
+  original's ResNet-101 A2D path applies no COCO init (only torchvision ImageNet weights, which
+  our backbone does not download): give ``--init_from`` to start from a checkpoint;
+* one item per training video, a random annotated frame, the 6-frame clip around it resized to
+  320 × 480, no augmentation; only the annotated frame is supervised with a softmax focal loss
+  (γ 2, :mod:`actor_action.losses`), + ``--aux_loss`` × the pre-propagation loss with lprop on;
+* AdamW (lr 1e-4, params named ``backbone.*`` 1e-5, weight decay 1e-4), grad-norm clip 0.1,
+  batch 1; the backbone's lr is 0 in epoch 0 and ``--lr_backbone`` from epoch 1; per-epoch
+  polynomial decay (0.9) to 1e-6 over ``epochs − 1 − warmup_epochs`` = 24 epochs of 30; each
+  batch's loss × exp(−epoch/10) (``--no_loss_decay`` turns that off);
+* after each epoch the ``--val_split`` (default ``test``: A2D has no val split, the original
+  selects ``checkpoint_best.pth`` on it, spec §A.10 #4 — give ``--val_split train`` to avoid
+  that) is scored as :mod:`actor_action.inference_medvt_a2d` does.
+
+Checkpoints hold ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``, ``config``, so
+the inference script rebuilds the model from the file. ``--resume auto`` continues a run.
+
+Example::
+
+    python actor_action/train_medvt_a2d.py --backbone swinB --a2d_root /data/A2D --output_dir out/a2d \\
+        --swin_b_pretrained_path swin_base_patch244_window877_kinetics400_22k.pth \\
+        --resnet101_coco_weights_path 384_coco_r101.pth
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from actor_action.inference_medvt_a2d import (add_model_args, evaluate_a2d, format_summary,  # noqa: E402
+                                              model_config)
+from actor_action.losses import A2DCriterion  # noqa: E402
+from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root  # noqa: E402
+from datasets.path_config import add_path_args  # noqa: E402
+from models import build_model, read_checkpoint  # noqa: E402
+from models.backbone import load_swin_pretrained  # noqa: E402
+from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
+                            load_state_dict_strict)
+from utils.checkpoint import capture_rng, plain_args, restore_rng, save_checkpoint, seed_everything  # noqa: E402
+from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
+from utils.engine import train_one_epoch  # noqa: E402
+from utils.logger import format_metrics, setup_logger  # noqa: E402
+from utils.metrics import jsonable  # noqa: E402
+from utils.optim import PolyLR, param_groups  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("initialisation")
+    g.add_argument("--swin_b_pretrained_path", default=None, metavar="PATH",
+                   help="Kinetics-400 Video Swin-B weights (swin_base_patch244_window877_kinetics400_22k.pth)")
+    g.add_argument("--resnet101_coco_weights_path", default=None, metavar="PATH",
+                   help="VisTR COCO checkpoint (384_coco_r101.pth): the Swin model's transformer (FFN sliced)")
+    g.add_argument("--init_from", default=None, metavar="PATH",
+                   help="MED-VT checkpoint to start from (entries whose name or shape differ are skipped)")
+    g = p.add_argument_group("data")
+    add_path_args(g, ["a2d"])
+    g.add_argument("--num_frames", type=int, default=6, help="clip length around the annotated frame")
+    g.add_argument("--clip_size", type=int, nargs=2, default=list(CLIP_SIZE), metavar=("H", "W"),
+                   help="clip resize (the original: 320 480)")
+    g.add_argument("--end_window", default="clamp", choices=("clamp", "original"),
+                   help="clip near a video's end (see inference_medvt_a2d.py --help)")
+    g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=30, help="training epochs")
+    g.add_argument("--batch_size", type=int, default=1, help="clips per process and step")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate of the parameters not named backbone.*")
+    g.add_argument("--lr_backbone", type=float, default=1e-5, help="learning rate of backbone.* (0 in epoch 0)")
+    g.add_argument("--end_lr", type=float, default=1e-6, help="learning rate reached by the polynomial decay")
+    g.add_argument("--poly_power", type=float, default=0.9, help="power of the per-epoch polynomial decay")
+    g.add_argument("--warmup_epochs", type=int, default=5,
+                   help="as the original, only shortens the decay: it spans epochs − 1 − warmup_epochs epochs "
+                        "(warm-up itself, the original's --use_lr_warmup, is not implemented)")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--clip_max_norm", type=float, default=0.1, help="gradient-norm clipping (0 = off)")
+    g.add_argument("--aux_loss", type=float, default=0.5, help="weight of the pre-propagation loss (lprop on)")
+    g.add_argument("--mask_loss_coef", type=float, default=1.0, help="weight of the focal loss")
+    g.add_argument("--no_loss_decay", action="store_true", help="do not scale each epoch's loss by exp(-epoch/10)")
+    g.add_argument("--steps_per_epoch", type=int, default=None, metavar="N", help="stop each epoch after N steps")
+    g.add_argument("--seed", type=int, default=42, help="random seed (each process adds its rank)")
+    g = p.add_argument_group("validation, checkpoints, output")
+    g.add_argument("--val_every", type=int, default=1, help="evaluate every N epochs (0 = never)")
+    g.add_argument("--val_split", default="test", choices=("train", "test"),
+                   help="split scored after each epoch and used to pick checkpoint_best.pth (original: test)")
+    g.add_argument("--val_items", type=int, default=0, help="score the first N annotated frames only (0 = all)")
+    g.add_argument("--output_dir", default="outputs/medvt_a2d_train",
+                   help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="checkpoint to continue from; 'auto' = <output_dir>/checkpoint_last.pth if it exists")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    return p
+
+
+def _init_weights(model, args, logger) -> None:
+    if args.swin_b_pretrained_path:
+        if model.cfg.backbone != "swin":
+            raise ValueError("--swin_b_pretrained_path is for --backbone swinB")
+        load_swin_pretrained(model.backbone, args.swin_b_pretrained_path)
+        logger.info(f"backbone initialised from {args.swin_b_pretrained_path}")
+    if args.resnet101_coco_weights_path:
+        n = len(init_from_vistr_coco(model, args.resnet101_coco_weights_path))
+        logger.info(f"{n} tensors from {args.resnet101_coco_weights_path} (FFN matrices sliced to "
+                    f"{model.cfg.dim_feedforward})")
+    if args.init_from:
+        sd = convert_original_state_dict(checkpoint_state_dict(read_checkpoint(args.init_from)), model.cfg)
+        own = model.state_dict()
+        loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(loaded, strict=False)
+        logger.info(f"{len(loaded)}/{len(own)} tensors from {args.init_from}")
+
+
+def set_backbone_lr(optimizer, epoch: int, lr_backbone: float) -> None:
+    """The original: backbone lr 0 during epoch 0, reset to --lr_backbone at the start of epoch 1."""
+    for g in optimizer.param_groups:
+        if g.get("name") == "backbone":
+            if epoch == 0:
+                g["lr"] = 0.0
+            elif epoch == 1:
+                g["lr"] = lr_backbone
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    info = init_distributed(args.device)
+    out = Path(args.output_dir)
+    logger = setup_logger(out, info.is_main, name="medvt.a2d")
+    try:
+        return _train(args, info, info.device, out, logger)
+    finally:
+        cleanup()
+
+
+def _train(args, info, device, out, logger) -> dict:
+    seed_everything(args.seed + info.rank)
+    root = a2d_root(args.a2d_root)  # fail early, naming the flag and variable
+    cfg = model_config(args)
+    model = build_model(cfg)
+    _init_weights(model, args, logger)
+    model.to(device)
+    model_without_ddp = model
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    criterion = A2DCriterion(aux_weight=args.aux_loss if cfg.lprop_mode else 0.0, mask_coef=args.mask_loss_coef)
+    optimizer = torch.optim.AdamW(param_groups(model_without_ddp, args.lr, args.lr_backbone, "intended"),
+                                  weight_decay=args.weight_decay)
+    scheduler = PolyLR(optimizer, max_steps=args.epochs - 1 - args.warmup_epochs, end_lr=args.end_lr,
+                       power=args.poly_power)
+    dataset = A2DDataset(root, "train", args.num_frames, tuple(args.clip_size), args.end_window)
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=args.seed,
+                                 drop_last=info.world_size > 1)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        drop_last=True, persistent_workers=args.num_workers > 0,
+                        collate_fn=_collate)
+    val_set = A2DDataset(root, args.val_split, args.num_frames, tuple(args.clip_size), args.end_window) \
+        if args.val_every > 0 else None
+
+    start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
+    ckpt_path = None
+    if args.resume == "auto":
+        ckpt_path = out / "checkpoint_last.pth" if (out / "checkpoint_last.pth").is_file() else None
+    elif args.resume:
+        ckpt_path = Path(args.resume)
+    if ckpt_path is not None:
+        ckpt = read_checkpoint(ckpt_path)
+        load_state_dict_strict(model_without_ddp, checkpoint_state_dict(ckpt), source=str(ckpt_path))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        start_epoch, best = ckpt["epoch"] + 1, dict(ckpt.get("best") or best)
+        history = list(ckpt.get("history", []))
+        if "rng" in ckpt and info.world_size == 1:
+            restore_rng(ckpt["rng"])
+        logger.info(f"resumed from {ckpt_path} (epoch {ckpt['epoch']} done)")
+
+    logger.info(f"A2D training: {cfg.num_classes} classes, lprop_mode {cfg.lprop_mode}, query_decoder_scales "
+                f"{cfg.query_decoder_scales}; {len(dataset)} videos, {len(loader)} steps/epoch/process on {device}")
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        set_backbone_lr(optimizer, epoch, args.lr_backbone)
+        criterion.epoch_scale = 1.0 if args.no_loss_decay else math.exp(-epoch / 10)
+        stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, args.clip_max_norm,
+                                max_steps=args.steps_per_epoch, logger=logger)
+        scheduler.step()
+        row = {"epoch": epoch, **stats}
+        if val_set is not None and (epoch + 1) % args.val_every == 0 and info.is_main:
+            summary, _, _ = evaluate_a2d(model_without_ddp, val_set, device, max_items=args.val_items)
+            row.update({k: summary[k] for k in ("miou_original", "class_miou")})
+            logger.info(f"epoch {epoch} {args.val_split}: {format_summary(summary)}")
+            if summary["miou_original"] > best["miou_original"]:
+                best = {"miou_original": float(summary["miou_original"]), "epoch": epoch}
+        history.append(row)
+        logger.info(f"epoch {epoch} done: {format_metrics({k: v for k, v in stats.items() if k != 'steps'})}")
+        if info.is_main:
+            state = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                     "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args(args),
+                     "config": cfg.to_dict(), "rng": capture_rng(), "best": best, "history": history}
+            save_checkpoint(state, out / "checkpoint_last.pth")
+            if best["epoch"] == epoch:
+                save_checkpoint(state, out / "checkpoint_best.pth")
+            (out / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
+        barrier()
+    result = {"epochs_done": len(history), "best": best, "history": history, "output_dir": str(out)}
+    if history:
+        result.update({k: v for k, v in history[-1].items() if k != "epoch"})
+    return result
+
+
+def _collate(items: list[dict]) -> dict:
+    """Stack clips and labels; names and frame numbers as lists/tensors (the engine's batch layout)."""
+    return {"frames": torch.stack([i["frames"] for i in items]), "masks": torch.stack([i["masks"] for i in items]),
+            "name": [i["name"] for i in items], "centre": torch.tensor([i["frame"] for i in items]),
+            "gt_index": torch.tensor([i["gt_index"] for i in items])}
+
+
+if __name__ == "__main__":
+    main()
