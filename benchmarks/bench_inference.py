@@ -1,59 +1,47 @@
-"""Inference speed and memory of a MED-VT config on one device.
+"""Inference speed and memory of a MED-VT config on one device (one clip per forward, batch 1).
 
-Prints clips/s, frames/s, latency (median and spread), peak memory (CUDA max allocated, or the
-process's peak RSS on CPU) and FLOPs per clip (``torch.utils.flop_counter``) with the achieved
-fraction of the device's peak where known. Example::
+Builds the model with its random initialisation (speed does not depend on the weights), runs
+``--warmup`` untimed forwards and ``--iters`` timed ones under ``torch.inference_mode`` (and
+autocast for ``--dtype bf16|fp16``), and prints:
 
-    python benchmarks/bench_inference.py --config medvt_swinb_avos --frames 6 --size 473 --device cpu
+* clips/s, frames/s, latency median / min / max and the spread ((max − min) / median);
+* peak memory of the timed runs: CUDA ``max_memory_allocated``, or on CPU the peak resident set
+  (``VmHWM`` after clearing it; where that is refused, ``ru_maxrss``, which is a process-lifetime
+  peak that includes building the model — the output says which);
+* FLOPs per clip from ``torch.utils.flop_counter.FlopCounterMode`` (multiply-add = 2; the fused
+  CPU attention kernel and the deformable conv counted with the formulas in ``benchmarks/common.py``)
+  and, where the device's peak is known (table of common GPUs, or ``--peak_tflops``), the
+  achieved fraction of it (MFU). CPU peaks are unknown unless given.
+
+Examples::
+
+    python benchmarks/bench_inference.py --config medvt_swinb_avos --frames 6 --size 473 --device cpu --threads 2
+    python benchmarks/bench_inference.py --config medvt_swinb_avos --size 473 --device cuda --dtype bf16 --compile
+    python benchmarks/bench_inference.py --config tiny --size 128 --iters 5 --json /tmp/bench.json
 """
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops,  # noqa: E402
+                               device_name, latency_stats, peak_tflops, report, set_channels_last,
+                               time_runs)
 from models import MODEL_CONFIGS, build_model  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Dense bf16/fp16 tensor-core peaks (TFLOP/s) of devices we have measured on; fp32 non-tensor-core.
-PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}}
 
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="medvt_swinb_avos", choices=sorted(MODEL_CONFIGS), help="model preset")
-    p.add_argument("--frames", type=int, default=6, help="frames per clip")
-    p.add_argument("--size", type=int, nargs="+", default=[473], help="clip side, or H W")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="autocast dtype (CUDA) or fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model first")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    p.add_argument("--iters", type=int, default=3, help="timed runs")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    return p.parse_args(argv)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def count_flops(model, x) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(x)
-    return counter.get_total_flops()
+    add_common_args(p, default_size=473)
+    args = p.parse_args(argv)
+    check_args(p, args, MODEL_CONFIGS)
+    return args
 
 
 def main(argv=None) -> dict:
@@ -63,43 +51,34 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     h, w = (args.size * 2)[:2]
     model = build_model(args.config).to(device).eval()
+    if args.channels_last:
+        set_channels_last(model)
     x = torch.randn(1, args.frames, 3, h, w, device=device)
-    flops = count_flops(model, x)
-    run = torch.compile(model) if args.compile else model
     amp = torch.autocast(device.type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32" else nullcontext()
 
-    def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    def forward(m) -> None:
         with torch.inference_mode(), amp:
-            run(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+            m(x)
 
-    for _ in range(args.warmup):
-        once()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = [once() for _ in range(args.iters)]
+    flops = None if args.no_flops else count_flops(lambda: forward(model))
+    run = torch.compile(model) if args.compile else model
+    memory = PeakMemory(device)
+    times = time_runs(lambda: forward(run), device, args.warmup, args.iters, memory)
     med = statistics.median(times)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = next((v[args.dtype] for k, v in PEAK_TFLOPS.items() if k in name), None)
+    name = device_name(device)
+    peak = peak_tflops(name, args.dtype, args.peak_tflops)
+    achieved = flops / med / 1e12 if flops else None
     res = {
         "config": args.config, "device": name, "dtype": args.dtype, "compile": args.compile,
-        "input": [1, args.frames, 3, h, w], "threads": torch.get_num_threads(),
-        "latency_s_median": med, "latency_s_min": min(times), "latency_s_max": max(times),
+        "channels_last": args.channels_last, "input": [1, args.frames, 3, h, w], "threads": torch.get_num_threads(),
+        "iters": args.iters, **latency_stats(times, "latency_s"),
         "clips_per_s": 1 / med, "frames_per_s": args.frames / med,
-        "peak_memory_mb": peak_memory_mb(device), "gflops_per_clip": flops / 1e9,
-        "achieved_tflops": flops / med / 1e12,
-        "mfu": (flops / med / 1e12 / peak) if peak else None,
+        "peak_memory_mib": memory.mib(), "peak_memory_kind": memory.kind,
+        "gflops_per_clip": flops / 1e9 if flops else None, "achieved_tflops": achieved,
+        "device_peak_tflops": peak, "mfu": achieved / peak if (achieved and peak) else None,
         "params": sum(p.numel() for p in model.parameters()),
     }
-    for k, v in res.items():
-        print(f"{k:>18}: {v:.4g}" if isinstance(v, float) else f"{k:>18}: {v}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    report(res, args.json)
     return res
 
 

@@ -1,41 +1,45 @@
-"""One training step (forward, loss, backward, optimizer step) of a MED-VT config: speed and memory.
+"""One training step of a MED-VT config: speed and memory (batch 1 clip, as the original trains).
 
-Example::
+A step is forward, the AVOS loss (focal + dice with the aux term), backward, gradient clipping
+(0.1) and an AdamW step, on a random clip and random masks. ``--warmup`` untimed steps (they
+also create the optimizer state), then ``--iters`` timed ones. Printed: step latency median /
+min / max and spread, clips/s and frames/s of training, peak memory of the timed steps (CUDA
+``max_memory_allocated``; on CPU the peak RSS, see ``benchmarks/common.PeakMemory``), FLOPs per
+step (forward + backward, counted without recomputation so that ``--grad_checkpointing`` runs
+report the same model FLOPs) and the MFU where the device's peak is known.
+
+Run it twice to compare gradient checkpointing of the backbone and encoder::
 
     python benchmarks/bench_train.py --config medvt_swinb_avos --frames 6 --size 360 --device cuda --dtype bf16
-    python benchmarks/bench_train.py --config tiny --size 128 --grad_checkpointing
+    python benchmarks/bench_train.py --config medvt_swinb_avos --frames 6 --size 360 --device cuda --dtype bf16 --grad_checkpointing
+    python benchmarks/bench_train.py --config tiny --size 128 --device cpu
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_inference import DTYPES, peak_memory_mb  # noqa: E402
+from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops,  # noqa: E402
+                               device_name, latency_stats, peak_tflops, report, set_channels_last,
+                               time_runs)
 from models import MODEL_CONFIGS, build_model  # noqa: E402
 from models.losses import AVOSCriterion  # noqa: E402
 
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="medvt_swinb_avos", choices=sorted(MODEL_CONFIGS), help="model preset")
-    p.add_argument("--frames", type=int, default=6, help="frames per clip")
-    p.add_argument("--size", type=int, nargs="+", default=[360], help="clip side, or H W")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="autocast dtype")
-    p.add_argument("--grad_checkpointing", action="store_true", help="recompute backbone activations in backward")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    p.add_argument("--iters", type=int, default=3, help="timed steps")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    return p.parse_args(argv)
+    add_common_args(p, default_size=360)
+    p.add_argument("--grad_checkpointing", action="store_true",
+                   help="recompute backbone and encoder activations in backward (less memory, more time)")
+    args = p.parse_args(argv)
+    check_args(p, args, MODEL_CONFIGS)
+    return args
 
 
 def main(argv=None) -> dict:
@@ -45,44 +49,47 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     h, w = (args.size * 2)[:2]
     model = build_model(args.config).to(device).train()
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+    if args.channels_last:
+        set_channels_last(model)
     criterion = AVOSCriterion()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     x = torch.randn(1, args.frames, 3, h, w, device=device)
-    y = torch.rand(1, args.frames, h, w, device=device) > 0.5
+    y = (torch.rand(1, args.frames, h, w, device=device) > 0.5).float()
     amp = torch.autocast(device.type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32" else nullcontext()
 
-    def step() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    def forward_backward(m) -> None:
         with amp:
-            loss = criterion(model(x), y)["loss"]
-        opt.zero_grad(set_to_none=True)
+            loss = criterion(m(x), y)["loss"]
         loss.backward()
+
+    def step(m) -> None:
+        opt.zero_grad(set_to_none=True)
+        forward_backward(m)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = [step() for _ in range(args.iters)]
+    flops = None
+    if not args.no_flops:  # model FLOPs: no recomputation, so both settings report the same figure
+        flops = count_flops(lambda: forward_backward(model))
+        opt.zero_grad(set_to_none=True)
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    run = torch.compile(model) if args.compile else model
+    memory = PeakMemory(device)
+    times = time_runs(lambda: step(run), device, args.warmup, args.iters, memory)
     med = statistics.median(times)
+    name = device_name(device)
+    peak = peak_tflops(name, args.dtype, args.peak_tflops)
+    achieved = flops / med / 1e12 if flops else None
     res = {
-        "config": args.config, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "dtype": args.dtype, "grad_checkpointing": args.grad_checkpointing, "input": [1, args.frames, 3, h, w],
-        "step_s_median": med, "step_s_min": min(times), "step_s_max": max(times),
-        "peak_memory_mb": peak_memory_mb(device),
+        "config": args.config, "device": name, "dtype": args.dtype, "compile": args.compile,
+        "grad_checkpointing": args.grad_checkpointing, "channels_last": args.channels_last,
+        "input": [1, args.frames, 3, h, w], "threads": torch.get_num_threads(), "iters": args.iters,
+        **latency_stats(times, "step_s"), "clips_per_s": 1 / med, "frames_per_s": args.frames / med,
+        "peak_memory_mib": memory.mib(), "peak_memory_kind": memory.kind,
+        "gflops_per_step": flops / 1e9 if flops else None, "achieved_tflops": achieved,
+        "device_peak_tflops": peak, "mfu": achieved / peak if (achieved and peak) else None,
     }
-    for k, v in res.items():
-        print(f"{k:>18}: {v:.4g}" if isinstance(v, float) else f"{k:>18}: {v}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    report(res, args.json)
     return res
 
 

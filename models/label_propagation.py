@@ -10,9 +10,11 @@ re-estimated from the *other* frames of the clip through feature affinities:
    other frames, values are the label embeddings; per-frame instance norm;
 3. a 3D-conv label decoder maps the embeddings back to logits.
 
-"Other frames" is a block mask in the original, built as a dense (T·h·w)² additive matrix. Here
-each frame's queries attend to the keys of the remaining T-1 frames gathered per frame, so no
-mask is built and the softmax runs over exactly the same keys. Clips need T ≥ 2.
+"Other frames" is a block mask in the original, built as a dense (T·h·w)² additive matrix, with
+a score matrix of the same size. Here each frame's queries attend to the keys of the remaining
+T-1 frames gathered per frame in one fused SDPA call (see :func:`_attend_other_frames`), so
+neither the mask nor the score matrix is built and the softmax runs over exactly the same keys.
+Clips need T ≥ 2.
 
 Unlike the original there are no ``WV`` value projections and no ``samp_w_pred`` conv: the
 original creates them but never uses their output (the converter drops them).
@@ -60,13 +62,37 @@ class LabelEncoder(nn.Module):
         return F.relu(self.proj(self.res2(self.res1(x))))
 
 
+def _other_frames(t: int, device: torch.device) -> Tensor:
+    """[T, T-1] long: row r lists the frames s ≠ r in increasing order."""
+    idx = torch.arange(t, device=device)
+    return idx.expand(t, t)[idx[:, None] != idx[None, :]].view(t, t - 1)
+
+
 def _attend_other_frames(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """q/k [B, T, n, d], v [B, T, n, e] → [B, T, n, e]; frame t attends to all tokens of frames ≠ t."""
+    """q/k [B, T, n, d], v [B, T, n, e] → [B, T, n, e]; frame t attends to all tokens of frames ≠ t.
+
+    The original adds a dense (T·n)² mask (−inf within a frame) to a (T·n)² score matrix. The
+    mask is block-structured, so here each frame's queries get the keys/values of the other T-1
+    frames gathered next to them ([B, T, (T-1)·n, ·], T-1 copies of the small key/value tensors)
+    and one batched SDPA call runs over exactly the keys the original's softmax keeps.
+
+    PyTorch's fused CPU kernel (which tiles the scores and never holds them) needs one head width
+    for q, k and v; with e ≠ d it silently falls back to the math path, which materialises a
+    [B, T, n, (T-1)·n] score matrix and its softmax. So on CPU the narrower side is zero-padded:
+    zero key channels add nothing to q·k, zero value channels are sliced off. CUDA's
+    memory-efficient kernel takes e ≠ d as is.
+    """
     t = q.shape[1]
-    others = torch.tensor([[s for s in range(t) if s != r] for r in range(t)], device=q.device)  # [T, T-1]
+    others = _other_frames(t, q.device)
     k_o = k[:, others].flatten(2, 3)  # [B, T, (T-1)·n, d]
-    v_o = v[:, others].flatten(2, 3)
-    return F.scaled_dot_product_attention(q, k_o, v_o, scale=scale)
+    v_o = v[:, others].flatten(2, 3)  # [B, T, (T-1)·n, e]
+    d, e = q.shape[-1], v.shape[-1]
+    if q.device.type == "cpu" and d != e:
+        if e > d:
+            q, k_o = F.pad(q, (0, e - d)), F.pad(k_o, (0, e - d))
+        else:
+            v_o = F.pad(v_o, (0, d - e))
+    return F.scaled_dot_product_attention(q, k_o, v_o, scale=scale)[..., :e]
 
 
 def _instance_norm(x: Tensor) -> Tensor:

@@ -83,11 +83,20 @@ class ObjectAttentionMap(nn.Module):
         self.scale = float(dim / num_heads) ** -0.5
 
     def forward(self, queries: Tensor, feats: Tensor, mask: Tensor | None = None) -> Tensor:
-        """queries [B, T, C]; feats [B, T, C, h, w]; mask [B, T, h, w] (True = padding) → [B, T, heads, h, w]."""
-        q = self.q_linear(queries).unflatten(-1, (self.num_heads, -1))  # [B, T, n, d]
-        k = torch.einsum("btchw,oc->btohw", feats, self.k_linear.weight) + self.k_linear.bias[:, None, None]
-        k = k.unflatten(2, (self.num_heads, -1))  # [B, T, n, d, h, w]
-        w = torch.einsum("btnd,btndhw->btnhw", q * self.scale, k)
+        """queries [B, T, C]; feats [B, T, C, h, w]; mask [B, T, h, w] (True = padding) → [B, T, heads, h, w].
+
+        The original projects every pixel with ``k_linear`` (a C×C 1x1 conv) and then takes one
+        dot product per head. Both are linear, so the query is folded into the key weights first:
+        q_n·(W_n f + b_n) = (q_nᵀW_n)·f + q_n·b_n, a [heads, C] map per frame instead of a C×C
+        conv over all pixels (C/heads times fewer FLOPs; same values up to float rounding).
+        Not an SDPA shape: there are no values and the joint softmax spans heads × pixels.
+        """
+        q = (self.q_linear(queries) * self.scale).unflatten(-1, (self.num_heads, -1))  # [B, T, n, d]
+        w_k = self.k_linear.weight.unflatten(0, (self.num_heads, -1))  # [n, d, C]
+        b_k = self.k_linear.bias.unflatten(0, (self.num_heads, -1))  # [n, d]
+        qw = torch.einsum("btnd,ndc->btnc", q, w_k)  # [B, T, n, C]
+        qb = (q * b_k).sum(-1)  # [B, T, n]
+        w = torch.einsum("btnc,btchw->btnhw", qw, feats) + qb[..., None, None]
         if mask is not None:
             w = w.masked_fill(mask[:, :, None], float("-inf"))
         if self.joint_softmax:

@@ -1,0 +1,203 @@
+"""Shared pieces of the benchmark scripts: dtypes, device peaks, peak memory, FLOP counting, timing.
+
+Nothing here is used by the models or the tests' numerics; the scripts only print figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Dense (no sparsity) peak TFLOP/s from the vendors' datasheets: bf16/fp16 on tensor cores with
+# fp32 accumulation; "fp32" is the plain (non-TF32) fp32 rate, which is what float32 matmuls
+# use unless torch.backends.cuda.matmul.allow_tf32 is set. Matched in order against
+# torch.cuda.get_device_name(), so the more specific names come first.
+PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0}),
+    ("H100", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),  # SXM
+    ("H200", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
+    ("A10G", {"bf16": 70.0, "fp16": 70.0, "fp32": 31.2}),
+    ("A10", {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2}),
+    ("L40S", {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6}),
+    ("L4", {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3}),
+    ("V100", {"fp16": 125.0, "fp32": 15.7}),
+    ("T4", {"fp16": 65.0, "fp32": 8.1}),
+]
+
+
+def add_common_args(p: argparse.ArgumentParser, default_size: int) -> None:
+    p.add_argument("--config", default="medvt_swinb_avos", help="model preset (models.config.MODEL_CONFIGS)")
+    p.add_argument("--frames", type=int, default=6, help="frames per clip (T)")
+    p.add_argument("--size", type=int, nargs="+", default=[default_size], help="clip side, or H W")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
+                   help="where to run (default: cuda if available)")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                   help="fp32, or autocast to bf16/fp16 (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first (compile time is in the warm-up)")
+    p.add_argument("--channels_last", action="store_true",
+                   help="keep the 2-D conv weights in channels-last memory format")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    p.add_argument("--iters", type=int, default=3, help="timed runs")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="device peak in TFLOP/s for the MFU figure (default: table for known GPUs; none on CPU)")
+    p.add_argument("--no_flops", action="store_true", help="skip the FLOP-counting pass")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, configs) -> None:
+    """Refuse settings that cannot run, naming the flag."""
+    if args.config not in configs:
+        p.error(f"--config {args.config!r} is not one of {sorted(configs)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to PyTorch")
+    if args.device == "cpu" and args.dtype != "fp32":
+        # The pixel decoder's torchvision deform_conv2d has no CPU kernel for bf16/fp16, and
+        # CPU autocast does not cast it back to float32.
+        p.error(f"--dtype {args.dtype} needs --device cuda (torchvision's CPU deformable conv is float32 only)")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def peak_tflops(name: str, dtype: str, override: float | None) -> float | None:
+    if override:
+        return override
+    for key, peaks in PEAK_TFLOPS:
+        if key in name:
+            return peaks.get(dtype)
+    return None
+
+
+class PeakMemory:
+    """Peak memory of the measured runs.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` since :meth:`reset` (tensors only, not the caching
+    allocator's reserve). CPU: the process's peak resident set. Linux's ``ru_maxrss`` is a
+    process-lifetime peak (model building and the FLOP pass included), so :meth:`reset` first
+    tries to clear the kernel's high-water mark (``/proc/self/clear_refs`` ← 5) and reads
+    ``VmHWM`` afterwards; where that is not allowed the figure is the lifetime peak, and
+    :attr:`kind` says which one it is.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "ru_maxrss (process lifetime)"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.kind = "VmHWM since reset (peak RSS of the timed runs)"
+        except OSError:
+            pass
+
+    def mib(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.kind.startswith("VmHWM"):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _sdpa_cpu(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(q, k, v)
+
+
+def _sdpa_cpu_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, q, k, v)
+
+
+def _deform_conv(x, w, *args, out_shape=None, **kwargs) -> int:
+    # Counted as the 3x3 conv it computes (2·N·Cout·H'·W'·Cin·kh·kw); the bilinear sampling is extra.
+    n, _, h, wd = out_shape
+    return 2 * n * h * wd * math.prod(w)
+
+
+def _deform_conv_backward(grad, x, w, *args, out_shape=None, **kwargs) -> int:
+    n, c_out, h, wd = grad
+    return 2 * 2 * n * h * wd * c_out * math.prod(w[1:])  # grad input + grad weight
+
+
+def flop_mapping() -> dict:
+    """Formulas for ops ``FlopCounterMode`` does not know: the fused CPU attention kernel (the
+    CUDA ones are built in) and torchvision's deformable convolution."""
+    aten = torch.ops.aten
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward,
+    }
+    try:
+        import torchvision  # noqa: F401  (registers the torchvision ops)
+
+        mapping[torch.ops.torchvision.deform_conv2d] = _deform_conv
+        mapping[torch.ops.torchvision._deform_conv2d_backward] = _deform_conv_backward
+    except (ImportError, AttributeError, RuntimeError):
+        pass
+    return mapping
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (multiply-add = 2), as torch.utils.flop_counter counts them."""
+    with FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def time_runs(fn: Callable[[], object], device: torch.device, warmup: int, iters: int,
+              memory: PeakMemory) -> list[float]:
+    """Seconds per call of ``fn`` for ``iters`` calls after ``warmup`` untimed ones; peak memory is
+    reset after the warm-up so it covers the timed calls only (where the platform allows)."""
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        once()
+    memory.reset()
+    return [once() for _ in range(iters)]
+
+
+def latency_stats(times: list[float], prefix: str) -> dict:
+    med = statistics.median(times)
+    return {
+        f"{prefix}_median": med, f"{prefix}_min": min(times), f"{prefix}_max": max(times),
+        f"{prefix}_spread_pct": 100 * (max(times) - min(times)) / med,
+    }
+
+
+def set_channels_last(model: torch.nn.Module) -> None:
+    """2-D conv weights to channels-last (4-D parameters only; the 3-D convs keep their layout)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.to(memory_format=torch.channels_last)
+
+
+def report(res: dict, json_path: str | None) -> None:
+    for k, v in res.items():
+        print(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(res, indent=2))
+        print(f"wrote {json_path}")
