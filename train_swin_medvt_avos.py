@@ -78,6 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lprop_scale", type=float, default=None,
                    help="label-propagation upsampling scale (default: the config's, 8.0; 7.3 for resnet101 "
                         "as the original ResNet training)")
+    g.add_argument("--lprop_mode", type=int, default=None, choices=(0, 1, 2),
+                   help="label propagation: 2 many-to-many (default, the paper's), 1 unidirectional (last "
+                        "frame from the earlier ones), 0 none")
     g.add_argument("--swin_pretrained", default=None, metavar="PATH",
                    help="Video Swin-B Kinetics-400 checkpoint (swin_base_patch244_window877_kinetics400_22k.pth) "
                         "to initialise the backbone, as the original")
@@ -164,6 +167,8 @@ def model_config(args) -> MedVTConfig:
     cfg = get_config(args.model_config)
     if args.lprop_scale is not None:
         cfg = cfg.replace(lprop_scale=args.lprop_scale)
+    if args.lprop_mode is not None:
+        cfg = cfg.replace(lprop_mode=args.lprop_mode)
     return cfg
 
 

@@ -68,9 +68,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, choices=sorted(MODEL_CONFIGS),
                    help="model config preset, overriding --backbone (e.g. tiny for tests)")
     g.add_argument("--num_classes", type=int, default=None, help="output classes (default 80 = raw A2D ids)")
-    g.add_argument("--lprop_mode", type=int, default=None, choices=(0, 2),
-                   help="label propagation: 0 off (A2D default at HEAD), 2 bidirectional; the original's 1 "
-                        "(unidirectional) is not implemented, its 3 crashes")
+    g.add_argument("--lprop_mode", type=int, default=None, choices=(0, 1, 2),
+                   help="label propagation: 0 off (A2D default at HEAD), 1 unidirectional (last frame from the "
+                        "earlier ones), 2 bidirectional many-to-many; the original's 3 crashes and is refused")
     g.add_argument("--lprop_scale", type=float, default=None, help="label-map upsampling before the label encoder (A2D: 16)")
     g.add_argument("--query_decoder_scales", type=int, default=None, choices=(1, 2, 3),
                    help="memories the query decoder cycles over (train default 3; inference: the checkpoint's "

@@ -76,7 +76,7 @@ class MedVTConfig:
     query_decoder_scales: int = 3
     head_dims: tuple[int, int, int] = (384, 256, 128)
     num_classes: int = 1
-    lprop_mode: Literal[0, 2] = 2
+    lprop_mode: Literal[0, 1, 2] = 2
     lprop_scale: float = 8.0
     lprop_key_dim: int = 128
     label_enc_dims: tuple[int, int, int, int] = (16, 32, 64, 16)

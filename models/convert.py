@@ -21,12 +21,18 @@ from torch import Tensor, nn
 
 from .config import MedVTConfig, get_config
 
-# Entries the original model registers but never uses in its forward.
-_UNUSED = re.compile(r"label_propagator\.(prop_layer\.(self|cross)_attn\.WV\.|label_encoder\.samp_w_pred\.)")
+# Entries the original model registers but never uses in its forward (its WV value projections
+# are used by the unidirectional propagation, lprop_mode 1, only).
+_UNUSED = {
+    1: re.compile(r"label_propagator\.label_encoder\.samp_w_pred\."),
+    2: re.compile(r"label_propagator\.(prop_layer\.(self|cross)_attn\.WV\.|label_encoder\.samp_w_pred\.)"),
+}
 
 _COMMON_RULES: list[tuple[str, str]] = [
     (r"^label_propagator\.prop_layer\.self_attn\.WK\.", "label_propagator.propagation.self_key."),
     (r"^label_propagator\.prop_layer\.cross_attn\.WK\.", "label_propagator.propagation.cross_key."),
+    (r"^label_propagator\.prop_layer\.self_attn\.WV\.", "label_propagator.propagation.self_value."),
+    (r"^label_propagator\.prop_layer\.cross_attn\.WV\.", "label_propagator.propagation.cross_value."),
     (r"^label_propagator\.label_encoder\.conv_block\.0\.", "label_propagator.label_encoder.stem."),
     (r"^label_propagator\.label_encoder\.label_pred_tm\.0\.", "label_propagator.label_encoder.proj."),
     (r"^label_propagator\.label_encoder\.res(\d)_tm\.downsample\.", r"label_propagator.label_encoder.res\1.shortcut."),
@@ -102,9 +108,10 @@ def convert_original_state_dict(state_dict: dict[str, Tensor], config: str | Med
     else:
         rules = _resnet_encoder_layer(cfg.enc_layers[0]) + _RESNET_RULES
     rules = rules + _COMMON_RULES
+    unused = _UNUSED.get(cfg.lprop_mode, _UNUSED[2])
     out = {}
     for name, value in state_dict.items():
-        if _UNUSED.match(name):
+        if unused.match(name):
             continue
         for pattern, repl in rules:  # the first matching rule gives the whole new name
             new, n = re.subn(pattern, repl, name)

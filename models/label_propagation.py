@@ -1,4 +1,4 @@
-"""Many-to-many label propagation (spec avos §1.10, ``lprop_mode`` 2).
+"""Label propagation: many-to-many (spec avos §1.10, ``lprop_mode`` 2) or unidirectional (mode 1).
 
 The coarse logits of every frame are upsampled (nearest, ×``scale``), encoded by a small CNN
 into 16-channel label embeddings at 1/16 of that size, and each frame's embedding is then
@@ -16,8 +16,13 @@ T-1 frames gathered per frame in one fused SDPA call (see :func:`_attend_other_f
 neither the mask nor the score matrix is built and the softmax runs over exactly the same keys.
 Clips need T ≥ 2.
 
-Unlike the original there are no ``WV`` value projections and no ``samp_w_pred`` conv: the
-original creates them but never uses their output (the converter drops them).
+Mode 1 (spec a2d §A.4) refines only the LAST frame: its features attend to themselves (values
+through a ``WV`` projection), residual + instance norm, then attend to the features of the earlier
+frames whose projected (``WV``) label embeddings are the values; the result is averaged with the
+last frame's own embedding, the other frames keep theirs.
+
+In mode 2 the original also creates ``WV`` projections but never uses their output, and in both
+modes a ``samp_w_pred`` conv it never uses; we build none of these (the converter drops them).
 """
 from __future__ import annotations
 
@@ -121,20 +126,50 @@ class MaskedPropagation(nn.Module):
         return _instance_norm(_attend_other_frames(q, k, labels, self.scale))
 
 
+class LastFramePropagation(nn.Module):
+    """Mode 1: the last frame's labels re-estimated from the earlier frames (plain softmax attention)."""
+
+    def __init__(self, feat_dim: int, key_dim: int, label_dim: int, tau: float = 1 / 30) -> None:
+        super().__init__()
+        self.self_key = nn.Linear(feat_dim, key_dim)
+        self.self_value = nn.Linear(feat_dim, feat_dim)
+        self.cross_key = nn.Linear(feat_dim, key_dim)
+        self.cross_value = nn.Linear(label_dim, label_dim)
+        self.scale = 1.0 / tau
+        for lin in (self.self_key, self.self_value, self.cross_key, self.cross_value):
+            nn.init.normal_(lin.weight, 0, math.sqrt(2.0 / lin.out_features))
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, feats: Tensor, labels: Tensor) -> Tensor:
+        """feats [B, T, n, C], labels [B, T, n, E] → [B, T, n, E] (only the last frame changes)."""
+        cur, prev = feats[:, -1:], feats[:, :-1].flatten(1, 2)  # [B, 1, n, C], [B, (T-1)·n, C]
+        k = F.normalize(self.self_key(cur), dim=-1)
+        cur = _instance_norm(cur + F.scaled_dot_product_attention(k, k, self.self_value(cur), scale=self.scale))
+        q = F.normalize(self.cross_key(cur[:, 0]), dim=-1)
+        k = F.normalize(self.cross_key(prev), dim=-1)
+        v = self.cross_value(labels[:, :-1].flatten(1, 2))
+        last = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # [B, n, E]
+        return torch.cat([labels[:, :-1], ((labels[:, -1] + last) / 2)[:, None]], dim=1)
+
+
 class LabelPropagator(nn.Module):
     """Args:
         feat_dim: channels of the features used for affinities (decoded features + attention maps).
         num_classes: K, channels of the logits being propagated.
         scale: upsampling factor of the logits before encoding (8.0 Swin, 7.2/7.3/8.0 ResNet).
+        mode: 2 many-to-many (every frame from the others), 1 the last frame from the earlier ones.
     """
 
     def __init__(self, feat_dim: int, num_classes: int, scale: float, key_dim: int = 128,
-                 enc_dims: tuple[int, int, int, int] = (16, 32, 64, 16)) -> None:
+                 enc_dims: tuple[int, int, int, int] = (16, 32, 64, 16), mode: int = 2) -> None:
         super().__init__()
+        if mode not in (1, 2):
+            raise ValueError(f"label propagation mode must be 1 or 2, not {mode}")
         self.scale = scale
         self.label_encoder = LabelEncoder(num_classes, enc_dims)
-        self.propagation = MaskedPropagation(feat_dim, key_dim)
         e = enc_dims[-1]
+        self.propagation = MaskedPropagation(feat_dim, key_dim) if mode == 2 else \
+            LastFramePropagation(feat_dim, key_dim, e)
         self.label_decoder = nn.Sequential(
             nn.Conv3d(e, e, 3, padding="same"), nn.GroupNorm(4, e), nn.ReLU(), nn.Conv3d(e, num_classes, 1)
         )

@@ -64,9 +64,9 @@ class MEDVT(nn.Module):
         self.object_attention = ObjectAttentionMap(d, cfg.nheads, joint_softmax=cfg.variant != "v3")
         self.head = SegHead3D(d + cfg.nheads, cfg.head_dims, cfg.num_classes)
         self.label_propagator = None
-        if cfg.lprop_mode == 2:
+        if cfg.lprop_mode in (1, 2):
             self.label_propagator = LabelPropagator(d + cfg.nheads, cfg.num_classes, cfg.lprop_scale,
-                                                    cfg.lprop_key_dim, cfg.label_enc_dims)
+                                                    cfg.lprop_key_dim, cfg.label_enc_dims, cfg.lprop_mode)
         if swin:
             self._reset_transformer_parameters()
 

@@ -251,3 +251,16 @@ def test_matlab_v73_annotation_is_read_with_h5py_and_transposed(tmp_path):
     out = read_annotation(path)
     assert out.dtype == np.int64 and out.shape == (4, 6)
     assert out[1, 4] == 11 and out[3, 0] == 79 and out.sum() == 90
+
+
+def test_unidirectional_label_propagation_matches_original():
+    # lprop_mode 1 (spec a2d §A.4): the last frame's labels from the earlier frames; its WV value
+    # projections are used (unlike mode 2), so every original entry but samp_w_pred maps onto ours.
+    model = build_model("medvt_swinb_a2d", lprop_mode=1).eval()
+    rows = read_key_list(A2D_FIXTURES / "swinb_lprop1_keys.tsv")
+    unused = {n for n, _, _ in rows if "samp_w_pred" in n}
+    _check_keys_and_load(model, "swinb_lprop1_keys.tsv", 127_885_202 - sum(math.prod(s) for n, s, _ in rows
+                                                                            if n in unused), 687)
+    out, expected = _logits(model, "swinb_lprop1_T6_128x192_seed0.pt", (128, 192))
+    assert out.shape == expected.shape == (80, 6, 16, 24)
+    assert (out - expected).abs().max().item() < 1e-4
