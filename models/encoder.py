@@ -101,7 +101,9 @@ class MultiscaleEncoder(nn.Module):
     """Two-stage encoder. Inputs are the deep and the next-shallower projected maps."""
 
     def __init__(self, d_model: int, nhead: int, dim_ff: int, dropout: float, num_layers: tuple[int, int],
-                 style: str) -> None:
+                 style: str, cross_layer: bool = True, cross_ff: int = 0) -> None:
+        """``cross_layer=False`` drops the between-scale layer (stage 1 sees its own map only);
+        ``cross_ff`` overrides its FFN width (0: the stage-1 width, the original's rule)."""
         super().__init__()
         swin = style == "swin"
         # Stage-1 and between-scale widths are fixed by the original code, not by flags.
@@ -111,7 +113,9 @@ class MultiscaleEncoder(nn.Module):
             nn.ModuleList(EncoderLayer(d_model, nhead, dim_ff, dropout) for _ in range(num_layers[0])),
             nn.ModuleList(EncoderLayer(d_model, **s1) for _ in range(num_layers[1])),
         ])
-        self.cross_scale = CrossScaleLayer(d_model, s1["nhead"], s1["dim_ff"], s1["dropout"], fused=swin)
+        self.cross_scale = None
+        if cross_layer:
+            self.cross_scale = CrossScaleLayer(d_model, s1["nhead"], cross_ff or s1["dim_ff"], s1["dropout"], fused=swin)
         self.grad_checkpointing = False
 
     def forward(self, feats: list[Tensor], pos: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
@@ -119,7 +123,7 @@ class MultiscaleEncoder(nn.Module):
         outs = []
         for i, (x, p, m) in enumerate(zip(feats, pos, masks)):
             tokens, p_tok, m_tok = _tokens(x), _tokens(p), m.flatten(1)
-            if i == 1:
+            if i == 1 and self.cross_scale is not None:
                 deep, pos_deep = outs[0], pos[0]
                 if deep.shape[-2:] != x.shape[-2:]:  # ResNet: the 1/32 output goes onto the 1/16 grid
                     deep = F.interpolate(deep.flatten(0, 1), size=x.shape[-2:], mode="bilinear",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .backbone import build_backbone
 from .config import MedVTConfig
-from .encoder import CrossScaleLayer, MultiscaleEncoder
+from .encoder import MultiscaleEncoder
 from .heads import SegHead3D
 from .label_propagation import LabelPropagator
 from .pixel_decoder import FPNPixelDecoder
@@ -47,17 +47,11 @@ class MEDVT(nn.Module):
             nn.Conv2d(c, d, 1) if (swin or i >= 2) else nn.Identity() for i, c in enumerate(dims)
         )
         self.pos_embed = PositionEmbeddingSine3D(d // 3)
+        if not (cfg.encoder_cross_layer or swin):
+            raise ValueError("encoder_cross_layer=False exists only for the Swin family (the original "
+                             "ResNet transformer hard-codes its between-scale layer)")
         self.encoder = MultiscaleEncoder(d, cfg.nheads, cfg.dim_feedforward, cfg.dropout, cfg.enc_layers,
-                                         cfg.encoder_style)
-        if not cfg.encoder_cross_layer:
-            if not swin:
-                raise ValueError("encoder_cross_layer=False exists only for the Swin family (the original "
-                                 "ResNet transformer hard-codes its between-scale layer)")
-            self.encoder.cross_scale = _PassShallow()
-        elif cfg.cross_scale_ff:  # a between-scale FFN width other than the family rule (A2D ResNet)
-            heads = cfg.nheads if not swin else 1
-            self.encoder.cross_scale = CrossScaleLayer(d, heads, cfg.cross_scale_ff, cfg.dropout if not swin else 0.0,
-                                                       fused=swin)
+                                         cfg.encoder_style, cfg.encoder_cross_layer, cfg.cross_scale_ff)
         self.pixel_decoder = FPNPixelDecoder(d, None if swin else (d, dims[1], dims[0]))
         self.query_decoder = QueryDecoder(d, cfg.nheads, cfg.dim_feedforward, cfg.dropout, cfg.dec_layers,
                                           cfg.num_queries, tgt_init=1e-6 if cfg.variant == "v3" else 0.0)
@@ -126,13 +120,6 @@ class MEDVT(nn.Module):
             out = (coarse + refined) / 2
         squeeze = (lambda x: x.squeeze(1)) if self.cfg.num_classes == 1 else (lambda x: x)
         return {"pred_masks": squeeze(out), "aux_pred_masks": squeeze(coarse)}
-
-
-class _PassShallow(nn.Module):
-    """Stands in for the between-scale layer when it is switched off: the shallow tokens pass as they are."""
-
-    def forward(self, deep: Tensor, shallow: Tensor, *args, **kwargs) -> Tensor:
-        return shallow
 
 
 def _match_size(coarse: Tensor, refined: Tensor) -> tuple[Tensor, Tensor]:
