@@ -30,8 +30,8 @@ Examples::
     # several GPUs
     torchrun --nproc_per_node 4 train_swin_medvt_avos.py ... --amp bf16
     # a tiny CPU smoke run on a synthetic DAVIS folder
-    python train_swin_medvt_avos.py --backbone tiny --davis16_root /tmp/synth --no_ytvos --train_size 64 \\
-        --val_size 64 --small_aug --steps_per_epoch 2 --epochs 2 --device cpu --output_dir /tmp/run
+    python train_swin_medvt_avos.py --backbone tiny --davis16_root data/synth --no_ytvos --train_size 64 \\
+        --val_size 64 --small_aug --steps_per_epoch 2 --epochs 2 --device cpu --output_dir runs/smoke
 """
 from __future__ import annotations
 

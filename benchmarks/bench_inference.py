@@ -17,7 +17,7 @@ Examples::
 
     python benchmarks/bench_inference.py --config medvt_swinb_avos --frames 6 --size 473 --device cpu --threads 2
     python benchmarks/bench_inference.py --config medvt_swinb_avos --size 473 --device cuda --dtype bf16 --compile
-    python benchmarks/bench_inference.py --config tiny --size 128 --iters 5 --json /tmp/bench.json
+    python benchmarks/bench_inference.py --config tiny --size 128 --iters 5 --json runs/bench.json
 """
 from __future__ import annotations
 
