@@ -18,9 +18,14 @@ from .attention import MultiheadAttention
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, d_model: int, nhead: int, dim_ff: int, dropout: float) -> None:
+    """Post-norm DETR decoder layer. With ``audio=True`` (MED-VT++) a cross-attention to the audio
+    tokens (+ its own norm) follows the self-attention."""
+
+    def __init__(self, d_model: int, nhead: int, dim_ff: int, dropout: float, audio: bool = False) -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.audio_attn = MultiheadAttention(d_model, nhead, dropout) if audio else None
+        self.audio_norm = nn.LayerNorm(d_model) if audio else None
         self.cross_attn = MultiheadAttention(d_model, nhead, dropout)
         self.linear1 = nn.Linear(d_model, dim_ff)
         self.linear2 = nn.Linear(dim_ff, d_model)
@@ -29,12 +34,17 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, query_pos: Tensor, memory: Tensor, pos: Tensor,
-                memory_padding_mask: Tensor | None) -> Tensor:
-        """tgt/query_pos [B, Q, C]; memory/pos [B, L, C]; memory_padding_mask [B, L] → [B, Q, C]."""
+    def forward(self, tgt: Tensor, query_pos: Tensor, memory: Tensor, pos: Tensor | None,
+                memory_padding_mask: Tensor | None = None, audio: Tensor | None = None,
+                audio_query_pos: Tensor | None = None) -> Tensor:
+        """tgt/query_pos [B, Q, C]; memory/pos [B, L, C]; memory_padding_mask [B, L];
+        audio [B, La, C] with its query positions audio_query_pos [B, Q, C] → [B, Q, C]."""
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout(self.self_attn(q, q, tgt)))
-        tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, memory + pos, memory, memory_padding_mask)))
+        if self.audio_attn is not None:
+            tgt = self.audio_norm(tgt + self.dropout(self.audio_attn(tgt + audio_query_pos, audio, audio)))
+        key = memory if pos is None else memory + pos
+        tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, key, memory, memory_padding_mask)))
         return self.norm3(tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(tgt))))))
 
 

@@ -1,0 +1,67 @@
+"""Turn AVSBench wavs into the log-mel pickles the loaders read (the original's preprocessing step).
+
+For every clip of the metadata CSV (all splits, or ``--splits``): ``audio_wav/…/<name>.wav`` (16 kHz
+mono 16-bit PCM, as AVSBench ships them) → VGGish log-mel examples (``models.audio``, no download,
+no resampy/soundfile) → one 0.96 s example per video frame, the last repeated when the clip is
+shorter, → ``audio_log_mel/…/<name>.pkl`` (a pickled float tensor [5, 1, 96, 64], AVSBench's
+format). Clips whose audio is missing, silent, longer than 5 examples or not 16 kHz are reported
+and skipped (``--allow_resample`` / ``--allow_silent`` keep the last two), as the original skips
+the videos its try-block rejects. Existing pickles are kept unless ``--overwrite``.
+
+Example::
+
+    python avs/preprocess_audio.py --task s4 --avsbench_root /data/AVSBench
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datasets.avsbench import NUM_FRAMES, avsbench_clips  # noqa: E402
+from datasets.path_config import add_path_args  # noqa: E402
+from models.audio import AudioError, wav_to_clip_examples  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=("s4", "ms3"), default="s4", help="AVSBench setting")
+    add_path_args(p, ["avsbench"])
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to process")
+    p.add_argument("--overwrite", action="store_true", help="recompute pickles that already exist")
+    p.add_argument("--allow_resample", action="store_true", help="resample non-16 kHz wavs instead of skipping them")
+    p.add_argument("--allow_silent", action="store_true", help="keep all-zero wavs instead of skipping them")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    done, kept, failed = 0, 0, {}
+    for split in args.splits:
+        for clip in tqdm(avsbench_clips(args.avsbench_root, args.task, split), desc=f"{args.task} {split}"):
+            if clip.log_mel.is_file() and not args.overwrite:
+                kept += 1
+                continue
+            try:
+                lm = wav_to_clip_examples(clip.wav, NUM_FRAMES, args.allow_resample, args.allow_silent)
+            except AudioError as e:
+                failed[clip.name] = str(e)
+                continue
+            clip.log_mel.parent.mkdir(parents=True, exist_ok=True)
+            with open(clip.log_mel, "wb") as f:
+                pickle.dump(lm, f)
+            done += 1
+    for name, why in failed.items():
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    res = {"written": done, "kept": kept, "skipped": failed}
+    print(json.dumps({"written": done, "kept": kept, "skipped": len(failed)}))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Train MED-VT++ on AVSBench S4 or MS3 with the authors' recipe (spec a2d-avs-vss §B.5-§B.7).
+
+One model definition for both tasks; the task changes the data and the recipe:
+
+================  =================================  ===========================================
+                  S4 (``--task s4``)                 MS3 (``--task ms3``)
+================  =================================  ===========================================
+image size        384 train / 384 val (upsampled)    native 224 / 224 (the test script uses 384)
+batch             2 train / 4 val                    2 / 1
+epochs            50                                 60
+schedule          cosine (T_max = epochs)            poly 0.9 to 1e-6 over epochs − 1
+loss              BCE on frame 1 (the annotated one) BCE on 5 frames + λ₁ 0.1 · masked-AV (KL)
+init              PVTv2 ImageNet + xavier            the best S4 model (--load_s4_params)
+================  =================================  ===========================================
+
+Both: AdamW, lr 1e-4, ``backbone.*`` 1e-5, weight decay 1e-4, no augmentation, no gradient
+clipping, the schedule stepped at the *start* of each epoch (epoch e runs at step e + 1, so the
+last epoch of S4 has lr 0), seed 123, VGGish frozen (eval, no grad). After each epoch the val
+split is scored (mIoU) and the best model is saved as ``checkpoint_best.pth``.
+
+README commands (the original's flags are accepted; ``--tpavi_va_flag`` has no effect with the
+bidirectional fusion)::
+
+    python avs/train_medvt.py --task s4 --avsbench_root /data/AVSBench --output_dir out/s4 \\
+        --pvtv2_pretrained_path pvt_v2_b5.pth --vggish_weights vggish-10086976.pth
+    python avs/train_medvt.py --task ms3 --avsbench_root /data/AVSBench --output_dir out/ms3 \\
+        --tpavi_va_flag --masked_av_flag --masked_av_stages 0 1 2 3 --kl_flag \\
+        --load_s4_params --trained_s4_model_path out/s4/checkpoint_best.pth --vggish_weights vggish-10086976.pth
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from avs.common import add_model_args, as_jsonable, audio_features, build_model_and_audio, evaluate  # noqa: E402
+from avs.losses import AVSCriterion  # noqa: E402
+from datasets.avsbench import AVSBenchDataset  # noqa: E402
+from datasets.path_config import add_path_args  # noqa: E402
+from models.avs import load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
+from utils.checkpoint import plain_args, save_checkpoint, seed_everything  # noqa: E402
+from utils.distributed import default_device  # noqa: E402
+from utils.logger import format_metrics, setup_logger  # noqa: E402
+from utils.optim import param_groups  # noqa: E402
+
+TASK_DEFAULTS = {
+    "s4": dict(train_im_size=384, val_im_size=384, val_batch_size=4, max_epoches=50, lambda_1=0.0),
+    "ms3": dict(train_im_size=0, val_im_size=0, val_batch_size=1, max_epoches=60, lambda_1=0.1),
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_path_args(p, ["avsbench"])
+    g = p.add_argument_group("recipe (None = the task's default, see the table above)")
+    g.add_argument("--session_name", default=None, help="run name used in the log (default: the task)")
+    g.add_argument("--output_dir", default="output/avs_train", help="checkpoints, log and history")
+    g.add_argument("--train_im_size", default=None, type=int, help="square training size (0 = native 224)")
+    g.add_argument("--val_im_size", default=None, type=int, help="square validation size (0 = native 224)")
+    g.add_argument("--train_batch_size", default=2, type=int, help="clips per training batch")
+    g.add_argument("--val_batch_size", default=None, type=int, help="clips per validation batch")
+    g.add_argument("--max_epoches", default=None, type=int, help="number of epochs (original spelling)")
+    g.add_argument("--lr", default=1e-4, type=float, help="learning rate of everything but the backbone")
+    g.add_argument("--lr_backbone", default=1e-5, type=float, help="learning rate of the PVTv2 backbone")
+    g.add_argument("--weight_decay", default=1e-4, type=float, help="AdamW weight decay")
+    g.add_argument("--end_lr", default=1e-6, type=float, help="MS3 poly schedule: final lr")
+    g.add_argument("--poly_power", default=0.9, type=float, help="MS3 poly schedule: power")
+    g.add_argument("--seed", default=123, type=int, help="random seed (original: 123)")
+    g.add_argument("--steps_per_epoch", default=None, type=int, help="cap on steps per epoch (smoke tests)")
+    g.add_argument("--val_max_batches", default=None, type=int, help="cap on validation batches (smoke tests)")
+    l = p.add_argument_group("loss")
+    l.add_argument("--masked_av_flag", action="store_true", help="add the masked audio-visual matching loss (MS3)")
+    l.add_argument("--masked_av_stages", default=[0, 1, 2, 3], nargs="+", type=int,
+                   help="FPN scales (0 = 1/4 … 3 = 1/32) where the masked-AV loss is computed")
+    l.add_argument("--lambda_1", default=None, type=float, help="weight of that loss (S4 0, MS3 0.1)")
+    l.add_argument("--kl_flag", action="store_true", help="masked-AV loss as KL(softmax(audio) ‖ softmax(visual))")
+    l.add_argument("--euclidean_flag", action="store_true", help="masked-AV loss as the Euclidean distance")
+    l.add_argument("--norm_fea_flag", action="store_true", help="L2-normalise both features first")
+    l.add_argument("--threshold_flag", action="store_true", help="binarise the pooled mask at 0.5 (÷ mask area)")
+    l.add_argument("--closer_flag", action="store_true", help="the original's visual-visual variant (not implemented)")
+    l.add_argument("--sa_loss_flag", action="store_true",
+                   help="S4: add AVSBench's audio/masked-visual cosine loss (same as --masked_av_flag without KL)")
+    l.add_argument("--sa_loss_stages", default=None, nargs="+", type=int, help="S4: stages of --sa_loss_flag")
+    l.add_argument("--mask_pooling_type", default="avg", choices=("avg", "max"),
+                   help="how predicted logits are downsampled to each map")
+    i = p.add_argument_group("initialisation")
+    i.add_argument("--pvtv2_pretrained_path", default=None, metavar="PATH",
+                   help="PVTv2-b5 ImageNet weights (pvt_v2_b5.pth), a local file; without it the backbone is random")
+    i.add_argument("--load_s4_params", action="store_true", help="start from a trained S4 model (MS3 recipe)")
+    i.add_argument("--trained_s4_model_path", default="", metavar="PATH", help="that S4 model (ours or original)")
+    i.add_argument("--weights", default="", metavar="PATH", help="start from these weights (any of ours / original)")
+    return p
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    for k, v in TASK_DEFAULTS[args.task].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.closer_flag:
+        raise SystemExit("--closer_flag (visual-visual matching loss) is not implemented")
+    if args.sa_loss_flag:
+        args.masked_av_flag = True
+        if args.sa_loss_stages is not None:
+            args.masked_av_stages = args.sa_loss_stages
+    if args.masked_av_flag and args.task == "ms3" and not (args.kl_flag or args.euclidean_flag):
+        raise SystemExit("--masked_av_flag needs --kl_flag or --euclidean_flag (the original crashes without)")
+    if args.load_s4_params and not args.trained_s4_model_path:
+        raise SystemExit("--load_s4_params needs --trained_s4_model_path PATH")
+    return args
+
+
+def epoch_lr(args, base: float, epoch: int) -> float:
+    """lr used during ``epoch`` (0-based): the scheduler was stepped once before it (original order)."""
+    step = epoch + 1
+    if args.task == "s4":  # CosineAnnealingLR(T_max = epochs), eta_min 0
+        return base * (1 + math.cos(math.pi * step / args.max_epoches)) / 2
+    n = max(args.max_epoches - 1, 1)  # torch_poly_lr_decay, max_decay_steps = epochs - 1
+    return (base - args.end_lr) * (1 - min(step, n) / n) ** args.poly_power + args.end_lr
+
+
+def init_weights(model, args, logger) -> None:
+    if args.pvtv2_pretrained_path:
+        n = load_pvt_pretrained(model, args.pvtv2_pretrained_path)
+        logger.info(f"PVTv2 ImageNet weights: {n} tensors from {args.pvtv2_pretrained_path}")
+    else:
+        logger.warning("no --pvtv2_pretrained_path: the PVTv2 backbone starts from random weights")
+    for flag, path in (("--trained_s4_model_path", args.trained_s4_model_path if args.load_s4_params else ""),
+                       ("--weights", args.weights)):
+        if path:
+            load_avs_checkpoint(model, path)
+            logger.info(f"initialised from {path} ({flag})")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = resolve_defaults(get_args_parser().parse_args(argv))
+    device = torch.device(args.device or default_device())
+    out = Path(args.output_dir)
+    logger = setup_logger(out, True, name="medvt.avs.train")
+    seed_everything(args.seed)
+    model, vggish = build_model_and_audio(args, device)
+    init_weights(model, args, logger)
+    criterion = AVSCriterion(task=args.task, masked_av=args.masked_av_flag, stages=list(args.masked_av_stages),
+                             lambda_1=args.lambda_1, kl=args.kl_flag, euclidean=args.euclidean_flag,
+                             norm_fea=args.norm_fea_flag, threshold=args.threshold_flag, pooling=args.mask_pooling_type)
+    optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.lr_backbone, "intended"),
+                                  weight_decay=args.weight_decay)
+    for g in optimizer.param_groups:
+        g["initial_lr"] = g["lr"]
+    kw = dict(audio=args.audio, allow_resample=args.allow_resample, allow_silent=args.allow_silent)
+    train_set = AVSBenchDataset(args.avsbench_root, args.task, "train", args.train_im_size or None, **kw)
+    val_set = AVSBenchDataset(args.avsbench_root, args.task, "val", args.val_im_size or None, **kw)
+    train_loader = DataLoader(train_set, batch_size=args.train_batch_size, shuffle=True, num_workers=args.num_workers,
+                              drop_last=False)
+    val_loader = DataLoader(val_set, batch_size=args.val_batch_size, shuffle=False, num_workers=args.num_workers)
+    logger.info(f"MED-VT++ {args.task}: {model.cfg.name}, {sum(p.numel() for p in model.parameters()):,} parameters; "
+                f"{len(train_set)} train / {len(val_set)} val clips on {device}")
+    best, history = {"miou": -1.0, "epoch": -1}, []
+    for epoch in range(args.max_epoches):
+        for g in optimizer.param_groups:
+            g["lr"] = epoch_lr(args, g["initial_lr"], epoch)
+        stats = train_epoch(model, vggish, criterion, train_loader, optimizer, device, epoch, args.steps_per_epoch)
+        val = evaluate(model, vggish, val_loader, device, max_batches=args.val_max_batches, desc=f"val {epoch}")
+        stats.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], val_miou=val["miou"], val_fscore=val["fscore"])
+        history.append(stats)
+        logger.info(f"epoch {epoch}: {format_metrics({k: v for k, v in stats.items() if k != 'epoch'})}")
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "args": plain_args(args), "config": model.cfg.to_dict(), "history": history}
+        save_checkpoint(state, out / "checkpoint_last.pth")
+        if val["miou"] > best["miou"]:
+            best = {"miou": val["miou"], "epoch": epoch}
+            save_checkpoint({**state, "best": best}, out / "checkpoint_best.pth")
+            logger.info(f"new best val mIoU {val['miou']:.4f} → {out / 'checkpoint_best.pth'}")
+    res = {"best": best, "history": history, "output_dir": str(out)}
+    (out / "history.json").write_text(json.dumps([as_jsonable(h) for h in history], indent=2))
+    return res
+
+
+def train_epoch(model, vggish, criterion, loader, optimizer, device, epoch, max_steps=None) -> dict:
+    model.train()
+    sums: dict[str, float] = {}
+    n = 0
+    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False)):
+        if max_steps is not None and step >= max_steps:
+            break
+        frames = batch["frames"].to(device)
+        audio = audio_features(vggish, batch["audio"].to(device))
+        out = model(frames, audio)
+        losses = criterion(out, batch["masks"].to(device), batch["mask_frames"].to(device))
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}, clips {list(batch['name'])}")
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        n += 1
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+if __name__ == "__main__":
+    main()
