@@ -37,7 +37,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avs.common import add_model_args, as_jsonable, audio_features, build_model_and_audio, evaluate  # noqa: E402
@@ -47,6 +46,7 @@ from datasets.path_config import add_path_args  # noqa: E402
 from models.avs import load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
 from utils.checkpoint import plain_args, save_checkpoint, seed_everything  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
+from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 from utils.optim import param_groups  # noqa: E402
 
@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(args.max_epoches):
         for g in optimizer.param_groups:
             g["lr"] = epoch_lr(args, g["initial_lr"], epoch)
-        stats = train_epoch(model, vggish, criterion, train_loader, optimizer, device, epoch, args.steps_per_epoch)
+        # No gradient clipping in the original AVS recipe (clip_max_norm 0).
+        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, epoch, clip_max_norm=0.0,
+                                max_steps=args.steps_per_epoch, logger=logger,
+                                compute_losses=avs_losses(vggish, criterion, device))
         val = evaluate(model, vggish, val_loader, device, max_batches=args.val_max_batches, desc=f"val {epoch}")
         stats.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], val_miou=val["miou"], val_fscore=val["fscore"])
         history.append(stats)
@@ -183,26 +186,13 @@ def main(argv: list[str] | None = None) -> dict:
     return res
 
 
-def train_epoch(model, vggish, criterion, loader, optimizer, device, epoch, max_steps=None) -> dict:
-    model.train()
-    sums: dict[str, float] = {}
-    n = 0
-    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False)):
-        if max_steps is not None and step >= max_steps:
-            break
-        frames = batch["frames"].to(device)
+def avs_losses(vggish: torch.nn.Module, criterion: torch.nn.Module, device: torch.device):
+    """The engine's ``compute_losses`` for MED-VT++: frozen VGGish features, then the model and the loss."""
+    def compute(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         audio = audio_features(vggish, batch["audio"].to(device))
-        out = model(frames, audio)
-        losses = criterion(out, batch["masks"].to(device), batch["mask_frames"].to(device))
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}, clips {list(batch['name'])}")
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        n += 1
-    return {k: v / max(n, 1) for k, v in sums.items()}
+        out = model(batch["frames"].to(device), audio)
+        return criterion(out, batch["masks"].to(device), batch["mask_frames"].to(device))
+    return compute
 
 
 if __name__ == "__main__":

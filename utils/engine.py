@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -50,13 +50,16 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
                     device: torch.device, epoch: int, clip_max_norm: float = 0.1,
                     amp_dtype: torch.dtype | None = None, max_steps: int | None = None,
                     logger: logging.Logger | None = None, scaler: torch.amp.GradScaler | None = None,
-                    log_every: int = 50) -> dict[str, float]:
+                    log_every: int = 50,
+                    compute_losses: Callable[[nn.Module, dict], dict[str, torch.Tensor]] | None = None
+                    ) -> dict[str, float]:
     """Train for one pass over ``loader`` (or ``max_steps`` batches).
 
     Batches are dicts with ``frames`` [B, T, 3, H, W] (normalised), ``masks`` [B, T, H, W] (0/1)
     and ``name`` (list of B sequence names; ``centre`` optional). Returns the mean of every loss
     term over the steps (averaged over processes), plus ``lr`` (first group), ``steps`` and
-    ``step_time`` (seconds per step).
+    ``step_time`` (seconds per step). ``compute_losses(model, batch)`` replaces the default
+    ``criterion(model(frames), masks)`` for models with other inputs (MED-VT++ takes audio too).
     """
     model.train()
     criterion.train()
@@ -70,11 +73,15 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     for step, batch in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
-        frames = batch["frames"].to(device, non_blocking=True)
-        masks = batch["masks"].to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            outputs = model(frames)
-        losses = criterion(outputs, masks)  # computed in float32 by the criterion
+        if compute_losses is not None:
+            with autocast(device, amp_dtype):
+                losses = compute_losses(model, batch)
+        else:
+            frames = batch["frames"].to(device, non_blocking=True)
+            masks = batch["masks"].to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                outputs = model(frames)
+            losses = criterion(outputs, masks)  # computed in float32 by the criterion
         values = _reduce_losses(losses)
         if not all(math.isfinite(v) for v in values.values()):
             centre = batch.get("centre")
