@@ -53,7 +53,7 @@ from models.convert import (CheckpointMismatchError, checkpoint_state_dict, conv
                             init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
 from models.losses import AVOSCriterion  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.checkpoint import capture_rng, plain_args, restore_rng, save_checkpoint, seed_everything  # noqa: E402
+from utils.checkpoint import capture_rng, plain_args, restore_rng, save_last_and_best, seed_everything  # noqa: E402
 from utils.engine import evaluate_davis, train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
@@ -353,9 +353,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         rng = du.all_gather_object(capture_rng())  # every process's RNG, so each one resumes exactly
         if info.is_main:
             state = make_checkpoint(args, cfg, model, optimizer, scheduler, scaler, epoch, best, rng)
-            paths["checkpoint_last"] = str(save_checkpoint(state, out / "checkpoint_last.pth"))
-            if is_best:
-                paths["checkpoint_best"] = str(save_checkpoint(state, out / "checkpoint_best.pth"))
+            paths.update(save_last_and_best(state, out, is_best))
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             if writer is not None:

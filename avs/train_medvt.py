@@ -44,7 +44,7 @@ from avs.losses import AVSCriterion  # noqa: E402
 from datasets.avsbench import AVSBenchDataset  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
 from models.avs import load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
-from utils.checkpoint import plain_args, save_checkpoint, seed_everything  # noqa: E402
+from utils.checkpoint import plain_args, save_last_and_best, seed_everything  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -174,13 +174,13 @@ def main(argv: list[str] | None = None) -> dict:
         stats.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], val_miou=val["miou"], val_fscore=val["fscore"])
         history.append(stats)
         logger.info(f"epoch {epoch}: {format_metrics({k: v for k, v in stats.items() if k != 'epoch'})}")
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "args": plain_args(args), "config": model.cfg.to_dict(), "history": history}
-        save_checkpoint(state, out / "checkpoint_last.pth")
-        if val["miou"] > best["miou"]:
+        is_best = val["miou"] > best["miou"]
+        if is_best:
             best = {"miou": val["miou"], "epoch": epoch}
-            save_checkpoint({**state, "best": best}, out / "checkpoint_best.pth")
             logger.info(f"new best val mIoU {val['miou']:.4f} → {out / 'checkpoint_best.pth'}")
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "args": plain_args(args), "config": model.cfg.to_dict(), "history": history, "best": best}
+        save_last_and_best(state, out, is_best)
     res = {"best": best, "history": history, "output_dir": str(out)}
     (out / "history.json").write_text(json.dumps([as_jsonable(h) for h in history], indent=2))
     return res

@@ -66,6 +66,15 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_last_and_best(state: dict, out_dir: str | os.PathLike, is_best: bool) -> dict[str, str]:
+    """Write ``checkpoint_last.pth`` and, when ``is_best``, ``checkpoint_best.pth`` (both atomic)."""
+    out_dir = Path(out_dir)
+    paths = {"checkpoint_last": str(save_checkpoint(state, out_dir / "checkpoint_last.pth"))}
+    if is_best:
+        paths["checkpoint_best"] = str(save_checkpoint(state, out_dir / "checkpoint_best.pth"))
+    return paths
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

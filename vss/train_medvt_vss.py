@@ -43,7 +43,7 @@ from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
                             load_state_dict_strict)
-from utils.checkpoint import capture_rng, plain_args, restore_rng, save_checkpoint, seed_everything  # noqa: E402
+from utils.checkpoint import capture_rng, plain_args, restore_rng, save_last_and_best, seed_everything  # noqa: E402
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -248,9 +248,7 @@ def _train(args, info, device, out, logger) -> dict:
                      "config": cfg.to_dict(), "rng": capture_rng(), "best": best, "history": history}
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
-            save_checkpoint(state, out / "checkpoint_last.pth")
-            if best["epoch"] == epoch:
-                save_checkpoint(state, out / "checkpoint_best.pth")
+            save_last_and_best(state, out, best["epoch"] == epoch)
             (out / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
         barrier()
     result = {"epochs_done": len(history), "best": best, "history": history, "output_dir": str(out)}
