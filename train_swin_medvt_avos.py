@@ -53,7 +53,8 @@ from models.convert import (CheckpointMismatchError, checkpoint_state_dict, conv
                             init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
 from models.losses import AVOSCriterion  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.checkpoint import capture_rng, plain_args, restore_rng, save_last_and_best, seed_everything  # noqa: E402
+from utils.checkpoint import (capture_rng, restore_rng, save_last_and_best, seed_everything,  # noqa: E402
+                              training_state)
 from utils.engine import evaluate_davis, train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
@@ -195,16 +196,6 @@ def build_train_loader(args, info: du.DistInfo) -> tuple[DataLoader, Distributed
     loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=args.num_workers, drop_last=True,
                         pin_memory=info.device.type == "cuda")
     return loader, sampler
-
-
-def make_checkpoint(args, cfg, model, optimizer, scheduler, scaler, epoch: int, best: dict, rng: list) -> dict:
-    state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-        "epoch": epoch, "args": plain_args(args), "config": cfg.to_dict(), "rng": rng, "best": dict(best),
-    }
-    if scaler is not None:
-        state["scaler"] = scaler.state_dict()
-    return state
 
 
 def resume(path: str, cfg: MedVTConfig, model, optimizer, scheduler, scaler, info: du.DistInfo, logger) -> tuple[int, dict]:
@@ -352,7 +343,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
             best = {"miou": record["val_miou"], "epoch": epoch}
         rng = du.all_gather_object(capture_rng())  # every process's RNG, so each one resumes exactly
         if info.is_main:
-            state = make_checkpoint(args, cfg, model, optimizer, scheduler, scaler, epoch, best, rng)
+            state = training_state(args, cfg, model, optimizer, scheduler, scaler, epoch, best, rng)
             paths.update(save_last_and_best(state, out, is_best))
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")

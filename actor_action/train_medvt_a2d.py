@@ -47,7 +47,8 @@ from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
                             load_state_dict_strict)
-from utils.checkpoint import capture_rng, plain_args, restore_rng, save_last_and_best, seed_everything  # noqa: E402
+from utils.checkpoint import (capture_rng, restore_rng, save_last_and_best, seed_everything,  # noqa: E402
+                              training_state)
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -203,9 +204,8 @@ def _train(args, info, device, out, logger) -> dict:
         history.append(row)
         logger.info(f"epoch {epoch} done: {format_metrics({k: v for k, v in stats.items() if k != 'steps'})}")
         if info.is_main:
-            state = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                     "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args(args),
-                     "config": cfg.to_dict(), "rng": capture_rng(), "best": best, "history": history}
+            state = training_state(args, cfg, model_without_ddp, optimizer, scheduler, None, epoch, best,
+                                   capture_rng(), history=history)
             save_last_and_best(state, out, best["epoch"] == epoch)
             (out / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
         barrier()

@@ -66,6 +66,17 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def training_state(args, cfg, model, optimizer, scheduler, scaler, epoch: int, best: dict, rng, **extra) -> dict:
+    """What a training script saves each epoch: everything ``--resume`` restores (``extra`` adds more)."""
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+        "epoch": epoch, "args": plain_args(args), "config": cfg.to_dict(), "rng": rng, "best": dict(best), **extra,
+    }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
 def save_last_and_best(state: dict, out_dir: str | os.PathLike, is_best: bool) -> dict[str, str]:
     """Write ``checkpoint_last.pth`` and, when ``is_best``, ``checkpoint_best.pth`` (both atomic)."""
     out_dir = Path(out_dir)
