@@ -14,6 +14,7 @@ convolution is torchvision's ``DeformConv2d`` (one offset group, no modulation, 
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
@@ -55,7 +56,17 @@ class FPNPixelDecoder(nn.Module):
         for i, (lay, gn) in enumerate(((self.lay3, self.gn3), (self.lay4, self.gn4), (None, self.gn5))):
             lat = self.lateral[i](fpns[i])
             x = lat + F.interpolate(x, size=lat.shape[-2:], mode="nearest")
-            x = lay(x) if lay is not None else self.dcn(x, self.conv_offset(x))
+            x = lay(x) if lay is not None else self._deform(x)
             x = F.relu(gn(x))
             outs.append(x)
         return outs
+
+    def _deform(self, x: Tensor) -> Tensor:
+        """The deformable conv in float32, returned in ``x``'s dtype. torchvision's CUDA autocast
+        wrapper already runs it in float32; its CPU kernel has no bf16/fp16 path and CPU autocast
+        does not promote it, so under autocast it is done here for both devices alike."""
+        offset = self.conv_offset(x)
+        if x.dtype == torch.float32 and offset.dtype == torch.float32:
+            return self.dcn(x, offset)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.dcn(x.float(), offset.float()).to(x.dtype)

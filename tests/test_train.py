@@ -195,6 +195,22 @@ def test_checkpoint_rebuilds_model_for_inference(davis, tmp_path):
     assert (tmp_path / "run" / "train.log").read_text().count("epoch 0/0 done") == 1
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_training_and_resume(davis, tmp_path, amp):
+    """--amp trains (here on CPU, as on CUDA); fp16 keeps its loss scale in the checkpoint and a
+    resumed run takes it back."""
+    args = base_args(davis, tmp_path / "run", "--amp", amp, "--steps_per_epoch", "1", "--epochs", "2")
+    res = train_script.main(args + ["--stop_after", "1"])
+    assert np.isfinite(res["history"][0]["train_loss"])
+    ckpt = read_checkpoint(res["checkpoint_last"])
+    assert ("scaler" in ckpt) == (amp == "fp16")
+    if amp == "fp16":
+        assert ckpt["scaler"]["scale"] > 0
+    resumed = train_script.main(args + ["--resume", res["checkpoint_last"]])
+    assert [h["epoch"] for h in resumed["history"]] == [1]
+    assert "--amp %s on cpu" % amp in (tmp_path / "run" / "train.log").read_text()
+
+
 def _write_ytvos(root: Path, videos: dict[str, int]) -> Path:
     """YouTube-VOS layout: annotated frames every 5 raw frames; palette PNGs with object ids 1 and 2."""
     for vid, n in videos.items():

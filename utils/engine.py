@@ -138,7 +138,7 @@ def evaluate_davis(model: nn.Module, sequences: Sequence, device: torch.device, 
     from utils.metrics import jaccard
 
     predictor = VideoPredictor(model, clip_len=clip_len, flip=flip, flip_merge="mean",
-                               amp_dtype=amp_dtype if device.type == "cuda" else None)
+                               amp_dtype=amp_dtype)
     per_seq: dict[str, float] = {}
     for seq in tqdm(sequences, desc="val", disable=not is_main_process(), dynamic_ncols=True, leave=False):
         with Image.open(seq.frames[0]) as im:

@@ -63,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="chunk: consecutive clips, every frame kept; centre: each frame the centre of its own "
                         "wrap-around clip (see above)")
     p.add_argument("--flip", action="store_true", help="average the softmax with that of the mirrored clip")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (meant for CUDA; runs, slowly, on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--output_dir", default=None,
@@ -142,7 +142,7 @@ def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[in
         raise ValueError(f"window must be 'chunk' or 'centre', not {window!r}")
     preds = np.zeros((n, *out_hw), np.uint8)
     done = np.zeros(n, bool)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
     for idx, keep in jobs:
         keep = {k: i for k, i in keep.items() if not done[i]}  # a frame in two clips keeps its first prediction
         if not keep:
