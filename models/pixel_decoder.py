@@ -66,7 +66,7 @@ class FPNPixelDecoder(nn.Module):
         wrapper already runs it in float32; its CPU kernel has no bf16/fp16 path and CPU autocast
         does not promote it, so under autocast it is done here for both devices alike."""
         offset = self.conv_offset(x)
-        if x.dtype == torch.float32 and offset.dtype == torch.float32:
+        if x.dtype == offset.dtype == self.dcn.weight.dtype:  # no autocast: float32 or float64 throughout
             return self.dcn(x, offset)
         with torch.autocast(x.device.type, enabled=False):
             return self.dcn(x.float(), offset.float()).to(x.dtype)
