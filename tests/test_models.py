@@ -89,13 +89,35 @@ def test_named_configs_are_complete():
     assert MODEL_CONFIGS["medvt_swinb_avos"].from_dict(cfg.to_dict()) == cfg
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("config", ["tiny", "medvt_r101_avos"])
+def test_grad_checkpointing_gives_the_same_gradients_one_block_at_a_time(config, monkeypatch):
+    """Same gradients with and without checkpointing, and every checkpointed region is a single
+    block (a region spanning a stage would rebuild the whole stage's activations in backward)."""
+    import models.backbone as backbone
+    import models.encoder as encoder
+    from torch.utils.checkpoint import checkpoint
+    from torchvision.models.resnet import Bottleneck
+    from torchvision.models.video.swin_transformer import PatchMerging, SwinTransformerBlock
+
+    regions = []
+
+    def recording_checkpoint(fn, *args, **kwargs):
+        regions.append(type(fn).__name__)
+        return checkpoint(fn, *args, **kwargs)
+
+    monkeypatch.setattr(backbone, "checkpoint", recording_checkpoint)
+    monkeypatch.setattr(encoder, "checkpoint", recording_checkpoint)
     x = clip(t=3, h=64, w=64)
     grads = []
     for enable in (False, True):
         torch.manual_seed(0)
-        model = build_model("tiny", dropout=0.0).train()
+        model = build_model(config, dropout=0.0).train()
         model.set_grad_checkpointing(enable)
         model(x)["pred_masks"].sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    blocks = {c.__name__ for c in (SwinTransformerBlock, PatchMerging, Bottleneck, encoder.EncoderLayer)}
+    assert regions and set(regions) <= blocks, set(regions) - blocks
+    cfg = MODEL_CONFIGS[config]
+    expected_blocks = sum(cfg.swin.depths) + 3 if cfg.backbone == "swin" else 3 + 4 + 23 + 3  # layer1..4
+    assert len(regions) == expected_blocks + sum(cfg.enc_layers)
