@@ -112,3 +112,30 @@ def test_medvtpp_autocast_forward_matches_float32(dtype):
             low = model(frames, audio)["pred_masks"]
     assert low.dtype == DTYPES[dtype] and torch.isfinite(low).all()
     assert _corr(low, ref) > MIN_MEDVTPP_CORR[dtype]
+
+
+def test_compare_masks_counts_iou_per_sequence_and_frame(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.compare_masks import compare
+
+    def write(root, seq, name, mask):
+        (root / seq).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(root / seq / name)
+
+    a, b = tmp_path / "fp32", tmp_path / "bf16"
+    write(a, "s1", "00000.png", [[1, 1, 0, 0]])
+    write(b, "s1", "00000.png", [[1, 0, 0, 0]])  # 1 / 2
+    write(a, "s1", "00001.png", [[0, 0, 0, 0]])
+    write(b, "s1", "00001.png", [[0, 0, 0, 0]])  # empty in both: 1
+    write(a, "s2", "00000.png", [[1, 1, 1, 0]])
+    write(b, "s2", "00000.png", [[0, 1, 1, 1]])  # 2 / 4
+    res = compare(a, b)
+    assert res["frames"] == 3
+    assert res["sequences"] == {"s1": 0.5, "s2": 0.5}
+    assert res["pooled_iou"] == pytest.approx(3 / 6)
+    assert res["mean_frame_iou"] == pytest.approx((0.5 + 1 + 0.5) / 3) and res["min_frame_iou"] == 0.5
+    (b / "s2" / "00000.png").unlink()
+    with pytest.raises(SystemExit, match="only one folder"):
+        compare(a, b)

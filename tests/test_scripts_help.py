@@ -11,7 +11,7 @@ SCRIPTS = [
     "vss/train_medvt_vss.py", "vss/inference_medvt_vss.py",
     "actor_action/train_medvt_a2d.py", "actor_action/inference_medvt_a2d.py",
     "avs/train_medvt.py", "avs/test_medvt.py", "avs/preprocess_audio.py",
-    "benchmarks/bench_inference.py", "benchmarks/bench_train.py",
+    "benchmarks/bench_inference.py", "benchmarks/bench_train.py", "benchmarks/compare_masks.py",
 ]
 
 
