@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, 
                                device_name, latency_stats, peak_tflops, report, set_channels_last,
                                time_runs)
 from models import MODEL_CONFIGS, build_model  # noqa: E402
+from utils.engine import autocast  # noqa: E402
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     if args.channels_last:
         set_channels_last(model)
     x = torch.randn(1, args.frames, 3, h, w, device=device)
-    amp = torch.autocast(device.type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32" else nullcontext()
+    amp = autocast(device, DTYPES[args.dtype] if args.dtype != "fp32" else None)
 
     def forward(m) -> None:
         with torch.inference_mode(), amp:

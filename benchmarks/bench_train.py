@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, 
                                time_runs)
 from models import MODEL_CONFIGS, build_model  # noqa: E402
 from models.losses import AVOSCriterion  # noqa: E402
+from utils.engine import autocast  # noqa: E402
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     x = torch.randn(1, args.frames, 3, h, w, device=device)
     y = (torch.rand(1, args.frames, h, w, device=device) > 0.5).float()
-    amp = torch.autocast(device.type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32" else nullcontext()
+    amp = autocast(device, DTYPES[args.dtype] if args.dtype != "fp32" else None)
 
     def forward_backward(m) -> None:
         with amp:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from datasets.video import VideoSequence  # noqa: E402
 from datasets.vspw import clip_indices, raw_to_class, read_raw_mask, resized_hw, vspw_root, vspw_sequences  # noqa: E402
 from models import MedVTConfig, build_model, load_checkpoint, read_checkpoint  # noqa: E402
 from models.predictor import wraparound_clip  # noqa: E402
+from utils.engine import autocast  # noqa: E402
 from utils.metrics import write_results  # noqa: E402
 from vss.config import DEFAULT_CONFIG, config_names, vss_config  # noqa: E402
 from vss.metrics import VSPWEvaluator  # noqa: E402
@@ -142,7 +142,7 @@ def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[in
         raise ValueError(f"window must be 'chunk' or 'centre', not {window!r}")
     preds = np.zeros((n, *out_hw), np.uint8)
     done = np.zeros(n, bool)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    amp_ctx = autocast(device, torch.bfloat16 if amp else None)
     for idx, keep in jobs:
         keep = {k: i for k, i in keep.items() if not done[i]}  # a frame in two clips keeps its first prediction
         if not keep:
@@ -150,7 +150,7 @@ def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[in
         x = load_frames([video.frames[i] for i in idx], size).to(device)[None]  # [1, T, 3, H, W]
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        with autocast:
+        with amp_ctx:
             logits = model(x)["pred_masks"].float()  # [B, K, T, h, w]
         if logits.dim() != 5:
             raise ValueError(f"expected multi-class logits [B, K, T, h, w], got {tuple(logits.shape)}; "
