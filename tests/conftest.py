@@ -1,8 +1,13 @@
-"""Shared pytest setup: tests run from the repository root on CPU, with few threads."""
+"""Shared pytest setup: tests run from the repository root on CPU, with few threads.
+
+``--device cuda`` runs the model/op tests that take the ``device`` fixture on the GPU instead;
+tests that check CPU-only behaviour stay on CPU and say so.
+"""
 import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,3 +16,24 @@ if str(ROOT) not in sys.path:
 
 # CI has 2 cores; more threads than that only slows the small tensors of the tests.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", choices=("cpu", "cuda"), default="cpu",
+                     help="device for the tests that take the `device` fixture (default: cpu)")
+
+
+def pytest_configure(config):
+    if config.getoption("device") == "cuda":
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("--device cuda: no CUDA device is visible to torch")
+        # TF32 rounds matmul/conv inputs to 10 mantissa bits (~1e-3 relative), which would make
+        # the float32 bounds (1e-4 against the original's logits, 1e-5 for the fast paths)
+        # meaningless; with it off CUDA float32 is compared under the same terms as CPU.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> torch.device:
+    return torch.device(pytestconfig.getoption("device"))

@@ -23,12 +23,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("config,keys,overrides,size,mean,std", CASES, ids=[c[0] for c in CASES])
-def test_logit_statistics_match_the_original_at_eval_size(config, keys, overrides, size, mean, std):
+def test_logit_statistics_match_the_original_at_eval_size(config, keys, overrides, size, mean, std, device):
     model = build_model(config, **overrides).eval()
     load_state_dict_strict(model, convert_original_state_dict(original_state_dict(keys, model, config), config))
+    model.to(device)  # weights are made and loaded on CPU
     frames = torch.randn((6, 3, *size), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        out = model(frames[None])["pred_masks"]
+        out = model(frames[None].to(device))["pred_masks"].cpu()  # statistics reduced on CPU
     stride = 4 if "r101" in config else 8
     assert out.shape[-2:] == tuple(-(-s // stride) for s in size)
     assert abs(out.mean().item() - mean) < 2e-6

@@ -3,7 +3,8 @@
 Each fast path is compared with a dense reference written here the way the original computes it
 (additive (T·n)² mask, full score matrix, per-pixel key projection). The memory checks are
 structural, not timed: every tensor that any ATen op returns during the call is recorded with a
-dispatch mode, and none may be as large as the score matrix the original builds.
+dispatch mode, and none may be as large as the score matrix the original builds. The equality
+checks run on ``--device``; the memory checks stay on CPU (they test the CPU kernel's padding).
 """
 import math
 
@@ -37,8 +38,9 @@ class LargestTensor(TorchDispatchMode):
 def dense_other_frames(q, k, v, scale):
     """The original's formulation: softmax((Q Kᵀ + M) · scale) V with M = −inf within each frame."""
     b, t, n, _ = q.shape
-    frame = torch.arange(t * n) // n
-    mask = torch.zeros(t * n, t * n).masked_fill(frame[:, None] == frame[None, :], float("-inf"))
+    frame = torch.arange(t * n, device=q.device) // n
+    same = frame[:, None] == frame[None, :]
+    mask = torch.zeros(t * n, t * n, device=q.device).masked_fill(same, float("-inf"))
     scores = (q.flatten(1, 2) @ k.flatten(1, 2).transpose(1, 2) + mask) * scale
     return (scores.softmax(-1) @ v.flatten(1, 2)).unflatten(1, (t, n))
 
@@ -55,24 +57,25 @@ def dense_propagation(prop: MaskedPropagation, feats, labels):
     return inorm(dense_other_frames(q, k, labels, prop.scale))
 
 
-def _unit(*shape, g):
-    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
+def _unit(*shape, g, device="cpu"):
+    return F.normalize(torch.randn(*shape, generator=g), dim=-1).to(device)
 
 
 @pytest.mark.parametrize("b,t,n,d,e", [(1, 2, 12, 8, 8), (2, 3, 20, 8, 16), (1, 6, 30, 16, 4), (1, 4, 49, 32, 40)])
-def test_attend_other_frames_matches_dense_mask(b, t, n, d, e):
+def test_attend_other_frames_matches_dense_mask(b, t, n, d, e, device):
     g = torch.Generator().manual_seed(t * 100 + n)
-    q, k = _unit(b, t, n, d, g=g), _unit(b, t, n, d, g=g)
-    v = torch.randn(b, t, n, e, generator=g)
+    q, k = _unit(b, t, n, d, g=g, device=device), _unit(b, t, n, d, g=g, device=device)
+    v = torch.randn(b, t, n, e, generator=g).to(device)
     out = _attend_other_frames(q, k, v, 30.0)
     assert out.shape == (b, t, n, e)
     assert (out - dense_other_frames(q, k, v, 30.0)).abs().max().item() < 1e-5
 
 
-def test_attend_other_frames_ignores_own_frame():
+def test_attend_other_frames_ignores_own_frame(device):
     # Changing frame 0's values must leave frame 0's output unchanged and move every other frame's.
     g = torch.Generator().manual_seed(1)
-    q, k, v = _unit(1, 3, 10, 8, g=g), _unit(1, 3, 10, 8, g=g), torch.randn(1, 3, 10, 8, generator=g)
+    q, k = _unit(1, 3, 10, 8, g=g, device=device), _unit(1, 3, 10, 8, g=g, device=device)
+    v = torch.randn(1, 3, 10, 8, generator=g).to(device)
     v2 = v.clone()
     v2[:, 0] += 5.0
     a, b = _attend_other_frames(q, k, v, 1.0), _attend_other_frames(q, k, v2, 1.0)  # soft weights
@@ -81,11 +84,11 @@ def test_attend_other_frames_ignores_own_frame():
 
 
 @pytest.mark.parametrize("t,hw", [(2, (5, 6)), (4, (6, 6)), (6, (3, 7))])
-def test_masked_propagation_matches_dense(t, hw):
+def test_masked_propagation_matches_dense(t, hw, device):
     torch.manual_seed(t)
-    prop = MaskedPropagation(feat_dim=24, key_dim=16)
+    prop = MaskedPropagation(feat_dim=24, key_dim=16).to(device)
     n = hw[0] * hw[1]
-    feats, labels = torch.randn(2, t, n, 24), torch.randn(2, t, n, 4)
+    feats, labels = torch.randn(2, t, n, 24).to(device), torch.randn(2, t, n, 4).to(device)
     with torch.no_grad():
         out, ref = prop(feats, labels), dense_propagation(prop, feats, labels)
     assert (out - ref).abs().max().item() < 1e-5
@@ -94,6 +97,7 @@ def test_masked_propagation_matches_dense(t, hw):
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("d,e", [(8, 16), (16, 4), (8, 8)])
 def test_attend_other_frames_never_builds_scores(grad, d, e):
+    # CPU only, whatever --device: the bounds are those of the fused CPU kernel with zero-padding.
     # n ≫ d, e: the gathered keys/values [B, T, (T-1)·n, max(d, e)] are far smaller than the
     # [B, T, n, (T-1)·n] score matrix (let alone the (T·n)² dense mask), so any score-sized
     # tensor — from a math fallback or a mask — would exceed the bound.
@@ -112,6 +116,7 @@ def test_attend_other_frames_never_builds_scores(grad, d, e):
 
 
 def test_masked_propagation_memory_is_linear_in_tokens():
+    # CPU only, whatever --device: the bounds are those of the fused CPU kernel with zero-padding.
     # Whole self + cross step: no tensor grows with (tokens)²; the largest is a gathered
     # [B, T, (T-1)·n, feat_dim] block.
     torch.manual_seed(0)
@@ -135,17 +140,20 @@ def _reference_attention_map(mod: ObjectAttentionMap, queries, feats, mask):
 
 
 @pytest.mark.parametrize("joint", [True, False])
-def test_object_attention_map_folded_keys_match_per_pixel_projection(joint):
+def test_object_attention_map_folded_keys_match_per_pixel_projection(joint, device):
     torch.manual_seed(0)
     mod = ObjectAttentionMap(32, 4, joint_softmax=joint)
     nn_bias = torch.randn(32) * 0.5  # non-zero bias so the folded bias term is exercised
     with torch.no_grad():
         mod.k_linear.bias.copy_(nn_bias)
-    queries, feats = torch.randn(2, 3, 32), torch.randn(2, 3, 32, 7, 9)
+    mod.to(device)
+    queries, feats = torch.randn(2, 3, 32).to(device), torch.randn(2, 3, 32, 7, 9).to(device)
     mask = torch.zeros(2, 3, 7, 9, dtype=torch.bool)
     mask[1, :, :, -2:] = True
+    mask = mask.to(device)
     with torch.no_grad():
-        out, ref = mod(queries, feats, mask), _reference_attention_map(mod, queries, feats, mask)
+        out = mod(queries, feats, mask).cpu()
+        ref = _reference_attention_map(mod, queries, feats, mask).cpu()
     assert out.shape == (2, 3, 4, 7, 9)
     # Per-head softmax at a padded pixel is NaN in the original too (all heads −inf): kept.
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5, equal_nan=True)
@@ -153,15 +161,19 @@ def test_object_attention_map_folded_keys_match_per_pixel_projection(joint):
         assert torch.all(out[1, :, :, :, -2:] == 0) and torch.isfinite(out).all()
 
 
-def test_multihead_attention_matches_torch_reference():
+def test_multihead_attention_matches_torch_reference(device):
     # Same parameter layout as nn.MultiheadAttention, batch first, with a key padding mask.
     torch.manual_seed(0)
     ours = MultiheadAttention(32, 4).eval()
     ref = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
     ref.load_state_dict(ours.state_dict())
+    ours.to(device)
+    ref.to(device)
     q, k, v = torch.randn(2, 5, 32), torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    q, k, v = q.to(device), k.to(device), v.to(device)
     pad = torch.zeros(2, 9, dtype=torch.bool)
     pad[1, -3:] = True
+    pad = pad.to(device)
     with torch.no_grad():
         out = ours(q, k, v, pad)
         expected = ref(q, k, v, key_padding_mask=pad, need_weights=False)[0]
