@@ -17,6 +17,7 @@ Run it twice to compare gradient checkpointing of the backbone and encoder::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ def main(argv=None) -> dict:
     y = (torch.rand(1, args.frames, h, w, device=device) > 0.5).float()
     amp = autocast(device, DTYPES[args.dtype] if args.dtype != "fp32" else None)
 
-    def forward_backward(m) -> None:
+    def forward_backward(m, amp=amp) -> None:
         with amp:
             loss = criterion(m(x), y)["loss"]
         loss.backward()
@@ -70,7 +71,7 @@ def main(argv=None) -> dict:
 
     flops = None
     if not args.no_flops:  # model FLOPs: no recomputation, so both settings report the same figure
-        flops = count_flops(lambda: forward_backward(model))
+        flops = count_flops(lambda: forward_backward(model, contextlib.nullcontext()))  # float32, as inference
         opt.zero_grad(set_to_none=True)
     model.set_grad_checkpointing(args.grad_checkpointing)
     run = torch.compile(model) if args.compile else model

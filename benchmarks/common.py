@@ -19,18 +19,19 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' datasheets: bf16/fp16 on tensor cores with
-# fp32 accumulation; "fp32" is the plain (non-TF32) fp32 rate, which is what float32 matmuls
+# fp32 accumulation; "tf32" the TF32 tensor-core rate (float32 convolutions take it by default,
+# torch.backends.cudnn.allow_tf32); "fp32" is the plain fp32 rate, which is what float32 matmuls
 # use unless torch.backends.cuda.matmul.allow_tf32 is set. Matched in order against
 # torch.cuda.get_device_name(), so the more specific names come first.
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0}),
-    ("H100", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),  # SXM
-    ("H200", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
-    ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
-    ("A10G", {"bf16": 70.0, "fp16": 70.0, "fp32": 31.2}),
-    ("A10", {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2}),
-    ("L40S", {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6}),
-    ("L4", {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3}),
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    ("H100", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0}),  # SXM
+    ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("A10G", {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),
+    ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("L40S", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
     ("V100", {"fp16": 125.0, "fp32": 15.7}),
     ("T4", {"fp16": 65.0, "fp32": 8.1}),
 ]
