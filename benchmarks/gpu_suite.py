@@ -68,9 +68,9 @@ def plan(args: argparse.Namespace) -> list[dict]:
     """The jobs in order of importance (a deadline drops the tail, not the head)."""
     smoke = args.smoke
     cfg = args.config or ("tiny" if smoke else "medvt_swinb_avos")
-    inf = [6, 64, 96] if smoke else [6, 473, 841]
-    trn = [6, 64, 96] if smoke else [6, 360, 640]
-    it = {"warmup": 1, "iters": 2} if smoke else {"warmup": 2, "iters": 5}
+    inf = [6, 32, 48] if smoke else [6, 473, 841]
+    trn = [6, 32, 48] if smoke else [6, 360, 640]
+    it = {"warmup": 1, "iters": 1} if smoke else {"warmup": 2, "iters": 5}
     search = {"search_s": args.search_s, "max_batch": 2 if smoke else 64}
     base = {"config": cfg, "device": args.device, "orig_root": args.orig_root, **it}
     jobs = [
@@ -84,17 +84,20 @@ def plan(args: argparse.Namespace) -> list[dict]:
         {"kind": "train", "name": "train ours bf16 + ckpt", "impl": "ours", "dtype": "bf16", "ckpt": True, "shape": trn, **base, **search},
         {"kind": "train", "name": "train ours fp32", "impl": "ours", "dtype": "fp32", "ckpt": False, "shape": trn, **base},
         {"kind": "train", "name": "train ours bf16", "impl": "ours", "dtype": "bf16", "ckpt": False, "shape": trn, **base},
+        {"kind": "kernels", "name": "kernel profile ours bf16", "impl": "ours", "dtype": "bf16", "shape": inf, **base},
         {"kind": "sdpa", "name": "SDPA backends", "config": cfg, "device": args.device, "infer_shape": inf, "train_shape": trn},
         {"kind": "pytest", "name": "pytest --device " + args.device, "device": args.device, "smoke": smoke},
         {"kind": "infer", "name": "infer ours bf16 + compile", "impl": "ours", "dtype": "bf16", "compile": True,
          "compile_backend": "eager" if smoke else "inductor", "shape": inf, **base, "search_s": 0},
     ]
+    for job in jobs:
+        job["no_tf32"] = args.no_tf32
     for job in jobs:  # the original takes one clip per forward: a "batch" is a loop, not worth searching
         if job["kind"] == "infer" and job.get("impl") == "original":
             job["search_s"] = 0
     if not (args.trained_ckpt and args.trained_data):
         jobs = [j for j in jobs if j["kind"] != "trained"]
-    timeouts = {"calib": 60, "infer": 150, "train": 150, "sdpa": 120, "pytest": 240, "trained": 120}
+    timeouts = {"calib": 60, "infer": 150, "train": 150, "sdpa": 120, "pytest": 240, "trained": 120, "kernels": 90}
     for job in jobs:
         job["timeout_s"] = 300 if job.get("compile") else timeouts[job["kind"]]
         if smoke:
@@ -214,14 +217,16 @@ def job_infer(job: dict, out: Path) -> dict:
             return fn(x)["pred_masks"]
 
     x = torch.randn((1, t, 3, h, w), generator=torch.Generator().manual_seed(0)).to(device)
+    t0 = time.perf_counter()
     logits = forward(x).float().cpu()
+    first_call = time.perf_counter() - t0  # with --compile: the compile time
     torch.save(logits, out / f"logits_{job['impl']}_{job['dtype']}{'_compile' if job.get('compile') else ''}.pt")
     # FLOPs do not depend on the dtype; counted in float32 (the counter's dispatch mode and CPU
     # autocast disagree on one mixed-dtype einsum that runs fine outside it).
     flops = None if job.get("compile") else count_flops(lambda: forward(x, contextlib.nullcontext()))
     times, peak, warm = _timed(lambda: forward(x), device, job["warmup"], job["iters"])
     res = {**_figures(times, peak, 1, t, flops), "gflops_per_clip": flops / 1e9 if flops else None,
-           "warmup_s": warm}
+           "warmup_s": warm, "first_call_s": first_call}
 
     def at_batch(b: int) -> dict:
         xb = torch.randn((b, t, 3, h, w), device=device)
@@ -366,6 +371,40 @@ def job_sdpa(job: dict, out: Path) -> dict:
     return res
 
 
+def job_kernels(job: dict, out: Path) -> dict:
+    """Where a bf16 batch-1 forward of ours spends its time: the top kernels by device time, and
+    the device-busy share of the wall time (a low share means launch/CPU overhead bounds it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(job["device"])
+    model, fn = build(job, train=False)
+    t, h, w = job["shape"]
+    x = torch.randn((1, t, 3, h, w), device=device)
+    amp = _amp(job)
+
+    def forward() -> None:
+        with torch.inference_mode(), amp:
+            fn(x)
+
+    for _ in range(2):
+        forward()
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        forward()
+        _sync(device)
+    wall = time.perf_counter() - t0
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"] if device.type == "cuda" else \
+        [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    kernels.sort(key=lambda e: getattr(e, attr), reverse=True)
+    busy = sum(getattr(e, attr) for e in kernels) / 1e6
+    return {"wall_s_profiled": wall, "device_busy_s": busy, "busy_share": busy / wall,
+            "launches": sum(e.count for e in kernels),
+            "top": [{"name": e.key[:120], "ms": getattr(e, attr) / 1e3, "calls": e.count} for e in kernels[:12]]}
+
+
 def job_pytest(job: dict, out: Path) -> dict:
     files = PYTEST_FILES if not job["smoke"] else ["tests/test_speed_paths.py", "-k", "multihead"]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "--device", job["device"]]
@@ -423,7 +462,7 @@ def job_calib(job: dict, out: Path) -> dict:
 
 
 JOBS = {"infer": job_infer, "train": job_train, "sdpa": job_sdpa, "pytest": job_pytest, "calib": job_calib,
-        "trained": job_trained_masks}
+        "trained": job_trained_masks, "kernels": job_kernels}
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -490,6 +529,9 @@ def run_job(job: dict, out: Path, budget_s: float, log) -> dict:
 def child(job_json: str, result: str) -> None:
     job = json.loads(job_json)
     out = Path(result).parent
+    if job.get("no_tf32"):  # plain float32 convolutions and matmuls (cuDNN convs take TF32 by default)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     try:
         res = JOBS[job["kind"]](job, out)
     except Exception as e:  # noqa: BLE001  (recorded, and the suite goes on)
@@ -544,7 +586,7 @@ def markdown(report: dict) -> str:
     lines = [f"# GPU suite: {env['gpu']}", "",
              f"torch {env['torch']}, torchvision {env.get('torchvision')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, "
              f"driver {env.get('driver')}, Python {env['python']}, CPU {env['cpu']} ({env['cpu_count']} cores). "
-             f"Smoke: {report['smoke']}. Datasheet dense peaks (TFLOP/s): {peaks}.", "",
+             f"Smoke: {report['smoke']}. TF32 off: {report.get('no_tf32')}. Datasheet dense peaks (TFLOP/s): {peaks}.", "",
              "| run | batch | latency s | clips/s | centre frames/s | peak GiB | GFLOP | TFLOP/s | MFU |",
              "|---|---|---|---|---|---|---|---|---|"]
     other = []
@@ -567,13 +609,19 @@ def markdown(report: dict) -> str:
         lines += ["", f"Measured matmul ({calib['n']}³): bf16 {calib['bf16_tflops']:.3g}, TF32 {calib['tf32_tflops']:.3g}, "
                       f"fp32 {calib['fp32_tflops']:.3g} TFLOP/s."]
     sdpa = report["jobs"].get("SDPA backends", {})
-    if "error" not in sdpa:
+    if sdpa and "error" not in sdpa:
         lines += ["", "| SDPA call site | " + " | ".join(k for k in sdpa if k != "wall_s") + " |",
                   "|---|" + "---|" * (len(sdpa) - 1)]
         sites = sorted({s for k, v in sdpa.items() if k != "wall_s" for s in v})
         for s in sites:
             cells = [", ".join(f"{b} ×{n}" for b, n in sdpa[k].get(s, {}).items()) or "—" for k in sdpa if k != "wall_s"]
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    kp = report["jobs"].get("kernel profile ours bf16", {})
+    if "top" in kp:
+        lines += ["", f"Kernel profile, ours bf16 batch 1: device busy {kp['device_busy_s'] * 1e3:.1f} ms of "
+                      f"{kp['wall_s_profiled'] * 1e3:.1f} ms wall ({100 * kp['busy_share']:.0f}%), {kp['launches']} kernels.", "",
+                  "| kernel | ms | calls |", "|---|---|---|"]
+        lines += [f"| `{k['name']}` | {k['ms']:.2f} | {k['calls']} |" for k in kp["top"]]
     tm = report["jobs"].get("trained checkpoint bf16 vs fp32 masks", {})
     if "pooled_iou" in tm:
         lines += ["", f"Trained checkpoint ({tm['frames']} held-out frames, flip TTA): bf16 vs fp32 mask IoU pooled "
@@ -630,7 +678,10 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trained_data", default=None, help="its DAVIS-format held-out set (make demo's data/ folder)")
     p.add_argument("--search_s", type=float, default=120.0, help="seconds of batch doubling per searched job")
     p.add_argument("--deadline_s", type=float, default=450.0, help="start no job after this many seconds")
-    p.add_argument("--only", default=None, help="run only jobs whose name contains this text")
+    p.add_argument("--only", default=None,
+                   help="comma-separated texts: run only the jobs whose name contains one of them")
+    p.add_argument("--no_tf32", action="store_true",
+                   help="float32 convolutions without TF32 (cuDNN's default is TF32), e.g. to compare with the original")
     p.add_argument("--_job", help=argparse.SUPPRESS)
     p.add_argument("--_result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -647,8 +698,10 @@ def main(argv=None) -> dict | None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    report = {"environment": environment(args.device), "smoke": args.smoke, "jobs": {}, "targets": {}}
-    jobs = [j for j in plan(args) if not args.only or args.only in j["name"]]
+    report = {"environment": environment(args.device), "smoke": args.smoke, "no_tf32": args.no_tf32,
+              "jobs": {}, "targets": {}}
+    only = [o for o in (args.only or "").split(",") if o]
+    jobs = [j for j in plan(args) if not only or any(o in j["name"] for o in only)]
     with open(out / "suite.log", "a") as log:
         for job in jobs:
             left = args.deadline_s - (time.perf_counter() - t0)

@@ -23,6 +23,12 @@ def _model(device, **overrides):
     return build_model("tiny", **overrides).eval().to(device)
 
 
+def _low_dtypes(dtype: str, device: torch.device) -> tuple:
+    """Output dtypes autocast may give: CUDA's autocast runs norms and softmax in float32 (its
+    float32 list is longer than the CPU one), so the last ops of a model may return float32 there."""
+    return (DTYPES[dtype],) if device.type == "cpu" else (DTYPES[dtype], torch.float32)
+
+
 def _corr(a, b):
     a, b = a.flatten().double(), b.flatten().double()
     return float(F.cosine_similarity(a - a.mean(), b - b.mean(), dim=0))
@@ -54,27 +60,29 @@ def test_autocast_forward_matches_float32(dtype, overrides, device):
         with torch.autocast(device.type, dtype=DTYPES[dtype]):
             low = model(x)
     for key in ("pred_masks", "aux_pred_masks"):
-        assert low[key].dtype == DTYPES[dtype], key
+        assert low[key].dtype in _low_dtypes(dtype, device), key
         assert torch.isfinite(low[key]).all(), key
         err = (low[key].float() - ref[key]).abs().max() / ref[key].abs().max()
-        assert err < MAX_REL_ERR[dtype], (key, float(err))
+        assert 0 < err < MAX_REL_ERR[dtype], (key, float(err))  # > 0: autocast really ran
         assert _corr(low[key], ref[key]) > 0.99, key
 
 
 # Cosine of the whole gradient with the float32 one, at random initialisation where many terms
-# cancel. Measured for bf16: 0.867 when this test was written, 0.780 with torch 2.14.1 (CPU bf16
-# kernels changed, same code); fp16 0.987. The agreement falls off smoothly with depth from the
-# output (torch 2.14.1: last head convs 0.998, first head conv 0.94, decoders 0.71-0.88, backbone
-# 0.75), the signature of rounding, not of one broken op, which would show as a near-zero or
-# negative cosine; the head's own gradient is held to 0.99 as well.
-MIN_GRAD_COSINE = {"bf16": 0.7, "fp16": 0.97}
+# cancel, dropout off. Measured on CPU with torch 2.14.1: bf16 0.906, fp16 0.991. The agreement
+# falls off smoothly with depth from the output (bf16: last head conv 0.999, first 0.967, query
+# decoder 0.97, backbone 0.90), the signature of rounding, not of one broken op, which would show
+# as a near-zero or negative cosine; the last head conv's own gradient is held to 0.99 as well.
+# (With dropout on, as this test first ran, bf16 gave 0.867 and then 0.780 after a torch update.)
+MIN_GRAD_COSINE = {"bf16": 0.8, "fp16": 0.97}
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_autocast_training_step_gradients_follow_float32(dtype, device):
     """One AVOS loss backward under autocast: every gradient finite, the same parameters reached,
     and the whole gradient points the way the float32 one does."""
-    model = _model(device).train()
+    # No dropout: on CUDA each SDPA backend draws its own dropout mask (float32 and bf16 take
+    # different backends), so the same seed would not give the same masks there.
+    model = _model(device, dropout=0.0).train()
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, 4, 3, 64, 96, generator=g).to(device)
     y = (torch.rand(1, 4, 64, 96, generator=g) > 0.5).float().to(device)
@@ -82,7 +90,6 @@ def test_autocast_training_step_gradients_follow_float32(dtype, device):
 
     def grads(dtype):
         model.zero_grad(set_to_none=True)
-        torch.manual_seed(3)  # same dropout masks
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss = criterion(model(x), y)["loss"]
         loss.backward()
@@ -118,7 +125,7 @@ def test_medvtpp_autocast_forward_matches_float32(dtype, device):
         ref = model(frames, audio)["pred_masks"]
         with torch.autocast(device.type, dtype=DTYPES[dtype]):
             low = model(frames, audio)["pred_masks"]
-    assert low.dtype == DTYPES[dtype] and torch.isfinite(low).all()
+    assert low.dtype in _low_dtypes(dtype, device) and torch.isfinite(low).all()
     assert _corr(low, ref) > MIN_MEDVTPP_CORR[dtype]
 
 

@@ -25,11 +25,11 @@ def test_smoke_runs_every_job_and_writes_the_report(tmp_path):
     out = tmp_path / "suite"
     gpu_suite.main(["--device", "cpu", "--smoke", "--out", str(out), "--search_s", "5",
                     "--orig_root", str(tmp_path / "no_original"), "--trained_ckpt", str(ckpt),
-                    "--trained_data", str(data)])
+                    "--trained_data", str(data), "--deadline_s", "3000"])  # a loaded machine must not drop jobs
 
     report = json.loads((out / "suite.json").read_text())
     jobs = report["jobs"]
-    assert len(jobs) == 12
+    assert len(jobs) == 13
     for name, res in jobs.items():
         if "original" in name:
             assert res["error"].startswith("RuntimeError: not run"), (name, res)
@@ -48,6 +48,9 @@ def test_smoke_runs_every_job_and_writes_the_report(tmp_path):
         sites = jobs["SDPA backends"][mode]
         assert set(sites) == SITES, mode  # every call site seen, none outside the hooked modules
         assert all(sum(backends.values()) > 0 for backends in sites.values())
+
+    kernels = jobs["kernel profile ours bf16"]
+    assert kernels["launches"] > 0 and len(kernels["top"]) == 12 and 0 < kernels["busy_share"] <= 1.5
 
     assert "1 passed" in jobs["pytest --device cpu"]["summary"]
     trained = jobs["trained checkpoint bf16 vs fp32 masks"]

@@ -91,7 +91,9 @@ def test_masked_propagation_matches_dense(t, hw, device):
     feats, labels = torch.randn(2, t, n, 24).to(device), torch.randn(2, t, n, 4).to(device)
     with torch.no_grad():
         out, ref = prop(feats, labels), dense_propagation(prop, feats, labels)
-    assert (out - ref).abs().max().item() < 1e-5
+    # CUDA's fused kernel sums in another order than the dense product; the 1/τ = 30 softmax
+    # scale and the instance norm magnify that (measured on an H200: 1.8e-5 on outputs of size ~2)
+    assert (out - ref).abs().max().item() < (1e-5 if device.type == "cpu" else 5e-5)
 
 
 @pytest.mark.parametrize("grad", [False, True])
