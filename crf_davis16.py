@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from datasets import path_config
 from utils import crf
+from utils.cli import add_debug_flag, positive_int, require_separate, run_main
 from utils.metrics import evaluate_sequences, jsonable
 
 SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
@@ -42,11 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt_dir", type=Path, default=None,
                         help="folder of <seq>/<frame>.png annotations for the metrics; default "
                              "<davis16 root>/Annotations/480p when it exists, otherwise metrics are skipped")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                         help="processes refining frames in parallel (1 = run in this process); default: the CPU count")
     parser.add_argument("--sequences", nargs="+", default=None, metavar="SEQ",
                         help="only these sequences (sub-folders of LOGITS_DIR); default all of them")
     path_config.add_path_args(parser, ["davis16"])
+    add_debug_flag(parser)
     return parser
 
 
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     sequences = list_sequences(args.logits_dir, args.sequences)
     images_dir = resolve_images_dir(args)
     gt_dir = resolve_gt_dir(args)
+    # Written before anything is read back: OUT_DIR = LOGITS_DIR would replace the probability maps
+    # with masks and then score the CRF output as the "before CRF" result.
+    require_separate(args.out_dir, "OUT_DIR", {"LOGITS_DIR": args.logits_dir, "--images_dir": images_dir,
+                                               "--gt_dir": gt_dir})
     # Pair every frame with its image first, so a missing frame stops before any CRF work.
     jobs = [job for seq in sequences
             for job in crf.sequence_jobs(args.logits_dir / seq, images_dir / seq, args.out_dir / seq)]
@@ -128,7 +133,4 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"crf_davis16.py: error: {error}")
+    run_main(main)

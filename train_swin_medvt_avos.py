@@ -53,8 +53,10 @@ from models.convert import (CheckpointMismatchError, checkpoint_state_dict, conv
                             init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
 from models.losses import AVOSCriterion  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.checkpoint import (capture_rng, restore_rng, save_last_and_best, seed_everything,  # noqa: E402
-                              training_state)
+from utils.checkpoint import (capture_rng, prepare_output_dir, restore_rng, resume_path,  # noqa: E402
+                              save_last_and_best, seed_everything, training_state)
+from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
+                       positive_int, run_main)
 from utils.engine import evaluate_davis, train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
@@ -76,7 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="swinB → config medvt_swinb_avos, resnet101 → medvt_r101_avos, tiny → tiny (tests/demo)")
     g.add_argument("--model_config", default=None, metavar="NAME",
                    help="model config name overriding the one chosen by --backbone (see models/config.py)")
-    g.add_argument("--lprop_scale", type=float, default=None,
+    g.add_argument("--lprop_scale", type=positive_float, default=None,
                    help="label-propagation upsampling scale (default: the config's, 8.0; 7.3 for resnet101 "
                         "as the original ResNet training)")
     g.add_argument("--lprop_mode", type=int, default=None, choices=(0, 1, 2),
@@ -99,47 +101,52 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="text file, one DAVIS train sequence per line (default: ImageSets or the standard 30)")
     g.add_argument("--davis16_val_seqs_file", default=None, metavar="PATH",
                    help="text file, one DAVIS val sequence per line (default: ImageSets or the standard 20)")
-    g.add_argument("--num_frames", type=int, default=6, help="frames per clip")
-    g.add_argument("--train_size", type=int, default=None,
+    g.add_argument("--num_frames", type=positive_int, default=6, help="frames per clip")
+    g.add_argument("--train_size", type=positive_int, default=None,
                    help="shorter side of training clips (default 360; 300 for resnet101)")
     g.add_argument("--small_aug", action="store_true",
                    help="augmentation sizes scaled to --train_size (TrainTransform.small) for small test images")
-    g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes per training process")
+    g.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes per training process")
 
     g = p.add_argument_group("optimisation (defaults = the original recipe)")
-    g.add_argument("--lr", type=float, default=1e-4, help="learning rate of the fast group (see --lr_groups)")
-    g.add_argument("--lr_backbone", type=float, default=None,
+    g.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate of the fast group (see --lr_groups)")
+    g.add_argument("--lr_backbone", type=non_negative_float, default=None,
                    help="learning rate of the slow group (default 1e-5; 1e-6 for resnet101)")
     g.add_argument("--lr_groups", default=None, choices=LR_GROUPS,
                    help="'original' (Swin default): label_propagator.* at --lr, everything else at --lr_backbone "
                         "(what the authors' Swin script actually ran); 'intended' (resnet101 default): "
                         "non-backbone at --lr, backbone.* at --lr_backbone")
-    g.add_argument("--end_lr", type=float, default=1e-6, help="final learning rate of the polynomial decay")
-    g.add_argument("--poly_power", type=float, default=0.9, help="power of the polynomial decay")
-    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
-    g.add_argument("--epochs", type=int, default=15, help="number of epochs (the schedule decays over epochs-1)")
-    g.add_argument("--clip_max_norm", type=float, default=0.1, help="gradient clipping global norm (0 = off)")
-    g.add_argument("--aux_loss", type=float, default=0.5, help="weight of focal+dice on the pre-propagation masks")
+    g.add_argument("--end_lr", type=non_negative_float, default=1e-6, help="final learning rate of the polynomial decay")
+    g.add_argument("--poly_power", type=positive_float, default=0.9, help="power of the polynomial decay")
+    g.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--epochs", type=positive_int, default=15, help="number of epochs (the schedule decays over epochs-1)")
+    g.add_argument("--clip_max_norm", type=non_negative_float, default=0.1, help="gradient clipping global norm (0 = off)")
+    g.add_argument("--aux_loss", type=non_negative_float, default=0.5, help="weight of focal+dice on the pre-propagation masks")
     g.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES),
                    help="mixed precision: bf16 autocast, or fp16 autocast with a GradScaler (meant for CUDA; "
                         "runs, slower, on CPU); the original trained in fp32")
-    g.add_argument("--steps_per_epoch", type=int, default=None, metavar="N",
+    g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N",
                    help="cap the steps of each epoch (quick runs; the full epoch is the whole sample list)")
-    g.add_argument("--stop_after", type=int, default=None, metavar="N",
+    g.add_argument("--stop_after", type=positive_int, default=None, metavar="N",
                    help="stop after N epochs in this run (the schedule still follows --epochs); continue "
                         "later with --resume <output_dir>/checkpoint_last.pth")
 
     g = p.add_argument_group("validation")
-    g.add_argument("--val_size", type=int, default=360, help="shorter side of DAVIS val frames")
+    g.add_argument("--val_size", type=positive_int, default=360, help="shorter side of DAVIS val frames")
     g.add_argument("--val_flip", action=argparse.BooleanOptionalAction, default=True,
                    help="average with the mirrored clip during validation (the original: on)")
-    g.add_argument("--val_every", type=int, default=1, metavar="K",
+    g.add_argument("--val_every", type=positive_int, default=1, metavar="K",
                    help="validate every K epochs (and after the last)")
     g.add_argument("--no_val", action="store_true", help="skip validation (checkpoint_best.pth is not written)")
 
     g = p.add_argument_group("run")
     g.add_argument("--output_dir", default="runs/medvt_avos", help="checkpoints, train.log and metrics.jsonl")
-    g.add_argument("--resume", default=None, metavar="PATH", help="checkpoint_last.pth of a run to continue")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth if it "
+                        "exists (else start)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output_dir that holds one, deleting its checkpoints, metrics.jsonl "
+                        "and train.log (without it, or --resume, such a folder is refused)")
     g.add_argument("--seed", type=int, default=42, help="random seed (each process uses seed + rank)")
     g.add_argument("--device", default=du.default_device(), help="cuda or cpu (torchrun: the local rank's GPU)")
     g.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
@@ -150,7 +157,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--find_unused_parameters", action="store_true", help="DDP option, for modified models")
     g.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard scalars to <output_dir>/tb (needs the tensorboard package)")
-    g.add_argument("--log_every", type=int, default=50, help="log the running losses every N steps")
+    g.add_argument("--log_every", type=positive_int, default=50, help="log the running losses every N steps")
+    add_debug_flag(p)
     return p
 
 
@@ -200,7 +208,7 @@ def build_train_loader(args, info: du.DistInfo) -> tuple[DataLoader, Distributed
 
 def resume(path: str, cfg: MedVTConfig, model, optimizer, scheduler, scaler, info: du.DistInfo, logger) -> tuple[int, dict]:
     """Restore a run; returns (first epoch to train, best-so-far dict)."""
-    ckpt = read_checkpoint(require_file(path, "--resume"))
+    ckpt = read_checkpoint(path)
     if "config" in ckpt and MedVTConfig.from_dict(ckpt["config"]) != cfg:
         raise CheckpointMismatchError(f"{path} was trained with a different model config; pass the same "
                                       "--backbone/--model_config/--lprop_scale as that run")
@@ -250,7 +258,7 @@ def tensorboard_writer(args, info: du.DistInfo):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise SystemExit("--tensorboard needs the 'tensorboard' package (pip install tensorboard); "
+        raise UserError("--tensorboard needs the 'tensorboard' package (pip install tensorboard); "
                          "metrics are always written to <output_dir>/metrics.jsonl and train.log") from None
     return SummaryWriter(str(Path(args.output_dir) / "tb"))
 
@@ -273,20 +281,24 @@ def main(argv: list[str] | None = None) -> dict:
 
 def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     out = Path(args.output_dir)
-    logger = setup_logger(out, info.is_main)
-    writer = tensorboard_writer(args, info)  # fails early when tensorboard is missing
-    logger.info("arguments: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+    resume_from = resume_path(args.resume, out)
+    if info.is_main:
+        prepare_output_dir(out, args.resume, args.overwrite)
     torch.backends.cudnn.benchmark = False  # as the original: reproducible kernels
     torch.backends.cudnn.deterministic = True
     seed_everything(args.seed + info.rank)
     device = info.device
     amp_dtype = AMP_DTYPES[args.amp]
 
+    # The data is checked before the output folder is created, so a wrong path leaves nothing behind.
     loader, sampler = build_train_loader(args, info)
     val_seqs = []
     if not args.no_val:
         from datasets.davis16 import davis16_sequences
         val_seqs = davis16_sequences(args.davis16_root, "val", args.davis16_val_seqs_file)
+    logger = setup_logger(out, info.is_main)
+    writer = tensorboard_writer(args, info)
+    logger.info("arguments: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
     logger.info(f"{len(loader.dataset)} training clips ({len(loader)} steps/epoch/process, {info.world_size} "
                 f"process(es)); {len(val_seqs)} val sequences")
 
@@ -294,7 +306,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     model = build_model(cfg).to(device)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    if not args.resume:
+    if resume_from is None:
         if args.swin_pretrained:
             from models.backbone import load_swin_pretrained
             missing = load_swin_pretrained(model.backbone, str(require_file(args.swin_pretrained, "--swin_pretrained")))
@@ -314,8 +326,8 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     criterion = AVOSCriterion(aux_weight=args.aux_loss)
 
     start_epoch, best = 0, {"miou": -1.0, "epoch": -1}
-    if args.resume:
-        start_epoch, best = resume(args.resume, cfg, model, optimizer, scheduler, scaler, info, logger)
+    if resume_from is not None:
+        start_epoch, best = resume(resume_from, cfg, model, optimizer, scheduler, scaler, info, logger)
     train_model = model
     if info.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -365,12 +377,5 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
             "epochs_done": end_epoch, **paths}
 
 
-def cli() -> None:
-    try:
-        main()
-    except (DatasetNotFoundError, CheckpointMismatchError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-    cli()
+    run_main(main)

@@ -52,6 +52,7 @@ from datasets.path_config import add_path_args  # noqa: E402
 from models import build_model, read_checkpoint  # noqa: E402
 from models.config import MODEL_CONFIGS, MedVTConfig, get_config  # noqa: E402
 from models.convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict  # noqa: E402
+from utils.cli import UserError, add_debug_flag, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
 
 BACKBONE_PRESETS = {"swinB": "medvt_swinb_a2d", "resnet101": "medvt_r101_a2d"}
@@ -67,11 +68,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="swinB → preset medvt_swinb_a2d, resnet101 → medvt_r101_a2d")
     g.add_argument("--model", default=None, choices=sorted(MODEL_CONFIGS),
                    help="model config preset, overriding --backbone (e.g. tiny for tests)")
-    g.add_argument("--num_classes", type=int, default=None, help="output classes (default 80 = raw A2D ids)")
+    g.add_argument("--num_classes", type=positive_int, default=None, help="output classes (default 80 = raw A2D ids)")
     g.add_argument("--lprop_mode", type=int, default=None, choices=(0, 1, 2),
                    help="label propagation: 0 off (A2D default at HEAD), 1 unidirectional (last frame from the "
                         "earlier ones), 2 bidirectional many-to-many; the original's 3 crashes and is refused")
-    g.add_argument("--lprop_scale", type=float, default=None, help="label-map upsampling before the label encoder (A2D: 16)")
+    g.add_argument("--lprop_scale", type=positive_float, default=None, help="label-map upsampling before the label encoder (A2D: 16)")
     g.add_argument("--query_decoder_scales", type=int, default=None, choices=(1, 2, 3),
                    help="memories the query decoder cycles over (train default 3; inference: the checkpoint's "
                         "saved value, else 1 as the original inference script)")
@@ -106,13 +107,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     add_path_args(g, ["a2d"])
     g.add_argument("--split", default="test", choices=("train", "test"), help="videoset.csv split to evaluate")
-    g.add_argument("--num_frames", type=int, default=6, help="clip length around each annotated frame")
-    g.add_argument("--clip_size", type=int, nargs=2, default=list(CLIP_SIZE), metavar=("H", "W"),
+    g.add_argument("--num_frames", type=positive_int, default=6, help="clip length around each annotated frame")
+    g.add_argument("--clip_size", type=positive_int, nargs=2, default=list(CLIP_SIZE), metavar=("H", "W"),
                    help="clip resize (the original: 320 480, aspect ratio not kept)")
     g.add_argument("--end_window", default="clamp", choices=("clamp", "original"),
                    help="clip near a video's end: clamp = 6 frames inside the video (default); original = the "
                         "authors' 3-frame clip without the annotated frame (the model cannot run it)")
-    g.add_argument("--max_items", type=int, default=0, help="evaluate the first N annotated frames only (0 = all)")
+    g.add_argument("--max_items", type=non_negative_int, default=0, help="evaluate the first N annotated frames only (0 = all)")
     g = p.add_argument_group("metric and output")
     g.add_argument("--nan_policy", default="skip", choices=NAN_POLICIES,
                    help="frames with no foreground in GT nor prediction: skip (default) or nan (the original)")
@@ -125,6 +126,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the original's color_map.txt for names and colours (default: <a2d_root>/color_map.txt "
                         "if present, else a built-in palette)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_debug_flag(p)
     return p
 
 
@@ -206,7 +208,15 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or default_device())
     root = a2d_root(args.a2d_root)
     ckpt = read_checkpoint(args.model_path)
+    saved_classes = ckpt["config"].get("num_classes") if isinstance(ckpt.get("config"), dict) else None
+    if saved_classes not in (None, NUM_CLASSES) and args.num_classes is None:
+        task = "an AVOS (binary)" if saved_classes == 1 else f"a {saved_classes}-class"
+        raise UserError(f"--model_path {args.model_path} holds {task} model, but A2D inference expects "
+                        f"{NUM_CLASSES} classes; give an A2D checkpoint (train_medvt_a2d.py or the authors')")
     cfg = model_config(args, ckpt, inference=True)
+    # Name what was actually built: our checkpoints carry their own config, whatever --backbone says.
+    source = ("the checkpoint's own config" if saved_classes is not None
+              else f"preset {args.model or BACKBONE_PRESETS[args.backbone]}")
     model = build_model(cfg)
     load_state_dict_strict(model, convert_original_state_dict(checkpoint_state_dict(ckpt), cfg), source=args.model_path)
     model.to(device)
@@ -217,8 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
         names, palette = read_color_map(cmap)
     dataset = A2DDataset(root, args.split, args.num_frames, tuple(args.clip_size), args.end_window)
     out = Path(args.output_dir)
-    print(f"A2D {args.split}: {len(dataset)} annotated frames; model {args.model or BACKBONE_PRESETS[args.backbone]} "
-          f"(query_decoder_scales {cfg.query_decoder_scales}, lprop_mode {cfg.lprop_mode}) on {device}")
+    print(f"A2D {args.split}: {len(dataset)} annotated frames; model from {source} ({cfg.backbone} backbone, "
+          f"query_decoder_scales {cfg.query_decoder_scales}, lprop_mode {cfg.lprop_mode}) on {device}")
     summary, metric, cm = evaluate_a2d(model, dataset, device, args.nan_policy, args.protocol, args.max_items,
                                        out / "viz" if args.save_pred or args.save_gt_overlay else None,
                                        args.save_gt_overlay, palette)
@@ -228,4 +238,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

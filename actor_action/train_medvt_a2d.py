@@ -47,8 +47,10 @@ from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
                             load_state_dict_strict)
-from utils.checkpoint import (capture_rng, restore_rng, save_last_and_best, seed_everything,  # noqa: E402
-                              training_state)
+from utils.checkpoint import (capture_rng, prepare_output_dir, restore_rng, resume_path,  # noqa: E402
+                              save_last_and_best, seed_everything, training_state)
+from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
+                       positive_int, run_main)
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -68,46 +70,50 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="MED-VT checkpoint to start from (entries whose name or shape differ are skipped)")
     g = p.add_argument_group("data")
     add_path_args(g, ["a2d"])
-    g.add_argument("--num_frames", type=int, default=6, help="clip length around the annotated frame")
-    g.add_argument("--clip_size", type=int, nargs=2, default=list(CLIP_SIZE), metavar=("H", "W"),
+    g.add_argument("--num_frames", type=positive_int, default=6, help="clip length around the annotated frame")
+    g.add_argument("--clip_size", type=positive_int, nargs=2, default=list(CLIP_SIZE), metavar=("H", "W"),
                    help="clip resize (the original: 320 480)")
     g.add_argument("--end_window", default="clamp", choices=("clamp", "original"),
                    help="clip near a video's end (see inference_medvt_a2d.py --help)")
-    g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
+    g.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=30, help="training epochs")
-    g.add_argument("--batch_size", type=int, default=1, help="clips per process and step")
-    g.add_argument("--lr", type=float, default=1e-4, help="learning rate of the parameters not named backbone.*")
-    g.add_argument("--lr_backbone", type=float, default=1e-5, help="learning rate of backbone.* (0 in epoch 0)")
-    g.add_argument("--end_lr", type=float, default=1e-6, help="learning rate reached by the polynomial decay")
-    g.add_argument("--poly_power", type=float, default=0.9, help="power of the per-epoch polynomial decay")
-    g.add_argument("--warmup_epochs", type=int, default=5,
+    g.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
+    g.add_argument("--batch_size", type=positive_int, default=1, help="clips per process and step")
+    g.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate of the parameters not named backbone.*")
+    g.add_argument("--lr_backbone", type=non_negative_float, default=1e-5, help="learning rate of backbone.* (0 in epoch 0)")
+    g.add_argument("--end_lr", type=non_negative_float, default=1e-6, help="learning rate reached by the polynomial decay")
+    g.add_argument("--poly_power", type=positive_float, default=0.9, help="power of the per-epoch polynomial decay")
+    g.add_argument("--warmup_epochs", type=non_negative_int, default=5,
                    help="as the original, only shortens the decay: it spans epochs − 1 − warmup_epochs epochs "
                         "(warm-up itself, the original's --use_lr_warmup, is not implemented)")
-    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
-    g.add_argument("--clip_max_norm", type=float, default=0.1, help="gradient-norm clipping (0 = off)")
-    g.add_argument("--aux_loss", type=float, default=0.5, help="weight of the pre-propagation loss (lprop on)")
-    g.add_argument("--mask_loss_coef", type=float, default=1.0, help="weight of the focal loss")
+    g.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--clip_max_norm", type=non_negative_float, default=0.1, help="gradient-norm clipping (0 = off)")
+    g.add_argument("--aux_loss", type=non_negative_float, default=0.5, help="weight of the pre-propagation loss (lprop on)")
+    g.add_argument("--mask_loss_coef", type=positive_float, default=1.0, help="weight of the focal loss")
     g.add_argument("--no_loss_decay", action="store_true", help="do not scale each epoch's loss by exp(-epoch/10)")
-    g.add_argument("--steps_per_epoch", type=int, default=None, metavar="N", help="stop each epoch after N steps")
+    g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N", help="stop each epoch after N steps")
     g.add_argument("--seed", type=int, default=42, help="random seed (each process adds its rank)")
     g = p.add_argument_group("validation, checkpoints, output")
-    g.add_argument("--val_every", type=int, default=1, help="evaluate every N epochs (0 = never)")
+    g.add_argument("--val_every", type=non_negative_int, default=1, help="evaluate every N epochs (0 = never)")
     g.add_argument("--val_split", default="test", choices=("train", "test"),
                    help="split scored after each epoch and used to pick checkpoint_best.pth (original: test)")
-    g.add_argument("--val_items", type=int, default=0, help="score the first N annotated frames only (0 = all)")
+    g.add_argument("--val_items", type=non_negative_int, default=0, help="score the first N annotated frames only (0 = all)")
     g.add_argument("--output_dir", default="outputs/medvt_a2d_train",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
     g.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="checkpoint to continue from; 'auto' = <output_dir>/checkpoint_last.pth if it exists")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output_dir that holds one, deleting its checkpoints, history.json "
+                        "and train.log (without it, or --resume, such a folder is refused)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_debug_flag(p)
     return p
 
 
 def _init_weights(model, args, logger) -> None:
     if args.swin_b_pretrained_path:
         if model.cfg.backbone != "swin":
-            raise ValueError("--swin_b_pretrained_path is for --backbone swinB")
+            raise UserError("--swin_b_pretrained_path is for --backbone swinB")
         load_swin_pretrained(model.backbone, args.swin_b_pretrained_path)
         logger.info(f"backbone initialised from {args.swin_b_pretrained_path}")
     if args.resnet101_coco_weights_path:
@@ -134,8 +140,12 @@ def set_backbone_lr(optimizer, epoch: int, lr_backbone: float) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    info = init_distributed(args.device)
+    a2d_root(args.a2d_root)  # fail early, naming the flag and variable, before creating any folder
     out = Path(args.output_dir)
+    resume_path(args.resume, out)  # a --resume file that does not exist, before any work
+    info = init_distributed(args.device)
+    if info.is_main:
+        prepare_output_dir(out, args.resume, args.overwrite)
     logger = setup_logger(out, info.is_main, name="medvt.a2d")
     try:
         return _train(args, info, info.device, out, logger)
@@ -169,11 +179,7 @@ def _train(args, info, device, out, logger) -> dict:
         if args.val_every > 0 else None
 
     start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
-    ckpt_path = None
-    if args.resume == "auto":
-        ckpt_path = out / "checkpoint_last.pth" if (out / "checkpoint_last.pth").is_file() else None
-    elif args.resume:
-        ckpt_path = Path(args.resume)
+    ckpt_path = resume_path(args.resume, out)
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)
         load_state_dict_strict(model_without_ddp, checkpoint_state_dict(ckpt), source=str(ckpt_path))
@@ -223,4 +229,4 @@ def _collate(items: list[dict]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

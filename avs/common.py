@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from models.audio import build_frozen_vggish
 from models.avs import AVS_CONFIGS, MEDVTPlusPlus, build_avs_model, get_avs_config
+from utils.cli import add_debug_flag, non_negative_int, positive_int
 
 from .metrics import BatchAverage, f_score, mask_iou
 
@@ -34,7 +35,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tpavi_vv_flag", action="store_true", help="TPAVI visual self-attention (tpavi only)")
     g.add_argument("--tpavi_stages", default=[], nargs="*", type=int,
                    help="scales (0 = 1/4 … 3 = 1/32) with a TPAVI block (tpavi only)")
-    g.add_argument("--vce_enc_layer", default=None, nargs=2, type=int,
+    g.add_argument("--vce_enc_layer", default=None, nargs=2, type=positive_int,
                    help="visual encoder layers on 1/32 and 1/16 (default: the config's, 3 1)")
     g.add_argument("--vggish_weights", default=None, metavar="PATH",
                    help="local torchvggish weights (vggish-10086976.pth); VGGish is frozen. Required unless "
@@ -48,7 +49,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "instead of raising an error")
     g.add_argument("--allow_silent", action="store_true", help="accept all-zero wavs instead of raising an error")
     g.add_argument("--device", default=None, help="cuda / cpu / cuda:N (default: cuda if available)")
-    g.add_argument("--num_workers", default=2, type=int, help="data-loading worker processes")
+    g.add_argument("--num_workers", default=2, type=non_negative_int, help="data-loading worker processes")
+    add_debug_flag(p)
 
 
 def model_config(args):

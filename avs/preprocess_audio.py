@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.avsbench import NUM_FRAMES, avsbench_clips  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
 from models.audio import AudioError, wav_to_clip_examples  # noqa: E402
+from utils.cli import add_debug_flag, run_main  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="recompute pickles that already exist")
     p.add_argument("--allow_resample", action="store_true", help="resample non-16 kHz wavs instead of skipping them")
     p.add_argument("--allow_silent", action="store_true", help="keep all-zero wavs instead of skipping them")
+    add_debug_flag(p)
     return p
 
 
@@ -64,4 +66,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,6 +27,7 @@ from datasets.avsbench import AVSBenchDataset  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
 from models.avs import load_avs_checkpoint  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
+from utils.cli import non_negative_int, positive_int, run_main  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 
 
@@ -37,13 +38,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="PATH",
                    help="trained model: the authors' S4/MS3 release or a checkpoint of avs/train_medvt.py")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate")
-    p.add_argument("--test_im_size", default=384, type=int, help="square evaluation size (0 = native 224)")
-    p.add_argument("--test_batch_size", default=4, type=int,
+    p.add_argument("--test_im_size", default=384, type=non_negative_int, help="square evaluation size (0 = native 224)")
+    p.add_argument("--test_batch_size", default=4, type=positive_int,
                    help="clips per batch; the F-score threshold is chosen per batch, so this matters (original: 4)")
     p.add_argument("--save_pred_mask", action="store_true",
                    help="write binary predictions to <output_dir>/pred_masks/<category>/<name>/<name>_<i>.png")
     p.add_argument("--output_dir", default="output/avs_test", help="folder for the log, results JSON and masks")
-    p.add_argument("--max_batches", default=None, type=int, help="stop after this many batches (smoke tests)")
+    p.add_argument("--max_batches", default=None, type=positive_int, help="stop after this many batches (smoke tests)")
     return p
 
 
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -41,10 +41,11 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avs.common import add_model_args, as_jsonable, audio_features, build_model_and_audio, evaluate  # noqa: E402
 from avs.losses import AVSCriterion  # noqa: E402
-from datasets.avsbench import AVSBenchDataset  # noqa: E402
+from datasets.avsbench import AVSBenchDataset, task_dir  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
 from models.avs import load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
-from utils.checkpoint import plain_args, save_last_and_best, seed_everything  # noqa: E402
+from utils.checkpoint import plain_args, prepare_output_dir, save_last_and_best, seed_everything  # noqa: E402
+from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -63,24 +64,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("recipe (None = the task's default, see the table above)")
     g.add_argument("--session_name", default=None, help="run name used in the log (default: the task)")
     g.add_argument("--output_dir", default="output/avs_train", help="checkpoints, log and history")
-    g.add_argument("--train_im_size", default=None, type=int, help="square training size (0 = native 224)")
-    g.add_argument("--val_im_size", default=None, type=int, help="square validation size (0 = native 224)")
-    g.add_argument("--train_batch_size", default=2, type=int, help="clips per training batch")
-    g.add_argument("--val_batch_size", default=None, type=int, help="clips per validation batch")
-    g.add_argument("--max_epoches", default=None, type=int, help="number of epochs (original spelling)")
-    g.add_argument("--lr", default=1e-4, type=float, help="learning rate of everything but the backbone")
-    g.add_argument("--lr_backbone", default=1e-5, type=float, help="learning rate of the PVTv2 backbone")
-    g.add_argument("--weight_decay", default=1e-4, type=float, help="AdamW weight decay")
-    g.add_argument("--end_lr", default=1e-6, type=float, help="MS3 poly schedule: final lr")
-    g.add_argument("--poly_power", default=0.9, type=float, help="MS3 poly schedule: power")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train into an --output_dir that holds a run, deleting its checkpoints, history.json and "
+                        "train.log (without it such a folder is refused)")
+    g.add_argument("--train_im_size", default=None, type=non_negative_int, help="square training size (0 = native 224)")
+    g.add_argument("--val_im_size", default=None, type=non_negative_int, help="square validation size (0 = native 224)")
+    g.add_argument("--train_batch_size", default=2, type=positive_int, help="clips per training batch")
+    g.add_argument("--val_batch_size", default=None, type=positive_int, help="clips per validation batch")
+    g.add_argument("--max_epoches", default=None, type=positive_int, help="number of epochs (original spelling)")
+    g.add_argument("--lr", default=1e-4, type=positive_float, help="learning rate of everything but the backbone")
+    g.add_argument("--lr_backbone", default=1e-5, type=non_negative_float, help="learning rate of the PVTv2 backbone")
+    g.add_argument("--weight_decay", default=1e-4, type=non_negative_float, help="AdamW weight decay")
+    g.add_argument("--end_lr", default=1e-6, type=non_negative_float, help="MS3 poly schedule: final lr")
+    g.add_argument("--poly_power", default=0.9, type=positive_float, help="MS3 poly schedule: power")
     g.add_argument("--seed", default=123, type=int, help="random seed (original: 123)")
-    g.add_argument("--steps_per_epoch", default=None, type=int, help="cap on steps per epoch (smoke tests)")
-    g.add_argument("--val_max_batches", default=None, type=int, help="cap on validation batches (smoke tests)")
+    g.add_argument("--steps_per_epoch", default=None, type=positive_int, help="cap on steps per epoch (smoke tests)")
+    g.add_argument("--val_max_batches", default=None, type=positive_int, help="cap on validation batches (smoke tests)")
     l = p.add_argument_group("loss")
     l.add_argument("--masked_av_flag", action="store_true", help="add the masked audio-visual matching loss (MS3)")
     l.add_argument("--masked_av_stages", default=[0, 1, 2, 3], nargs="+", type=int,
                    help="FPN scales (0 = 1/4 … 3 = 1/32) where the masked-AV loss is computed")
-    l.add_argument("--lambda_1", default=None, type=float, help="weight of that loss (S4 0, MS3 0.1)")
+    l.add_argument("--lambda_1", default=None, type=non_negative_float, help="weight of that loss (S4 0, MS3 0.1)")
     l.add_argument("--kl_flag", action="store_true", help="masked-AV loss as KL(softmax(audio) ‖ softmax(visual))")
     l.add_argument("--euclidean_flag", action="store_true", help="masked-AV loss as the Euclidean distance")
     l.add_argument("--norm_fea_flag", action="store_true", help="L2-normalise both features first")
@@ -105,15 +109,15 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.closer_flag:
-        raise SystemExit("--closer_flag (visual-visual matching loss) is not implemented")
+        raise UserError("--closer_flag (visual-visual matching loss) is not implemented")
     if args.sa_loss_flag:
         args.masked_av_flag = True
         if args.sa_loss_stages is not None:
             args.masked_av_stages = args.sa_loss_stages
     if args.masked_av_flag and args.task == "ms3" and not (args.kl_flag or args.euclidean_flag):
-        raise SystemExit("--masked_av_flag needs --kl_flag or --euclidean_flag (the original crashes without)")
+        raise UserError("--masked_av_flag needs --kl_flag or --euclidean_flag (the original crashes without)")
     if args.load_s4_params and not args.trained_s4_model_path:
-        raise SystemExit("--load_s4_params needs --trained_s4_model_path PATH")
+        raise UserError("--load_s4_params needs --trained_s4_model_path PATH")
     return args
 
 
@@ -141,8 +145,10 @@ def init_weights(model, args, logger) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = resolve_defaults(get_args_parser().parse_args(argv))
-    device = torch.device(args.device or default_device())
+    task_dir(args.avsbench_root, args.task)  # fail early, naming the flag, before creating any folder
     out = Path(args.output_dir)
+    prepare_output_dir(out, None, args.overwrite, can_resume=False)
+    device = torch.device(args.device or default_device())
     logger = setup_logger(out, True, name="medvt.avs.train")
     seed_everything(args.seed)
     model, vggish = build_model_and_audio(args, device)
@@ -196,4 +202,4 @@ def avs_losses(vggish: torch.nn.Module, criterion: torch.nn.Module, device: torc
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

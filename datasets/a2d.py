@@ -42,8 +42,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from utils.cli import UserError
+
 from .path_config import DatasetNotFoundError, dataset_root, require
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .video import open_image
 
 NUM_CLASSES = 80
 IGNORE_INDEX = 255
@@ -151,13 +154,24 @@ def read_annotation(path: str | os.PathLike) -> np.ndarray:
             import h5py
         except ImportError:
             raise ImportError(f"{path} is a MATLAB v7.3 (HDF5) file; reading it needs h5py (pip install h5py)") from None
-        with h5py.File(path, "r") as f:
-            arr = np.asarray(f["reS_id"]).T
-    else:
-        from scipy.io import loadmat
+    try:
+        if hdf5:
+            with h5py.File(path, "r") as f:
+                arr = np.asarray(f["reS_id"]).T
+        else:
+            from scipy.io import loadmat
 
-        arr = loadmat(path)["reS_id"]
-    return np.rint(arr).astype(np.int64)
+            arr = loadmat(path)["reS_id"]
+    except KeyError:
+        raise UserError(f"a2d: annotation {path} has no 'reS_id' label map") from None
+    except (OSError, ValueError, TypeError) as e:  # truncated or not a MATLAB file
+        raise UserError(f"a2d: annotation {path} is not a readable MATLAB file ({e})") from None
+    arr = np.rint(arr).astype(np.int64)
+    bad = np.unique(arr[(arr < 0) | (arr >= NUM_CLASSES)])
+    if bad.size:  # they would index past the 80-way head and the metric tables
+        raise UserError(f"a2d: annotation {path} has label ids {bad[:5].tolist()} outside 0..{NUM_CLASSES - 1} "
+                        "(A2D's actor*10 + action ids)")
+    return arr
 
 
 def clip_frame_ids(g: int, num_video_frames: int, num_frames: int = 6,
@@ -188,7 +202,7 @@ def load_clip(paths: list[Path], size: tuple[int, int] | None = CLIP_SIZE) -> Te
         if not p.is_file():
             raise DatasetNotFoundError(f"a2d: frame {p} is missing (frames/<vid>/<5-digit fid>.png, 1-based; "
                                        "extract all frames of Release/clips320H/<vid>.mp4)")
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1) for p in paths])
+    x = torch.stack([torch.from_numpy(np.asarray(open_image(p, "RGB")).copy()).permute(2, 0, 1) for p in paths])
     x = x.float() / 255.0
     x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     if size is not None and tuple(x.shape[-2:]) != tuple(size):

@@ -21,11 +21,13 @@ foreground, so 0/255 and 0/1 PNGs both give 0/1) → nearest resize, as PIL does
 original's '1'/'P' modes.
 
 Bad input raises :class:`AVSDataError` naming the path: missing frames, masks or audio, audio
-of the wrong shape (frame-count mismatch), wrong sample rate, silent audio.
+of the wrong shape (frame-count mismatch), wrong sample rate, silent audio, and a log-mel pickle
+holding anything but a tensor or array (:func:`load_log_mel` never runs code from a data file).
 """
 from __future__ import annotations
 
 import csv
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +38,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from models.audio import AudioError, wav_to_clip_examples
+from utils.cli import UserError
 
 from .path_config import dataset_root, require
+from .video import open_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +50,7 @@ TASKS = {"s4": ("Single-source", "s4_meta_data.csv", "s4_data"),
 NUM_FRAMES = 5
 
 
-class AVSDataError(ValueError):
+class AVSDataError(UserError, ValueError):
     """An AVSBench clip that cannot be read; the message names the file."""
 
 
@@ -119,13 +123,46 @@ def avsbench_clips(root: str | Path, task: str, split: str) -> list[AVSClip]:
     return clips
 
 
+def _tensor_storage_from_bytes(data: bytes):
+    """``torch.storage._load_from_bytes`` (how ``pickle.dump`` stores a tensor's data), but with
+    ``weights_only=True``: the original calls ``torch.load(weights_only=False)`` on bytes from the file."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+class LogMelUnpickler(pickle.Unpickler):
+    """Unpickles what AVSBench's ``audio_log_mel/*.pkl`` hold and nothing else: a torch tensor
+    (``pickle.dump(tensor)``, the released files and :mod:`avs.preprocess_audio`) or a NumPy array.
+    Any other global (``os.system``, ``builtins.eval``, ...) is refused, so no code from the file runs."""
+
+    ALLOWED = {
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("collections", "OrderedDict"),  # a tensor's (empty) backward hooks
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),  # NumPy 1.x pickles
+        ("numpy._core.multiarray", "_reconstruct"),  # NumPy 2.x pickles
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _tensor_storage_from_bytes
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a log-mel file never holds")
+
+
 def load_log_mel(path: Path, num_frames: int = NUM_FRAMES) -> torch.Tensor:
-    """A pickled log-mel tensor [T, 1, 96, 64] (AVSBench's format; trusted data: it is a pickle)."""
+    """A pickled log-mel tensor [T, 1, 96, 64] (AVSBench's format), read with :class:`LogMelUnpickler`."""
     if not path.is_file():
         raise AVSDataError(f"{path}: audio log-mel file not found (make it with avs/preprocess_audio.py, "
                            "or read the wavs with --audio wav)")
-    with open(path, "rb") as f:
-        x = pickle.load(f)
+    try:
+        with open(path, "rb") as f:
+            x = LogMelUnpickler(f).load()
+    except Exception as e:  # noqa: BLE001 -- a damaged or hostile pickle can raise almost anything
+        raise AVSDataError(f"{path}: not a log-mel pickle of a tensor or array, refused ({e}); recreate it with "
+                           "avs/preprocess_audio.py --overwrite, or read the wavs with --audio wav") from None
+    if not isinstance(x, (torch.Tensor, np.ndarray)):
+        raise AVSDataError(f"{path}: holds a {type(x).__name__}, expected a log-mel tensor [T, 1, 96, 64]")
     x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x.detach()).float()
     if tuple(x.shape) != (num_frames, 1, 96, 64):
         raise AVSDataError(f"{path}: log-mel of shape {tuple(x.shape)}, expected ({num_frames}, 1, 96, 64): "
@@ -137,7 +174,7 @@ def read_mask(path: Path, size: int | None) -> torch.Tensor:
     """Binary mask [h, w] float 0/1 (non-zero = foreground), nearest-resized to size × size."""
     if not path.is_file():
         raise AVSDataError(f"{path}: ground-truth mask not found")
-    im = Image.open(path)
+    im = open_image(path)
     if im.mode not in ("1", "L", "P", "I", "I;16"):
         im = im.convert("L")
     m = Image.fromarray((np.array(im) > 0).astype(np.uint8) * 255)
@@ -149,7 +186,7 @@ def read_mask(path: Path, size: int | None) -> torch.Tensor:
 def read_frame(path: Path, size: int | None) -> torch.Tensor:
     if not path.is_file():
         raise AVSDataError(f"{path}: video frame not found (each clip needs {NUM_FRAMES} frames)")
-    im = Image.open(path).convert("RGB")
+    im = open_image(path, "RGB")
     if size is not None:
         im = im.resize((size, size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .video import open_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -58,7 +60,7 @@ def load_frames(paths: Sequence[str | Path], size_hw: tuple[int, int] | None = N
     """Read frames → [N, 3, h, w] normalised; resized (PIL bilinear) to ``size_hw`` if given."""
     out = []
     for p in paths:
-        img = Image.open(p).convert("RGB")
+        img = open_image(p, "RGB")
         if size_hw is not None and img.size != (size_hw[1], size_hw[0]):
             img = img.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
         out.append(to_tensor(img))

@@ -2,10 +2,13 @@
 
 Every AVOS loader (DAVIS-16, YouTube-VOS, YouTube-Objects, MoCA) returns
 :class:`VideoSequence` objects; training wraps (sequence, centre frame) pairs in a
-:class:`ClipDataset`.
+:class:`ClipDataset`. Every image file is read with :func:`open_image`, so a damaged file is
+reported with its path; a user's folder of frames is listed with :func:`list_frame_files`
+(natural order: frame2 before frame10) and checked with :func:`require_same_size`.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,52 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from models.predictor import wraparound_clip
+from utils.cli import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class ImageReadError(UserError, OSError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image); names the path."""
+
+
+def open_image(path: str | Path, mode: str | None = None) -> Image.Image:
+    """Decode ``path`` completely (converted to ``mode`` if given). PIL decodes lazily, so without
+    ``load()`` here a truncated file would fail later, inside a transform, without its name."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert(mode) if mode else im.copy()
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: not a readable image (truncated or corrupt? {e})") from None
+
+
+def natural_key(path: str | Path) -> list:
+    """Sort key putting numbers in numeric order: frame2 < frame10 (plain sorting gives frame10 < frame2)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]
+
+
+def list_frame_files(folder: str | Path, flag: str = "--video") -> list[Path]:
+    """The image files of a frame folder in natural order; an error naming ``flag`` if there are none."""
+    folder = Path(folder)
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+    if not files:
+        raise FileNotFoundError(f"{flag} folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} frames")
+    return files
+
+
+def require_same_size(images: Sequence[Image.Image], names: Sequence[str | Path], source: str) -> None:
+    """Refuse frames of different sizes: every output would silently take the first frame's size."""
+    sizes = [im.size for im in images]
+    odd = [i for i, s in enumerate(sizes) if s != sizes[0]]
+    if odd:
+        w, h = sizes[0]
+        examples = ", ".join(f"{Path(names[i]).name} is {sizes[i][0]}x{sizes[i][1]}" for i in odd[:3])
+        raise UserError(f"{source}: frames differ in size: {Path(names[0]).name} is {w}x{h} but {examples}"
+                        f"{' …' if len(odd) > 3 else ''} ({len(odd)} of {len(sizes)} frames); resize them to "
+                        "one size first")
 
 
 @dataclass
@@ -37,7 +86,7 @@ class VideoSequence:
         return len(self.frames)
 
     def read_image(self, i: int) -> Image.Image:
-        return Image.open(self.frames[i]).convert("RGB")
+        return open_image(self.frames[i], "RGB")
 
     def read_mask(self, i: int, threshold: int = 0) -> np.ndarray:
         """HxW bool: grayscale value > ``threshold`` (palette PNGs read as luminance, as OpenCV did
@@ -45,7 +94,7 @@ class VideoSequence:
         path = self.masks[i]
         if path is None:
             raise FileNotFoundError(f"{self.name}: frame {self.frames[i].name} has no mask")
-        return np.asarray(Image.open(path).convert("L")) > threshold
+        return np.asarray(open_image(path, "L")) > threshold
 
 
 Sample = tuple[VideoSequence, int]

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from .path_config import dataset_root, require
 from .transforms import to_tensor
-from .video import VideoSequence
+from .video import VideoSequence, open_image
 
 IGNORE_INDEX = 255
 NUM_CLASSES = 124
@@ -90,7 +90,7 @@ def read_raw_mask(path: Path | None, size_hw: tuple[int, int]) -> np.ndarray:
     """The raw mask as uint8 HxW (pixel values = labels); a missing mask is all void (255)."""
     if path is None:
         return np.full(size_hw, IGNORE_INDEX, dtype=np.uint8)
-    mask = np.asarray(Image.open(path))  # L and P modes both give the label values
+    mask = np.asarray(open_image(path))  # L and P modes both give the label values
     if mask.ndim == 3:  # saved as RGB by some tool: the label is in every channel
         mask = mask[..., 0]
     return mask.astype(np.uint8)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from utils.cli import UserError
+
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 400   # 25 ms
 HOP_SAMPLES = 160      # 10 ms
@@ -30,7 +32,7 @@ LOG_OFFSET = 0.01
 EXAMPLE_FRAMES = 96    # 0.96 s of 10 ms frames; the hop between examples is the same
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """A wav file that cannot be turned into VGGish examples (names the file and the reason)."""
 
 
@@ -171,7 +173,9 @@ def build_frozen_vggish(weights: str | Path | None, allow_random: bool = False) 
         p = Path(weights)
         if not p.is_file():
             raise FileNotFoundError(f"--vggish_weights {p}: file not found")
-        sd = torch.load(p, map_location="cpu", weights_only=True)
+        from .convert import check_finite, read_checkpoint
+        sd = read_checkpoint(p)
+        check_finite(sd, str(p))
         sd = {k: v for k, v in sd.items() if not k.startswith("pproc.")}  # PCA parameters: post-processing off
         net.load_state_dict(sd, strict=True)
     net.eval()

@@ -469,7 +469,7 @@ def load_avs_checkpoint(model: MEDVTPlusPlus, path) -> None:
 
     Raises ``models.convert.CheckpointMismatchError`` naming missing / unexpected / mis-shaped keys.
     """
-    from .convert import CheckpointMismatchError, read_checkpoint
+    from .convert import CheckpointMismatchError, check_finite, read_checkpoint
     ckpt = read_checkpoint(path)
     sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
     if is_original_avs_state_dict(sd):
@@ -482,6 +482,7 @@ def load_avs_checkpoint(model: MEDVTPlusPlus, path) -> None:
         raise CheckpointMismatchError(
             f"{path}: checkpoint does not fit {model.cfg.name}: missing {missing[:5]} ({len(missing)}), "
             f"unexpected {unexpected[:5]} ({len(unexpected)}), wrong shape {shapes[:5]} ({len(shapes)})")
+    check_finite(sd, str(path))
     model.load_state_dict(sd, strict=True)
 
 
@@ -500,7 +501,9 @@ def load_pvt_pretrained(model: MEDVTPlusPlus, path) -> int:
         if name in own and own[name].shape == v.shape:
             out[name] = v
     if not out:
-        raise ValueError(f"{path}: no PVTv2 weights of {model.cfg.backbone} found in this file")
+        from .convert import CheckpointMismatchError
+        raise CheckpointMismatchError(f"{path}: no PVTv2 weights of {model.cfg.backbone} found in this file "
+                                      "(--pvtv2_pretrained_path expects pvt_v2_b5.pth)")
     own.update(out)
     model.backbone.body.load_state_dict(own)
     return len(out)

@@ -153,7 +153,9 @@ def convert_video_swin_kinetics(state_dict: dict[str, Tensor]) -> dict[str, Tens
     """
     sd = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     if not sd:
-        raise KeyError("no 'backbone.*' entries: not a Video Swin (mmaction) checkpoint")
+        from .convert import CheckpointMismatchError
+        raise CheckpointMismatchError("no 'backbone.*' entries: not a Video Swin (mmaction) checkpoint "
+                                      "(--swin_pretrained expects swin_base_patch244_window877_kinetics400_22k.pth)")
     w = sd["patch_embed.proj.weight"]
     if w.dim() == 5 and w.shape[2] > 1:
         sd["patch_embed.proj.weight"] = w[:, :, :1].contiguous()
@@ -185,10 +187,17 @@ def _swin_name(name: str) -> str:
 
 def load_swin_pretrained(backbone: VideoSwinBackbone, path: str) -> list[str]:
     """Load a local Video Swin Kinetics checkpoint into ``backbone``; returns keys left unset."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    sd = convert_video_swin_kinetics(ckpt.get("state_dict", ckpt))
+    from .convert import CheckpointMismatchError, check_finite, read_checkpoint
+    ckpt = read_checkpoint(path)
+    try:
+        sd = convert_video_swin_kinetics(ckpt.get("state_dict", ckpt))
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{path}: {e}") from None
+    check_finite(sd, str(path))
     sd = {k: v for k, v in sd.items() if "relative_position_index" not in k}
     result = backbone.load_state_dict(sd, strict=False)
     if result.unexpected_keys:
-        raise KeyError(f"unexpected keys in {path}: {result.unexpected_keys[:10]}")
+        from .convert import CheckpointMismatchError
+        raise CheckpointMismatchError(f"{path} is not a Video Swin-B checkpoint: unexpected keys "
+                                      f"{result.unexpected_keys[:10]}")
     return [k for k in result.missing_keys if "relative_position_index" not in k]

@@ -12,12 +12,13 @@ wrongly shaped keys.
 from __future__ import annotations
 
 import argparse
-import pickle
 import re
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from utils.cli import UserError
 
 from .config import MedVTConfig, get_config
 
@@ -122,7 +123,7 @@ def convert_original_state_dict(state_dict: dict[str, Tensor], config: str | Med
     return out
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint's keys or shapes do not fit the model; the message lists them."""
 
 
@@ -131,8 +132,20 @@ def _describe(keys: list[str], limit: int = 20) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def check_finite(state_dict: dict[str, Tensor], source: str = "checkpoint", limit: int = 5) -> None:
+    """Refuse NaN/inf weights: they give NaN masks at best and crash native kernels (the deformable
+    convolution) at worst, far from the file that caused them."""
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointMismatchError(
+            f"{source} holds non-finite (NaN or inf) weights in {len(bad)} tensor(s): {_describe(bad, limit)}; "
+            "the run that saved it diverged, use an earlier checkpoint")
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """Load strictly; on mismatch raise an error naming missing, unexpected and mis-shaped keys."""
+    """Load strictly; on mismatch raise an error naming missing, unexpected and mis-shaped keys,
+    and refuse non-finite weights (:func:`check_finite`)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -147,6 +160,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], sour
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): {_describe(shapes)}")
         raise CheckpointMismatchError("\n".join(lines))
+    check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -155,17 +169,29 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (set it with --model_path)")
+    if path.stat().st_size == 0:
+        raise CheckpointMismatchError(f"{path} is empty (0 bytes), not a PyTorch checkpoint")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # torch.save writes a zip archive (or, before 1.6, a pickle)
+        raise CheckpointMismatchError(f"{path} is not a readable PyTorch checkpoint: neither a zip archive nor a "
+                                      "pickle (a text file, or a file of another format?)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        unsafe = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    except Exception as e:  # noqa: BLE001 -- a damaged file makes the reader raise almost anything
+        # (UnpicklingError, RuntimeError, EOFError, KeyError for a text file, ...); all mean "this file".
+        text = str(e)
+        unsafe = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text)
         if unsafe:
             raise CheckpointMismatchError(
-                f"{path} holds objects other than tensors and argparse arguments ({', '.join(unsafe)}); "
-                "they are not loaded for safety (no arbitrary unpickling)"
+                f"{path} holds objects other than tensors and argparse arguments ({', '.join(unsafe)}); they are "
+                "not loaded for safety (unpickling them could run code from the file). If you trust where the file "
+                "comes from, load it once with torch.load(path, weights_only=False) and re-save its state dict"
             ) from None
-        raise CheckpointMismatchError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+        raise CheckpointMismatchError(
+            f"{path} is not a readable PyTorch checkpoint (truncated, or another format): {first[:200]}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointMismatchError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt

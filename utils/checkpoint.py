@@ -8,7 +8,12 @@ tensors, primitives, lists/tuples/dicts and the Namespace, so
 
 :func:`save_checkpoint` never leaves a half-written file at the target path: it writes a
 temporary file in the same folder, flushes it to disk and renames it over the target
-(``os.replace`` is atomic on POSIX and Windows), so an interrupted save keeps the old checkpoint.
+(``os.replace`` is atomic on POSIX and Windows), so an interrupted save keeps the old checkpoint;
+a temporary file left by a killed process is removed by the next save into that folder.
+
+:func:`prepare_output_dir` keeps a fresh run from replacing another run's checkpoints and
+metrics: a folder that holds a run is used only with ``--resume`` (continue it) or
+``--overwrite`` (delete its files first).
 """
 from __future__ import annotations
 
@@ -20,6 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from utils.cli import UserError
+
+# Files a training run leaves in its --output_dir; any of them means the folder holds a run.
+RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "metrics.jsonl", "history.json")
 
 
 def plain_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -40,6 +50,8 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temp file in the same folder + fsync + os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed (kill -9)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
@@ -64,6 +76,33 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     except OSError:
         pass
     return path
+
+
+def resume_path(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint ``--resume`` names: ``auto`` = ``<output_dir>/checkpoint_last.pth`` if it exists."""
+    if resume == "auto":
+        path = Path(output_dir) / "checkpoint_last.pth"
+        return path if path.is_file() else None
+    if resume and not Path(resume).is_file():
+        raise FileNotFoundError(f"--resume {resume}: checkpoint file not found")
+    return Path(resume) if resume else None
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool,
+                       can_resume: bool = True) -> None:
+    """Refuse to start a new run over an existing one (it would replace its checkpoints and append a
+    second epoch 0 to its metrics) unless resuming; ``overwrite`` deletes the old run's files."""
+    out = Path(output_dir)
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found or resume:
+        return
+    if overwrite:
+        for name in (*found, "train.log"):
+            (out / name).unlink(missing_ok=True)
+        return
+    how = "pass --resume auto to continue it, " if can_resume else ""
+    raise UserError(f"--output_dir {out} already holds a training run ({', '.join(found)}): {how}"
+                    "--overwrite to replace it, or choose another --output_dir")
 
 
 def training_state(args, cfg, model, optimizer, scheduler, scaler, epoch: int, best: dict, rng, **extra) -> dict:

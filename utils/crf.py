@@ -18,6 +18,9 @@ import pydensecrf.densecrf as dcrf
 from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 
+from datasets.video import open_image
+from utils.cli import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -99,7 +102,7 @@ def sequence_jobs(logits_seq_dir: Path, images_seq_dir: Path, out_seq_dir: Path)
 
 def read_probability(path: Path) -> np.ndarray:
     """Probability map from a uint8 probability·255 PNG."""
-    array = np.asarray(Image.open(path))
+    array = np.asarray(open_image(path))
     if array.ndim == 3:
         array = array[..., 0]
     return array.astype(np.float32) / 255.0
@@ -108,10 +111,10 @@ def read_probability(path: Path) -> np.ndarray:
 def refine_frame(job: tuple[Path, Path, Path], params: DenseCRFParams = DenseCRFParams()) -> Path:
     """Run the CRF on one (probability PNG, image, output) job and write a 0/255 PNG."""
     logits_path, image_path, out_path = job
-    image = np.asarray(Image.open(image_path).convert("RGB"))
+    image = np.asarray(open_image(image_path, "RGB"))
     prob = read_probability(logits_path)
     if prob.shape != image.shape[:2]:
-        raise ValueError(f"{logits_path} is {prob.shape[1]}x{prob.shape[0]} but {image_path} "
+        raise UserError(f"{logits_path} is {prob.shape[1]}x{prob.shape[0]} but {image_path} "
                          f"is {image.shape[1]}x{image.shape[0]}")
     labels = dense_crf(image, prob, params)
     out_path.parent.mkdir(parents=True, exist_ok=True)

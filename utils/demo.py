@@ -31,6 +31,7 @@ import crf_davis16  # noqa: E402
 import inference_swin_medvt_avos  # noqa: E402
 import train_swin_medvt_avos  # noqa: E402
 from datasets.synthetic import make_synthetic_davis  # noqa: E402
+from utils.cli import add_debug_flag, positive_float, positive_int, run_main  # noqa: E402
 
 SIZE_HW = (96, 160)
 
@@ -38,14 +39,15 @@ SIZE_HW = (96, 160)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", type=Path, default=Path("demo_output"), help="where everything is written")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs (each visits every training frame once)")
-    p.add_argument("--steps_per_epoch", type=int, default=None, help="cap on the clips per epoch (default: all)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of every parameter group")
-    p.add_argument("--train_sequences", type=int, default=12, help="synthetic training videos")
-    p.add_argument("--val_sequences", type=int, default=3, help="synthetic held-out videos")
-    p.add_argument("--frames", type=int, default=20, help="frames per synthetic video")
+    p.add_argument("--epochs", type=positive_int, default=8, help="training epochs (each visits every training frame once)")
+    p.add_argument("--steps_per_epoch", type=positive_int, default=None, help="cap on the clips per epoch (default: all)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate of every parameter group")
+    p.add_argument("--train_sequences", type=positive_int, default=12, help="synthetic training videos")
+    p.add_argument("--val_sequences", type=positive_int, default=3, help="synthetic held-out videos")
+    p.add_argument("--frames", type=positive_int, default=20, help="frames per synthetic video")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set and of training")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--lr_groups", "intended", "--lr", str(args.lr), "--lr_backbone", str(args.lr), "--end_lr", str(args.lr / 20),
         "--epochs", str(args.epochs), "--val_size", short,
         "--num_workers", "0", "--seed", str(args.seed), "--device", "cpu", "--log_every", "50",
-        "--output_dir", str(train_dir)]
+        "--output_dir", str(train_dir), "--overwrite"]
         + (["--steps_per_epoch", str(args.steps_per_epoch)] if args.steps_per_epoch else []))
     train_s = time.perf_counter() - t0
     ckpt = train_dir / "checkpoint_best.pth"
@@ -106,4 +108,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from utils.cli import UserError
 from utils.distributed import is_dist, is_main_process
 from utils.logger import format_metrics
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the message names epoch, step and the batch's sequences."""
 
 
@@ -86,10 +87,13 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         if not all(math.isfinite(v) for v in values.values()):
             centre = batch.get("centre")
             centre = centre.tolist() if torch.is_tensor(centre) else centre
-            raise NonFiniteLossError(
+            error = NonFiniteLossError(
                 f"non-finite loss at epoch {epoch}, step {step}: {format_metrics(values)}; "
                 f"batch sequences {list(batch['name'])} (centre frames {centre}). "
                 "Training stopped (as the original); try a lower --lr, --amp none, or check these sequences.")
+            if logger is not None:  # also in train.log, which is where a long run is read afterwards
+                logger.error(str(error))
+            raise error
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(losses["loss"]).backward()

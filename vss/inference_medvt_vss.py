@@ -37,9 +37,10 @@ from datasets.video import VideoSequence  # noqa: E402
 from datasets.vspw import clip_indices, raw_to_class, read_raw_mask, resized_hw, vspw_root, vspw_sequences  # noqa: E402
 from models import MedVTConfig, build_model, load_checkpoint, read_checkpoint  # noqa: E402
 from models.predictor import wraparound_clip  # noqa: E402
+from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main  # noqa: E402
 from utils.engine import autocast  # noqa: E402
 from utils.metrics import write_results  # noqa: E402
-from vss.config import DEFAULT_CONFIG, config_names, vss_config  # noqa: E402
+from vss.config import DEFAULT_CONFIG, VSPW_NUM_CLASSES, config_names, vss_config  # noqa: E402
 from vss.metrics import VSPWEvaluator  # noqa: E402
 
 
@@ -51,14 +52,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--random_weights", action="store_true", help="run without a checkpoint (smoke tests only)")
     p.add_argument("--model", default=DEFAULT_CONFIG, choices=config_names(),
                    help="model config, used when the checkpoint does not record one")
-    p.add_argument("--num_classes", type=int, default=None, help="override the config's class count")
+    p.add_argument("--num_classes", type=positive_int, default=None, help="override the config's class count")
     add_path_args(p, ["vspw"])
     p.add_argument("--split", default="val",
                    help="split list <vspw_root>/<split>.txt; a split without masks (test) gets predictions only")
     p.add_argument("--videos", nargs="*", default=None, help="only these videos of the split")
-    p.add_argument("--val_size", type=int, default=480, help="shorter side fed to the model; 0 = frame size")
-    p.add_argument("--max_size", type=int, default=None, help="cap on the longer side fed to the model")
-    p.add_argument("--clip_len", type=int, default=6, help="frames per forward (the trained clip length)")
+    p.add_argument("--val_size", type=non_negative_int, default=480, help="shorter side fed to the model; 0 = frame size")
+    p.add_argument("--max_size", type=positive_int, default=None, help="cap on the longer side fed to the model")
+    p.add_argument("--clip_len", type=positive_int, default=6, help="frames per forward (the trained clip length)")
     p.add_argument("--window", default="chunk", choices=("chunk", "centre"),
                    help="chunk: consecutive clips, every frame kept; centre: each frame the centre of its own "
                         "wrap-around clip (see above)")
@@ -71,6 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "<checkpoint folder>/infer_vspw_<split>_<val_size> (runs/medvt_vss_random/... without one)")
     p.add_argument("--save_overlays", action="store_true", help="also write overlays/<video>/<frame>.jpg")
     p.add_argument("--no_save_predictions", action="store_true", help="compute metrics only, write no PNGs")
+    add_debug_flag(p)
     return p
 
 
@@ -199,6 +201,18 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
     return evaluator.summary() if evaluated else {}
 
 
+def check_vss_checkpoint(ckpt: dict, cfg: MedVTConfig, args: argparse.Namespace) -> None:
+    """Refuse a checkpoint of another task (e.g. A2D's 80 classes) before it is scored on VSPW's
+    124: its class ids would be read as VSPW's without a word. Our VSS runs record --vspw_root."""
+    saved = ckpt.get("args")
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    trained_on_vspw = isinstance(saved, dict) and "vspw_root" in saved
+    if cfg.num_classes != VSPW_NUM_CLASSES and not trained_on_vspw and args.num_classes is None:
+        task = "an AVOS (binary)" if cfg.num_classes == 1 else f"a {cfg.num_classes}-class"
+        raise UserError(f"--model_path {args.model_path} holds {task} model not trained by "
+                        f"vss/train_medvt_vss.py, but VSPW has {VSPW_NUM_CLASSES} classes; give a VSS checkpoint")
+
+
 def build_from_args(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     """The model from the checkpoint's recorded config, else from --model / --num_classes."""
     cfg = None
@@ -206,10 +220,11 @@ def build_from_args(args: argparse.Namespace, device: torch.device) -> torch.nn.
         ckpt = read_checkpoint(args.model_path)
         if isinstance(ckpt.get("config"), dict):
             cfg = MedVTConfig.from_dict(ckpt["config"])
+            check_vss_checkpoint(ckpt, cfg, args)
             if args.num_classes is not None:
                 cfg = cfg.replace(num_classes=args.num_classes)
     elif not args.random_weights:
-        raise SystemExit("give --model_path CHECKPOINT (or --random_weights for a smoke test)")
+        raise UserError("give --model_path CHECKPOINT (or --random_weights for a smoke test)")
     model = build_model(cfg or vss_config(args.model, args.num_classes))
     if args.model_path:
         load_checkpoint(model, args.model_path)
@@ -231,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.videos:
         missing = set(args.videos) - {v.name for v in videos}
         if missing:
-            raise SystemExit(f"videos not in {root / (args.split + '.txt')}: {', '.join(sorted(missing))}")
+            raise UserError(f"--videos not in {root / (args.split + '.txt')}: {', '.join(sorted(missing))}")
         videos = [v for v in videos if v.name in set(args.videos)]
     model = build_from_args(args, device)
     out = Path(args.output_dir) if args.output_dir else (
@@ -249,4 +264,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -43,8 +43,10 @@ from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
                             load_state_dict_strict)
-from utils.checkpoint import (capture_rng, restore_rng, save_last_and_best, seed_everything,  # noqa: E402
-                              training_state)
+from utils.checkpoint import (capture_rng, prepare_output_dir, restore_rng, resume_path,  # noqa: E402
+                              save_last_and_best, seed_everything, training_state)
+from utils.cli import (add_debug_flag, non_negative_float, non_negative_int, positive_float, positive_int,  # noqa: E402
+                       run_main)
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -61,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_CONFIG, choices=config_names(), help="model config preset")
-    g.add_argument("--num_classes", type=int, default=None,
+    g.add_argument("--num_classes", type=positive_int, default=None,
                    help="override the preset's class count (VSPW: 124, the default of medvt_swinb_vss)")
     g.add_argument("--swin_pretrained", default=None, metavar="PATH",
                    help="Kinetics-400 Video Swin-B weights for the backbone (swin_base_patch244_window877_"
@@ -77,51 +79,55 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     add_path_args(g, ["vspw"])
     g.add_argument("--train_split", default="train", help="split list used for training (<vspw_root>/<split>.txt)")
-    g.add_argument("--num_frames", type=int, default=6, help="frames per training clip (= queries of the model)")
-    g.add_argument("--centre_step", type=int, default=None,
+    g.add_argument("--num_frames", type=positive_int, default=6, help="frames per training clip (= queries of the model)")
+    g.add_argument("--centre_step", type=positive_int, default=None,
                    help="distance between clip centres in a video (default: --num_frames, as YouTube-VOS in AVOS)")
-    g.add_argument("--frame_stride", type=int, default=1, help="distance between the frames of a clip")
-    g.add_argument("--train_sizes", type=int, nargs="+", default=[360],
+    g.add_argument("--frame_stride", type=positive_int, default=1, help="distance between the frames of a clip")
+    g.add_argument("--train_sizes", type=positive_int, nargs="+", default=[360],
                    help="shorter side after resizing, one drawn per clip")
-    g.add_argument("--max_size", type=int, default=648, help="cap on the longer side after resizing (0 = none)")
-    g.add_argument("--crop", type=int, nargs=2, default=[352, 640], metavar=("H", "W"),
+    g.add_argument("--max_size", type=non_negative_int, default=648, help="cap on the longer side after resizing (0 = none)")
+    g.add_argument("--crop", type=positive_int, nargs=2, default=[352, 640], metavar=("H", "W"),
                    help="random crop (padded with ignore if the image is smaller); multiples of 32 for Swin")
     g.add_argument("--no_hflip", action="store_true", help="disable the random horizontal flip")
-    g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
+    g.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=15, help="training epochs (the AVOS recipe)")
-    g.add_argument("--batch_size", type=int, default=1, help="clips per process and step")
-    g.add_argument("--lr", type=float, default=1e-4, help="learning rate of the non-backbone parameters")
-    g.add_argument("--lr_backbone", type=float, default=1e-5, help="learning rate of the backbone")
+    g.add_argument("--epochs", type=positive_int, default=15, help="training epochs (the AVOS recipe)")
+    g.add_argument("--batch_size", type=positive_int, default=1, help="clips per process and step")
+    g.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate of the non-backbone parameters")
+    g.add_argument("--lr_backbone", type=non_negative_float, default=1e-5, help="learning rate of the backbone")
     g.add_argument("--lr_groups", default="intended", choices=LR_GROUPS,
                    help="intended: backbone at --lr_backbone, the rest (incl. the new head) at --lr; "
                         "original: the AVOS Swin script's effective split (only label propagation at --lr)")
-    g.add_argument("--end_lr", type=float, default=1e-6, help="learning rate reached by the polynomial decay")
-    g.add_argument("--poly_power", type=float, default=0.9, help="power of the polynomial decay (stepped per epoch)")
-    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
-    g.add_argument("--clip_max_norm", type=float, default=0.1, help="gradient-norm clipping (0 = off)")
+    g.add_argument("--end_lr", type=non_negative_float, default=1e-6, help="learning rate reached by the polynomial decay")
+    g.add_argument("--poly_power", type=positive_float, default=0.9, help="power of the polynomial decay (stepped per epoch)")
+    g.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--clip_max_norm", type=non_negative_float, default=0.1, help="gradient-norm clipping (0 = off)")
     g.add_argument("--loss", default="ce", choices=("ce", "focal"),
                    help="ce: cross-entropy; focal: the A2D softmax focal loss (gamma 2); 255 ignored in both")
-    g.add_argument("--aux_loss", type=float, default=0.5,
+    g.add_argument("--aux_loss", type=non_negative_float, default=0.5,
                    help="weight of the loss on the pre-propagation logits (models with label propagation)")
     g.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES),
                    help="autocast dtype: bf16 (recommended on recent GPUs), fp16 (with loss scaling) or none")
-    g.add_argument("--steps_per_epoch", type=int, default=None, metavar="N",
+    g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N",
                    help="stop each epoch after N steps (smoke tests; default: the whole dataset)")
     g.add_argument("--seed", type=int, default=42, help="random seed (each process adds its rank)")
 
     g = p.add_argument_group("validation, checkpoints, output")
-    g.add_argument("--val_every", type=int, default=1, help="validate every N epochs (0 = never)")
+    g.add_argument("--val_every", type=non_negative_int, default=1, help="validate every N epochs (0 = never)")
     g.add_argument("--val_split", default="val", help="split list used for validation")
-    g.add_argument("--val_videos", type=int, default=0, help="validate on the first N videos only (0 = all)")
-    g.add_argument("--val_size", type=int, default=480, help="shorter side of validation frames (0 = as stored)")
+    g.add_argument("--val_videos", type=non_negative_int, default=0, help="validate on the first N videos only (0 = all)")
+    g.add_argument("--val_size", type=non_negative_int, default=480, help="shorter side of validation frames (0 = as stored)")
     g.add_argument("--output_dir", default="runs/medvt_vss",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
     g.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="checkpoint to continue from; 'auto' = <output_dir>/checkpoint_last.pth if it exists")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output_dir that holds one, deleting its checkpoints, history.json "
+                        "and train.log (without it, or --resume, such a folder is refused)")
     g.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: cuda if available; the local rank's GPU under torchrun)")
+    add_debug_flag(p)
     return p
 
 
@@ -149,18 +155,15 @@ def build_loader(args: argparse.Namespace, rank: int, world_size: int) -> tuple[
     return loader, sampler
 
 
-def resume_path(args: argparse.Namespace) -> Path | None:
-    if args.resume == "auto":
-        path = Path(args.output_dir) / "checkpoint_last.pth"
-        return path if path.is_file() else None
-    return Path(args.resume) if args.resume else None
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    vspw_root(args.vspw_root)  # fail early, with the flag and variable named, before creating any folder
+    out = Path(args.output_dir)
+    resume_path(args.resume, out)  # a --resume file that does not exist, before any work
     info = init_distributed(args.device)
     device = info.device
-    out = Path(args.output_dir)
+    if info.is_main:
+        prepare_output_dir(out, args.resume, args.overwrite)
     logger = setup_logger(out, info.is_main, name="medvt.vss")
     try:
         return _train(args, info, device, out, logger)
@@ -170,7 +173,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _train(args, info, device, out, logger) -> dict:
     seed_everything(args.seed + info.rank)
-    vspw_root(args.vspw_root)  # fail early, with the flag and variable named, before building the model
     cfg = vss_config(args.model, args.num_classes)
     model = build_model(cfg)
     if args.swin_pretrained:
@@ -204,7 +206,7 @@ def _train(args, info, device, out, logger) -> dict:
         val_videos = val_videos[: args.val_videos] if args.val_videos > 0 else val_videos
 
     start_epoch, best, history = 0, {"mIoU": -math.inf, "epoch": -1}, []
-    ckpt_path = resume_path(args)
+    ckpt_path = resume_path(args.resume, out)
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)
         load_state_dict_strict(model_without_ddp, checkpoint_state_dict(ckpt), source=str(ckpt_path))
@@ -258,4 +260,4 @@ def _train(args, info, device, out, logger) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

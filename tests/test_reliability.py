@@ -1,0 +1,284 @@
+"""Issue 15: no data lost, no silent wrong result, no code run from a data file (in-process checks;
+tests/test_cli_errors.py runs the scripts themselves)."""
+import argparse
+import logging
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import crf_davis16
+import train_swin_medvt_avos as avos_train
+from datasets.avsbench import AVSDataError, load_log_mel
+from datasets.path_config import DatasetNotFoundError
+from datasets.transforms import load_frames
+from datasets.video import VideoSequence
+from models import CheckpointMismatchError, build_model, load_checkpoint
+from utils.checkpoint import save_checkpoint
+from utils.cli import UserError, error_message, positive_int, run_main
+from utils.engine import NonFiniteLossError, train_one_epoch
+
+
+# --------------------------------------------------------------------------- the error boundary
+def _exit_of(fn, monkeypatch, capsys, *argv, env=None):
+    monkeypatch.setattr(sys, "argv", ["script.py", *argv])
+    if env is None:
+        monkeypatch.delenv("MEDVT_DEBUG", raising=False)
+    else:
+        monkeypatch.setenv("MEDVT_DEBUG", env)
+    with pytest.raises(SystemExit) as exc:
+        run_main(fn)
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_user_errors_print_one_line_and_exit_2(monkeypatch, capsys):
+    def missing():
+        raise FileNotFoundError("--model_path x.pth: file not found")
+    code, err = _exit_of(missing, monkeypatch, capsys)
+    assert code == 2 and err == "script.py: error: --model_path x.pth: file not found\n"
+
+
+def test_debug_flag_or_variable_shows_the_traceback(monkeypatch, capsys):
+    def missing():
+        raise UserError("--video clip.mp4 is not there")
+    for argv, env in ((["--debug"], None), ([], "1")):
+        code, err = _exit_of(missing, monkeypatch, capsys, *argv, env=env)
+        assert code == 2 and "Traceback" in err and err.endswith("error: --video clip.mp4 is not there\n")
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    def bug():
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(sys, "argv", ["script.py"])
+    with pytest.raises(ZeroDivisionError):
+        run_main(bug)
+
+
+def test_error_from_a_dataloader_worker_is_cut_to_its_message():
+    wrapped = FileNotFoundError("Caught FileNotFoundError in DataLoader worker process 0.\nOriginal Traceback "
+                                "(most recent call last):\n  File \"x.py\", line 1\nFileNotFoundError: a2d: frame "
+                                "f/00001.png is missing\n")
+    assert error_message(wrapped) == "a2d: frame f/00001.png is missing"
+
+
+def test_flag_validators_refuse_nonsense_values():
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=positive_int)
+    assert p.parse_args(["--epochs", "3"]).epochs == 3
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--epochs", bad])
+    with pytest.raises(SystemExit):
+        avos_train.get_args_parser().parse_args(["--val_size", "0"])
+
+
+# --------------------------------------------------------------------------- data loss
+def _logits_and_images(tmp_path):
+    logits, images = tmp_path / "logits", tmp_path / "images"
+    (logits / "seq").mkdir(parents=True)
+    (images / "seq").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(logits / "seq" / "00000.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "seq" / "00000.jpg")
+    return logits, images
+
+
+@pytest.mark.parametrize("out", ["logits", "logits/crf", "."])
+def test_crf_refuses_an_output_folder_overlapping_its_input(tmp_path, out):
+    logits, images = _logits_and_images(tmp_path)
+    before = (logits / "seq" / "00000.png").read_bytes()
+    with pytest.raises(UserError, match="overlaps LOGITS_DIR"):
+        crf_davis16.main([str(logits), str(tmp_path / out), "--images_dir", str(images), "--workers", "1"])
+    assert (logits / "seq" / "00000.png").read_bytes() == before
+    assert not (logits / "crf").exists()
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
+    from utils.checkpoint import prepare_output_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    (run / "checkpoint_last.pth").write_bytes(b"old")
+    with pytest.raises(UserError, match=r"metrics.jsonl.*--resume auto.*--overwrite"):
+        prepare_output_dir(run, None, False)
+    prepare_output_dir(run, "auto", False)  # continuing it is fine
+    assert (run / "metrics.jsonl").is_file()
+    prepare_output_dir(run, None, True)
+    assert not (run / "metrics.jsonl").exists() and not (run / "checkpoint_last.pth").exists()
+
+
+def test_avos_training_refuses_a_finished_run_before_touching_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    with pytest.raises(UserError, match="--overwrite"):
+        avos_train.main(["--backbone", "tiny", "--davis16_root", str(tmp_path / "nowhere"), "--no_ytvos",
+                         "--device", "cpu", "--output_dir", str(run)])
+    assert (run / "metrics.jsonl").read_text() == '{"epoch": 0}\n' and not (run / "train.log").exists()
+
+
+def test_training_with_missing_data_creates_no_output_folder(tmp_path):
+    from actor_action.train_medvt_a2d import main as a2d_main
+    from avs.train_medvt import main as avs_main
+    from vss.train_medvt_vss import main as vss_main
+
+    nowhere = str(tmp_path / "nowhere")
+    runs = [(avos_train.main, ["--backbone", "tiny", "--davis16_root", nowhere, "--no_ytvos", "--device", "cpu"]),
+            (vss_main, ["--model", "tiny", "--num_classes", "3", "--vspw_root", nowhere, "--device", "cpu"]),
+            (a2d_main, ["--a2d_root", nowhere, "--device", "cpu"]),
+            (avs_main, ["--config", "avs_tiny", "--avsbench_root", nowhere, "--device", "cpu"])]
+    for i, (main, argv) in enumerate(runs):
+        out = tmp_path / f"out{i}"
+        with pytest.raises(DatasetNotFoundError, match="nowhere"):
+            main(argv + ["--output_dir", str(out)])
+        assert not out.exists(), main.__module__
+
+
+def test_a_temporary_file_left_by_a_killed_save_is_removed_by_the_next(tmp_path):
+    stale = tmp_path / ".checkpoint_last.pth.x1y2.tmp"  # what save_checkpoint's mkstemp names look like
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".notes.tmp"
+    other.write_text("not ours")
+    save_checkpoint({"epoch": 0}, tmp_path / "checkpoint_last.pth")
+    assert not stale.exists() and other.exists()
+
+
+def test_non_finite_loss_stop_is_written_to_the_log(tmp_path):
+    from models.losses import AVOSCriterion
+
+    class Echo(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, frames):
+            m = frames.mean(2) * self.w
+            return {"pred_masks": m, "aux_pred_masks": m}
+
+    log = logging.getLogger("medvt.test_nonfinite")
+    handler = logging.FileHandler(tmp_path / "train.log")
+    log.addHandler(handler)
+    bad = {"frames": torch.full((1, 2, 3, 4, 4), float("nan")), "masks": torch.ones(1, 2, 4, 4), "name": ["seq-x"]}
+    model = Echo()
+    with pytest.raises(NonFiniteLossError):
+        train_one_epoch(model, AVOSCriterion(), [bad], torch.optim.SGD(model.parameters(), lr=0.1),
+                        torch.device("cpu"), epoch=0, logger=log)
+    handler.close()
+    log.removeHandler(handler)
+    assert "non-finite loss at epoch 0, step 0" in (tmp_path / "train.log").read_text()
+
+
+# --------------------------------------------------------------------------- untrusted data files
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_log_mel_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "clip.pkl"
+    with open(path, "wb") as f:
+        pickle.dump([RunsCode(marker), torch.zeros(5, 1, 96, 64)], f)
+    with pytest.raises(AVSDataError, match=r"clip.pkl.*posix.system|clip.pkl.*os.system"):
+        load_log_mel(path)
+    assert not marker.exists()
+
+
+def test_log_mel_pickles_of_tensors_and_arrays_still_load(tmp_path):
+    x = torch.randn(5, 1, 96, 64)
+    for name, obj in (("t.pkl", x), ("a.pkl", x.numpy())):
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(obj, f)
+        assert torch.equal(load_log_mel(tmp_path / name), x)
+    with open(tmp_path / "d.pkl", "wb") as f:
+        pickle.dump({"x": 1}, f)
+    with pytest.raises(AVSDataError, match="d.pkl: holds a dict"):
+        load_log_mel(tmp_path / "d.pkl")
+
+
+# --------------------------------------------------------------------------- damaged files
+def test_non_finite_weights_are_refused_with_their_names(tmp_path):
+    model = build_model("tiny")
+    sd = model.state_dict()
+    name = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 1)
+    sd[name] = sd[name].clone()
+    sd[name][0] = float("nan")
+    torch.save({"model": sd}, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointMismatchError, match=rf"nan.pth holds non-finite.*{name}"):
+        load_checkpoint(build_model("tiny"), tmp_path / "nan.pth")
+
+
+def test_empty_text_and_truncated_checkpoints_name_the_file(tmp_path):
+    torch.save({"model": {"w": torch.randn(4096)}}, tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("101 this is a text file\n")
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    for name in ("empty.pth", "text.pth", "cut.pth"):
+        with pytest.raises(CheckpointMismatchError, match=name):
+            load_checkpoint(build_model("tiny"), tmp_path / name)
+
+
+def test_truncated_images_name_the_path(tmp_path):
+    from datasets.video import ImageReadError
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(tmp_path / "a.jpg")
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    seq = VideoSequence("s", [tmp_path / "cut.jpg", tmp_path / "junk.png"])
+    with pytest.raises(ImageReadError, match="cut.jpg"):
+        seq.read_image(0)
+    with pytest.raises(ImageReadError, match="junk.png"):
+        load_frames([tmp_path / "junk.png"])
+
+
+def test_a2d_label_ids_out_of_range_name_the_file(tmp_path):
+    from scipy.io import savemat
+
+    from datasets.a2d import read_annotation
+
+    labels = np.zeros((4, 4))
+    labels[0, 0] = 101
+    savemat(tmp_path / "00025.mat", {"reS_id": labels})
+    with pytest.raises(UserError, match=r"00025.mat has label ids \[101\]"):
+        read_annotation(tmp_path / "00025.mat")
+
+
+# --------------------------------------------------------------------------- frame folders
+def test_frame_folders_sort_naturally(tmp_path):
+    from datasets.video import list_frame_files
+
+    for i in range(12):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"frame{i}.png")
+    (tmp_path / "notes.txt").write_text("not a frame")
+    assert [p.stem for p in list_frame_files(tmp_path)] == [f"frame{i}" for i in range(12)]
+
+
+def test_frames_of_different_sizes_are_refused():
+    from datasets.video import require_same_size
+
+    images = [Image.new("RGB", (64, 48)), Image.new("RGB", (64, 48)), Image.new("RGB", (32, 24))]
+    with pytest.raises(UserError, match=r"f2.png is 32x24"):
+        require_same_size(images, ["f0.png", "f1.png", "f2.png"], "--video clip")
+    require_same_size(images[:2], ["f0.png", "f1.png"], "--video clip")
+
+
+# --------------------------------------------------------------------------- checkpoints of another task
+def test_vss_inference_refuses_a_checkpoint_of_another_task(tmp_path):
+    from models import MedVTConfig
+    from vss.inference_medvt_vss import check_vss_checkpoint
+
+    cfg = MedVTConfig.from_dict(build_model("tiny").cfg.to_dict()).replace(num_classes=80)
+    a2d_args = argparse.Namespace(a2d_root="data/A2D")
+    args = argparse.Namespace(model_path="a2d.pth", num_classes=None)
+    with pytest.raises(UserError, match="a2d.pth holds a 80-class model.*124"):
+        check_vss_checkpoint({"config": cfg.to_dict(), "args": a2d_args}, cfg, args)
+    check_vss_checkpoint({"config": cfg.to_dict(), "args": argparse.Namespace(vspw_root="v")}, cfg, args)

@@ -1,0 +1,98 @@
+"""The error boundary and flag validators shared by every user-facing script.
+
+A user's mistake (a missing path, an unreadable file, a checkpoint of another model, a nonsense
+flag value) should end in one message naming the file or flag and what to do, not a traceback;
+a bug should keep its traceback. :func:`run_main` draws that line: the exceptions in
+:data:`USER_ERRORS` print ``<script>: error: <message>`` on stderr and exit 2 (as argparse does),
+anything else propagates. ``--debug`` or ``MEDVT_DEBUG=1`` shows the traceback of every error.
+
+This module imports only the standard library, so any layer (models, datasets, utils) can raise
+:class:`UserError` subclasses without import cycles.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+
+class UserError(Exception):
+    """An error caused by the input (path, file, flag); its message says which and what to do."""
+
+
+# What a user's input can cause; the messages of these already name the file (OSError subclasses
+# carry the path, ours name it explicitly). argparse errors exit by themselves (SystemExit).
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: read by :func:`run_main` from the command line; added so that --help lists it."""
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of any error (also: environment variable MEDVT_DEBUG=1)")
+
+
+def debug_enabled(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("MEDVT_DEBUG", "") not in ("", "0")
+
+
+def error_message(error: BaseException) -> str:
+    """The message of ``error`` without the traceback that DataLoader workers paste into it."""
+    text = str(error)
+    if "Original Traceback" in text:  # re-raised from a worker: its last line is "Type: message"
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.strip() or type(error).__name__
+
+
+def run_main(main: Callable[[], object], prog: str | None = None) -> None:
+    """Call ``main()`` (the script's, reading ``sys.argv``) inside the error boundary; never returns."""
+    prog = prog or Path(sys.argv[0]).name
+    debug = debug_enabled(sys.argv[1:])
+    try:
+        main()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)
+
+
+def require_separate(output: str | Path, output_flag: str, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output folder that is, contains or lies inside an input folder: writing there would
+    overwrite the inputs (or add folders a later run would read as inputs)."""
+    out = Path(output).resolve()
+    for flag, path in inputs.items():
+        if path is None:
+            continue
+        p = Path(path).resolve()
+        if out == p or out.is_relative_to(p) or p.is_relative_to(out):
+            raise UserError(f"{output_flag} {output} overlaps {flag} {path}: the outputs would overwrite or mix "
+                            "with the inputs; choose an output folder outside it")
+
+
+# ------------------------------------------------------------------ argparse type validators
+def _number(kind: type, test: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer (> 0)")
+non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer (>= 0)")
+positive_float = _number(float, lambda v: v > 0 and v < float("inf"), "a positive finite number (> 0)")
+non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a non-negative finite number (>= 0)")
