@@ -53,8 +53,8 @@ from models.convert import (CheckpointMismatchError, checkpoint_state_dict, conv
                             init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
 from models.losses import AVOSCriterion  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.checkpoint import (capture_rng, prepare_output_dir, restore_rng, resume_path,  # noqa: E402
-                              save_last_and_best, seed_everything, training_state)
+from utils.checkpoint import (capture_rng, check_resume_args, prepare_output_dir, restore_rng,  # noqa: E402
+                              resume_path, save_last_and_best, seed_everything, stretch_schedule, training_state)
 from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
                        positive_int, run_main)
 from utils.engine import evaluate_davis, train_one_epoch  # noqa: E402
@@ -206,8 +206,10 @@ def build_train_loader(args, info: du.DistInfo) -> tuple[DataLoader, Distributed
     return loader, sampler
 
 
-def resume(path: str, cfg: MedVTConfig, model, optimizer, scheduler, scaler, info: du.DistInfo, logger) -> tuple[int, dict]:
-    """Restore a run; returns (first epoch to train, best-so-far dict)."""
+def resume(path: str, args: argparse.Namespace, cfg: MedVTConfig, model, optimizer, scheduler, scaler,
+           info: du.DistInfo, logger) -> tuple[int, dict]:
+    """Restore a run; returns (first epoch to train, best-so-far dict). Settings other than the run's
+    are refused, except --epochs, which stretches the schedule (utils.checkpoint)."""
     ckpt = read_checkpoint(path)
     if "config" in ckpt and MedVTConfig.from_dict(ckpt["config"]) != cfg:
         raise CheckpointMismatchError(f"{path} was trained with a different model config; pass the same "
@@ -221,12 +223,14 @@ def resume(path: str, cfg: MedVTConfig, model, optimizer, scheduler, scaler, inf
     saved_groups = getattr(ckpt.get("args"), "lr_groups", None)
     if saved_groups is not None and saved_groups != args_lr_groups(optimizer):
         raise CheckpointMismatchError(f"{path} was trained with --lr_groups {saved_groups}; resume with the same")
+    check_resume_args(path, ckpt.get("args"), args)
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
     except ValueError as e:
         raise CheckpointMismatchError(f"{path}: optimizer state does not fit ({e}); was it saved with a "
                                       "different --lr_groups?") from None
     scheduler.load_state_dict(ckpt["lr_scheduler"])
+    stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
     if scaler is not None and "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt.get("rng")
@@ -327,7 +331,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
 
     start_epoch, best = 0, {"miou": -1.0, "epoch": -1}
     if resume_from is not None:
-        start_epoch, best = resume(resume_from, cfg, model, optimizer, scheduler, scaler, info, logger)
+        start_epoch, best = resume(resume_from, args, cfg, model, optimizer, scheduler, scaler, info, logger)
     train_model = model
     if info.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(

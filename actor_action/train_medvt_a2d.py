@@ -47,8 +47,8 @@ from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
                             load_state_dict_strict)
-from utils.checkpoint import (capture_rng, prepare_output_dir, restore_rng, resume_path,  # noqa: E402
-                              save_last_and_best, seed_everything, training_state)
+from utils.checkpoint import (capture_rng, check_resume_args, prepare_output_dir, restore_rng,  # noqa: E402
+                              resume_path, save_last_and_best, seed_everything, stretch_schedule, training_state)
 from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
                        positive_int, run_main)
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
@@ -182,9 +182,11 @@ def _train(args, info, device, out, logger) -> dict:
     ckpt_path = resume_path(args.resume, out)
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)
+        check_resume_args(ckpt_path, ckpt.get("args"), args)
         load_state_dict_strict(model_without_ddp, checkpoint_state_dict(ckpt), source=str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
+        stretch_schedule(scheduler, args.epochs - 1 - args.warmup_epochs, args.epochs, logger)
         start_epoch, best = ckpt["epoch"] + 1, dict(ckpt.get("best") or best)
         history = list(ckpt.get("history", []))
         if "rng" in ckpt and info.world_size == 1:

@@ -16,6 +16,7 @@ from datasets.synthetic import make_synthetic_davis
 from datasets.ytvos import ytvos_train_samples
 from models import CheckpointMismatchError, MedVTConfig, build_model, load_checkpoint, read_checkpoint
 from utils.checkpoint import capture_rng, restore_rng, save_checkpoint
+from utils.cli import UserError
 from utils.engine import NonFiniteLossError, train_one_epoch
 from utils.optim import PolyLR, param_groups
 
@@ -182,6 +183,20 @@ def test_resume_from_weights_only_and_wrong_groups(davis, tmp_path):
     assert [h["epoch"] for h in res["history"]] == [0]
     with pytest.raises(CheckpointMismatchError, match="--lr_groups original"):
         train_script.main(args + ["--epochs", "2", "--lr_groups", "intended", "--resume", res["checkpoint_last"]])
+
+
+def test_resume_refuses_changed_settings_and_applies_more_epochs(davis, tmp_path):
+    """A changed learning rate on --resume is refused with the differences listed (the restored
+    optimiser and schedule would not use it); more --epochs stretch the poly schedule to the new end."""
+    args = base_args(davis, tmp_path / "run", "--epochs", "2", "--steps_per_epoch", "1", "--no_val")
+    res = train_script.main(args + ["--stop_after", "1"])
+    with pytest.raises(UserError, match=r"--lr 0.0005 \(the run used 0.0001\)"):
+        train_script.main(args + ["--lr", "5e-4", "--resume", "auto"])
+    longer = train_script.main(args + ["--epochs", "4", "--resume", res["checkpoint_last"]])
+    assert [h["epoch"] for h in longer["history"]] == [1, 2, 3]
+    ckpt = read_checkpoint(longer["checkpoint_last"])
+    assert ckpt["lr_scheduler"]["max_steps"] == 3 and ckpt["args"].epochs == 4
+    assert "decays to --end_lr by epoch 3" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_checkpoint_rebuilds_model_for_inference(davis, tmp_path):

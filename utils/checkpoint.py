@@ -105,6 +105,39 @@ def prepare_output_dir(output_dir: str | os.PathLike, resume: str | None, overwr
                     "--overwrite to replace it, or choose another --output_dir")
 
 
+# Flags that say where a run reads and writes and how it is watched, not what it computes: they
+# may change on --resume. So may paths (a data set moved to another disk), and --epochs, which
+# stretch_schedule applies. Any other difference is refused (check_resume_args).
+RESUME_FREE = {"resume", "overwrite", "output_dir", "device", "num_workers", "workers", "log_every", "val_every",
+               "no_val", "val_size", "val_flip", "val_videos", "stop_after", "debug", "tensorboard", "deterministic",
+               "find_unused_parameters", "grad_checkpointing", "epochs", "max_epoches", "swin_pretrained", "vistr_coco"}
+PATH_SUFFIXES = ("_root", "_path", "_dir", "_file", "_list", "_pretrained")
+
+
+def check_resume_args(path: str | os.PathLike, saved: argparse.Namespace | None, args: argparse.Namespace) -> None:
+    """Refuse to resume with other training settings than the saved run used (learning rates, sizes,
+    loss weights, seed, ...): the optimiser and schedule state would not match what the log claims.
+    ``saved`` is the checkpoint's ``args`` (None for files of other scripts: nothing to compare)."""
+    if saved is None:
+        return
+    before, now = vars(saved), vars(plain_args(args))
+    changed = [f"--{k} {now[k]} (the run used {before[k]})" for k in sorted(set(before) & set(now))
+               if k not in RESUME_FREE and not k.endswith(PATH_SUFFIXES) and before[k] != now[k]]
+    if changed:
+        raise UserError(f"{path}: --resume with other training settings than its run: {'; '.join(changed)}. "
+                        "Resume with the run's settings, or start a new run from its weights (--overwrite or "
+                        "another --output_dir, with the weights as initialisation)")
+
+
+def stretch_schedule(scheduler, max_steps: int, epochs: int, logger) -> None:
+    """``--epochs`` changed on resume: the poly decay continues from where it is to the new end."""
+    max_steps = max(max_steps, 1)
+    if scheduler.max_steps != max_steps:
+        logger.warning(f"--epochs {epochs} differs from the checkpoint's run: the learning rate now decays to "
+                       f"--end_lr by epoch {epochs - 1}")
+        scheduler.max_steps = max_steps
+
+
 def training_state(args, cfg, model, optimizer, scheduler, scaler, epoch: int, best: dict, rng, **extra) -> dict:
     """What a training script saves each epoch: everything ``--resume`` restores (``extra`` adds more)."""
     state = {

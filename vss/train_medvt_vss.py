@@ -43,8 +43,8 @@ from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
                             load_state_dict_strict)
-from utils.checkpoint import (capture_rng, prepare_output_dir, restore_rng, resume_path,  # noqa: E402
-                              save_last_and_best, seed_everything, training_state)
+from utils.checkpoint import (capture_rng, check_resume_args, prepare_output_dir, restore_rng,  # noqa: E402
+                              resume_path, save_last_and_best, seed_everything, stretch_schedule, training_state)
 from utils.cli import (add_debug_flag, non_negative_float, non_negative_int, positive_float, positive_int,  # noqa: E402
                        run_main)
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
@@ -209,13 +209,11 @@ def _train(args, info, device, out, logger) -> dict:
     ckpt_path = resume_path(args.resume, out)
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)
+        check_resume_args(ckpt_path, ckpt.get("args"), args)
         load_state_dict_strict(model_without_ddp, checkpoint_state_dict(ckpt), source=str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if scheduler.max_steps != max(args.epochs - 1, 1):  # --epochs changed: decay over the new length
-            logger.warning(f"--epochs {args.epochs} differs from the checkpoint's run: the learning rate now "
-                           f"decays to --end_lr by epoch {args.epochs - 1}")
-            scheduler.max_steps = max(args.epochs - 1, 1)
+        stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
         if scaler is not None and "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best = ckpt["epoch"] + 1, dict(ckpt.get("best") or best)
