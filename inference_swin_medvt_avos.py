@@ -28,6 +28,7 @@ from datasets.moca import moca_sequences
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from utils import inference as inf
+from utils.cli import add_debug_flag, positive_float, positive_int, run_main
 from utils.metrics import jsonable
 
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, default=None, metavar="PATH",
                    help="segment this video instead of a dataset: a video file read with OpenCV or a folder of "
                         "frames (sorted by name); writes masks and an overlay video, no metrics")
-    p.add_argument("--val_size", type=int, default=None,
+    p.add_argument("--val_size", type=positive_int, default=None,
                    help="shorter input side (longer side capped at 1.8x); default the README's size per dataset: "
                         "473 DAVIS, MoCA and --video, 360 YouTube-Objects; --dataset all always uses those")
     p.add_argument("--flip", action="store_true",
@@ -52,10 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--msc", action="store_true",
                    help="average several input scales (DAVIS 0.75-1.3, YouTube-Objects 0.95-1.15, ResNet DAVIS "
                         "0.75-1.15 with longer side <= 1.65x; MoCA: only for 2024 models, 0.9-1.1)")
-    p.add_argument("--lprop_scale", type=float, default=None,
+    p.add_argument("--lprop_scale", type=positive_float, default=None,
                    help="label-propagation scale; default the model config's (8.0, the README's value for "
                         "Swin-B; its ResNet-101 runs use 7.2 DAVIS, 8.0 YouTube-Objects, 7.3 MoCA)")
-    p.add_argument("--num_frames", type=int, default=6, help="frames per clip, the centre one kept (default 6)")
+    p.add_argument("--num_frames", type=positive_int, default=6, help="frames per clip, the centre one kept (default 6)")
     p.add_argument("--output_dir", type=Path, default=None,
                    help="where outputs go; default <model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<time>")
     p.add_argument("--model_version", default="auto", choices=["auto", "cvpr23", "2024"],
@@ -70,9 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write overlay/<seq>/<frame>.png and one overlay video per sequence")
     p.add_argument("--overlay_format", default="mp4", choices=["mp4", "gif"],
                    help="container of the overlay videos (default mp4)")
-    p.add_argument("--fps", type=int, default=10, help="frame rate of the overlay videos (default 10)")
+    p.add_argument("--fps", type=positive_int, default=10, help="frame rate of the overlay videos (default 10)")
     p.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast (for CUDA; works but is slow on CPU); default float32")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                   help="run the model in PyTorch, or run --onnx_path (written by export_onnx.py) in ONNX Runtime "
+                        "on the CPU; the checkpoint still names the model and its protocol (default torch)")
+    p.add_argument("--onnx_path", type=Path, default=None, metavar="FILE",
+                   help="the exported model for --runtime onnx; its input size must be the size the protocol "
+                        "feeds (no --msc unless exported per scale)")
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cuda, cuda:1, cpu (default cuda if available, else cpu)")
     p.add_argument("--davis16_split", default="val", choices=["train", "val"],
@@ -88,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moca_annotations", type=Path, default=None,
                    help="MoCA annotation CSV; default <moca root>/annotations.csv")
     path_config.add_path_args(p, ["davis16", "youtube_objects", "moca"])
+    add_debug_flag(p)
     return p
 
 
@@ -111,6 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
+    if args.runtime == "onnx" and args.onnx_path is None:
+        parser.error("--runtime onnx needs --onnx_path FILE (written by export_onnx.py)")
+    if args.runtime == "onnx" and not args.onnx_path.is_file():
+        parser.error(f"--onnx_path {args.onnx_path} does not exist")
     if args.num_frames < 2:
         parser.error("--num_frames must be at least 2 (the model attends across the frames of a clip)")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
@@ -135,7 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
         log = inf.logger
         log.info("command: python %s %s", Path(__file__).name, " ".join(sys.argv[1:] if argv is None else argv))
         inf.log_model_choice(info)
-        model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
+        if args.runtime == "onnx":
+            model = inf.load_onnx(args.onnx_path)
+            log.info("runtime: ONNX Runtime (CPU) with %s", args.onnx_path)
+        else:
+            model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
         del ckpt
         log.info("device: %s%s; output: %s", device, ", bf16 autocast" if args.amp else "", out_dir)
         if args.dataset == "all" and args.val_size and not video:
@@ -168,4 +184,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -48,11 +48,10 @@ class EncoderLayer(nn.Module):
 def _recolor(x: Tensor, stats_from: Tensor, target: Tensor) -> Tensor:
     """Standardise ``x`` with the per-channel token statistics of ``stats_from`` and give it those of
     ``target`` (unbiased std over tokens, per clip). Division is skipped when a std is ~0, as the
-    original does."""
+    original does (as a division by one, not a branch: the same values, no data-dependent control
+    flow for torch.export and no CUDA sync)."""
     mean, std = stats_from.mean(dim=1, keepdim=True), stats_from.std(dim=1, keepdim=True)
-    x = x - mean
-    if std.min() > 1e-10:
-        x = x / std
+    x = (x - mean) / torch.where(std.min() > 1e-10, std, torch.ones_like(std))
     return x * target.std(dim=1, keepdim=True) + target.mean(dim=1, keepdim=True)
 
 
@@ -119,10 +118,10 @@ class MultiscaleEncoder(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, feats: list[Tensor], pos: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
-        """feats/pos [B, T, C, h_i, w_i] and masks [B, T, h_i, w_i] for (deep, shallow) → same shapes."""
+        """feats/pos [B, T, C, h_i, w_i] and masks [B, T, h_i, w_i] or None for (deep, shallow) → same shapes."""
         outs = []
         for i, (x, p, m) in enumerate(zip(feats, pos, masks)):
-            tokens, p_tok, m_tok = _tokens(x), _tokens(p), m.flatten(1)
+            tokens, p_tok, m_tok = _tokens(x), _tokens(p), None if m is None else m.flatten(1)
             if i == 1 and self.cross_scale is not None:
                 deep, pos_deep = outs[0], pos[0]
                 if deep.shape[-2:] != x.shape[-2:]:  # ResNet: the 1/32 output goes onto the 1/16 grid

@@ -89,11 +89,15 @@ class MEDVT(nn.Module):
             label propagation, same layout.
         """
         b, t = frames.shape[:2]
-        if padding_mask is None:
+        padded = padding_mask is not None
+        if not padded:
             padding_mask = torch.zeros((b, t) + frames.shape[-2:], dtype=torch.bool, device=frames.device)
         feats = self.backbone(frames)  # 4 × [B, T, C_i, h_i, w_i]
         masks = [F.interpolate(padding_mask.float(), size=f.shape[-2:]).bool() for f in feats]
         pos = [self.pos_embed(m).to(f.dtype) for m, f in zip(masks, feats)]  # [B, T, d, h_i, w_i]
+        # Without padding, attention takes no key mask: an all-False mask changes nothing, and testing
+        # for one (mask.any()) syncs CUDA and is data-dependent control flow that torch.export rejects.
+        masks = masks if padded else [None] * len(masks)
         feats = [p(f.flatten(0, 1)).unflatten(0, (b, t)) for p, f in zip(self.input_proj, feats)]
 
         enc = self.encoder([feats[3], feats[2]], [pos[3], pos[2]], [masks[3], masks[2]])  # E0 (deepest), E1
@@ -107,8 +111,9 @@ class MEDVT(nn.Module):
         else:
             mem = [(enc[0] if self.cfg.variant == "v2" else pix[0], 3), (pix[1], 2), (pix[2], 1)]
         mem = mem[:self.cfg.query_decoder_scales]  # the original's --query_decoder_scales (deepest first)
+        key_masks = [None if masks[i] is None else masks[i].flatten(1) for _, i in mem]
         queries = self.query_decoder([_tokens(m) for m, _ in mem], [_tokens(pos[i]) for _, i in mem],
-                                     [masks[i].flatten(1) for _, i in mem], t)  # [B, T, d]
+                                     key_masks, t)  # [B, T, d]
 
         hr = pix[3]
         seg = torch.cat([hr, self.object_attention(queries, hr, masks[0])], dim=2)  # [B, T, d + heads, h, w]

@@ -45,7 +45,9 @@ class VideoPredictor:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        # A model without parameters (an ONNX Runtime session, models.onnx_export.OnnxModel) takes CPU tensors.
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
 
     @torch.inference_mode()
     def predict_clip(self, clip: Tensor, out_size: tuple[int, int]) -> Tensor:

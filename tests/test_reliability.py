@@ -282,3 +282,28 @@ def test_vss_inference_refuses_a_checkpoint_of_another_task(tmp_path):
     with pytest.raises(UserError, match="a2d.pth holds a 80-class model.*124"):
         check_vss_checkpoint({"config": cfg.to_dict(), "args": a2d_args}, cfg, args)
     check_vss_checkpoint({"config": cfg.to_dict(), "args": argparse.Namespace(vspw_root="v")}, cfg, args)
+
+
+def test_video_folder_is_read_in_natural_order_and_mixed_sizes_are_refused(tmp_path):
+    from PIL import Image
+
+    from utils.cli import UserError
+    from utils.inference import read_video
+
+    for i in (0, 1, 2, 10, 11):  # plain sorting would give 0, 1, 10, 11, 2
+        Image.new("RGB", (16, 12), (i * 20, 0, 0)).save(tmp_path / f"frame{i}.png")
+    _, frames = read_video(tmp_path)
+    assert [im.getpixel((0, 0))[0] for im in frames] == [0, 20, 40, 200, 220]
+    Image.new("RGB", (8, 8)).save(tmp_path / "frame12.png")
+    with pytest.raises(UserError, match="frame12.png"):
+        read_video(tmp_path)
+
+
+def test_avos_inference_refuses_a_checkpoint_of_another_task():
+    from models import build_model
+    from utils.cli import UserError
+    from utils.inference import resolve_model_config
+
+    model = build_model("tiny", num_classes=3)
+    with pytest.raises(UserError, match="3-class model"):
+        resolve_model_config({"model": model.state_dict(), "config": model.cfg.to_dict()}, "auto", "swinB", None)

@@ -49,11 +49,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from datasets.transforms import load_frames, test_size, to_tensor
-from datasets.video import VideoSequence
+from datasets.video import VideoSequence, list_frame_files, open_image, require_same_size
 from models import MedVTConfig, build_model, get_config, infer_model_version, read_checkpoint
 from models.convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict
 from models.predictor import VideoPredictor, wraparound_clip
 from utils import metrics
+from utils.cli import UserError
 from utils.visualize import overlay, write_video
 
 logger = logging.getLogger("medvt.inference")
@@ -100,7 +101,7 @@ RESNET_DAVIS_MAX_RATIO = 1.65
 def make_protocol(dataset: str, cfg: MedVTConfig, version: str, val_size: int | None = None,
                   msc: bool = False, flip: bool = False) -> Protocol:
     """The original's settings for ``dataset`` ("davis", "ytbo", "moca" or "video")."""
-    size = val_size or DEFAULT_VAL_SIZE[dataset]
+    size = DEFAULT_VAL_SIZE[dataset] if val_size is None else val_size
     notes = []
     scales: tuple[float, ...] = (1.0,)
     max_ratio = 1.8
@@ -141,11 +142,14 @@ def resolve_model_config(ckpt: dict, model_version: str = "auto", backbone: str 
     An explicit ``cvpr23``/``2024`` always wins (Swin only: it selects the forward variant).
     """
     if model_version not in ("auto", "cvpr23", "2024"):
-        raise ValueError(f"--model_version must be auto, cvpr23 or 2024, not {model_version!r}")
+        raise UserError(f"--model_version must be auto, cvpr23 or 2024, not {model_version!r}")
     if backbone not in ("swinB", "resnet101"):
-        raise ValueError(f"--backbone must be swinB or resnet101, not {backbone!r}")
+        raise UserError(f"--backbone must be swinB or resnet101, not {backbone!r}")
     if isinstance(ckpt.get("config"), dict):
         cfg = MedVTConfig.from_dict(ckpt["config"])
+        if cfg.num_classes != 1:
+            raise UserError(f"the checkpoint holds a {cfg.num_classes}-class model (A2D: 80, VSS: 124); AVOS "
+                            "inference needs a binary (1-class) MED-VT checkpoint")
         name, reason = "checkpoint config", "the checkpoint records its model config"
         if model_version != "auto" and cfg.backbone == "swin":
             variant = "v1" if model_version == "cvpr23" else "v3"
@@ -155,7 +159,7 @@ def resolve_model_config(ckpt: dict, model_version: str = "auto", backbone: str 
         version = "cvpr23" if cfg.variant == "v1" else "2024"
     elif backbone == "resnet101":
         if model_version == "2024":
-            raise ValueError("--model_version 2024 exists only for the Swin-B model (--backbone swinB)")
+            raise UserError("--model_version 2024 exists only for the Swin-B model (--backbone swinB)")
         name, version, reason = "medvt_r101_avos", "cvpr23", "--backbone resnet101 (the CVPR'23 ResNet-101 model)"
         cfg = get_config(name)
     else:
@@ -193,6 +197,14 @@ def load_model(model_path: str | Path, model_version: str = "auto", backbone: st
     info = resolve_model_config(ckpt, model_version, backbone, lprop_scale)
     log_model_choice(info)
     return build_from_checkpoint(ckpt, info, str(model_path), device), info
+
+
+def load_onnx(path: str | Path) -> torch.nn.Module:
+    """An exported model (``export_onnx.py``) as an ONNX Runtime session with the model's contract
+    (``frames`` → ``{"pred_masks"}``), so the same predictor runs it."""
+    from models.onnx_export import OnnxModel
+
+    return OnnxModel(path)
 
 
 # ------------------------------------------------------------------------------------- frames
@@ -464,10 +476,11 @@ def read_video(path: str | Path) -> tuple[str, list[Image.Image]]:
     """A video file (OpenCV) or a folder of image files (sorted by name) → (name, RGB frames)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"--video folder {path} has no {'/'.join(IMAGE_SUFFIXES)} frames")
-        return path.name, [Image.open(p).convert("RGB") for p in files]
+        files = list_frame_files(path, "--video")
+        images = [open_image(p, "RGB") for p in files]
+        require_same_size(images, files, f"--video {path}")
+        logger.info("--video %s: %d frames in natural order, %s … %s", path, len(files), files[0].name, files[-1].name)
+        return path.name, images
     if not path.is_file():
         raise FileNotFoundError(f"--video {path} is neither a video file nor a folder of frames")
     capture = cv2.VideoCapture(str(path))
@@ -481,7 +494,8 @@ def read_video(path: str | Path) -> tuple[str, list[Image.Image]]:
     finally:
         capture.release()
     if not images:
-        raise ValueError(f"--video {path}: OpenCV read no frames (unsupported codec or not a video)")
+        raise UserError(f"--video {path}: OpenCV read no frames (unsupported codec or not a video)")
+    require_same_size(images, [f"frame {i}" for i in range(len(images))], f"--video {path}")
     return path.stem, images
 
 
@@ -493,7 +507,7 @@ def select_sequences(sequences: list[VideoSequence], wanted: Sequence[str] | Non
     keep = [s for s in sequences if any(s.name == w or s.name.startswith(w.rstrip("/") + "/") for w in wanted)]
     unknown = [w for w in wanted if not any(s.name == w or s.name.startswith(w.rstrip("/") + "/") for s in sequences)]
     if unknown:
-        raise ValueError(f"{flag}: unknown sequence(s) {', '.join(unknown)}; available: "
+        raise UserError(f"{flag}: unknown sequence(s) {', '.join(unknown)}; available: "
                          f"{', '.join(s.name for s in sequences[:30])}{' …' if len(sequences) > 30 else ''}")
     return keep
 

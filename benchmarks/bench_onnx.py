@@ -1,0 +1,148 @@
+"""ONNX Runtime (CPU) against PyTorch eager (CPU) on one clip, same threads, side by side.
+
+Exports the config with fresh weights (or takes ``--onnx_path``), then runs each runtime in its
+own child process, so each peak RSS is that runtime's alone (model loading included: the
+child's ``VmHWM``), and prints latency (median, min, max of ``--iters`` after
+``--warmup``) and peak memory per runtime, and the ratios. ``--profile`` also prints ONNX
+Runtime's profiler's top operators by total time.
+
+Example::
+
+    python benchmarks/bench_onnx.py --config medvt_swinb_avos --frames 6 --size 473 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from models import MODEL_CONFIGS, build_model  # noqa: E402
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (``VmHWM``: per address space, so it starts afresh at exec,
+    unlike ``ru_maxrss``, which a child inherits from the process that forked it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(args: argparse.Namespace) -> dict:
+    """One runtime, in this process: build or load, warm up, time; returns figures."""
+    torch.set_num_threads(args.threads)
+    x = torch.randn(1, args.frames, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    if args.child == "torch":
+        torch.manual_seed(0)
+        model = build_model(args.config).eval()
+
+        def step():
+            with torch.inference_mode():
+                return model(x)["pred_masks"]
+    else:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        if args.profile:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(args.workdir) / "ort_profile")
+        session = ort.InferenceSession(args.onnx_path, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.numpy()}
+
+        def step():
+            return session.run(None, feed)[0]
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.iters):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    res = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+           "peak_rss_mib": peak_rss_mib()}
+    if args.child == "onnx" and args.profile:
+        res["profile"] = session.end_profiling()
+    return res
+
+
+def top_ops(profile: str, n: int = 10) -> list[tuple[str, float, float]]:
+    """(op type, total ms, share of node time) from an ONNX Runtime profile, largest first."""
+    events = json.loads(Path(profile).read_text())
+    total: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            total[e.get("args", {}).get("op_name", "?")] += e["dur"] / 1000
+    all_ms = sum(total.values()) or 1.0
+    return [(k, v, v / all_ms) for k, v in sorted(total.items(), key=lambda kv: -kv[1])[:n]]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="medvt_swinb_avos", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--frames", type=int, default=6)
+    p.add_argument("--size", type=int, default=473, help="square input side (default 473)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--onnx_path", default=None, help="an exported file of this config and size (default: export)")
+    p.add_argument("--profile", action="store_true", help="print ONNX Runtime's top operators")
+    p.add_argument("--child", choices=["torch", "onnx"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(run_child(args)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = args.onnx_path
+        if onnx_path is None:
+            from models.onnx_export import export_onnx
+
+            torch.set_num_threads(args.threads)
+            torch.manual_seed(0)
+            onnx_path = str(Path(tmp) / f"{args.config}.onnx")
+            t0 = time.perf_counter()
+            export_onnx(build_model(args.config).eval(),
+                        (torch.randn(2, args.frames, 3, args.size, args.size),), onnx_path)
+            print(f"exported {args.config} [B, {args.frames}, 3, {args.size}, {args.size}] in "
+                  f"{time.perf_counter() - t0:.0f} s")
+        res = {}
+        for child in ("torch", "onnx"):
+            cmd = [sys.executable, __file__, "--child", child, "--onnx_path", onnx_path, "--workdir", tmp,
+                   "--config", args.config, "--frames", str(args.frames), "--size", str(args.size),
+                   "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]
+            out = subprocess.run(cmd + (["--profile"] if args.profile else []), check=True, capture_output=True,
+                                 text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+            res[child] = json.loads(out.stdout.strip().splitlines()[-1])
+        load = os.getloadavg()
+        print(f"{args.config}, one {args.frames}x{args.size}x{args.size} clip, {args.threads} threads, {args.warmup} "
+              f"warm-up + {args.iters} timed runs; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        print(f"{'':>14} {'median s':>9} {'min s':>8} {'max s':>8} {'peak RSS MiB':>13}")
+        for k, label in (("torch", "PyTorch eager"), ("onnx", "ONNX Runtime")):
+            r = res[k]
+            print(f"{label:>14} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['max_s']:8.3f} {r['peak_rss_mib']:13.0f}")
+        print(f"ONNX Runtime / PyTorch: latency {res['onnx']['median_s'] / res['torch']['median_s']:.2f}x, "
+              f"peak RSS {res['onnx']['peak_rss_mib'] / res['torch']['peak_rss_mib']:.2f}x")
+        if args.profile:
+            print("ONNX Runtime top operators (total over warm-up and timed runs):")
+            for op, ms, share in top_ops(res["onnx"]["profile"]):
+                print(f"  {op:<24} {ms:10.1f} ms  {100 * share:5.1f} %")
+
+
+if __name__ == "__main__":
+    main()

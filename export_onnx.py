@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Export a MED-VT / MED-VT++ model to ONNX and check the file against PyTorch in ONNX Runtime.
+
+Examples::
+
+    python export_onnx.py --model_path ckpts/swin_medvt.pth --output swin_medvt.onnx     # authors' file or ours
+    python export_onnx.py --model_path ckpts/resnet_medvt.pth --backbone resnet101 --output r101.onnx
+    python export_onnx.py --config tiny --height 96 --width 160 --output tiny.onnx           # a preset, fresh weights
+    python export_onnx.py --config medvtpp_s4 --model_path s4.pth --height 224 --width 224 --output s4.onnx
+
+Inputs ``frames [B, T, 3, H, W]`` (MED-VT++ also ``audio [B, T, 128]``), output ``logits`` (the
+model's ``pred_masks``); T, H and W are fixed, the batch is dynamic (see :mod:`models.onnx_export`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from models import MODEL_CONFIGS, CheckpointMismatchError, build_model, load_checkpoint, read_checkpoint
+from models.avs import AVS_CONFIGS, build_avs_model, load_avs_checkpoint
+from models.onnx_export import OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names
+from utils.cli import add_debug_flag, run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Export a MED-VT model to ONNX (opset 19, DeformConv native), validate "
+                                            "it with onnx.checker and compare ONNX Runtime with PyTorch once.")
+    p.add_argument("--model_path", type=Path, default=None,
+                   help="checkpoint: the authors' file or one of ours (read with the project's safe loader)")
+    p.add_argument("--config", default=None, choices=sorted(MODEL_CONFIGS) + sorted(AVS_CONFIGS),
+                   help="preset to build; alone it exports fresh weights, with --model_path it names the model "
+                        "(needed for MED-VT++ checkpoints; MED-VT checkpoints are resolved as in inference)")
+    p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--num_frames", type=int, default=None, help="clip length T (default 6; MED-VT++ 5)")
+    p.add_argument("--height", type=int, default=473, help="input height (default 473)")
+    p.add_argument("--width", type=int, default=473, help="input width (default 473)")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, 18 or later (default {OPSET})")
+    p.add_argument("--model_version", default="auto", choices=["auto", "cvpr23", "2024"],
+                   help="forward of an authors' Swin-B checkpoint, as in inference_swin_medvt_avos.py (default auto)")
+    p.add_argument("--backbone", default="swinB", choices=["swinB", "resnet101"],
+                   help="backbone of an authors' AVOS checkpoint (default swinB)")
+    p.add_argument("--threads", type=int, default=0, help="threads of ONNX Runtime and PyTorch for the check "
+                                                         "(default: their defaults)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fresh weights and the check's input (default 0)")
+    add_debug_flag(p)
+    return p
+
+
+def load(args: argparse.Namespace) -> torch.nn.Module:
+    """The model named by the flags, in eval mode on the CPU."""
+    torch.manual_seed(args.seed)
+    if args.config in AVS_CONFIGS:
+        model = build_avs_model(args.config)
+        if args.model_path is not None:
+            load_avs_checkpoint(model, args.model_path)
+        return model.eval()
+    if args.model_path is None:
+        return build_model(args.config).eval()
+    if args.config is not None:
+        model = build_model(args.config)
+        load_checkpoint(model, args.model_path)
+        return model.eval()
+    from utils import inference as inf
+
+    ckpt = read_checkpoint(args.model_path)
+    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone)
+    print(f"model: {info.config_name} ({info.reason})")
+    return inf.build_from_checkpoint(ckpt, info, str(args.model_path))
+
+
+def example_inputs(model: torch.nn.Module, batch: int, t: int, h: int, w: int, seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randn(batch, t, 3, h, w, generator=g)
+    if input_names(model) == ["frames", "audio"]:
+        return frames, torch.randn(batch, t, model.cfg.audio_dim, generator=g)
+    return (frames,)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model_path is None and args.config is None:
+        parser.error("give --model_path CHECKPOINT or --config NAME (fresh weights)")
+    if args.output.exists() and not args.overwrite:
+        parser.error(f"--output {args.output} exists (add --overwrite to replace it)")
+    if min(args.height, args.width) < 32:
+        parser.error("--height and --width must be at least 32 (the deepest map is at 1/32)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model = load(args)
+        t = args.num_frames or (model.cfg.max_frames if args.config in AVS_CONFIGS else 6)
+        if t < 2:
+            parser.error("--num_frames must be at least 2 (the model attends across the frames of a clip)")
+        example = example_inputs(model, 2, t, args.height, args.width, args.seed)
+        print(f"exporting {type(model).__name__} for {' + '.join(input_names(model))} "
+              f"[B, {t}, 3, {args.height}, {args.width}], batch dynamic, opset {args.opset} → {args.output}")
+        times = export_onnx(model, example, args.output, args.opset)
+        check_onnx(args.output)
+        print(f"export: trace {times['trace_s']:.1f} s, ONNX conversion {times['convert_s']:.1f} s; "
+              f"onnx.checker passed{' (weights in external data)' if times['external_data'] else ''}")
+        report = compare(model, args.output, example, args.threads)
+    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError, UnexportableError) as e:
+        sys.exit(f"export_onnx.py: error: {e}")
+    print(f"ONNX Runtime vs PyTorch (batch {example[0].shape[0]}): max |Δ| {report['max_abs_diff']:.3g}; "
+          f"PyTorch {report['torch_s']:.3f} s, ONNX Runtime {report['onnx_s']:.3f} s")
+    return {**times, **report, "output": str(args.output)}
+
+
+def compare(model: torch.nn.Module, path: Path, example: tuple[torch.Tensor, ...], threads: int = 0) -> dict:
+    """Run both once on ``example``; max |Δ| of the logits and the wall time of each."""
+    session = OnnxModel(path, threads)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        ref = model(*example)["pred_masks"]
+        t1 = time.perf_counter()
+        out = session(*example)["pred_masks"]
+        t2 = time.perf_counter()
+    return {"max_abs_diff": (out - ref).abs().max().item(), "torch_s": t1 - t0, "onnx_s": t2 - t1}
+
+
+if __name__ == "__main__":
+    run_main(main)
