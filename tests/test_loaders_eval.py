@@ -20,6 +20,7 @@ from datasets.youtube_objects import youtube_objects_sequences
 from models import build_model
 from utils import inference as inf
 from utils import metrics
+from utils.cli import UserError
 
 H, W = 48, 80
 
@@ -153,7 +154,7 @@ def test_youtube_objects_sequence_subset_by_class(data, tmp_path):
                        str(data["ytbo"]), "--val_size", "48", "--output_dir", str(tmp_path), "--device", "cpu",
                        "--sequences", "bird"])["ytbo"]
     assert list(res["sequences"]) == ["bird/data/0005/shots/003"]
-    with pytest.raises(ValueError, match="unknown sequence"):
+    with pytest.raises(UserError, match="unknown sequence"):
         script.main(["--model_path", str(data["ckpt"]), "--dataset", "ytbo", "--youtube_objects_root",
                      str(data["ytbo"]), "--output_dir", str(tmp_path), "--device", "cpu", "--sequences", "dog"])
 
