@@ -142,18 +142,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     a2d_root(args.a2d_root)  # fail early, naming the flag and variable, before creating any folder
     out = Path(args.output_dir)
-    resume_path(args.resume, out)  # a --resume file that does not exist, before any work
+    resume_from = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
     info = init_distributed(args.device)
     if info.is_main:
         prepare_output_dir(out, args.resume, args.overwrite)
     logger = setup_logger(out, info.is_main, name="medvt.a2d")
     try:
-        return _train(args, info, info.device, out, logger)
+        return _train(args, info, info.device, out, logger, resume_from)
     finally:
         cleanup()
 
 
-def _train(args, info, device, out, logger) -> dict:
+def _train(args, info, device, out, logger, ckpt_path) -> dict:
     seed_everything(args.seed + info.rank)
     root = a2d_root(args.a2d_root)  # fail early, naming the flag and variable
     cfg = model_config(args)
@@ -179,7 +179,6 @@ def _train(args, info, device, out, logger) -> dict:
         if args.val_every > 0 else None
 
     start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
-    ckpt_path = resume_path(args.resume, out)
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)
         check_resume_args(ckpt_path, ckpt.get("args"), args)

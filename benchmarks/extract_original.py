@@ -13,7 +13,7 @@ files unmodified) and writes one shim module into ``<out>/shims/``:
 ``distutils`` (from setuptools) wins where one exists. Idempotent: the target folder is replaced
 on every run.
 
-    python benchmarks/extract_original.py --mirror /work/.mirror/rkyuca+medvt/repo [--commit 555a462] [--out .orig]
+    python benchmarks/extract_original.py --mirror MIRROR_GIT_DIR [--commit 555a462] [--out .orig]
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks.common import PeakMemory, count_flops
+from benchmarks.common import PeakMemory, count_flops, time_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,20 +79,10 @@ def _amp(job: dict):
     return autocast(torch.device(job["device"]), torch.bfloat16 if job["dtype"] == "bf16" else None)
 
 
-def _timed(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> tuple[list[float], float, list[float]]:
-    """(timed seconds, peak MiB of the timed calls, warm-up seconds)."""
-    def once() -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - t0
-
-    warm = [once() for _ in range(warmup)]
+def _timed(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> tuple[list[float], float]:
+    """(timed seconds, peak MiB of the timed calls): ``benchmarks.common.time_runs`` and its memory."""
     memory = PeakMemory(device)
-    memory.reset()
-    times = [once() for _ in range(iters)]
-    return times, memory.mib(), warm
+    return time_runs(fn, device, warmup, iters, memory), memory.mib()
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -151,13 +141,13 @@ def job_infer(job: dict, out: Path) -> dict:
     # FLOPs do not depend on the dtype; counted in float32 (the counter's dispatch mode and CPU
     # autocast disagree on one mixed-dtype einsum that runs fine outside it).
     flops = None if job.get("compile") else count_flops(lambda: forward(x, contextlib.nullcontext()))
-    times, peak, warm = _timed(lambda: forward(x), device, job["warmup"], job["iters"])
+    times, peak = _timed(lambda: forward(x), device, job["warmup"], job["iters"])
     res = {**_figures(times, peak, 1, t, flops), "gflops_per_clip": flops / 1e9 if flops else None,
-           "warmup_s": warm, "first_call_s": first_call}
+           "first_call_s": first_call}
 
     def at_batch(b: int) -> dict:
         xb = torch.randn((b, t, 3, h, w), device=device)
-        tb, pb, _ = _timed(lambda: forward(xb), device, 1, 2)
+        tb, pb = _timed(lambda: forward(xb), device, 1, 2)
         return _figures(tb, pb, b, t, flops)
 
     res["batch_search"] = _batch_search(job, at_batch)
@@ -199,13 +189,13 @@ def job_train(job: dict, out: Path) -> dict:
     if job.get("ckpt"):
         model.set_grad_checkpointing(True)
     losses = []
-    times, peak, warm = _timed(lambda: losses.append(float(step(x, y))), device, job["warmup"], job["iters"])
+    times, peak = _timed(lambda: losses.append(float(step(x, y))), device, job["warmup"], job["iters"])
     res = {**_figures(times, peak, 1, t, flops), "gflops_per_step": flops / 1e9 if flops else None,
-           "warmup_s": warm, "losses": losses}
+           "losses": losses}
 
     def at_batch(b: int) -> dict:
         xb, yb = data(b)
-        tb, pb, _ = _timed(lambda: step(xb, yb), device, 1, 2)
+        tb, pb = _timed(lambda: step(xb, yb), device, 1, 2)
         return _figures(tb, pb, b, t, flops)
 
     res["batch_search"] = _batch_search(job, at_batch)
@@ -381,7 +371,7 @@ def job_calib(job: dict, out: Path) -> dict:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        times, _, _ = _timed(lambda: a @ b, device, 3, 10)
+        times, _ = _timed(lambda: a @ b, device, 3, 10)
         res[label + "_tflops"] = 2 * n**3 / statistics.mean(times) / 1e12
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -125,7 +125,7 @@ def avsbench_clips(root: str | Path, task: str, split: str) -> list[AVSClip]:
 
 def _tensor_storage_from_bytes(data: bytes):
     """``torch.storage._load_from_bytes`` (how ``pickle.dump`` stores a tensor's data), but with
-    ``weights_only=True``: the original calls ``torch.load(weights_only=False)`` on bytes from the file."""
+    ``weights_only=True``: torch's own helper unpickles those bytes without that restriction."""
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 

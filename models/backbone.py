@@ -25,6 +25,7 @@ from torchvision.models.video.swin_transformer import (PatchMerging, ShiftedWind
 from torchvision.ops import FrozenBatchNorm2d
 
 from .config import MedVTConfig, SwinConfig
+from .convert import CheckpointMismatchError, check_finite, read_checkpoint
 
 
 class SDPAWindowAttention3d(ShiftedWindowAttention3d):
@@ -153,7 +154,6 @@ def convert_video_swin_kinetics(state_dict: dict[str, Tensor]) -> dict[str, Tens
     """
     sd = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     if not sd:
-        from .convert import CheckpointMismatchError
         raise CheckpointMismatchError("no 'backbone.*' entries: not a Video Swin (mmaction) checkpoint "
                                       "(--swin_pretrained expects swin_base_patch244_window877_kinetics400_22k.pth)")
     w = sd["patch_embed.proj.weight"]
@@ -187,7 +187,6 @@ def _swin_name(name: str) -> str:
 
 def load_swin_pretrained(backbone: VideoSwinBackbone, path: str) -> list[str]:
     """Load a local Video Swin Kinetics checkpoint into ``backbone``; returns keys left unset."""
-    from .convert import CheckpointMismatchError, check_finite, read_checkpoint
     ckpt = read_checkpoint(path)
     try:
         sd = convert_video_swin_kinetics(ckpt.get("state_dict", ckpt))
@@ -197,7 +196,6 @@ def load_swin_pretrained(backbone: VideoSwinBackbone, path: str) -> list[str]:
     sd = {k: v for k, v in sd.items() if "relative_position_index" not in k}
     result = backbone.load_state_dict(sd, strict=False)
     if result.unexpected_keys:
-        from .convert import CheckpointMismatchError
         raise CheckpointMismatchError(f"{path} is not a Video Swin-B checkpoint: unexpected keys "
                                       f"{result.unexpected_keys[:10]}")
     return [k for k in result.missing_keys if "relative_position_index" not in k]

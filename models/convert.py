@@ -187,7 +187,7 @@ def read_checkpoint(path: str | Path) -> dict:
             raise CheckpointMismatchError(
                 f"{path} holds objects other than tensors and argparse arguments ({', '.join(unsafe)}); they are "
                 "not loaded for safety (unpickling them could run code from the file). If you trust where the file "
-                "comes from, load it once with torch.load(path, weights_only=False) and re-save its state dict"
+                "comes from, load it once yourself with full unpickling allowed and re-save only its state dict"
             ) from None
         first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
         raise CheckpointMismatchError(

@@ -18,7 +18,7 @@ from datasets.a2d import (IGNORE_INDEX, VALID_IDS, A2DDataset, a2d_root, class_n
                           make_synthetic_a2d, read_annotation, read_videoset)
 from datasets.path_config import DatasetNotFoundError
 from models import build_model, convert_original_state_dict
-from models.convert import load_state_dict_strict
+from models.convert import load_state_dict_strict, read_checkpoint
 from tests.model_weights import deterministic_value, read_key_list
 
 A2D_FIXTURES = Path(__file__).parent / "fixtures" / "a2d"
@@ -201,7 +201,7 @@ def test_train_step_then_inference_with_metrics_and_overlays(a2d_dir, tmp_path):
                                          "--num_workers", "0", "--val_items", "2", "--output_dir", str(out)])
     assert res["epochs_done"] == 1 and math.isfinite(res["loss"]) and res["loss_aux"] > 0
     assert 0.0 <= res["miou_original"] <= 1.0 or math.isnan(res["miou_original"])
-    ckpt = torch.load(out / "checkpoint_last.pth", weights_only=False)
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
     assert ckpt["config"]["num_classes"] == 80 and ckpt["config"]["lprop_mode"] == 2
     assert res["history"][0]["lr"] == pytest.approx(1e-4)  # non-backbone group during epoch 0
 

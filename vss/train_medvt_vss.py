@@ -159,19 +159,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     vspw_root(args.vspw_root)  # fail early, with the flag and variable named, before creating any folder
     out = Path(args.output_dir)
-    resume_path(args.resume, out)  # a --resume file that does not exist, before any work
+    resume_from = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
     info = init_distributed(args.device)
     device = info.device
     if info.is_main:
         prepare_output_dir(out, args.resume, args.overwrite)
     logger = setup_logger(out, info.is_main, name="medvt.vss")
     try:
-        return _train(args, info, device, out, logger)
+        return _train(args, info, device, out, logger, resume_from)
     finally:
         cleanup()
 
 
-def _train(args, info, device, out, logger) -> dict:
+def _train(args, info, device, out, logger, ckpt_path) -> dict:
     seed_everything(args.seed + info.rank)
     cfg = vss_config(args.model, args.num_classes)
     model = build_model(cfg)
@@ -206,7 +206,6 @@ def _train(args, info, device, out, logger) -> dict:
         val_videos = val_videos[: args.val_videos] if args.val_videos > 0 else val_videos
 
     start_epoch, best, history = 0, {"mIoU": -math.inf, "epoch": -1}, []
-    ckpt_path = resume_path(args.resume, out)
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)
         check_resume_args(ckpt_path, ckpt.get("args"), args)
