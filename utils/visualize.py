@@ -1,9 +1,12 @@
-"""Overlays of predicted masks on frames, and videos/GIFs of them."""
+"""Overlays of predicted masks on frames, and videos/GIFs of them (written frame by frame: :class:`VideoWriter`)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 from PIL import Image
@@ -29,21 +32,126 @@ def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return out
 
 
+class VideoWriter:
+    """Writes RGB uint8 frames to a video as they arrive; ``.gif`` through Pillow, else PyAV.
+
+    PyAV (mp4/mkv/mov): H.264 (``libx264``, yuv420p) when FFmpeg has it, else MPEG-4 part 2
+    (``codec="auto"``); or the FFmpeg encoder named by ``codec``. GIF keeps every frame until
+    ``close`` (Pillow writes a GIF in one go), so it is for short clips only.
+
+    The file is written under a temporary name in the same folder (``.<name>.partial<suffix>``)
+    and renamed to ``path`` by ``close``; ``abort`` deletes it. An interrupted run therefore never
+    leaves a file at ``path`` that looks complete. As a context manager: close on success, abort
+    on an exception. Attributes: ``codec`` (the format written, e.g. "h264", "mpeg4", "gif"; None
+    before the first frame) and ``frames_written``.
+    """
+
+    def __init__(self, path: str | Path, fps: float = 10, codec: str = "auto") -> None:
+        self.path = Path(path)
+        self.fps = fps
+        self.requested_codec = codec
+        self.frames_written = 0
+        self.codec: str | None = None
+        self.is_gif = self.path.suffix.lower() == ".gif"
+        self.tmp_path = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self._gif_frames: list[Image.Image] = []
+        self._container = None
+        self._stream = None
+        self._size: tuple[int, int] | None = None  # (h, w) of the first frame
+
+    def _open(self, h: int, w: int) -> None:
+        name = self.requested_codec
+        if name == "auto":
+            name = next((c for c in ("libx264", "mpeg4") if c in av.codecs_available), None)
+            if name is None:
+                raise RuntimeError("this FFmpeg (PyAV) has neither libx264 nor mpeg4 to write videos")
+        self._container = av.open(str(self.tmp_path), "w")
+        rate = Fraction(self.fps).limit_denominator(1001)
+        stream = self._container.add_stream(name, rate=rate)
+        # yuv420p stores colour at half resolution, so both sides must be even: an odd frame gets
+        # one extra row/column copying its edge (see write), invisible at the border.
+        stream.width, stream.height = w + w % 2, h + h % 2
+        stream.pix_fmt = "yuv420p"
+        if name == "mpeg4":  # its default 200 kbit/s smears the masks; about 0.2 bit per pixel
+            stream.bit_rate = max(1_000_000, int(0.2 * stream.width * stream.height * float(rate)))
+        self._stream = stream
+        self.codec = stream.codec_context.codec.canonical_name
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Append one HxWx3 uint8 RGB frame (the same size as the first)."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"VideoWriter: expected an HxWx3 uint8 RGB frame, got {rgb.dtype} {rgb.shape}")
+        h, w = rgb.shape[:2]
+        if self._size is None:
+            self._size = (h, w)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.is_gif:
+                self.codec = "gif"
+            else:
+                self._open(h, w)
+        elif (h, w) != self._size:
+            raise ValueError(f"VideoWriter {self.path}: frame {self.frames_written} is {w}x{h}, "
+                             f"the first was {self._size[1]}x{self._size[0]}")
+        if self.is_gif:
+            self._gif_frames.append(Image.fromarray(rgb))
+        else:
+            if h % 2 or w % 2:
+                rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        self.frames_written += 1
+
+    def close(self) -> Path:
+        """Finish the file and move it to ``path``; returns ``path``."""
+        if self.frames_written == 0:
+            self.abort()
+            raise ValueError(f"no frames to write to {self.path}")
+        try:
+            if self.is_gif:
+                images = self._gif_frames
+                images[0].save(self.tmp_path, format="GIF", save_all=True, append_images=images[1:],
+                               duration=int(1000 / self.fps), loop=0)
+                self._gif_frames = []
+            elif self._container is not None:
+                for packet in self._stream.encode(None):  # flush the encoder's delayed frames
+                    self._container.mux(packet)
+                self._container.close()
+                self._container = None
+            os.replace(self.tmp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and delete the unfinished file."""
+        self._gif_frames = []
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # already failing; the file goes anyway
+                pass
+            self._container = None
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
 def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -> Path:
-    """Write RGB uint8 frames as .mp4 (OpenCV) or .gif (Pillow), by the path's suffix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write RGB uint8 frames as .mp4 (H.264 through PyAV) or .gif (Pillow), by the path's suffix."""
     if not frames:
         raise ValueError("no frames to write")
-    if path.suffix.lower() == ".gif":
-        images = [Image.fromarray(f) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-        return path
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {path}")
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
+    with VideoWriter(path, fps) as writer:
+        for f in frames:
+            writer.write(f)
+    return writer.path

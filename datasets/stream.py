@@ -1,0 +1,264 @@
+"""Frame sources: a video read one frame at a time, resized to the model size as it is read.
+
+A *frame source* has ``len()`` (known before iterating), ``iter()`` yielding ``(tensor, payload)``
+from frame 0 (each ``iter()`` starts over), ``tail(k)`` (the last ``min(k, N)`` frames, which the
+wrap-around clips of a video's first frames need), ``frame_name(i)`` and the attributes ``name``,
+``frame_hw`` (original H, W), ``size_hw`` (model input h, w) and ``fps`` (None for image files).
+``tensor`` is the ImageNet-normalised [3, h, w] frame, computed exactly as
+:func:`datasets.transforms.load_frames` does; ``payload`` is the original-size HxWx3 uint8 RGB frame
+when the source was built with ``keep_rgb=True`` (for overlays), else None.
+
+No source holds more than a few frames: a long video never sits in memory whole.
+:func:`open_video` turns a user's ``--video`` (a file or a folder of frames) into a source and
+checks it first, so that an unreadable input fails with one line naming it before any output.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from datasets.transforms import to_tensor
+from datasets.video import ImageReadError, list_frame_files, open_image, require_same_size
+from utils.background import background_iter
+from utils.cli import UserError
+
+SizeSpec = tuple[int, int] | Callable[[int, int], tuple[int, int]] | None
+Item = tuple[Tensor, np.ndarray | None]
+
+# What decoding a bad file raises: FFmpeg's errors, and PyAV's own checks (e.g. a stream with no
+# decoder gives codec_context None, hence AttributeError/TypeError deeper in).
+_DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, LookupError, AttributeError, TypeError, RuntimeError)
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input path that does not exist (also a FileNotFoundError, as callers used to catch)."""
+
+
+def _resolve_size(size_hw: SizeSpec, h: int, w: int) -> tuple[int, int] | None:
+    if size_hw is None:
+        return None
+    return tuple(size_hw(h, w)) if callable(size_hw) else (int(size_hw[0]), int(size_hw[1]))
+
+
+def _item(img: Image.Image, size_hw: tuple[int, int] | None, keep_rgb: bool) -> Item:
+    """One frame → (tensor, payload), exactly as ``load_frames``: PIL bilinear only when the size differs."""
+    rgb = np.asarray(img) if keep_rgb else None
+    if size_hw is not None and img.size != (size_hw[1], size_hw[0]):
+        img = img.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+    return to_tensor(img), rgb
+
+
+def _reason(error: Exception) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input") without errno and path."""
+    return getattr(error, "strerror", None) or f"{type(error).__name__}: {error}"
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(W, H) from the image header only (no pixel decoding)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+
+
+class _Size:
+    """Stands in for a PIL image in :func:`require_same_size`, which reads only ``.size``."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+
+class ImageFiles:
+    """Frames from image files, read one at a time (``open_image``, so errors name the file)."""
+
+    fps = None
+
+    def __init__(self, files: Sequence[Path], size_hw: SizeSpec = None, keep_rgb: bool = False,
+                 name: str = "") -> None:
+        if not files:
+            raise ValueError("ImageFiles: no files")
+        self.files = [Path(p) for p in files]
+        self.keep_rgb = keep_rgb
+        self.name = name or self.files[0].parent.name
+        w, h = _header_size(self.files[0])
+        self.frame_hw = (h, w)
+        self._resize_to = _resolve_size(size_hw, h, w)  # None: no resize, as load_frames(files, None)
+        self.size_hw = self._resize_to or self.frame_hw
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, path: Path) -> Item:
+        return _item(open_image(path, "RGB"), self._resize_to, self.keep_rgb)
+
+    def __iter__(self) -> Iterator[Item]:
+        return (self._read(p) for p in self.files)
+
+    def tail(self, k: int) -> list[Item]:
+        return [self._read(p) for p in self.files[max(0, len(self.files) - k):]]
+
+    def frame_name(self, i: int) -> str:
+        return self.files[i].stem
+
+
+class VideoFile:
+    """A video file decoded with PyAV, lazily on each ``iter()``.
+
+    Construction decodes the whole file once, keeping nothing but a count, the frame size and the
+    last ``tail_keep`` frames: a file that cannot be read fails here, before any output is
+    written, and ``len()`` is exact (container frame counts are often missing or wrong).
+    """
+
+    def __init__(self, path: str | Path, size_hw: SizeSpec = None, keep_rgb: bool = False, tail_keep: int = 8,
+                 *, flag: str = "--video") -> None:
+        self.path = Path(path)
+        self.keep_rgb = keep_rgb
+        self.flag = flag
+        self.name = self.path.stem
+        self._what = f"{flag} {self.path}"
+        self._tail: deque = deque(maxlen=max(0, tail_keep))
+        self.frame_hw: tuple[int, int] | None = None
+        self._n = 0
+        try:
+            with av.open(str(self.path)) as container:
+                stream = self._video_stream(container)
+                rate = stream.average_rate or stream.guessed_rate
+                self.fps = float(rate) if rate else None
+                for frame in self._decode(container, stream):
+                    self._n += 1
+                    # VideoFrames are reference-counted FFmpeg buffers: holding a few is cheap,
+                    # and only the ones tail() asks for get converted to RGB.
+                    self._tail.append(frame)
+        except UserError:
+            raise
+        except _DECODE_ERRORS as e:
+            raise UserError(f"{self._what}: not a video that can be decoded ({_reason(e)}); "
+                            "convert it to H.264 mp4 or to a folder of frames") from None
+        if self._n == 0:
+            raise UserError(f"{self._what}: no frame could be decoded (unsupported codec or damaged file?)")
+        self._resize_to = _resolve_size(size_hw, *self.frame_hw)
+        self.size_hw = self._resize_to or self.frame_hw
+
+    def _video_stream(self, container):
+        # A single image (a PNG renamed .mp4) opens as a one-frame "video" through an image demuxer.
+        fmt = container.format.name
+        if fmt.startswith("image2") or fmt.endswith("_pipe"):
+            raise UserError(f"{self._what} is an image ({fmt}), not a video; "
+                            "give a video file or a folder of frames")
+        if not container.streams.video:
+            raise UserError(f"{self._what} has no video stream")
+        stream = container.streams.video[0]
+        if stream.codec_context is None:  # FFmpeg has no decoder for this codec
+            raise UserError(f"{self._what}: no decoder for its video codec; convert it to H.264 mp4 "
+                            "or to a folder of frames")
+        stream.thread_type = "AUTO"  # frame + slice threads: same frames, decoded faster
+        return stream
+
+    def _decode(self, container, stream) -> Iterator:
+        """Decoded frames, checking that every frame has the first frame's size."""
+        for i, frame in enumerate(container.decode(stream)):
+            hw = (frame.height, frame.width)
+            if self.frame_hw is None:
+                self.frame_hw = hw
+            elif hw != self.frame_hw:
+                raise UserError(f"{self._what}: frames differ in size: frame 0 is {self.frame_hw[1]}x"
+                                f"{self.frame_hw[0]} but frame {i} is {hw[1]}x{hw[0]}; resize them to one size first")
+            yield frame
+
+    def _item(self, frame) -> Item:
+        return _item(Image.fromarray(frame.to_ndarray(format="rgb24")), self._resize_to, self.keep_rgb)
+
+    def _frames(self) -> Iterator:
+        """A new decoding pass; errors become UserError naming the file."""
+        try:
+            with av.open(str(self.path)) as container:
+                yield from self._decode(container, self._video_stream(container))
+        except UserError:
+            raise
+        except _DECODE_ERRORS as e:
+            raise UserError(f"{self._what}: decoding failed on a second read ({_reason(e)})") from None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Item]:
+        n = 0
+        frames = self._frames()
+        try:
+            for frame in frames:
+                n += 1
+                if n > self._n:
+                    break
+                yield self._item(frame)
+        finally:
+            frames.close()  # also when the consumer stops early: the file is closed now, not at GC
+        if n != self._n:  # a file changed on disk, or a decoder that is not deterministic
+            raise UserError(f"{self._what}: gave {self._n} frames on the first read but "
+                            f"{'more' if n > self._n else n} on the second; is it being written to?")
+
+    def tail(self, k: int) -> list[Item]:
+        k = min(k, self._n)
+        if k <= 0:
+            return []
+        if k <= len(self._tail):
+            return [self._item(f) for f in list(self._tail)[-k:]]
+        last: deque = deque(self._frames(), maxlen=k)  # a re-scan keeping k frames, not the video
+        return [self._item(f) for f in last]
+
+    def frame_name(self, i: int) -> str:
+        return f"{i:05d}"
+
+
+def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag: str = "--video",
+               min_frames: int = 2, tail_keep: int = 8) -> ImageFiles | VideoFile:
+    """A user's video (a folder of image frames or a video file) as a checked frame source."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            files = list_frame_files(path, flag)
+        except FileNotFoundError as e:  # no image files in it
+            raise MissingInputError(str(e)) from None
+        # Headers only: a size mismatch is found without decoding the frames.
+        require_same_size([_Size(_header_size(p)) for p in files], files, f"{flag} {path}")
+        source = ImageFiles(files, size_hw, keep_rgb, name=path.name)
+    elif path.is_file():
+        if path.stat().st_size == 0:
+            raise UserError(f"{flag} {path} is an empty file (0 bytes)")
+        source = VideoFile(path, size_hw, keep_rgb, tail_keep, flag=flag)
+    else:
+        raise MissingInputError(f"{flag} {path} does not exist (give a video file or a folder of frames)")
+    if len(source) < min_frames:
+        raise UserError(f"{flag} {path} has {len(source)} frame{'s' if len(source) != 1 else ''}; "
+                        f"MED-VT segments videos of at least {min_frames} frames")
+    return source
+
+
+class Prefetch:
+    """A frame source whose ``iter()`` decodes in a background thread, at most ``depth`` frames ahead."""
+
+    def __init__(self, source, depth: int = 4) -> None:
+        self.source = source
+        self.depth = depth
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator[Item]:
+        return background_iter(self.source, self.depth)
+
+    def tail(self, k: int) -> list[Item]:
+        return self.source.tail(k)
+
+    def __getattr__(self, attr: str):  # name, frame_hw, size_hw, fps, frame_name, ...
+        if attr == "source":  # not yet set (e.g. during unpickling): no recursion
+            raise AttributeError(attr)
+        return getattr(self.source, attr)

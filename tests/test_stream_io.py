@@ -1,0 +1,347 @@
+"""Streaming video I/O: frame sources (datasets/stream.py), background threads (utils/background.py)
+and the frame-by-frame VideoWriter (utils/visualize.py). CPU only, synthetic data, a few seconds."""
+import gc
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
+from datasets.transforms import load_frames, to_tensor
+from utils.background import BackgroundWorker, background_iter
+from utils.cli import UserError
+from utils.visualize import VideoWriter, overlay, write_video
+
+H, W, N = 48, 64, 20
+
+
+def square_frames(n=N, h=H, w=W):
+    """A white square moving right over a gradient: easy for a codec, distinct per frame."""
+    base = np.zeros((h, w, 3), np.uint8)
+    base[..., 0] = np.linspace(0, 200, w, dtype=np.uint8)[None, :]
+    base[..., 2] = np.linspace(0, 200, h, dtype=np.uint8)[:, None]
+    frames = []
+    for i in range(n):
+        f = base.copy()
+        f[12:28, 2 * i:2 * i + 16] = 255
+        frames.append(f)
+    return frames
+
+
+def encode(path, frames, codec="libx264", fmt=None, rate=10):
+    """Write ``frames`` with plain PyAV (independent of the VideoWriter under test)."""
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=rate)
+        s.width, s.height = w, h
+        s.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode(None))
+    return path
+
+
+def read_back(path):
+    with av.open(str(path)) as c:
+        codec = c.streams.video[0].codec_context.name
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    return codec, frames
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory):
+    return encode(tmp_path_factory.mktemp("video") / "clip.mp4", square_frames())
+
+
+@pytest.fixture
+def png_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(6):  # natural order: frame2 before frame10
+        Image.fromarray(rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)).save(folder / f"frame{i * 4}.png")
+    return folder
+
+
+def tensors(items):
+    return [t for t, _ in items]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# ----------------------------------------------------------------------------------- ImageFiles
+@pytest.mark.parametrize("size", [None, (24, 32), (37, 50)])
+def test_image_files_equal_load_frames(png_dir, size):
+    files = sorted(png_dir.glob("*.png"), key=lambda p: int(p.stem[5:]))
+    src = ImageFiles(files, size, keep_rgb=True)
+    expected = load_frames(files, size)
+    assert len(src) == 6 and src.frame_hw == (37, 50) and src.size_hw == (size or (37, 50))
+    items = list(src)
+    assert_same(tensors(items), list(expected))
+    assert_same(tensors(src.tail(2)), list(expected[-2:]))
+    assert_same(tensors(src.tail(99)), list(expected))
+    for (_, rgb), p in zip(items, files):
+        assert np.array_equal(rgb, np.asarray(Image.open(p).convert("RGB")))
+    assert src.frame_name(1) == "frame4" and src.fps is None
+
+
+def test_open_video_folder_callable_size_and_no_payload(png_dir):
+    seen = []
+    src = open_video(png_dir, lambda h, w: seen.append((h, w)) or (h // 2, w // 2))
+    assert seen == [(37, 50)] and src.size_hw == (18, 25) and src.name == "frames"
+    assert [src.frame_name(i) for i in range(3)] == ["frame0", "frame4", "frame8"]  # natural order
+    files = [png_dir / f"frame{i * 4}.png" for i in range(6)]
+    assert_same(tensors(src), list(load_frames(files, (18, 25))))
+    assert all(rgb is None for _, rgb in src)
+
+
+def test_folder_of_different_sizes_names_two_files(png_dir):
+    Image.new("RGB", (40, 30)).save(png_dir / "frame8.png")
+    with pytest.raises(UserError, match=r"frame0\.png is 50x37 but frame8\.png is 40x30"):
+        open_video(png_dir, None)
+
+
+# ------------------------------------------------------------------------------------ VideoFile
+def test_video_file_frames(mp4):
+    src = open_video(mp4, (24, 32), keep_rgb=True)
+    assert isinstance(src, VideoFile)
+    assert (len(src), src.frame_hw, src.size_hw, src.fps, src.name) == (N, (H, W), (24, 32), 10.0, "clip")
+    assert src.frame_name(7) == "00007"
+    items = list(src)
+    assert len(items) == N
+    for (t, rgb), original in zip(items, square_frames()):
+        assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
+        assert np.abs(rgb.astype(int) - original).mean() < 4  # lossy H.264
+        assert torch.equal(t, to_tensor(Image.fromarray(rgb).resize((32, 24), Image.BILINEAR)))
+    assert_same(tensors(src), tensors(items))  # a second pass decodes the same frames
+    assert_same(tensors(src.tail(3)), tensors(items[-3:]))
+    assert_same(tensors(src.tail(12)), tensors(items[-12:]))  # more than tail_keep=8: a re-scan
+    assert_same(tensors(src.tail(N + 5)), tensors(items))
+    assert np.array_equal(src.tail(1)[0][1], items[-1][1])
+
+
+def test_video_file_keeps_no_frames(mp4):
+    src = VideoFile(mp4, None, keep_rgb=True, tail_keep=4)
+    refs = []
+    for i, (t, rgb) in enumerate(src):
+        refs.append(weakref.ref(rgb))
+        del t, rgb
+        # frames two steps back are already freed (by reference counting): nothing holds them
+        assert all(r() is None for r in refs[:-2]), f"frame {i}: earlier frames still alive"
+    # and the source holds no per-frame list: at most tail_keep frames
+    sizes = [len(v) for v in vars(src).values() if isinstance(v, (list, tuple, dict, set)) or hasattr(v, "maxlen")]
+    assert max(sizes, default=0) <= 4
+
+
+def test_video_changed_after_validation(mp4, tmp_path):
+    path = encode(tmp_path / "v.mp4", square_frames(6))
+    src = open_video(path, None)
+    encode(path, square_frames(4))
+    with pytest.raises(UserError, match="6 frames on the first read but 4"):
+        list(src)
+
+
+def test_prefetch_delegates_and_matches(mp4):
+    src = VideoFile(mp4, (24, 32))
+    pre = Prefetch(src, depth=2)
+    assert (len(pre), pre.name, pre.frame_hw, pre.size_hw, pre.fps, pre.frame_name(3)) == \
+        (N, "clip", (H, W), (24, 32), 10.0, "00003")
+    assert_same(tensors(pre), tensors(src))
+    assert_same(tensors(pre.tail(2)), tensors(src.tail(2)))
+
+
+# --------------------------------------------------------------------------------------- errors
+def _bad_inputs(tmp_path, mp4):
+    missing = tmp_path / "none.mp4"
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n" * 20)
+    png = tmp_path / "image.mp4"
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(png, format="PNG")
+    one = encode(tmp_path / "one.mp4", square_frames(1))
+    # An MJPEG AVI whose fourcc is overwritten: FFmpeg knows no decoder for "ZZZZ".
+    avi = encode(tmp_path / "ok.avi", square_frames(5), codec="mjpeg", fmt="avi")
+    data = avi.read_bytes()
+    assert b"MJPG" in data
+    codec = tmp_path / "codec.avi"
+    codec.write_bytes(data.replace(b"MJPG", b"ZZZZ"))
+    return {"missing": (missing, "does not exist"), "empty": (empty, "empty file"), "text": (text, "not a video"),
+            "png": (png, "is an image"), "one frame": (one, "has 1 frame; MED-VT segments videos of at least 2"),
+            "codec": (codec, "decoder")}
+
+
+def test_unreadable_inputs_are_one_line_user_errors(tmp_path, mp4):
+    cases = _bad_inputs(tmp_path, mp4)
+    # the codec case really cannot be decoded by PyAV itself
+    with av.open(str(cases["codec"][0])) as c, pytest.raises(av.FFmpegError):
+        list(c.decode(video=0))
+    for what, (path, words) in cases.items():
+        with pytest.raises(UserError) as info:
+            open_video(path, (24, 32), flag="--video")
+        message = str(info.value)
+        assert str(path) in message and "--video" in message and words in message, (what, message)
+        assert "\n" not in message, what
+    with pytest.raises(FileNotFoundError):  # a missing path is also what callers caught before
+        open_video(cases["missing"][0], None)
+    assert len(open_video(cases["one frame"][0], None, min_frames=1)) == 1
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(UserError, match="--clip .* has no"):
+        open_video(tmp_path, None, flag="--clip")
+
+
+# ------------------------------------------------------------------------------------ background
+def wait_for_threads(count, timeout=1.0):
+    deadline = time.monotonic() + timeout
+    while threading.active_count() > count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return threading.active_count()
+
+
+def test_background_iter_order_and_errors():
+    assert list(background_iter(range(100), depth=3)) == list(range(100))
+
+    def failing():
+        yield from range(3)
+        raise UserError("frame 3 is broken")
+
+    got = []
+    with pytest.raises(UserError, match="frame 3 is broken"):
+        for x in background_iter(failing(), depth=2):
+            got.append(x)
+    assert got == [0, 1, 2]
+
+
+def test_background_iter_stops_when_the_consumer_stops():
+    before = threading.active_count()
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    gen = background_iter(endless(), depth=2)
+    assert [next(gen) for _ in range(5)] == list(range(5))
+    assert threading.active_count() == before + 1
+    gen.close()
+    assert wait_for_threads(before) == before and closed.is_set()
+
+    gen = background_iter(endless(), depth=2)  # dropped without close: garbage collection stops it
+    next(gen)
+    del gen
+    gc.collect()
+    assert wait_for_threads(before) == before
+
+
+def test_background_worker_order_bound_and_errors():
+    done = []
+    with BackgroundWorker(depth=3) as worker:
+        for i in range(30):
+            worker.submit(lambda i: (time.sleep(0.002), done.append(i)), i)
+    assert done == list(range(30)) and 1 <= worker.max_pending <= 3
+
+    worker = BackgroundWorker(depth=4)
+    worker.submit(done.append, "a")
+    worker.submit(lambda: 1 / 0)
+    worker.submit(done.append, "skipped")  # after a failure nothing more runs
+    time.sleep(0.1)
+    with pytest.raises(ZeroDivisionError):  # the next submit reports it
+        worker.submit(done.append, "b")
+    with pytest.raises(ZeroDivisionError):  # and so does close
+        worker.close()
+    assert done[-1] == "a"
+
+
+def test_background_worker_context_manager_on_exception():
+    before = threading.active_count()
+    ran = []
+    with pytest.raises(KeyError, match="original"):
+        with BackgroundWorker(depth=100) as worker:
+            started = threading.Event()
+            worker.submit(lambda: (started.set(), time.sleep(0.2), ran.append(0)))
+            started.wait()
+            for i in range(1, 10):
+                worker.submit(ran.append, i)
+            worker.submit(lambda: 1 / 0)
+            raise KeyError("original")  # neither masked by the failing job nor waiting for the rest
+    assert ran == [0]  # the running job finished, the queued ones never ran
+    assert wait_for_threads(before) == before
+
+
+# ---------------------------------------------------------------------------------- VideoWriter
+@pytest.mark.parametrize("h,w", [(48, 64), (47, 63)])
+def test_video_writer_mp4(tmp_path, h, w):
+    frames = [f[:h, :w] for f in square_frames(12)]
+    path = tmp_path / "out" / "overlay.mp4"
+    with VideoWriter(path, fps=10) as writer:
+        for i, f in enumerate(frames):
+            writer.write(f)
+            assert not path.exists()  # never a complete-looking file while writing
+    assert writer.tmp_path.name == ".overlay.partial.mp4"
+    assert writer.codec == "h264" and writer.frames_written == 12 and not writer.tmp_path.exists()
+    codec, back = read_back(path)
+    assert codec == "h264" and len(back) == 12
+    assert back[0].shape == (h + h % 2, w + w % 2, 3)  # odd sides padded by one edge pixel
+    assert all(np.abs(b[:h, :w].astype(int) - f).mean() < 4 for b, f in zip(back, frames))
+
+
+def test_video_writer_mpeg4_abort_and_errors(tmp_path):
+    path = tmp_path / "a.mp4"
+    writer = VideoWriter(path, fps=25, codec="mpeg4")
+    for f in square_frames(5):
+        writer.write(f)
+    assert writer.codec == "mpeg4" and writer.close() == path
+    assert read_back(path)[0] == "mpeg4" and len(read_back(path)[1]) == 5
+
+    writer = VideoWriter(tmp_path / "partial.mp4", codec="mpeg4")
+    for f in square_frames(3):
+        writer.write(f)
+    assert writer.tmp_path.exists() and not writer.path.exists()
+    writer.abort()
+    assert not writer.tmp_path.exists() and not writer.path.exists()
+
+    path = tmp_path / "b.mp4"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with VideoWriter(path) as writer:
+            writer.write(square_frames(1)[0])
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.mp4"]  # neither b.mp4 nor its partial file
+
+    writer = VideoWriter(tmp_path / "c.mp4")
+    writer.write(np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="the first was 16x16"):
+        writer.write(np.zeros((16, 18, 3), np.uint8))
+    writer.abort()
+    with pytest.raises(ValueError, match="no frames"):
+        VideoWriter(tmp_path / "d.mp4").close()
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.mp4"]
+
+
+def test_video_writer_gif_and_write_video(tmp_path):
+    frames = [overlay(f, np.pad(np.ones((10, 10), bool), ((5, 33), (5, 49)))) for f in square_frames(6)]
+    with VideoWriter(tmp_path / "x.gif", fps=5) as writer:
+        for f in frames:
+            writer.write(f)
+    assert writer.codec == "gif"
+    with Image.open(tmp_path / "x.gif") as im:
+        assert im.n_frames == 6 and im.size == (W, H)
+    assert write_video(frames, tmp_path / "v" / "y.mp4", 10) == tmp_path / "v" / "y.mp4"
+    assert len(read_back(tmp_path / "v" / "y.mp4")[1]) == 6
+    assert write_video(frames, str(tmp_path / "y.gif")) == Path(tmp_path / "y.gif")
+    with pytest.raises(ValueError):
+        write_video([], tmp_path / "z.mp4")
