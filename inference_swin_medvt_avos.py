@@ -25,6 +25,7 @@ import torch
 from datasets import path_config
 from datasets.davis16 import davis16_sequences
 from datasets.moca import moca_sequences
+from datasets.stream import MissingInputError
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from utils import inference as inf
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation set: DAVIS-16 val, YouTube-Objects, MoCA, or all three (each with its own "
                         "val size, in sub-folders of --output_dir); ignored with --video (default davis)")
     p.add_argument("--video", type=Path, default=None, metavar="PATH",
-                   help="segment this video instead of a dataset: a video file read with OpenCV or a folder of "
-                        "frames (sorted by name); writes masks and an overlay video, no metrics")
+                   help="segment this video instead of a dataset: a video file (decoded with PyAV/FFmpeg) or a "
+                        "folder of frames (natural order); streamed, so any length fits in memory; writes masks, "
+                        "probability maps and an H.264 overlay video, no metrics")
     p.add_argument("--val_size", type=positive_int, default=None,
                    help="shorter input side (longer side capped at 1.8x); default the README's size per dataset: "
                         "473 DAVIS, MoCA and --video, 360 YouTube-Objects; --dataset all always uses those")
@@ -56,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lprop_scale", type=positive_float, default=None,
                    help="label-propagation scale; default the model config's (8.0, the README's value for "
                         "Swin-B; its ResNet-101 runs use 7.2 DAVIS, 8.0 YouTube-Objects, 7.3 MoCA)")
-    p.add_argument("--num_frames", type=positive_int, default=6, help="frames per clip, the centre one kept (default 6)")
+    p.add_argument("--num_frames", type=positive_int, default=6, help="frames per clip (default 6, as trained)")
+    p.add_argument("--window", default="centre", choices=["centre", "chunk"],
+                   help="centre: every frame the centre of its own wrap-around clip, one forward per frame (the "
+                        "original protocol); chunk: consecutive clips, every frame of a clip kept, --num_frames "
+                        "times fewer forwards (see the README's table of J and frames/s) (default centre)")
+    p.add_argument("--batch_clips", type=positive_int, default=1, metavar="N",
+                   help="clips stacked in one forward (2N with --flip); for GPUs; 1 reproduces the original's "
+                        "numbers exactly (default 1)")
     p.add_argument("--output_dir", type=Path, default=None,
                    help="where outputs go; default <model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<time>")
     p.add_argument("--model_version", default="auto", choices=["auto", "cvpr23", "2024"],
@@ -126,9 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.num_frames < 2:
         parser.error("--num_frames must be at least 2 (the model attends across the frames of a clip)")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
+    if args.video is not None and not args.video.exists():  # before the checkpoint is read
+        raise MissingInputError(f"--video {args.video} does not exist (give a video file or a folder of frames)")
     # Read every dataset index first: a missing folder stops before the model is loaded.
     sequences = {ds: load_sequences(args, ds) for ds in datasets}
-    video = inf.read_video(args.video) if args.video else None
 
     ckpt = read_checkpoint(args.model_path)
     info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, args.lprop_scale)
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     protocols = {ds: inf.make_protocol(ds, info.config, info.version,
                                        None if args.dataset == "all" else args.val_size, args.msc, args.flip)
                  for ds in tasks}
+    # A video is read through once now, so a file that cannot be decoded stops before any output exists.
+    video = inf.open_user_video(args.video, protocols["video"], args.num_frames) if args.video else None
     out_dir = args.output_dir
     if out_dir is None:
         label = "all" if len(tasks) > 1 else tasks[0]
@@ -143,6 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
         out_dir = args.model_path.parent / f"{inf.run_name(label, size, args.msc, info.config)}_{int(time.time())}"
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = inf.add_log_file(out_dir / "out.log")
+    # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
+    marker = out_dir / "INCOMPLETE"
+    marker.write_text("this run did not finish: its outputs are partial (see out.log)\n")
     try:
         log = inf.logger
         log.info("command: python %s %s", Path(__file__).name, " ".join(sys.argv[1:] if argv is None else argv))
@@ -166,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
             protocol = protocols[task]
             sub = out_dir / inf.run_name(task, protocol.val_size, args.msc, info.config) if len(tasks) > 1 else out_dir
             opts = inf.RunOptions(sub, args.num_frames, args.save_overlay, args.overlay_format, args.fps,
-                                  torch.bfloat16 if args.amp else None)
+                                  torch.bfloat16 if args.amp else None, args.window, args.batch_clips)
             if task == "davis":
                 results[task] = inf.run_davis(model, sequences[task], protocol, opts)
             elif task == "ytbo":
@@ -174,9 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
             elif task == "moca":
                 results[task] = inf.run_moca(model, sequences[task], protocol, opts)
             else:
-                results[task] = inf.run_video(model, video[0], video[1], protocol, opts)
+                results[task] = inf.run_video(model, video, protocol, opts)
             results[task]["output_dir"] = str(sub)
         (out_dir / "summary.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
+        marker.unlink()
         return results
     finally:
         inf.logger.removeHandler(handler)

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -52,6 +51,7 @@ from datasets.path_config import add_path_args  # noqa: E402
 from models import build_model, read_checkpoint  # noqa: E402
 from models.config import MODEL_CONFIGS, MedVTConfig, get_config  # noqa: E402
 from models.convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict  # noqa: E402
+from models.predictor import VideoPredictor  # noqa: E402
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
 
@@ -150,17 +150,17 @@ def evaluate_a2d(model: torch.nn.Module, dataset: A2DDataset, device: torch.devi
                  protocol: str = "head", max_items: int = 0, viz_dir: Path | None = None, save_gt: bool = False,
                  palette: np.ndarray | None = None) -> tuple[dict, OriginalA2DMetric, ConfusionMatrix]:
     """Run the model over ``dataset`` (test items) and score it; returns (summary, original metric, confusion)."""
-    model.eval()
+    # One clip per annotated frame (the dataset's clip), its logits at the label size: the shared predictor.
+    predictor = VideoPredictor(model, "chunk", dataset.num_frames, activation="none")
     metric, cm = OriginalA2DMetric(nan_policy, protocol), ConfusionMatrix()
     palette = default_palette() if palette is None else palette
     n = len(dataset) if max_items <= 0 else min(max_items, len(dataset))
     for i in tqdm(range(n), desc="A2D eval", dynamic_ncols=True, leave=False):
         item = dataset[i]
-        logits = model(item["frames"][None].to(device))["pred_masks"]  # [1, K, T, h, w]
-        logits = logits[:, :, item["gt_index"]].float()
         label = item["label"]
-        logits = F.interpolate(logits, size=tuple(label.shape), mode="bilinear", align_corners=False)
-        pred = logits.argmax(1)[0].cpu()
+        [(_, logits)] = predictor.predict_clips(item["frames"][None], [{0: item["gt_index"]}],
+                                                lambda _f: tuple(label.shape))
+        pred = logits.argmax(0)
         metric.update(item["name"], item["frame"], pred, label)
         cm.update(pred, label)
         if viz_dir is not None:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from models.audio import build_frozen_vggish
 from models.avs import AVS_CONFIGS, MEDVTPlusPlus, build_avs_model, get_avs_config
+from models.predictor import VideoPredictor
 from utils.cli import add_debug_flag, non_negative_int, positive_int
 
 from .metrics import BatchAverage, f_score, mask_iou
@@ -91,14 +92,20 @@ def save_pred_masks(logits: torch.Tensor, out_dir: Path, categories: list[str], 
 def evaluate(model: nn.Module, vggish: nn.Module, loader, device: torch.device, save_dir: Path | None = None,
              max_batches: int | None = None, desc: str = "eval") -> dict:
     """mIoU and F-score per batch at the loader's resolution, averaged over batches (spec §B.9)."""
-    model.eval()
+    predictor = None
     miou, fs = BatchAverage(), BatchAverage()
     n_clips = 0
     for k, batch in enumerate(tqdm(loader, desc=desc, leave=False)):
         if max_batches is not None and k >= max_batches:
             break
-        frames = batch["frames"].to(device)
-        out = model(frames, audio_features(vggish, batch["audio"].to(device)))["pred_masks"]
+        frames = batch["frames"]
+        b, t = frames.shape[:2]
+        if predictor is None:  # a clip is a whole AVSBench video: one chunk, every frame kept, raw logits
+            predictor = VideoPredictor(model, "chunk", t, activation="none")
+        size = tuple(frames.shape[-2:])
+        preds = predictor.predict_clips(frames, [{f: f for f in range(t)}] * b, lambda _f: size,
+                                        inputs=(audio_features(vggish, batch["audio"].to(device)),))
+        out = torch.stack([p[0] for _, p in preds]).unflatten(0, (b, t))  # [B, T, h, w] logits
         if batch["masks"].shape[1] != out.shape[1]:
             raise ValueError(f"evaluation needs a mask for every frame; got {batch['masks'].shape[1]} per clip "
                              f"(the S4 train split has only the first)")

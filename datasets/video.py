@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from models.predictor import wraparound_clip
 from utils.cli import UserError
+from utils.clips import wraparound_clip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

@@ -30,6 +30,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from utils.clips import clamped_clip
+
 from .path_config import dataset_root, require
 from .transforms import to_tensor
 from .video import VideoSequence, open_image
@@ -94,18 +96,6 @@ def read_raw_mask(path: Path | None, size_hw: tuple[int, int]) -> np.ndarray:
     if mask.ndim == 3:  # saved as RGB by some tool: the label is in every channel
         mask = mask[..., 0]
     return mask.astype(np.uint8)
-
-
-def clip_indices(num_frames: int, centre: int, clip_len: int, stride: int = 1) -> list[int]:
-    """``clip_len`` frame indices ``stride`` apart around ``centre`` (at position clip_len // 2).
-
-    The window is shifted to stay inside the video; a video too short for it wraps around.
-    """
-    span = (clip_len - 1) * stride + 1
-    if span > num_frames:
-        return [(centre + (k - clip_len // 2) * stride) % num_frames for k in range(clip_len)]
-    start = min(max(centre - (clip_len // 2) * stride, 0), num_frames - span)
-    return [start + k * stride for k in range(clip_len)]
 
 
 def resized_hw(h: int, w: int, short: int | None, max_size: int | None = None) -> tuple[int, int]:
@@ -187,7 +177,7 @@ class VSPWClips(Dataset):
     def __getitem__(self, index: int) -> dict:
         v, centre = self.samples[index]
         seq = self.sequences[v]
-        ids = clip_indices(seq.num_frames, centre, self.num_frames, self.frame_stride)
+        ids = clamped_clip(seq.num_frames, centre, self.num_frames, self.frame_stride)
         images = [seq.read_image(i) for i in ids]
         size_hw = images[0].size[::-1]
         labels = [raw_to_class(read_raw_mask(seq.masks[i], size_hw)) for i in ids]

@@ -1,47 +1,142 @@
-"""Video inference with the original test protocol (spec avos §6.1).
+"""The one place where a video meets the model: windows, test-time augmentation, batching, streaming.
 
-Every frame is predicted as the centre of its own clip: list positions [f-3 … f+2] modulo the
-video length (wrap-around), for a clip of 6. For each scale the normalised clip is resized
-(bilinear, no antialias), segmented, its logits resized to the output size and passed through a
-sigmoid; scales are averaged. With ``flip`` the mirrored clip is predicted too (in the same
-batch) and merged by mean (DAVIS) or element-wise max (YouTube-Objects, MoCA).
+:class:`VideoPredictor` reads frames from a *frame source* in order and yields one prediction per
+frame as soon as the clips that decide it have run, holding a bounded number of frames whatever
+the video's length. A frame source (see :mod:`datasets.stream`) has ``len()``, an iterator of
+``(frame [3, h, w] normalised, payload)`` from frame 0, and ``tail(k)``: its last ``k`` items.
+The payload (e.g. the original RGB frame for an overlay) is handed back with the prediction.
+
+Windows (which clips run, which of their frames are kept):
+
+* ``centre`` — the original protocol (spec avos §6.1): every frame is the centre (position
+  ``clip_len // 2``) of its own wrap-around clip, one forward per frame. The first frames' clips
+  need the video's last frames (read up front with ``tail``) and the last frames' clips need the
+  first ones (kept from the start): so the buffer holds ``2·clip_len + batch − 2`` frames at most.
+* ``chunk`` — consecutive clips, every frame of a clip kept, the last clip aligned to the end of
+  the video (a frame in two clips keeps the first prediction): ``clip_len``× fewer forwards.
+
+Per kept frame and per input scale, the logits are resized (bilinear) to the frame's output
+size and passed through ``activation`` (sigmoid for binary models, softmax for multi-class when
+views are merged, none to keep raw logits); scales are averaged, and with ``flip`` the mirrored
+clip (run in the same batch) is merged by mean or element-wise max. Binary models' ``[B, T, h, w]``
+output is read as ``[B, 1, T, h, w]``: every prediction is ``[K, H, W]``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utils.clips import iter_chunk_clips, wraparound_clip
 
-def wraparound_clip(center: int, num_frames: int, clip_len: int = 6) -> list[int]:
-    """Frame indices of the clip centred (at position clip_len // 2) on ``center``."""
-    half = clip_len // 2
-    return [(center + k) % num_frames for k in range(-half, clip_len - half)]
+WINDOWS = ("centre", "chunk")
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "softmax": lambda x: x.softmax(1), "none": lambda x: x}
+
+
+class Job(NamedTuple):
+    """One clip to run: the frame indices fed to the model, and frame → clip position to keep."""
+
+    clip: list[int]
+    keep: dict[int, int]
+
+
+class Prediction(NamedTuple):
+    index: int
+    probs: Tensor  # [K, H, W] float32 on the CPU
+    payload: Any
+
+
+@dataclass(frozen=True)
+class Window:
+    """How a video of ``n`` frames is cut into clips (``kind`` in :data:`WINDOWS`)."""
+
+    kind: str = "centre"
+    clip_len: int = 6
+
+    def __post_init__(self) -> None:
+        if self.kind not in WINDOWS:
+            raise ValueError(f"window must be one of {', '.join(WINDOWS)}, not {self.kind!r}")
+        if self.clip_len < 1:
+            raise ValueError("clip_len must be at least 1")
+
+    def jobs(self, n: int, wanted: Callable[[int], bool] | None = None) -> Iterator[Job]:
+        """The clips to run, in order; frames not ``wanted`` are not kept (a clip keeping none is skipped)."""
+        if self.kind == "centre":
+            for i in range(n):
+                if wanted is None or wanted(i):
+                    yield Job(wraparound_clip(i, n, self.clip_len), {i: self.clip_len // 2})
+            return
+        done_until = 0  # chunks cover frames in order: frames below this already have a prediction
+        for clip in iter_chunk_clips(n, self.clip_len):
+            # {frame: position}: in a wrap-around clip of a short video the last position wins
+            keep = {f: p for p, f in enumerate(clip) if (n < self.clip_len or f >= done_until)
+                    and (wanted is None or wanted(f))}
+            done_until = max(done_until, clip[-1] + 1)
+            if keep:
+                yield Job(clip, keep)
+
+    def preload(self, n: int) -> range:
+        """Frames needed before reading reaches them (a suffix of the video, read with ``tail``)."""
+        if n < self.clip_len:
+            return range(n)
+        if self.kind == "centre":
+            return range(n - self.clip_len // 2, n)
+        return range(n, n)
+
+    def pinned(self, n: int) -> range:
+        """Frames kept from when they are read until the end (the last clips wrap around to them)."""
+        if self.kind == "centre" and n >= self.clip_len:
+            return range(0, self.clip_len - self.clip_len // 2 - 1)
+        return range(0)
+
+    def max_frames(self, batch: int = 1) -> int:
+        """The most frames :meth:`VideoPredictor.stream` holds at once with ``batch`` clips per forward."""
+        if self.kind == "centre":
+            return 2 * self.clip_len + batch - 2
+        return batch * self.clip_len
 
 
 class VideoPredictor:
     """Args:
-        model: a MED-VT model (binary, ``pred_masks`` [B, T, h, w]).
-        clip_len: frames per clip (6 as trained).
+        model: a MED-VT model (``pred_masks`` [B, T, h, w] binary or [B, K, T, h, w]).
+        window: a :class:`Window` or its kind (``centre`` / ``chunk``).
+        clip_len: frames per clip (6 as trained), when ``window`` is a kind.
         scales: input scales averaged together (``(1.0,)`` = single scale).
-        flip: also predict the horizontally mirrored clip.
+        flip: also predict the horizontally mirrored clip (in the same batch).
         flip_merge: ``"mean"`` or ``"max"``.
-        amp_dtype: autocast dtype on CUDA (None = float32).
+        activation: applied per view before merging: ``sigmoid``, ``softmax`` (over K) or ``none``.
+        amp_dtype: autocast dtype (None = float32).
+        batch_clips: clips stacked in one forward (2× with flip).
     """
 
-    def __init__(self, model: nn.Module, clip_len: int = 6, scales: Sequence[float] = (1.0,), flip: bool = False,
-                 flip_merge: str = "mean", amp_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: nn.Module, window: Window | str = "centre", clip_len: int = 6,
+                 scales: Sequence[float] = (1.0,), flip: bool = False, flip_merge: str = "mean",
+                 activation: str = "sigmoid", amp_dtype: torch.dtype | None = None, batch_clips: int = 1) -> None:
         if flip_merge not in ("mean", "max"):
             raise ValueError("flip_merge must be 'mean' or 'max'")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
+        if batch_clips < 1:
+            raise ValueError("batch_clips must be at least 1")
         self.model = model.eval()
-        self.clip_len = clip_len
+        self.window = window if isinstance(window, Window) else Window(window, clip_len)
         self.scales = tuple(scales)
         self.flip = flip
         self.flip_merge = flip_merge
+        self.activation = activation
         self.amp_dtype = amp_dtype
+        self.batch_clips = batch_clips
+        self.max_held = 0  # the most frames held at once, for tests of the memory bound
+        self.forwards = 0
+
+    @property
+    def clip_len(self) -> int:
+        return self.window.clip_len
 
     @property
     def device(self) -> torch.device:
@@ -49,14 +144,21 @@ class VideoPredictor:
         p = next(self.model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
+    # ------------------------------------------------------------------------------- clips
     @torch.inference_mode()
-    def predict_clip(self, clip: Tensor, out_size: tuple[int, int]) -> Tensor:
-        """clip [T, 3, H, W] normalised → foreground probabilities [T, *out_size] (float32)."""
-        x = clip.to(self.device)[None]
+    def predict_clips(self, clips: Tensor, keep: Sequence[dict[int, int]],
+                      out_size: Callable[[int], tuple[int, int]], inputs: Sequence[Tensor] = ()) -> list[tuple[int, Tensor]]:
+        """clips [B, T, 3, H, W] normalised; ``keep[b]`` frame → position of clip ``b`` →
+        [(frame, probabilities [K, *out_size(frame)] float32 on the CPU)] in the order of ``keep``.
+        ``inputs``: further model inputs with a batch dimension (MED-VT++'s audio features)."""
+        x = clips.to(self.device)
+        inputs = [t.to(self.device) for t in inputs]
+        b = x.shape[0]
         if self.flip:
-            x = torch.cat([x, x.flip(-1)])  # [2, T, 3, H, W]: one forward for both
+            x = torch.cat([x, x.flip(-1)])  # [2B, T, 3, H, W]: one forward for both views
+            inputs = [torch.cat([t, t]) for t in inputs]
         h, w = x.shape[-2:]
-        probs = []
+        per_scale = []
         for s in self.scales:
             xs = x
             if s != 1:
@@ -64,19 +166,97 @@ class VideoPredictor:
                                    align_corners=False).unflatten(0, x.shape[:2])
             ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
             with ctx:
-                logits = self.model(xs)["pred_masks"].float()  # [B, T, h', w']
-            probs.append(F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False).sigmoid())
-        p = torch.stack(probs).mean(0)
-        if self.flip:
-            a, b = p[0], p[1].flip(-1)
-            return torch.maximum(a, b) if self.flip_merge == "max" else (a + b) / 2
-        return p[0]
+                logits = self.model(xs, *inputs)["pred_masks"].float()
+            per_scale.append(logits[:, None] if logits.dim() == 4 else logits)  # [V·B, K, T, h', w']
+        self.forwards += 1
+        act = ACTIVATIONS[self.activation]
+        out = []
+        for j, frames in enumerate(keep):
+            views = [j, b + j] if self.flip else [j]
+            for f, pos in frames.items():
+                size = tuple(out_size(f))
+                p = torch.stack([act(F.interpolate(lg[views, :, pos], size=size, mode="bilinear",
+                                                   align_corners=False)) for lg in per_scale]).mean(0)
+                if self.flip:
+                    a, m = p[0], p[1].flip(-1)
+                    p = torch.maximum(a, m) if self.flip_merge == "max" else (a + m) / 2
+                else:
+                    p = p[0]
+                out.append((f, p.cpu()))
+        return out
+
+    # ------------------------------------------------------------------------------- streaming
+    def stream(self, source, out_size: tuple[int, int] | Callable[[int], tuple[int, int]],
+               wanted: Callable[[int], bool] | None = None) -> Iterator[Prediction]:
+        """Predictions of the ``wanted`` frames of ``source`` (all by default), in frame order.
+
+        ``out_size``: one (H, W) or a function frame → (H, W). At most
+        :meth:`Window.max_frames` frames are held (``self.max_held`` records the most seen).
+        """
+        n = len(source)
+        if n == 0:
+            raise ValueError("the video has no frames")
+        size_of = out_size if callable(out_size) else (lambda _i: out_size)
+        preload, pinned = self.window.preload(n), self.window.pinned(n)
+        held: dict[int, tuple[Tensor, Any]] = {}
+        if len(preload):
+            held.update(zip(preload, source.tail(len(preload))))
+        reader = enumerate(iter(source))
+        next_read = 0
+        jobs = _Peekable(self.window.jobs(n, wanted))
+        while jobs.peek() is not None:
+            batch = [jobs.next() for _ in range(self.batch_clips) if jobs.peek() is not None]
+            need = {f for job in batch for f in job.clip}
+            last = max((f for f in need if f not in preload), default=-1)
+            while next_read <= last:  # read on to the batch's last frame, keeping what is needed
+                i, item = next(reader)
+                if i not in preload and (i in need or i in pinned):
+                    held[i] = item
+                next_read = i + 1
+            self.max_held = max(self.max_held, len(held))
+            missing = need - held.keys()
+            if missing:
+                raise RuntimeError(f"internal error: frames {sorted(missing)} were released too early")
+            clips = torch.stack([torch.stack([held[f][0] for f in job.clip]) for job in batch])
+            for f, probs in self.predict_clips(clips, [job.keep for job in batch], size_of):
+                yield Prediction(f, probs, held[f][1])
+            # Needs move forward in every window, so a frame the next clip does not need is never needed again.
+            upcoming = set(jobs.peek().clip) if jobs.peek() is not None else set()
+            for f in [f for f in held if f not in upcoming and f not in preload and f not in pinned]:
+                del held[f]
+        held.clear()
 
     def predict_video(self, frames: Tensor, out_size: tuple[int, int],
-                      indices: Sequence[int] | None = None) -> Iterator[tuple[int, Tensor]]:
-        """frames [N, 3, H, W] normalised → yields (frame index, probability [*out_size]) per frame."""
-        n = frames.shape[0]
-        centre = self.clip_len // 2
-        for i in (range(n) if indices is None else indices):
-            clip = frames[wraparound_clip(i, n, self.clip_len)]
-            yield i, self.predict_clip(clip, out_size)[centre].cpu()
+                      indices: Iterable[int] | None = None) -> Iterator[tuple[int, Tensor]]:
+        """frames [N, 3, H, W] already in memory → (frame index, probabilities [K, *out_size]) per frame."""
+        wanted = None if indices is None else set(indices).__contains__
+        for p in self.stream(TensorFrames(frames), out_size, wanted):
+            yield p.index, p.probs
+
+
+class TensorFrames:
+    """A frame source over frames already in memory ([N, 3, H, W]); payloads are None."""
+
+    def __init__(self, frames: Tensor) -> None:
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, None]]:
+        return ((f, None) for f in self.frames)
+
+    def tail(self, k: int) -> list[tuple[Tensor, None]]:
+        return [(f, None) for f in self.frames[len(self) - min(k, len(self)):]]
+
+
+class _Peekable:
+    def __init__(self, it: Iterator) -> None:
+        self._it, self._next = it, next(it, None)
+
+    def peek(self):
+        return self._next
+
+    def next(self):
+        item, self._next = self._next, next(self._it, None)
+        return item

@@ -82,7 +82,8 @@ def test_davis_values_follow_the_protocol(setup, davis_run):
     predictor = VideoPredictor(setup["model"], clip_len=6)
     for i in (0, 4):  # first and last frames: their clips wrap around the video
         clip = frames[wraparound_clip(i, seq.num_frames)]
-        prob = predictor.predict_clip(clip, (H, W))[3].numpy()
+        [(_, prob)] = predictor.predict_clips(clip[None], [{i: 3}], lambda _f: (H, W))
+        prob = prob[0].numpy()
         logits = np.asarray(Image.open(out / "logits" / seq.name / f"{seq.frames[i].stem}.png"))
         binary = np.asarray(Image.open(out / "bin_mask" / seq.name / f"{seq.frames[i].stem}.png"))
         assert logits.shape == binary.shape == (H, W) and logits.dtype == np.uint8
@@ -141,10 +142,13 @@ def test_video_folder_and_mp4(setup, tmp_path):
     res = script.main(["--model_path", str(setup["ckpt"]), "--video", str(folder), "--val_size", "48",
                        "--output_dir", str(tmp_path / "out_dir"), "--device", "cpu"])["video"]
     out = tmp_path / "out_dir"
-    assert res["n_frames"] == 5
-    assert sorted(p.name for p in (out / "bin_mask" / "my_clip").glob("*.png")) == [f"{i:05d}.png" for i in range(5)]
-    assert np.asarray(Image.open(out / "logits" / "my_clip" / "00003.png")).shape == (H, W)
+    assert res["n_frames"] == 5 and res["frames"] == 5 and res["frames_per_s"] > 0
+    # a folder's outputs are named after its frames
+    assert sorted(p.name for p in (out / "bin_mask" / "my_clip").glob("*.png")) == [f"img_{i:03d}.png" for i in range(5)]
+    assert np.asarray(Image.open(out / "logits" / "my_clip" / "img_003.png")).shape == (H, W)
     assert Path(res["overlay_video"]) == out / "overlay" / "my_clip.mp4" and Path(res["overlay_video"]).is_file()
+    assert res["overlay_codec"] == "h264" and not (out / "INCOMPLETE").exists()
+    assert not list((out / "overlay").glob("*partial*"))
 
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (W, H))
@@ -154,8 +158,15 @@ def test_video_folder_and_mp4(setup, tmp_path):
     res = script.main(["--model_path", str(setup["ckpt"]), "--video", str(video), "--val_size", "48",
                        "--output_dir", str(tmp_path / "out_mp4"), "--device", "cpu", "--overlay_format", "gif"])
     assert res["video"]["n_frames"] == 5
-    assert len(list((tmp_path / "out_mp4" / "bin_mask" / "clip").glob("*.png"))) == 5
+    assert sorted(p.name for p in (tmp_path / "out_mp4" / "bin_mask" / "clip").glob("*.png")) == \
+        [f"{i:05d}.png" for i in range(5)]
     assert (tmp_path / "out_mp4" / "overlay" / "clip.gif").is_file()
+    # chunk window, two clips per forward: same files, fewer forwards
+    res = script.main(["--model_path", str(setup["ckpt"]), "--video", str(video), "--val_size", "48",
+                       "--output_dir", str(tmp_path / "out_chunk"), "--device", "cpu", "--window", "chunk",
+                       "--batch_clips", "2", "--num_frames", "2"])
+    assert res["video"]["n_frames"] == 5 and res["video"]["max_frames_held"] <= 4
+    assert len(list((tmp_path / "out_chunk" / "bin_mask" / "clip").glob("*.png"))) == 5
     with pytest.raises(FileNotFoundError, match="--video"):
         script.main(["--model_path", str(setup["ckpt"]), "--video", str(tmp_path / "none.mp4")])
 

@@ -287,16 +287,16 @@ def test_vss_inference_refuses_a_checkpoint_of_another_task(tmp_path):
 def test_video_folder_is_read_in_natural_order_and_mixed_sizes_are_refused(tmp_path):
     from PIL import Image
 
+    from datasets.stream import open_video
     from utils.cli import UserError
-    from utils.inference import read_video
 
     for i in (0, 1, 2, 10, 11):  # plain sorting would give 0, 1, 10, 11, 2
         Image.new("RGB", (16, 12), (i * 20, 0, 0)).save(tmp_path / f"frame{i}.png")
-    _, frames = read_video(tmp_path)
-    assert [im.getpixel((0, 0))[0] for im in frames] == [0, 20, 40, 200, 220]
+    frames = [rgb for _, rgb in open_video(tmp_path, None, keep_rgb=True)]
+    assert [int(rgb[0, 0, 0]) for rgb in frames] == [0, 20, 40, 200, 220]
     Image.new("RGB", (8, 8)).save(tmp_path / "frame12.png")
     with pytest.raises(UserError, match="frame12.png"):
-        read_video(tmp_path)
+        open_video(tmp_path, None)
 
 
 def test_avos_inference_refuses_a_checkpoint_of_another_task():

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from datasets.path_config import DatasetNotFoundError
-from datasets.vspw import (VSPWClips, VSPWTrainTransform, build_vspw_train_dataset, clip_indices, raw_to_class,
+from datasets.vspw import (VSPWClips, VSPWTrainTransform, build_vspw_train_dataset, raw_to_class,
                            vspw_root, vspw_sequences)
 from models import get_config
 from vss.config import vss_config
@@ -66,7 +66,9 @@ def test_raw_labels_map_to_classes_with_others_and_void_ignored():
     assert raw_to_class(raw).tolist() == [[255, 0, 1], [123, 255, 255]]
 
 
-def test_clip_indices_stay_inside_the_video_and_wrap_only_when_too_short():
+def test_clamped_clips_stay_inside_the_video_and_wrap_only_when_too_short():
+    from utils.clips import clamped_clip as clip_indices
+
     assert clip_indices(20, 10, 6) == [7, 8, 9, 10, 11, 12]
     assert clip_indices(20, 0, 6) == [0, 1, 2, 3, 4, 5]
     assert clip_indices(20, 19, 6) == [14, 15, 16, 17, 18, 19]
@@ -232,7 +234,7 @@ def test_train_resume_then_inference_writes_colored_predictions_and_results(vspw
 
 
 def test_chunk_clips_cover_every_frame_once_inside_the_video():
-    from vss.inference_medvt_vss import chunk_clips
+    from utils.clips import chunk_clips
 
     assert chunk_clips(11, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [7, 8, 9, 10]]
     assert chunk_clips(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]

@@ -135,23 +135,19 @@ def evaluate_davis(model: nn.Module, sequences: Sequence, device: torch.device, 
     thresholded at > 0.5 and compared with the GT (> 0). Returns ``{"miou": mean over sequences
     of per-sequence mean J, "per_sequence": {name: mean J}}``. Leaves the model in eval mode.
     """
-    from PIL import Image
-
-    from datasets.transforms import load_frames, test_size
+    from datasets.stream import ImageFiles
+    from datasets.transforms import test_size
     from models.predictor import VideoPredictor
     from utils.metrics import jaccard
 
-    predictor = VideoPredictor(model, clip_len=clip_len, flip=flip, flip_merge="mean",
-                               amp_dtype=amp_dtype)
+    predictor = VideoPredictor(model, "centre", clip_len, flip=flip, flip_merge="mean", amp_dtype=amp_dtype)
     per_seq: dict[str, float] = {}
     for seq in tqdm(sequences, desc="val", disable=not is_main_process(), dynamic_ncols=True, leave=False):
-        with Image.open(seq.frames[0]) as im:
-            w, h = im.size
-        frames = load_frames(list(seq.frames), test_size(h, w, val_size))
-        idx = [i for i, m in enumerate(seq.masks) if m is not None]
-        gts = {i: seq.read_mask(i) for i in idx}
-        out_size = next(iter(gts.values())).shape if gts else (h, w)
-        ious = [jaccard(prob.numpy() > 0.5, gts[i]) for i, prob in predictor.predict_video(frames, out_size, idx)]
+        source = ImageFiles(seq.frames, lambda h, w: test_size(h, w, val_size), name=seq.name)
+        annotated = [i for i, m in enumerate(seq.masks) if m is not None]
+        out_size = seq.read_mask(annotated[0]).shape if annotated else source.frame_hw
+        ious = [jaccard(p.probs[0].numpy() > 0.5, seq.read_mask(p.index))
+                for p in predictor.stream(source, out_size, set(annotated).__contains__)]
         per_seq[seq.name] = float(np.mean(ious)) if ious else float("nan")
     miou = float(np.nanmean(list(per_seq.values()))) if per_seq else float("nan")
     if logger is not None:

@@ -1,9 +1,11 @@
 """AVOS inference with the original test protocol (spec avos §6) and the outputs it writes.
 
 One run = one model + one dataset (DAVIS-16 val, YouTube-Objects, MoCA) or one unlabelled video.
-Every frame is predicted as the centre of its own wrap-around clip by
-:class:`models.predictor.VideoPredictor` (scales averaged, flip merged); this module picks the
-per-dataset protocol, loads the frames, writes the files and computes the metrics:
+Frames stream through :class:`models.predictor.VideoPredictor` (``--window centre``: every frame the
+centre of its own wrap-around clip, as the original; ``chunk``: one forward per clip, every frame
+kept; scales averaged, flip merged), read a few frames ahead in a background thread and written in
+another as predictions arrive, so memory does not grow with a video's length. This module picks
+the per-dataset protocol, writes the files and computes the metrics:
 
 ========  =========  ==================================  ============  ===========
 dataset   val size   scales with ``--msc``               flip merge    foreground
@@ -30,14 +32,16 @@ Outputs under the run folder:
   (per class; the reported number is the mean over classes).
 * MoCA: ``<video>/<frame>.png`` (0/255 at the input resolution, as the original) and
   ``MoCA_results.{csv,json}`` (per-video box IoU by motion type, success rates).
-* ``overlay/<seq>/<frame>.png`` and ``overlay/<seq>.mp4`` (or ``.gif``) with ``--save_overlay``
-  (always for a video); ``out.log``.
+* ``overlay/<seq>/<frame>.png`` and ``overlay/<seq>.mp4`` (H.264; or ``.gif``) with ``--save_overlay``;
+  for a video the overlay video is always written, its frames as PNGs only with ``--save_overlay``;
+  ``out.log``.
 """
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,17 +49,18 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
 from tqdm import tqdm
 
-from datasets.transforms import load_frames, test_size, to_tensor
-from datasets.video import VideoSequence, list_frame_files, open_image, require_same_size
+from datasets.stream import ImageFiles, Prefetch, open_video
+from datasets.transforms import test_size
+from datasets.video import VideoSequence
 from models import MedVTConfig, build_model, get_config, infer_model_version, read_checkpoint
 from models.convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict
-from models.predictor import VideoPredictor, wraparound_clip
+from models.predictor import VideoPredictor, Window
 from utils import metrics
+from utils.background import BackgroundWorker
 from utils.cli import UserError
-from utils.visualize import overlay, write_video
+from utils.visualize import VideoWriter, overlay
 
 logger = logging.getLogger("medvt.inference")
 
@@ -222,51 +227,28 @@ def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
-def load_sequence_frames(seq: VideoSequence, protocol: Protocol) -> tuple[Tensor, tuple[int, int]]:
-    """All frames of ``seq`` at the test size → ([N, 3, h, w] normalised, original (H, W))."""
-    with Image.open(seq.frames[0]) as first:
-        w, h = first.size
-    return load_frames(seq.frames, test_size(h, w, protocol.val_size, protocol.max_ratio)), (h, w)
-
-
-def predict_frames(predictor: VideoPredictor, frames: Tensor, indices: Iterable[int],
-                   out_size: Sequence[tuple[int, int]] | tuple[int, int], progress: tqdm | None = None,
-                   ) -> Iterable[tuple[int, np.ndarray]]:
-    """Yield (frame index, probability [H, W] float32) for each index, each the centre of its clip.
-
-    ``frames``: [N, 3, h, w] normalised; ``out_size``: one (H, W) or one per frame.
-    """
-    n, centre = frames.shape[0], predictor.clip_len // 2
-    for i in indices:
-        size = out_size if isinstance(out_size[0], int) else out_size[i]
-        prob = predictor.predict_clip(frames[wraparound_clip(i, n, predictor.clip_len)], tuple(size))[centre]
-        if progress is not None:
-            progress.update(1)
-        yield i, prob.float().cpu().numpy()
-
-
-@dataclass
 class OverlayWriter:
-    """Collects per-frame overlays of one sequence and writes the PNGs and the video."""
+    """Overlays of one sequence: ``<out_dir>/<frame>.png`` (optional) and ``<out_dir>.<fmt>``, written as
+    frames arrive (the video under a temporary name until :meth:`close`)."""
 
-    out_dir: Path
-    fmt: str = "mp4"
-    fps: int = 10
-    frames: list[np.ndarray] = field(default_factory=list)
+    def __init__(self, out_dir: Path, fmt: str = "mp4", fps: float = 10, save_frames: bool = True) -> None:
+        self.out_dir, self.fmt, self.fps, self.save_frames = out_dir, fmt, fps, save_frames
+        self.video: VideoWriter | None = None
 
     def add(self, rgb: np.ndarray, mask: np.ndarray, name: str) -> None:
         if mask.shape != rgb.shape[:2]:  # e.g. MoCA masks at input size: show them on the original frame
             mask = cv2.resize(mask.astype(np.uint8), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
         image = overlay(rgb, mask.astype(bool))
-        save_png(image, self.out_dir / f"{name}.png")
-        self.frames.append(image)
+        if self.save_frames:
+            save_png(image, self.out_dir / f"{name}.png")
+        if self.video is None:
+            self.video = VideoWriter(self.out_dir.with_name(f"{self.out_dir.name}.{self.fmt}"), self.fps)
+        self.video.write(image)
 
     def close(self) -> Path | None:
-        if not self.frames:
+        if self.video is None:
             return None
-        path = write_video(self.frames, self.out_dir.with_name(f"{self.out_dir.name}.{self.fmt}"), self.fps)
-        self.frames = []
-        return path
+        return self.video.close()
 
 
 # ------------------------------------------------------------------------------------- runs
@@ -280,15 +262,20 @@ class RunOptions:
     overlay_format: str = "mp4"
     fps: int = 10
     amp_dtype: torch.dtype | None = None
+    window: str = "centre"
+    batch_clips: int = 1
+    prefetch: int = 8  # frames decoded ahead by the background reader
 
 
-def _predictor(model: torch.nn.Module, protocol: Protocol, opts: RunOptions) -> VideoPredictor:
-    return VideoPredictor(model, clip_len=opts.num_frames, scales=protocol.scales, flip=protocol.flip,
-                          flip_merge=protocol.flip_merge, amp_dtype=opts.amp_dtype)
+def make_predictor(model: torch.nn.Module, protocol: Protocol, opts: RunOptions) -> VideoPredictor:
+    return VideoPredictor(model, Window(opts.window, opts.num_frames), scales=protocol.scales, flip=protocol.flip,
+                          flip_merge=protocol.flip_merge, activation="sigmoid", amp_dtype=opts.amp_dtype,
+                          batch_clips=opts.batch_clips)
 
 
-def _log_protocol(protocol: Protocol, sequences: Sequence[VideoSequence], n_frames: int) -> None:
-    logger.info("protocol %s", protocol.describe())
+def _log_protocol(protocol: Protocol, opts: RunOptions, sequences: Sequence[VideoSequence], n_frames: int) -> None:
+    logger.info("protocol %s; window %s of %d frames, %d clip(s) per forward", protocol.describe(), opts.window,
+                opts.num_frames, opts.batch_clips)
     for note in protocol.notes:
         logger.info("note: %s", note)
     logger.info("%d sequences, %d frames to predict", len(sequences), n_frames)
@@ -299,28 +286,67 @@ def _mask_size(path: Path) -> tuple[int, int]:
         return im.size[1], im.size[0]
 
 
+def sequence_source(seq: VideoSequence, protocol: Protocol, keep_rgb: bool = False) -> ImageFiles:
+    """The frames of ``seq`` at the protocol's test size, read as they are needed."""
+    return ImageFiles(seq.frames, lambda h, w: test_size(h, w, protocol.val_size, protocol.max_ratio),
+                      keep_rgb=keep_rgb, name=seq.name)
+
+
+class Throughput:
+    """A progress bar in frames and the run's summary line (frames, wall time, frames/s)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True)
+        self.t0, self.frames = time.perf_counter(), 0
+
+    def update(self, n: int = 1) -> None:
+        self.frames += n
+        self.bar.update(n)
+
+    def close(self) -> dict:
+        self.bar.close()
+        wall = time.perf_counter() - self.t0
+        fps = self.frames / wall if wall > 0 else float("nan")
+        logger.info("%d frames in %.1f s: %.2f frames/s", self.frames, wall, fps)
+        return {"frames": self.frames, "wall_s": wall, "frames_per_s": fps}
+
+
+def stream_predictions(predictor: VideoPredictor, source, out_size, wanted: Callable[[int], bool] | None,
+                       handle: Callable[..., None], writer: BackgroundWorker, progress: Throughput,
+                       prefetch: int = 8) -> None:
+    """Run ``predictor`` over ``source`` (decoded ``prefetch`` frames ahead in a background thread)
+    and hand every ``(index, probability [H, W] float32, payload)`` to ``handle`` in ``writer``'s
+    thread, so neither decoding nor writing holds up the model."""
+    source = Prefetch(source, prefetch) if prefetch else source
+    for pred in predictor.stream(source, out_size, wanted):
+        writer.submit(handle, pred.index, pred.probs[0].numpy(), pred.payload)
+        progress.update()
+
+
 def predict_dense(model: torch.nn.Module, sequences: Sequence[VideoSequence], protocol: Protocol,
                   opts: RunOptions, annotated_only: bool = False,
-                  on_frame: Callable[[VideoSequence, int, np.ndarray], None] | None = None) -> None:
+                  on_frame: Callable[[VideoSequence, int, np.ndarray], None] | None = None) -> dict:
     """Write ``logits/`` and ``bin_mask/`` (and overlays) for every (annotated) frame.
 
     Output size per frame: its mask's size, else the original frame size. ``on_frame(seq, i,
-    foreground [H, W] bool)`` is called per predicted frame (metrics computed on the fly, so no
-    dataset-sized array is kept).
+    foreground [H, W] bool)`` is called per predicted frame, in order (metrics computed on the fly,
+    so no dataset-sized array is kept). Returns the throughput summary.
     """
-    predictor = _predictor(model, protocol, opts)
-    todo = {seq.name: [i for i in range(seq.num_frames) if not annotated_only or seq.masks[i] is not None]
-            for seq in sequences}
-    _log_protocol(protocol, sequences, sum(map(len, todo.values())))
-    with tqdm(total=sum(map(len, todo.values())), desc=protocol.dataset, unit="frame") as bar:
+    predictor = make_predictor(model, protocol, opts)
+    counts = {seq.name: sum(1 for m in seq.masks if m is not None) if annotated_only else seq.num_frames
+              for seq in sequences}
+    _log_protocol(protocol, opts, sequences, sum(counts.values()))
+    progress = Throughput(sum(counts.values()), protocol.dataset)
+    with BackgroundWorker(depth=16, name="writer") as writer:
         for seq in sequences:
-            if not todo[seq.name]:
+            if not counts[seq.name]:
                 continue
-            bar.set_postfix_str(seq.name)
-            frames, orig = load_sequence_frames(seq, protocol)
-            sizes = [_mask_size(m) if m is not None else orig for m in seq.masks]
-            writer = OverlayWriter(opts.out_dir / "overlay" / seq.name, opts.overlay_format, opts.fps)
-            for i, prob in predict_frames(predictor, frames, todo[seq.name], sizes, bar):
+            progress.bar.set_postfix_str(seq.name)
+            source = sequence_source(seq, protocol, keep_rgb=opts.save_overlay)
+            orig = source.frame_hw
+            overlays = OverlayWriter(opts.out_dir / "overlay" / seq.name, opts.overlay_format, opts.fps)
+
+            def handle(i: int, prob: np.ndarray, rgb, seq=seq, overlays=overlays) -> None:
                 stem = seq.frames[i].stem
                 fg = protocol.binarize(prob)
                 save_png(to_uint8_png(prob), opts.out_dir / "logits" / seq.name / f"{stem}.png")
@@ -328,8 +354,13 @@ def predict_dense(model: torch.nn.Module, sequences: Sequence[VideoSequence], pr
                 if on_frame is not None:
                     on_frame(seq, i, fg)
                 if opts.save_overlay:
-                    writer.add(np.asarray(seq.read_image(i)), fg, stem)
-            writer.close()
+                    overlays.add(rgb, fg, stem)
+
+            wanted = (lambda i, seq=seq: seq.masks[i] is not None) if annotated_only else None
+            out_size = lambda i, seq=seq: _mask_size(seq.masks[i]) if seq.masks[i] is not None else orig  # noqa: E731
+            stream_predictions(predictor, source, out_size, wanted, handle, writer, progress, opts.prefetch)
+            writer.submit(overlays.close)
+    return progress.close()
 
 
 def run_davis(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts: RunOptions) -> dict:
@@ -382,22 +413,28 @@ def run_youtube_objects(model, sequences: Sequence[VideoSequence], protocol: Pro
 
 def run_moca(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts: RunOptions) -> dict:
     """MoCA: predict annotated frames, save 0/255 masks at input size, then the box IoU protocol."""
-    predictor = _predictor(model, protocol, opts)
+    predictor = make_predictor(model, protocol, opts)
     n_total = sum(len(seq.meta["annotated"]) for seq in sequences)
-    _log_protocol(protocol, sequences, n_total)
-    with tqdm(total=n_total, desc="moca", unit="frame") as bar:
+    _log_protocol(protocol, opts, sequences, n_total)
+    progress = Throughput(n_total, "moca")
+    with BackgroundWorker(depth=16, name="writer") as writer:
         for seq in sequences:
             if not seq.meta["annotated"]:
                 continue
-            bar.set_postfix_str(seq.name)
-            frames, _ = load_sequence_frames(seq, protocol)
-            writer = OverlayWriter(opts.out_dir / "overlay" / seq.name, opts.overlay_format, opts.fps)
-            for i, prob in predict_frames(predictor, frames, seq.meta["annotated"], tuple(frames.shape[-2:]), bar):
+            progress.bar.set_postfix_str(seq.name)
+            source = sequence_source(seq, protocol, keep_rgb=opts.save_overlay)
+            overlays = OverlayWriter(opts.out_dir / "overlay" / seq.name, opts.overlay_format, opts.fps)
+
+            def handle(i: int, prob: np.ndarray, rgb, seq=seq, overlays=overlays) -> None:
                 fg = protocol.binarize(prob)
                 save_png(fg.astype(np.uint8) * 255, opts.out_dir / seq.name / f"{seq.frames[i].stem}.png")
                 if opts.save_overlay:
-                    writer.add(np.asarray(seq.read_image(i)), fg, seq.frames[i].stem)
-            writer.close()
+                    overlays.add(rgb, fg, seq.frames[i].stem)
+
+            stream_predictions(predictor, source, source.size_hw, set(seq.meta["annotated"]).__contains__,
+                               handle, writer, progress, opts.prefetch)
+            writer.submit(overlays.close)
+    progress.close()
     results = evaluate_moca(opts.out_dir, sequences)
     logger.info("dataset: MoCA mean_iou:%.3f  success rates %s", results["mean_iou"],
                 ", ".join(f"{k}: {v:.3f}" for k, v in results["success_rates"].items()))
@@ -444,59 +481,45 @@ def evaluate_moca(pred_dir: Path, sequences: Sequence[VideoSequence]) -> dict:
     return results
 
 
-def run_video(model, name: str, images: Sequence[Image.Image], protocol: Protocol, opts: RunOptions) -> dict:
-    """An unlabelled video (PIL frames): masks, probability maps and an overlay video; no metrics.
-
-    Every frame is kept in memory (decoded and resized): fine for clips, not for hour-long videos.
-    Masks are written at the frame size, foreground p > 0.5, flips merged by mean (DAVIS settings).
-    """
-    w, h = images[0].size
-    size = test_size(h, w, protocol.val_size, protocol.max_ratio)
-    frames = torch.stack([to_tensor(im.resize((size[1], size[0]), Image.BILINEAR) if im.size != (size[1], size[0])
-                                    else im) for im in images])
-    predictor = _predictor(model, protocol, opts)
-    logger.info("protocol %s", protocol.describe())
-    logger.info("video %s: %d frames of %dx%d, run at %dx%d", name, len(images), w, h, size[1], size[0])
-    writer = OverlayWriter(opts.out_dir / "overlay" / name, opts.overlay_format, opts.fps)
-    areas = []
-    with tqdm(total=len(images), desc=name, unit="frame") as bar:
-        for i, prob in predict_frames(predictor, frames, range(len(images)), (h, w), bar):
-            fg = protocol.binarize(prob)
-            save_png(to_uint8_png(prob), opts.out_dir / "logits" / name / f"{i:05d}.png")
-            save_png(fg.astype(np.uint8) * 255, opts.out_dir / "bin_mask" / name / f"{i:05d}.png")
-            writer.add(np.asarray(images[i].convert("RGB")), fg, f"{i:05d}")
-            areas.append(float(fg.mean()))
-    video_path = writer.close()
-    logger.info("wrote masks to %s and the overlay video %s", opts.out_dir / "bin_mask" / name, video_path)
-    return {"name": name, "n_frames": len(images), "overlay_video": str(video_path),
-            "mean_foreground_fraction": float(np.mean(areas))}
+def open_user_video(path: str | Path, protocol: Protocol, clip_len: int = 6):
+    """``--video``: a video file or a folder of frames, checked completely before anything is written
+    (one-line errors for unreadable, empty or one-frame input), decoded lazily at the test size."""
+    return open_video(path, lambda h, w: test_size(h, w, protocol.val_size, protocol.max_ratio), keep_rgb=True,
+                      flag="--video", min_frames=2, tail_keep=clip_len)
 
 
-def read_video(path: str | Path) -> tuple[str, list[Image.Image]]:
-    """A video file (OpenCV) or a folder of image files (sorted by name) → (name, RGB frames)."""
-    path = Path(path)
-    if path.is_dir():
-        files = list_frame_files(path, "--video")
-        images = [open_image(p, "RGB") for p in files]
-        require_same_size(images, files, f"--video {path}")
-        logger.info("--video %s: %d frames in natural order, %s … %s", path, len(files), files[0].name, files[-1].name)
-        return path.name, images
-    if not path.is_file():
-        raise FileNotFoundError(f"--video {path} is neither a video file nor a folder of frames")
-    capture = cv2.VideoCapture(str(path))
-    images = []
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            images.append(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
-    finally:
-        capture.release()
-    if not images:
-        raise UserError(f"--video {path}: OpenCV read no frames (unsupported codec or not a video)")
-    require_same_size(images, [f"frame {i}" for i in range(len(images))], f"--video {path}")
-    return path.stem, images
+def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
+    """An unlabelled video (a frame source from :func:`open_user_video`): masks, probability maps and an
+    overlay video, written as predictions arrive; no metrics. Memory does not grow with the video's
+    length. Masks are at the frame size, foreground p > 0.5, flips merged by mean (DAVIS settings)."""
+    name, (h, w), n = source.name, source.frame_hw, len(source)
+    predictor = make_predictor(model, protocol, opts)
+    logger.info("protocol %s; window %s of %d frames, %d clip(s) per forward", protocol.describe(), opts.window,
+                opts.num_frames, opts.batch_clips)
+    logger.info("video %s: %d frames of %dx%d%s, run at %dx%d", name, n, w, h,
+                f" at {source.fps:.3g} fps" if source.fps else "", source.size_hw[1], source.size_hw[0])
+    fps = source.fps or opts.fps
+    overlays = OverlayWriter(opts.out_dir / "overlay" / name, opts.overlay_format, fps, save_frames=opts.save_overlay)
+    area = [0.0]
+
+    def handle(i: int, prob: np.ndarray, rgb: np.ndarray) -> None:
+        stem = source.frame_name(i)
+        fg = protocol.binarize(prob)
+        save_png(to_uint8_png(prob), opts.out_dir / "logits" / name / f"{stem}.png")
+        save_png(fg.astype(np.uint8) * 255, opts.out_dir / "bin_mask" / name / f"{stem}.png")
+        overlays.add(rgb, fg, stem)
+        area[0] += float(fg.mean())
+
+    progress = Throughput(n, name)
+    with BackgroundWorker(depth=16, name="writer") as writer:
+        stream_predictions(predictor, source, (h, w), None, handle, writer, progress, opts.prefetch)
+    video_path = overlays.close()
+    speed = progress.close()
+    logger.info("wrote masks to %s and the overlay video %s (%s, %s)", opts.out_dir / "bin_mask" / name,
+                video_path, opts.overlay_format, overlays.video.codec if overlays.video else "-")
+    return {"name": name, "n_frames": n, "overlay_video": str(video_path),
+            "overlay_codec": overlays.video.codec if overlays.video else None,
+            "mean_foreground_fraction": area[0] / n, "max_frames_held": predictor.max_held, **speed}
 
 
 def select_sequences(sequences: list[VideoSequence], wanted: Sequence[str] | None, flag: str = "--sequences",

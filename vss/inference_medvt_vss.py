@@ -22,23 +22,23 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.path_config import add_path_args  # noqa: E402
-from datasets.transforms import load_frames  # noqa: E402
+from datasets.stream import ImageFiles, Prefetch  # noqa: E402
 from datasets.video import VideoSequence  # noqa: E402
-from datasets.vspw import clip_indices, raw_to_class, read_raw_mask, resized_hw, vspw_root, vspw_sequences  # noqa: E402
+from datasets.vspw import raw_to_class, read_raw_mask, resized_hw, vspw_root, vspw_sequences  # noqa: E402
 from models import MedVTConfig, build_model, load_checkpoint, read_checkpoint  # noqa: E402
-from models.predictor import wraparound_clip  # noqa: E402
+from models.predictor import VideoPredictor, Window  # noqa: E402
+from utils.background import BackgroundWorker  # noqa: E402
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main  # noqa: E402
-from utils.engine import autocast  # noqa: E402
 from utils.metrics import write_results  # noqa: E402
 from vss.config import DEFAULT_CONFIG, VSPW_NUM_CLASSES, config_names, vss_config  # noqa: E402
 from vss.metrics import VSPWEvaluator  # noqa: E402
@@ -63,6 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", default="chunk", choices=("chunk", "centre"),
                    help="chunk: consecutive clips, every frame kept; centre: each frame the centre of its own "
                         "wrap-around clip (see above)")
+    p.add_argument("--batch_clips", type=positive_int, default=1, metavar="N",
+                   help="clips stacked in one forward (2N with --flip), for GPUs (default 1)")
     p.add_argument("--flip", action="store_true", help="average the softmax with that of the mirrored clip")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (meant for CUDA; runs, slowly, on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -114,91 +116,76 @@ def overlay_colors(frame_path: Path, labels: np.ndarray, alpha: float = 0.5) -> 
 
 
 # ------------------------------------------------------------------------------ prediction
-def chunk_clips(num_frames: int, clip_len: int) -> list[list[int]]:
-    """Clips that cover every frame: consecutive chunks, the last one shifted back inside the video."""
-    if num_frames <= clip_len:
-        return [clip_indices(num_frames, 0, clip_len)]
-    starts = list(range(0, num_frames - clip_len + 1, clip_len))
-    if starts[-1] + clip_len < num_frames:
-        starts.append(num_frames - clip_len)
-    return [list(range(s, s + clip_len)) for s in starts]
+def video_predictions(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
+                      val_size: int | None = 480, max_size: int | None = None, clip_len: int = 6,
+                      window: str = "chunk", flip: bool = False, amp: bool = False, batch_clips: int = 1,
+                      ) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, class ids [*out_hw] uint8) for every frame of ``video``, in order, streamed.
 
-
-@torch.inference_mode()
-def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
-                  val_size: int | None = 480, max_size: int | None = None, clip_len: int = 6,
-                  window: str = "chunk", flip: bool = False, amp: bool = False) -> np.ndarray:
-    """Class ids [N, *out_hw] uint8 for every frame of ``video``.
-
-    Logits [B, K, T, h, w] are upsampled (bilinear) one frame at a time to ``out_hw`` — K·H·W
-    floats per frame instead of K·T·H·W — and argmax'ed; with ``flip`` the two softmaxes are averaged.
+    Logits [B, K, T, h, w] are upsampled (bilinear) one kept frame at a time to ``out_hw`` and
+    argmax'ed; with ``flip`` the two softmaxes are averaged (:class:`models.predictor.VideoPredictor`).
     """
-    n = video.num_frames
-    w0, h0 = Image.open(video.frames[0]).size
-    size = resized_hw(h0, w0, val_size or None, max_size)
-    if window == "centre":
-        jobs = [(wraparound_clip(i, n, clip_len), {clip_len // 2: i}) for i in range(n)]
-    elif window == "chunk":
-        jobs = [(idx, dict(enumerate(idx))) for idx in chunk_clips(n, clip_len)]
-    else:
-        raise ValueError(f"window must be 'chunk' or 'centre', not {window!r}")
-    preds = np.zeros((n, *out_hw), np.uint8)
-    done = np.zeros(n, bool)
-    amp_ctx = autocast(device, torch.bfloat16 if amp else None)
-    for idx, keep in jobs:
-        keep = {k: i for k, i in keep.items() if not done[i]}  # a frame in two clips keeps its first prediction
-        if not keep:
-            continue
-        x = load_frames([video.frames[i] for i in idx], size).to(device)[None]  # [1, T, 3, H, W]
-        if flip:
-            x = torch.cat([x, x.flip(-1)])
-        with amp_ctx:
-            logits = model(x)["pred_masks"].float()  # [B, K, T, h, w]
-        if logits.dim() != 5:
-            raise ValueError(f"expected multi-class logits [B, K, T, h, w], got {tuple(logits.shape)}; "
-                             "is the model configured with num_classes > 1?")
-        for k, i in keep.items():
-            scores = F.interpolate(logits[:, :, k], size=out_hw, mode="bilinear", align_corners=False)
-            if flip:
-                probs = scores.softmax(1)
-                scores = (probs[:1] + probs[1:].flip(-1)) / 2
-            preds[i] = scores[0].argmax(0).to(torch.uint8).cpu().numpy()
-            done[i] = True
+    if model.cfg.num_classes < 2:
+        raise ValueError(f"expected a multi-class model (num_classes > 1), got {model.cfg.num_classes} class")
+    predictor = VideoPredictor(model.to(device), Window(window, clip_len), flip=flip,
+                               activation="softmax" if flip else "none",
+                               amp_dtype=torch.bfloat16 if amp else None, batch_clips=batch_clips)
+    source = ImageFiles(video.frames, lambda h, w: resized_hw(h, w, val_size or None, max_size), name=video.name)
+    for pred in predictor.stream(Prefetch(source, 8), out_hw):
+        yield pred.index, pred.probs.argmax(0).to(torch.uint8).numpy()
+
+
+def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
+                  **kwargs) -> np.ndarray:
+    """Class ids [N, *out_hw] uint8 of every frame (:func:`video_predictions` collected)."""
+    preds = np.zeros((video.num_frames, *out_hw), np.uint8)
+    for i, labels in video_predictions(model, video, out_hw, device, **kwargs):
+        preds[i] = labels
     return preds
 
 
 def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device: torch.device,
                     output_dir: Path | None = None, save_predictions: bool = True, save_overlays: bool = False,
                     progress: bool = True, **predict_kwargs) -> dict:
-    """Predict ``videos``, write PNGs/overlays under ``output_dir``, return :meth:`VSPWEvaluator.summary`.
+    """Predict ``videos``, write PNGs/overlays under ``output_dir`` (in a background thread, as
+    predictions arrive), return :meth:`VSPWEvaluator.summary`.
 
-    Predictions are made at the mask size (where metrics are taken), else at the frame size.
+    Predictions are made at the mask size (where metrics are taken), else at the frame size; a
+    video's predictions are only collected when it has masks (video consistency needs them all).
     The summary is ``{}`` when no video has masks.
     """
     num_classes = model.cfg.num_classes
     evaluator = VSPWEvaluator(num_classes)
     evaluated = False
-    for video in tqdm(videos, desc="VSPW videos", unit="video", disable=not progress):
-        w0, h0 = Image.open(video.frames[0]).size
-        raw = None
-        if any(m is not None for m in video.masks):
-            raw = np.stack([read_raw_mask(m, (h0, w0)) for m in video.masks])
-            h0, w0 = raw.shape[1:]
-        preds = predict_video(model, video, (h0, w0), device, **predict_kwargs)
-        if raw is not None:
-            # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
-            evaluator.add_video(video.name, raw_to_class(raw), preds, raw)
-            evaluated = True
-        if output_dir is None:
-            continue
-        for labels, frame in zip(preds, video.frames):
-            if save_predictions:
-                save_label_png(labels, output_dir / "predictions" / video.name / f"{frame.stem}.png")
-            if save_overlays:
-                path = output_dir / "overlays" / video.name / f"{frame.stem}.jpg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(overlay_colors(frame, labels)).save(path, quality=90)
+    with BackgroundWorker(depth=16, name="writer") as writer:
+        for video in tqdm(videos, desc="VSPW videos", unit="video", disable=not progress):
+            w0, h0 = Image.open(video.frames[0]).size
+            raw = None
+            if any(m is not None for m in video.masks):
+                raw = np.stack([read_raw_mask(m, (h0, w0)) for m in video.masks])
+                h0, w0 = raw.shape[1:]
+            preds = np.zeros((video.num_frames, h0, w0), np.uint8) if raw is not None else None
+            for i, labels in video_predictions(model, video, (h0, w0), device, **predict_kwargs):
+                if preds is not None:
+                    preds[i] = labels
+                if output_dir is not None:
+                    writer.submit(_write_frame, output_dir, video, i, labels, save_predictions, save_overlays)
+            if raw is not None:
+                # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
+                evaluator.add_video(video.name, raw_to_class(raw), preds, raw)
+                evaluated = True
     return evaluator.summary() if evaluated else {}
+
+
+def _write_frame(output_dir: Path, video: VideoSequence, i: int, labels: np.ndarray, save_predictions: bool,
+                 save_overlays: bool) -> None:
+    frame = video.frames[i]
+    if save_predictions:
+        save_label_png(labels, output_dir / "predictions" / video.name / f"{frame.stem}.png")
+    if save_overlays:
+        path = output_dir / "overlays" / video.name / f"{frame.stem}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(overlay_colors(frame, labels)).save(path, quality=90)
 
 
 def check_vss_checkpoint(ckpt: dict, cfg: MedVTConfig, args: argparse.Namespace) -> None:
@@ -254,7 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
         / f"infer_vspw_{args.split}_{args.val_size}")
     summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
                               save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
-                              clip_len=args.clip_len, window=args.window, flip=args.flip, amp=args.amp)
+                              clip_len=args.clip_len, window=args.window, flip=args.flip, amp=args.amp,
+                              batch_clips=args.batch_clips)
     if not summary:
         print(f"no ground truth in split {args.split}: predictions written to {out / 'predictions'}")
         return {}
