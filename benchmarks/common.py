@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
 import resource
 import statistics
 import time
@@ -63,6 +65,33 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, configs) ->
         p.error(f"--config {args.config!r} is not one of {sorted(configs)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to PyTorch")
+
+
+CPU_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict:
+    """CPU model, core count, the vector/matrix extensions that matter for torch, and the load average."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "extensions": [e for e in CPU_EXTENSIONS if e in flags],
+            "load_average": list(os.getloadavg())}
 
 
 def device_name(device: torch.device) -> str:

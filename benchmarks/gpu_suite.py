@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.common import peak_tflops  # noqa: E402
+from benchmarks.common import cpu_model, peak_tflops  # noqa: E402
 from benchmarks.gpu_jobs import JOBS  # noqa: E402
 
 # ----------------------------------------------------------------------------- plan
@@ -94,7 +94,7 @@ def plan(args: argparse.Namespace) -> list[dict]:
 # ----------------------------------------------------------------------------- orchestration
 
 def environment(device: str) -> dict:
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu": _cpu_model(),
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu_model(),
            "cpu_count": os.cpu_count(), "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
     try:
@@ -116,16 +116,6 @@ def environment(device: str) -> dict:
         env["gpu"] = "cpu"
     env["peaks_tflops"] = {d: peak_tflops(env["gpu"], d, None) for d in ("bf16", "tf32", "fp32")}
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_job(job: dict, out: Path, budget_s: float, log) -> dict:
