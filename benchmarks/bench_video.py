@@ -43,7 +43,7 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rss_frames", type=int, nargs="+", default=[300, 3000], help="video lengths for part 1")
     p.add_argument("--rss_window", default="chunk", choices=["centre", "chunk"],
                    help="window of the memory runs (chunk: the 3000-frame run takes minutes, not an hour)")
-    p.add_argument("--speed_frames", type=int, default=48, help="video length for parts 2-3")
+    p.add_argument("--speed_frames", type=int, default=96, help="video length for parts 2-3")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads in every child")
     p.add_argument("--demo_dir", type=Path, default=None, help="a `make demo` output folder for part 4")
     p.add_argument("--skip", nargs="*", default=[], choices=["rss", "speed", "accuracy"], help="parts to leave out")
@@ -63,9 +63,11 @@ def child(argv_json: str) -> None:
 
     spec = json.loads(argv_json)
     torch.set_num_threads(spec["threads"])
+    t0 = time.perf_counter()
     res = script.main(spec["argv"])
+    wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"result": res, "peak_rss_mib": peak}, default=str))
+    print(json.dumps({"result": res, "peak_rss_mib": peak, "command_s": wall}, default=str))
 
 
 def run_child(argv: list[str], threads: int) -> dict:
@@ -140,22 +142,24 @@ def part_speed(args, tmp: Path, ckpt: Path) -> dict:
 
     video = synthetic_video(tmp / "speed.mp4", args.speed_frames)
     h, w = test_size(480, 854, args.val_size)
-    res = {}
+    res, command = {}, {}
     for window in ("centre", "chunk"):
         r = run_child(["--model_path", str(ckpt), "--video", str(video), "--val_size", str(args.val_size),
                        "--window", window, "--num_frames", str(args.num_frames), "--device", "cpu",
                        "--output_dir", str(tmp / f"out_{window}")], args.threads)
-        res[window] = r["result"]["video"]["frames_per_s"]
+        res[window] = r["result"]["video"]["frames_per_s"]  # decode, resize, forwards, writing: the frame loop
+        command[window] = args.speed_frames / r["command_s"]  # also loading the model and checking the file
     model = model_only(args.config, args.num_frames, h, w, args.threads)
     clips_per_s = model["clips_per_s"]
     need = {"centre": clips_per_s, "chunk": clips_per_s * args.num_frames}  # model-only frames/s per window
     print(f"  {args.speed_frames} frames at {w}x{h}, {args.config}: model alone {clips_per_s:.3f} clips/s "
           f"(latency {model['latency_s_median']:.3f} s)")
     for window in ("centre", "chunk"):
-        print(f"  {window:>6}: end to end {res[window]:.2f} frames/s; model-only {need[window]:.2f} frames/s; "
-              f"ratio {res[window] / need[window]:.2f} (target >= 0.8)")
+        print(f"  {window:>6}: end to end {res[window]:.2f} frames/s (whole command {command[window]:.2f}); "
+              f"model-only {need[window]:.2f} frames/s; ratio {res[window] / need[window]:.2f} (target >= 0.8), "
+              f"whole command {command[window] / need[window]:.2f}")
     print(f"  chunk / centre: {res['chunk'] / res['centre']:.2f}x (target >= 5)")
-    return {"input_hw": [h, w], "end_to_end_fps": res, "model_only_fps": need,
+    return {"input_hw": [h, w], "end_to_end_fps": res, "whole_command_fps": command, "model_only_fps": need,
             "overhead_ratio": {k: res[k] / need[k] for k in res}, "chunk_over_centre": res["chunk"] / res["centre"]}
 
 

@@ -225,3 +225,25 @@ def test_help():
     for flag in ("--model_path", "--dataset", "--flip", "--msc", "--video", "--model_version", "--amp",
                  "--davis16_root", "--youtube_objects_root", "--moca_root", "--save_overlay"):
         assert flag in proc.stdout
+
+
+def test_a_run_that_fails_midway_is_marked_incomplete(setup, tmp_path, monkeypatch):
+    """An error after some outputs were written (here: the disk fails on the 4th PNG) leaves the
+    INCOMPLETE marker and no overlay video under its final name; a good run removes the marker."""
+    real, calls = inf.save_png, [0]
+
+    def failing(array, path):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise OSError(f"could not write {path}")
+        real(array, path)
+
+    monkeypatch.setattr(inf, "save_png", failing)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="could not write"):
+        run(setup, out, "--save_overlay")
+    assert (out / "INCOMPLETE").is_file() and not (out / "summary.json").exists()
+    assert not list((out / "overlay").glob("*.mp4")) if (out / "overlay").exists() else True
+    monkeypatch.setattr(inf, "save_png", real)
+    run(setup, tmp_path / "out2", "--save_overlay")
+    assert not (tmp_path / "out2" / "INCOMPLETE").exists() and (tmp_path / "out2" / "summary.json").is_file()

@@ -345,3 +345,24 @@ def test_video_writer_gif_and_write_video(tmp_path):
     assert write_video(frames, str(tmp_path / "y.gif")) == Path(tmp_path / "y.gif")
     with pytest.raises(ValueError):
         write_video([], tmp_path / "z.mp4")
+
+
+def test_inference_script_refuses_bad_videos_before_writing_anything(tmp_path, mp4):
+    """Through inference_swin_medvt_avos.py: each bad --video is one line naming it, and no output
+    folder is created (nothing partial can be mistaken for a result)."""
+    import torch
+
+    import inference_swin_medvt_avos as script
+    from models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
+    for what, (path, words) in _bad_inputs(tmp_path, mp4).items():
+        out = tmp_path / f"out_{what.replace(' ', '_')}"
+        with pytest.raises(UserError) as info:
+            script.main(["--model_path", str(ckpt), "--video", str(path), "--val_size", "32", "--device", "cpu",
+                         "--output_dir", str(out)])
+        assert str(path) in str(info.value) and words in str(info.value), (what, str(info.value))
+        assert not out.exists(), what

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,6 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from datasets.stream import ImageFiles, Prefetch, open_video
 from datasets.transforms import test_size
@@ -60,6 +58,7 @@ from models.predictor import VideoPredictor, Window
 from utils import metrics
 from utils.background import BackgroundWorker
 from utils.cli import UserError
+from utils.logger import Throughput
 from utils.visualize import VideoWriter, overlay
 
 logger = logging.getLogger("medvt.inference")
@@ -223,8 +222,11 @@ def to_uint8_png(prob: np.ndarray) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
+    """uint8 HxW or HxWx3 RGB → PNG (OpenCV's encoder: about 3× Pillow's speed at its default level)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    if not cv2.imwrite(str(path), np.ascontiguousarray(image)):
+        raise OSError(f"could not write {path}")
 
 
 class OverlayWriter:
@@ -292,25 +294,6 @@ def sequence_source(seq: VideoSequence, protocol: Protocol, keep_rgb: bool = Fal
                       keep_rgb=keep_rgb, name=seq.name)
 
 
-class Throughput:
-    """A progress bar in frames and the run's summary line (frames, wall time, frames/s)."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.bar = tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True)
-        self.t0, self.frames = time.perf_counter(), 0
-
-    def update(self, n: int = 1) -> None:
-        self.frames += n
-        self.bar.update(n)
-
-    def close(self) -> dict:
-        self.bar.close()
-        wall = time.perf_counter() - self.t0
-        fps = self.frames / wall if wall > 0 else float("nan")
-        logger.info("%d frames in %.1f s: %.2f frames/s", self.frames, wall, fps)
-        return {"frames": self.frames, "wall_s": wall, "frames_per_s": fps}
-
-
 def stream_predictions(predictor: VideoPredictor, source, out_size, wanted: Callable[[int], bool] | None,
                        handle: Callable[..., None], writer: BackgroundWorker, progress: Throughput,
                        prefetch: int = 8) -> None:
@@ -336,7 +319,7 @@ def predict_dense(model: torch.nn.Module, sequences: Sequence[VideoSequence], pr
     counts = {seq.name: sum(1 for m in seq.masks if m is not None) if annotated_only else seq.num_frames
               for seq in sequences}
     _log_protocol(protocol, opts, sequences, sum(counts.values()))
-    progress = Throughput(sum(counts.values()), protocol.dataset)
+    progress = Throughput(sum(counts.values()), protocol.dataset, logger.info)
     with BackgroundWorker(depth=16, name="writer") as writer:
         for seq in sequences:
             if not counts[seq.name]:
@@ -416,7 +399,7 @@ def run_moca(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts
     predictor = make_predictor(model, protocol, opts)
     n_total = sum(len(seq.meta["annotated"]) for seq in sequences)
     _log_protocol(protocol, opts, sequences, n_total)
-    progress = Throughput(n_total, "moca")
+    progress = Throughput(n_total, "moca", logger.info)
     with BackgroundWorker(depth=16, name="writer") as writer:
         for seq in sequences:
             if not seq.meta["annotated"]:
@@ -510,7 +493,7 @@ def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
         overlays.add(rgb, fg, stem)
         area[0] += float(fg.mean())
 
-    progress = Throughput(n, name)
+    progress = Throughput(n, name, logger.info)
     with BackgroundWorker(depth=16, name="writer") as writer:
         stream_predictions(predictor, source, (h, w), None, handle, writer, progress, opts.prefetch)
     video_path = overlays.close()

@@ -1,4 +1,5 @@
-"""Readable training logs: one ``logging`` logger writing to stdout and ``<output_dir>/train.log``.
+"""Readable logs: one ``logging`` logger writing to stdout and ``<output_dir>/train.log``, and the
+frames/s progress bar and summary line of video inference (:class:`Throughput`).
 
 Only the main process prints; other ranks log warnings and errors only, so a multi-process run
 reads like a single one.
@@ -7,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+from tqdm import tqdm
 
 _FMT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -45,3 +50,23 @@ def format_metrics(values: dict[str, float], digits: int = 4) -> str:
         else:
             parts.append(f"{k} {v}")
     return "  ".join(parts)
+
+
+class Throughput:
+    """A progress bar in frames and, at :meth:`close`, one summary line (frames, wall time, frames/s)
+    passed to ``log`` (e.g. a logger's ``info``); ``close`` also returns those figures."""
+
+    def __init__(self, total: int, desc: str, log: Callable[[str], object] = print, disable: bool = False) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, disable=disable)
+        self.log, self.t0, self.frames = log, time.perf_counter(), 0
+
+    def update(self, n: int = 1) -> None:
+        self.frames += n
+        self.bar.update(n)
+
+    def close(self) -> dict:
+        self.bar.close()
+        wall = time.perf_counter() - self.t0
+        fps = self.frames / wall if wall > 0 else float("nan")
+        self.log(f"{self.frames} frames in {wall:.1f} s: {fps:.2f} frames/s")
+        return {"frames": self.frames, "wall_s": wall, "frames_per_s": fps}

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.path_config import add_path_args  # noqa: E402
@@ -39,6 +38,7 @@ from models import MedVTConfig, build_model, load_checkpoint, read_checkpoint  #
 from models.predictor import VideoPredictor, Window  # noqa: E402
 from utils.background import BackgroundWorker  # noqa: E402
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main  # noqa: E402
+from utils.logger import Throughput  # noqa: E402
 from utils.metrics import write_results  # noqa: E402
 from vss.config import DEFAULT_CONFIG, VSPW_NUM_CLASSES, config_names, vss_config  # noqa: E402
 from vss.metrics import VSPWEvaluator  # noqa: E402
@@ -157,8 +157,11 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
     num_classes = model.cfg.num_classes
     evaluator = VSPWEvaluator(num_classes)
     evaluated = False
+    speed = Throughput(sum(v.num_frames for v in videos), "VSPW", print if progress else (lambda _line: None),
+                       disable=not progress)
     with BackgroundWorker(depth=16, name="writer") as writer:
-        for video in tqdm(videos, desc="VSPW videos", unit="video", disable=not progress):
+        for video in videos:
+            speed.bar.set_postfix_str(video.name)
             w0, h0 = Image.open(video.frames[0]).size
             raw = None
             if any(m is not None for m in video.masks):
@@ -170,10 +173,12 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
                     preds[i] = labels
                 if output_dir is not None:
                     writer.submit(_write_frame, output_dir, video, i, labels, save_predictions, save_overlays)
+                speed.update()
             if raw is not None:
                 # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
                 evaluator.add_video(video.name, raw_to_class(raw), preds, raw)
                 evaluated = True
+    speed.close()
     return evaluator.summary() if evaluated else {}
 
 
