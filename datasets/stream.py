@@ -262,3 +262,19 @@ class Prefetch:
         if attr == "source":  # not yet set (e.g. during unpickling): no recursion
             raise AttributeError(attr)
         return getattr(self.source, attr)
+
+
+class TensorFrames:
+    """Frames already in memory ([N, 3, h, w] normalised, e.g. from the Python API); payloads are None."""
+
+    def __init__(self, frames: Tensor) -> None:
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, None]]:
+        return ((f, None) for f in self.frames)
+
+    def tail(self, k: int) -> list[tuple[Tensor, None]]:
+        return [(f, None) for f in self.frames[len(self) - min(k, len(self)):]]

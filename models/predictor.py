@@ -23,7 +23,7 @@ output is read as ``[B, 1, T, h, w]``: every prediction is ``[K, H, W]``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -225,29 +225,6 @@ class VideoPredictor:
             for f in [f for f in held if f not in upcoming and f not in preload and f not in pinned]:
                 del held[f]
         held.clear()
-
-    def predict_video(self, frames: Tensor, out_size: tuple[int, int],
-                      indices: Iterable[int] | None = None) -> Iterator[tuple[int, Tensor]]:
-        """frames [N, 3, H, W] already in memory → (frame index, probabilities [K, *out_size]) per frame."""
-        wanted = None if indices is None else set(indices).__contains__
-        for p in self.stream(TensorFrames(frames), out_size, wanted):
-            yield p.index, p.probs
-
-
-class TensorFrames:
-    """A frame source over frames already in memory ([N, 3, H, W]); payloads are None."""
-
-    def __init__(self, frames: Tensor) -> None:
-        self.frames = frames
-
-    def __len__(self) -> int:
-        return self.frames.shape[0]
-
-    def __iter__(self) -> Iterator[tuple[Tensor, None]]:
-        return ((f, None) for f in self.frames)
-
-    def tail(self, k: int) -> list[tuple[Tensor, None]]:
-        return [(f, None) for f in self.frames[len(self) - min(k, len(self)):]]
 
 
 class _Peekable:
