@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from models import MODEL_CONFIGS, CheckpointMismatchError, build_model, load_checkpoint, read_checkpoint
-from models.avs import AVS_CONFIGS, build_avs_model, load_avs_checkpoint
+from models import PRESETS, CheckpointMismatchError, build_model, load_model, read_checkpoint
 from models.onnx_export import OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names
 from utils.cli import add_debug_flag, run_main
 
@@ -31,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "it with onnx.checker and compare ONNX Runtime with PyTorch once.")
     p.add_argument("--model_path", type=Path, default=None,
                    help="checkpoint: the authors' file or one of ours (read with the project's safe loader)")
-    p.add_argument("--config", default=None, choices=sorted(MODEL_CONFIGS) + sorted(AVS_CONFIGS),
-                   help="preset to build; alone it exports fresh weights, with --model_path it names the model "
-                        "(needed for MED-VT++ checkpoints; MED-VT checkpoints are resolved as in inference)")
+    p.add_argument("--config", default=None, choices=list(PRESETS),
+                   help="preset to build; alone it exports fresh weights, with --model_path it names the model of a "
+                        "file that records none (the authors'; ours record their config); without it, an AVOS "
+                        "checkpoint is resolved as in inference")
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--num_frames", type=int, default=None, help="clip length T (default 6; MED-VT++ 5)")
@@ -54,18 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 def load(args: argparse.Namespace) -> torch.nn.Module:
     """The model named by the flags, in eval mode on the CPU."""
     torch.manual_seed(args.seed)
-    if args.config in AVS_CONFIGS:
-        model = build_avs_model(args.config)
-        if args.model_path is not None:
-            load_avs_checkpoint(model, args.model_path)
-        return model.eval()
     if args.model_path is None:
         return build_model(args.config).eval()
-    if args.config is not None:
-        model = build_model(args.config)
-        load_checkpoint(model, args.model_path)
-        return model.eval()
-    from utils import inference as inf
+    if args.config is not None:  # either family; the file's own config wins over the name
+        loaded = load_model(args.model_path, preset=args.config)
+        print(f"model: config from {loaded.reason}")
+        return loaded.model
+    from utils import inference as inf  # an AVOS checkpoint: the inference script's model choice
 
     ckpt = read_checkpoint(args.model_path)
     info = inf.resolve_model_config(ckpt, args.model_version, args.backbone)
@@ -94,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     try:
         model = load(args)
-        t = args.num_frames or (model.cfg.max_frames if args.config in AVS_CONFIGS else 6)
+        t = args.num_frames or getattr(model.cfg, "max_frames", 6)  # MED-VT++: its audio positions
         if t < 2:
             parser.error("--num_frames must be at least 2 (the model attends across the frames of a clip)")
         example = example_inputs(model, 2, t, args.height, args.width, args.seed)

@@ -22,10 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from avs.common import add_model_args, as_jsonable, build_model_and_audio, evaluate  # noqa: E402
+from avs.common import add_model_args, as_jsonable, evaluate, model_config  # noqa: E402
 from datasets.avsbench import AVSBenchDataset  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
-from models.avs import load_avs_checkpoint  # noqa: E402
+from models import load_model  # noqa: E402
+from models.audio import build_frozen_vggish  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
 from utils.cli import non_negative_int, positive_int, run_main  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -53,9 +54,11 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or default_device())
     out = Path(args.output_dir)
     logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
-    model, vggish = build_model_and_audio(args, device)
-    load_avs_checkpoint(model, args.weights)
-    logger.info(f"loaded {args.weights} into {model.cfg.name}")
+    vggish = build_frozen_vggish(args.vggish_weights, args.allow_random_vggish).to(device)
+    # Our checkpoints record the model they hold; the model flags describe an authors' release.
+    loaded = load_model(args.weights, preset=model_config(args), device=device)
+    model = loaded.model
+    logger.info(f"loaded {args.weights}: {model.cfg.name}, config from {loaded.reason}")
     ds = AVSBenchDataset(args.avsbench_root, args.task, args.split, args.test_im_size or None, args.audio,
                          args.allow_resample, args.allow_silent)
     loader = DataLoader(ds, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers)

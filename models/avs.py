@@ -464,26 +464,19 @@ def convert_original_avs_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return {convert_original_avs_name(k): v for k, v in sd.items()}
 
 
-def load_avs_checkpoint(model: MEDVTPlusPlus, path) -> None:
-    """Load our checkpoint (dict with "model") or an original bare state dict, strictly.
+def avs_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A MED-VT++ state dict in our names, whether it is ours or an authors' release."""
+    return convert_original_avs_state_dict(sd) if is_original_avs_state_dict(sd) else sd
 
-    Raises ``models.convert.CheckpointMismatchError`` naming missing / unexpected / mis-shaped keys.
-    """
-    from .convert import CheckpointMismatchError, check_finite, read_checkpoint
+
+def load_avs_checkpoint(model: MEDVTPlusPlus, path) -> dict:
+    """Load our checkpoint (dict with "model") or an original bare state dict strictly (the shared
+    loader: missing / unexpected / mis-shaped keys named, non-finite weights refused); returns the
+    checkpoint dict."""
+    from .convert import checkpoint_state_dict, load_state_dict_strict, read_checkpoint
     ckpt = read_checkpoint(path)
-    sd = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
-    if is_original_avs_state_dict(sd):
-        sd = convert_original_avs_state_dict(sd)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or shapes:
-        raise CheckpointMismatchError(
-            f"{path}: checkpoint does not fit {model.cfg.name}: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)}), wrong shape {shapes[:5]} ({len(shapes)})")
-    check_finite(sd, str(path))
-    model.load_state_dict(sd, strict=True)
+    load_state_dict_strict(model, avs_state_dict(checkpoint_state_dict(ckpt)), source=str(path))
+    return ckpt
 
 
 def load_pvt_pretrained(model: MEDVTPlusPlus, path) -> int:

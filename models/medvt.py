@@ -33,7 +33,7 @@ def _tokens(x: Tensor) -> Tensor:
 
 
 class MEDVT(nn.Module):
-    """The MED-VT model. Build it with :func:`build_model`."""
+    """The MED-VT model. Build it with :func:`models.build_model` (a preset name or a config)."""
 
     def __init__(self, cfg: MedVTConfig) -> None:
         super().__init__()
@@ -137,13 +137,3 @@ def _match_size(coarse: Tensor, refined: Tensor) -> tuple[Tensor, Tensor]:
     elif sum(refined.shape[-2:]) > sum(coarse.shape[-2:]):
         coarse = resize(coarse, refined.shape[-2:])
     return coarse, refined
-
-
-def build_model(config: str | MedVTConfig, **overrides) -> MEDVT:
-    """Build a MED-VT model from a preset name (see ``models.config.MODEL_CONFIGS``) or a config."""
-    from .config import get_config
-
-    cfg = get_config(config) if isinstance(config, str) else config
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    return MEDVT(cfg)

@@ -52,9 +52,10 @@ from PIL import Image
 from datasets.stream import ImageFiles, Prefetch, open_video
 from datasets.transforms import test_size
 from datasets.video import VideoSequence
-from models import MedVTConfig, build_model, get_config, infer_model_version, read_checkpoint
-from models.convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict
+from models import MedVTConfig, build_model, get_config, infer_model_version
+from models.convert import load_state_dict_strict
 from models.predictor import VideoPredictor, Window
+from models.registry import model_state_dict
 from utils import metrics
 from utils.background import BackgroundWorker
 from utils.cli import UserError
@@ -189,18 +190,8 @@ def build_from_checkpoint(ckpt: dict, info: ModelInfo, source: str = "checkpoint
                           device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build ``info.config`` and load the checkpoint's weights strictly (errors list bad keys)."""
     model = build_model(info.config)
-    state = convert_original_state_dict(checkpoint_state_dict(ckpt), info.config)
-    load_state_dict_strict(model, state, source=source)
+    load_state_dict_strict(model, model_state_dict(ckpt, info.config), source=source)
     return model.to(device).eval()
-
-
-def load_model(model_path: str | Path, model_version: str = "auto", backbone: str = "swinB",
-               lprop_scale: float | None = None, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
-    """Build the right model for a checkpoint file and load it strictly; logs which model and why."""
-    ckpt = read_checkpoint(model_path)
-    info = resolve_model_config(ckpt, model_version, backbone, lprop_scale)
-    log_model_choice(info)
-    return build_from_checkpoint(ckpt, info, str(model_path), device), info
 
 
 def load_onnx(path: str | Path) -> torch.nn.Module:

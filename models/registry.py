@@ -1,0 +1,129 @@
+"""Every model preset of both families by one name, and the one way to load a checkpoint file.
+
+MED-VT presets (:data:`models.config.MODEL_CONFIGS`: AVOS, A2D, VSS, ``tiny``) and MED-VT++ presets
+(:data:`models.avs.AVS_CONFIGS`: S4, MS3, ``avs_tiny``) share one name space, :data:`PRESETS`;
+:func:`build_model` builds any of them, or any config of either family.
+
+:func:`load_model` decides a checkpoint's config and says how, in this order:
+
+1. the checkpoint's own ``config`` (every checkpoint this project writes records it);
+2. otherwise (an authors' file) the ``preset`` the caller names, with the original's saved training
+   arguments mapped onto it through the family's table (:data:`SAVED_ARG_FIELDS`);
+3. then the caller's ``overrides`` (command-line flags that were given; None means not given).
+
+The weights are converted from the authors' names when needed and loaded strictly: a mismatch
+names the missing, unexpected and mis-shaped keys, and non-finite weights are refused.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from utils.cli import UserError
+
+from .avs import AVS_CONFIGS, AVSConfig, MEDVTPlusPlus, avs_state_dict, get_avs_config
+from .config import MODEL_CONFIGS, MedVTConfig
+from .convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict, read_checkpoint
+from .medvt import MEDVT
+
+ModelConfig = Union[MedVTConfig, AVSConfig]
+
+PRESETS: dict[str, ModelConfig] = {**MODEL_CONFIGS, **AVS_CONFIGS}
+assert len(PRESETS) == len(MODEL_CONFIGS) + len(AVS_CONFIGS), "a preset name is used by both families"
+
+# The authors' training arguments that set a config field, per family (the MED-VT++ releases are
+# bare state dicts without arguments).
+SAVED_ARG_FIELDS: dict[type, dict[str, type]] = {
+    MedVTConfig: {"query_decoder_scales": int, "lprop_mode": int, "lprop_scale": float, "dim_feedforward": int,
+                  "dec_layers": int, "num_queries": int, "num_classes": int},
+    AVSConfig: {},
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The named preset of either family; the error lists every name."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    """A config saved with ``to_dict()`` (MED-VT++ configs are the ones with an audio width)."""
+    return get_avs_config(d) if "audio_dim" in d else MedVTConfig.from_dict(d)
+
+
+def build_model(config: str | ModelConfig | dict, **overrides) -> nn.Module:
+    """A MED-VT or MED-VT++ model from a preset name, a config or a saved config dict."""
+    cfg = get_preset(config) if isinstance(config, str) else config
+    cfg = config_from_dict(cfg) if isinstance(cfg, dict) else cfg
+    if overrides:
+        cfg = replace(cfg, **overrides)
+    return MEDVTPlusPlus(cfg) if isinstance(cfg, AVSConfig) else MEDVT(cfg)
+
+
+def saved_args(ckpt: dict) -> dict:
+    """The training arguments a checkpoint saved (``args``: a Namespace or a dict), else {}."""
+    saved = ckpt.get("args")
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    return saved if isinstance(saved, dict) else {}
+
+
+def saved_arg_changes(ckpt: dict, cfg: ModelConfig) -> dict:
+    """Config fields set by the original's saved training arguments (``ckpt["args"]``)."""
+    saved = saved_args(ckpt)
+    table = SAVED_ARG_FIELDS[type(cfg)]
+    return {k: t(saved[k]) for k, t in table.items() if saved.get(k) is not None and t(saved[k]) != getattr(cfg, k)}
+
+
+def resolve_config(ckpt: dict, preset: str | ModelConfig | None = None, **overrides) -> tuple[ModelConfig, str]:
+    """(config, a sentence saying how it was decided) for a checkpoint dict; see the module docstring."""
+    own = ckpt.get("config")
+    if isinstance(own, dict):
+        cfg, reason = config_from_dict(own), "the checkpoint's own config"
+    elif preset is not None:
+        cfg = get_preset(preset) if isinstance(preset, str) else preset
+        name = preset if isinstance(preset, str) else getattr(cfg, "name", type(cfg).__name__)
+        changes = saved_arg_changes(ckpt, cfg)
+        reason = f"preset {name}" + (f" with the original's saved arguments {changes}" if changes else "")
+        cfg = replace(cfg, **changes)
+    else:
+        raise UserError("the checkpoint records no model config (an authors' file?): name its preset")
+    known = {f.name for f in fields(cfg)}
+    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in known)
+    if unknown:
+        raise UserError(f"{', '.join(unknown)} cannot be set on a {type(cfg).__name__}")
+    given = {k: v for k, v in overrides.items() if v is not None and getattr(cfg, k) != v}
+    if given:
+        cfg = replace(cfg, **given)
+        reason += "; " + ", ".join(f"{k} {v}" for k, v in given.items()) + " as given"
+    return cfg, reason
+
+
+def model_state_dict(ckpt: dict, cfg: ModelConfig) -> dict[str, Tensor]:
+    """The checkpoint's weights in our names (the authors' files are renamed)."""
+    sd = checkpoint_state_dict(ckpt)
+    return avs_state_dict(sd) if isinstance(cfg, AVSConfig) else convert_original_state_dict(sd, cfg)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: ModelConfig
+    reason: str  # how the config was decided
+    checkpoint: dict  # the file's dict (its "args", "epoch", ...)
+
+
+def load_model(path: str | Path, preset: str | ModelConfig | None = None, device: str | torch.device = "cpu",
+               **overrides) -> LoadedModel:
+    """Read ``path`` safely, decide its config (:func:`resolve_config`), build and load it strictly."""
+    ckpt = read_checkpoint(path)
+    cfg, reason = resolve_config(ckpt, preset, **overrides)
+    model = build_model(cfg)
+    load_state_dict_strict(model, model_state_dict(ckpt, cfg), source=str(path))
+    return LoadedModel(model.to(device).eval(), cfg, reason, ckpt)
