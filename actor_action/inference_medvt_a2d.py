@@ -32,72 +32,23 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from actor_action.metrics import NAN_POLICIES, PROTOCOLS, ConfusionMatrix, OriginalA2DMetric  # noqa: E402
+from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_summary,  # noqa: E402
+                                 model_config, write_tables)
+from actor_action.metrics import NAN_POLICIES, PROTOCOLS  # noqa: E402
 from datasets.a2d import (CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette,  # noqa: E402
                           read_color_map)
 from datasets.path_config import add_path_args  # noqa: E402
 from models import build_model, read_checkpoint  # noqa: E402
-from models.config import MODEL_CONFIGS, MedVTConfig, get_config  # noqa: E402
-from models.convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict  # noqa: E402
-from models.predictor import VideoPredictor  # noqa: E402
-from utils.cli import UserError, add_debug_flag, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
+from models.convert import load_state_dict_strict  # noqa: E402
+from models.registry import model_state_dict  # noqa: E402
+from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
-
-BACKBONE_PRESETS = {"swinB": "medvt_swinb_a2d", "resnet101": "medvt_r101_a2d"}
-# Original flags (saved in the authors' checkpoints' args) that change our model config.
-_ARG_FIELDS = {"query_decoder_scales": int, "lprop_mode": int, "lprop_scale": float, "dim_feedforward": int,
-               "dec_layers": int, "num_queries": int, "num_classes": int}
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Model flags shared by the A2D train and inference scripts (the original's names)."""
-    g = p.add_argument_group("model")
-    g.add_argument("--backbone", default="swinB", choices=sorted(BACKBONE_PRESETS),
-                   help="swinB → preset medvt_swinb_a2d, resnet101 → medvt_r101_a2d")
-    g.add_argument("--model", default=None, choices=sorted(MODEL_CONFIGS),
-                   help="model config preset, overriding --backbone (e.g. tiny for tests)")
-    g.add_argument("--num_classes", type=positive_int, default=None, help="output classes (default 80 = raw A2D ids)")
-    g.add_argument("--lprop_mode", type=int, default=None, choices=(0, 1, 2),
-                   help="label propagation: 0 off (A2D default at HEAD), 1 unidirectional (last frame from the "
-                        "earlier ones), 2 bidirectional many-to-many; the original's 3 crashes and is refused")
-    g.add_argument("--lprop_scale", type=positive_float, default=None, help="label-map upsampling before the label encoder (A2D: 16)")
-    g.add_argument("--query_decoder_scales", type=int, default=None, choices=(1, 2, 3),
-                   help="memories the query decoder cycles over (train default 3; inference: the checkpoint's "
-                        "saved value, else 1 as the original inference script)")
-
-
-def model_config(args: argparse.Namespace, ckpt: dict | None = None, inference: bool = False) -> MedVTConfig:
-    """The model config: the checkpoint's own (ours) or the preset + the original's saved args, then flags."""
-    if ckpt is not None and isinstance(ckpt.get("config"), dict):
-        cfg = MedVTConfig.from_dict(ckpt["config"])
-    else:
-        cfg = get_config(args.model or BACKBONE_PRESETS[args.backbone])
-        saved = ckpt.get("args") if ckpt is not None else None
-        saved = vars(saved) if isinstance(saved, argparse.Namespace) else (saved or {})
-        changes = {k: t(saved[k]) for k, t in _ARG_FIELDS.items() if k in saved and saved[k] is not None}
-        if "query_decoder_scales" not in changes and inference and cfg.backbone == "swin":
-            changes["query_decoder_scales"] = 1  # the original inference script's default (spec §A.10 #1)
-        if cfg.backbone != "swin":
-            changes.pop("query_decoder_scales", None)  # hard-coded 3 in the original ResNet model
-        cfg = cfg.replace(**changes)
-    flags = {k: getattr(args, k) for k in ("num_classes", "lprop_mode", "lprop_scale", "query_decoder_scales")
-             if getattr(args, k, None) is not None}
-    if cfg.num_classes == 1 and "num_classes" not in flags:
-        flags["num_classes"] = NUM_CLASSES
-    return cfg.replace(**flags)
-
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,79 +81,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def colorize(ids: np.ndarray, palette: np.ndarray) -> Image.Image:
-    """[H, W] label ids → palette PNG."""
-    img = Image.fromarray(ids.astype(np.uint8), mode="P")
-    img.putpalette(palette.astype(np.uint8).reshape(-1).tolist() + [0] * (768 - palette.size))
-    return img
-
-
-def blend(frame: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float = 0.8) -> np.ndarray:
-    """Colour the foreground pixels of ``frame`` [H, W, 3] uint8 with alpha ``alpha``, as the original."""
-    out = frame.astype(np.float32)
-    fg = ids > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * palette[ids[fg]].astype(np.float32)
-    return out.round().clip(0, 255).astype(np.uint8)
-
-
-@torch.no_grad()
-def evaluate_a2d(model: torch.nn.Module, dataset: A2DDataset, device: torch.device, nan_policy: str = "skip",
-                 protocol: str = "head", max_items: int = 0, viz_dir: Path | None = None, save_gt: bool = False,
-                 palette: np.ndarray | None = None) -> tuple[dict, OriginalA2DMetric, ConfusionMatrix]:
-    """Run the model over ``dataset`` (test items) and score it; returns (summary, original metric, confusion)."""
-    # One clip per annotated frame (the dataset's clip), its logits at the label size: the shared predictor.
-    predictor = VideoPredictor(model, "chunk", dataset.num_frames, activation="none")
-    metric, cm = OriginalA2DMetric(nan_policy, protocol), ConfusionMatrix()
-    palette = default_palette() if palette is None else palette
-    n = len(dataset) if max_items <= 0 else min(max_items, len(dataset))
-    for i in tqdm(range(n), desc="A2D eval", dynamic_ncols=True, leave=False):
-        item = dataset[i]
-        label = item["label"]
-        [(_, logits)] = predictor.predict_clips(item["frames"][None], [{0: item["gt_index"]}],
-                                                lambda _f: tuple(label.shape))
-        pred = logits.argmax(0)
-        metric.update(item["name"], item["frame"], pred, label)
-        cm.update(pred, label)
-        if viz_dir is not None:
-            _save_viz(viz_dir, dataset, item, pred.numpy(), label.numpy(), palette, save_gt)
-    summary = {**metric.compute(), **cm.compute()}
-    return summary, metric, cm
-
-
-def _save_viz(viz_dir: Path, dataset: A2DDataset, item: dict, pred: np.ndarray, gt: np.ndarray,
-              palette: np.ndarray, save_gt: bool) -> None:
-    vid, fid = item["name"], f"{item['frame']:05d}"
-    frame = Image.open(dataset.frame_root / vid / f"{fid}.png").convert("RGB").resize(pred.shape[::-1], Image.BILINEAR)
-    frame = np.asarray(frame)
-    for sub, img in (("color_mask", colorize(pred, palette)), ("pred_overlay", Image.fromarray(blend(frame, pred, palette)))) \
-            + ((("gt_overlay", Image.fromarray(blend(frame, gt, palette))),) if save_gt else ()):
-        path = viz_dir / sub / vid / f"{fid}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path)
-
-
-def write_tables(out: Path, summary: dict, metric: OriginalA2DMetric, cm: ConfusionMatrix, names: list[str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
-                                                  for k, v in summary.items()}, indent=2) + "\n")
-    with open(out / "per_video.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["video", "score", "frames"])
-        for vid, score in metric.video_scores().items():
-            w.writerow([vid, f"{score:.6f}", " ".join(f"{fr}:{s:.4f}" for fr, s in metric.frames[vid])])
-    with open(out / "per_class_iou.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "name", "iou", "gt_pixels", "pred_pixels"])
-        for row in cm.table():
-            w.writerow([row["id"], names[row["id"]], f"{row['iou']:.6f}", row["gt_pixels"], row["pred_pixels"]])
-
-
-def format_summary(s: dict) -> str:
-    return (f"A2D mIoU (original protocol) {100 * s['miou_original']:.2f}  class mIoU (43 classes) "
-            f"{100 * s['class_miou']:.2f}  over {s['num_frames']} frames / {s['num_videos']} videos "
-            f"({s['num_nan_frames']} frames without foreground)")
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     device = torch.device(args.device or default_device())
@@ -218,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = ("the checkpoint's own config" if saved_classes is not None
               else f"preset {args.model or BACKBONE_PRESETS[args.backbone]}")
     model = build_model(cfg)
-    load_state_dict_strict(model, convert_original_state_dict(checkpoint_state_dict(ckpt), cfg), source=args.model_path)
+    load_state_dict_strict(model, model_state_dict(ckpt, cfg), source=args.model_path)
     model.to(device)
     names = [class_name(i) for i in range(NUM_CLASSES)]
     palette = default_palette()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from datasets.a2d import IGNORE_INDEX
-from vss.losses import softmax_focal_loss, upsample_logits
+from models.losses import softmax_focal_loss, upsample_logits
 
 
 class A2DCriterion(nn.Module):

@@ -38,8 +38,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from actor_action.inference_medvt_a2d import (add_model_args, evaluate_a2d, format_summary,  # noqa: E402
-                                              model_config)
+from actor_action.common import (add_model_args, evaluate_a2d, format_summary,  # noqa: E402
+                                 model_config)
 from actor_action.losses import A2DCriterion  # noqa: E402
 from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402

@@ -61,6 +61,29 @@ def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+IGNORE_INDEX = 255  # void pixels in the multi-class tasks' labels
+
+
+def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, K, T, h, w] → [B, K, T, *size] (bilinear per frame)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    b, k, t = logits.shape[:3]
+    x = F.interpolate(logits.flatten(1, 2), size=size, mode="bilinear", align_corners=False)
+    return x.view(b, k, t, *size)
+
+
+def softmax_focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
+                       ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Mean over non-ignored pixels of −(1 − p_t)^γ log p_t; logits [B, K, …], target [B, …]."""
+    valid = target != ignore_index
+    logp = F.log_softmax(logits.float(), dim=1)
+    logp_t = logp.gather(1, target.masked_fill(~valid, 0).unsqueeze(1)).squeeze(1)
+    loss = -((1 - logp_t.exp()) ** gamma) * logp_t
+    # An all-void clip gives 0 (with a graph), not NaN, so one empty sample cannot stop training.
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
 class AVOSCriterion(nn.Module):
     """Focal + dice loss on the final masks, plus ``aux_weight`` × the same on the aux masks.
 
@@ -99,8 +122,3 @@ class AVOSCriterion(nn.Module):
             total = total + w_aux * (focal_aux + dice_aux)
         losses["loss"] = total
         return losses
-
-
-def build_criterion(args) -> AVOSCriterion:
-    """Criterion from parsed training arguments (``--aux_loss``)."""
-    return AVOSCriterion(aux_weight=getattr(args, "aux_loss", 0.5))

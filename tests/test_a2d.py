@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from actor_action import common as a2d_common
 from actor_action import inference_medvt_a2d, train_medvt_a2d
 from actor_action.losses import A2DCriterion
 from actor_action.metrics import ConfusionMatrix, OriginalA2DMetric, frame_score
@@ -217,7 +218,7 @@ def test_train_step_then_inference_with_metrics_and_overlays(a2d_dir, tmp_path):
 
 
 def test_inference_reads_query_decoder_scales_from_original_args():
-    get_args_parser, model_config = inference_medvt_a2d.get_args_parser, inference_medvt_a2d.model_config
+    get_args_parser, model_config = inference_medvt_a2d.get_args_parser, a2d_common.model_config
     args = get_args_parser().parse_args(["--model_path", "x.pth"])
     assert model_config(args, {"model": {}}, inference=True).query_decoder_scales == 1  # original inference default
     saved = {"model": {}, "args": argparse.Namespace(query_decoder_scales=3, lprop_mode=0, dim_feedforward=1024)}

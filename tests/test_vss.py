@@ -283,7 +283,7 @@ def test_init_from_another_checkpoint_skips_class_dependent_layers(tmp_path):
 
 def test_predict_video_centre_window_with_flip(vspw):
     from models import build_model
-    from vss.inference_medvt_vss import predict_video
+    from vss.common import predict_video
 
     torch.manual_seed(0)
     model = build_model(vss_config("tiny", K)).eval()

@@ -7,7 +7,8 @@
 4. refine the probability maps with ``crf_davis16.py``;
 5. write ``<output_dir>/metrics.json`` (J, F, J&F before and after the CRF, timings).
 
-Each step calls the script's ``main`` with the same flags a user would type; they are printed.
+Each step runs the script as a user would (a child process with the same flags; they are printed),
+so the demo also checks the command lines the README shows.
 The demo's recipe differs from the paper's on purpose (a 1M-parameter model trained from
 scratch for a few hundred steps): a higher learning rate on every group and smaller, scaled
 augmentation sizes.
@@ -16,22 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import crf_davis16  # noqa: E402
-import inference_swin_medvt_avos  # noqa: E402
-import train_swin_medvt_avos  # noqa: E402
 from datasets.synthetic import make_synthetic_davis  # noqa: E402
-from utils.cli import add_debug_flag, positive_float, positive_int, run_main  # noqa: E402
+from utils.cli import UserError, add_debug_flag, positive_float, positive_int, run_main  # noqa: E402
 
 SIZE_HW = (96, 160)
 
@@ -51,18 +49,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(name: str, main, argv: list[str]) -> dict:
-    print(f"\n=== {name}: python {name} {shlex.join(argv)}", flush=True)
+def run(script: str, argv: list[str], threads: int | None = None) -> None:
+    """Run ``python <script> <argv>`` from the repository root; a failure stops the demo naming the step."""
+    print(f"\n=== {script}: python {script} {shlex.join(argv)}", flush=True)
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     t0 = time.perf_counter()
-    result = main(argv) or {}
-    print(f"=== {name} took {time.perf_counter() - t0:.1f} s", flush=True)
-    return result
+    done = subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=env)
+    if done.returncode:
+        raise UserError(f"the demo stopped: {script} exited with status {done.returncode} (its message is above)")
+    print(f"=== {script} took {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = args.output_dir
     data, train_dir, infer_dir, crf_dir = out / "data", out / "train", out / "inference", out / "crf"
     t_start = time.perf_counter()
@@ -72,23 +71,23 @@ def main(argv: list[str] | None = None) -> dict:
                          num_frames=args.frames, size_hw=SIZE_HW, seed=args.seed)
     short = str(min(SIZE_HW))
     t0 = time.perf_counter()
-    run("train_swin_medvt_avos.py", train_swin_medvt_avos.main, [
+    run("train_swin_medvt_avos.py", [
         "--backbone", "tiny", "--davis16_root", str(data), "--no_ytvos", "--train_size", short, "--small_aug",
         "--lr_groups", "intended", "--lr", str(args.lr), "--lr_backbone", str(args.lr), "--end_lr", str(args.lr / 20),
         "--epochs", str(args.epochs), "--val_size", short,
         "--num_workers", "0", "--seed", str(args.seed), "--device", "cpu", "--log_every", "50",
         "--output_dir", str(train_dir), "--overwrite"]
-        + (["--steps_per_epoch", str(args.steps_per_epoch)] if args.steps_per_epoch else []))
+        + (["--steps_per_epoch", str(args.steps_per_epoch)] if args.steps_per_epoch else []), args.threads)
     train_s = time.perf_counter() - t0
     ckpt = train_dir / "checkpoint_best.pth"
     if not ckpt.is_file():
         ckpt = train_dir / "checkpoint_last.pth"
 
-    run("inference_swin_medvt_avos.py", inference_swin_medvt_avos.main, [
+    run("inference_swin_medvt_avos.py", [
         "--model_path", str(ckpt), "--dataset", "davis", "--davis16_root", str(data), "--val_size", short,
-        "--flip", "--save_overlay", "--device", "cpu", "--output_dir", str(infer_dir)])
-    crf = run("crf_davis16.py", crf_davis16.main, [
-        str(infer_dir / "logits"), str(crf_dir), "--davis16_root", str(data)])
+        "--flip", "--save_overlay", "--device", "cpu", "--output_dir", str(infer_dir)], args.threads)
+    run("crf_davis16.py", [str(infer_dir / "logits"), str(crf_dir), "--davis16_root", str(data)], args.threads)
+    crf = json.loads((crf_dir / "metrics.json").read_text())
 
     keys = ("J_mean", "F_mean", "JF_mean")
     metrics = {

@@ -12,28 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE_INDEX = 255
-
-
-def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """[B, K, T, h, w] → [B, K, T, *size] (bilinear per frame)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    b, k, t = logits.shape[:3]
-    x = F.interpolate(logits.flatten(1, 2), size=size, mode="bilinear", align_corners=False)
-    return x.view(b, k, t, *size)
-
-
-def softmax_focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
-                       ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Mean over non-ignored pixels of −(1 − p_t)^γ log p_t; logits [B, K, …], target [B, …]."""
-    valid = target != ignore_index
-    logp = F.log_softmax(logits.float(), dim=1)
-    logp_t = logp.gather(1, target.masked_fill(~valid, 0).unsqueeze(1)).squeeze(1)
-    loss = -((1 - logp_t.exp()) ** gamma) * logp_t
-    # An all-void clip gives 0 (with a graph), not NaN, so one empty sample cannot stop training.
-    return (loss * valid).sum() / valid.sum().clamp(min=1)
-
+from models.losses import IGNORE_INDEX, softmax_focal_loss, upsample_logits
 
 class VSSCriterion(nn.Module):
     """``criterion(outputs, masks)`` → ``{"loss_mask", "loss_aux", "loss"}``.

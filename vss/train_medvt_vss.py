@@ -53,7 +53,7 @@ from utils.logger import format_metrics, setup_logger  # noqa: E402
 from utils.metrics import jsonable, write_results  # noqa: E402
 from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
 from vss.config import DEFAULT_CONFIG, config_names, vss_config  # noqa: E402
-from vss.inference_medvt_vss import evaluate_videos, format_summary  # noqa: E402
+from vss.common import evaluate_videos, format_summary  # noqa: E402
 from vss.losses import VSSCriterion  # noqa: E402
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

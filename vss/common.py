@@ -1,0 +1,173 @@
+"""VSPW prediction and evaluation, used by ``vss/inference_medvt_vss.py`` and the per-epoch
+validation of ``vss/train_medvt_vss.py``: the model from a checkpoint, every frame of a video
+through the shared streaming predictor, palette PNGs and overlays written as predictions arrive,
+and the VSPW metrics (:mod:`vss.metrics`)."""
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datasets.stream import ImageFiles, Prefetch
+from datasets.video import VideoSequence
+from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
+from models import MedVTConfig, build_model, load_model
+from models.predictor import VideoPredictor, Window
+from utils.background import BackgroundWorker
+from utils.cli import UserError
+from utils.logger import Throughput
+from vss.config import VSPW_NUM_CLASSES, vss_config
+from vss.metrics import VSPWEvaluator
+
+
+# --------------------------------------------------------------------------------- colours
+def vspw_palette(num: int = 256) -> np.ndarray:
+    """[num, 3] uint8 colours: the bit-interleaved PASCAL-VOC scheme, distinct for 256 ids.
+
+    Class c gets the VOC colour of c + 1, so class 0 is not black (black reads as "nothing").
+    """
+    pal = np.zeros((num, 3), np.uint8)
+    for i in range(num):
+        c, r, g, b = i + 1, 0, 0, 0
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        pal[i] = (r, g, b)
+    pal[255] = (0, 0, 0)  # ignore / void
+    return pal
+
+
+PALETTE = vspw_palette()
+
+
+def save_label_png(labels: np.ndarray, path: Path) -> None:
+    """Class ids HxW → palette PNG (values = ids, colours = :data:`PALETTE`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    img = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
+    img.putpalette(PALETTE.flatten().tolist())
+    img.save(path)
+
+
+def overlay_colors(frame_path: Path, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The frame (resized to the labels) blended with the class colours, HxWx3 uint8."""
+    frame = np.asarray(Image.open(frame_path).convert("RGB").resize(labels.shape[::-1], Image.BILINEAR))
+    return ((1 - alpha) * frame + alpha * PALETTE[labels]).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------ prediction
+def video_predictions(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
+                      val_size: int | None = 480, max_size: int | None = None, clip_len: int = 6,
+                      window: str = "chunk", flip: bool = False, amp: bool = False, batch_clips: int = 1,
+                      ) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, class ids [*out_hw] uint8) for every frame of ``video``, in order, streamed.
+
+    Logits [B, K, T, h, w] are upsampled (bilinear) one kept frame at a time to ``out_hw`` and
+    argmax'ed; with ``flip`` the two softmaxes are averaged (:class:`models.predictor.VideoPredictor`).
+    """
+    if model.cfg.num_classes < 2:
+        raise ValueError(f"expected a multi-class model (num_classes > 1), got {model.cfg.num_classes} class")
+    predictor = VideoPredictor(model.to(device), Window(window, clip_len), flip=flip,
+                               activation="softmax" if flip else "none",
+                               amp_dtype=torch.bfloat16 if amp else None, batch_clips=batch_clips)
+    source = ImageFiles(video.frames, lambda h, w: resized_hw(h, w, val_size or None, max_size), name=video.name)
+    for pred in predictor.stream(Prefetch(source, 8), out_hw):
+        yield pred.index, pred.probs.argmax(0).to(torch.uint8).numpy()
+
+
+def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
+                  **kwargs) -> np.ndarray:
+    """Class ids [N, *out_hw] uint8 of every frame (:func:`video_predictions` collected)."""
+    preds = np.zeros((video.num_frames, *out_hw), np.uint8)
+    for i, labels in video_predictions(model, video, out_hw, device, **kwargs):
+        preds[i] = labels
+    return preds
+
+
+def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device: torch.device,
+                    output_dir: Path | None = None, save_predictions: bool = True, save_overlays: bool = False,
+                    progress: bool = True, **predict_kwargs) -> dict:
+    """Predict ``videos``, write PNGs/overlays under ``output_dir`` (in a background thread, as
+    predictions arrive), return :meth:`VSPWEvaluator.summary`.
+
+    Predictions are made at the mask size (where metrics are taken), else at the frame size; a
+    video's predictions are only collected when it has masks (video consistency needs them all).
+    The summary is ``{}`` when no video has masks.
+    """
+    num_classes = model.cfg.num_classes
+    evaluator = VSPWEvaluator(num_classes)
+    evaluated = False
+    speed = Throughput(sum(v.num_frames for v in videos), "VSPW", print if progress else (lambda _line: None),
+                       disable=not progress)
+    with BackgroundWorker(depth=16, name="writer") as writer:
+        for video in videos:
+            speed.bar.set_postfix_str(video.name)
+            w0, h0 = Image.open(video.frames[0]).size
+            raw = None
+            if any(m is not None for m in video.masks):
+                raw = np.stack([read_raw_mask(m, (h0, w0)) for m in video.masks])
+                h0, w0 = raw.shape[1:]
+            preds = np.zeros((video.num_frames, h0, w0), np.uint8) if raw is not None else None
+            for i, labels in video_predictions(model, video, (h0, w0), device, **predict_kwargs):
+                if preds is not None:
+                    preds[i] = labels
+                if output_dir is not None:
+                    writer.submit(_write_frame, output_dir, video, i, labels, save_predictions, save_overlays)
+                speed.update()
+            if raw is not None:
+                # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
+                evaluator.add_video(video.name, raw_to_class(raw), preds, raw)
+                evaluated = True
+    speed.close()
+    return evaluator.summary() if evaluated else {}
+
+
+def _write_frame(output_dir: Path, video: VideoSequence, i: int, labels: np.ndarray, save_predictions: bool,
+                 save_overlays: bool) -> None:
+    frame = video.frames[i]
+    if save_predictions:
+        save_label_png(labels, output_dir / "predictions" / video.name / f"{frame.stem}.png")
+    if save_overlays:
+        path = output_dir / "overlays" / video.name / f"{frame.stem}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(overlay_colors(frame, labels)).save(path, quality=90)
+
+
+def check_vss_checkpoint(ckpt: dict, cfg: MedVTConfig, args: argparse.Namespace) -> None:
+    """Refuse a checkpoint of another task (e.g. A2D's 80 classes) before it is scored on VSPW's
+    124: its class ids would be read as VSPW's without a word. Our VSS runs record --vspw_root."""
+    saved = ckpt.get("args")
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    trained_on_vspw = isinstance(saved, dict) and "vspw_root" in saved
+    if cfg.num_classes != VSPW_NUM_CLASSES and not trained_on_vspw and args.num_classes is None:
+        task = "an AVOS (binary)" if cfg.num_classes == 1 else f"a {cfg.num_classes}-class"
+        raise UserError(f"--model_path {args.model_path} holds {task} model not trained by "
+                        f"vss/train_medvt_vss.py, but VSPW has {VSPW_NUM_CLASSES} classes; give a VSS checkpoint")
+
+
+def build_from_args(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The model of --model_path (its recorded config, else --model / --num_classes), or with
+    --random_weights a fresh one."""
+    if args.model_path:
+        loaded = load_model(args.model_path, preset=vss_config(args.model, args.num_classes), device=device,
+                            num_classes=args.num_classes)
+        check_vss_checkpoint(loaded.checkpoint, loaded.config, args)
+        print(f"loaded {args.model_path}: config from {loaded.reason}")
+        return loaded.model
+    if not args.random_weights:
+        raise UserError("give --model_path CHECKPOINT (or --random_weights for a smoke test)")
+    return build_model(vss_config(args.model, args.num_classes)).to(device).eval()
+
+
+def format_summary(summary: dict) -> str:
+    """One line: mIoU, mVC8, mVC16 (a VC without any window, e.g. short videos, is left out)."""
+    parts = [f"mIoU {summary['mIoU']:.4f}"]
+    parts += [f"{k} {summary[k]:.4f}" for k in ("mVC8", "mVC16") if not math.isnan(summary.get(k, math.nan))]
+    return "  ".join(parts) + f"  ({len(summary['sequences'])} videos)"
