@@ -18,6 +18,21 @@ clipping, the schedule stepped at the *start* of each epoch (epoch e runs at ste
 last epoch of S4 has lr 0), seed 123, VGGish frozen (eval, no grad). After each epoch the val
 split is scored (mIoU) and the best model is saved as ``checkpoint_best.pth``.
 
+Checkpoints and resuming (the policy of ``train_swin_medvt_avos.py``): ``checkpoint_last.pth`` is
+written atomically after every epoch with the model, optimiser, schedule position, epoch, best
+score, history and the RNG state of every process; ``--resume PATH|auto`` continues such a run
+exactly (a run stopped with ``--stop_after`` and resumed equals the uninterrupted one bit for bit
+with ``--deterministic``, on by default on CPU). Other training settings than the run's are
+refused, listing the differences. An ``--output_dir`` that holds a run needs ``--resume`` or
+``--overwrite``.
+
+Several processes: ``torchrun --nproc_per_node N avs/train_medvt.py ...`` (NCCL on CUDA, one GPU per
+process; Gloo on CPU). Each process trains on its share of every epoch (DistributedSampler, a
+function of seed and epoch) with the model in DistributedDataParallel (the frozen VGGish stays a
+plain module on every process); rank 0 alone scores the whole val split, logs and writes the
+checkpoints and ``history.json`` while the others wait, so the val metrics do not depend on the
+number of processes. With one process the run is the same as without torchrun.
+
 README commands (the original's flags are accepted; ``--tpavi_va_flag`` has no effect with the
 bidirectional fusion)::
 
@@ -26,27 +41,33 @@ bidirectional fusion)::
     python avs/train_medvt.py --task ms3 --avsbench_root /data/AVSBench --output_dir out/ms3 \\
         --tpavi_va_flag --masked_av_flag --masked_av_stages 0 1 2 3 --kl_flag \\
         --load_s4_params --trained_s4_model_path out/s4/checkpoint_best.pth --vggish_weights vggish-10086976.pth
+    # continue an interrupted run; the same on 4 GPUs
+    python avs/train_medvt.py --task s4 ... --output_dir out/s4 --resume auto
+    torchrun --nproc_per_node 4 avs/train_medvt.py --task s4 ... --output_dir out/s4
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avs.common import add_model_args, as_jsonable, audio_features, build_model_and_audio, evaluate  # noqa: E402
 from avs.losses import AVSCriterion  # noqa: E402
 from datasets.avsbench import AVSBenchDataset, task_dir  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
-from models.avs import load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
-from utils.checkpoint import plain_args, prepare_output_dir, save_last_and_best, seed_everything  # noqa: E402
+from models.avs import get_avs_config, load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
+from models.convert import CheckpointMismatchError, load_state_dict_strict, read_checkpoint  # noqa: E402
+from utils import distributed as du  # noqa: E402
+from utils.checkpoint import (capture_rng, check_resume_args, prepare_output_dir, restore_rng,  # noqa: E402
+                              resume_path, save_last_and_best, seed_everything, training_state)
 from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
-from utils.distributed import default_device  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 from utils.optim import param_groups  # noqa: E402
@@ -64,9 +85,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("recipe (None = the task's default, see the table above)")
     g.add_argument("--session_name", default=None, help="run name used in the log (default: the task)")
     g.add_argument("--output_dir", default="output/avs_train", help="checkpoints, log and history")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth if it "
+                        "exists (else start)")
     g.add_argument("--overwrite", action="store_true",
-                   help="train into an --output_dir that holds a run, deleting its checkpoints, history.json and "
-                        "train.log (without it such a folder is refused)")
+                   help="start a new run in an --output_dir that holds one, deleting its checkpoints, history.json "
+                        "and train.log (without it, or --resume, such a folder is refused)")
+    g.add_argument("--stop_after", default=None, type=positive_int, metavar="N",
+                   help="stop after N epochs in this run (the schedule still follows --max_epoches); continue "
+                        "later with --resume auto")
+    g.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
+                   help="deterministic kernels (torch.use_deterministic_algorithms), needed for a resumed run to "
+                        "equal an uninterrupted one bit for bit; auto = on for CPU, off for CUDA")
     g.add_argument("--train_im_size", default=None, type=non_negative_int, help="square training size (0 = native 224)")
     g.add_argument("--val_im_size", default=None, type=non_negative_int, help="square validation size (0 = native 224)")
     g.add_argument("--train_batch_size", default=2, type=positive_int, help="clips per training batch")
@@ -143,16 +173,106 @@ def init_weights(model, args, logger) -> None:
             logger.info(f"initialised from {path} ({flag})")
 
 
+class EpochSchedule:
+    """The learning rate of every group is a pure function of the epoch (:func:`epoch_lr` of the group's
+    ``initial_lr``, which the optimiser state keeps), so the epoch is the whole schedule position:
+    :meth:`apply` at the start of each epoch, on a fresh or a resumed run, gives the same lr. The
+    state dict (the checkpoint's ``lr_scheduler``) records it for inspection, and for uniformity
+    with the other training scripts."""
+
+    def __init__(self, args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> None:
+        self.args, self.optimizer, self.last_epoch = args, optimizer, 0
+
+    def apply(self, epoch: int) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = epoch_lr(self.args, g["initial_lr"], epoch)
+
+    def step(self) -> None:  # an epoch is done
+        self.last_epoch += 1
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch, "task": self.args.task, "max_epoches": self.args.max_epoches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_epoch = int(state["last_epoch"])
+
+
+# Flags of this script that may change on --resume besides utils.checkpoint.RESUME_FREE: a run name
+# that nothing reads, the (moved) VGGish weights file, and --weights, which only initialises a new run.
+AVS_RESUME_FREE = ("session_name", "vggish_weights", "weights")
+
+
+def resume(path: Path, args: argparse.Namespace, model, optimizer, schedule: EpochSchedule, info: du.DistInfo,
+           logger) -> tuple[int, dict, list]:
+    """Restore a run; returns (first epoch to train, best-so-far, history). Settings other than the
+    run's are refused (utils.checkpoint.check_resume_args); --max_epoches may change (the schedule
+    then follows the new length)."""
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "epoch", "args", "config"} <= set(ckpt):
+        # e.g. the authors' released weights: no optimiser state or epoch of this script
+        load_avs_checkpoint(model, path)
+        logger.warning(f"{path} is not a checkpoint of this script (weights only are used): starting at epoch 0 "
+                       "from these weights")
+        seed_everything(args.seed + info.rank)
+        return 0, {"miou": -1.0, "epoch": -1}, []
+    saved = ckpt["args"]
+    compared = argparse.Namespace(**{**vars(args), **{k: getattr(saved, k) for k in AVS_RESUME_FREE
+                                                      if hasattr(saved, k)}})
+    check_resume_args(path, saved, compared)
+    if get_avs_config(ckpt["config"]) != model.cfg:
+        raise CheckpointMismatchError(f"{path} was trained with another model config ({ckpt['config'].get('name')}); "
+                                      "pass the same --task/--config/--mm_context/--vce_enc_layer as that run")
+    load_state_dict_strict(model, ckpt["model"], source=str(path))
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])  # also the groups' lr and initial_lr
+    except ValueError as e:
+        raise CheckpointMismatchError(f"{path}: optimizer state does not fit ({e})") from None
+    epoch = int(ckpt["epoch"])
+    schedule.load_state_dict(ckpt.get("lr_scheduler", {"last_epoch": epoch + 1}))
+    if getattr(saved, "max_epoches", args.max_epoches) != args.max_epoches:
+        logger.warning(f"--max_epoches {args.max_epoches} differs from the checkpoint's run ({saved.max_epoches}): "
+                       f"from epoch {epoch + 1} on the learning rate follows the schedule of {args.max_epoches} epochs")
+    rng = ckpt.get("rng")
+    if isinstance(rng, list) and len(rng) == info.world_size:
+        restore_rng(rng[info.rank])
+    else:
+        logger.warning("the checkpoint's RNG states are missing or for a different number of processes; reseeding "
+                       "(the run continues, but not bit-identically)")
+        seed_everything(1000 * (epoch + 1) + info.rank + args.seed)
+    best = dict(ckpt.get("best", {"miou": -1.0, "epoch": -1}))
+    history = list(ckpt.get("history", []))
+    logger.info(f"resumed from {path}: epoch {epoch} done, best val mIoU {best['miou']:.4f} (epoch {best['epoch']})")
+    return epoch + 1, best, history
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = resolve_defaults(get_args_parser().parse_args(argv))
     task_dir(args.avsbench_root, args.task)  # fail early, naming the flag, before creating any folder
+    device = str(args.device or du.default_device())
+    deterministic = args.deterministic == "on" or (args.deterministic == "auto" and not device.startswith("cuda"))
+    if deterministic and device.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    info = du.init_distributed(args.device)
+    try:
+        torch.use_deterministic_algorithms(deterministic, warn_only=info.device.type == "cuda")
+        return train(args, info)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        du.cleanup()
+
+
+def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     out = Path(args.output_dir)
-    prepare_output_dir(out, None, args.overwrite, can_resume=False)
-    device = torch.device(args.device or default_device())
-    logger = setup_logger(out, True, name="medvt.avs.train")
-    seed_everything(args.seed)
+    resume_from = resume_path(args.resume, out)
+    if info.is_main:
+        prepare_output_dir(out, args.resume, args.overwrite)
+    device = info.device
+    logger = setup_logger(out, info.is_main, name="medvt.avs.train")
+    seed_everything(args.seed)  # the same initial model (and random VGGish) on every process
     model, vggish = build_model_and_audio(args, device)
-    init_weights(model, args, logger)
+    if resume_from is None:
+        init_weights(model, args, logger)
     criterion = AVSCriterion(task=args.task, masked_av=args.masked_av_flag, stages=list(args.masked_av_stages),
                              lambda_1=args.lambda_1, kl=args.kl_flag, euclidean=args.euclidean_flag,
                              norm_fea=args.norm_fea_flag, threshold=args.threshold_flag, pooling=args.mask_pooling_type)
@@ -160,23 +280,50 @@ def main(argv: list[str] | None = None) -> dict:
                                   weight_decay=args.weight_decay)
     for g in optimizer.param_groups:
         g["initial_lr"] = g["lr"]
+    schedule = EpochSchedule(args, optimizer)
     kw = dict(audio=args.audio, allow_resample=args.allow_resample, allow_silent=args.allow_silent)
     train_set = AVSBenchDataset(args.avsbench_root, args.task, "train", args.train_im_size or None, **kw)
     val_set = AVSBenchDataset(args.avsbench_root, args.task, "val", args.val_im_size or None, **kw)
-    train_loader = DataLoader(train_set, batch_size=args.train_batch_size, shuffle=True, num_workers=args.num_workers,
-                              drop_last=False)
+    # One sampler for one or many processes: the order is a function of (seed, epoch) only, so there
+    # is no sampler state to checkpoint and a resumed run sees the same batches.
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=args.seed, drop_last=False)
+    train_loader = DataLoader(train_set, batch_size=args.train_batch_size, sampler=sampler,
+                              num_workers=args.num_workers, drop_last=False, pin_memory=device.type == "cuda")
     val_loader = DataLoader(val_set, batch_size=args.val_batch_size, shuffle=False, num_workers=args.num_workers)
     logger.info(f"MED-VT++ {args.task}: {model.cfg.name}, {sum(p.numel() for p in model.parameters()):,} parameters; "
-                f"{len(train_set)} train / {len(val_set)} val clips on {device}")
-    best, history = {"miou": -1.0, "epoch": -1}, []
-    for epoch in range(args.max_epoches):
-        for g in optimizer.param_groups:
-            g["lr"] = epoch_lr(args, g["initial_lr"], epoch)
-        # No gradient clipping in the original AVS recipe (clip_max_norm 0).
-        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, epoch, clip_max_norm=0.0,
+                f"{len(train_set)} train / {len(val_set)} val clips on {device}, {info.world_size} process(es)")
+
+    start_epoch, best, history = 0, {"miou": -1.0, "epoch": -1}, []
+    if resume_from is not None:
+        start_epoch, best, history = resume(resume_from, args, model, optimizer, schedule, info, logger)
+    else:
+        seed_everything(args.seed + info.rank)  # training draws (dropout, workers) differ per process
+    train_model = model
+    if info.distributed:
+        # find_unused_parameters: without the masked-AV loss (S4), or with it on some stages only, the
+        # audio outputs of the fusion get no gradient, and without the flag DDP stops at the next step
+        # ("Expected to have finished reduction"). Its warning that it found no unused parameters is a
+        # false positive: it searches from the forward outputs, which include those audio features.
+        # Parameters that get no gradient on any process keep grad None, so AdamW skips them as in one
+        # process.
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    end_epoch = args.max_epoches if args.stop_after is None else min(args.max_epoches, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        sampler.set_epoch(epoch)
+        schedule.apply(epoch)
+        # No gradient clipping in the original AVS recipe (clip_max_norm 0). A non-finite loss stops
+        # every process at the same step (utils.engine.NonFiniteLossError).
+        stats = train_one_epoch(train_model, criterion, train_loader, optimizer, device, epoch, clip_max_norm=0.0,
                                 max_steps=args.steps_per_epoch, logger=logger,
                                 compute_losses=avs_losses(vggish, criterion, device))
-        val = evaluate(model, vggish, val_loader, device, max_batches=args.val_max_batches, desc=f"val {epoch}")
+        val = None
+        if info.is_main:  # the whole val split on rank 0, the unwrapped model; the others wait
+            val = evaluate(model, vggish, val_loader, device, max_batches=args.val_max_batches, desc=f"val {epoch}")
+        val = du.broadcast_object(val)
+        schedule.step()
         stats.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], val_miou=val["miou"], val_fscore=val["fscore"])
         history.append(stats)
         logger.info(f"epoch {epoch}: {format_metrics({k: v for k, v in stats.items() if k != 'epoch'})}")
@@ -184,12 +331,14 @@ def main(argv: list[str] | None = None) -> dict:
         if is_best:
             best = {"miou": val["miou"], "epoch": epoch}
             logger.info(f"new best val mIoU {val['miou']:.4f} → {out / 'checkpoint_best.pth'}")
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "args": plain_args(args), "config": model.cfg.to_dict(), "history": history, "best": best}
-        save_last_and_best(state, out, is_best)
-    res = {"best": best, "history": history, "output_dir": str(out)}
-    (out / "history.json").write_text(json.dumps([as_jsonable(h) for h in history], indent=2))
-    return res
+        rng = du.all_gather_object(capture_rng())  # every process's RNG, so each one resumes exactly
+        if info.is_main:
+            state = training_state(args, model.cfg, model, optimizer, schedule, None, epoch, best, rng,
+                                   history=history)
+            save_last_and_best(state, out, is_best)
+            (out / "history.json").write_text(json.dumps([as_jsonable(h) for h in history], indent=2))
+        du.barrier()
+    return {"best": best, "history": history, "output_dir": str(out), "epochs_done": max(end_epoch, start_epoch)}
 
 
 def avs_losses(vggish: torch.nn.Module, criterion: torch.nn.Module, device: torch.device):

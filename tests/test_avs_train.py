@@ -1,0 +1,136 @@
+"""avs/train_medvt.py: exact resume, the output-folder and changed-settings guards, a non-finite loss,
+and two processes under torchrun (Gloo, CPU); tiny model on a synthetic AVSBench tree."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import avs.train_medvt as train_script
+from datasets.avsbench import make_synthetic_avsbench
+from models.avs import build_avs_model, load_avs_checkpoint
+from models.convert import read_checkpoint
+from utils.cli import UserError, run_main
+from utils.engine import NonFiniteLossError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread (as tests/test_train.py): on a shared 2-core machine two spinning OpenMP
+    threads can make a tiny training step many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def avs_root(tmp_path_factory) -> Path:
+    # 4 train clips: 2 steps per epoch in one process, and 2 per process with two processes.
+    return make_synthetic_avsbench(tmp_path_factory.mktemp("avsbench"), "s4", {"train": 4, "val": 2, "test": 1},
+                                   size=32, seed=0)
+
+
+def base_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--task", "s4", "--config", "avs_tiny", "--allow_random_vggish", "--device", "cpu", "--num_workers", "0",
+            "--avsbench_root", str(root), "--output_dir", str(out), "--train_im_size", "32", "--val_im_size", "32",
+            "--train_batch_size", "1", "--steps_per_epoch", "2", "--val_max_batches", "1", "--max_epoches", "2",
+            *extra]
+
+
+def test_resume_equals_uninterrupted(avs_root, tmp_path):
+    """2 epochs in one go == 1 epoch, stop, --resume auto for the second: weights, optimiser, schedule,
+    best and history. The first part also checks that --resume auto in an empty folder starts a run
+    (as train_swin_medvt_avos.py)."""
+    full = train_script.main(base_args(avs_root, tmp_path / "full"))
+    part = train_script.main(base_args(avs_root, tmp_path / "part", "--resume", "auto", "--stop_after", "1"))
+    assert part["epochs_done"] == 1 and [h["epoch"] for h in part["history"]] == [0]
+    assert read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")["epoch"] == 0
+    resumed = train_script.main(base_args(avs_root, tmp_path / "part", "--resume", "auto"))
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]  # the run's history, continued
+    assert "resumed from" in (tmp_path / "part" / "train.log").read_text()
+
+    a = read_checkpoint(tmp_path / "full" / "checkpoint_last.pth")
+    b = read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")
+    assert {"model", "optimizer", "lr_scheduler", "epoch", "args", "config", "rng", "best", "history"} <= set(a)
+    assert a["epoch"] == b["epoch"] == 1
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, st in a["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 2
+    assert a["best"] == b["best"] == full["best"]
+    drop = lambda hs: [{k: v for k, v in h.items() if k != "step_time"} for h in hs]  # noqa: E731
+    assert drop(a["history"]) == drop(b["history"]) == drop(full["history"]) == drop(resumed["history"])
+    assert len(json.loads((tmp_path / "part" / "history.json").read_text())) == 2
+    # the test script's loader still reads the checkpoint
+    load_avs_checkpoint(build_avs_model("avs_tiny"), tmp_path / "part" / "checkpoint_best.pth")
+
+
+def test_guards_on_the_output_folder_and_resume(avs_root, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="--resume .*nowhere.pth"):
+        train_script.main(base_args(avs_root, out, "--resume", str(tmp_path / "nowhere.pth")))
+    train_script.main(base_args(avs_root, out, "--stop_after", "1"))
+    # a folder that holds a run: refused without --resume / --overwrite, in one line on the command line
+    monkeypatch.setattr(sys, "argv", ["train_medvt.py", *base_args(avs_root, out)])
+    with pytest.raises(SystemExit) as e:
+        run_main(train_script.main)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "already holds a training run" in err and "--resume auto" in err
+    # changed training settings on --resume: refused, naming them
+    with pytest.raises(UserError, match=r"--lr 0.0005 \(the run used 0.0001\).*--seed 7 \(the run used 123\)"):
+        train_script.main(base_args(avs_root, out, "--resume", "auto", "--lr", "5e-4", "--seed", "7"))
+    assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 0  # untouched
+    # --overwrite starts again
+    res = train_script.main(base_args(avs_root, out, "--overwrite", "--stop_after", "1", "--lr", "5e-4"))
+    assert [h["epoch"] for h in res["history"]] == [0]
+    assert read_checkpoint(out / "checkpoint_last.pth")["args"].lr == 5e-4
+
+
+def test_non_finite_loss_stops_at_the_step(avs_root, tmp_path, monkeypatch):
+    class NaNAtStep1(train_script.AVSCriterion):
+        calls = 0
+
+        def forward(self, *a, **k):
+            losses = super().forward(*a, **k)
+            NaNAtStep1.calls += 1
+            if NaNAtStep1.calls == 2:
+                losses["loss"] = losses["loss"] * float("nan")
+            return losses
+
+    monkeypatch.setattr(train_script, "AVSCriterion", NaNAtStep1)
+    with pytest.raises(NonFiniteLossError, match="epoch 0, step 1"):
+        train_script.main(base_args(avs_root, tmp_path / "nan"))
+    assert not (tmp_path / "nan" / "checkpoint_last.pth").exists()
+    assert "non-finite loss at epoch 0, step 1" in (tmp_path / "nan" / "train.log").read_text()
+
+
+def test_torchrun_two_processes_and_resume(avs_root, tmp_path):
+    """DDP on CPU (Gloo): two processes with 2 steps each (unused audio-branch parameters included),
+    one RNG state per process in the checkpoint, then --resume auto under torchrun."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(ROOT / "avs" / "train_medvt.py"), *base_args(avs_root, out)]
+    r = subprocess.run(cmd + ["--stop_after", "1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 process(es)" in r.stdout
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2  # one RNG state per process
+    assert ckpt["history"][0]["steps"] == 2 and (out / "checkpoint_best.pth").is_file()
+    r = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "different number of processes" not in r.stdout + r.stderr
+    assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 1
