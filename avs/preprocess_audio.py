@@ -1,7 +1,7 @@
 """Turn AVSBench wavs into the log-mel pickles the loaders read (the original's preprocessing step).
 
 For every clip of the metadata CSV (all splits, or ``--splits``): ``audio_wav/…/<name>.wav`` (16 kHz
-mono 16-bit PCM, as AVSBench ships them) → VGGish log-mel examples (``models.audio``, no download,
+mono 16-bit PCM, as AVSBench ships them) → VGGish log-mel examples (``datasets.audio``, no download,
 no resampy/soundfile) → one 0.96 s example per video frame, the last repeated when the clip is
 shorter, → ``audio_log_mel/…/<name>.pkl`` (a pickled float tensor [5, 1, 96, 64], AVSBench's
 format). Clips whose audio is missing, silent, longer than 5 examples or not 16 kHz are reported
@@ -25,7 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.avsbench import NUM_FRAMES, avsbench_clips  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
-from models.audio import AudioError, wav_to_clip_examples  # noqa: E402
+from datasets.audio import AudioError, wav_to_clip_examples  # noqa: E402
 from utils.cli import add_debug_flag, run_main  # noqa: E402
 
 

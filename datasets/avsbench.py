@@ -15,7 +15,7 @@
 
 ``root`` may also be the task folder itself (the one holding the CSV). Audio comes from the
 log-mel pickles (what the original reads) or, with ``audio="wav"``, is computed from the wavs
-(``models.audio``; ``audio="auto"`` prefers the pickle). Frames: RGB → optional square resize
+(``datasets.audio``; ``audio="auto"`` prefers the pickle). Frames: RGB → optional square resize
 (bilinear) → ImageNet normalisation. Masks: binary (any non-zero grey level / palette index is
 foreground, so 0/255 and 0/1 PNGs both give 0/1) → nearest resize, as PIL does for the
 original's '1'/'P' modes.
@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from models.audio import AudioError, wav_to_clip_examples
+from .audio import AudioError, wav_to_clip_examples
 from utils.cli import UserError
 
 from .path_config import dataset_root, require
@@ -200,7 +200,7 @@ class AVSBenchDataset(Dataset):
     Args:
         im_size: square size to resize to (None = native 224; the original S4 uses 384).
         audio: "log_mel" (pickles), "wav" (compute from the wavs) or "auto" (pickle if present).
-        allow_resample / allow_silent: see :func:`models.audio.wav_to_clip_examples`.
+        allow_resample / allow_silent: see :func:`datasets.audio.wav_to_clip_examples`.
     """
 
     def __init__(self, root: str | Path, task: str, split: str, im_size: int | None = None, audio: str = "log_mel",
@@ -244,7 +244,7 @@ def make_synthetic_avsbench(root: str | Path, task: str = "s4", counts: dict | N
     """
     import wave
 
-    from models.audio import waveform_to_examples
+    from .audio import waveform_to_examples
     counts = counts or {"train": 2, "val": 1, "test": 1}
     rng = np.random.default_rng(seed)
     root = Path(root)

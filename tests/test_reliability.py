@@ -274,7 +274,7 @@ def test_frames_of_different_sizes_are_refused():
 # --------------------------------------------------------------------------- checkpoints of another task
 def test_vss_inference_refuses_a_checkpoint_of_another_task(tmp_path):
     from models import MedVTConfig
-    from vss.inference_medvt_vss import check_vss_checkpoint
+    from vss.common import check_vss_checkpoint
 
     cfg = MedVTConfig.from_dict(build_model("tiny").cfg.to_dict()).replace(num_classes=80)
     a2d_args = argparse.Namespace(a2d_root="data/A2D")

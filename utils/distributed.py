@@ -83,17 +83,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average a dict of floats over processes (identity in one process)."""
-    if not is_dist() or not values:
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= get_world_size()
-    return dict(zip(keys, t.tolist()))
-
-
 def all_gather_object(obj) -> list:
     """Every process's ``obj``, in rank order ([obj] in one process)."""
     if not is_dist():
