@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clips stacked in one forward (2N with --flip); for GPUs; 1 reproduces the original's "
                         "numbers exactly (default 1)")
     p.add_argument("--output_dir", type=Path, default=None,
-                   help="where outputs go; default <model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<time>")
+                   help="where outputs go; default "
+                        "<model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<time>")
     p.add_argument("--model_version", default="auto", choices=["auto", "cvpr23", "2024"],
                    help="which original forward a Swin-B checkpoint needs: cvpr23 (555a462), 2024 (the 2024 "
                         "inference code), or auto: the checkpoint's config if it has one, else its saved "

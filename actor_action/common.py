@@ -36,7 +36,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lprop_mode", type=int, default=None, choices=(0, 1, 2),
                    help="label propagation: 0 off (A2D default at HEAD), 1 unidirectional (last frame from the "
                         "earlier ones), 2 bidirectional many-to-many; the original's 3 crashes and is refused")
-    g.add_argument("--lprop_scale", type=positive_float, default=None, help="label-map upsampling before the label encoder (A2D: 16)")
+    g.add_argument("--lprop_scale", type=positive_float, default=None,
+                   help="label-map upsampling before the label encoder (A2D: 16)")
     g.add_argument("--query_decoder_scales", type=int, default=None, choices=(1, 2, 3),
                    help="memories the query decoder cycles over (train default 3; inference: the checkpoint's "
                         "saved value, else 1 as the original inference script)")
@@ -91,7 +92,7 @@ def evaluate_a2d(model: torch.nn.Module, dataset: A2DDataset, device: torch.devi
         item = dataset[i]
         label = item["label"]
         [(_, logits)] = predictor.predict_clips(item["frames"][None], [{0: item["gt_index"]}],
-                                                lambda _f: tuple(label.shape))
+                                                lambda _f, hw=tuple(label.shape): hw)
         pred = logits.argmax(0)
         metric.update(item["name"], item["frame"], pred, label)
         cm.update(pred, label)
@@ -106,8 +107,10 @@ def _save_viz(viz_dir: Path, dataset: A2DDataset, item: dict, pred: np.ndarray, 
     vid, fid = item["name"], f"{item['frame']:05d}"
     frame = Image.open(dataset.frame_root / vid / f"{fid}.png").convert("RGB").resize(pred.shape[::-1], Image.BILINEAR)
     frame = np.asarray(frame)
-    for sub, img in (("color_mask", colorize(pred, palette)), ("pred_overlay", Image.fromarray(blend(frame, pred, palette)))) \
-            + ((("gt_overlay", Image.fromarray(blend(frame, gt, palette))),) if save_gt else ()):
+    pictures = [("color_mask", colorize(pred, palette)), ("pred_overlay", Image.fromarray(blend(frame, pred, palette)))]
+    if save_gt:
+        pictures.append(("gt_overlay", Image.fromarray(blend(frame, gt, palette))))
+    for sub, img in pictures:
         path = viz_dir / sub / vid / f"{fid}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path)

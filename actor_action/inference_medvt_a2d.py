@@ -38,17 +38,23 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_summary,  # noqa: E402
-                                 model_config, write_tables)
+from actor_action.common import (  # noqa: E402
+    BACKBONE_PRESETS,
+    add_model_args,
+    evaluate_a2d,
+    format_summary,
+    model_config,
+    write_tables,
+)
 from actor_action.metrics import NAN_POLICIES, PROTOCOLS  # noqa: E402
-from datasets.a2d import (CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette,  # noqa: E402
-                          read_color_map)
+from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
 from models import build_model, read_checkpoint  # noqa: E402
 from models.convert import load_state_dict_strict  # noqa: E402
 from models.registry import model_state_dict  # noqa: E402
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--end_window", default="clamp", choices=("clamp", "original"),
                    help="clip near a video's end: clamp = 6 frames inside the video (default); original = the "
                         "authors' 3-frame clip without the annotated frame (the model cannot run it)")
-    g.add_argument("--max_items", type=non_negative_int, default=0, help="evaluate the first N annotated frames only (0 = all)")
+    g.add_argument("--max_items", type=non_negative_int, default=0,
+                   help="evaluate the first N annotated frames only (0 = all)")
     g = p.add_argument_group("metric and output")
     g.add_argument("--nan_policy", default="skip", choices=NAN_POLICIES,
                    help="frames with no foreground in GT nor prediction: skip (default) or nan (the original)")

@@ -103,7 +103,7 @@ def evaluate(model: nn.Module, vggish: nn.Module, loader, device: torch.device, 
         if predictor is None:  # a clip is a whole AVSBench video: one chunk, every frame kept, raw logits
             predictor = VideoPredictor(model, "chunk", t, activation="none")
         size = tuple(frames.shape[-2:])
-        preds = predictor.predict_clips(frames, [{f: f for f in range(t)}] * b, lambda _f: size,
+        preds = predictor.predict_clips(frames, [{f: f for f in range(t)}] * b, lambda _f, size=size: size,
                                         inputs=(audio_features(vggish, batch["audio"].to(device)),))
         out = torch.stack([p[0] for _, p in preds]).unflatten(0, (b, t))  # [B, T, h, w] logits
         if batch["masks"].shape[1] != out.shape[1]:

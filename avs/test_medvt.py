@@ -27,8 +27,8 @@ from datasets.avsbench import AVSBenchDataset  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
 from models import load_model  # noqa: E402
 from models.audio import build_frozen_vggish  # noqa: E402
-from utils.distributed import default_device  # noqa: E402
 from utils.cli import non_negative_int, positive_int, run_main  # noqa: E402
+from utils.distributed import default_device  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 
 

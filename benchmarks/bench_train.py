@@ -11,7 +11,8 @@ report the same model FLOPs) and the MFU where the device's peak is known.
 Run it twice to compare gradient checkpointing of the backbone and encoder::
 
     python benchmarks/bench_train.py --config medvt_swinb_avos --frames 6 --size 360 --device cuda --dtype bf16
-    python benchmarks/bench_train.py --config medvt_swinb_avos --frames 6 --size 360 --device cuda --dtype bf16 --grad_checkpointing
+    python benchmarks/bench_train.py --config medvt_swinb_avos --frames 6 --size 360 --device cuda --dtype bf16 \
+        --grad_checkpointing
     python benchmarks/bench_train.py --config tiny --size 128 --device cpu
 """
 from __future__ import annotations
@@ -25,9 +26,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops,  # noqa: E402
-                               device_name, latency_stats, peak_tflops, report, set_channels_last,
-                               time_runs)
+from benchmarks.common import (  # noqa: E402
+    DTYPES,
+    PeakMemory,
+    add_common_args,
+    check_args,
+    count_flops,
+    device_name,
+    latency_stats,
+    peak_tflops,
+    report,
+    set_channels_last,
+    time_runs,
+)
 from models import MODEL_CONFIGS, build_model  # noqa: E402
 from models.losses import AVOSCriterion  # noqa: E402
 from utils.engine import autocast  # noqa: E402

@@ -132,7 +132,8 @@ def part_rss(args, tmp: Path, ckpt: Path) -> dict:
                        "--output_dir", str(tmp / f"out_rss_{n}")], args.threads)
         rows[n] = {"peak_rss_mib": r["peak_rss_mib"], "frames_per_s": r["result"]["video"]["frames_per_s"],
                    "wall_s": time.perf_counter() - t0, "max_frames_held": r["result"]["video"]["max_frames_held"]}
-        print(f"  {n:>5} frames ({args.rss_window}, input {args.rss_val_size}): peak RSS {rows[n]['peak_rss_mib']:.0f} MiB, "
+        print(f"  {n:>5} frames ({args.rss_window}, input {args.rss_val_size}): "
+              f"peak RSS {rows[n]['peak_rss_mib']:.0f} MiB, "
               f"{rows[n]['frames_per_s']:.2f} frames/s end to end, at most {rows[n]['max_frames_held']} frames held")
     lo, hi = min(args.rss_frames), max(args.rss_frames)
     ratio = rows[hi]["peak_rss_mib"] / rows[lo]["peak_rss_mib"]

@@ -12,8 +12,8 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -47,7 +47,8 @@ def add_common_args(p: argparse.ArgumentParser, default_size: int) -> None:
                    help="where to run (default: cuda if available)")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
                    help="fp32, or autocast to bf16/fp16 (for CUDA; runs on CPU too)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model first (compile time is in the warm-up)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model first (compile time is in the warm-up)")
     p.add_argument("--channels_last", action="store_true",
                    help="keep the 2-D conv weights in channels-last memory format")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")

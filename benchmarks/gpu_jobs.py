@@ -12,8 +12,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -269,7 +269,8 @@ def job_sdpa(job: dict, out: Path) -> dict:
     _site_hooks(model)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     res = {}
-    for mode, dtype in (("inference fp32", None), ("inference bf16", torch.bfloat16), ("training bf16", torch.bfloat16)):
+    modes = (("inference fp32", None), ("inference bf16", torch.bfloat16), ("training bf16", torch.bfloat16))
+    for mode, dtype in modes:
         train = mode.startswith("training")
         t, h, w = job["train_shape" if train else "infer_shape"]
         x = torch.randn((1, t, 3, h, w), device=device)
@@ -371,7 +372,7 @@ def job_calib(job: dict, out: Path) -> dict:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        times, _ = _timed(lambda: a @ b, device, 3, 10)
+        times, _ = _timed(lambda a=a, b=b: a @ b, device, 3, 10)
         res[label + "_tflops"] = 2 * n**3 / statistics.mean(times) / 1e12
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False

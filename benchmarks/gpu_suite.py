@@ -61,17 +61,26 @@ def plan(args: argparse.Namespace) -> list[dict]:
     base = {"config": cfg, "device": args.device, "orig_root": args.orig_root, **it}
     jobs = [
         {"kind": "calib", "name": "matmul calibration", "device": args.device, "n": 256 if smoke else 8192},
-        {"kind": "infer", "name": "infer ours bf16", "impl": "ours", "dtype": "bf16", "shape": inf, **base, **search},
+        {"kind": "infer", "name": "infer ours bf16", "impl": "ours", "dtype": "bf16", "shape": inf, **base,
+         **search},
         {"kind": "trained", "name": "trained checkpoint bf16 vs fp32 masks", "device": args.device,
          "ckpt": args.trained_ckpt, "data": args.trained_data, "size": 96},
-        {"kind": "infer", "name": "infer original fp32", "impl": "original", "dtype": "fp32", "shape": inf, **base, **search},
-        {"kind": "infer", "name": "infer ours fp32", "impl": "ours", "dtype": "fp32", "shape": inf, **base, **search},
-        {"kind": "train", "name": "train original fp32", "impl": "original", "dtype": "fp32", "ckpt": False, "shape": trn, **base, **search},
-        {"kind": "train", "name": "train ours bf16 + ckpt", "impl": "ours", "dtype": "bf16", "ckpt": True, "shape": trn, **base, **search},
-        {"kind": "train", "name": "train ours fp32", "impl": "ours", "dtype": "fp32", "ckpt": False, "shape": trn, **base},
-        {"kind": "train", "name": "train ours bf16", "impl": "ours", "dtype": "bf16", "ckpt": False, "shape": trn, **base},
-        {"kind": "kernels", "name": "kernel profile ours bf16", "impl": "ours", "dtype": "bf16", "shape": inf, **base},
-        {"kind": "sdpa", "name": "SDPA backends", "config": cfg, "device": args.device, "infer_shape": inf, "train_shape": trn},
+        {"kind": "infer", "name": "infer original fp32", "impl": "original", "dtype": "fp32", "shape": inf, **base,
+         **search},
+        {"kind": "infer", "name": "infer ours fp32", "impl": "ours", "dtype": "fp32", "shape": inf, **base,
+         **search},
+        {"kind": "train", "name": "train original fp32", "impl": "original", "dtype": "fp32", "ckpt": False,
+         "shape": trn, **base, **search},
+        {"kind": "train", "name": "train ours bf16 + ckpt", "impl": "ours", "dtype": "bf16", "ckpt": True,
+         "shape": trn, **base, **search},
+        {"kind": "train", "name": "train ours fp32", "impl": "ours", "dtype": "fp32", "ckpt": False, "shape": trn,
+         **base},
+        {"kind": "train", "name": "train ours bf16", "impl": "ours", "dtype": "bf16", "ckpt": False, "shape": trn,
+         **base},
+        {"kind": "kernels", "name": "kernel profile ours bf16", "impl": "ours", "dtype": "bf16", "shape": inf,
+         **base},
+        {"kind": "sdpa", "name": "SDPA backends", "config": cfg, "device": args.device, "infer_shape": inf,
+         "train_shape": trn},
         {"kind": "pytest", "name": "pytest --device " + args.device, "device": args.device, "smoke": smoke},
         {"kind": "infer", "name": "infer ours bf16 + compile", "impl": "ours", "dtype": "bf16", "compile": True,
          "compile_backend": "eager" if smoke else "inductor", "shape": inf, **base, "search_s": 0},
@@ -193,16 +202,18 @@ def _row(name: str, r: dict, dtype: str, peaks: dict) -> str:
     gf = r.get("gflops_per_clip") or r.get("gflops_per_step")
     gf = f"{gf:.4g}" if gf else "—"
     tf = f"{r['tflops']:.3g}" if r.get("tflops") else "—"
-    return (f"| {name} | {r['batch']} | {r['latency_s']:.4f} | {r['clips_per_s']:.2f} | {r['centre_frames_per_s']:.2f} | "
+    return (f"| {name} | {r['batch']} | {r['latency_s']:.4f} | {r['clips_per_s']:.2f} | "
+            f"{r['centre_frames_per_s']:.2f} | "
             f"{r['peak_mib'] / 1024:.2f} | {gf} | {tf} | {_mfu(r, dtype, peaks)} |")
 
 
 def markdown(report: dict) -> str:
     env, peaks = report["environment"], report["environment"]["peaks_tflops"]
     lines = [f"# GPU suite: {env['gpu']}", "",
-             f"torch {env['torch']}, torchvision {env.get('torchvision')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, "
-             f"driver {env.get('driver')}, Python {env['python']}, CPU {env['cpu']} ({env['cpu_count']} cores). "
-             f"Smoke: {report['smoke']}. TF32 off: {report.get('no_tf32')}. Datasheet dense peaks (TFLOP/s): {peaks}.", "",
+             f"torch {env['torch']}, torchvision {env.get('torchvision')}, CUDA {env.get('cuda')}, "
+             f"cuDNN {env.get('cudnn')}, driver {env.get('driver')}, Python {env['python']}, CPU {env['cpu']} "
+             f"({env['cpu_count']} cores). Smoke: {report['smoke']}. TF32 off: {report.get('no_tf32')}. "
+             f"Datasheet dense peaks (TFLOP/s): {peaks}.", "",
              "| run | batch | latency s | clips/s | centre frames/s | peak GiB | GFLOP | TFLOP/s | MFU |",
              "|---|---|---|---|---|---|---|---|---|"]
     other = []
@@ -222,26 +233,29 @@ def markdown(report: dict) -> str:
             lines.append(f"- {name}: {r['batch_search']['tried']} in {r['batch_search']['search_s']} s")
     calib = report["jobs"].get("matmul calibration", {})
     if "bf16_tflops" in calib:
-        lines += ["", f"Measured matmul ({calib['n']}³): bf16 {calib['bf16_tflops']:.3g}, TF32 {calib['tf32_tflops']:.3g}, "
-                      f"fp32 {calib['fp32_tflops']:.3g} TFLOP/s."]
+        lines += ["", f"Measured matmul ({calib['n']}³): bf16 {calib['bf16_tflops']:.3g}, "
+                      f"TF32 {calib['tf32_tflops']:.3g}, fp32 {calib['fp32_tflops']:.3g} TFLOP/s."]
     sdpa = report["jobs"].get("SDPA backends", {})
     if sdpa and "error" not in sdpa:
         lines += ["", "| SDPA call site | " + " | ".join(k for k in sdpa if k != "wall_s") + " |",
                   "|---|" + "---|" * (len(sdpa) - 1)]
         sites = sorted({s for k, v in sdpa.items() if k != "wall_s" for s in v})
         for s in sites:
-            cells = [", ".join(f"{b} ×{n}" for b, n in sdpa[k].get(s, {}).items()) or "—" for k in sdpa if k != "wall_s"]
+            cells = [", ".join(f"{b} ×{n}" for b, n in sdpa[k].get(s, {}).items()) or "—"
+                     for k in sdpa if k != "wall_s"]
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
     kp = report["jobs"].get("kernel profile ours bf16", {})
     if "top" in kp:
         lines += ["", f"Kernel profile, ours bf16 batch 1: device busy {kp['device_busy_s'] * 1e3:.1f} ms of "
-                      f"{kp['wall_s_profiled'] * 1e3:.1f} ms wall ({100 * kp['busy_share']:.0f}%), {kp['launches']} kernels.", "",
+                      f"{kp['wall_s_profiled'] * 1e3:.1f} ms wall ({100 * kp['busy_share']:.0f}%), "
+                      f"{kp['launches']} kernels.", "",
                   "| kernel | ms | calls |", "|---|---|---|"]
         lines += [f"| `{k['name']}` | {k['ms']:.2f} | {k['calls']} |" for k in kp["top"]]
     tm = report["jobs"].get("trained checkpoint bf16 vs fp32 masks", {})
     if "pooled_iou" in tm:
         lines += ["", f"Trained checkpoint ({tm['frames']} held-out frames, flip TTA): bf16 vs fp32 mask IoU pooled "
-                      f"{tm['pooled_iou']:.4f}, mean per frame {tm['mean_frame_iou']:.4f}, min {tm['min_frame_iou']:.4f}; "
+                      f"{tm['pooled_iou']:.4f}, mean per frame {tm['mean_frame_iou']:.4f}, "
+                      f"min {tm['min_frame_iou']:.4f}; "
                       f"J fp32 {tm['fp32']['J_mean']:.3f}, bf16 {tm['bf16']['J_mean']:.3f}."]
     for name, r in report["jobs"].items():
         if name.startswith("pytest") and "error" not in r:
@@ -297,7 +311,8 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--only", default=None,
                    help="comma-separated texts: run only the jobs whose name contains one of them")
     p.add_argument("--no_tf32", action="store_true",
-                   help="float32 convolutions without TF32 (cuDNN's default is TF32), e.g. to compare with the original")
+                   help="float32 convolutions without TF32 (cuDNN's default is TF32), e.g. to compare with the "
+                        "original")
     p.add_argument("--_job", help=argparse.SUPPRESS)
     p.add_argument("--_result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

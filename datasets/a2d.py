@@ -110,7 +110,8 @@ def a2d_root(override: str | os.PathLike | None = None) -> Path:
     root = require(dataset_root("a2d", override), "a2d")
     require(root / "Release" / "videoset.csv", "a2d", "the split file Release/videoset.csv", is_file=True)
     require(root / "Release" / "Annotations" / "mat", "a2d", "annotations Release/Annotations/mat/<vid>/<fid>.mat")
-    require(root / "frames", "a2d", "all frames as frames/<vid>/00001.png … (extract them from Release/clips320H/*.mp4)")
+    require(root / "frames", "a2d",
+            "all frames as frames/<vid>/00001.png … (extract them from Release/clips320H/*.mp4)")
     return root
 
 
@@ -153,7 +154,8 @@ def read_annotation(path: str | os.PathLike) -> np.ndarray:
         try:
             import h5py
         except ImportError:
-            raise ImportError(f"{path} is a MATLAB v7.3 (HDF5) file; reading it needs h5py (pip install h5py)") from None
+            raise ImportError(f"{path} is a MATLAB v7.3 (HDF5) file; reading it needs h5py (pip install h5py)") \
+                from None
     try:
         if hdf5:
             with h5py.File(path, "r") as f:

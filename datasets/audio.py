@@ -82,6 +82,7 @@ def waveform_to_examples(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 def resample(samples: np.ndarray, sample_rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
     """Polyphase resampling (scipy) — close to, not bit-identical with, the original's resampy."""
     from math import gcd
+
     from scipy.signal import resample_poly
     g = gcd(int(sample_rate), int(target))
     return resample_poly(np.asarray(samples, dtype=np.float64), target // g, int(sample_rate) // g, axis=0)

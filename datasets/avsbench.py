@@ -37,9 +37,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .audio import AudioError, wav_to_clip_examples
 from utils.cli import UserError
 
+from .audio import AudioError, wav_to_clip_examples
 from .path_config import dataset_root, require
 from .video import open_image
 

@@ -16,7 +16,8 @@ from .video import Sample, VideoSequence
 DAVIS16_SPLITS = {
     "train": ("bear bmx-bumps boat breakdance-flare bus car-turn dance-jump dog-agility drift-turn elephant "
               "flamingo hike hockey horsejump-low kite-walk lucia mallard-fly mallard-water motocross-bumps "
-              "motorbike paragliding rhino rollerblade scooter-gray soccerball stroller surf swing tennis train").split(),
+              "motorbike paragliding rhino rollerblade scooter-gray soccerball stroller surf swing tennis "
+              "train").split(),
     "val": ("blackswan bmx-trees breakdance camel car-roundabout car-shadow cows dance-twirl dog drift-chicane "
             "drift-straight goat horsejump-high kite-surf libby motocross-jump paragliding-launch parkour "
             "scooter-black soapbox").split(),

@@ -32,7 +32,8 @@ DATASETS: dict[str, DatasetSpec] = {
     for s in [
         DatasetSpec("davis16", "DAVIS", "JPEGImages/480p/<seq>/*.jpg and Annotations/480p/<seq>/*.png"),
         DatasetSpec("ytvos19", "YouTubeVOS2019", "train/JPEGImages/<video>/*.jpg and train/Annotations/<video>/*.png"),
-        DatasetSpec("youtube_objects", "YouTube-Objects", "frames/<class>/data/<vid>/shots/<shot>/frame*.jpg and youtube_masks/…/labels/*.jpg"),
+        DatasetSpec("youtube_objects", "YouTube-Objects",
+                    "frames/<class>/data/<vid>/shots/<shot>/frame*.jpg and youtube_masks/…/labels/*.jpg"),
         DatasetSpec("moca", "MoCA", "JPEGImages/<video>/*.jpg and the annotation CSV"),
         DatasetSpec("a2d", "A2D", "Release/clips320H/*.mp4 or frames, Release/Annotations/mat/…, Release/videoset.csv"),
         DatasetSpec("avsbench", "AVSBench", "Single-source/ or Multi-sources/ with the metadata CSV"),

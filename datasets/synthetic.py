@@ -60,7 +60,8 @@ def _object_mask(h: int, w: int, centre: tuple[float, float], radii: tuple[float
     return (u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= scale ** 2
 
 
-def make_sequence(rng: np.random.Generator, num_frames: int, h: int, w: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def make_sequence(rng: np.random.Generator, num_frames: int, h: int, w: int,
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Frames (uint8 RGB) and masks (bool) of one synthetic video."""
     canvas = _background(rng, h, w)
     texture = _object_texture(rng, 2 * h, 2 * w)

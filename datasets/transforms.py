@@ -134,7 +134,7 @@ class TrainTransform:
         self.rng = random.Random(seed) if seed is not None else random
 
     @classmethod
-    def small(cls, train_size: int, seed: int | None = None) -> "TrainTransform":
+    def small(cls, train_size: int, seed: int | None = None) -> TrainTransform:
         """The same steps with every size scaled by train_size / 360 (tests, the CPU demo)."""
         s = train_size / 360
         sizes = lambda xs: tuple(max(8, int(round(x * s))) for x in xs)  # noqa: E731

@@ -36,7 +36,8 @@ class MultiheadAttention(nn.Module):
         """query [B, Lq, C], key/value [B, Lk, C], key_padding_mask [B, Lk] (True = ignore) → [B, Lq, C]."""
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        q, k, v = (self._heads(F.linear(x, w, b)) for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v)))
+        projections = ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v))
+        q, k, v = (self._heads(F.linear(x, w, b)) for x, w, b in projections)
         mask = None
         if key_padding_mask is not None and key_padding_mask.any():
             mask = ~key_padding_mask[:, None, None, :]  # [B, 1, 1, Lk], True = attend

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+
 class VGGish(nn.Module):
     """VGGish embedding network (module docstring): [N, 1, 96, 64] log-mel → [N, 128] (≥ 0)."""
 

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiheadAttention
 from .encoder import EncoderLayer
 from .pixel_decoder import FPNPixelDecoder
 from .position_encoding import PositionEmbeddingSine3D

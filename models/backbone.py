@@ -19,9 +19,15 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models import resnet101
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.video.swin_transformer import (PatchMerging, ShiftedWindowAttention3d, SwinTransformer3d,
-                                                       SwinTransformerBlock, _compute_attention_mask_3d,
-                                                       _compute_pad_size_3d, _get_window_and_shift_size)
+from torchvision.models.video.swin_transformer import (
+    PatchMerging,
+    ShiftedWindowAttention3d,
+    SwinTransformer3d,
+    SwinTransformerBlock,
+    _compute_attention_mask_3d,
+    _compute_pad_size_3d,
+    _get_window_and_shift_size,
+)
 from torchvision.ops import FrozenBatchNorm2d
 
 from .config import MedVTConfig, SwinConfig
@@ -46,8 +52,10 @@ class SDPAWindowAttention3d(ShiftedWindowAttention3d):
         grid = [p // s for p, s in zip(padded, ws)]
         n = ws[0] * ws[1] * ws[2]
         # [B, T, H, W, C] -> [B·nW, N, C], windows in (t, h, w) order
-        x = x.view(b, grid[0], ws[0], grid[1], ws[1], grid[2], ws[2], c).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, n, c)
-        q, k, v = F.linear(x, self.qkv.weight, self.qkv.bias).view(x.shape[0], n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        x = x.view(b, grid[0], ws[0], grid[1], ws[1], grid[2], ws[2], c)
+        x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, n, c)
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(x.shape[0], n, 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         mask = self.get_relative_position_bias(ws)  # [1, heads, N, N]
         if shifted:  # -100 between tokens that came from different regions before the shift
             mask = (mask + _compute_attention_mask_3d(x, padded, tuple(ws), tuple(ss))[:, None]).repeat(b, 1, 1, 1)

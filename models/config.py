@@ -85,13 +85,13 @@ class MedVTConfig:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "MedVTConfig":
+    def from_dict(d: dict) -> MedVTConfig:
         d = dict(d)
         swin = SwinConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("swin").items()})
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return MedVTConfig(swin=swin, **d)
 
-    def replace(self, **changes) -> "MedVTConfig":
+    def replace(self, **changes) -> MedVTConfig:
         return replace(self, **changes)
 
 
@@ -110,7 +110,8 @@ MODEL_CONFIGS: dict[str, MedVTConfig] = {
     "medvt_swinb_a2d": replace(_SWINB, variant="v2", dim_feedforward=1024, encoder_cross_layer=False,
                                num_classes=80, lprop_mode=0, lprop_scale=16.0),
     "tiny": MedVTConfig(
-        swin=SwinConfig(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 7, 7), drop_path=0.0),
+        swin=SwinConfig(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 7, 7),
+                        drop_path=0.0),
         d_model=48,
         nheads=4,
         dim_feedforward=96,

@@ -114,7 +114,8 @@ class MultiscaleEncoder(nn.Module):
         ])
         self.cross_scale = None
         if cross_layer:
-            self.cross_scale = CrossScaleLayer(d_model, s1["nhead"], cross_ff or s1["dim_ff"], s1["dropout"], fused=swin)
+            self.cross_scale = CrossScaleLayer(d_model, s1["nhead"], cross_ff or s1["dim_ff"], s1["dropout"],
+                                               fused=swin)
         self.grad_checkpointing = False
 
     def forward(self, feats: list[Tensor], pos: list[Tensor], masks: list[Tensor]) -> list[Tensor]:

@@ -181,7 +181,9 @@ class LabelPropagator(nn.Module):
         enc = self.label_encoder(up.transpose(1, 2).flatten(0, 1))  # [B·T, E, h', w']
         size = enc.shape[-2:]
         f = F.interpolate(feats.flatten(0, 1), size=size, mode="nearest")
-        tokens = lambda x: x.flatten(2).transpose(1, 2).unflatten(0, (b, t))  # [B·T, C, h', w'] -> [B, T, n, C]
+        def tokens(x: Tensor) -> Tensor:  # [B·T, C, h', w'] -> [B, T, n, C]
+            return x.flatten(2).transpose(1, 2).unflatten(0, (b, t))
+
         out = self.propagation(tokens(f), tokens(enc))  # [B, T, n, E]
         out = out.transpose(2, 3).unflatten(3, size).transpose(1, 2)  # [B, E, T, h', w']
         return self.label_decoder(out)

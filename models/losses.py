@@ -97,7 +97,8 @@ class AVOSCriterion(nn.Module):
     Losses are computed in float32 even under autocast (sums over ~10⁶ pixels).
     """
 
-    def __init__(self, aux_weight: float = 0.5, alpha: float = 0.25, gamma: float = 2.0, aux_norm: bool = False) -> None:
+    def __init__(self, aux_weight: float = 0.5, alpha: float = 0.25, gamma: float = 2.0,
+                 aux_norm: bool = False) -> None:
         super().__init__()
         self.aux_weight = aux_weight
         self.alpha = alpha

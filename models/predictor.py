@@ -147,7 +147,8 @@ class VideoPredictor:
     # ------------------------------------------------------------------------------- clips
     @torch.inference_mode()
     def predict_clips(self, clips: Tensor, keep: Sequence[dict[int, int]],
-                      out_size: Callable[[int], tuple[int, int]], inputs: Sequence[Tensor] = ()) -> list[tuple[int, Tensor]]:
+                      out_size: Callable[[int], tuple[int, int]], inputs: Sequence[Tensor] = (),
+                      ) -> list[tuple[int, Tensor]]:
         """clips [B, T, 3, H, W] normalised; ``keep[b]`` frame → position of clip ``b`` →
         [(frame, probabilities [K, *out_size(frame)] float32 on the CPU)] in the order of ``keep``.
         ``inputs``: further model inputs with a batch dimension (MED-VT++'s audio features)."""

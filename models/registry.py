@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +30,7 @@ from .config import MODEL_CONFIGS, MedVTConfig
 from .convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict, read_checkpoint
 from .medvt import MEDVT
 
-ModelConfig = Union[MedVTConfig, AVSConfig]
+ModelConfig = MedVTConfig | AVSConfig
 
 PRESETS: dict[str, ModelConfig] = {**MODEL_CONFIGS, **AVS_CONFIGS}
 assert len(PRESETS) == len(MODEL_CONFIGS) + len(AVS_CONFIGS), "a preset name is used by both families"

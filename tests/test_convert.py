@@ -4,8 +4,13 @@ import argparse
 import pytest
 import torch
 
-from models import CheckpointMismatchError, build_model, convert_original_state_dict, infer_model_version, load_checkpoint
-from models.convert import load_state_dict_strict
+from models import (
+    CheckpointMismatchError,
+    build_model,
+    convert_original_state_dict,
+    infer_model_version,
+    load_checkpoint,
+)
 from tests.model_weights import FIXTURES, read_key_list
 
 # The original registers these and never uses them: value projections WV and samp_w_pred.
@@ -37,7 +42,8 @@ def test_every_original_key_maps_onto_ours(config, keys, original_params):
 
 
 def test_converter_is_idempotent_and_strips_prefixes(swin_model):
-    sd = {"module.transformer.fpn.lay1.weight": torch.zeros(1), "backbone.layers.2.blocks.5.mlp.fc2.bias": torch.zeros(1)}
+    sd = {"module.transformer.fpn.lay1.weight": torch.zeros(1),
+          "backbone.layers.2.blocks.5.mlp.fc2.bias": torch.zeros(1)}
     once = convert_original_state_dict(sd, "medvt_swinb_avos")
     assert set(once) == {"pixel_decoder.lay1.weight", "backbone.features.4.5.mlp.3.bias"}
     assert convert_original_state_dict(once, "medvt_swinb_avos") == once
@@ -108,5 +114,6 @@ def test_vistr_coco_init_copies_last_decoder_layer_and_slices_ffn(tmp_path):
     loaded = init_from_vistr_coco(model, tmp_path / "coco.pth")
     assert loaded == ["encoder.stages.0.0.linear1.weight", "query_decoder.layers.1.norm1.weight",
                       "query_decoder.layers.2.norm1.weight", "query_decoder.norm.bias"]
-    assert torch.equal(model.encoder.stages[0][0].linear1.weight, sd["vistr.transformer.encoder.layers.0.linear1.weight"][:96])
+    assert torch.equal(model.encoder.stages[0][0].linear1.weight,
+                       sd["vistr.transformer.encoder.layers.0.linear1.weight"][:96])
     assert torch.equal(model.query_decoder.layers[2].norm1.weight, torch.full((48,), 2.0))

@@ -144,7 +144,8 @@ def test_video_folder_and_mp4(setup, tmp_path):
     out = tmp_path / "out_dir"
     assert res["n_frames"] == 5 and res["frames"] == 5 and res["frames_per_s"] > 0
     # a folder's outputs are named after its frames
-    assert sorted(p.name for p in (out / "bin_mask" / "my_clip").glob("*.png")) == [f"img_{i:03d}.png" for i in range(5)]
+    names = sorted(p.name for p in (out / "bin_mask" / "my_clip").glob("*.png"))
+    assert names == [f"img_{i:03d}.png" for i in range(5)]
     assert np.asarray(Image.open(out / "logits" / "my_clip" / "img_003.png")).shape == (H, W)
     assert Path(res["overlay_video"]) == out / "overlay" / "my_clip.mp4" and Path(res["overlay_video"]).is_file()
     assert res["overlay_codec"] == "h264" and not (out / "INCOMPLETE").exists()

@@ -93,11 +93,12 @@ def test_named_configs_are_complete():
 def test_grad_checkpointing_gives_the_same_gradients_one_block_at_a_time(config, monkeypatch):
     """Same gradients with and without checkpointing, and every checkpointed region is a single
     block (a region spanning a stage would rebuild the whole stage's activations in backward)."""
-    import models.backbone as backbone
-    import models.encoder as encoder
     from torch.utils.checkpoint import checkpoint
     from torchvision.models.resnet import Bottleneck
     from torchvision.models.video.swin_transformer import PatchMerging, SwinTransformerBlock
+
+    import models.backbone as backbone
+    import models.encoder as encoder
 
     regions = []
 

@@ -25,7 +25,8 @@ import inference_swin_medvt_avos as infer_script
 from datasets.synthetic import make_synthetic_davis
 from models import build_model
 from models.avs import AVS_CONFIGS, build_avs_model
-from models.onnx_export import OnnxModel, UnexportableError, check_onnx, export_onnx as export
+from models.onnx_export import OnnxModel, UnexportableError, check_onnx
+from models.onnx_export import export_onnx as export
 
 # CI's time budget takes one full-size preset: ResNet-101 (about 1 minute; Swin-B about 2.5).
 DEFAULT_PRESETS = ["tiny", "avs_tiny", "medvt_r101_avos"]

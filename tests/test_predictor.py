@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
 from datasets.stream import TensorFrames
+from models import build_model
 from models.predictor import VideoPredictor, Window
 from utils.clips import chunk_clips, wraparound_clip
 from vss.config import vss_config

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from model_weights import deterministic_value
+
 from models import PRESETS, build_model, get_preset, load_model
 from models.avs import AVSConfig
 from models.convert import CheckpointMismatchError

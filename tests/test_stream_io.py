@@ -289,7 +289,7 @@ def test_video_writer_mp4(tmp_path, h, w):
     frames = [f[:h, :w] for f in square_frames(12)]
     path = tmp_path / "out" / "overlay.mp4"
     with VideoWriter(path, fps=10) as writer:
-        for i, f in enumerate(frames):
+        for f in frames:
             writer.write(f)
             assert not path.exists()  # never a complete-looking file while writing
     assert writer.tmp_path.name == ".overlay.partial.mp4"

@@ -223,7 +223,7 @@ def test_mixed_precision_training_and_resume(davis, tmp_path, amp):
         assert ckpt["scaler"]["scale"] > 0
     resumed = train_script.main(args + ["--resume", res["checkpoint_last"]])
     assert [h["epoch"] for h in resumed["history"]] == [1]
-    assert "--amp %s on cpu" % amp in (tmp_path / "run" / "train.log").read_text()
+    assert f"--amp {amp} on cpu" in (tmp_path / "run" / "train.log").read_text()
 
 
 def _write_ytvos(root: Path, videos: dict[str, int]) -> Path:

@@ -7,11 +7,11 @@ Unlike the original, the CRF grid takes its size from the image rather than 854x
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pydensecrf.densecrf as dcrf

@@ -37,8 +37,10 @@ SIZE_HW = (96, 160)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", type=Path, default=Path("demo_output"), help="where everything is written")
-    p.add_argument("--epochs", type=positive_int, default=8, help="training epochs (each visits every training frame once)")
-    p.add_argument("--steps_per_epoch", type=positive_int, default=None, help="cap on the clips per epoch (default: all)")
+    p.add_argument("--epochs", type=positive_int, default=8,
+                   help="training epochs (each visits every training frame once)")
+    p.add_argument("--steps_per_epoch", type=positive_int, default=None,
+                   help="cap on the clips per epoch (default: all)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate of every parameter group")
     p.add_argument("--train_sequences", type=positive_int, default=12, help="synthetic training videos")
     p.add_argument("--val_sequences", type=positive_int, default=3, help="synthetic held-out videos")

@@ -331,7 +331,7 @@ def predict_dense(model: torch.nn.Module, sequences: Sequence[VideoSequence], pr
                     overlays.add(rgb, fg, stem)
 
             wanted = (lambda i, seq=seq: seq.masks[i] is not None) if annotated_only else None
-            out_size = lambda i, seq=seq: _mask_size(seq.masks[i]) if seq.masks[i] is not None else orig  # noqa: E731
+            out_size = lambda i, seq=seq, orig=orig: _mask_size(seq.masks[i]) if seq.masks[i] else orig  # noqa: E731
             stream_predictions(predictor, source, out_size, wanted, handle, writer, progress, opts.prefetch)
             writer.submit(overlays.close)
     return progress.close()

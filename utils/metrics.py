@@ -17,8 +17,8 @@ import csv
 import json
 import math
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np

@@ -47,7 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val",
                    help="split list <vspw_root>/<split>.txt; a split without masks (test) gets predictions only")
     p.add_argument("--videos", nargs="*", default=None, help="only these videos of the split")
-    p.add_argument("--val_size", type=non_negative_int, default=480, help="shorter side fed to the model; 0 = frame size")
+    p.add_argument("--val_size", type=non_negative_int, default=480,
+                   help="shorter side fed to the model; 0 = frame size")
     p.add_argument("--max_size", type=positive_int, default=None, help="cap on the longer side fed to the model")
     p.add_argument("--clip_len", type=positive_int, default=6, help="frames per forward (the trained clip length)")
     p.add_argument("--window", default="chunk", choices=("chunk", "centre"),

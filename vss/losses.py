@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from models.losses import IGNORE_INDEX, softmax_focal_loss, upsample_logits
 
+
 class VSSCriterion(nn.Module):
     """``criterion(outputs, masks)`` → ``{"loss_mask", "loss_aux", "loss"}``.
 
