@@ -30,6 +30,7 @@ from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from utils import inference as inf
 from utils.cli import add_debug_flag, positive_float, positive_int, run_main
+from utils.engine import AMP_DTYPES, add_inference_amp_flag
 from utils.metrics import jsonable
 
 
@@ -82,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay_format", default="mp4", choices=["mp4", "gif"],
                    help="container of the overlay videos (default mp4)")
     p.add_argument("--fps", type=positive_int, default=10, help="frame rate of the overlay videos (default 10)")
-    p.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast (for CUDA; works but is slow on CPU); default float32")
+    add_inference_amp_flag(p)
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                    help="run the model in PyTorch, or run --onnx_path (written by export_onnx.py) in ONNX Runtime "
                         "on the CPU; the checkpoint still names the model and its protocol (default torch)")
@@ -169,12 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
         del ckpt
-        log.info("device: %s%s; output: %s", device, ", bf16 autocast" if args.amp else "", out_dir)
+        log.info("device: %s%s; output: %s", device, f", {args.amp} autocast" if args.amp != "none" else "", out_dir)
         if args.dataset == "all" and args.val_size and not video:
             log.warning("--val_size %d ignored: --dataset all uses 473 (DAVIS, MoCA) and 360 (YouTube-Objects)",
                         args.val_size)
-        if args.amp and device.type != "cuda":
-            log.warning("--amp on %s: bfloat16 autocast is meant for CUDA and is slow here", device)
+        if args.amp != "none" and device.type != "cuda":
+            log.warning("--amp %s on %s: autocast is meant for CUDA and is slow here", args.amp, device)
         results: dict = {"output_dir": str(out_dir),
                          "model": {"config": info.config_name, "version": info.version, "reason": info.reason,
                                    "variant": info.config.variant, "lprop_scale": info.config.lprop_scale}}
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
             protocol = protocols[task]
             sub = out_dir / inf.run_name(task, protocol.val_size, args.msc, info.config) if len(tasks) > 1 else out_dir
             opts = inf.RunOptions(sub, args.num_frames, args.save_overlay, args.overlay_format, args.fps,
-                                  torch.bfloat16 if args.amp else None, args.window, args.batch_clips)
+                                  AMP_DTYPES[args.amp], args.window, args.batch_clips)
             if task == "davis":
                 results[task] = inf.run_davis(model, sequences[task], protocol, opts)
             elif task == "ytbo":

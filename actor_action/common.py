@@ -81,10 +81,11 @@ def blend(frame: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float 
 @torch.no_grad()
 def evaluate_a2d(model: torch.nn.Module, dataset: A2DDataset, device: torch.device, nan_policy: str = "skip",
                  protocol: str = "head", max_items: int = 0, viz_dir: Path | None = None, save_gt: bool = False,
-                 palette: np.ndarray | None = None) -> tuple[dict, OriginalA2DMetric, ConfusionMatrix]:
+                 palette: np.ndarray | None = None, amp_dtype: torch.dtype | None = None,
+                 ) -> tuple[dict, OriginalA2DMetric, ConfusionMatrix]:
     """Run the model over ``dataset`` (test items) and score it; returns (summary, original metric, confusion)."""
     # One clip per annotated frame (the dataset's clip), its logits at the label size: the shared predictor.
-    predictor = VideoPredictor(model, "chunk", dataset.num_frames, activation="none")
+    predictor = VideoPredictor(model, "chunk", dataset.num_frames, activation="none", amp_dtype=amp_dtype)
     metric, cm = OriginalA2DMetric(nan_policy, protocol), ConfusionMatrix()
     palette = default_palette() if palette is None else palette
     n = len(dataset) if max_items <= 0 else min(max_items, len(dataset))

@@ -54,6 +54,7 @@ from models.convert import load_state_dict_strict  # noqa: E402
 from models.registry import model_state_dict  # noqa: E402
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main  # noqa: E402
 from utils.distributed import default_device  # noqa: E402
+from utils.engine import AMP_DTYPES, add_inference_amp_flag  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,13 +78,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="frames with no foreground in GT nor prediction: skip (default) or nan (the original)")
     g.add_argument("--protocol", default="head", choices=PROTOCOLS,
                    help="per-video averaging: head = all annotated frames (README 45.7/57.3); 555a462 = last frame")
-    g.add_argument("--output_dir", default="outputs/medvt_a2d", help="results.json, CSV tables, viz/")
+    g.add_argument("--output_dir", default="runs/a2d_inference", help="results.json, CSV tables, viz/")
     g.add_argument("--save_pred", action="store_true", help="write colour masks and prediction overlays")
     g.add_argument("--save_gt_overlay", action="store_true", help="write ground-truth overlays")
     g.add_argument("--color_map", default=None, metavar="PATH",
                    help="the original's color_map.txt for names and colours (default: <a2d_root>/color_map.txt "
                         "if present, else a built-in palette)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_inference_amp_flag(g)
     add_debug_flag(p)
     return p
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"query_decoder_scales {cfg.query_decoder_scales}, lprop_mode {cfg.lprop_mode}) on {device}")
     summary, metric, cm = evaluate_a2d(model, dataset, device, args.nan_policy, args.protocol, args.max_items,
                                        out / "viz" if args.save_pred or args.save_gt_overlay else None,
-                                       args.save_gt_overlay, palette)
+                                       args.save_gt_overlay, palette, AMP_DTYPES[args.amp])
     write_tables(out, summary, metric, cm, names)
     print(format_summary(summary))
     return {**summary, "output_dir": str(out), "query_decoder_scales": cfg.query_decoder_scales}

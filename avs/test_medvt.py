@@ -36,15 +36,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     add_path_args(p, ["avsbench"])
-    p.add_argument("--weights", required=True, metavar="PATH",
-                   help="trained model: the authors' S4/MS3 release or a checkpoint of avs/train_medvt.py")
+    p.add_argument("--model_path", "--weights", dest="model_path", required=True, metavar="PATH",
+                   help="trained model: the authors' S4/MS3 release or a checkpoint of avs/train_medvt.py "
+                        "(--weights, the original's name, also works)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate")
     p.add_argument("--test_im_size", default=384, type=non_negative_int, help="square evaluation size (0 = native 224)")
     p.add_argument("--test_batch_size", default=4, type=positive_int,
                    help="clips per batch; the F-score threshold is chosen per batch, so this matters (original: 4)")
     p.add_argument("--save_pred_mask", action="store_true",
                    help="write binary predictions to <output_dir>/pred_masks/<category>/<name>/<name>_<i>.png")
-    p.add_argument("--output_dir", default="output/avs_test", help="folder for the log, results JSON and masks")
+    p.add_argument("--output_dir", default="runs/avs_test", help="folder for the log, results JSON and masks")
     p.add_argument("--max_batches", default=None, type=positive_int, help="stop after this many batches (smoke tests)")
     return p
 
@@ -56,15 +57,15 @@ def main(argv: list[str] | None = None) -> dict:
     logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
     vggish = build_frozen_vggish(args.vggish_weights, args.allow_random_vggish).to(device)
     # Our checkpoints record the model they hold; the model flags describe an authors' release.
-    loaded = load_model(args.weights, preset=model_config(args), device=device)
+    loaded = load_model(args.model_path, preset=model_config(args), device=device)
     model = loaded.model
-    logger.info(f"loaded {args.weights}: {model.cfg.name}, config from {loaded.reason}")
+    logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {loaded.reason}")
     ds = AVSBenchDataset(args.avsbench_root, args.task, args.split, args.test_im_size or None, args.audio,
                          args.allow_resample, args.allow_silent)
     loader = DataLoader(ds, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers)
     res = evaluate(model, vggish, loader, device, out / "pred_masks" if args.save_pred_mask else None,
                    args.max_batches, desc=f"{args.task} {args.split}")
-    res.update(task=args.task, split=args.split, weights=str(args.weights), im_size=args.test_im_size)
+    res.update(task=args.task, split=args.split, weights=str(args.model_path), im_size=args.test_im_size)
     logger.info(f"{args.task} {args.split}: {format_metrics({'mIoU': res['miou'], 'F': res['fscore']})} "
                 f"({res['num_clips']} clips)")
     out.mkdir(parents=True, exist_ok=True)

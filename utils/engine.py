@@ -30,6 +30,17 @@ class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the message names epoch, step and the batch's sequences."""
 
 
+# --amp values of every script: autocast dtype, or None for float32.
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_inference_amp_flag(parser) -> None:
+    """``--amp [bf16|fp16|none]`` of the inference scripts; a bare ``--amp`` (their older switch) is bf16."""
+    parser.add_argument("--amp", nargs="?", const="bf16", default="none", choices=sorted(AMP_DTYPES),
+                        help="autocast dtype: bf16 (a bare --amp), fp16, or none = float32 (default); meant for "
+                             "CUDA, runs slowly on CPU")
+
+
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     """``torch.autocast`` for ``amp_dtype`` on ``device`` (no-op for None)."""
     if amp_dtype is None:

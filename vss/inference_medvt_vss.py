@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.path_config import add_path_args  # noqa: E402
 from datasets.vspw import vspw_root, vspw_sequences  # noqa: E402
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main  # noqa: E402
+from utils.engine import AMP_DTYPES, add_inference_amp_flag  # noqa: E402
 from utils.metrics import write_results  # noqa: E402
 from vss.common import build_from_args, evaluate_videos, format_summary  # noqa: E402
 from vss.config import DEFAULT_CONFIG, config_names  # noqa: E402
@@ -57,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_clips", type=positive_int, default=1, metavar="N",
                    help="clips stacked in one forward (2N with --flip), for GPUs (default 1)")
     p.add_argument("--flip", action="store_true", help="average the softmax with that of the mirrored clip")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (meant for CUDA; runs, slowly, on CPU)")
+    add_inference_amp_flag(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--output_dir", default=None,
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         / f"infer_vspw_{args.split}_{args.val_size}")
     summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
                               save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
-                              clip_len=args.clip_len, window=args.window, flip=args.flip, amp=args.amp,
+                              clip_len=args.clip_len, window=args.window, flip=args.flip, amp=AMP_DTYPES[args.amp],
                               batch_clips=args.batch_clips)
     if not summary:
         print(f"no ground truth in split {args.split}: predictions written to {out / 'predictions'}")

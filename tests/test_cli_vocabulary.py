@@ -1,0 +1,33 @@
+"""One vocabulary across the scripts: the shared --amp flag of the inference scripts (a bare --amp,
+the older switch, still means bf16) and the original spellings kept as aliases."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import inference_swin_medvt_avos as avos_infer
+from actor_action import inference_medvt_a2d as a2d_infer
+from avs import test_medvt as avs_test
+from utils.engine import AMP_DTYPES
+from vss import inference_medvt_vss as vss_infer
+
+PARSERS = {"avos": (avos_infer.build_parser, ["--model_path", "m.pth"]),
+           "vss": (vss_infer.get_args_parser, ["--model_path", "m.pth"]),
+           "a2d": (a2d_infer.get_args_parser, ["--model_path", "m.pth"])}
+
+
+@pytest.mark.parametrize("script", list(PARSERS))
+def test_inference_amp_flag(script):
+    make, base = PARSERS[script]
+    assert make().parse_args(base).amp == "none"
+    assert make().parse_args(base + ["--amp"]).amp == "bf16"  # the older on/off switch
+    assert make().parse_args(base + ["--amp", "fp16"]).amp == "fp16"
+    with pytest.raises(SystemExit):
+        make().parse_args(base + ["--amp", "fp64"])
+    assert AMP_DTYPES["bf16"] is torch.bfloat16 and AMP_DTYPES["none"] is None
+
+
+def test_avs_test_takes_model_path_and_the_original_weights_spelling():
+    p = avs_test.get_args_parser()
+    assert p.parse_args(["--model_path", "a.pth"]).model_path == "a.pth"
+    assert p.parse_args(["--weights", "b.pth"]).model_path == "b.pth"
