@@ -60,7 +60,7 @@ def load(args: argparse.Namespace) -> torch.nn.Module:
         loaded = load_model(args.model_path, preset=args.config)
         print(f"model: config from {loaded.reason}")
         return loaded.model
-    from utils import inference as inf  # an AVOS checkpoint: the inference script's model choice
+    from avos import inference as inf  # an AVOS checkpoint: the inference script's model choice
 
     ckpt = read_checkpoint(args.model_path)
     info = inf.resolve_model_config(ckpt, args.model_version, args.backbone)

@@ -10,7 +10,7 @@ Examples (the original README's settings)::
     python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset moca --flip
     python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --video clip.mp4 --output_dir out/clip
 
-The protocol, output files and metrics are described in :mod:`utils.inference`.
+The protocol, output files and metrics are described in :mod:`avos.inference`.
 """
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
+from avos import inference as inf
 from datasets import path_config
 from datasets.davis16 import davis16_sequences
 from datasets.moca import moca_sequences
 from datasets.stream import MissingInputError
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
-from utils import inference as inf
 from utils.cli import add_debug_flag, positive_float, positive_int, run_main
 from utils.engine import AMP_DTYPES, add_inference_amp_flag
 from utils.metrics import jsonable

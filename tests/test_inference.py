@@ -16,13 +16,13 @@ import torch
 from PIL import Image
 
 import inference_swin_medvt_avos as script
+from avos import inference as inf
 from datasets.davis16 import davis16_sequences
 from datasets.path_config import DatasetNotFoundError
 from datasets.synthetic import make_synthetic_davis
 from datasets.transforms import load_frames, test_size
 from models import CheckpointMismatchError, build_model, get_config
 from models.predictor import VideoPredictor, wraparound_clip
-from utils import inference as inf
 from utils.metrics import evaluate_sequences
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 import inference_swin_medvt_avos as script
+from avos import inference as inf
 from datasets.moca import moca_sequences, read_annotations
 from datasets.path_config import DatasetNotFoundError
 from datasets.synthetic import make_sequence
 from datasets.youtube_objects import youtube_objects_sequences
 from models import build_model
-from utils import inference as inf
 from utils import metrics
 from utils.cli import UserError
 
