@@ -105,14 +105,15 @@ def _instance_norm(x: Tensor) -> Tensor:
     return F.instance_norm(x.transpose(2, 3).flatten(0, 1)).unflatten(0, x.shape[:2]).transpose(2, 3)
 
 
-class MaskedPropagation(nn.Module):
-    """The self + cross propagation steps. Keys are cosine-normalised projections of the features."""
+class ManyToManyPropagation(nn.Module):
+    """Mode 2: every frame's labels from the other frames, a self step then a cross step. Keys are
+    cosine-normalised projections of the features; ``attn_scale`` = 1/τ multiplies their similarities."""
 
     def __init__(self, feat_dim: int, key_dim: int, tau: float = 1 / 30) -> None:
         super().__init__()
         self.self_key = nn.Linear(feat_dim, key_dim)
         self.cross_key = nn.Linear(feat_dim, key_dim)
-        self.scale = 1.0 / tau
+        self.attn_scale = 1.0 / tau
         for lin in (self.self_key, self.cross_key):
             nn.init.normal_(lin.weight, 0, math.sqrt(2.0 / key_dim))
             nn.init.zeros_(lin.bias)
@@ -120,10 +121,10 @@ class MaskedPropagation(nn.Module):
     def forward(self, feats: Tensor, labels: Tensor) -> Tensor:
         """feats [B, T, n, C], labels [B, T, n, E] (n = h·w tokens per frame) → [B, T, n, E]."""
         k = F.normalize(self.self_key(feats), dim=-1)
-        updated = _instance_norm(feats + _attend_other_frames(k, k, feats, self.scale))
+        updated = _instance_norm(feats + _attend_other_frames(k, k, feats, self.attn_scale))
         q = F.normalize(self.cross_key(updated), dim=-1)
         k = F.normalize(self.cross_key(feats), dim=-1)
-        return _instance_norm(_attend_other_frames(q, k, labels, self.scale))
+        return _instance_norm(_attend_other_frames(q, k, labels, self.attn_scale))
 
 
 class LastFramePropagation(nn.Module):
@@ -135,7 +136,7 @@ class LastFramePropagation(nn.Module):
         self.self_value = nn.Linear(feat_dim, feat_dim)
         self.cross_key = nn.Linear(feat_dim, key_dim)
         self.cross_value = nn.Linear(label_dim, label_dim)
-        self.scale = 1.0 / tau
+        self.attn_scale = 1.0 / tau
         for lin in (self.self_key, self.self_value, self.cross_key, self.cross_value):
             nn.init.normal_(lin.weight, 0, math.sqrt(2.0 / lin.out_features))
             nn.init.zeros_(lin.bias)
@@ -144,11 +145,11 @@ class LastFramePropagation(nn.Module):
         """feats [B, T, n, C], labels [B, T, n, E] → [B, T, n, E] (only the last frame changes)."""
         cur, prev = feats[:, -1:], feats[:, :-1].flatten(1, 2)  # [B, 1, n, C], [B, (T-1)·n, C]
         k = F.normalize(self.self_key(cur), dim=-1)
-        cur = _instance_norm(cur + F.scaled_dot_product_attention(k, k, self.self_value(cur), scale=self.scale))
+        cur = _instance_norm(cur + F.scaled_dot_product_attention(k, k, self.self_value(cur), scale=self.attn_scale))
         q = F.normalize(self.cross_key(cur[:, 0]), dim=-1)
         k = F.normalize(self.cross_key(prev), dim=-1)
         v = self.cross_value(labels[:, :-1].flatten(1, 2))
-        last = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # [B, n, E]
+        last = F.scaled_dot_product_attention(q, k, v, scale=self.attn_scale)  # [B, n, E]
         return torch.cat([labels[:, :-1], ((labels[:, -1] + last) / 2)[:, None]], dim=1)
 
 
@@ -165,19 +166,19 @@ class LabelPropagator(nn.Module):
         super().__init__()
         if mode not in (1, 2):
             raise ValueError(f"label propagation mode must be 1 or 2, not {mode}")
-        self.scale = scale
+        self.upsample = scale  # the logits' upsampling factor (config lprop_scale)
         self.label_encoder = LabelEncoder(num_classes, enc_dims)
         e = enc_dims[-1]
-        self.propagation = MaskedPropagation(feat_dim, key_dim) if mode == 2 else \
+        self.propagation = ManyToManyPropagation(feat_dim, key_dim) if mode == 2 else \
             LastFramePropagation(feat_dim, key_dim, e)
         self.label_decoder = nn.Sequential(
             nn.Conv3d(e, e, 3, padding="same"), nn.GroupNorm(4, e), nn.ReLU(), nn.Conv3d(e, num_classes, 1)
         )
 
     def forward(self, logits: Tensor, feats: Tensor) -> Tensor:
-        """logits [B, K, T, h, w], feats [B, T, C, h, w] → refined logits [B, K, T, h', w'] (h' ≈ h·scale/16)."""
+        """logits [B, K, T, h, w], feats [B, T, C, h, w] → refined logits [B, K, T, h', w'] (h' ≈ h·upsample/16)."""
         b, _, t, h, w = logits.shape
-        up = F.interpolate(logits, size=(t, int(h * self.scale), int(w * self.scale)), mode="nearest")
+        up = F.interpolate(logits, size=(t, int(h * self.upsample), int(w * self.upsample)), mode="nearest")
         enc = self.label_encoder(up.transpose(1, 2).flatten(0, 1))  # [B·T, E, h', w']
         size = enc.shape[-2:]
         f = F.interpolate(feats.flatten(0, 1), size=size, mode="nearest")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.attention import MultiheadAttention
-from models.label_propagation import MaskedPropagation, _attend_other_frames
+from models.label_propagation import ManyToManyPropagation, _attend_other_frames
 from models.query_decoder import ObjectAttentionMap
 
 
@@ -45,16 +45,16 @@ def dense_other_frames(q, k, v, scale):
     return (scores.softmax(-1) @ v.flatten(1, 2)).unflatten(1, (t, n))
 
 
-def dense_propagation(prop: MaskedPropagation, feats, labels):
-    """MaskedPropagation.forward written densely, step by step as spec avos §1.10 states it."""
+def dense_propagation(prop: ManyToManyPropagation, feats, labels):
+    """ManyToManyPropagation.forward written densely, step by step as spec avos §1.10 states it."""
     def inorm(x):  # per frame and channel over the frame's tokens
         return (x - x.mean(2, keepdim=True)) / torch.sqrt(x.var(2, unbiased=False, keepdim=True) + 1e-5)
 
     k = F.normalize(prop.self_key(feats), dim=-1)
-    updated = inorm(feats + dense_other_frames(k, k, feats, prop.scale))
+    updated = inorm(feats + dense_other_frames(k, k, feats, prop.attn_scale))
     q = F.normalize(prop.cross_key(updated), dim=-1)
     k = F.normalize(prop.cross_key(feats), dim=-1)
-    return inorm(dense_other_frames(q, k, labels, prop.scale))
+    return inorm(dense_other_frames(q, k, labels, prop.attn_scale))
 
 
 def _unit(*shape, g, device="cpu"):
@@ -86,7 +86,7 @@ def test_attend_other_frames_ignores_own_frame(device):
 @pytest.mark.parametrize("t,hw", [(2, (5, 6)), (4, (6, 6)), (6, (3, 7))])
 def test_masked_propagation_matches_dense(t, hw, device):
     torch.manual_seed(t)
-    prop = MaskedPropagation(feat_dim=24, key_dim=16).to(device)
+    prop = ManyToManyPropagation(feat_dim=24, key_dim=16).to(device)
     n = hw[0] * hw[1]
     feats, labels = torch.randn(2, t, n, 24).to(device), torch.randn(2, t, n, 4).to(device)
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_masked_propagation_memory_is_linear_in_tokens():
     # [B, T, (T-1)·n, feat_dim] block.
     torch.manual_seed(0)
     b, t, n, c = 1, 3, 400, 24
-    prop = MaskedPropagation(feat_dim=c, key_dim=16)
+    prop = ManyToManyPropagation(feat_dim=c, key_dim=16)
     with LargestTensor() as rec, torch.no_grad():
         prop(torch.randn(b, t, n, c), torch.randn(b, t, n, 4))
     assert rec.largest <= b * t * (t - 1) * n * c < b * t * n * (t - 1) * n
