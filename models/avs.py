@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoder import EncoderLayer
+from .encoder import encoder_stages, run_stages
 from .pixel_decoder import FPNPixelDecoder
 from .position_encoding import PositionEmbeddingSine3D
 from .query_decoder import DecoderLayer
@@ -353,12 +353,8 @@ class MEDVTPlusPlus(nn.Module):
             self.av_fusion = TPAVIFusion(d, cfg.audio_dim, cfg.tpavi_stages, cfg.tpavi_va, cfg.tpavi_vv)
         else:
             raise ValueError(f"mm_context must be 'bidir' or 'tpavi', got {cfg.mm_context!r}")
-        s1 = dict(nhead=1, dim_ff=d, dropout=0.0, use_norm=False)  # stage 1 as the original hard-codes it
-        self.encoder = nn.ModuleList([
-            nn.ModuleList(EncoderLayer(d, cfg.enc_nhead, cfg.enc_dim_ff, cfg.dropout)
-                          for _ in range(cfg.enc_layers[0])),
-            nn.ModuleList(EncoderLayer(d, **s1) for _ in range(cfg.enc_layers[1])),
-        ])
+        # MED-VT's multiscale encoder with the Swin stage-1 settings and no between-scale layer.
+        self.encoder, _ = encoder_stages(d, cfg.enc_nhead, cfg.enc_dim_ff, cfg.dropout, cfg.enc_layers, "swin")
         self.pixel_decoder = FPNPixelDecoder(d)
         self.query_decoder = AudioQueryDecoder(cfg)
         self.head = AVSHead(d + cfg.num_queries, d, cfg.head_dim)
@@ -372,19 +368,11 @@ class MEDVTPlusPlus(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def _encode(self, feats: list[Tensor], pos: list[Tensor], b: int, t: int) -> list[Tensor]:
-        """Stage s runs on scale 3 − s (1/32, then 1/16) over all T·h·w tokens of a clip."""
-        feats = list(feats)
-        for s, layers in enumerate(self.encoder):
-            if len(layers) == 0:
-                continue
-            i = len(feats) - 1 - s
-            n, c, h, w = feats[i].shape
-            x = feats[i].reshape(b, t, c, h, w).permute(0, 1, 3, 4, 2).flatten(1, 3)
-            p = pos[i].permute(0, 1, 3, 4, 2).flatten(1, 3)
-            for layer in layers:
-                x = layer(x, p)
-            feats[i] = x.reshape(b, t, h, w, c).permute(0, 1, 4, 2, 3).flatten(0, 1)
-        return feats
+        """The shared encoder loop on scale 3 (1/32, stage 0) and scale 2 (1/16, stage 1), over all
+        T·h·w tokens of a clip; feats [B·T, C, h, w], pos [B, T, C, h, w]."""
+        deep, shallow = run_stages(self.encoder, [feats[3].unflatten(0, (b, t)), feats[2].unflatten(0, (b, t))],
+                                   [pos[3], pos[2]], [None, None])
+        return [feats[0], feats[1], shallow.flatten(0, 1), deep.flatten(0, 1)]
 
     def forward(self, frames: Tensor, audio: Tensor) -> dict:
         b, t, _, hh, ww = frames.shape

@@ -96,6 +96,44 @@ class CrossScaleLayer(nn.Module):
         return self.norm2(out + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(out))))))
 
 
+def encoder_stages(d_model: int, nhead: int, dim_ff: int, dropout: float, num_layers: tuple[int, int],
+                   style: str) -> tuple[nn.ModuleList, dict]:
+    """The layers of the two stages, and the stage-1 settings (the between-scale layer shares them).
+    Stage-1 widths are fixed by the original code, not by flags (module docstring)."""
+    s1 = dict(nhead=1, dim_ff=d_model, dropout=0.0, use_norm=False) if style == "swin" else \
+        dict(nhead=nhead, dim_ff=dim_ff // 2, dropout=dropout, use_norm=True)
+    stages = nn.ModuleList([
+        nn.ModuleList(EncoderLayer(d_model, nhead, dim_ff, dropout) for _ in range(num_layers[0])),
+        nn.ModuleList(EncoderLayer(d_model, **s1) for _ in range(num_layers[1])),
+    ])
+    return stages, s1
+
+
+def run_stages(stages: nn.ModuleList, feats: list[Tensor], pos: list[Tensor], masks: list[Tensor | None],
+               cross_scale: CrossScaleLayer | None = None, grad_checkpointing: bool = False) -> list[Tensor]:
+    """The encoder loop (MED-VT and MED-VT++): feats/pos [B, T, C, h_i, w_i] and masks [B, T, h_i, w_i]
+    or None for (deep, shallow) → same shapes; the shallow stage first takes in the deep output
+    through ``cross_scale`` when there is one."""
+    outs = []
+    for i, (x, p, m) in enumerate(zip(feats, pos, masks)):
+        tokens, p_tok, m_tok = _tokens(x), _tokens(p), None if m is None else m.flatten(1)
+        if i == 1 and cross_scale is not None:
+            deep, pos_deep = outs[0], pos[0]
+            if deep.shape[-2:] != x.shape[-2:]:  # ResNet: the 1/32 output goes onto the 1/16 grid
+                deep = F.interpolate(deep.flatten(0, 1), size=x.shape[-2:], mode="bilinear",
+                                     align_corners=False).unflatten(0, x.shape[:2])
+                pos_deep = p
+            tokens = cross_scale(_tokens(deep), tokens, _tokens(pos_deep), p_tok, m_tok)
+        for layer in stages[i]:
+            if grad_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(layer, tokens, p_tok, m_tok, use_reentrant=False)
+            else:
+                tokens = layer(tokens, p_tok, m_tok)
+        b, t, c, h, w = x.shape
+        outs.append(tokens.reshape(b, t, h, w, c).permute(0, 1, 4, 2, 3))
+    return outs
+
+
 class MultiscaleEncoder(nn.Module):
     """Two-stage encoder. Inputs are the deep and the next-shallower projected maps."""
 
@@ -104,40 +142,16 @@ class MultiscaleEncoder(nn.Module):
         """``cross_layer=False`` drops the between-scale layer (stage 1 sees its own map only);
         ``cross_ff`` overrides its FFN width (0: the stage-1 width, the original's rule)."""
         super().__init__()
-        swin = style == "swin"
-        # Stage-1 and between-scale widths are fixed by the original code, not by flags.
-        s1 = dict(nhead=1, dim_ff=d_model, dropout=0.0, use_norm=False) if swin else \
-            dict(nhead=nhead, dim_ff=dim_ff // 2, dropout=dropout, use_norm=True)
-        self.stages = nn.ModuleList([
-            nn.ModuleList(EncoderLayer(d_model, nhead, dim_ff, dropout) for _ in range(num_layers[0])),
-            nn.ModuleList(EncoderLayer(d_model, **s1) for _ in range(num_layers[1])),
-        ])
+        self.stages, s1 = encoder_stages(d_model, nhead, dim_ff, dropout, num_layers, style)
         self.cross_scale = None
         if cross_layer:
             self.cross_scale = CrossScaleLayer(d_model, s1["nhead"], cross_ff or s1["dim_ff"], s1["dropout"],
-                                               fused=swin)
+                                               fused=style == "swin")
         self.grad_checkpointing = False
 
     def forward(self, feats: list[Tensor], pos: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
         """feats/pos [B, T, C, h_i, w_i] and masks [B, T, h_i, w_i] or None for (deep, shallow) → same shapes."""
-        outs = []
-        for i, (x, p, m) in enumerate(zip(feats, pos, masks)):
-            tokens, p_tok, m_tok = _tokens(x), _tokens(p), None if m is None else m.flatten(1)
-            if i == 1 and self.cross_scale is not None:
-                deep, pos_deep = outs[0], pos[0]
-                if deep.shape[-2:] != x.shape[-2:]:  # ResNet: the 1/32 output goes onto the 1/16 grid
-                    deep = F.interpolate(deep.flatten(0, 1), size=x.shape[-2:], mode="bilinear",
-                                         align_corners=False).unflatten(0, x.shape[:2])
-                    pos_deep = p
-                tokens = self.cross_scale(_tokens(deep), tokens, _tokens(pos_deep), p_tok, m_tok)
-            for layer in self.stages[i]:
-                if self.grad_checkpointing and torch.is_grad_enabled():
-                    tokens = checkpoint(layer, tokens, p_tok, m_tok, use_reentrant=False)
-                else:
-                    tokens = layer(tokens, p_tok, m_tok)
-            b, t, c, h, w = x.shape
-            outs.append(tokens.reshape(b, t, h, w, c).permute(0, 1, 4, 2, 3))
-        return outs
+        return run_stages(self.stages, feats, pos, masks, self.cross_scale, self.grad_checkpointing)
 
 
 def _tokens(x: Tensor) -> Tensor:
