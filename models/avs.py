@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbone import PVTBackbone
 from .encoder import encoder_stages, run_stages
 from .pixel_decoder import FPNPixelDecoder
 from .position_encoding import PositionEmbeddingSine3D
@@ -105,30 +106,6 @@ def get_avs_config(name_or_cfg: str | AVSConfig | dict, **overrides) -> AVSConfi
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
-class PVTBackbone(nn.Module):
-    """timm PVTv2 without head; returns the four stage outputs [N, C_i, H/s, W/s], s = 4, 8, 16, 32.
-
-    timm's ``pvt_v2_b5`` has the original's architecture, parameter count and LayerNorm eps
-    (spec §B.2-1); only the key names differ (see :func:`convert_original_avs_state_dict`).
-    Built with ``pretrained=False``: weights come only from local files.
-    """
-
-    def __init__(self, name: str, drop_path: float) -> None:
-        super().__init__()
-        import timm
-        self.body = timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path)
-        self.body.head = nn.Identity()
-        self.out_dims = tuple(s.norm.normalized_shape[0] for s in self.body.stages)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.body.patch_embed(x)  # NHWC, what timm's first stage (no downsample) takes
-        outs = []
-        for stage in self.body.stages:  # each stage returns NCHW
-            x = stage(x)
-            outs.append(x)
-        return outs
-
-
 class BidirectionalCrossAttention(nn.Module):
     """Joint attention between visual tokens x [N, L, C] and audio tokens a [N, M, C].
 
@@ -379,7 +356,7 @@ class MEDVTPlusPlus(nn.Module):
         if audio.shape[:2] != (b, t):
             raise ValueError(f"audio {tuple(audio.shape)} does not match frames {tuple(frames.shape)}: "
                              "one audio vector per frame is needed")
-        feats = [proj(f) for proj, f in zip(self.input_proj, self.backbone(frames.flatten(0, 1)))]
+        feats = [proj(f.flatten(0, 1)) for proj, f in zip(self.input_proj, self.backbone(frames))]
         pos = [self.position(torch.zeros(b, t, *f.shape[-2:], dtype=torch.bool, device=f.device)).to(f.dtype)
                for f in feats]
         feats, audio_feats = self.av_fusion(feats, pos, audio)

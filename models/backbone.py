@@ -1,10 +1,15 @@
 """Backbones: each maps a clip to four feature maps at strides (8, 16, 32, 32) or (4, 8, 16, 32).
 
+Every backbone has the same small interface: ``forward(frames [B, T, 3, H, W])`` → a list of four
+``[B, T, C_i, h_i, w_i]`` maps, ``out_dims`` (the C_i), ``strides`` and a ``grad_checkpointing``
+switch; its pretrained weights come from a local file through its converter.
+
 * :class:`VideoSwinBackbone` — torchvision's ``SwinTransformer3d`` configured as the original
   Video Swin-B (patch 1x4x4, window 8x7x7, embed 128, depths 2-2-18-2, heads 4-8-16-32). The
   original takes each stage's output *after* its patch merging and passes it through a
   per-stage LayerNorm (``norms``); the stride-4 map is never used (spec avos §1.2).
 * :class:`ResNetBackbone` — torchvision ResNet-101 with frozen batch norm; outputs of layer1..4.
+* :class:`PVTBackbone` — timm PVTv2 (MED-VT++), applied per frame; its four stage outputs.
 
 Both return a list of ``[B, T, C_i, h_i, w_i]`` tensors. Pretrained weights are loaded only
 from local files (:func:`load_swin_pretrained`); nothing is downloaded.
@@ -132,6 +137,35 @@ class ResNetBackbone(nn.Module):
             if name in self.body.return_layers:
                 feats.append(x)
         return [f.unflatten(0, (b, -1)) for f in feats]
+
+
+class PVTBackbone(nn.Module):
+    """timm PVTv2 without head, applied per frame; the four stage outputs at strides 4, 8, 16, 32.
+
+    timm's ``pvt_v2_b5`` has the original MED-VT++'s architecture, parameter count and LayerNorm eps
+    (spec §B.2-1); only the key names differ (:func:`models.avs.convert_original_avs_state_dict`;
+    ImageNet weights: :func:`models.avs.load_pvt_pretrained`). Built with ``pretrained=False``:
+    weights come only from local files.
+    """
+
+    def __init__(self, name: str, drop_path: float) -> None:
+        super().__init__()
+        import timm  # only MED-VT++ needs it
+
+        self.body = timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path)
+        self.body.head = nn.Identity()
+        self.out_dims = tuple(s.norm.normalized_shape[0] for s in self.body.stages)
+        self.strides = (4, 8, 16, 32)
+        self.grad_checkpointing = False
+
+    def forward(self, frames: Tensor) -> list[Tensor]:
+        b = frames.shape[0]
+        x = self.body.patch_embed(frames.flatten(0, 1))  # NHWC, what timm's first stage (no downsample) takes
+        outs = []
+        for stage in self.body.stages:  # each stage returns NCHW
+            x = run_blocks(stage, x, self.grad_checkpointing)
+            outs.append(x)
+        return [o.unflatten(0, (b, -1)) for o in outs]
 
 
 def run_blocks(layer: nn.Module, x: Tensor, grad_checkpointing: bool) -> Tensor:

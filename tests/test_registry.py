@@ -130,3 +130,22 @@ def test_a_checkpoint_written_by_main_before_the_registry_still_loads(tmp_path):
 def test_resolve_config_needs_a_known_field():
     cfg, reason = resolve_config({}, "tiny", lprop_scale=None)
     assert cfg == get_preset("tiny") and reason == "preset tiny"
+
+
+@pytest.mark.parametrize("kind", ["swin", "resnet101", "pvt"])
+def test_every_backbone_has_the_same_interface(kind):
+    """forward([B, T, 3, H, W]) → four [B, T, C_i, H/s_i, W/s_i] maps with C_i = out_dims[i] and
+    s_i = strides[i]; a grad_checkpointing switch that changes nothing numerically."""
+    from models.backbone import PVTBackbone, ResNetBackbone, VideoSwinBackbone
+
+    torch.manual_seed(0)
+    backbone = {"swin": lambda: VideoSwinBackbone(get_preset("tiny").swin), "resnet101": ResNetBackbone,
+                "pvt": lambda: PVTBackbone("pvt_v2_b0", 0.0)}[kind]().eval()
+    frames = torch.randn(1, 2, 3, 64, 64)
+    maps = backbone(frames)
+    assert len(maps) == len(backbone.out_dims) == len(backbone.strides) == 4
+    for m, c, s in zip(maps, backbone.out_dims, backbone.strides):
+        assert tuple(m.shape) == (1, 2, c, 64 // s, 64 // s), (kind, m.shape, c, s)
+    backbone.grad_checkpointing = True  # (with gradients on, where it applies)
+    again = backbone(frames)
+    assert all(torch.equal(a, b) for a, b in zip(maps, again))
