@@ -49,15 +49,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datasets.path_config import DatasetNotFoundError, add_path_args, dataset_root, require  # noqa: E402
 from models import build_model, get_config  # noqa: E402
 from models.config import MedVTConfig  # noqa: E402
-from models.convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict,  # noqa: E402
-                            init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
+from models.convert import (  # noqa: E402
+    CheckpointMismatchError,
+    checkpoint_state_dict,
+    convert_original_state_dict,
+    init_from_vistr_coco,
+    load_state_dict_strict,
+)
 from models.losses import AVOSCriterion  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.checkpoint import (capture_rng, check_resume_args, prepare_output_dir, restore_rng,  # noqa: E402
-                              resume_path, save_last_and_best, seed_everything, stretch_schedule, training_state)
-from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
-                       positive_int, run_main)
-from utils.engine import evaluate_davis, train_one_epoch  # noqa: E402
+from utils.checkpoint import (  # noqa: E402
+    prepare_output_dir,
+    resume_path,
+    resume_training,
+    save_training,
+    seed_everything,
+    stretch_schedule,
+)
+from utils.cli import (  # noqa: E402
+    UserError,
+    add_debug_flag,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
+from utils.engine import AMP_DTYPES, evaluate_davis, train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
 
@@ -68,7 +86,6 @@ BACKBONE_DEFAULTS = {
     "resnet101": {"lr_backbone": 1e-6, "lr_groups": "intended", "train_size": 300, "lprop_scale": 7.3},
     "tiny": {"lr_backbone": 1e-5, "lr_groups": "original", "train_size": 360, "lprop_scale": None},
 }
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -106,7 +123,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="shorter side of training clips (default 360; 300 for resnet101)")
     g.add_argument("--small_aug", action="store_true",
                    help="augmentation sizes scaled to --train_size (TrainTransform.small) for small test images")
-    g.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes per training process")
+    g.add_argument("--num_workers", type=non_negative_int, default=4,
+                   help="DataLoader worker processes per training process")
 
     g = p.add_argument_group("optimisation (defaults = the original recipe)")
     g.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate of the fast group (see --lr_groups)")
@@ -116,12 +134,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="'original' (Swin default): label_propagator.* at --lr, everything else at --lr_backbone "
                         "(what the authors' Swin script actually ran); 'intended' (resnet101 default): "
                         "non-backbone at --lr, backbone.* at --lr_backbone")
-    g.add_argument("--end_lr", type=non_negative_float, default=1e-6, help="final learning rate of the polynomial decay")
+    g.add_argument("--end_lr", type=non_negative_float, default=1e-6,
+                   help="final learning rate of the polynomial decay")
     g.add_argument("--poly_power", type=positive_float, default=0.9, help="power of the polynomial decay")
     g.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
-    g.add_argument("--epochs", type=positive_int, default=15, help="number of epochs (the schedule decays over epochs-1)")
-    g.add_argument("--clip_max_norm", type=non_negative_float, default=0.1, help="gradient clipping global norm (0 = off)")
-    g.add_argument("--aux_loss", type=non_negative_float, default=0.5, help="weight of focal+dice on the pre-propagation masks")
+    g.add_argument("--epochs", type=positive_int, default=15,
+                   help="number of epochs (the schedule decays over epochs-1)")
+    g.add_argument("--clip_max_norm", type=non_negative_float, default=0.1,
+                   help="gradient clipping global norm (0 = off)")
+    g.add_argument("--aux_loss", type=non_negative_float, default=0.5,
+                   help="weight of focal+dice on the pre-propagation masks")
     g.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES),
                    help="mixed precision: bf16 autocast, or fp16 autocast with a GradScaler (meant for CUDA; "
                         "runs, slower, on CPU); the original trained in fp32")
@@ -206,43 +228,24 @@ def build_train_loader(args, info: du.DistInfo) -> tuple[DataLoader, Distributed
     return loader, sampler
 
 
-def resume(path: str, args: argparse.Namespace, cfg: MedVTConfig, model, optimizer, scheduler, scaler,
+def resume(path: Path, args: argparse.Namespace, cfg: MedVTConfig, model, optimizer, scheduler, scaler,
            info: du.DistInfo, logger) -> tuple[int, dict]:
-    """Restore a run; returns (first epoch to train, best-so-far dict). Settings other than the run's
-    are refused, except --epochs, which stretches the schedule (utils.checkpoint)."""
-    ckpt = read_checkpoint(path)
-    if "config" in ckpt and MedVTConfig.from_dict(ckpt["config"]) != cfg:
-        raise CheckpointMismatchError(f"{path} was trained with a different model config; pass the same "
-                                      "--backbone/--model_config/--lprop_scale as that run")
-    load_state_dict_strict(model, convert_original_state_dict(checkpoint_state_dict(ckpt), cfg), source=path)
-    if not {"optimizer", "lr_scheduler", "epoch", "config"} <= set(ckpt):
-        # e.g. the authors' released checkpoint: its optimiser state belongs to their module layout
-        logger.warning(f"{path} is not a checkpoint of this script (weights only are used): "
-                       "starting at epoch 0 from these weights")
-        return 0, {"miou": -1.0, "epoch": -1}
-    saved_groups = getattr(ckpt.get("args"), "lr_groups", None)
-    if saved_groups is not None and saved_groups != args_lr_groups(optimizer):
-        raise CheckpointMismatchError(f"{path} was trained with --lr_groups {saved_groups}; resume with the same")
-    check_resume_args(path, ckpt.get("args"), args)
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except ValueError as e:
-        raise CheckpointMismatchError(f"{path}: optimizer state does not fit ({e}); was it saved with a "
-                                      "different --lr_groups?") from None
-    scheduler.load_state_dict(ckpt["lr_scheduler"])
+    """Restore a run (utils.checkpoint.resume_training); returns (first epoch to train, best-so-far dict).
+    This script adds: a run made with other --lr_groups is named as such, a file of weights only (e.g.
+    the authors' release) initialises the model, and a changed --epochs stretches the schedule."""
+    def same_lr_groups(ckpt: dict) -> None:
+        saved = getattr(ckpt.get("args"), "lr_groups", None)
+        if saved is not None and saved != args_lr_groups(optimizer):
+            raise CheckpointMismatchError(f"{path} was trained with --lr_groups {saved}; resume with the same")
+
+    def load_weights(ckpt: dict) -> None:  # the original's module names are converted
+        load_state_dict_strict(model, convert_original_state_dict(checkpoint_state_dict(ckpt), cfg), source=str(path))
+
+    start_epoch, best, _ = resume_training(path, args, model, optimizer, scheduler, scaler, info, logger,
+                                           best={"miou": -1.0, "epoch": -1}, check=same_lr_groups,
+                                           load_weights=load_weights)
     stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
-    if scaler is not None and "scaler" in ckpt:
-        scaler.load_state_dict(ckpt["scaler"])
-    rng = ckpt.get("rng")
-    if isinstance(rng, list) and len(rng) == info.world_size:
-        restore_rng(rng[info.rank])
-    else:
-        logger.warning("the checkpoint's RNG states are for a different number of processes; reseeding "
-                       "(the run continues, but not bit-identically)")
-        seed_everything(1000 * (ckpt["epoch"] + 1) + info.rank + 42)
-    best = ckpt.get("best", {"miou": -1.0, "epoch": -1})
-    logger.info(f"resumed from {path}: epoch {ckpt['epoch']} done, best val mIoU {best['miou']:.4f}")
-    return int(ckpt["epoch"]) + 1, best
+    return start_epoch, best
 
 
 def args_lr_groups(optimizer) -> str:
@@ -357,10 +360,9 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         is_best = validate and record["val_miou"] > best["miou"]
         if is_best:
             best = {"miou": record["val_miou"], "epoch": epoch}
-        rng = du.all_gather_object(capture_rng())  # every process's RNG, so each one resumes exactly
+        # every process's RNG goes into the checkpoint, so each one resumes exactly; rank 0 writes it
+        paths.update(save_training(out, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best))
         if info.is_main:
-            state = training_state(args, cfg, model, optimizer, scheduler, scaler, epoch, best, rng)
-            paths.update(save_last_and_best(state, out, is_best))
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             if writer is not None:

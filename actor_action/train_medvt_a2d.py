@@ -18,7 +18,10 @@
   that) is scored as :mod:`actor_action.inference_medvt_a2d` does.
 
 Checkpoints hold ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``, ``config``, so
-the inference script rebuilds the model from the file. ``--resume auto`` continues a run.
+the inference script rebuilds the model from the file. ``--resume auto`` continues a run (the policy
+of ``train_swin_medvt_avos.py``: optimizer, schedule, best score, history and every process's RNG;
+other training settings than the run's are refused); a run stopped with ``--stop_after`` and resumed
+continues as the uninterrupted one (bit for bit with deterministic kernels).
 
 Example::
 
@@ -38,19 +41,30 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from actor_action.common import (add_model_args, evaluate_a2d, format_summary,  # noqa: E402
-                                 model_config)
+from actor_action.common import add_model_args, evaluate_a2d, format_summary, model_config  # noqa: E402
 from actor_action.losses import A2DCriterion  # noqa: E402
 from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
 from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
-from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
-                            load_state_dict_strict)
-from utils.checkpoint import (capture_rng, check_resume_args, prepare_output_dir, restore_rng,  # noqa: E402
-                              resume_path, save_last_and_best, seed_everything, stretch_schedule, training_state)
-from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
-                       positive_int, run_main)
+from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco  # noqa: E402
+from utils.checkpoint import (  # noqa: E402
+    prepare_output_dir,
+    resume_path,
+    resume_training,
+    save_training,
+    seed_everything,
+    stretch_schedule,
+)
+from utils.cli import (  # noqa: E402
+    UserError,
+    add_debug_flag,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -62,7 +76,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     g = p.add_argument_group("initialisation")
-    g.add_argument("--swin_b_pretrained_path", default=None, metavar="PATH",
+    g.add_argument("--swin_pretrained", "--swin_b_pretrained_path", dest="swin_b_pretrained_path", default=None,
+                   metavar="PATH",
                    help="Kinetics-400 Video Swin-B weights (swin_base_patch244_window877_kinetics400_22k.pth)")
     g.add_argument("--resnet101_coco_weights_path", default=None, metavar="PATH",
                    help="VisTR COCO checkpoint (384_coco_r101.pth): the Swin model's transformer (FFN sliced)")
@@ -79,26 +94,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
     g.add_argument("--batch_size", type=positive_int, default=1, help="clips per process and step")
-    g.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate of the parameters not named backbone.*")
-    g.add_argument("--lr_backbone", type=non_negative_float, default=1e-5, help="learning rate of backbone.* (0 in epoch 0)")
-    g.add_argument("--end_lr", type=non_negative_float, default=1e-6, help="learning rate reached by the polynomial decay")
+    g.add_argument("--lr", type=positive_float, default=1e-4,
+                   help="learning rate of the parameters not named backbone.*")
+    g.add_argument("--lr_backbone", type=non_negative_float, default=1e-5,
+                   help="learning rate of backbone.* (0 in epoch 0)")
+    g.add_argument("--end_lr", type=non_negative_float, default=1e-6,
+                   help="learning rate reached by the polynomial decay")
     g.add_argument("--poly_power", type=positive_float, default=0.9, help="power of the per-epoch polynomial decay")
     g.add_argument("--warmup_epochs", type=non_negative_int, default=5,
                    help="as the original, only shortens the decay: it spans epochs − 1 − warmup_epochs epochs "
                         "(warm-up itself, the original's --use_lr_warmup, is not implemented)")
     g.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
     g.add_argument("--clip_max_norm", type=non_negative_float, default=0.1, help="gradient-norm clipping (0 = off)")
-    g.add_argument("--aux_loss", type=non_negative_float, default=0.5, help="weight of the pre-propagation loss (lprop on)")
+    g.add_argument("--aux_loss", type=non_negative_float, default=0.5,
+                   help="weight of the pre-propagation loss (lprop on)")
     g.add_argument("--mask_loss_coef", type=positive_float, default=1.0, help="weight of the focal loss")
     g.add_argument("--no_loss_decay", action="store_true", help="do not scale each epoch's loss by exp(-epoch/10)")
-    g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N", help="stop each epoch after N steps")
+    g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N",
+                   help="stop each epoch after N steps")
     g.add_argument("--seed", type=int, default=42, help="random seed (each process adds its rank)")
+    g.add_argument("--stop_after", type=positive_int, default=None, metavar="N",
+                   help="stop after N epochs in this run (the schedule still follows --epochs); continue "
+                        "later with --resume auto")
     g = p.add_argument_group("validation, checkpoints, output")
     g.add_argument("--val_every", type=non_negative_int, default=1, help="evaluate every N epochs (0 = never)")
     g.add_argument("--val_split", default="test", choices=("train", "test"),
                    help="split scored after each epoch and used to pick checkpoint_best.pth (original: test)")
-    g.add_argument("--val_items", type=non_negative_int, default=0, help="score the first N annotated frames only (0 = all)")
-    g.add_argument("--output_dir", default="outputs/medvt_a2d_train",
+    g.add_argument("--val_items", type=non_negative_int, default=0,
+                   help="score the first N annotated frames only (0 = all)")
+    g.add_argument("--output_dir", default="runs/medvt_a2d",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
     g.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="checkpoint to continue from; 'auto' = <output_dir>/checkpoint_last.pth if it exists")
@@ -179,22 +203,16 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
         if args.val_every > 0 else None
 
     start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
-    if ckpt_path is not None:
-        ckpt = read_checkpoint(ckpt_path)
-        check_resume_args(ckpt_path, ckpt.get("args"), args)
-        load_state_dict_strict(model_without_ddp, checkpoint_state_dict(ckpt), source=str(ckpt_path))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
+        start_epoch, best, extra = resume_training(ckpt_path, args, model_without_ddp, optimizer, scheduler, None,
+                                                   info, logger, best=best, free=("init_from",))
         stretch_schedule(scheduler, args.epochs - 1 - args.warmup_epochs, args.epochs, logger)
-        start_epoch, best = ckpt["epoch"] + 1, dict(ckpt.get("best") or best)
-        history = list(ckpt.get("history", []))
-        if "rng" in ckpt and info.world_size == 1:
-            restore_rng(ckpt["rng"])
-        logger.info(f"resumed from {ckpt_path} (epoch {ckpt['epoch']} done)")
+        history = list(extra.get("history", []))
 
     logger.info(f"A2D training: {cfg.num_classes} classes, lprop_mode {cfg.lprop_mode}, query_decoder_scales "
                 f"{cfg.query_decoder_scales}; {len(dataset)} videos, {len(loader)} steps/epoch/process on {device}")
-    for epoch in range(start_epoch, args.epochs):
+    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, end_epoch):
         sampler.set_epoch(epoch)
         set_backbone_lr(optimizer, epoch, args.lr_backbone)
         criterion.epoch_scale = 1.0 if args.no_loss_decay else math.exp(-epoch / 10)
@@ -210,10 +228,10 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
                 best = {"miou_original": float(summary["miou_original"]), "epoch": epoch}
         history.append(row)
         logger.info(f"epoch {epoch} done: {format_metrics({k: v for k, v in stats.items() if k != 'steps'})}")
+        # every process's RNG goes into the checkpoint, so each one resumes exactly; rank 0 writes it
+        save_training(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, None,
+                      epoch, best, history=history)
         if info.is_main:
-            state = training_state(args, cfg, model_without_ddp, optimizer, scheduler, None, epoch, best,
-                                   capture_rng(), history=history)
-            save_last_and_best(state, out, best["epoch"] == epoch)
             (out / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
         barrier()
     result = {"epochs_done": len(history), "best": best, "history": history, "output_dir": str(out)}

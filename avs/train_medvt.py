@@ -62,11 +62,10 @@ from avs.common import add_model_args, as_jsonable, audio_features, build_model_
 from avs.losses import AVSCriterion  # noqa: E402
 from datasets.avsbench import AVSBenchDataset, task_dir  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402
-from models.avs import get_avs_config, load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
-from models.convert import CheckpointMismatchError, load_state_dict_strict, read_checkpoint  # noqa: E402
+from models.avs import avs_state_dict, get_avs_config, load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
+from models.convert import checkpoint_state_dict, load_state_dict_strict  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.checkpoint import (capture_rng, check_resume_args, prepare_output_dir, restore_rng,  # noqa: E402
-                              resume_path, save_last_and_best, seed_everything, training_state)
+from utils.checkpoint import prepare_output_dir, resume_path, resume_training, save_training, seed_everything  # noqa: E402
 from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -84,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_path_args(p, ["avsbench"])
     g = p.add_argument_group("recipe (None = the task's default, see the table above)")
     g.add_argument("--session_name", default=None, help="run name used in the log (default: the task)")
-    g.add_argument("--output_dir", default="output/avs_train", help="checkpoints, log and history")
+    g.add_argument("--output_dir", default="runs/avs_train", help="checkpoints, log and history")
     g.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth if it "
                         "exists (else start)")
@@ -101,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_im_size", default=None, type=non_negative_int, help="square validation size (0 = native 224)")
     g.add_argument("--train_batch_size", default=2, type=positive_int, help="clips per training batch")
     g.add_argument("--val_batch_size", default=None, type=positive_int, help="clips per validation batch")
-    g.add_argument("--max_epoches", default=None, type=positive_int, help="number of epochs (original spelling)")
+    g.add_argument("--epochs", "--max_epoches", dest="max_epoches", default=None, type=positive_int,
+                   help="number of epochs (--max_epoches: the original's spelling)")
     g.add_argument("--lr", default=1e-4, type=positive_float, help="learning rate of everything but the backbone")
     g.add_argument("--lr_backbone", default=1e-5, type=non_negative_float, help="learning rate of the PVTv2 backbone")
     g.add_argument("--weight_decay", default=1e-4, type=non_negative_float, help="AdamW weight decay")
@@ -110,24 +110,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", default=123, type=int, help="random seed (original: 123)")
     g.add_argument("--steps_per_epoch", default=None, type=positive_int, help="cap on steps per epoch (smoke tests)")
     g.add_argument("--val_max_batches", default=None, type=positive_int, help="cap on validation batches (smoke tests)")
-    l = p.add_argument_group("loss")
-    l.add_argument("--masked_av_flag", action="store_true", help="add the masked audio-visual matching loss (MS3)")
-    l.add_argument("--masked_av_stages", default=[0, 1, 2, 3], nargs="+", type=int,
-                   help="FPN scales (0 = 1/4 … 3 = 1/32) where the masked-AV loss is computed")
-    l.add_argument("--lambda_1", default=None, type=non_negative_float, help="weight of that loss (S4 0, MS3 0.1)")
-    l.add_argument("--kl_flag", action="store_true", help="masked-AV loss as KL(softmax(audio) ‖ softmax(visual))")
-    l.add_argument("--euclidean_flag", action="store_true", help="masked-AV loss as the Euclidean distance")
-    l.add_argument("--norm_fea_flag", action="store_true", help="L2-normalise both features first")
-    l.add_argument("--threshold_flag", action="store_true", help="binarise the pooled mask at 0.5 (÷ mask area)")
-    l.add_argument("--closer_flag", action="store_true", help="the original's visual-visual variant (not implemented)")
-    l.add_argument("--sa_loss_flag", action="store_true",
-                   help="S4: add AVSBench's audio/masked-visual cosine loss (same as --masked_av_flag without KL)")
-    l.add_argument("--sa_loss_stages", default=None, nargs="+", type=int, help="S4: stages of --sa_loss_flag")
-    l.add_argument("--mask_pooling_type", default="avg", choices=("avg", "max"),
-                   help="how predicted logits are downsampled to each map")
+    loss = p.add_argument_group("loss")
+    loss.add_argument("--masked_av_flag", action="store_true", help="add the masked audio-visual matching loss (MS3)")
+    loss.add_argument("--masked_av_stages", default=[0, 1, 2, 3], nargs="+", type=int,
+                      help="FPN scales (0 = 1/4 … 3 = 1/32) where the masked-AV loss is computed")
+    loss.add_argument("--lambda_1", default=None, type=non_negative_float, help="weight of that loss (S4 0, MS3 0.1)")
+    loss.add_argument("--kl_flag", action="store_true", help="masked-AV loss as KL(softmax(audio) ‖ softmax(visual))")
+    loss.add_argument("--euclidean_flag", action="store_true", help="masked-AV loss as the Euclidean distance")
+    loss.add_argument("--norm_fea_flag", action="store_true", help="L2-normalise both features first")
+    loss.add_argument("--threshold_flag", action="store_true", help="binarise the pooled mask at 0.5 (÷ mask area)")
+    loss.add_argument("--closer_flag", action="store_true",
+                      help="the original's visual-visual variant (not implemented)")
+    loss.add_argument("--sa_loss_flag", action="store_true",
+                      help="S4: add AVSBench's audio/masked-visual cosine loss (same as --masked_av_flag without KL)")
+    loss.add_argument("--sa_loss_stages", default=None, nargs="+", type=int, help="S4: stages of --sa_loss_flag")
+    loss.add_argument("--mask_pooling_type", default="avg", choices=("avg", "max"),
+                      help="how predicted logits are downsampled to each map")
     i = p.add_argument_group("initialisation")
     i.add_argument("--pvtv2_pretrained_path", default=None, metavar="PATH",
-                   help="PVTv2-b5 ImageNet weights (pvt_v2_b5.pth), a local file; without it the backbone is random")
+                      help="PVTv2-b5 ImageNet weights (pvt_v2_b5.pth), a local file; without it the backbone is random")
     i.add_argument("--load_s4_params", action="store_true", help="start from a trained S4 model (MS3 recipe)")
     i.add_argument("--trained_s4_model_path", default="", metavar="PATH", help="that S4 model (ours or original)")
     i.add_argument("--weights", default="", metavar="PATH", help="start from these weights (any of ours / original)")
@@ -204,45 +205,22 @@ AVS_RESUME_FREE = ("session_name", "vggish_weights", "weights")
 
 def resume(path: Path, args: argparse.Namespace, model, optimizer, schedule: EpochSchedule, info: du.DistInfo,
            logger) -> tuple[int, dict, list]:
-    """Restore a run; returns (first epoch to train, best-so-far, history). Settings other than the
-    run's are refused (utils.checkpoint.check_resume_args); --max_epoches may change (the schedule
-    then follows the new length)."""
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or not {"model", "optimizer", "epoch", "args", "config"} <= set(ckpt):
-        # e.g. the authors' released weights: no optimiser state or epoch of this script
-        load_avs_checkpoint(model, path)
-        logger.warning(f"{path} is not a checkpoint of this script (weights only are used): starting at epoch 0 "
-                       "from these weights")
-        seed_everything(args.seed + info.rank)
-        return 0, {"miou": -1.0, "epoch": -1}, []
-    saved = ckpt["args"]
-    compared = argparse.Namespace(**{**vars(args), **{k: getattr(saved, k) for k in AVS_RESUME_FREE
-                                                      if hasattr(saved, k)}})
-    check_resume_args(path, saved, compared)
-    if get_avs_config(ckpt["config"]) != model.cfg:
-        raise CheckpointMismatchError(f"{path} was trained with another model config ({ckpt['config'].get('name')}); "
-                                      "pass the same --task/--config/--mm_context/--vce_enc_layer as that run")
-    load_state_dict_strict(model, ckpt["model"], source=str(path))
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])  # also the groups' lr and initial_lr
-    except ValueError as e:
-        raise CheckpointMismatchError(f"{path}: optimizer state does not fit ({e})") from None
-    epoch = int(ckpt["epoch"])
-    schedule.load_state_dict(ckpt.get("lr_scheduler", {"last_epoch": epoch + 1}))
-    if getattr(saved, "max_epoches", args.max_epoches) != args.max_epoches:
-        logger.warning(f"--max_epoches {args.max_epoches} differs from the checkpoint's run ({saved.max_epoches}): "
-                       f"from epoch {epoch + 1} on the learning rate follows the schedule of {args.max_epoches} epochs")
-    rng = ckpt.get("rng")
-    if isinstance(rng, list) and len(rng) == info.world_size:
-        restore_rng(rng[info.rank])
-    else:
-        logger.warning("the checkpoint's RNG states are missing or for a different number of processes; reseeding "
-                       "(the run continues, but not bit-identically)")
-        seed_everything(1000 * (epoch + 1) + info.rank + args.seed)
-    best = dict(ckpt.get("best", {"miou": -1.0, "epoch": -1}))
-    history = list(ckpt.get("history", []))
-    logger.info(f"resumed from {path}: epoch {epoch} done, best val mIoU {best['miou']:.4f} (epoch {best['epoch']})")
-    return epoch + 1, best, history
+    """Restore a run (utils.checkpoint.resume_training); returns (first epoch to train, best-so-far,
+    history). This script adds: the AVS_RESUME_FREE flags, a file of weights only (e.g. the authors'
+    release) initialises the model, and a changed --max_epoches is reported (the schedule then follows
+    the new length)."""
+    def load_weights(ckpt: dict) -> None:
+        load_state_dict_strict(model, avs_state_dict(checkpoint_state_dict(ckpt)), source=str(path))
+
+    start_epoch, best, extra = resume_training(path, args, model, optimizer, schedule, None, info, logger,
+                                               best={"miou": -1.0, "epoch": -1}, free=AVS_RESUME_FREE,
+                                               read_config=get_avs_config, load_weights=load_weights)
+    saved_epochs = getattr(extra.get("args"), "max_epoches", args.max_epoches)
+    if saved_epochs != args.max_epoches:
+        logger.warning(f"--max_epoches {args.max_epoches} differs from the checkpoint's run ({saved_epochs}): "
+                       f"from epoch {start_epoch} on the learning rate follows the schedule of {args.max_epoches} "
+                       "epochs")
+    return start_epoch, best, list(extra.get("history", []))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -297,7 +275,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     start_epoch, best, history = 0, {"miou": -1.0, "epoch": -1}, []
     if resume_from is not None:
         start_epoch, best, history = resume(resume_from, args, model, optimizer, schedule, info, logger)
-    else:
+    if start_epoch == 0:  # a new run (or one from weights only)
         seed_everything(args.seed + info.rank)  # training draws (dropout, workers) differ per process
     train_model = model
     if info.distributed:
@@ -331,11 +309,10 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         if is_best:
             best = {"miou": val["miou"], "epoch": epoch}
             logger.info(f"new best val mIoU {val['miou']:.4f} → {out / 'checkpoint_best.pth'}")
-        rng = du.all_gather_object(capture_rng())  # every process's RNG, so each one resumes exactly
+        # every process's RNG goes into the checkpoint, so each one resumes exactly; rank 0 writes it
+        save_training(out, is_best, info, args, model.cfg, model, optimizer, schedule, None, epoch, best,
+                      history=history)
         if info.is_main:
-            state = training_state(args, model.cfg, model, optimizer, schedule, None, epoch, best, rng,
-                                   history=history)
-            save_last_and_best(state, out, is_best)
             (out / "history.json").write_text(json.dumps([as_jsonable(h) for h in history], indent=2))
         du.barrier()
     return {"best": best, "history": history, "output_dir": str(out), "epochs_done": max(end_epoch, start_epoch)}

@@ -2,9 +2,13 @@
 
 A checkpoint is a dict with the keys ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``
 (argparse.Namespace with str, not Path, values), ``config`` (``MedVTConfig.to_dict()``), ``rng``
-(:func:`capture_rng`) and ``best``; optionally ``scaler`` (fp16 GradScaler). It holds only
-tensors, primitives, lists/tuples/dicts and the Namespace, so
+(one :func:`capture_rng` per process, in rank order; files written before hold rank 0's only) and
+``best``; optionally ``scaler`` (fp16 GradScaler) and what a script adds (``history``). It holds
+only tensors, primitives, lists/tuples/dicts and the Namespace, so
 :func:`models.convert.read_checkpoint` (``weights_only=True``) can read it back.
+
+The training scripts share one resume policy: :func:`save_training` writes the state after each
+epoch (every process's RNG gathered first) and :func:`resume_training` takes it back.
 
 :func:`save_checkpoint` never leaves a half-written file at the target path: it writes a
 temporary file in the same folder, flushes it to disk and renames it over the target
@@ -21,11 +25,13 @@ import argparse
 import os
 import random
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from utils import distributed as du
 from utils.cli import UserError
 
 # Files a training run leaves in its --output_dir; any of them means the folder holds a run.
@@ -114,15 +120,17 @@ RESUME_FREE = {"resume", "overwrite", "output_dir", "device", "num_workers", "wo
 PATH_SUFFIXES = ("_root", "_path", "_dir", "_file", "_list", "_pretrained")
 
 
-def check_resume_args(path: str | os.PathLike, saved: argparse.Namespace | None, args: argparse.Namespace) -> None:
+def check_resume_args(path: str | os.PathLike, saved: argparse.Namespace | None, args: argparse.Namespace,
+                      free: Iterable[str] = ()) -> None:
     """Refuse to resume with other training settings than the saved run used (learning rates, sizes,
     loss weights, seed, ...): the optimiser and schedule state would not match what the log claims.
-    ``saved`` is the checkpoint's ``args`` (None for files of other scripts: nothing to compare)."""
-    if saved is None:
+    ``saved`` is the checkpoint's ``args`` (None for files of other scripts: nothing to compare);
+    ``free`` names flags of the calling script that may change besides RESUME_FREE."""
+    if not isinstance(saved, argparse.Namespace):
         return
-    before, now = vars(saved), vars(plain_args(args))
+    before, now, free = vars(saved), vars(plain_args(args)), RESUME_FREE | set(free)
     changed = [f"--{k} {now[k]} (the run used {before[k]})" for k in sorted(set(before) & set(now))
-               if k not in RESUME_FREE and not k.endswith(PATH_SUFFIXES) and before[k] != now[k]]
+               if k not in free and not k.endswith(PATH_SUFFIXES) and before[k] != now[k]]
     if changed:
         raise UserError(f"{path}: --resume with other training settings than its run: {'; '.join(changed)}. "
                         "Resume with the run's settings, or start a new run from its weights (--overwrite or "
@@ -156,6 +164,126 @@ def save_last_and_best(state: dict, out_dir: str | os.PathLike, is_best: bool) -
     if is_best:
         paths["checkpoint_best"] = str(save_checkpoint(state, out_dir / "checkpoint_best.pth"))
     return paths
+
+
+def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, args, cfg, model, optimizer,
+                  scheduler, scaler, epoch: int, best: dict, **extra) -> dict[str, str]:
+    """Save the state after ``epoch`` (:func:`training_state`; ``extra`` adds entries such as ``history``).
+
+    Every process calls it (it gathers every process's RNG state, in rank order, so that
+    :func:`resume_training` gives each its own back); rank 0 alone writes ``checkpoint_last.pth`` and,
+    when ``is_best``, ``checkpoint_best.pth``. Returns the written paths ({} on the other ranks).
+    """
+    rng = du.all_gather_object(capture_rng())
+    if not info.is_main:
+        return {}
+    state = training_state(args, cfg, model, optimizer, scheduler, scaler, epoch, best, rng, **extra)
+    return save_last_and_best(state, out_dir, is_best)
+
+
+# What a checkpoint of save_training holds at least; a file without these (e.g. the authors' released
+# weights) cannot continue a run, only initialise one (resume_training's ``load_weights``).
+TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "config")
+_RESTORED = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "best", "rng")
+
+
+def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, optimizer, scheduler, scaler,
+                    info: du.DistInfo, logger, *, best: dict, free: Iterable[str] = (),
+                    read_config: Callable[[dict], object] | None = None,
+                    check: Callable[[dict], None] | None = None,
+                    load_weights: Callable[[dict], None] | None = None) -> tuple[int, dict, dict]:
+    """Continue the run saved in ``path`` by :func:`save_training`: the one resume policy of the
+    training scripts. Returns (first epoch to train, best so far, the checkpoint's other entries:
+    ``history``, ``args``, ``config``, ...).
+
+    In order: the file is read safely (``weights_only``); the model config it records must equal
+    ``model.cfg`` (``read_config`` makes a config of the saved dict; default ``MedVTConfig.from_dict``);
+    ``check(ckpt)`` runs the script's own refusals; settings other than the run's are refused
+    (:func:`check_resume_args`, ``free`` = more flags of the script that may change); then the model
+    (strict), optimiser, ``scheduler`` and ``scaler`` (when not None), epoch and best score are
+    restored, and this process takes back its own RNG state if the run had as many processes (else a
+    warning, and a reseed from seed, epoch and rank). A file written before every process's RNG was
+    saved (one state) gives its RNG to rank 0. A schedule whose length follows a flag that may change
+    (``--epochs``) is stretched by the caller afterwards (:func:`stretch_schedule`).
+
+    ``best``: the best-so-far dict of a run that has none yet (its keys name the script's metric).
+    A file that is not a training checkpoint (no optimiser, epoch, ...) is refused, or, with
+    ``load_weights(ckpt)``, its weights are loaded and the run starts at epoch 0.
+    """
+    from models.config import MedVTConfig
+    from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict, read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    if isinstance(ckpt.get("config"), dict):
+        _check_config(path, ckpt["config"], model.cfg, read_config or MedVTConfig.from_dict)
+    missing = [k for k in TRAINING_KEYS if k not in ckpt]
+    if missing:
+        if load_weights is None:
+            raise CheckpointMismatchError(
+                f"{path} is not a training checkpoint (it has no {', '.join(missing)}): --resume continues a run "
+                "of this script; to start a new run from these weights, use the script's initialisation flags")
+        load_weights(ckpt)
+        logger.warning(f"{path} is not a checkpoint of this script (weights only are used): starting at epoch 0 "
+                       "from these weights")
+        return 0, dict(best), {}
+    if check is not None:
+        check(ckpt)
+    check_resume_args(path, ckpt.get("args"), args, free)
+    load_state_dict_strict(model, checkpoint_state_dict(ckpt), source=str(path))
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:
+        raise CheckpointMismatchError(f"{path}: optimizer state does not fit ({e}); were its parameter groups "
+                                      "made with other settings?") from None
+    if scheduler is not None:
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if scaler is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
+    epoch = int(ckpt["epoch"])
+    restore_own_rng(ckpt.get("rng"), info, logger, reseed=1000 * (epoch + 1) + info.rank + getattr(args, "seed", 42))
+    best = dict(ckpt.get("best") or best)
+    metric = next((k for k in best if k != "epoch"), None)
+    score = (f"best val {metric} {best[metric]:.4f} (epoch {best['epoch']})"
+             if metric is not None and best.get("epoch", -1) >= 0 else "no best val score yet")
+    logger.info(f"resumed from {path}: epoch {epoch} done, {score}")
+    return epoch + 1, best, {k: v for k, v in ckpt.items() if k not in _RESTORED}
+
+
+def restore_own_rng(rng, info: du.DistInfo, logger, reseed: int) -> None:
+    """Give this process its own RNG state from a checkpoint's ``rng``: a list with one state per
+    process (:func:`save_training`), or one state (files written before: rank 0's). Where there is
+    no state for this process, warn and seed everything with ``reseed`` (which should differ per rank
+    and epoch): the run continues, but not bit-identically."""
+    if isinstance(rng, list) and len(rng) == info.world_size:
+        restore_rng(rng[info.rank])
+    elif isinstance(rng, dict):  # one state, rank 0's
+        if info.world_size > 1:
+            logger.warning("the checkpoint holds the RNG state of rank 0 only (it was written before every "
+                           "process's was saved); the other processes reseed (the run continues, but not "
+                           "bit-identically)")
+        if info.rank == 0:
+            restore_rng(rng)
+        else:
+            seed_everything(reseed)
+    else:
+        logger.warning("the checkpoint's RNG states are missing or for a different number of processes; "
+                       "reseeding (the run continues, but not bit-identically)")
+        seed_everything(reseed)
+
+
+def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object]) -> None:
+    """Refuse a checkpoint whose recorded model config differs from ``cfg`` (the model the flags build)."""
+    from models.convert import CheckpointMismatchError
+
+    try:
+        then = read_config(saved)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointMismatchError(f"{path}: its model config cannot be read ({e})") from None
+    if then != cfg:
+        a, b = then.to_dict(), cfg.to_dict()
+        diff = [f"{k} {b[k]} (the run used {a[k]})" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+        raise CheckpointMismatchError(f"{path} was trained with another model config: {'; '.join(diff)}. Pass the "
+                                      "same model flags as that run")
 
 
 def _umask() -> int:

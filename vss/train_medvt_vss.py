@@ -16,7 +16,10 @@ labels (every choice is listed in the README, "Video semantic segmentation"):
 
 Checkpoints are written atomically and hold the model config, so ``vss/inference_medvt_vss.py``
 rebuilds the model from the file alone. ``--resume auto`` continues from
-``<output_dir>/checkpoint_last.pth`` (optimizer, schedule, RNG and best score included).
+``<output_dir>/checkpoint_last.pth`` (the policy of ``train_swin_medvt_avos.py``: optimizer, schedule, best
+score and every process's RNG; other training settings than the run's are refused); a run stopped
+with ``--stop_after`` and resumed continues as the uninterrupted one (bit for bit with deterministic
+kernels, ``torch.use_deterministic_algorithms``).
 
 Multi-GPU: ``torchrun --nproc_per_node N vss/train_medvt_vss.py ...`` (one clip per process).
 
@@ -41,22 +44,24 @@ from datasets.path_config import add_path_args  # noqa: E402
 from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_root, vspw_sequences  # noqa: E402
 from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
-from models.convert import (checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco,  # noqa: E402
-                            load_state_dict_strict)
-from utils.checkpoint import (capture_rng, check_resume_args, prepare_output_dir, restore_rng,  # noqa: E402
-                              resume_path, save_last_and_best, seed_everything, stretch_schedule, training_state)
-from utils.cli import (add_debug_flag, non_negative_float, non_negative_int, positive_float, positive_int,  # noqa: E402
-                       run_main)
+from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco  # noqa: E402
+from utils.checkpoint import (  # noqa: E402
+    prepare_output_dir,
+    resume_path,
+    resume_training,
+    save_training,
+    seed_everything,
+    stretch_schedule,
+)
+from utils.cli import add_debug_flag, non_negative_float, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
-from utils.engine import train_one_epoch  # noqa: E402
+from utils.engine import AMP_DTYPES, train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 from utils.metrics import jsonable, write_results  # noqa: E402
 from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
-from vss.config import DEFAULT_CONFIG, config_names, vss_config  # noqa: E402
 from vss.common import evaluate_videos, format_summary  # noqa: E402
+from vss.config import DEFAULT_CONFIG, config_names, vss_config  # noqa: E402
 from vss.losses import VSSCriterion  # noqa: E402
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -79,13 +84,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     add_path_args(g, ["vspw"])
     g.add_argument("--train_split", default="train", help="split list used for training (<vspw_root>/<split>.txt)")
-    g.add_argument("--num_frames", type=positive_int, default=6, help="frames per training clip (= queries of the model)")
+    g.add_argument("--num_frames", type=positive_int, default=6,
+                   help="frames per training clip (= queries of the model)")
     g.add_argument("--centre_step", type=positive_int, default=None,
                    help="distance between clip centres in a video (default: --num_frames, as YouTube-VOS in AVOS)")
     g.add_argument("--frame_stride", type=positive_int, default=1, help="distance between the frames of a clip")
     g.add_argument("--train_sizes", type=positive_int, nargs="+", default=[360],
                    help="shorter side after resizing, one drawn per clip")
-    g.add_argument("--max_size", type=non_negative_int, default=648, help="cap on the longer side after resizing (0 = none)")
+    g.add_argument("--max_size", type=non_negative_int, default=648,
+                   help="cap on the longer side after resizing (0 = none)")
     g.add_argument("--crop", type=positive_int, nargs=2, default=[352, 640], metavar=("H", "W"),
                    help="random crop (padded with ignore if the image is smaller); multiples of 32 for Swin")
     g.add_argument("--no_hflip", action="store_true", help="disable the random horizontal flip")
@@ -99,8 +106,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr_groups", default="intended", choices=LR_GROUPS,
                    help="intended: backbone at --lr_backbone, the rest (incl. the new head) at --lr; "
                         "original: the AVOS Swin script's effective split (only label propagation at --lr)")
-    g.add_argument("--end_lr", type=non_negative_float, default=1e-6, help="learning rate reached by the polynomial decay")
-    g.add_argument("--poly_power", type=positive_float, default=0.9, help="power of the polynomial decay (stepped per epoch)")
+    g.add_argument("--end_lr", type=non_negative_float, default=1e-6,
+                   help="learning rate reached by the polynomial decay")
+    g.add_argument("--poly_power", type=positive_float, default=0.9,
+                   help="power of the polynomial decay (stepped per epoch)")
     g.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
     g.add_argument("--clip_max_norm", type=non_negative_float, default=0.1, help="gradient-norm clipping (0 = off)")
     g.add_argument("--loss", default="ce", choices=("ce", "focal"),
@@ -112,12 +121,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N",
                    help="stop each epoch after N steps (smoke tests; default: the whole dataset)")
     g.add_argument("--seed", type=int, default=42, help="random seed (each process adds its rank)")
+    g.add_argument("--stop_after", type=positive_int, default=None, metavar="N",
+                   help="stop after N epochs in this run (the schedule still follows --epochs); continue "
+                        "later with --resume auto")
 
     g = p.add_argument_group("validation, checkpoints, output")
     g.add_argument("--val_every", type=non_negative_int, default=1, help="validate every N epochs (0 = never)")
     g.add_argument("--val_split", default="val", help="split list used for validation")
-    g.add_argument("--val_videos", type=non_negative_int, default=0, help="validate on the first N videos only (0 = all)")
-    g.add_argument("--val_size", type=non_negative_int, default=480, help="shorter side of validation frames (0 = as stored)")
+    g.add_argument("--val_videos", type=non_negative_int, default=0,
+                   help="validate on the first N videos only (0 = all)")
+    g.add_argument("--val_size", type=non_negative_int, default=480,
+                   help="shorter side of validation frames (0 = as stored)")
     g.add_argument("--output_dir", default="runs/medvt_vss",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
     g.add_argument("--resume", default=None, metavar="PATH|auto",
@@ -206,25 +220,17 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
         val_videos = val_videos[: args.val_videos] if args.val_videos > 0 else val_videos
 
     start_epoch, best, history = 0, {"mIoU": -math.inf, "epoch": -1}, []
-    if ckpt_path is not None:
-        ckpt = read_checkpoint(ckpt_path)
-        check_resume_args(ckpt_path, ckpt.get("args"), args)
-        load_state_dict_strict(model_without_ddp, checkpoint_state_dict(ckpt), source=str(ckpt_path))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
+        start_epoch, best, extra = resume_training(ckpt_path, args, model_without_ddp, optimizer, scheduler, scaler,
+                                                   info, logger, best=best, free=("init_from",))
         stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
-        if scaler is not None and "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best = ckpt["epoch"] + 1, dict(ckpt.get("best") or best)
-        history = list(ckpt.get("history", []))
-        if "rng" in ckpt and info.world_size == 1:  # rank 0's RNG only: other ranks keep their fresh seeds
-            restore_rng(ckpt["rng"])
-        logger.info(f"resumed from {ckpt_path} (epoch {ckpt['epoch']} done)")
+        history = list(extra.get("history", []))
 
     logger.info(f"VSS training: {args.model} ({cfg.num_classes} classes), {len(loader.dataset)} clips, "
                 f"{len(loader)} steps/epoch/process, {info.world_size} process(es) on {device}")
     stats: dict = {}
-    for epoch in range(start_epoch, args.epochs):
+    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, end_epoch):
         sampler.set_epoch(epoch)
         stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, args.clip_max_norm, amp_dtype,
                                 args.steps_per_epoch, logger, scaler)
@@ -242,10 +248,10 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
                 best = {"mIoU": float(summary["mIoU"]), "epoch": epoch}
         history.append(row)
         logger.info(f"epoch {epoch} done: {format_metrics({k: v for k, v in stats.items() if k != 'steps'})}")
+        # every process's RNG goes into the checkpoint, so each one resumes exactly; rank 0 writes it
+        save_training(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, scaler,
+                      epoch, best, history=history)
         if info.is_main:
-            state = training_state(args, cfg, model_without_ddp, optimizer, scheduler, scaler, epoch, best,
-                                   capture_rng(), history=history)
-            save_last_and_best(state, out, best["epoch"] == epoch)
             (out / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
         barrier()
     result = {"epochs_done": len(history), "best": best, "history": history, "output_dir": str(out)}

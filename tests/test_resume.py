@@ -1,0 +1,262 @@
+"""The shared resume policy (utils.checkpoint.resume_training / save_training): each process gets its
+own RNG state back, old single-state checkpoints still resume, the refusals; and for the VSS and A2D
+scripts, 1 epoch + ``--resume auto`` for 1 more equals 2 epochs in one go (tiny models, CPU)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from actor_action import train_medvt_a2d
+from datasets.a2d import make_synthetic_a2d
+from models import get_config
+from models.convert import CheckpointMismatchError, read_checkpoint
+from tests.test_vss import _train_argv as vss_argv
+from tests.test_vss import write_vspw
+from utils.checkpoint import (
+    capture_rng,
+    restore_rng,
+    resume_training,
+    save_checkpoint,
+    save_training,
+    seed_everything,
+    training_state,
+)
+from utils.cli import UserError
+from utils.distributed import DistInfo
+from utils.optim import PolyLR
+from vss import train_medvt_vss
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+LOG = logging.getLogger("medvt.test_resume")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_deterministic():
+    """One intra-op thread (fast on a shared 2-core machine) and deterministic kernels: a resumed run
+    equals an uninterrupted one bit for bit only if backward accumulates in a fixed order."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.set_num_threads(before[0])
+    torch.use_deterministic_algorithms(before[1])
+
+
+# ------------------------------------------------------------------------------ resume_training
+class Net(nn.Linear):
+    """A small stand-in model; ``cfg`` is what the training scripts record in ``config``."""
+
+    def __init__(self, cfg=None):
+        super().__init__(3, 2)
+        self.cfg = cfg or get_config("tiny")
+
+
+def _parts(cfg=None):
+    model = Net(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, optimizer, PolyLR(optimizer, max_steps=4, end_lr=1e-6, power=0.9)
+
+
+def _args(**changes) -> argparse.Namespace:
+    return argparse.Namespace(**{"lr": 1e-3, "seed": 42, "output_dir": "out", "init_from": None, **changes})
+
+
+def _rng_of(seed: int) -> dict:
+    seed_everything(seed)
+    return capture_rng()
+
+
+def _draws() -> tuple:
+    import random
+
+    import numpy as np
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def _checkpoint(path: Path, rng, epoch: int = 2, best=None, **extra) -> Path:
+    model, optimizer, scheduler = _parts()
+    optimizer.step()  # no gradients: nothing changes, but the scheduler may step
+    for _ in range(epoch + 1):
+        scheduler.step()
+    state = training_state(_args(), model.cfg, model, optimizer, scheduler, None, epoch,
+                           best or {"miou": 0.25, "epoch": 1}, rng, **extra)
+    return save_checkpoint(state, path)
+
+
+def _resume(path, info: DistInfo, args=None, **kw):
+    model, optimizer, scheduler = _parts()
+    return resume_training(path, args or _args(), model, optimizer, scheduler, None, info, LOG,
+                           best={"miou": -1.0, "epoch": -1}, **kw), model, scheduler
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_rank_takes_back_its_own_rng_from_the_list(tmp_path, rank, caplog):
+    expected = [_rng_of(100), _rng_of(200)]
+    path = _checkpoint(tmp_path / "c.pth", expected, history=[{"epoch": 0}, {"epoch": 1}, {"epoch": 2}])
+    seed_everything(0)
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        (start, best, extra), model, scheduler = _resume(path, DistInfo(rank, 2, rank, CPU))
+    got = _draws()
+    restore_rng(expected[rank])
+    assert got == _draws()  # this process's state, not the other one's
+    restore_rng(expected[1 - rank])
+    assert got != _draws()
+    assert start == 3 and best == {"miou": 0.25, "epoch": 1} and scheduler.last_epoch == 3
+    assert [h["epoch"] for h in extra["history"]] == [0, 1, 2] and extra["args"].lr == 1e-3
+    assert "different number of processes" not in caplog.text
+    assert "resumed from" in caplog.text and "epoch 2 done, best val miou 0.2500 (epoch 1)" in caplog.text
+
+
+def test_old_single_rng_state_goes_to_rank_0(tmp_path, caplog):
+    """A checkpoint written before every process's RNG was saved holds rank 0's state only."""
+    old = _rng_of(300)
+    path = _checkpoint(tmp_path / "old.pth", old)
+    assert isinstance(read_checkpoint(path)["rng"], dict)
+    seed_everything(0)
+    (start, _, _), _, _ = _resume(path, DistInfo(0, 1, 0, CPU))
+    got = _draws()
+    restore_rng(old)
+    assert start == 3 and got == _draws()  # one process: as exact as before
+
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        _resume(path, DistInfo(1, 2, 1, CPU))  # another rank: reseeded, per rank and epoch, with a warning
+    got = _draws()
+    seed_everything(1000 * 3 + 1 + 42)
+    assert got == _draws() and "rank 0 only" in caplog.text
+
+
+def test_other_process_count_warns_and_reseeds(tmp_path, caplog):
+    path = _checkpoint(tmp_path / "c.pth", [_rng_of(1), _rng_of(2)])
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        _resume(path, DistInfo(0, 1, 0, CPU))
+    got = _draws()
+    seed_everything(1000 * 3 + 0 + 42)
+    assert got == _draws() and "different number of processes" in caplog.text
+
+
+def test_save_training_writes_every_process_rng_as_a_list(tmp_path):
+    model, optimizer, scheduler = _parts()
+    info = DistInfo(0, 1, 0, CPU)
+    seed_everything(5)
+    paths = save_training(tmp_path, True, info, _args(), model.cfg, model, optimizer, scheduler, None, 0,
+                          {"miou": 0.5, "epoch": 0}, history=[{"epoch": 0}])
+    assert set(paths) == {"checkpoint_last", "checkpoint_best"}
+    ckpt = read_checkpoint(tmp_path / "checkpoint_last.pth")
+    assert isinstance(ckpt["rng"], list) and len(ckpt["rng"]) == 1 and ckpt["history"] == [{"epoch": 0}]
+    assert save_training(tmp_path / "other", True, DistInfo(1, 2, 1, CPU), _args(), model.cfg, model, optimizer,
+                         scheduler, None, 0, {"miou": 0.5, "epoch": 0}) == {}  # rank 1 writes nothing
+    assert not (tmp_path / "other").exists()
+
+
+def test_refusals_changed_settings_config_and_weights_only(tmp_path, caplog):
+    path = _checkpoint(tmp_path / "c.pth", [_rng_of(1)])
+    info = DistInfo(0, 1, 0, CPU)
+    with pytest.raises(UserError, match=r"--lr 0.5 \(the run used 0.001\)"):
+        _resume(path, info, _args(lr=0.5))
+    (start, _, _), _, _ = _resume(path, info, _args(init_from="w.pth"), free=("init_from",))  # a script's free flag
+    assert start == 3
+    with pytest.raises(UserError, match="init_from"):
+        _resume(path, info, _args(init_from="w.pth"))
+    with pytest.raises(CheckpointMismatchError, match=r"another model config: num_classes 3 \(the run used 1\)"):
+        model, optimizer, scheduler = _parts(get_config("tiny").replace(num_classes=3))
+        resume_training(path, _args(), model, optimizer, scheduler, None, info, LOG, best={"miou": -1.0, "epoch": -1})
+    with pytest.raises(CheckpointMismatchError, match="refused by the script"):
+        def refuse(ckpt):
+            raise CheckpointMismatchError("refused by the script")
+        _resume(path, info, check=refuse)
+
+    weights = tmp_path / "weights.pth"
+    torch.save({"model": Net().state_dict()}, weights)
+    with pytest.raises(CheckpointMismatchError, match="not a training checkpoint.*optimizer"):
+        _resume(weights, info)
+    loaded = []
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        (start, best, extra), _, _ = _resume(weights, info, load_weights=loaded.append)
+    assert start == 0 and best == {"miou": -1.0, "epoch": -1} and extra == {} and len(loaded) == 1
+    assert "weights only are used" in caplog.text
+
+
+# ------------------------------------------------------------------ VSS and A2D: resume == no stop
+def _assert_same_run(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"] == 1
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, st in a["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["lr_scheduler"] == b["lr_scheduler"]
+    assert isinstance(a["rng"], list) and len(a["rng"]) == 1
+    drop = lambda hs: [{k: v for k, v in h.items() if k != "step_time"} for h in hs]  # noqa: E731
+    assert drop(a["history"]) == drop(b["history"])
+
+
+@pytest.fixture(scope="module")
+def vspw(tmp_path_factory) -> Path:
+    return write_vspw(tmp_path_factory.mktemp("VSPW_480p"), {"1_train_a": ("train", 9), "2_train_b": ("train", 4),
+                                                             "3_val_a": ("val", 5)})
+
+
+def test_vss_stop_and_resume_equals_uninterrupted(vspw, tmp_path):
+    def run(out, *extra):
+        return train_medvt_vss.main(vss_argv(vspw, out, "--epochs", "2", "--val_every", "0", *extra))
+
+    full = run(tmp_path / "full")
+    part = run(tmp_path / "part", "--stop_after", "1")
+    assert part["epochs_done"] == 1 and read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")["epoch"] == 0
+    resumed = run(tmp_path / "part", "--resume", "auto")
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1] and resumed["loss"] == full["loss"]
+    assert "resumed from" in (tmp_path / "part" / "train.log").read_text()
+    _assert_same_run(read_checkpoint(tmp_path / "full" / "checkpoint_last.pth"),
+                     read_checkpoint(tmp_path / "part" / "checkpoint_last.pth"))
+
+
+@pytest.fixture(scope="module")
+def a2d_dir(tmp_path_factory) -> Path:
+    return make_synthetic_a2d(tmp_path_factory.mktemp("a2d"), num_train=2, num_test=1, num_frames=10,
+                              size_hw=(48, 64), annotated=(2, 5, 9))
+
+
+def _a2d_argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", "tiny", "--a2d_root", str(root), "--clip_size", "32", "48", "--device", "cpu",
+            "--num_workers", "0", "--epochs", "2", "--warmup_epochs", "0", "--val_every", "0",
+            "--output_dir", str(out), *extra]
+
+
+def test_a2d_stop_and_resume_equals_uninterrupted(a2d_dir, tmp_path):
+    full = train_medvt_a2d.main(_a2d_argv(a2d_dir, tmp_path / "full"))
+    part = train_medvt_a2d.main(_a2d_argv(a2d_dir, tmp_path / "part", "--stop_after", "1"))
+    assert part["epochs_done"] == 1
+    resumed = train_medvt_a2d.main(_a2d_argv(a2d_dir, tmp_path / "part", "--resume", "auto"))
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1] and resumed["loss"] == full["loss"]
+    _assert_same_run(read_checkpoint(tmp_path / "full" / "checkpoint_last.pth"),
+                     read_checkpoint(tmp_path / "part" / "checkpoint_last.pth"))
+
+
+def test_a2d_torchrun_saves_and_resumes_every_process_rng(a2d_dir, tmp_path):
+    """Two processes (Gloo, CPU): one RNG state per process in the checkpoint, and --resume auto under
+    torchrun gives each its own back (no reseeding warning)."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(ROOT / "actor_action" / "train_medvt_a2d.py"), *_a2d_argv(a2d_dir, out)]
+    r = subprocess.run(cmd + ["--stop_after", "1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2  # one RNG state per process
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # seeds 42 and 43
+    r = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "resumed from" in log and "different number of processes" not in log and "rank 0 only" not in log
+    assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 1
