@@ -14,6 +14,7 @@ $(VENV)/.installed: requirements.txt
 setup: $(VENV)/.installed
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 demo: setup
