@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,32 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datasets.path_config import DatasetNotFoundError, add_path_args, dataset_root, require  # noqa: E402
 from models import build_model, get_config  # noqa: E402
 from models.config import MedVTConfig  # noqa: E402
-from models.convert import (  # noqa: E402
-    CheckpointMismatchError,
-    checkpoint_state_dict,
-    convert_original_state_dict,
-    init_from_vistr_coco,
-    load_state_dict_strict,
-)
+from models.convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict,  # noqa: E402
+                            init_from_vistr_coco, load_state_dict_strict)
 from models.losses import AVOSCriterion  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.checkpoint import (  # noqa: E402
-    prepare_output_dir,
-    resume_path,
-    resume_training,
-    save_training,
-    seed_everything,
-    stretch_schedule,
-)
-from utils.cli import (  # noqa: E402
-    UserError,
-    add_debug_flag,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    run_main,
-)
+from utils.checkpoint import (prepare_output_dir, resume_path, resume_training, save_training,  # noqa: E402
+                              seed_everything, stretch_schedule)
+from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
+                       positive_int, run_main)
 from utils.engine import AMP_DTYPES, evaluate_davis, train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
 from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
@@ -272,18 +253,7 @@ def tensorboard_writer(args, info: du.DistInfo):
 
 def main(argv: list[str] | None = None) -> dict:
     args = resolve_defaults(get_args_parser().parse_args(argv))
-    deterministic = args.deterministic == "on" or (args.deterministic == "auto"
-                                                    and not str(args.device).startswith("cuda"))
-    if deterministic and str(args.device).startswith("cuda"):
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    info = du.init_distributed(args.device)
-    try:
-        torch.use_deterministic_algorithms(deterministic, warn_only=info.device.type == "cuda")
-        return train(args, info)
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        du.cleanup()
+    return du.run_distributed(train, args, args.deterministic)
 
 
 def train(args: argparse.Namespace, info: du.DistInfo) -> dict:

@@ -38,14 +38,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from actor_action.common import (  # noqa: E402
-    BACKBONE_PRESETS,
-    add_model_args,
-    evaluate_a2d,
-    format_summary,
-    model_config,
-    write_tables,
-)
+from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_summary,  # noqa: E402
+                                 model_config, write_tables)
 from actor_action.metrics import NAN_POLICIES, PROTOCOLS  # noqa: E402
 from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map  # noqa: E402
 from datasets.path_config import add_path_args  # noqa: E402

@@ -48,23 +48,10 @@ from datasets.path_config import add_path_args  # noqa: E402
 from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco  # noqa: E402
-from utils.checkpoint import (  # noqa: E402
-    prepare_output_dir,
-    resume_path,
-    resume_training,
-    save_training,
-    seed_everything,
-    stretch_schedule,
-)
-from utils.cli import (  # noqa: E402
-    UserError,
-    add_debug_flag,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    run_main,
-)
+from utils.checkpoint import (prepare_output_dir, resume_path, resume_training, save_training,  # noqa: E402
+                              seed_everything, stretch_schedule)
+from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
+                       positive_int, run_main)
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402

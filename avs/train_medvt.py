@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -226,18 +225,7 @@ def resume(path: Path, args: argparse.Namespace, model, optimizer, schedule: Epo
 def main(argv: list[str] | None = None) -> dict:
     args = resolve_defaults(get_args_parser().parse_args(argv))
     task_dir(args.avsbench_root, args.task)  # fail early, naming the flag, before creating any folder
-    device = str(args.device or du.default_device())
-    deterministic = args.deterministic == "on" or (args.deterministic == "auto" and not device.startswith("cuda"))
-    if deterministic and device.startswith("cuda"):
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    info = du.init_distributed(args.device)
-    try:
-        torch.use_deterministic_algorithms(deterministic, warn_only=info.device.type == "cuda")
-        return train(args, info)
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        du.cleanup()
+    return du.run_distributed(train, args, args.deterministic)
 
 
 def train(args: argparse.Namespace, info: du.DistInfo) -> dict:

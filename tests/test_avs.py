@@ -15,13 +15,8 @@ from avs.metrics import f_score, f_score_curve, mask_iou
 from datasets.audio import waveform_to_examples
 from datasets.avsbench import AVSBenchDataset, AVSDataError, avsbench_clips, make_synthetic_avsbench
 from models.audio import VGGish
-from models.avs import (
-    AVS_CONFIGS,
-    build_avs_model,
-    convert_original_avs_name,
-    convert_original_avs_state_dict,
-    get_avs_config,
-)
+from models.avs import (AVS_CONFIGS, build_avs_model, convert_original_avs_name, convert_original_avs_state_dict,
+                        get_avs_config)
 from tests.model_weights import deterministic_value, read_key_list
 
 FIX = Path(__file__).parent / "fixtures" / "avs"

@@ -8,6 +8,7 @@ below are no-ops, so scripts never branch on "distributed or not" beyond wrappin
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -104,3 +105,22 @@ def broadcast_object(obj, src: int = 0):
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()
+
+
+def run_distributed(train: Callable, args, deterministic: str = "auto"):
+    """Run ``train(args, info)`` in this process of a (possibly one-process) run: the process group
+    from :func:`init_distributed` (``torchrun``'s variables, else a single process on ``args.device``),
+    deterministic kernels per ``deterministic`` ("on", "off", or "auto" = on except on CUDA, where
+    they are slower), and the previous settings and the group torn down afterwards, whatever happens."""
+    device = str(args.device or default_device())
+    on = deterministic == "on" or (deterministic == "auto" and not device.startswith("cuda"))
+    if on and device.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    info = init_distributed(args.device)
+    try:
+        torch.use_deterministic_algorithms(on, warn_only=info.device.type == "cuda")
+        return train(args, info)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        cleanup()

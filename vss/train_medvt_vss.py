@@ -45,14 +45,8 @@ from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_roo
 from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco  # noqa: E402
-from utils.checkpoint import (  # noqa: E402
-    prepare_output_dir,
-    resume_path,
-    resume_training,
-    save_training,
-    seed_everything,
-    stretch_schedule,
-)
+from utils.checkpoint import (prepare_output_dir, resume_path, resume_training, save_training,  # noqa: E402
+                              seed_everything, stretch_schedule)
 from utils.cli import add_debug_flag, non_negative_float, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
 from utils.engine import AMP_DTYPES, train_one_epoch  # noqa: E402
