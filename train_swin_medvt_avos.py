@@ -52,8 +52,8 @@ from models.convert import (CheckpointMismatchError, checkpoint_state_dict, conv
                             init_from_vistr_coco, load_state_dict_strict)
 from models.losses import AVOSCriterion  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.checkpoint import (prepare_output_dir, resume_path, resume_training, save_training,  # noqa: E402
-                              seed_everything, stretch_schedule)
+from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,  # noqa: E402
+                              save_training, seed_everything, stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
                        positive_int, run_main)
 from utils.engine import AMP_DTYPES, evaluate_davis, train_one_epoch  # noqa: E402
@@ -130,9 +130,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "runs, slower, on CPU); the original trained in fp32")
     g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N",
                    help="cap the steps of each epoch (quick runs; the full epoch is the whole sample list)")
-    g.add_argument("--stop_after", type=positive_int, default=None, metavar="N",
-                   help="stop after N epochs in this run (the schedule still follows --epochs); continue "
-                        "later with --resume <output_dir>/checkpoint_last.pth")
 
     g = p.add_argument_group("validation")
     g.add_argument("--val_size", type=positive_int, default=360, help="shorter side of DAVIS val frames")
@@ -144,19 +141,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("run")
     g.add_argument("--output_dir", default="runs/medvt_avos", help="checkpoints, train.log and metrics.jsonl")
-    g.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth if it "
-                        "exists (else start)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start a new run in an --output_dir that holds one, deleting its checkpoints, metrics.jsonl "
-                        "and train.log (without it, or --resume, such a folder is refused)")
+    add_run_args(g)
     g.add_argument("--seed", type=int, default=42, help="random seed (each process uses seed + rank)")
     g.add_argument("--device", default=du.default_device(), help="cuda or cpu (torchrun: the local rank's GPU)")
-    g.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
-                   help="deterministic kernels (torch.use_deterministic_algorithms): needed for a resumed run to "
-                        "equal an uninterrupted one bit for bit, since a few multi-threaded backward kernels "
-                        "accumulate in a varying order; auto = on for CPU, off for CUDA (on CUDA it costs speed "
-                        "and only warns where no deterministic kernel exists)")
     g.add_argument("--find_unused_parameters", action="store_true", help="DDP option, for modified models")
     g.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard scalars to <output_dir>/tb (needs the tensorboard package)")

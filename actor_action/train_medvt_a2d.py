@@ -48,8 +48,8 @@ from datasets.path_config import add_path_args  # noqa: E402
 from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco  # noqa: E402
-from utils.checkpoint import (prepare_output_dir, resume_path, resume_training, save_training,  # noqa: E402
-                              seed_everything, stretch_schedule)
+from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,  # noqa: E402
+                              save_training, seed_everything, stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
                        positive_int, run_main)
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
@@ -100,9 +100,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N",
                    help="stop each epoch after N steps")
     g.add_argument("--seed", type=int, default=42, help="random seed (each process adds its rank)")
-    g.add_argument("--stop_after", type=positive_int, default=None, metavar="N",
-                   help="stop after N epochs in this run (the schedule still follows --epochs); continue "
-                        "later with --resume auto")
     g = p.add_argument_group("validation, checkpoints, output")
     g.add_argument("--val_every", type=non_negative_int, default=1, help="evaluate every N epochs (0 = never)")
     g.add_argument("--val_split", default="test", choices=("train", "test"),
@@ -111,11 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="score the first N annotated frames only (0 = all)")
     g.add_argument("--output_dir", default="runs/medvt_a2d",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
-    g.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="checkpoint to continue from; 'auto' = <output_dir>/checkpoint_last.pth if it exists")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start a new run in an --output_dir that holds one, deleting its checkpoints, history.json "
-                        "and train.log (without it, or --resume, such a folder is refused)")
+    add_run_args(g, deterministic=False)
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(p)
     return p

@@ -64,7 +64,8 @@ from datasets.path_config import add_path_args  # noqa: E402
 from models.avs import avs_state_dict, get_avs_config, load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
 from models.convert import checkpoint_state_dict, load_state_dict_strict  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.checkpoint import prepare_output_dir, resume_path, resume_training, save_training, seed_everything  # noqa: E402
+from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,  # noqa: E402
+                              save_training, seed_everything)
 from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from utils.engine import train_one_epoch  # noqa: E402
 from utils.logger import format_metrics, setup_logger  # noqa: E402
@@ -83,18 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("recipe (None = the task's default, see the table above)")
     g.add_argument("--session_name", default=None, help="run name used in the log (default: the task)")
     g.add_argument("--output_dir", default="runs/avs_train", help="checkpoints, log and history")
-    g.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth if it "
-                        "exists (else start)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start a new run in an --output_dir that holds one, deleting its checkpoints, history.json "
-                        "and train.log (without it, or --resume, such a folder is refused)")
-    g.add_argument("--stop_after", default=None, type=positive_int, metavar="N",
-                   help="stop after N epochs in this run (the schedule still follows --max_epoches); continue "
-                        "later with --resume auto")
-    g.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
-                   help="deterministic kernels (torch.use_deterministic_algorithms), needed for a resumed run to "
-                        "equal an uninterrupted one bit for bit; auto = on for CPU, off for CUDA")
+    add_run_args(g)
     g.add_argument("--train_im_size", default=None, type=non_negative_int, help="square training size (0 = native 224)")
     g.add_argument("--val_im_size", default=None, type=non_negative_int, help="square validation size (0 = native 224)")
     g.add_argument("--train_batch_size", default=2, type=positive_int, help="clips per training batch")

@@ -26,6 +26,7 @@ from utils.cli import UserError
 from utils.distributed import DistInfo
 from utils.optim import PolyLR
 from vss import train_medvt_vss
+from checkpoint_asserts import assert_same_training_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -180,14 +181,7 @@ def test_refusals_changed_settings_config_and_weights_only(tmp_path, caplog):
 
 # ------------------------------------------------------------------ VSS and A2D: resume == no stop
 def _assert_same_run(a: dict, b: dict) -> None:
-    assert a["epoch"] == b["epoch"] == 1
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for i, st in a["optimizer"]["state"].items():
-        for k, v in st.items():
-            assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
-    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert_same_training_state(a, b, epoch=1)
     assert a["lr_scheduler"] == b["lr_scheduler"]
     assert isinstance(a["rng"], list) and len(a["rng"]) == 1
     drop = lambda hs: [{k: v for k, v in h.items() if k != "step_time"} for h in hs]  # noqa: E731

@@ -19,6 +19,7 @@ from utils.checkpoint import capture_rng, restore_rng, save_checkpoint
 from utils.cli import UserError
 from utils.engine import NonFiniteLossError, train_one_epoch
 from utils.optim import PolyLR, param_groups
+from checkpoint_asserts import assert_same_training_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,14 +163,7 @@ def test_resume_equals_uninterrupted(davis, tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == [1]
     a = read_checkpoint(tmp_path / "full" / "checkpoint_last.pth")
     b = read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")
-    assert a["epoch"] == b["epoch"] == 1
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for i, st in a["optimizer"]["state"].items():
-        for k, v in st.items():
-            assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
-    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert_same_training_state(a, b, epoch=1)
     assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 2
     assert a["best"] == b["best"]
     assert full["history"][1]["train_loss"] == resumed["history"][0]["train_loss"]

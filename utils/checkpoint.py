@@ -32,10 +32,29 @@ import numpy as np
 import torch
 
 from utils import distributed as du
-from utils.cli import UserError
+from utils.cli import UserError, positive_int
 
 # Files a training run leaves in its --output_dir; any of them means the folder holds a run.
 RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "metrics.jsonl", "history.json")
+
+
+def add_run_args(group, epochs_flag: str = "--epochs", deterministic: bool = True) -> None:
+    """``--resume``, ``--overwrite``, ``--stop_after`` (and ``--deterministic``) of every training script."""
+    group.add_argument("--resume", default=None, metavar="PATH|auto",
+                       help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth "
+                            "if it exists (else start)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start a new run in an --output_dir that holds one, deleting its checkpoints, logs and "
+                            "history (without it, or --resume, such a folder is refused)")
+    group.add_argument("--stop_after", default=None, type=positive_int, metavar="N",
+                       help=f"stop after N epochs in this run (the schedule still follows {epochs_flag}); continue "
+                            "later with --resume auto")
+    if deterministic:
+        group.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
+                           help="deterministic kernels (torch.use_deterministic_algorithms): needed for a resumed "
+                                "run to equal an uninterrupted one bit for bit, since a few multi-threaded backward "
+                                "kernels accumulate in a varying order; auto = on for CPU, off for CUDA (on CUDA it "
+                                "costs speed and only warns where no deterministic kernel exists)")
 
 
 def plain_args(args: argparse.Namespace) -> argparse.Namespace:

@@ -65,7 +65,7 @@ def overlay_colors(frame_path: Path, labels: np.ndarray, alpha: float = 0.5) -> 
 # ------------------------------------------------------------------------------ prediction
 def video_predictions(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
                       val_size: int | None = 480, max_size: int | None = None, clip_len: int = 6,
-                      window: str = "chunk", flip: bool = False, amp: bool | torch.dtype | None = None,
+                      window: str = "chunk", flip: bool = False, amp_dtype: torch.dtype | None = None,
                       batch_clips: int = 1,
                       ) -> Iterator[tuple[int, np.ndarray]]:
     """(frame index, class ids [*out_hw] uint8) for every frame of ``video``, in order, streamed.
@@ -77,7 +77,7 @@ def video_predictions(model: torch.nn.Module, video: VideoSequence, out_hw: tupl
         raise ValueError(f"expected a multi-class model (num_classes > 1), got {model.cfg.num_classes} class")
     predictor = VideoPredictor(model.to(device), Window(window, clip_len), flip=flip,
                                activation="softmax" if flip else "none",
-                               amp_dtype=torch.bfloat16 if amp is True else (amp or None), batch_clips=batch_clips)
+                               amp_dtype=amp_dtype, batch_clips=batch_clips)
     source = ImageFiles(video.frames, lambda h, w: resized_hw(h, w, val_size or None, max_size), name=video.name)
     for pred in predictor.stream(Prefetch(source, 8), out_hw):
         yield pred.index, pred.probs.argmax(0).to(torch.uint8).numpy()

@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
         / f"infer_vspw_{args.split}_{args.val_size}")
     summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
                               save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
-                              clip_len=args.clip_len, window=args.window, flip=args.flip, amp=AMP_DTYPES[args.amp],
-                              batch_clips=args.batch_clips)
+                              clip_len=args.clip_len, window=args.window, flip=args.flip,
+                              amp_dtype=AMP_DTYPES[args.amp], batch_clips=args.batch_clips)
     if not summary:
         print(f"no ground truth in split {args.split}: predictions written to {out / 'predictions'}")
         return {}

@@ -45,8 +45,8 @@ from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_roo
 from models import build_model, read_checkpoint  # noqa: E402
 from models.backbone import load_swin_pretrained  # noqa: E402
 from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco  # noqa: E402
-from utils.checkpoint import (prepare_output_dir, resume_path, resume_training, save_training,  # noqa: E402
-                              seed_everything, stretch_schedule)
+from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,  # noqa: E402
+                              save_training, seed_everything, stretch_schedule)
 from utils.cli import add_debug_flag, non_negative_float, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
 from utils.engine import AMP_DTYPES, train_one_epoch  # noqa: E402
@@ -115,9 +115,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N",
                    help="stop each epoch after N steps (smoke tests; default: the whole dataset)")
     g.add_argument("--seed", type=int, default=42, help="random seed (each process adds its rank)")
-    g.add_argument("--stop_after", type=positive_int, default=None, metavar="N",
-                   help="stop after N epochs in this run (the schedule still follows --epochs); continue "
-                        "later with --resume auto")
 
     g = p.add_argument_group("validation, checkpoints, output")
     g.add_argument("--val_every", type=non_negative_int, default=1, help="validate every N epochs (0 = never)")
@@ -128,11 +125,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="shorter side of validation frames (0 = as stored)")
     g.add_argument("--output_dir", default="runs/medvt_vss",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
-    g.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="checkpoint to continue from; 'auto' = <output_dir>/checkpoint_last.pth if it exists")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start a new run in an --output_dir that holds one, deleting its checkpoints, history.json "
-                        "and train.log (without it, or --resume, such a folder is refused)")
+    add_run_args(g, deterministic=False)
     g.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: cuda if available; the local rank's GPU under torchrun)")
     add_debug_flag(p)
@@ -232,9 +225,10 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
         row = {"epoch": epoch, **stats}
         if val_videos and (epoch + 1) % args.val_every == 0 and info.is_main:
             model_without_ddp.eval()
+            # validation autocasts in bf16 only (an fp16 run validates in float32, as before)
             summary = evaluate_videos(model_without_ddp, val_videos, device, save_predictions=False,
                                       val_size=args.val_size or None, clip_len=args.num_frames,
-                                      amp=amp_dtype is torch.bfloat16)
+                                      amp_dtype=amp_dtype if amp_dtype is torch.bfloat16 else None)
             write_results(summary, out, f"val_epoch{epoch:03d}")
             row.update({k: summary[k] for k in ("mIoU", "mVC8", "mVC16")})
             logger.info(f"epoch {epoch} val: {format_summary(summary)}")
