@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup test demo clean
 
-$(VENV)/.installed: requirements.txt
+# Then this repository, editable (pyproject.toml): scripts in task folders import its packages as they are.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 setup: $(VENV)/.installed

@@ -32,23 +32,21 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_summary,  # noqa: E402
+from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_summary,
                                  model_config, write_tables)
-from actor_action.metrics import NAN_POLICIES, PROTOCOLS  # noqa: E402
-from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map  # noqa: E402
-from datasets.path_config import add_path_args  # noqa: E402
-from models import build_model, read_checkpoint  # noqa: E402
-from models.convert import load_state_dict_strict  # noqa: E402
-from models.registry import model_state_dict  # noqa: E402
-from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main  # noqa: E402
-from utils.distributed import default_device  # noqa: E402
-from utils.engine import AMP_DTYPES, add_inference_amp_flag  # noqa: E402
+from actor_action.metrics import NAN_POLICIES, PROTOCOLS
+from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map
+from datasets.path_config import add_path_args
+from models import build_model, read_checkpoint
+from models.convert import load_state_dict_strict
+from models.registry import model_state_dict
+from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main
+from utils.distributed import default_device
+from utils.engine import AMP_DTYPES, add_inference_amp_flag
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -18,15 +18,13 @@ import argparse
 import json
 import pickle
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datasets.audio import AudioError, wav_to_clip_examples  # noqa: E402
-from datasets.avsbench import NUM_FRAMES, avsbench_clips  # noqa: E402
-from datasets.path_config import add_path_args  # noqa: E402
-from utils.cli import add_debug_flag, run_main  # noqa: E402
+from datasets.audio import AudioError, wav_to_clip_examples
+from datasets.avsbench import NUM_FRAMES, avsbench_clips
+from datasets.path_config import add_path_args
+from utils.cli import add_debug_flag, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:

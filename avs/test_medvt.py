@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from avs.common import add_model_args, as_jsonable, evaluate, model_config  # noqa: E402
-from datasets.avsbench import AVSBenchDataset  # noqa: E402
-from datasets.path_config import add_path_args  # noqa: E402
-from models import load_model  # noqa: E402
-from models.audio import build_frozen_vggish  # noqa: E402
-from utils.cli import non_negative_int, positive_int, run_main  # noqa: E402
-from utils.distributed import default_device  # noqa: E402
-from utils.logger import format_metrics, setup_logger  # noqa: E402
+from avs.common import add_model_args, as_jsonable, evaluate, model_config
+from datasets.avsbench import AVSBenchDataset
+from datasets.path_config import add_path_args
+from models import load_model
+from models.audio import build_frozen_vggish
+from utils.cli import non_negative_int, positive_int, run_main
+from utils.distributed import default_device
+from utils.logger import format_metrics, setup_logger
 
 
 def get_args_parser() -> argparse.ArgumentParser:

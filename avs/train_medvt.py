@@ -50,26 +50,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from avs.common import add_model_args, as_jsonable, audio_features, build_model_and_audio, evaluate  # noqa: E402
-from avs.losses import AVSCriterion  # noqa: E402
-from datasets.avsbench import AVSBenchDataset, task_dir  # noqa: E402
-from datasets.path_config import add_path_args  # noqa: E402
-from models.avs import avs_state_dict, get_avs_config, load_avs_checkpoint, load_pvt_pretrained  # noqa: E402
-from models.convert import checkpoint_state_dict, load_state_dict_strict  # noqa: E402
-from utils import distributed as du  # noqa: E402
-from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,  # noqa: E402
+from avs.common import add_model_args, as_jsonable, audio_features, build_model_and_audio, evaluate
+from avs.losses import AVSCriterion
+from datasets.avsbench import AVSBenchDataset, task_dir
+from datasets.path_config import add_path_args
+from models.avs import avs_state_dict, get_avs_config, load_avs_checkpoint, load_pvt_pretrained
+from models.convert import checkpoint_state_dict, load_state_dict_strict
+from utils import distributed as du
+from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,
                               save_training, seed_everything)
-from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
-from utils.engine import train_one_epoch  # noqa: E402
-from utils.logger import format_metrics, setup_logger  # noqa: E402
-from utils.optim import param_groups  # noqa: E402
+from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main
+from utils.engine import train_one_epoch
+from utils.logger import format_metrics, setup_logger
+from utils.optim import param_groups
 
 TASK_DEFAULTS = {
     "s4": dict(train_im_size=384, val_im_size=384, val_batch_size=4, max_epoches=50, lambda_1=0.0),

@@ -24,16 +24,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops, device_name,  # noqa: E402
+from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops, device_name,
                                latency_stats, peak_tflops, report, set_channels_last, time_runs)
-from models import MODEL_CONFIGS, build_model  # noqa: E402
-from utils.engine import autocast  # noqa: E402
+from models import MODEL_CONFIGS, build_model
+from utils.engine import autocast
 
 
 def get_args(argv=None) -> argparse.Namespace:

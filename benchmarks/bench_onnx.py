@@ -24,12 +24,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from models import MODEL_CONFIGS, build_model  # noqa: E402
+from models import MODEL_CONFIGS, build_model
 
 
 def peak_rss_mib() -> float:

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import machine_info
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine_info  # noqa: E402
 
 
 def get_args(argv=None) -> argparse.Namespace:

@@ -40,13 +40,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from benchmarks.common import cpu_model, peak_tflops
+from benchmarks.gpu_jobs import JOBS
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from benchmarks.common import cpu_model, peak_tflops  # noqa: E402
-from benchmarks.gpu_jobs import JOBS  # noqa: E402
 
 # ----------------------------------------------------------------------------- plan
 
@@ -132,7 +131,8 @@ def run_job(job: dict, out: Path, budget_s: float, log) -> dict:
     result_file = out / f"job_{re.sub(r'[^a-z0-9]+', '_', job['name'].lower()).strip('_')}.json"
     result_file.unlink(missing_ok=True)
     timeout = max(10.0, min(job["timeout_s"], budget_s))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--_job", json.dumps(job),
+    # as a module from the repository root: some jobs import tests.model_weights, which is not installed
+    cmd = [sys.executable, "-m", "benchmarks.gpu_suite", "--out", str(out), "--_job", json.dumps(job),
            "--_result", str(result_file)]
     t0 = time.perf_counter()
     try:

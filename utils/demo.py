@@ -24,12 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from datasets.synthetic import make_synthetic_davis
+from utils.cli import UserError, add_debug_flag, positive_float, positive_int, run_main
 
-from datasets.synthetic import make_synthetic_davis  # noqa: E402
-from utils.cli import UserError, add_debug_flag, positive_float, positive_int, run_main  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZE_HW = (96, 160)
 

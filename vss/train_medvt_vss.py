@@ -33,29 +33,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datasets.path_config import add_path_args  # noqa: E402
-from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_root, vspw_sequences  # noqa: E402
-from models import build_model, read_checkpoint  # noqa: E402
-from models.backbone import load_swin_pretrained  # noqa: E402
-from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco  # noqa: E402
-from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,  # noqa: E402
+from datasets.path_config import add_path_args
+from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_root, vspw_sequences
+from models import build_model, read_checkpoint
+from models.backbone import load_swin_pretrained
+from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco
+from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,
                               save_training, seed_everything, stretch_schedule)
-from utils.cli import add_debug_flag, non_negative_float, non_negative_int, positive_float, positive_int, run_main  # noqa: E402
-from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
-from utils.engine import AMP_DTYPES, train_one_epoch  # noqa: E402
-from utils.logger import format_metrics, setup_logger  # noqa: E402
-from utils.metrics import jsonable, write_results  # noqa: E402
-from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
-from vss.common import evaluate_videos, format_summary  # noqa: E402
-from vss.config import DEFAULT_CONFIG, config_names, vss_config  # noqa: E402
-from vss.losses import VSSCriterion  # noqa: E402
+from utils.cli import add_debug_flag, non_negative_float, non_negative_int, positive_float, positive_int, run_main
+from utils.distributed import barrier, cleanup, init_distributed
+from utils.engine import AMP_DTYPES, train_one_epoch
+from utils.logger import format_metrics, setup_logger
+from utils.metrics import jsonable, write_results
+from utils.optim import LR_GROUPS, PolyLR, param_groups
+from vss.common import evaluate_videos, format_summary
+from vss.config import DEFAULT_CONFIG, config_names, vss_config
+from vss.losses import VSSCriterion
 
 
 def get_args_parser() -> argparse.ArgumentParser:
