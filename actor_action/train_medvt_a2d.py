@@ -12,7 +12,8 @@
 * AdamW (lr 1e-4, params named ``backbone.*`` 1e-5, weight decay 1e-4), grad-norm clip 0.1,
   batch 1; the backbone's lr is 0 in epoch 0 and ``--lr_backbone`` from epoch 1; per-epoch
   polynomial decay (0.9) to 1e-6 over ``epochs − 1 − warmup_epochs`` = 24 epochs of 30; each
-  batch's loss × exp(−epoch/10) (``--no_loss_decay`` turns that off);
+  batch's loss × exp(−epoch/10) (``--no_loss_decay`` turns that off). The original's other
+  schedules: ``--scheduler_type step|cosine`` and ``--use_lr_warmup`` (see their ``--help``);
 * after each epoch the ``--val_split`` (default ``test``: A2D has no val split, the original
   selects ``checkpoint_best.pth`` on it, spec §A.10 #4 — give ``--val_split train`` to avoid
   that) is scored as :mod:`actor_action.inference_medvt_a2d` does.
@@ -34,29 +35,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, StepLR
 from torch.utils.data import DataLoader, DistributedSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from actor_action.common import add_model_args, evaluate_a2d, format_summary, model_config  # noqa: E402
-from actor_action.losses import A2DCriterion  # noqa: E402
-from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root  # noqa: E402
-from datasets.path_config import add_path_args  # noqa: E402
-from models import build_model, read_checkpoint  # noqa: E402
-from models.backbone import load_swin_pretrained  # noqa: E402
-from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco  # noqa: E402
-from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,  # noqa: E402
+from actor_action.common import add_model_args, evaluate_a2d, format_summary, model_config
+from actor_action.losses import A2DCriterion
+from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root
+from datasets.path_config import add_path_args
+from models import build_model, read_checkpoint
+from models.backbone import load_swin_pretrained
+from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco
+from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,
                               save_training, seed_everything, stretch_schedule)
-from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
+from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,
                        positive_int, run_main)
-from utils.distributed import barrier, cleanup, init_distributed  # noqa: E402
-from utils.engine import train_one_epoch  # noqa: E402
-from utils.logger import format_metrics, setup_logger  # noqa: E402
-from utils.metrics import jsonable  # noqa: E402
-from utils.optim import PolyLR, param_groups  # noqa: E402
+from utils.distributed import barrier, cleanup, init_distributed
+from utils.engine import train_one_epoch
+from utils.logger import format_metrics, setup_logger
+from utils.metrics import jsonable
+from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -85,12 +85,21 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="learning rate of the parameters not named backbone.*")
     g.add_argument("--lr_backbone", type=non_negative_float, default=1e-5,
                    help="learning rate of backbone.* (0 in epoch 0)")
+    g.add_argument("--scheduler_type", default="poly", choices=DECAYS,
+                   help="per-epoch decay of both groups' lr, stepped after each epoch: poly (--end_lr, --poly_power) "
+                        "over epochs − 1 − warmup_epochs epochs; step: ×0.1 every --lr_drop epochs; cosine: to 0 "
+                        "over epochs − warmup_epochs epochs (then back up, as torch's CosineAnnealingLR)")
     g.add_argument("--end_lr", type=non_negative_float, default=1e-6,
                    help="learning rate reached by the polynomial decay")
     g.add_argument("--poly_power", type=positive_float, default=0.9, help="power of the per-epoch polynomial decay")
+    g.add_argument("--lr_drop", type=positive_int, default=5, help="epochs between the ×0.1 drops of the step decay")
+    g.add_argument("--use_lr_warmup", action="store_true",
+                   help="linear warm-up of every group from 0, then the decay, as the original ran it: lr 0 in "
+                        "epochs 0 and 1, base·(e−1)/warmup_epochs in epoch e ≤ warmup_epochs+1, then the decay from "
+                        "its start (instead of the backbone-only lr 0 in epoch 0)")
     g.add_argument("--warmup_epochs", type=non_negative_int, default=5,
-                   help="as the original, only shortens the decay: it spans epochs − 1 − warmup_epochs epochs "
-                        "(warm-up itself, the original's --use_lr_warmup, is not implemented)")
+                   help="length of the --use_lr_warmup ramp; without it, as the original, it only shortens the "
+                        "poly and cosine decays")
     g.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
     g.add_argument("--clip_max_norm", type=non_negative_float, default=0.1, help="gradient-norm clipping (0 = off)")
     g.add_argument("--aux_loss", type=non_negative_float, default=0.5,
@@ -142,8 +151,44 @@ def set_backbone_lr(optimizer, epoch: int, lr_backbone: float) -> None:
                 g["lr"] = lr_backbone
 
 
+# What a checkpoint written before --scheduler_type, --use_lr_warmup and --lr_drop existed ran, so that
+# resuming it with another schedule is refused like any other changed setting.
+SCHEDULE_BEFORE_FLAGS = {"scheduler_type": "poly", "use_lr_warmup": False, "lr_drop": 5}
+
+
+def build_scheduler(optimizer, args) -> LRScheduler:
+    """The original's schedule for --scheduler_type and --use_lr_warmup, stepped once per epoch, after it."""
+    if args.use_lr_warmup:
+        return WarmupDecayLR(optimizer, args.warmup_epochs, args.scheduler_type, args.epochs, end_lr=args.end_lr,
+                             power=args.poly_power, step_size=args.lr_drop)
+    if args.scheduler_type == "step":
+        return StepLR(optimizer, step_size=args.lr_drop, gamma=0.1)
+    if args.scheduler_type == "cosine":
+        # torch's own class, as the original: its recursive update continues from the backbone lr that
+        # set_backbone_lr resets in epoch 1, which a closed form would not
+        return CosineAnnealingLR(optimizer, T_max=max(args.epochs - args.warmup_epochs, 1))
+    return PolyLR(optimizer, max_steps=args.epochs - 1 - args.warmup_epochs, end_lr=args.end_lr,
+                  power=args.poly_power)
+
+
+def follow_epochs(scheduler, args, run_epochs: int, logger) -> None:
+    """--epochs changed on --resume: the decay follows the new length (the step decay has none)."""
+    if isinstance(scheduler, PolyLR):
+        stretch_schedule(scheduler, args.epochs - 1 - args.warmup_epochs, args.epochs, logger)
+    elif run_epochs != args.epochs:
+        if isinstance(scheduler, CosineAnnealingLR):  # a recursive update: no closed form to refit
+            raise UserError(f"--epochs {args.epochs}: the run used {run_epochs}, and --scheduler_type cosine "
+                            "without --use_lr_warmup cannot change length on --resume")
+        if isinstance(scheduler, WarmupDecayLR):
+            scheduler.epochs = args.epochs
+            logger.warning(f"--epochs {args.epochs} differs from the checkpoint's run ({run_epochs}): the "
+                           f"{args.scheduler_type} decay now follows {args.epochs} epochs")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.use_lr_warmup and args.warmup_epochs < 1:
+        raise UserError("--use_lr_warmup needs --warmup_epochs 1 or more")
     a2d_root(args.a2d_root)  # fail early, naming the flag and variable, before creating any folder
     out = Path(args.output_dir)
     resume_from = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
@@ -171,8 +216,7 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
     criterion = A2DCriterion(aux_weight=args.aux_loss if cfg.lprop_mode else 0.0, mask_coef=args.mask_loss_coef)
     optimizer = torch.optim.AdamW(param_groups(model_without_ddp, args.lr, args.lr_backbone, "intended"),
                                   weight_decay=args.weight_decay)
-    scheduler = PolyLR(optimizer, max_steps=args.epochs - 1 - args.warmup_epochs, end_lr=args.end_lr,
-                       power=args.poly_power)
+    scheduler = build_scheduler(optimizer, args)
     dataset = A2DDataset(root, "train", args.num_frames, tuple(args.clip_size), args.end_window)
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=args.seed,
                                  drop_last=info.world_size > 1)
@@ -185,8 +229,9 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
     start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
     if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
         start_epoch, best, extra = resume_training(ckpt_path, args, model_without_ddp, optimizer, scheduler, None,
-                                                   info, logger, best=best, free=("init_from",))
-        stretch_schedule(scheduler, args.epochs - 1 - args.warmup_epochs, args.epochs, logger)
+                                                   info, logger, best=best, free=("init_from",),
+                                                   added=SCHEDULE_BEFORE_FLAGS)
+        follow_epochs(scheduler, args, getattr(extra.get("args"), "epochs", args.epochs), logger)
         history = list(extra.get("history", []))
 
     logger.info(f"A2D training: {cfg.num_classes} classes, lprop_mode {cfg.lprop_mode}, query_decoder_scales "
@@ -194,7 +239,8 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     for epoch in range(start_epoch, end_epoch):
         sampler.set_epoch(epoch)
-        set_backbone_lr(optimizer, epoch, args.lr_backbone)
+        if not args.use_lr_warmup:  # the original's warm-up starts every group at 0 instead
+            set_backbone_lr(optimizer, epoch, args.lr_backbone)
         criterion.epoch_scale = 1.0 if args.no_loss_decay else math.exp(-epoch / 10)
         stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, args.clip_max_norm,
                                 max_steps=args.steps_per_epoch, logger=logger)

@@ -247,3 +247,17 @@ def test_a2d_torchrun_saves_and_resumes_every_process_rng(a2d_dir, tmp_path):
     log = r.stdout + r.stderr
     assert "resumed from" in log and "different number of processes" not in log and "rank 0 only" not in log
     assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 1
+
+
+def test_flags_newer_than_a_checkpoint_are_checked_at_the_value_its_run_had(tmp_path):
+    """A2D checkpoints from before --scheduler_type ran the poly decay: resuming one with --scheduler_type
+    step would load a poly state into a StepLR, so it is refused; poly (the old behaviour) is accepted."""
+    from utils.checkpoint import check_resume_args
+
+    old_run = argparse.Namespace(lr=1e-4, epochs=10)  # no schedule flags recorded
+    now = argparse.Namespace(lr=1e-4, epochs=10, scheduler_type="step", use_lr_warmup=False, lr_drop=5)
+    with pytest.raises(UserError, match=r"--scheduler_type step \(the run used poly\)"):
+        check_resume_args(tmp_path / "old.pth", old_run, now, added=train_medvt_a2d.SCHEDULE_BEFORE_FLAGS)
+    check_resume_args(tmp_path / "old.pth", old_run, now)  # without `added` the change went unnoticed
+    now.scheduler_type = "poly"
+    check_resume_args(tmp_path / "old.pth", old_run, now, added=train_medvt_a2d.SCHEDULE_BEFORE_FLAGS)

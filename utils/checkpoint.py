@@ -25,7 +25,7 @@ import argparse
 import os
 import random
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -140,14 +140,16 @@ PATH_SUFFIXES = ("_root", "_path", "_dir", "_file", "_list", "_pretrained")
 
 
 def check_resume_args(path: str | os.PathLike, saved: argparse.Namespace | None, args: argparse.Namespace,
-                      free: Iterable[str] = ()) -> None:
+                      free: Iterable[str] = (), added: Mapping[str, object] | None = None) -> None:
     """Refuse to resume with other training settings than the saved run used (learning rates, sizes,
     loss weights, seed, ...): the optimiser and schedule state would not match what the log claims.
     ``saved`` is the checkpoint's ``args`` (None for files of other scripts: nothing to compare);
-    ``free`` names flags of the calling script that may change besides RESUME_FREE."""
+    ``free`` names flags of the calling script that may change besides RESUME_FREE; ``added`` gives
+    flags newer than some checkpoints the value those runs had (a file without ``--scheduler_type``
+    ran the poly decay), so that they are checked too."""
     if not isinstance(saved, argparse.Namespace):
         return
-    before, now, free = vars(saved), vars(plain_args(args)), RESUME_FREE | set(free)
+    before, now, free = {**(added or {}), **vars(saved)}, vars(plain_args(args)), RESUME_FREE | set(free)
     changed = [f"--{k} {now[k]} (the run used {before[k]})" for k in sorted(set(before) & set(now))
                if k not in free and not k.endswith(PATH_SUFFIXES) and before[k] != now[k]]
     if changed:
@@ -208,6 +210,7 @@ _RESTORED = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "best", "r
 
 def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, optimizer, scheduler, scaler,
                     info: du.DistInfo, logger, *, best: dict, free: Iterable[str] = (),
+                    added: Mapping[str, object] | None = None,
                     read_config: Callable[[dict], object] | None = None,
                     check: Callable[[dict], None] | None = None,
                     load_weights: Callable[[dict], None] | None = None) -> tuple[int, dict, dict]:
@@ -218,7 +221,8 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
     In order: the file is read safely (``weights_only``); the model config it records must equal
     ``model.cfg`` (``read_config`` makes a config of the saved dict; default ``MedVTConfig.from_dict``);
     ``check(ckpt)`` runs the script's own refusals; settings other than the run's are refused
-    (:func:`check_resume_args`, ``free`` = more flags of the script that may change); then the model
+    (:func:`check_resume_args`, ``free`` = more flags of the script that may change, ``added`` = values of
+    flags that older checkpoints do not record); then the model
     (strict), optimiser, ``scheduler`` and ``scaler`` (when not None), epoch and best score are
     restored, and this process takes back its own RNG state if the run had as many processes (else a
     warning, and a reseed from seed, epoch and rank). A file written before every process's RNG was
@@ -247,7 +251,7 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
         return 0, dict(best), {}
     if check is not None:
         check(ckpt)
-    check_resume_args(path, ckpt.get("args"), args, free)
+    check_resume_args(path, ckpt.get("args"), args, free, added)
     load_state_dict_strict(model, checkpoint_state_dict(ckpt), source=str(path))
     try:
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -13,8 +13,13 @@ what actually ran — and produced the released Swin checkpoint — is:
 Schedule (``PolynomialLRDecay`` of the original, stepped once per epoch after validation):
 ``lr_e = (base − end) · (1 − e / (E − 1)) ** power + end`` for epoch e = 0 … E − 1, so epoch 0
 trains at the base rate and the last epoch at ``end``.
+
+:class:`WarmupDecayLR`: the original A2D script's ``--use_lr_warmup`` (a linear warm-up before a
+poly, step or cosine decay), as that script ran it.
 """
 from __future__ import annotations
+
+import math
 
 from torch import nn
 from torch.optim import Optimizer
@@ -57,3 +62,46 @@ class PolyLR(LRScheduler):
     def lr_at(self, base: float, step: int) -> float:
         step = min(max(step, 0), self.max_steps)
         return (base - self.end_lr) * (1 - step / self.max_steps) ** self.power + self.end_lr
+
+
+DECAYS = ("poly", "step", "cosine")
+
+
+class WarmupDecayLR(LRScheduler):
+    """Per-epoch linear warm-up from 0 over ``warmup_epochs``, then a ``poly``, ``step`` or ``cosine`` decay.
+
+    The sequence is the one the original A2D script (``--use_lr_warmup``) got from its
+    ``GradualWarmupScheduler`` (multiplier 1) wrapped around the decay scheduler and stepped with
+    ``step(epoch=e)`` after epoch e: the ramp ``k / W`` is indexed by the epoch just trained, so, with
+    W = ``warmup_epochs``, epochs 0 and 1 both train at lr 0, epoch e ≤ W + 1 at base · (e − 1) / W,
+    epoch W + 2 at the decay's step 0 and epoch e ≥ W + 3 at its step e − 1 − W (step 1 is skipped).
+    Decays, with E = ``epochs``: poly from base to ``end_lr`` over E − 1 − W steps (the original crashes
+    when its ramp ends with poly; this is what it was written to do), step ×``gamma`` every ``step_size``
+    steps, cosine from base to 0 over E − W steps. Stepped once per epoch, after it.
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup_epochs: int, decay: str, epochs: int, *, end_lr: float = 1e-6,
+                 power: float = 0.9, step_size: int = 5, gamma: float = 0.1, last_epoch: int = -1) -> None:
+        if decay not in DECAYS:
+            raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
+        if warmup_epochs < 1:
+            raise ValueError("a warm-up needs warmup_epochs >= 1")
+        self.warmup_epochs, self.decay, self.epochs = int(warmup_epochs), decay, int(epochs)
+        self.end_lr, self.power, self.step_size, self.gamma = end_lr, power, int(step_size), gamma
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        return [self.lr_at(base, self.last_epoch) for base in self.base_lrs]
+
+    def lr_at(self, base: float, epoch: int) -> float:
+        """The learning rate of a group with base rate ``base`` during ``epoch`` (0-based)."""
+        w, k = self.warmup_epochs, epoch - 1  # k: the epoch the original's scheduler was last stepped with
+        if k <= w:
+            return base * max(k, 0) / w
+        step = 0 if k == w + 1 else k - w
+        if self.decay == "poly":
+            max_steps = max(self.epochs - 1 - w, 1)
+            return (base - self.end_lr) * (1 - min(step, max_steps) / max_steps) ** self.power + self.end_lr
+        if self.decay == "step":
+            return base * self.gamma ** (step // self.step_size)
+        return base * (1 + math.cos(math.pi * step / max(self.epochs - w, 1))) / 2
