@@ -37,28 +37,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets.path_config import DatasetNotFoundError, add_path_args, dataset_root, require  # noqa: E402
-from models import build_model, get_config  # noqa: E402
-from models.config import MedVTConfig  # noqa: E402
-from models.convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict,  # noqa: E402
+from avos.validation import evaluate_davis
+from datasets.path_config import DatasetNotFoundError, add_path_args, dataset_root, require
+from models import build_model, get_config
+from models.config import MedVTConfig
+from models.convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict,
                             init_from_vistr_coco, load_state_dict_strict)
-from models.losses import AVOSCriterion  # noqa: E402
-from utils import distributed as du  # noqa: E402
-from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,  # noqa: E402
+from models.losses import AVOSCriterion
+from utils import distributed as du
+from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,
                               save_training, seed_everything, stretch_schedule)
-from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,  # noqa: E402
+from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,
                        positive_int, run_main)
-from utils.engine import AMP_DTYPES, evaluate_davis, train_one_epoch  # noqa: E402
-from utils.logger import format_metrics, setup_logger  # noqa: E402
-from utils.optim import LR_GROUPS, PolyLR, param_groups  # noqa: E402
+from utils.engine import AMP_DTYPES, train_one_epoch
+from utils.logger import format_metrics, setup_logger
+from utils.optim import LR_GROUPS, PolyLR, param_groups
 
 BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos", "tiny": "tiny"}
 # Defaults that differ for the ResNet-101 script of the original (555a462 train_resnet_medvt_avos.py).

@@ -3,20 +3,18 @@
 * :func:`train_one_epoch` — forward, loss, backward, gradient clipping and an optimiser step per
   batch; the loss terms are averaged over processes every step so that a non-finite loss stops
   every rank at the same step (:class:`NonFiniteLossError`, naming the sequences involved).
-* :func:`evaluate_davis` — the original's per-epoch validation: every DAVIS'16 val frame predicted
-  as the centre of its own wrap-around clip at ``val_size`` (optionally with the mirrored clip,
-  merged by mean), thresholded at 0.5, and scored as the mean over sequences of the per-sequence
-  mean Jaccard (spec avos §4.2, §6.2), all in memory.
+
+The tasks' validation lives with each task (``avos.validation``, ``vss.common``, ...).
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
+from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -39,6 +37,24 @@ def add_inference_amp_flag(parser) -> None:
     parser.add_argument("--amp", nargs="?", const="bf16", default="none", choices=sorted(AMP_DTYPES),
                         help="autocast dtype: bf16 (a bare --amp), fp16, or none = float32 (default); meant for "
                              "CUDA, runs slowly on CPU")
+
+
+def add_runtime_flags(parser) -> None:
+    """``--runtime torch|onnx`` and ``--onnx_path`` of the inference scripts built on the video predictor."""
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="run the model in PyTorch, or run --onnx_path (written by export_onnx.py) in ONNX "
+                             "Runtime on the CPU (default torch)")
+    parser.add_argument("--onnx_path", type=Path, default=None, metavar="FILE",
+                        help="the exported model for --runtime onnx; a file exported at 225 pixels or more takes "
+                             "every input size from 225 on (so multi-scale works), a smaller export only its own size")
+
+
+def check_runtime_flags(parser, args) -> None:
+    """One-line errors for ``--runtime onnx`` without a readable ``--onnx_path``."""
+    if args.runtime == "onnx" and args.onnx_path is None:
+        parser.error("--runtime onnx needs --onnx_path FILE (written by export_onnx.py)")
+    if args.runtime == "onnx" and not args.onnx_path.is_file():
+        parser.error(f"--onnx_path {args.onnx_path} does not exist")
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
@@ -133,34 +149,3 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     stats["steps"] = steps
     stats["step_time"] = (time.perf_counter() - t0) / max(steps, 1)
     return stats
-
-
-@torch.no_grad()
-def evaluate_davis(model: nn.Module, sequences: Sequence, device: torch.device, val_size: int = 360,
-                   clip_len: int = 6, flip: bool = True, amp_dtype: torch.dtype | None = None,
-                   logger: logging.Logger | None = None) -> dict:
-    """DAVIS mIoU of ``model`` on ``sequences`` (``datasets.video.VideoSequence`` with masks).
-
-    Each sequence's frames are resized (shorter side ``val_size``, longer capped at 1.8×), every
-    frame is the centre of its wrap-around clip; probabilities are upsampled to the GT size,
-    thresholded at > 0.5 and compared with the GT (> 0). Returns ``{"miou": mean over sequences
-    of per-sequence mean J, "per_sequence": {name: mean J}}``. Leaves the model in eval mode.
-    """
-    from datasets.stream import ImageFiles
-    from datasets.transforms import test_size
-    from models.predictor import VideoPredictor
-    from utils.metrics import jaccard
-
-    predictor = VideoPredictor(model, "centre", clip_len, flip=flip, flip_merge="mean", amp_dtype=amp_dtype)
-    per_seq: dict[str, float] = {}
-    for seq in tqdm(sequences, desc="val", disable=not is_main_process(), dynamic_ncols=True, leave=False):
-        source = ImageFiles(seq.frames, lambda h, w: test_size(h, w, val_size), name=seq.name)
-        annotated = [i for i, m in enumerate(seq.masks) if m is not None]
-        out_size = seq.read_mask(annotated[0]).shape if annotated else source.frame_hw
-        ious = [jaccard(p.probs[0].numpy() > 0.5, seq.read_mask(p.index))
-                for p in predictor.stream(source, out_size, set(annotated).__contains__)]
-        per_seq[seq.name] = float(np.mean(ious)) if ious else float("nan")
-    miou = float(np.nanmean(list(per_seq.values()))) if per_seq else float("nan")
-    if logger is not None:
-        logger.info("val " + "  ".join(f"{k} {v:.3f}" for k, v in per_seq.items()) + f"  | mIoU {miou:.4f}")
-    return {"miou": miou, "per_sequence": per_seq}
