@@ -9,7 +9,8 @@ Examples::
     python export_onnx.py --config medvtpp_s4 --model_path s4.pth --height 224 --width 224 --output s4.onnx
 
 Inputs ``frames [B, T, 3, H, W]`` (MED-VT++ also ``audio [B, T, 128]``), output ``logits`` (the
-model's ``pred_masks``); T, H and W are fixed, the batch is dynamic (see :mod:`models.onnx_export`).
+model's ``pred_masks``). T is fixed; the batch is dynamic, and so are H and W when --height and
+--width are at least the model's floor (225 for Swin, 64 otherwise; see :mod:`models.onnx_export`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from pathlib import Path
 import torch
 
 from models import PRESETS, CheckpointMismatchError, build_model, load_model, read_checkpoint
-from models.onnx_export import OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names
+from models.onnx_export import (OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names,
+                                min_dynamic_size)
 from utils.cli import add_debug_flag, run_main
 
 
@@ -37,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--num_frames", type=int, default=None, help="clip length T (default 6; MED-VT++ 5)")
-    p.add_argument("--height", type=int, default=473, help="input height (default 473)")
-    p.add_argument("--width", type=int, default=473, help="input width (default 473)")
+    p.add_argument("--height", type=int, default=473,
+                   help="height of the example clip traced (default 473); at or above the model's floor (225 for "
+                        "Swin, 64 otherwise) the file takes any height from the floor on, below it only this one")
+    p.add_argument("--width", type=int, default=473, help="width of the example clip, as --height (default 473)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, 18 or later (default {OPSET})")
     p.add_argument("--model_version", default="auto", choices=["auto", "cvpr23", "2024"],
                    help="forward of an authors' Swin-B checkpoint, as in inference_swin_medvt_avos.py (default auto)")
@@ -93,23 +97,35 @@ def main(argv: list[str] | None = None) -> dict:
         if t < 2:
             parser.error("--num_frames must be at least 2 (the model attends across the frames of a clip)")
         example = example_inputs(model, 2, t, args.height, args.width, args.seed)
+        floor = min_dynamic_size(model)
+        dims = (f"batch, height and width (from {floor}) dynamic" if min(args.height, args.width) >= floor else
+                f"batch dynamic, height and width fixed (dynamic from {floor} on)")
         print(f"exporting {type(model).__name__} for {' + '.join(input_names(model))} "
-              f"[B, {t}, 3, {args.height}, {args.width}], batch dynamic, opset {args.opset} → {args.output}")
+              f"[B, {t}, 3, {args.height}, {args.width}], {dims}, opset {args.opset} → {args.output}")
         times = export_onnx(model, example, args.output, args.opset)
         check_onnx(args.output)
+        session = OnnxModel(args.output, args.threads)
         print(f"export: trace {times['trace_s']:.1f} s, ONNX conversion {times['convert_s']:.1f} s; "
-              f"onnx.checker passed{' (weights in external data)' if times['external_data'] else ''}")
-        report = compare(model, args.output, example, args.threads)
+              f"onnx.checker passed{' (weights in external data)' if times['external_data'] else ''}; "
+              f"the file takes {session.describe()}")
+        sizes = [(args.height, args.width)]
+        if times["dynamic_size"]:  # show that another size runs too: odd, and not a multiple of 32 or 7
+            sizes.append((args.height + 37, args.width + 19))
+        reports = []
+        for i, (h, w) in enumerate(sizes):
+            clip = example if i == 0 else example_inputs(model, 1, t, h, w, args.seed + 1)
+            reports.append(compare(model, session, clip))
+            r = reports[-1]
+            print(f"ONNX Runtime vs PyTorch, clip [{clip[0].shape[0]}, {t}, 3, {h}, {w}]: max |Δ| "
+                  f"{r['max_abs_diff']:.3g}; PyTorch {r['torch_s']:.3f} s, ONNX Runtime {r['onnx_s']:.3f} s")
     except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError, UnexportableError) as e:
         sys.exit(f"export_onnx.py: error: {e}")
-    print(f"ONNX Runtime vs PyTorch (batch {example[0].shape[0]}): max |Δ| {report['max_abs_diff']:.3g}; "
-          f"PyTorch {report['torch_s']:.3f} s, ONNX Runtime {report['onnx_s']:.3f} s")
+    report = {**reports[0], "max_abs_diff": max(r["max_abs_diff"] for r in reports), "checked_sizes": sizes}
     return {**times, **report, "output": str(args.output)}
 
 
-def compare(model: torch.nn.Module, path: Path, example: tuple[torch.Tensor, ...], threads: int = 0) -> dict:
+def compare(model: torch.nn.Module, session: OnnxModel, example: tuple[torch.Tensor, ...]) -> dict:
     """Run both once on ``example``; max |Δ| of the logits and the wall time of each."""
-    session = OnnxModel(path, threads)
     with torch.inference_mode():
         t0 = time.perf_counter()
         ref = model(*example)["pred_masks"]

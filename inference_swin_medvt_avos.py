@@ -30,7 +30,7 @@ from datasets.stream import MissingInputError
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from utils.cli import add_debug_flag, positive_float, positive_int, run_main
-from utils.engine import AMP_DTYPES, add_inference_amp_flag
+from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
 from utils.metrics import jsonable
 
 
@@ -84,12 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="container of the overlay videos (default mp4)")
     p.add_argument("--fps", type=positive_int, default=10, help="frame rate of the overlay videos (default 10)")
     add_inference_amp_flag(p)
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
-                   help="run the model in PyTorch, or run --onnx_path (written by export_onnx.py) in ONNX Runtime "
-                        "on the CPU; the checkpoint still names the model and its protocol (default torch)")
-    p.add_argument("--onnx_path", type=Path, default=None, metavar="FILE",
-                   help="the exported model for --runtime onnx; its input size must be the size the protocol "
-                        "feeds (no --msc unless exported per scale)")
+    add_runtime_flags(p)
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cuda, cuda:1, cpu (default cuda if available, else cpu)")
     p.add_argument("--davis16_split", default="val", choices=["train", "val"],
@@ -129,10 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
-    if args.runtime == "onnx" and args.onnx_path is None:
-        parser.error("--runtime onnx needs --onnx_path FILE (written by export_onnx.py)")
-    if args.runtime == "onnx" and not args.onnx_path.is_file():
-        parser.error(f"--onnx_path {args.onnx_path} does not exist")
+    check_runtime_flags(parser, args)
     if args.num_frames < 2:
         parser.error("--num_frames must be at least 2 (the model attends across the frames of a clip)")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
@@ -165,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         inf.log_model_choice(info)
         if args.runtime == "onnx":
             model = inf.load_onnx(args.onnx_path)
-            log.info("runtime: ONNX Runtime (CPU) with %s", args.onnx_path)
+            log.info("runtime: ONNX Runtime (CPU) with %s (%s)", args.onnx_path, model.describe())
         else:
             model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
         del ckpt

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models import resnet101
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.video.swin_transformer import (PatchMerging, ShiftedWindowAttention3d, SwinTransformer3d,
-                                                       SwinTransformerBlock, _compute_attention_mask_3d,
-                                                       _compute_pad_size_3d, _get_window_and_shift_size)
+from torchvision.models.video.swin_transformer import (PatchEmbed3d, PatchMerging, ShiftedWindowAttention3d,
+                                                       SwinTransformer3d, SwinTransformerBlock,
+                                                       _compute_attention_mask_3d, _get_window_and_shift_size)
 from torchvision.ops import FrozenBatchNorm2d
 
 from .config import MedVTConfig, SwinConfig
@@ -42,30 +42,57 @@ class SDPAWindowAttention3d(ShiftedWindowAttention3d):
         """x [B, T, H, W, C] → [B, T, H, W, C]."""
         b, t, h, w, c = x.shape
         ws, ss = _get_window_and_shift_size(self.shift_size.copy(), [t, h, w], self.window_size.copy())
-        pad = _compute_pad_size_3d((t, h, w), tuple(ws))
-        x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
-        padded = tuple(x.shape[1:4])
+        # Pad to whole windows. Sizes are written as grid·window (not size + (−size mod window)) so that
+        # under symbolic shapes (ONNX export, dynamic H/W) they stay small expressions; same numbers.
+        grid = [(s + k - 1) // k for s, k in zip((t, h, w), ws)]
+        padded = [g * k for g, k in zip(grid, ws)]
+        x = F.pad(x, (0, 0, 0, padded[2] - w, 0, padded[1] - h, 0, padded[0] - t))
         shifted = sum(ss) > 0
         if shifted:
             x = torch.roll(x, shifts=tuple(-s for s in ss), dims=(1, 2, 3))
-        grid = [p // s for p, s in zip(padded, ws)]
         n = ws[0] * ws[1] * ws[2]
+        windows = b * grid[0] * grid[1] * grid[2]
         # [B, T, H, W, C] -> [B·nW, N, C], windows in (t, h, w) order
         x = x.view(b, grid[0], ws[0], grid[1], ws[1], grid[2], ws[2], c)
-        x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, n, c)
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(x.shape[0], n, 3, self.num_heads, -1)
+        x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(windows, n, c)
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(windows, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         mask = self.get_relative_position_bias(ws)  # [1, heads, N, N]
         if shifted:  # -100 between tokens that came from different regions before the shift
-            mask = (mask + _compute_attention_mask_3d(x, padded, tuple(ws), tuple(ss))[:, None]).repeat(b, 1, 1, 1)
+            regions = _compute_attention_mask_3d(x, tuple(padded), tuple(ws), tuple(ss))
+            mask = (mask + regions[:, None]).repeat(b, 1, 1, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
                                              dropout_p=self.attention_dropout if self.training else 0.0)
-        out = F.linear(out.transpose(1, 2).reshape(-1, n, c), self.proj.weight, self.proj.bias)
+        out = F.linear(out.transpose(1, 2).reshape(windows, n, c), self.proj.weight, self.proj.bias)
         out = F.dropout(out, p=self.dropout, training=self.training)
         out = out.view(b, *grid, *ws, c).permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, *padded, c)
         if shifted:
             out = torch.roll(out, shifts=tuple(ss), dims=(1, 2, 3))
-        return out[:, :t, :h, :w].contiguous()
+        return out.narrow(1, 0, t).narrow(2, 0, h).narrow(3, 0, w).contiguous()
+
+
+class WholePatchEmbed3d(PatchEmbed3d):
+    """torchvision's patch embedding, padding written as whole patches (``ceil(size/p)·p − size``): the same
+    zeros, but a symbolic size (ONNX export, dynamic H/W) stays one small expression per stage."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[2:]
+        pad = [(n + p - 1) // p * p - n for n, p in zip(size, self.tuple_patch_size)]
+        x = self.proj(F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0])))
+        return self.norm(x.permute(0, 2, 3, 4, 1))  # B T h w C
+
+
+class WholePatchMerging(PatchMerging):
+    """torchvision's patch merging (pad H and W to even, concatenate the 2×2 neighbours in the order
+    (0,0), (1,0), (0,1), (1,1), norm, reduce), with the neighbours taken by a reshape instead of strided
+    slices: same values, and sizes that stay small expressions under symbolic shapes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        *lead, h, w, c = x.shape
+        hh, wh = (h + 1) // 2, (w + 1) // 2
+        x = F.pad(x, (0, 0, 0, 2 * wh - w, 0, 2 * hh - h)).reshape(*lead, hh, 2, wh, 2, c)
+        x = torch.cat([x[..., :, 0, :, 0, :], x[..., :, 1, :, 0, :], x[..., :, 0, :, 1, :], x[..., :, 1, :, 1, :]], -1)
+        return self.reduction(self.norm(x))
 
 
 def _sdpa_block(*args, attn_layer=None, **kwargs) -> SwinTransformerBlock:
@@ -86,8 +113,9 @@ class VideoSwinBackbone(nn.Module):
             window_size=list(cfg.window_size),
             stochastic_depth_prob=cfg.drop_path,
             norm_layer=partial(nn.LayerNorm, eps=1e-5),
-            downsample_layer=PatchMerging,
+            downsample_layer=WholePatchMerging,
             block=_sdpa_block,
+            patch_embed=WholePatchEmbed3d,
         )
         # Only the patch embedding and the stages are used; drop the classifier parts.
         self.patch_embed = body.patch_embed
@@ -96,6 +124,10 @@ class VideoSwinBackbone(nn.Module):
         self.out_dims = cfg.out_dims
         self.strides = (8, 16, 32, 32)
         self.grad_checkpointing = False
+        # Below this height/width the deepest map (1/32) is no larger than a window, and torchvision
+        # shrinks the window to the map: a different computation. From it on, one graph serves every
+        # size (what a dynamic-size ONNX export needs).
+        self.min_uniform_size = 32 * max(cfg.window_size[1:]) + 1
 
     def forward(self, frames: Tensor) -> list[Tensor]:
         x = self.patch_embed(frames.transpose(1, 2))  # [B, 3, T, H, W] -> [B, T, H/4, W/4, C]

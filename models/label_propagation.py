@@ -26,6 +26,8 @@ modes a ``samp_w_pred`` conv it never uses; we build none of these (the converte
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import math
 
 import torch
@@ -167,6 +169,7 @@ class LabelPropagator(nn.Module):
         if mode not in (1, 2):
             raise ValueError(f"label propagation mode must be 1 or 2, not {mode}")
         self.upsample = scale  # the logits' upsampling factor (config lprop_scale)
+        self._ratio = _exact_ratio(scale)
         self.label_encoder = LabelEncoder(num_classes, enc_dims)
         e = enc_dims[-1]
         self.propagation = ManyToManyPropagation(feat_dim, key_dim) if mode == 2 else \
@@ -178,7 +181,7 @@ class LabelPropagator(nn.Module):
     def forward(self, logits: Tensor, feats: Tensor) -> Tensor:
         """logits [B, K, T, h, w], feats [B, T, C, h, w] → refined logits [B, K, T, h', w'] (h' ≈ h·upsample/16)."""
         b, _, t, h, w = logits.shape
-        up = F.interpolate(logits, size=(t, int(h * self.upsample), int(w * self.upsample)), mode="nearest")
+        up = F.interpolate(logits, size=(t, self._scaled(h), self._scaled(w)), mode="nearest")
         enc = self.label_encoder(up.transpose(1, 2).flatten(0, 1))  # [B·T, E, h', w']
         size = enc.shape[-2:]
         f = F.interpolate(feats.flatten(0, 1), size=size, mode="nearest")
@@ -188,3 +191,18 @@ class LabelPropagator(nn.Module):
         out = self.propagation(tokens(f), tokens(enc))  # [B, T, n, E]
         out = out.transpose(2, 3).unflatten(3, size).transpose(1, 2)  # [B, E, T, h', w']
         return self.label_decoder(out)
+
+    def _scaled(self, n: int) -> int:
+        """``int(n · upsample)``, as the original sizes it; in integers when that is exact, so that a
+        symbolic size (ONNX export with dynamic H/W) is not specialised by a float truncation."""
+        if self._ratio is None:
+            return int(n * self.upsample)
+        p, q = self._ratio
+        return n * p // q
+
+
+def _exact_ratio(scale: float, limit: int = 1 << 14) -> tuple[int, int] | None:
+    """(p, q) with ``n·p // q == int(n·scale)`` for every size n below ``limit``, else None."""
+    f = Fraction(scale).limit_denominator(1000)
+    p, q = f.numerator, f.denominator
+    return (p, q) if all(n * p // q == int(n * scale) for n in range(limit)) else None

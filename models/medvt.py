@@ -71,6 +71,11 @@ class MEDVT(nn.Module):
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
 
+    @property
+    def num_classes(self) -> int:
+        """K: 1 (a binary mask, logits [B, T, h, w]) or the classes of [B, K, T, h, w] logits."""
+        return self.cfg.num_classes
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute backbone and encoder activations during backward (less memory, more time)."""
         self.backbone.grad_checkpointing = enable

@@ -5,12 +5,13 @@ convolution of the pixel decoder needs nothing special: torchvision's ``deform_c
 the standard ``DeformConv`` op (opset 19) and ONNX Runtime's CPU provider runs it (equal to
 torchvision to float rounding; ``tests/test_onnx.py``), so no decomposition is used.
 
-Shapes: the clip length T and the height and width are fixed at export; the batch is dynamic.
-Height and width cannot be dynamic today: Video Swin clamps its window to the feature map when
-the map is smaller than the window (a branch on the size) and pads every stage to whole windows;
-with symbolic sizes ``torch.export`` either specialises those branches (wrong results at other
-sizes) or spends many minutes in symbolic simplification (tiny did not finish in 15 minutes on
-two CPU cores, torch 2.14). Export one file per input size instead.
+Shapes: the clip length T is fixed at export; batch, height and width are dynamic. Height and
+width are dynamic from a floor on (:func:`min_dynamic_size`): below 225 pixels Video Swin shrinks its
+window to the deepest map (a branch on the size), so a file exported at a smaller size is one
+fixed-size file. The window code writes its padded sizes as whole windows and the label propagation
+sizes its upsampling in integers, so the symbolic sizes stay small expressions and nothing
+specialises them (both compute the same numbers as before). The file records its clip length and
+size range (metadata ``medvt.*``); :class:`OnnxModel` refuses a clip outside it by name.
 
 Traced with the math attention kernel: the CPU flash kernel's output strides make the exporter
 record a ``view`` that its own decomposition then rejects; the ONNX graph is the same either way.
@@ -74,19 +75,36 @@ def _track_modules(model: nn.Module, stack: list[str]):
             h.remove()
 
 
-def export_onnx(model: nn.Module, example: tuple[Tensor, ...], path: str | Path, opset: int = OPSET) -> dict:
-    """Export ``model`` (eval mode, float32) for inputs shaped like ``example``, batch dynamic.
+# ResNet-101 and PVTv2 have no size branch; below this the deepest map (1/32) is a pixel or two.
+MIN_SIZE = 64
 
-    Writes ``path`` (with its weights in ``<path>.data`` when the file would pass 2 GB) and
-    returns timings. Raises :class:`UnexportableError` naming the module that cannot be traced.
+
+def min_dynamic_size(model: nn.Module) -> int:
+    """Smallest height and width from which one exported graph serves every size."""
+    return max([MIN_SIZE] + [m.min_uniform_size for m in model.modules() if hasattr(m, "min_uniform_size")])
+
+
+def export_onnx(model: nn.Module, example: tuple[Tensor, ...], path: str | Path, opset: int = OPSET) -> dict:
+    """Export ``model`` (eval mode, float32) for inputs shaped like ``example``.
+
+    The batch is dynamic; height and width are dynamic when the example is at least
+    :func:`min_dynamic_size`, else fixed to the example's. Writes ``path`` (weights in
+    ``<path>.data`` when the file would pass 2 GB) with its size range in the metadata and returns
+    timings and that range. Raises :class:`UnexportableError` naming the module that cannot be traced.
     """
     if opset < 18:
         raise ValueError(f"opset {opset}: 18 or later is needed (DeformConv is opset 19)")
     path = Path(path)
     wrapper = LogitsOnly(model.eval()).eval()
     names = input_names(model)
+    t, h, w = example[0].shape[1], example[0].shape[3], example[0].shape[4]
+    floor = min_dynamic_size(model)
+    dynamic_hw = min(h, w) >= floor
     batch = torch.export.Dim("batch", min=1, max=1024)
-    dynamic = tuple({0: batch} for _ in names)
+    # DYNAMIC, not a named Dim with a range: the exporter cannot prove the window arithmetic's guards
+    # (true for every size from the floor on, as the tests check) and would refuse a named range.
+    frames_dims = {0: batch, 3: torch.export.Dim.DYNAMIC, 4: torch.export.Dim.DYNAMIC} if dynamic_hw else {0: batch}
+    dynamic = (frames_dims, {0: batch})[:len(names)]
     stack: list[str] = []
     t0 = time.perf_counter()
     with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
@@ -102,10 +120,14 @@ def export_onnx(model: nn.Module, example: tuple[Tensor, ...], path: str | Path,
                                          output_names=["logits"], optimize=True, verbose=False)
     t2 = time.perf_counter()
     size = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = size >= TWO_GB - 2 ** 26  # leave room for the graph
+    shape = {"frames": t, "min_height": floor if dynamic_hw else h, "min_width": floor if dynamic_hw else w,
+             "max_height": 0 if dynamic_hw else h, "max_width": 0 if dynamic_hw else w}
+    onnx_program.model.metadata_props.update({f"medvt.{k}": str(v) for k, v in shape.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx_program.save(str(path), external_data=size >= TWO_GB - 2 ** 26)  # leave room for the graph
+    onnx_program.save(str(path), external_data=external)
     return {"trace_s": t1 - t0, "convert_s": t2 - t1, "save_s": time.perf_counter() - t2,
-            "external_data": size >= TWO_GB - 2 ** 26}
+            "external_data": external, "dynamic_size": dynamic_hw, **shape}
 
 
 def check_onnx(path: str | Path) -> None:
@@ -119,7 +141,8 @@ class OnnxModel(nn.Module):
     """An ONNX Runtime session with the model's contract: ``(frames[, audio])`` → ``{"pred_masks"}``.
 
     Drop-in for :class:`models.predictor.VideoPredictor` (no parameters: it reports the CPU as its
-    device). ``threads`` sets ONNX Runtime's intra-op threads (0 = its default).
+    device). ``threads`` sets ONNX Runtime's intra-op threads (0 = its default). A clip of another
+    length, or of a size outside the file's range, is refused with :class:`InputSizeError`.
     """
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
@@ -134,12 +157,32 @@ class OnnxModel(nn.Module):
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.shape = self.session.get_inputs()[0].shape  # ["batch", T, 3, H, W]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        shape = self.session.get_inputs()[0].shape  # [batch, T, 3, H, W]; H, W named when dynamic
+        fixed = [d if isinstance(d, int) else 0 for d in shape[3:]]
+        self.frames = int(meta.get("medvt.frames", shape[1]))
+        self.min_size = (int(meta.get("medvt.min_height", fixed[0])), int(meta.get("medvt.min_width", fixed[1])))
+        self.max_size = (int(meta.get("medvt.max_height", fixed[0])), int(meta.get("medvt.max_width", fixed[1])))
+        logits = self.session.get_outputs()[0].shape  # [batch, T, h, w] binary, [batch, K, T, h, w] classes
+        self.num_classes = logits[1] if len(logits) == 5 else 1
+
+    @property
+    def dynamic_size(self) -> bool:
+        return self.max_size == (0, 0)
+
+    def describe(self) -> str:
+        size = (f"height and width from {self.min_size[0]}" if self.dynamic_size else
+                f"{self.min_size[0]}x{self.min_size[1]} only")
+        return f"clips of {self.frames} frames, {size}"
+
+    def check(self, t: int, h: int, w: int) -> None:
+        inside = all(lo <= n and (hi == 0 or n <= hi) for n, lo, hi in zip((h, w), self.min_size, self.max_size))
+        if t != self.frames or not inside:
+            again = ("export it again at this size (export_onnx.py --num_frames/--height/--width)"
+                     if not self.dynamic_size or t != self.frames else "use a larger input size")
+            raise InputSizeError(f"{self.path} takes {self.describe()}; got a clip of {t} frames at {h}x{w}: {again}")
 
     def forward(self, frames: Tensor, *audio: Tensor) -> dict[str, Tensor]:
-        if list(frames.shape[1:]) != list(self.shape[1:]):
-            raise InputSizeError(f"{self.path} was exported for clips of {self.shape[1:]} (T, 3, H, W); got "
-                             f"{list(frames.shape[1:])}: export it again at this size (export_onnx.py "
-                             f"--num_frames/--height/--width) or run without multi-scale")
+        self.check(frames.shape[1], frames.shape[3], frames.shape[4])
         feed = {n: x.detach().float().cpu().numpy() for n, x in zip(self.inputs, (frames, *audio))}
         return {"pred_masks": torch.from_numpy(self.session.run(None, feed)[0]).to(frames.device)}

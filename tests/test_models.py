@@ -95,7 +95,7 @@ def test_grad_checkpointing_gives_the_same_gradients_one_block_at_a_time(config,
     block (a region spanning a stage would rebuild the whole stage's activations in backward)."""
     from torch.utils.checkpoint import checkpoint
     from torchvision.models.resnet import Bottleneck
-    from torchvision.models.video.swin_transformer import PatchMerging, SwinTransformerBlock
+    from torchvision.models.video.swin_transformer import SwinTransformerBlock
 
     import models.backbone as backbone
     import models.encoder as encoder
@@ -117,7 +117,7 @@ def test_grad_checkpointing_gives_the_same_gradients_one_block_at_a_time(config,
         model(x)["pred_masks"].sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
-    blocks = {c.__name__ for c in (SwinTransformerBlock, PatchMerging, Bottleneck, encoder.EncoderLayer)}
+    blocks = {c.__name__ for c in (SwinTransformerBlock, backbone.WholePatchMerging, Bottleneck, encoder.EncoderLayer)}
     assert regions and set(regions) <= blocks, set(regions) - blocks
     cfg = MODEL_CONFIGS[config]
     expected_blocks = sum(cfg.swin.depths) + 3 if cfg.backbone == "swin" else 3 + 4 + 23 + 3  # layer1..4

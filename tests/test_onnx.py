@@ -25,7 +25,7 @@ import inference_swin_medvt_avos as infer_script
 from datasets.synthetic import make_synthetic_davis
 from models import build_model
 from models.avs import AVS_CONFIGS, build_avs_model
-from models.onnx_export import OnnxModel, UnexportableError, check_onnx
+from models.onnx_export import InputSizeError, OnnxModel, UnexportableError, check_onnx, min_dynamic_size
 from models.onnx_export import export_onnx as export
 
 # CI's time budget takes one full-size preset: ResNet-101 (about 1 minute; Swin-B about 2.5).
@@ -42,29 +42,54 @@ def _inputs(model: nn.Module, b: int, t: int, h: int, w: int, seed: int) -> tupl
     return (frames,)
 
 
+# Two sizes per preset, both at or above its floor (Swin 225, others 64), odd and even, neither a
+# multiple of 7 nor of 32: one file must serve both (dynamic height and width really work).
+SIZES = {"swin": ((232, 264), (263, 241)), "other": ((64, 96), (83, 121))}
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    """``tiny`` (seed 0) saved as a checkpoint and exported through the CLI at 232x264 (dynamic): shared by
+    the tests below, since one dynamic export takes a minute or two on two cores."""
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    folder = tmp_path_factory.mktemp("tiny_onnx")
+    ckpt, path = folder / "tiny.pth", folder / "tiny.onnx"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict(), "args": argparse.Namespace(lr=1e-4)}, ckpt)
+    (h, w), _ = SIZES["swin"]
+    res = export_onnx.main(["--model_path", str(ckpt), "--output", str(path), "--height", str(h), "--width", str(w)])
+    return model, ckpt, path, res
+
+
 @pytest.mark.parametrize("name", PRESETS)
-def test_onnx_runtime_equals_pytorch(name, tmp_path):
-    """One file, batch 1 and 3 (the batch is dynamic), logits within 1e-4 (MED-VT++: as close to float64
-    as PyTorch's float32, below); DeformConv is in the graph."""
+def test_onnx_runtime_equals_pytorch(name, tmp_path, request):
+    """One file exported at one size, run at two sizes and batches 1 and 3: logits within 1e-4 (MED-VT++:
+    as close to float64 as PyTorch's float32, below); DeformConv is in the graph."""
     torch.manual_seed(0)
     avs = name in AVS_CONFIGS
-    model = (build_avs_model(name) if avs else build_model(name)).eval()
-    t, h, w = (5, 64, 96) if avs else (6, 64, 96)
-    path = tmp_path / f"{name}.onnx"
-    export(model, _inputs(model, 2, t, h, w, 0), path)
+    t = 5 if avs else 6
+    if name == "tiny":
+        model, _, path, _ = request.getfixturevalue("tiny_file")
+    else:
+        model = (build_avs_model(name) if avs else build_model(name)).eval()
+    (h, w), second = SIZES["swin" if min_dynamic_size(model) > 64 else "other"]
+    if name != "tiny":
+        path = tmp_path / f"{name}.onnx"
+        assert export(model, _inputs(model, 2, t, h, w, 0), path)["dynamic_size"]
     check_onnx(path)
     graph = onnx.load(str(path), load_external_data=False).graph
     assert "DeformConv" in {n.op_type for n in graph.node}
     assert [i.name for i in graph.input] == (["frames", "audio"] if avs else ["frames"])
     session = OnnxModel(path)
-    for b in (1, 3):
-        x = _inputs(model, b, t, h, w, b)
+    assert session.dynamic_size and session.frames == t
+    for b, (hh, ww) in ((1, (h, w)), (3, second)):
+        x = _inputs(model, b, t, hh, ww, b)
         with torch.inference_mode():
             ref = model(*x)["pred_masks"]
         out = session(*x)["pred_masks"]
         assert out.shape == ref.shape
         diff = (out - ref).abs().max().item()
-        print(f"{name} [{b}, {t}, 3, {h}, {w}]: max |ONNX Runtime − PyTorch| {diff:.3g}")
+        print(f"{name} [{b}, {t}, 3, {hh}, {ww}]: max |ONNX Runtime − PyTorch| {diff:.3g}")
         if not avs:
             assert diff <= 1e-4, name
             continue
@@ -78,6 +103,28 @@ def test_onnx_runtime_equals_pytorch(name, tmp_path):
         err_onnx = (out.double() - exact).abs().max().item()
         print(f"  vs float64: PyTorch float32 {err_torch:.3g}, ONNX Runtime {err_onnx:.3g}")
         assert err_onnx <= 2 * err_torch + 1e-4, name
+    # below the floor the graph would differ (Swin shrinks its window): refused by name, not run
+    with pytest.raises(InputSizeError, match=f"height and width from {session.min_size[0]}"):
+        session(*_inputs(model, 1, t, session.min_size[0] - 1, w, 0))
+    with pytest.raises(InputSizeError, match=f"clips of {t} frames"):
+        session(*_inputs(model, 1, t + 1, h, w, 0))
+
+
+def test_export_below_the_floor_is_one_fixed_size(tmp_path):
+    """Below the Swin floor the window shrinks to the map: the file is fixed to the example's size,
+    equal to PyTorch there, and refuses any other size."""
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    path = tmp_path / "tiny64.onnx"
+    info = export(model, _inputs(model, 2, 6, 64, 96, 0), path)
+    assert not info["dynamic_size"] and (info["min_height"], info["max_width"]) == (64, 96)
+    session = OnnxModel(path)
+    assert not session.dynamic_size and session.describe() == "clips of 6 frames, 64x96 only"
+    x = _inputs(model, 3, 6, 64, 96, 1)
+    with torch.inference_mode():
+        assert (session(*x)["pred_masks"] - model(*x)["pred_masks"]).abs().max().item() <= 1e-4
+    with pytest.raises(InputSizeError, match="64x96 only; got a clip of 6 frames at 64x97"):
+        session(*_inputs(model, 1, 6, 64, 97, 0))
 
 
 def test_deform_conv_exports_natively_and_equals_torchvision(tmp_path):
@@ -154,19 +201,15 @@ def _iou(a_dir: Path, b_dir: Path) -> float:
     return inter / max(union, 1)
 
 
-def test_runtime_onnx_writes_the_pytorch_masks(tmp_path, capsys):
-    """A checkpoint exported through the CLI (the inference loader), then DAVIS inference with
-    --runtime onnx and with PyTorch: the same frames, masks with IoU ≥ 0.999, probabilities ±1/255."""
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    ckpt = tmp_path / "tiny.pth"
-    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict(), "args": argparse.Namespace(lr=1e-4)}, ckpt)
-    davis = make_synthetic_davis(tmp_path / "DAVIS", num_train=0, num_val=2, num_frames=6, size_hw=(64, 96))
-    onnx_path = tmp_path / "tiny.onnx"
-    # val_size 48 turns 64x96 frames into 48x72 inputs; --flip makes the batch 2.
-    res = export_onnx.main(["--model_path", str(ckpt), "--output", str(onnx_path), "--height", "48", "--width", "72"])
-    assert res["max_abs_diff"] <= 1e-4
-    common = ["--model_path", str(ckpt), "--davis16_root", str(davis), "--val_size", "48", "--flip", "--device", "cpu"]
+def test_runtime_onnx_writes_the_pytorch_masks(tiny_file, tmp_path, capsys):
+    """A checkpoint exported through the CLI (the inference loader) at one size, then DAVIS inference with
+    --runtime onnx and with PyTorch at seven scales with flip (--msc: inputs from 225x300 to 390x520, all
+    from the one file): masks with IoU ≥ 0.999, probabilities ±1/255."""
+    _, ckpt, onnx_path, res = tiny_file
+    assert res["dynamic_size"] and len(res["checked_sizes"]) == 2 and res["max_abs_diff"] <= 1e-4
+    davis = make_synthetic_davis(tmp_path / "DAVIS", num_train=0, num_val=2, num_frames=6, size_hw=(300, 400))
+    common = ["--model_path", str(ckpt), "--davis16_root", str(davis), "--val_size", "300", "--flip", "--msc",
+              "--window", "chunk", "--device", "cpu"]
     infer_script.main(common + ["--output_dir", str(tmp_path / "torch")])
     infer_script.main(common + ["--output_dir", str(tmp_path / "onnx"), "--runtime", "onnx", "--onnx_path",
                                 str(onnx_path)])
@@ -175,9 +218,40 @@ def test_runtime_onnx_writes_the_pytorch_masks(tmp_path, capsys):
         a = np.asarray(Image.open(f)).astype(int)
         b = np.asarray(Image.open(tmp_path / "onnx" / "logits" / f.relative_to(tmp_path / "torch" / "logits")))
         assert np.abs(a - b.astype(int)).max() <= 1
-    # a size the file was not exported for ends in a message naming the size, not a wrong result
-    with pytest.raises(ValueError, match="exported for clips of"):
-        OnnxModel(onnx_path)(torch.randn(1, 6, 3, 64, 64))
+    # a size below the file's floor ends in a message naming the range, not a wrong result
+    with pytest.raises(InputSizeError, match="height and width from 225"):
+        OnnxModel(onnx_path)(torch.randn(1, 6, 3, 200, 300))
     with pytest.raises(SystemExit):
         infer_script.main(common + ["--runtime", "onnx"])
     assert "--onnx_path" in capsys.readouterr().err
+
+
+def test_vss_runtime_onnx_writes_the_pytorch_labels(tmp_path):
+    """The VSS script shares the predictor: --runtime onnx with a file exported from a 5-class checkpoint
+    (below the Swin floor, so one fixed size: 48x60, 4-frame clips) writes the PyTorch run's labels."""
+    from tests.test_vss import write_vspw
+    from vss import inference_medvt_vss
+    from vss.config import vss_config
+
+    torch.manual_seed(0)
+    model = build_model(vss_config("tiny", 5))
+    ckpt = tmp_path / "vss.pth"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict(),
+                "args": argparse.Namespace(vspw_root="synthetic")}, ckpt)
+    root = write_vspw(tmp_path / "VSPW", {"v1": ("val", 7)})
+    onnx_path = tmp_path / "vss.onnx"
+    res = export_onnx.main(["--model_path", str(ckpt), "--config", "tiny", "--output", str(onnx_path),
+                            "--num_frames", "4", "--height", "48", "--width", "60"])
+    assert not res["dynamic_size"] and res["max_abs_diff"] <= 1e-4
+    common = ["--vspw_root", str(root), "--val_size", "48", "--clip_len", "4", "--flip", "--device", "cpu"]
+    torch_run = inference_medvt_vss.main(common + ["--model_path", str(ckpt), "--num_classes", "5",
+                                                   "--output_dir", str(tmp_path / "torch")])
+    onnx_run = inference_medvt_vss.main(common + ["--runtime", "onnx", "--onnx_path", str(onnx_path),
+                                                  "--output_dir", str(tmp_path / "onnx")])
+    pngs = sorted((tmp_path / "torch" / "predictions").rglob("*.png"))
+    assert len(pngs) == 7
+    for f in pngs:
+        a = np.asarray(Image.open(f))
+        b = np.asarray(Image.open(tmp_path / "onnx" / f.relative_to(tmp_path / "torch")))
+        assert (a == b).mean() >= 0.999
+    assert onnx_run["mIoU"] == pytest.approx(torch_run["mIoU"], abs=1e-3)

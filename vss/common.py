@@ -73,8 +73,8 @@ def video_predictions(model: torch.nn.Module, video: VideoSequence, out_hw: tupl
     Logits [B, K, T, h, w] are upsampled (bilinear) one kept frame at a time to ``out_hw`` and
     argmax'ed; with ``flip`` the two softmaxes are averaged (:class:`models.predictor.VideoPredictor`).
     """
-    if model.cfg.num_classes < 2:
-        raise ValueError(f"expected a multi-class model (num_classes > 1), got {model.cfg.num_classes} class")
+    if model.num_classes < 2:
+        raise ValueError(f"expected a multi-class model (num_classes > 1), got {model.num_classes} class")
     predictor = VideoPredictor(model.to(device), Window(window, clip_len), flip=flip,
                                activation="softmax" if flip else "none",
                                amp_dtype=amp_dtype, batch_clips=batch_clips)
@@ -102,8 +102,7 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
     video's predictions are only collected when it has masks (video consistency needs them all).
     The summary is ``{}`` when no video has masks.
     """
-    num_classes = model.cfg.num_classes
-    evaluator = VSPWEvaluator(num_classes)
+    evaluator = VSPWEvaluator(model.num_classes)  # MEDVT or an ONNX Runtime session (--runtime onnx)
     evaluated = False
     speed = Throughput(sum(v.num_frames for v in videos), "VSPW", print if progress else (lambda _line: None),
                        disable=not progress)

@@ -20,26 +20,24 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datasets.path_config import add_path_args  # noqa: E402
-from datasets.vspw import vspw_root, vspw_sequences  # noqa: E402
-from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main  # noqa: E402
-from utils.engine import AMP_DTYPES, add_inference_amp_flag  # noqa: E402
-from utils.metrics import write_results  # noqa: E402
-from vss.common import build_from_args, evaluate_videos, format_summary  # noqa: E402
-from vss.config import DEFAULT_CONFIG, config_names  # noqa: E402
+from datasets.path_config import add_path_args
+from datasets.vspw import vspw_root, vspw_sequences
+from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main
+from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
+from utils.metrics import write_results
+from vss.common import build_from_args, evaluate_videos, format_summary
+from vss.config import DEFAULT_CONFIG, config_names
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", default=None,
                    help="checkpoint to evaluate (one written by vss/train_medvt_vss.py records its model config); "
-                        "required unless --random_weights")
+                        "required unless --random_weights or --runtime onnx")
     p.add_argument("--random_weights", action="store_true", help="run without a checkpoint (smoke tests only)")
     p.add_argument("--model", default=DEFAULT_CONFIG, choices=config_names(),
                    help="model config, used when the checkpoint does not record one")
@@ -59,11 +57,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="clips stacked in one forward (2N with --flip), for GPUs (default 1)")
     p.add_argument("--flip", action="store_true", help="average the softmax with that of the mirrored clip")
     add_inference_amp_flag(p)
+    add_runtime_flags(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--output_dir", default=None,
                    help="where predictions/<video>/<frame>.png and results.{json,csv} go; default "
-                        "<checkpoint folder>/infer_vspw_<split>_<val_size> (runs/medvt_vss_random/... without one)")
+                        "<checkpoint (or --onnx_path) folder>/infer_vspw_<split>_<val_size> "
+                        "(runs/medvt_vss_random/... without either)")
     p.add_argument("--save_overlays", action="store_true", help="also write overlays/<video>/<frame>.jpg")
     p.add_argument("--no_save_predictions", action="store_true", help="compute metrics only, write no PNGs")
     add_debug_flag(p)
@@ -71,7 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    check_runtime_flags(parser, args)
     device = torch.device(args.device)
     root = vspw_root(args.vspw_root)
     videos = vspw_sequences(root, args.split)
@@ -80,10 +82,16 @@ def main(argv: list[str] | None = None) -> dict:
         if missing:
             raise UserError(f"--videos not in {root / (args.split + '.txt')}: {', '.join(sorted(missing))}")
         videos = [v for v in videos if v.name in set(args.videos)]
-    model = build_from_args(args, device)
+    if args.runtime == "onnx":  # the exported file is the model; a checkpoint, if given, is not read
+        from models.onnx_export import OnnxModel
+
+        model = OnnxModel(args.onnx_path)
+        print(f"runtime: ONNX Runtime (CPU) with {args.onnx_path} ({model.describe()})")
+    else:
+        model = build_from_args(args, device)
+    source = args.onnx_path if args.runtime == "onnx" else args.model_path
     out = Path(args.output_dir) if args.output_dir else (
-        (Path(args.model_path).parent if args.model_path else Path("runs/medvt_vss_random"))
-        / f"infer_vspw_{args.split}_{args.val_size}")
+        (Path(source).parent if source else Path("runs/medvt_vss_random")) / f"infer_vspw_{args.split}_{args.val_size}")
     summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
                               save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
                               clip_len=args.clip_len, window=args.window, flip=args.flip,
