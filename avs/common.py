@@ -11,7 +11,8 @@ from torch import nn
 from tqdm import tqdm
 
 from models.audio import build_frozen_vggish
-from models.avs import AVS_CONFIGS, MEDVTPlusPlus, build_avs_model, get_avs_config
+from models.avs import MEDVTPlusPlus, build_avs_model
+from models.avs_config import AVS_CONFIGS, get_avs_config
 from models.predictor import VideoPredictor
 from utils.cli import add_debug_flag, non_negative_int, positive_int
 

@@ -59,7 +59,8 @@ from avs.common import add_model_args, as_jsonable, audio_features, build_model_
 from avs.losses import AVSCriterion
 from datasets.avsbench import AVSBenchDataset, task_dir
 from datasets.path_config import add_path_args
-from models.avs import avs_state_dict, get_avs_config, load_avs_checkpoint, load_pvt_pretrained
+from models.avs_config import get_avs_config
+from models.avs_convert import avs_state_dict, load_avs_checkpoint, load_pvt_pretrained
 from models.convert import checkpoint_state_dict, load_state_dict_strict
 from utils import distributed as du
 from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,

@@ -169,8 +169,8 @@ class PVTBackbone(nn.Module):
     """timm PVTv2 without head, applied per frame; the four stage outputs at strides 4, 8, 16, 32.
 
     timm's ``pvt_v2_b5`` has the original MED-VT++'s architecture, parameter count and LayerNorm eps
-    (spec §B.2-1); only the key names differ (:func:`models.avs.convert_original_avs_state_dict`;
-    ImageNet weights: :func:`models.avs.load_pvt_pretrained`). Built with ``pretrained=False``:
+    (spec §B.2-1); only the key names differ (:func:`models.avs_convert.convert_original_avs_state_dict`;
+    ImageNet weights: :func:`models.avs_convert.load_pvt_pretrained`). Built with ``pretrained=False``:
     weights come only from local files.
     """
 

@@ -15,8 +15,9 @@ from avs.metrics import f_score, f_score_curve, mask_iou
 from datasets.audio import waveform_to_examples
 from datasets.avsbench import AVSBenchDataset, AVSDataError, avsbench_clips, make_synthetic_avsbench
 from models.audio import VGGish
-from models.avs import (AVS_CONFIGS, build_avs_model, convert_original_avs_name, convert_original_avs_state_dict,
-                        get_avs_config)
+from models.avs import build_avs_model
+from models.avs_config import AVS_CONFIGS, get_avs_config
+from models.avs_convert import convert_original_avs_name, convert_original_avs_state_dict
 from tests.model_weights import deterministic_value, read_key_list
 
 FIX = Path(__file__).parent / "fixtures" / "avs"
@@ -322,7 +323,7 @@ def _timm_to_original_pvt(name: str) -> str:
 
 
 def test_pvt_imagenet_weights_and_checkpoint_errors(tiny, tmp_path):
-    from models.avs import load_avs_checkpoint, load_pvt_pretrained
+    from models.avs_convert import load_avs_checkpoint, load_pvt_pretrained
     from models.convert import CheckpointMismatchError
     model = build_avs_model("avs_tiny")
     src = build_avs_model("avs_tiny").backbone.body.state_dict()
@@ -339,7 +340,7 @@ def test_pvt_imagenet_weights_and_checkpoint_errors(tiny, tmp_path):
 
 
 def test_tpavi_alternative():
-    from models.avs import TPAVI
+    from models.avs_fusion import TPAVI
     block = TPAVI(384)
     assert sum(p.numel() for p in block.parameters()) == 346_944  # spec §B.4
     # W_z's BatchNorm starts at zero: the block is LayerNorm(x) at initialisation.

@@ -13,7 +13,8 @@ import torch
 
 import avs.train_medvt as train_script
 from datasets.avsbench import make_synthetic_avsbench
-from models.avs import build_avs_model, load_avs_checkpoint
+from models.avs import build_avs_model
+from models.avs_convert import load_avs_checkpoint
 from models.convert import read_checkpoint
 from utils.cli import UserError, run_main
 from utils.engine import NonFiniteLossError
