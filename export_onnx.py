@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from models import PRESETS, CheckpointMismatchError, build_model, load_model, read_checkpoint
+from models.config import VARIANTS, preset_name
 from models.onnx_export import (OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names,
                                 min_dynamic_size)
 from utils.cli import add_debug_flag, run_main
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "it with onnx.checker and compare ONNX Runtime with PyTorch once.")
     p.add_argument("--model_path", type=Path, default=None,
                    help="checkpoint: the authors' file or one of ours (read with the project's safe loader)")
-    p.add_argument("--config", default=None, choices=list(PRESETS),
+    p.add_argument("--config", default=None, type=preset_name, choices=list(PRESETS),
                    help="preset to build; alone it exports fresh weights, with --model_path it names the model of a "
                         "file that records none (the authors'; ours record their config); without it, an AVOS "
                         "checkpoint is resolved as in inference")
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Swin, 64 otherwise) the file takes any height from the floor on, below it only this one")
     p.add_argument("--width", type=int, default=473, help="width of the example clip, as --height (default 473)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, 18 or later (default {OPSET})")
-    p.add_argument("--model_version", default="auto", choices=["auto", "cvpr23", "2024"],
+    p.add_argument("--model_version", default="auto", choices=["auto", *VARIANTS],
                    help="forward of an authors' Swin-B checkpoint, as in inference_swin_medvt_avos.py (default auto)")
     p.add_argument("--backbone", default="swinB", choices=["swinB", "resnet101"],
                    help="backbone of an authors' AVOS checkpoint (default swinB)")

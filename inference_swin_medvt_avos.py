@@ -29,6 +29,7 @@ from datasets.moca import moca_sequences
 from datasets.stream import MissingInputError
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
+from models.config import VARIANTS
 from utils.cli import add_debug_flag, positive_float, positive_int, run_main
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
 from utils.metrics import jsonable
@@ -70,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", type=Path, default=None,
                    help="where outputs go; default "
                         "<model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<time>")
-    p.add_argument("--model_version", default="auto", choices=["auto", "cvpr23", "2024"],
-                   help="which original forward a Swin-B checkpoint needs: cvpr23 (555a462), 2024 (the 2024 "
-                        "inference code), or auto: the checkpoint's config if it has one, else its saved "
-                        "training arguments (2024 scripts add use_flow, ...), else cvpr23 (default auto)")
+    p.add_argument("--model_version", default="auto", choices=["auto", *VARIANTS],
+                   help="which original forward a Swin-B checkpoint needs: cvpr23 (555a462), 2024train (the 2024 "
+                        "training code), 2024 (the 2024 inference code), or auto: the checkpoint's config if it has "
+                        "one, else its saved training arguments (2024 scripts add use_flow, ...: 2024), else cvpr23 "
+                        "(default auto)")
     p.add_argument("--backbone", default="swinB", choices=["swinB", "resnet101"],
                    help="backbone of an authors' checkpoint (ours record their config) (default swinB)")
     p.add_argument("--sequences", nargs="+", default=None, metavar="SEQ",

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from actor_action.metrics import ConfusionMatrix, OriginalA2DMetric
 from datasets.a2d import NUM_CLASSES, A2DDataset, default_palette
-from models.config import MODEL_CONFIGS, MedVTConfig, get_config
+from models.config import MODEL_CONFIGS, MedVTConfig, get_config, preset_name
 from models.predictor import VideoPredictor
 from models.registry import saved_arg_changes, saved_args
 from utils.cli import positive_float, positive_int
@@ -30,7 +30,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="swinB", choices=sorted(BACKBONE_PRESETS),
                    help="swinB → preset medvt_swinb_a2d, resnet101 → medvt_r101_a2d")
-    g.add_argument("--model", default=None, choices=sorted(MODEL_CONFIGS),
+    g.add_argument("--model", default=None, type=preset_name, choices=sorted(MODEL_CONFIGS),
                    help="model config preset, overriding --backbone (e.g. tiny for tests)")
     g.add_argument("--num_classes", type=positive_int, default=None, help="output classes (default 80 = raw A2D ids)")
     g.add_argument("--lprop_mode", type=int, default=None, choices=(0, 1, 2),

@@ -53,6 +53,7 @@ from datasets.stream import ImageFiles, Prefetch, open_video
 from datasets.transforms import test_size
 from datasets.video import VideoSequence
 from models import MedVTConfig, build_model, get_config, infer_model_version
+from models.config import VARIANTS
 from models.convert import load_state_dict_strict
 from models.predictor import VideoPredictor, Window
 from models.registry import model_state_dict
@@ -132,7 +133,7 @@ def run_name(dataset: str, val_size: int, msc: bool, cfg: MedVTConfig) -> str:
 @dataclass
 class ModelInfo:
     config_name: str
-    version: str  # "cvpr23" | "2024"
+    version: str  # the forward: a variant name, "cvpr23" | "2024train" | "2024" (models.config.MedVTConfig)
     reason: str
     config: MedVTConfig
 
@@ -144,10 +145,11 @@ def resolve_model_config(ckpt: dict, model_version: str = "auto", backbone: str 
     Our checkpoints carry ``config`` (``MedVTConfig.to_dict()``) and are rebuilt from it. The
     authors' files are Swin-B or ResNet-101 by ``backbone``; for Swin-B, ``model_version``
     "auto" reads the saved training arguments (:func:`models.convert.infer_model_version`).
-    An explicit ``cvpr23``/``2024`` always wins (Swin only: it selects the forward variant).
+    An explicit variant (:data:`models.config.VARIANTS`: ``cvpr23``, ``2024train``, ``2024``)
+    always wins (Swin only: it selects the forward).
     """
-    if model_version not in ("auto", "cvpr23", "2024"):
-        raise UserError(f"--model_version must be auto, cvpr23 or 2024, not {model_version!r}")
+    if model_version not in ("auto", *VARIANTS):
+        raise UserError(f"--model_version must be auto, {', '.join(VARIANTS)}, not {model_version!r}")
     if backbone not in ("swinB", "resnet101"):
         raise UserError(f"--backbone must be swinB or resnet101, not {backbone!r}")
     if isinstance(ckpt.get("config"), dict):
@@ -156,15 +158,13 @@ def resolve_model_config(ckpt: dict, model_version: str = "auto", backbone: str 
             raise UserError(f"the checkpoint holds a {cfg.num_classes}-class model (A2D: 80, VSS: 124); AVOS "
                             "inference needs a binary (1-class) MED-VT checkpoint")
         name, reason = "checkpoint config", "the checkpoint records its model config"
-        if model_version != "auto" and cfg.backbone == "swin":
-            variant = "v1" if model_version == "cvpr23" else "v3"
-            if variant != cfg.variant:
-                cfg = cfg.replace(variant=variant)
-                reason += f"; --model_version {model_version} sets the forward variant {variant}"
-        version = "cvpr23" if cfg.variant == "v1" else "2024"
+        if model_version != "auto" and cfg.backbone == "swin" and model_version != cfg.variant:
+            cfg = cfg.replace(variant=model_version)
+            reason += f"; --model_version {model_version} sets the forward"
+        version = cfg.variant
     elif backbone == "resnet101":
-        if model_version == "2024":
-            raise UserError("--model_version 2024 exists only for the Swin-B model (--backbone swinB)")
+        if model_version not in ("auto", "cvpr23"):
+            raise UserError(f"--model_version {model_version} exists only for the Swin-B model (--backbone swinB)")
         name, version, reason = "medvt_r101_avos", "cvpr23", "--backbone resnet101 (the CVPR'23 ResNet-101 model)"
         cfg = get_config(name)
     else:
@@ -173,7 +173,7 @@ def resolve_model_config(ckpt: dict, model_version: str = "auto", backbone: str 
             reason = f"--model_version auto: {why}"
         else:
             version, reason = model_version, f"--model_version {model_version}"
-        name = "medvt_swinb_avos" if version == "cvpr23" else "medvt_swinb_avos_2024"
+        name = "medvt_swinb_avos" if version == "cvpr23" else f"medvt_swinb_avos_{version}"
         cfg = get_config(name)
     if lprop_scale is not None and lprop_scale != cfg.lprop_scale:
         cfg = cfg.replace(lprop_scale=float(lprop_scale))
@@ -182,8 +182,8 @@ def resolve_model_config(ckpt: dict, model_version: str = "auto", backbone: str 
 
 
 def log_model_choice(info: ModelInfo) -> None:
-    logger.info("model: %s, forward %s (variant %s), lprop_scale %.2f — %s", info.config_name, info.version,
-                info.config.variant, info.config.lprop_scale, info.reason)
+    logger.info("model: %s, forward %s, lprop_scale %.2f — %s", info.config_name, info.version,
+                info.config.lprop_scale, info.reason)
 
 
 def build_from_checkpoint(ckpt: dict, info: ModelInfo, source: str = "checkpoint",

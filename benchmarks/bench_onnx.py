@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from models import MODEL_CONFIGS, build_model
+from models.config import preset_name
 
 
 def peak_rss_mib() -> float:
@@ -90,7 +91,7 @@ def top_ops(profile: str, n: int = 10) -> list[tuple[str, float, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="medvt_swinb_avos", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--config", default="medvt_swinb_avos", type=preset_name, choices=sorted(MODEL_CONFIGS))
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--size", type=int, default=473, help="square input side (default 473)")
     p.add_argument("--threads", type=int, default=2)

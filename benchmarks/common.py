@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from models.config import preset_name
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' datasheets: bf16/fp16 on tensor cores with
@@ -40,7 +42,8 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 
 
 def add_common_args(p: argparse.ArgumentParser, default_size: int) -> None:
-    p.add_argument("--config", default="medvt_swinb_avos", help="model preset (models.config.MODEL_CONFIGS)")
+    p.add_argument("--config", default="medvt_swinb_avos", type=preset_name,
+                   help="model preset (models.config.MODEL_CONFIGS)")
     p.add_argument("--frames", type=int, default=6, help="frames per clip (T)")
     p.add_argument("--size", type=int, nargs="+", default=[default_size], help="clip side, or H W")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],

@@ -4,16 +4,15 @@ Every architectural difference between the original MED-VT variants is a field h
 there is one model definition (:class:`models.medvt.MEDVT`) and no copied files. The
 presets reproduce the original code's graphs (``../shared/spec/avos.md``):
 
-* ``medvt_swinb_avos``      — Video Swin-B, the CVPR'23 code (rkyuca/medvt 555a462, "V1").
-* ``medvt_swinb_avos_2024`` — the same weights layout run by the 2024 inference script ("V3"):
-  query decoder over the three finest pixel-decoder maps, decoder target 1e-6, object
-  attention normalised over heads per pixel.
-* ``medvt_swinb_avos_v2``   — the 2024 training code's forward ("V2"): decoder scale 0 reads the
-  raw encoder output instead of the first pixel-decoder map.
+* ``medvt_swinb_avos``      — Video Swin-B, the CVPR'23 code (rkyuca/medvt 555a462): variant ``cvpr23``.
+* ``medvt_swinb_avos_2024`` — the same weights layout run by the 2024 inference script: variant
+  ``2024`` (see :class:`MedVTConfig` for what differs).
+* ``medvt_swinb_avos_2024train`` — the 2024 training code's forward: variant ``2024train``
+  (formerly ``medvt_swinb_avos_v2``, still accepted: :data:`PRESET_ALIASES`).
 * ``medvt_r101_avos``       — ResNet-101 (VisTR layout), 555a462.
 * ``medvt_r101_a2d``        — ResNet-101 for actor-action segmentation on A2D (HEAD code,
   spec a2d §A.2): 80-class head, FFN 1024, no label propagation.
-* ``medvt_swinb_a2d``       — Swin-B for A2D (HEAD ``medvt_swin.py`` = "V2"): 80-class head, FFN
+* ``medvt_swinb_a2d``       — Swin-B for A2D (HEAD ``medvt_swin.py``, variant ``2024train``): 80-class head, FFN
   1024, no between-scale encoder layer, no label propagation, 3 query-decoder scales (the
   training script's default; its inference script defaults to 1, spec a2d §A.10 #1).
 * ``tiny``                  — a small Swin backbone and narrow widths for tests and the demo.
@@ -43,12 +42,31 @@ class SwinConfig:
         return (2 * c, 4 * c, 8 * c, 8 * c)
 
 
+# The authors' three forwards (documented on MedVTConfig), and the names earlier versions of this
+# project gave them (still read from saved configs and accepted wherever a variant is given).
+VARIANTS: tuple[str, ...] = ("cvpr23", "2024train", "2024")
+VARIANT_ALIASES: dict[str, str] = {"v1": "cvpr23", "v2": "2024train", "v3": "2024"}
+
+
 @dataclass(frozen=True)
 class MedVTConfig:
     """All hyper-parameters of a MED-VT model.
 
-    ``variant`` selects the forward of the original code for the Swin family:
-    ``"v1"`` (CVPR'23), ``"v2"`` (2024 training code), ``"v3"`` (2024 inference code).
+    ``variant`` selects which of the authors' three forwards runs (Swin family; the same weights
+    fit all three). These names are the ones every user-facing place uses: the ``--model_version``
+    flag of the AVOS scripts and the suffix of the Swin-B AVOS presets.
+
+    * ``"cvpr23"`` — the CVPR'23 code (rkyuca/medvt 555a462); the query decoder reads the three
+      coarsest pixel-decoder maps, starts from 0 and normalises object attention jointly.
+    * ``"2024train"`` — the 2024 training code: as ``cvpr23``, but decoder scale 0 reads the raw
+      encoder output instead of the first pixel-decoder map.
+    * ``"2024"`` — the 2024 inference code: the query decoder over the three finest pixel-decoder
+      maps, its target starting from 1e-6, object attention normalised over heads per pixel.
+
+    Earlier versions of this project wrote ``"v1"``, ``"v2"`` and ``"v3"`` for these three (in the
+    configs saved in their checkpoints; the spec, avos §0, still says V1/V2/V3); they are accepted
+    and read as the names above (:data:`VARIANT_ALIASES`).
+
     ``encoder_style`` selects the between-scale layer and stage-1 layer of the two
     original families: ``"swin"`` (fused key, 1 head, no norms) or ``"resnet"`` (VisTR-style).
     ``encoder_cross_layer=False`` drops the Swin between-scale layer (the original's
@@ -58,6 +76,11 @@ class MedVTConfig:
     that rule for AVOS (2048 // 2) but not for A2D (FFN 1024 → stage-1 512, between-scale 1024).
     ``query_decoder_scales`` is how many memories the query decoder cycles over (the original's
     ``--query_decoder_scales``; 1 = only the deepest).
+    ``num_queries`` is the clip length's worth of learned per-frame queries of the query decoder
+    (the original's ``--num_queries``, equal to its ``--num_frames``: 6): frame ``t``'s decoded
+    query, hence its object attention map, comes from query ``t mod num_queries``; all of them
+    attend to the whole clip. (MED-VT++, :mod:`models.avs_config`, uses the name for its 384 object
+    queries, which are not tied to frames.)
     """
 
     backbone: Literal["swin", "resnet101"] = "swin"
@@ -72,7 +95,7 @@ class MedVTConfig:
     encoder_style: Literal["swin", "resnet"] = "swin"
     dec_layers: int = 9
     num_queries: int = 6
-    variant: Literal["v1", "v2", "v3"] = "v1"
+    variant: Literal["cvpr23", "2024train", "2024"] = "cvpr23"
     query_decoder_scales: int = 3
     head_dims: tuple[int, int, int] = (384, 256, 128)
     num_classes: int = 1
@@ -80,6 +103,12 @@ class MedVTConfig:
     lprop_scale: float = 8.0
     lprop_key_dim: int = 128
     label_enc_dims: tuple[int, int, int, int] = (16, 32, 64, 16)
+
+    def __post_init__(self) -> None:
+        variant = VARIANT_ALIASES.get(self.variant, self.variant)
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown MED-VT variant {self.variant!r}; known: {', '.join(VARIANTS)}")
+        object.__setattr__(self, "variant", variant)  # an old spelling becomes its name (frozen class)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,15 +128,15 @@ _SWINB = MedVTConfig()
 
 MODEL_CONFIGS: dict[str, MedVTConfig] = {
     "medvt_swinb_avos": _SWINB,
-    "medvt_swinb_avos_v2": replace(_SWINB, variant="v2"),
-    "medvt_swinb_avos_2024": replace(_SWINB, variant="v3"),
+    "medvt_swinb_avos_2024train": replace(_SWINB, variant="2024train"),
+    "medvt_swinb_avos_2024": replace(_SWINB, variant="2024"),
     "medvt_r101_avos": replace(_SWINB, backbone="resnet101", encoder_style="resnet"),
     "medvt_swinb_vss": replace(_SWINB, num_classes=124),  # VSPW semantic segmentation (vss/config.py)
     # Actor-action segmentation on A2D (actor_action/, spec a2d §A.2): 80 classes indexed by the raw
     # A2D id 10·actor + action; the HEAD code's widths and switches.
     "medvt_r101_a2d": replace(_SWINB, backbone="resnet101", encoder_style="resnet", dim_feedforward=1024,
                               cross_scale_ff=1024, num_classes=80, lprop_mode=0, lprop_scale=16.0),
-    "medvt_swinb_a2d": replace(_SWINB, variant="v2", dim_feedforward=1024, encoder_cross_layer=False,
+    "medvt_swinb_a2d": replace(_SWINB, variant="2024train", dim_feedforward=1024, encoder_cross_layer=False,
                                num_classes=80, lprop_mode=0, lprop_scale=16.0),
     "tiny": MedVTConfig(
         swin=SwinConfig(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 7, 7),
@@ -123,9 +152,18 @@ MODEL_CONFIGS: dict[str, MedVTConfig] = {
 }
 
 
+# Former preset names, still built: old name → its name now.
+PRESET_ALIASES: dict[str, str] = {"medvt_swinb_avos_v2": "medvt_swinb_avos_2024train"}
+
+
+def preset_name(name: str) -> str:
+    """A preset's name now for a former one (else ``name`` itself); usable as an argparse ``type``."""
+    return PRESET_ALIASES.get(name, name)
+
+
 def get_config(name: str) -> MedVTConfig:
-    """Return the named preset, with an error that lists the known names."""
+    """Return the named preset (a former name too), with an error that lists the known names."""
     try:
-        return MODEL_CONFIGS[name]
+        return MODEL_CONFIGS[preset_name(name)]
     except KeyError:
         raise KeyError(f"unknown model config {name!r}; known: {', '.join(MODEL_CONFIGS)}") from None

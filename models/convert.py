@@ -206,7 +206,9 @@ def checkpoint_state_dict(ckpt: dict) -> dict[str, Tensor]:
 
 
 def infer_model_version(ckpt: dict) -> tuple[str, str]:
-    """Which original forward a checkpoint was trained with: ("cvpr23"|"2024", reason)."""
+    """Which original forward runs a checkpoint: (variant, reason), the variant ``"cvpr23"`` or
+    ``"2024"`` (:class:`models.config.MedVTConfig`; the authors' 2024 inference script runs what
+    their 2024 code trained with the ``2024`` forward)."""
     args = ckpt.get("args")
     if isinstance(args, argparse.Namespace):
         args = vars(args)

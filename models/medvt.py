@@ -54,8 +54,8 @@ class MEDVT(nn.Module):
                                          cfg.encoder_style, cfg.encoder_cross_layer, cfg.cross_scale_ff)
         self.pixel_decoder = FPNPixelDecoder(d, None if swin else (d, dims[1], dims[0]))
         self.query_decoder = QueryDecoder(d, cfg.nheads, cfg.dim_feedforward, cfg.dropout, cfg.dec_layers,
-                                          cfg.num_queries, tgt_init=1e-6 if cfg.variant == "v3" else 0.0)
-        self.object_attention = ObjectAttentionMap(d, cfg.nheads, joint_softmax=cfg.variant != "v3")
+                                          cfg.num_queries, tgt_init=1e-6 if cfg.variant == "2024" else 0.0)
+        self.object_attention = ObjectAttentionMap(d, cfg.nheads, joint_softmax=cfg.variant != "2024")
         self.head = SegHead3D(d + cfg.nheads, cfg.head_dims, cfg.num_classes)
         self.label_propagator = None
         if cfg.lprop_mode in (1, 2):
@@ -110,11 +110,11 @@ class MEDVT(nn.Module):
                                                         feats[0].flatten(0, 1)])
         pix = [p.unflatten(0, (b, t)) for p in pix]  # M0..M3, [B, T, d, h, w], coarse to fine
 
-        # Query-decoder memories per variant (spec avos §0): (map, level of its pos/mask).
-        if self.cfg.variant == "v3":
+        # Query-decoder memories per variant (spec avos §0: V1, V2, V3): (map, level of its pos/mask).
+        if self.cfg.variant == "2024":
             mem = [(pix[1], 2), (pix[2], 1), (pix[3], 0)]
         else:
-            mem = [(enc[0] if self.cfg.variant == "v2" else pix[0], 3), (pix[1], 2), (pix[2], 1)]
+            mem = [(enc[0] if self.cfg.variant == "2024train" else pix[0], 3), (pix[1], 2), (pix[2], 1)]
         mem = mem[:self.cfg.query_decoder_scales]  # the original's --query_decoder_scales (deepest first)
         key_masks = [None if masks[i] is None else masks[i].flatten(1) for _, i in mem]
         queries = self.query_decoder([_tokens(m) for m, _ in mem], [_tokens(pos[i]) for _, i in mem],

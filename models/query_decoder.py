@@ -50,8 +50,10 @@ class DecoderLayer(nn.Module):
 
 class QueryDecoder(nn.Module):
     """Args:
-        num_queries: learned queries; frame t uses query ``t mod num_queries``.
-        tgt_init: constant the decoder target starts from (0 in the CVPR code, 1e-6 in the 2024 one).
+        num_queries: learned per-frame queries, the training clip length (``MedVTConfig.num_queries``,
+            6); frame t uses query ``t mod num_queries``. Not MED-VT++'s object queries.
+        tgt_init: constant the decoder target starts from (0 in the CVPR'23 code, 1e-6 in the 2024
+            inference code: variant ``2024``).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_ff: int, dropout: float, num_layers: int,

@@ -1,7 +1,7 @@
 """Every model preset of both families by one name, and the one way to load a checkpoint file.
 
 MED-VT presets (:data:`models.config.MODEL_CONFIGS`: AVOS, A2D, VSS, ``tiny``) and MED-VT++ presets
-(:data:`models.avs.AVS_CONFIGS`: S4, MS3, ``avs_tiny``) share one name space, :data:`PRESETS`;
+(:data:`models.avs_config.AVS_CONFIGS`: S4, MS3, ``avs_tiny``) share one name space, :data:`PRESETS`;
 :func:`build_model` builds any of them, or any config of either family.
 
 :func:`load_model` decides a checkpoint's config and says how, in this order:
@@ -25,8 +25,10 @@ from torch import Tensor, nn
 
 from utils.cli import UserError
 
-from .avs import AVS_CONFIGS, AVSConfig, MEDVTPlusPlus, avs_state_dict, get_avs_config
-from .config import MODEL_CONFIGS, MedVTConfig
+from .avs import MEDVTPlusPlus
+from .avs_config import AVS_CONFIGS, AVSConfig, get_avs_config
+from .avs_convert import avs_state_dict
+from .config import MODEL_CONFIGS, MedVTConfig, preset_name
 from .convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict, read_checkpoint
 from .medvt import MEDVT
 
@@ -45,9 +47,10 @@ SAVED_ARG_FIELDS: dict[type, dict[str, type]] = {
 
 
 def get_preset(name: str) -> ModelConfig:
-    """The named preset of either family; the error lists every name."""
+    """The named preset of either family (a former name too, :data:`models.config.PRESET_ALIASES`);
+    the error lists every name."""
     try:
-        return PRESETS[name]
+        return PRESETS[preset_name(name)]
     except KeyError:
         raise KeyError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None
 

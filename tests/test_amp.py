@@ -50,8 +50,8 @@ def test_deformable_conv_runs_in_float32_under_autocast(device):
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-@pytest.mark.parametrize("overrides", [{}, {"variant": "v2", "lprop_mode": 1, "num_classes": 3},
-                                       {"variant": "v3"}], ids=["v1", "v2-lprop1-3cls", "v3"])
+@pytest.mark.parametrize("overrides", [{}, {"variant": "2024train", "lprop_mode": 1, "num_classes": 3},
+                                       {"variant": "2024"}], ids=["cvpr23", "2024train-lprop1-3cls", "2024"])
 def test_autocast_forward_matches_float32(dtype, overrides, device):
     model = _model(device, **overrides)
     x = torch.randn(1, 4, 3, 64, 96, generator=torch.Generator().manual_seed(1)).to(device)

@@ -174,7 +174,7 @@ def test_video_folder_and_mp4(setup, tmp_path):
 
 def test_model_version_auto_reads_checkpoint_arguments():
     info = inf.resolve_model_config({"model": {}, "args": argparse.Namespace(use_flow=0, lr=1e-4)})
-    assert (info.config_name, info.version, info.config.variant) == ("medvt_swinb_avos_2024", "2024", "v3")
+    assert (info.config_name, info.version, info.config.variant) == ("medvt_swinb_avos_2024", "2024", "2024")
     assert "use_flow" in info.reason
     info = inf.resolve_model_config({"model": {}, "args": argparse.Namespace(lr=1e-4)})
     assert (info.config_name, info.version) == ("medvt_swinb_avos", "cvpr23")
@@ -184,7 +184,7 @@ def test_model_version_auto_reads_checkpoint_arguments():
     assert (info.config_name, info.config.lprop_scale) == ("medvt_r101_avos", 7.2)
     ours = {"model": {}, "config": get_config("tiny").to_dict(), "args": argparse.Namespace(use_flow=0)}
     assert inf.resolve_model_config(ours).config == get_config("tiny")  # our config wins over the args
-    assert inf.resolve_model_config(ours, "2024").config.variant == "v3"
+    assert inf.resolve_model_config(ours, "2024").config.variant == "2024"
 
 
 def test_auto_2024_checkpoint_end_to_end_reports_model_and_key_errors(setup, tmp_path, capsys):

@@ -24,7 +24,8 @@ import export_onnx
 import inference_swin_medvt_avos as infer_script
 from datasets.synthetic import make_synthetic_davis
 from models import build_model
-from models.avs import AVS_CONFIGS, build_avs_model
+from models.avs import build_avs_model
+from models.avs_config import AVS_CONFIGS
 from models.onnx_export import InputSizeError, OnnxModel, UnexportableError, check_onnx, min_dynamic_size
 from models.onnx_export import export_onnx as export
 

@@ -5,7 +5,7 @@ logits on the fixtures' deterministic weights with a standard-normal clip (gener
 473×473 and 473×841, the sizes the DAVIS protocol actually runs (and ResNet-101 at lprop scale
 7.2, the README's DAVIS setting). Our logits must reproduce both statistics to 2e-6: a
 non-square input, a different label-propagation scale or a different forward variant moves them
-by far more (V1 and V2 differ by 2.4e-6 in the mean, V1 and V3 by 9e-3).
+by far more (the cvpr23 and 2024train forwards differ by 2.4e-6 in the mean, cvpr23 and 2024 by 9e-3).
 """
 import pytest
 import torch

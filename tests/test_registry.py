@@ -18,7 +18,7 @@ import torch
 from model_weights import deterministic_value
 
 from models import PRESETS, build_model, get_preset, load_model
-from models.avs import AVSConfig
+from models.avs_config import AVSConfig
 from models.convert import CheckpointMismatchError
 from models.registry import config_from_dict, resolve_config
 from utils.cli import UserError

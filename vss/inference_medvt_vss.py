@@ -26,6 +26,7 @@ import torch
 
 from datasets.path_config import add_path_args
 from datasets.vspw import vspw_root, vspw_sequences
+from models.config import preset_name
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
 from utils.metrics import write_results
@@ -39,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkpoint to evaluate (one written by vss/train_medvt_vss.py records its model config); "
                         "required unless --random_weights or --runtime onnx")
     p.add_argument("--random_weights", action="store_true", help="run without a checkpoint (smoke tests only)")
-    p.add_argument("--model", default=DEFAULT_CONFIG, choices=config_names(),
+    p.add_argument("--model", default=DEFAULT_CONFIG, type=preset_name, choices=config_names(),
                    help="model config, used when the checkpoint does not record one")
     p.add_argument("--num_classes", type=positive_int, default=None, help="override the config's class count")
     add_path_args(p, ["vspw"])

@@ -42,6 +42,7 @@ from datasets.path_config import add_path_args
 from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_root, vspw_sequences
 from models import build_model, read_checkpoint
 from models.backbone import load_swin_pretrained
+from models.config import preset_name
 from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco
 from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,
                               save_training, seed_everything, stretch_schedule)
@@ -59,7 +60,8 @@ from vss.losses import VSSCriterion
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_CONFIG, choices=config_names(), help="model config preset")
+    g.add_argument("--model", default=DEFAULT_CONFIG, type=preset_name, choices=config_names(),
+                   help="model config preset")
     g.add_argument("--num_classes", type=positive_int, default=None,
                    help="override the preset's class count (VSPW: 124, the default of medvt_swinb_vss)")
     g.add_argument("--swin_pretrained", default=None, metavar="PATH",
