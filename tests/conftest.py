@@ -31,3 +31,15 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def device(pytestconfig) -> torch.device:
     return torch.device(pytestconfig.getoption("device"))
+
+
+@pytest.fixture
+def deterministic():
+    """One intra-op thread (fast on a shared 2-core machine) and deterministic kernels: a resumed run
+    equals an uninterrupted one bit for bit only if backward accumulates in a fixed order."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.set_num_threads(before[0])
+    torch.use_deterministic_algorithms(before[1])

@@ -121,17 +121,6 @@ def test_schedule_state_resumes_exactly(flags, tmp_path):
     assert first + _run(args, optimizer=opt2, scheduler=sched2, start=8) == full
 
 
-@pytest.fixture
-def deterministic():
-    """Bit-for-bit equal runs need backward to accumulate in a fixed order (as tests/test_resume.py)."""
-    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.set_num_threads(before[0])
-    torch.use_deterministic_algorithms(before[1])
-
-
 def test_warmup_run_stopped_and_resumed_equals_uninterrupted(tmp_path, deterministic):
     root = make_synthetic_a2d(tmp_path / "a2d", num_train=2, num_test=1, num_frames=10, size_hw=(48, 64),
                               annotated=(2, 5, 9))

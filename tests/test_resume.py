@@ -33,16 +33,8 @@ CPU = torch.device("cpu")
 LOG = logging.getLogger("medvt.test_resume")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_deterministic():
-    """One intra-op thread (fast on a shared 2-core machine) and deterministic kernels: a resumed run
-    equals an uninterrupted one bit for bit only if backward accumulates in a fixed order."""
-    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.set_num_threads(before[0])
-    torch.use_deterministic_algorithms(before[1])
+# Bit-for-bit resume needs one thread and deterministic kernels (the conftest fixture) in every test.
+pytestmark = pytest.mark.usefixtures("deterministic")
 
 
 # ------------------------------------------------------------------------------ resume_training
