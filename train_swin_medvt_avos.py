@@ -30,7 +30,7 @@ Examples::
     # several GPUs
     torchrun --nproc_per_node 4 train_swin_medvt_avos.py ... --amp bf16
     # a tiny CPU smoke run on a synthetic DAVIS folder
-    python train_swin_medvt_avos.py --backbone tiny --davis16_root data/synth --no_ytvos --train_size 64 \\
+    python train_swin_medvt_avos.py --model_config tiny --davis16_root data/synth --no_ytvos --train_size 64 \\
         --val_size 64 --small_aug --steps_per_epoch 2 --epochs 2 --device cpu --output_dir runs/smoke
 """
 from __future__ import annotations
@@ -59,7 +59,8 @@ from utils.engine import AMP_DTYPES, train_one_epoch
 from utils.logger import format_metrics, setup_logger
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 
-BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos", "tiny": "tiny"}
+BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos",
+                    "tiny": "tiny"}  # "tiny" names a config, not a backbone: kept for older commands and runs
 # Defaults that differ for the ResNet-101 script of the original (555a462 train_resnet_medvt_avos.py).
 BACKBONE_DEFAULTS = {
     "swinB": {"lr_backbone": 1e-5, "lr_groups": "original", "train_size": 360, "lprop_scale": None},
@@ -71,10 +72,12 @@ BACKBONE_DEFAULTS = {
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default="swinB", choices=sorted(BACKBONE_CONFIGS),
-                   help="swinB → config medvt_swinb_avos, resnet101 → medvt_r101_avos, tiny → tiny (tests/demo)")
+    g.add_argument("--backbone", default="swinB", choices=sorted(BACKBONE_CONFIGS), metavar="{swinB,resnet101}",
+                   help="swinB → config medvt_swinb_avos, resnet101 → medvt_r101_avos, with the original's "
+                        "defaults for each (default swinB)")
     g.add_argument("--model_config", default=None, metavar="NAME",
-                   help="model config name overriding the one chosen by --backbone (see models/config.py)")
+                   help="model config (preset) overriding the one chosen by --backbone, e.g. tiny for tests and "
+                        "the demo (see models/config.py)")
     g.add_argument("--lprop_scale", type=positive_float, default=None,
                    help="label-propagation upsampling scale (default: the config's, 8.0; 7.3 for resnet101 "
                         "as the original ResNet training)")

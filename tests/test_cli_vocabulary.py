@@ -31,3 +31,18 @@ def test_avs_test_takes_model_path_and_the_original_weights_spelling():
     p = avs_test.get_args_parser()
     assert p.parse_args(["--model_path", "a.pth"]).model_path == "a.pth"
     assert p.parse_args(["--weights", "b.pth"]).model_path == "b.pth"
+
+
+def test_avos_training_names_the_test_model_by_config_and_keeps_backbone_tiny():
+    """--backbone names a backbone; the small test model is --model_config tiny. The older
+    --backbone tiny still resolves to the same model and defaults, but --help no longer offers it."""
+    import train_swin_medvt_avos as avos_train
+
+    parser = avos_train.get_args_parser()
+    new = avos_train.resolve_defaults(parser.parse_args(["--model_config", "tiny"]))
+    old = avos_train.resolve_defaults(parser.parse_args(["--backbone", "tiny"]))
+    assert new.model_config == old.model_config == "tiny"
+    assert avos_train.model_config(new) == avos_train.model_config(old)
+    assert {k: getattr(new, k) for k in avos_train.BACKBONE_DEFAULTS["tiny"]} == \
+        {k: getattr(old, k) for k in avos_train.BACKBONE_DEFAULTS["tiny"]}
+    assert "{swinB,resnet101}" in parser.format_help()

@@ -41,7 +41,7 @@ def davis(tmp_path_factory) -> Path:
 
 
 def base_args(davis: Path, out: Path, *extra: str) -> list[str]:
-    return ["--backbone", "tiny", "--davis16_root", str(davis), "--no_ytvos", "--train_size", "64",
+    return ["--model_config", "tiny", "--davis16_root", str(davis), "--no_ytvos", "--train_size", "64",
             "--val_size", "64", "--small_aug", "--steps_per_epoch", "2", "--device", "cpu", "--num_workers", "0",
             "--output_dir", str(out), *extra]
 

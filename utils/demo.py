@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     short = str(min(SIZE_HW))
     t0 = time.perf_counter()
     run("train_swin_medvt_avos.py", [
-        "--backbone", "tiny", "--davis16_root", str(data), "--no_ytvos", "--train_size", short, "--small_aug",
+        "--model_config", "tiny", "--davis16_root", str(data), "--no_ytvos", "--train_size", short, "--small_aug",
         "--lr_groups", "intended", "--lr", str(args.lr), "--lr_backbone", str(args.lr), "--end_lr", str(args.lr / 20),
         "--epochs", str(args.epochs), "--val_size", short,
         "--num_workers", "0", "--seed", str(args.seed), "--device", "cpu", "--log_every", "50",
