@@ -33,7 +33,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -48,14 +47,13 @@ from datasets.path_config import add_path_args
 from models import build_model, read_checkpoint
 from models.backbone import load_swin_pretrained
 from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco
-from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,
-                              save_training, seed_everything, stretch_schedule)
+from utils.checkpoint import (add_run_args, close_epoch, prepare_output_dir, resume_path, resume_training,
+                              run_summary, seed_everything, stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,
                        positive_int, run_main)
-from utils.distributed import barrier, cleanup, init_distributed
+from utils.distributed import cleanup, init_distributed
 from utils.engine import train_one_epoch
 from utils.logger import format_metrics, setup_logger
-from utils.metrics import jsonable
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
 
@@ -254,16 +252,9 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
                 best = {"miou_original": float(summary["miou_original"]), "epoch": epoch}
         history.append(row)
         logger.info(f"epoch {epoch} done: {format_metrics({k: v for k, v in stats.items() if k != 'steps'})}")
-        # every process's RNG goes into the checkpoint, so each one resumes exactly; rank 0 writes it
-        save_training(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, None,
-                      epoch, best, history=history)
-        if info.is_main:
-            (out / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
-        barrier()
-    result = {"epochs_done": len(history), "best": best, "history": history, "output_dir": str(out)}
-    if history:
-        result.update({k: v for k, v in history[-1].items() if k != "epoch"})
-    return result
+        close_epoch(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, None,
+                    epoch, best, history)
+    return run_summary(history, best, out)
 
 
 def _collate(items: list[dict]) -> dict:

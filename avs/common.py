@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -117,7 +116,3 @@ def evaluate(model: nn.Module, vggish: nn.Module, loader, device: torch.device, 
         if save_dir is not None:
             save_pred_masks(out.cpu(), save_dir, list(batch["category"]), list(batch["name"]))
     return {"miou": miou.value, "fscore": fs.value, "num_clips": n_clips, "num_batches": miou.count}
-
-
-def as_jsonable(d: dict) -> dict:
-    return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in d.items()}

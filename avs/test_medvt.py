@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from avs.common import add_model_args, as_jsonable, evaluate, model_config
+from avs.common import add_model_args, evaluate, model_config
 from datasets.avsbench import AVSBenchDataset
 from datasets.path_config import add_path_args
 from models import load_model
@@ -28,6 +28,7 @@ from models.audio import build_frozen_vggish
 from utils.cli import non_negative_int, positive_int, run_main
 from utils.distributed import default_device
 from utils.logger import format_metrics, setup_logger
+from utils.metrics import jsonable
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(f"{args.task} {args.split}: {format_metrics({'mIoU': res['miou'], 'F': res['fscore']})} "
                 f"({res['num_clips']} clips)")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(as_jsonable(res), indent=2))
+    (out / "results.json").write_text(json.dumps(jsonable(res), indent=2))
     return res
 
 

@@ -48,14 +48,13 @@ bidirectional fusion)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from avs.common import add_model_args, as_jsonable, audio_features, build_model_and_audio, evaluate
+from avs.common import add_model_args, audio_features, build_model_and_audio, evaluate
 from avs.losses import AVSCriterion
 from datasets.avsbench import AVSBenchDataset, task_dir
 from datasets.path_config import add_path_args
@@ -63,8 +62,8 @@ from models.avs_config import get_avs_config
 from models.avs_convert import avs_state_dict, load_avs_checkpoint, load_pvt_pretrained
 from models.convert import checkpoint_state_dict, load_state_dict_strict
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,
-                              save_training, seed_everything)
+from utils.checkpoint import (add_run_args, close_epoch, prepare_output_dir, resume_path, resume_training,
+                              seed_everything)
 from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main
 from utils.engine import train_one_epoch
 from utils.logger import format_metrics, setup_logger
@@ -286,12 +285,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         if is_best:
             best = {"miou": val["miou"], "epoch": epoch}
             logger.info(f"new best val mIoU {val['miou']:.4f} → {out / 'checkpoint_best.pth'}")
-        # every process's RNG goes into the checkpoint, so each one resumes exactly; rank 0 writes it
-        save_training(out, is_best, info, args, model.cfg, model, optimizer, schedule, None, epoch, best,
-                      history=history)
-        if info.is_main:
-            (out / "history.json").write_text(json.dumps([as_jsonable(h) for h in history], indent=2))
-        du.barrier()
+        close_epoch(out, is_best, info, args, model.cfg, model, optimizer, schedule, None, epoch, best, history)
     return {"best": best, "history": history, "output_dir": str(out), "epochs_done": max(end_epoch, start_epoch)}
 
 

@@ -22,6 +22,7 @@ metrics: a folder that holds a run is used only with ``--resume`` (continue it) 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import tempfile
@@ -33,6 +34,7 @@ import torch
 
 from utils import distributed as du
 from utils.cli import UserError, positive_int
+from utils.metrics import jsonable
 
 # Files a training run leaves in its --output_dir; any of them means the folder holds a run.
 RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "metrics.jsonl", "history.json")
@@ -200,6 +202,28 @@ def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, 
         return {}
     state = training_state(args, cfg, model, optimizer, scheduler, scaler, epoch, best, rng, **extra)
     return save_last_and_best(state, out_dir, is_best)
+
+
+def close_epoch(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, args, cfg, model, optimizer,
+                scheduler, scaler, epoch: int, best: dict, history: list[dict]) -> dict[str, str]:
+    """The end of a training epoch, the same in every task: :func:`save_training` with the run's
+    ``history`` (every process's RNG; rank 0 writes), then rank 0 rewrites ``history.json``, and every
+    process waits for it. Returns the written checkpoint paths ({} on the other ranks)."""
+    paths = save_training(out_dir, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best,
+                          history=history)
+    if info.is_main:
+        (Path(out_dir) / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
+    du.barrier()
+    return paths
+
+
+def run_summary(history: list[dict], best: dict, out_dir: str | os.PathLike) -> dict:
+    """What a training script returns: epochs done, best, history, output folder, and the last epoch's
+    numbers (loss terms, lr, val scores), also after a resume that had nothing left to train."""
+    result = {"epochs_done": len(history), "best": best, "history": history, "output_dir": str(out_dir)}
+    if history:
+        result.update({k: v for k, v in history[-1].items() if k != "epoch"})
+    return result
 
 
 # What a checkpoint of save_training holds at least; a file without these (e.g. the authors' released
