@@ -1,7 +1,25 @@
-"""Shared by the resume tests: two checkpoints that must hold the same training state."""
+"""Shared by the training and resume tests: two checkpoints that must hold the same training state,
+and a training script run under torchrun."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_torchrun(script: Path, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """``script`` under ``torchrun --standalone`` with ``nproc`` CPU processes (one thread each); it must succeed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
+           str(script), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
 
 
 def assert_same_training_state(a: dict, b: dict, epoch: int) -> None:

@@ -34,6 +34,16 @@ def device(pytestconfig) -> torch.device:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads can make a tiny
+    training step many times slower when the other core is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def deterministic():
     """One intra-op thread (fast on a shared 2-core machine) and deterministic kernels: a resumed run
     equals an uninterrupted one bit for bit only if backward accumulates in a fixed order."""

@@ -3,13 +3,10 @@ and two processes under torchrun (Gloo, CPU); tiny model on a synthetic AVSBench
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import avs.train_medvt as train_script
 from datasets.avsbench import make_synthetic_avsbench
@@ -18,19 +15,12 @@ from models.avs_convert import load_avs_checkpoint
 from models.convert import read_checkpoint
 from utils.cli import UserError, run_main
 from utils.engine import NonFiniteLossError
-from checkpoint_asserts import assert_same_training_state
+from checkpoint_asserts import assert_same_training_state, run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread (as tests/test_train.py): on a shared 2-core machine two spinning OpenMP
-    threads can make a tiny training step many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +106,11 @@ def test_torchrun_two_processes_and_resume(avs_root, tmp_path):
     """DDP on CPU (Gloo): two processes with 2 steps each (unused audio-branch parameters included),
     one RNG state per process in the checkpoint, then --resume auto under torchrun."""
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           str(ROOT / "avs" / "train_medvt.py"), *base_args(avs_root, out)]
-    r = subprocess.run(cmd + ["--stop_after", "1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = run_torchrun(ROOT / "avs" / "train_medvt.py", [*base_args(avs_root, out), "--stop_after", "1"])
     assert "2 process(es)" in r.stdout
     ckpt = read_checkpoint(out / "checkpoint_last.pth")
     assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2  # one RNG state per process
     assert ckpt["history"][0]["steps"] == 2 and (out / "checkpoint_best.pth").is_file()
-    r = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = run_torchrun(ROOT / "avs" / "train_medvt.py", [*base_args(avs_root, out), "--resume", "auto"])
     assert "resumed from" in r.stdout and "different number of processes" not in r.stdout + r.stderr
     assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 1

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +23,7 @@ from utils.cli import UserError
 from utils.distributed import DistInfo
 from utils.optim import PolyLR
 from vss import train_medvt_vss
-from checkpoint_asserts import assert_same_training_state
+from checkpoint_asserts import assert_same_training_state, run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -226,16 +223,11 @@ def test_a2d_torchrun_saves_and_resumes_every_process_rng(a2d_dir, tmp_path):
     """Two processes (Gloo, CPU): one RNG state per process in the checkpoint, and --resume auto under
     torchrun gives each its own back (no reseeding warning)."""
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           str(ROOT / "actor_action" / "train_medvt_a2d.py"), *_a2d_argv(a2d_dir, out)]
-    r = subprocess.run(cmd + ["--stop_after", "1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = run_torchrun(ROOT / "actor_action" / "train_medvt_a2d.py", [*_a2d_argv(a2d_dir, out), "--stop_after", "1"])
     ckpt = read_checkpoint(out / "checkpoint_last.pth")
     assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2  # one RNG state per process
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # seeds 42 and 43
-    r = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = run_torchrun(ROOT / "actor_action" / "train_medvt_a2d.py", [*_a2d_argv(a2d_dir, out), "--resume", "auto"])
     log = r.stdout + r.stderr
     assert "resumed from" in log and "different number of processes" not in log and "rank 0 only" not in log
     assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 1

@@ -1,5 +1,4 @@
 """The AVOS training pipeline on a tiny model and a synthetic DAVIS folder (CPU, a few steps)."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,19 +18,12 @@ from utils.checkpoint import capture_rng, restore_rng, save_checkpoint
 from utils.cli import UserError
 from utils.engine import NonFiniteLossError, train_one_epoch
 from utils.optim import PolyLR, param_groups
-from checkpoint_asserts import assert_same_training_state
+from checkpoint_asserts import assert_same_training_state, run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads can make a tiny
-    training step ~50x slower when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -264,12 +256,8 @@ def test_training_with_ytvos(davis, tmp_path):
 
 def test_torchrun_two_processes(davis, tmp_path):
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           str(ROOT / "train_swin_medvt_avos.py"),
-           *base_args(davis, out, "--epochs", "1", "--steps_per_epoch", "1")]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = run_torchrun(ROOT / "train_swin_medvt_avos.py",
+                     base_args(davis, out, "--epochs", "1", "--steps_per_epoch", "1"))
     assert "2 process(es)" in r.stdout
     ckpt = read_checkpoint(out / "checkpoint_last.pth")
     assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2  # one RNG state per process
