@@ -27,8 +27,8 @@ import statistics
 
 import torch
 
-from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops, device_name,
-                               latency_stats, peak_tflops, report, set_channels_last, time_runs)
+from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops, latency_stats, report,
+                               setup, throughput, time_runs)
 from models import MODEL_CONFIGS, build_model
 from utils.engine import autocast
 
@@ -43,13 +43,8 @@ def get_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = get_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    h, w = (args.size * 2)[:2]
-    model = build_model(args.config).to(device).eval()
-    if args.channels_last:
-        set_channels_last(model)
+    model = build_model(args.config).eval()
+    device, h, w = setup(args, model)
     x = torch.randn(1, args.frames, 3, h, w, device=device)
     amp = autocast(device, DTYPES[args.dtype] if args.dtype != "fp32" else None)
 
@@ -64,17 +59,13 @@ def main(argv=None) -> dict:
     memory = PeakMemory(device)
     times = time_runs(lambda: forward(run), device, args.warmup, args.iters, memory)
     med = statistics.median(times)
-    name = device_name(device)
-    peak = peak_tflops(name, args.dtype, args.peak_tflops)
-    achieved = flops / med / 1e12 if flops else None
     res = {
-        "config": args.config, "device": name, "dtype": args.dtype, "compile": args.compile,
+        "config": args.config, "dtype": args.dtype, "compile": args.compile,
         "channels_last": args.channels_last, "input": [1, args.frames, 3, h, w], "threads": torch.get_num_threads(),
         "iters": args.iters, **latency_stats(times, "latency_s"),
         "clips_per_s": 1 / med, "frames_per_s": args.frames / med,
         "peak_memory_mib": memory.mib(), "peak_memory_kind": memory.kind,
-        "gflops_per_clip": flops / 1e9 if flops else None, "achieved_tflops": achieved,
-        "device_peak_tflops": peak, "mfu": achieved / peak if (achieved and peak) else None,
+        "gflops_per_clip": flops / 1e9 if flops else None, **throughput(args, device, flops, med),
         "params": sum(p.numel() for p in model.parameters()),
     }
     report(res, args.json)

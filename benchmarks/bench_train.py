@@ -23,8 +23,8 @@ import statistics
 
 import torch
 
-from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops, device_name,
-                               latency_stats, peak_tflops, report, set_channels_last, time_runs)
+from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops, latency_stats, report,
+                               setup, throughput, time_runs)
 from models import MODEL_CONFIGS, build_model
 from models.losses import AVOSCriterion
 from utils.engine import autocast
@@ -42,13 +42,8 @@ def get_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = get_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    h, w = (args.size * 2)[:2]
-    model = build_model(args.config).to(device).train()
-    if args.channels_last:
-        set_channels_last(model)
+    model = build_model(args.config).train()
+    device, h, w = setup(args, model)
     criterion = AVOSCriterion()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     x = torch.randn(1, args.frames, 3, h, w, device=device)
@@ -75,17 +70,13 @@ def main(argv=None) -> dict:
     memory = PeakMemory(device)
     times = time_runs(lambda: step(run), device, args.warmup, args.iters, memory)
     med = statistics.median(times)
-    name = device_name(device)
-    peak = peak_tflops(name, args.dtype, args.peak_tflops)
-    achieved = flops / med / 1e12 if flops else None
     res = {
-        "config": args.config, "device": name, "dtype": args.dtype, "compile": args.compile,
+        "config": args.config, "dtype": args.dtype, "compile": args.compile,
         "grad_checkpointing": args.grad_checkpointing, "channels_last": args.channels_last,
         "input": [1, args.frames, 3, h, w], "threads": torch.get_num_threads(), "iters": args.iters,
         **latency_stats(times, "step_s"), "clips_per_s": 1 / med, "frames_per_s": args.frames / med,
         "peak_memory_mib": memory.mib(), "peak_memory_kind": memory.kind,
-        "gflops_per_step": flops / 1e9 if flops else None, "achieved_tflops": achieved,
-        "device_peak_tflops": peak, "mfu": achieved / peak if (achieved and peak) else None,
+        "gflops_per_step": flops / 1e9 if flops else None, **throughput(args, device, flops, med),
     }
     report(res, args.json)
     return res

@@ -71,6 +71,28 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, configs) ->
         p.error("--device cuda: no CUDA device is visible to PyTorch")
 
 
+def setup(args: argparse.Namespace, model: torch.nn.Module) -> tuple[torch.device, int, int]:
+    """Apply ``--threads``, move ``model`` to ``--device`` (channels-last if asked) and return the
+    device and the clip's height and width from ``--size``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model.to(device)
+    if args.channels_last:
+        set_channels_last(model)
+    h, w = (args.size * 2)[:2]
+    return device, h, w
+
+
+def throughput(args: argparse.Namespace, device: torch.device, flops: int | None, median_s: float) -> dict:
+    """Device name, its peak for ``--dtype``, the achieved TFLOP/s and their ratio (MFU) where known."""
+    name = device_name(device)
+    peak = peak_tflops(name, args.dtype, args.peak_tflops)
+    achieved = flops / median_s / 1e12 if flops else None
+    return {"device": name, "achieved_tflops": achieved, "device_peak_tflops": peak,
+            "mfu": achieved / peak if (achieved and peak) else None}
+
+
 CPU_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
 
