@@ -139,23 +139,26 @@ class ModelInfo:
 
 
 def resolve_model_config(ckpt: dict, model_version: str = "auto", backbone: str = "swinB",
-                         lprop_scale: float | None = None) -> ModelInfo:
+                         lprop_scale: float | None = None, source: str = "the checkpoint") -> ModelInfo:
     """Which model a checkpoint needs, and why.
 
     Our checkpoints carry ``config`` (``MedVTConfig.to_dict()``) and are rebuilt from it. The
     authors' files are Swin-B or ResNet-101 by ``backbone``; for Swin-B, ``model_version``
     "auto" reads the saved training arguments (:func:`models.convert.infer_model_version`).
     An explicit variant (:data:`models.config.VARIANTS`: ``cvpr23``, ``2024train``, ``2024``)
-    always wins (Swin only: it selects the forward).
+    always wins (Swin only: it selects the forward). ``source`` names the file in errors.
     """
     if model_version not in ("auto", *VARIANTS):
         raise UserError(f"--model_version must be auto, {', '.join(VARIANTS)}, not {model_version!r}")
     if backbone not in ("swinB", "resnet101"):
         raise UserError(f"--backbone must be swinB or resnet101, not {backbone!r}")
     if isinstance(ckpt.get("config"), dict):
-        cfg = MedVTConfig.from_dict(ckpt["config"])
+        try:
+            cfg = MedVTConfig.from_dict(ckpt["config"])
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
         if cfg.num_classes != 1:
-            raise UserError(f"the checkpoint holds a {cfg.num_classes}-class model (A2D: 80, VSS: 124); AVOS "
+            raise UserError(f"{source} holds a {cfg.num_classes}-class model (A2D: 80, VSS: 124); AVOS "
                             "inference needs a binary (1-class) MED-VT checkpoint")
         name, reason = "checkpoint config", "the checkpoint records its model config"
         if model_version != "auto" and cfg.backbone == "swin" and model_version != cfg.variant:

@@ -19,8 +19,10 @@ presets reproduce the original code's graphs (``../shared/spec/avos.md``):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
+
+from utils.cli import UserError
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,13 @@ class MedVTConfig:
 
     @staticmethod
     def from_dict(d: dict) -> MedVTConfig:
+        if "audio_dim" in d:
+            raise UserError("the checkpoint holds a MED-VT++ (audio-visual) model, not a MED-VT one: "
+                            "use the AVSBench scripts in avs/")
+        unknown = sorted(set(d) - {f.name for f in fields(MedVTConfig)})
+        if unknown or not isinstance(d.get("swin"), dict):
+            raise UserError(f"the checkpoint's model config is not a MED-VT config (unknown fields {unknown} or no "
+                            "'swin' section): a file of another project?")
         d = dict(d)
         swin = SwinConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("swin").items()})
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

@@ -154,7 +154,12 @@ class OnnxModel(nn.Module):
             raise FileNotFoundError(f"ONNX file {path} does not exist (set it with --onnx_path)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime's InvalidProtobuf, Fail, ... (their base is Exception)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"--onnx_path {path} is not a readable ONNX model ({first}); give a file written by "
+                            "export_onnx.py") from None
         self.path = path
         self.inputs = [i.name for i in self.session.get_inputs()]
         meta = self.session.get_modelmeta().custom_metadata_map

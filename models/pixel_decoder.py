@@ -66,7 +66,14 @@ class FPNPixelDecoder(nn.Module):
         wrapper already runs it in float32; its CPU kernel has no bf16/fp16 path and CPU autocast
         does not promote it, so under autocast it is done here for both devices alike."""
         offset = self.conv_offset(x)
+        # torchvision's CPU kernel reads out of bounds (a segfault) at a NaN offset, as a diverging
+        # training run produces. The kernel gets 0 there and the output is NaN at those positions,
+        # so the NaN still reaches the loss (and its check); finite offsets are passed unchanged.
+        nan_at = offset.isnan().any(1, keepdim=True)
+        offset = offset.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
         if x.dtype == offset.dtype == self.dcn.weight.dtype:  # no autocast: float32 or float64 throughout
-            return self.dcn(x, offset)
-        with torch.autocast(x.device.type, enabled=False):
-            return self.dcn(x.float(), offset.float()).to(x.dtype)
+            out = self.dcn(x, offset)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                out = self.dcn(x.float(), offset.float()).to(x.dtype)
+        return out.masked_fill(nan_at, float("nan"))

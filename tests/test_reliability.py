@@ -172,6 +172,28 @@ def test_non_finite_loss_stop_is_written_to_the_log(tmp_path):
     assert "non-finite loss at epoch 0, step 0" in (tmp_path / "train.log").read_text()
 
 
+_NAN_OFFSETS = """
+import torch
+from models import build_model
+model = build_model("tiny").eval()
+frames = torch.randn(1, 2, 3, 64, 96)
+with torch.no_grad():
+    model.pixel_decoder.conv_offset.bias.fill_(float("nan"))  # every offset NaN, the input finite
+    out = model(frames)["pred_masks"]
+print("all-nan" if out.isnan().all() else "not-nan")
+"""
+
+
+def test_nan_deformable_offsets_give_nan_not_a_crash():
+    """torchvision's CPU deformable conv reads out of bounds at NaN offsets (a diverging run had
+    the training script die with SIGSEGV before its loss check); the output must be NaN instead."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", _NAN_OFFSETS], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
+    assert run.stdout.strip() == "all-nan"
+
+
 # --------------------------------------------------------------------------- untrusted data files
 class RunsCode:
     def __init__(self, marker):
@@ -307,3 +329,8 @@ def test_avos_inference_refuses_a_checkpoint_of_another_task():
     model = build_model("tiny", num_classes=3)
     with pytest.raises(UserError, match="3-class model"):
         resolve_model_config({"model": model.state_dict(), "config": model.cfg.to_dict()}, "auto", "swinB", None)
+    avs = build_model("avs_tiny")  # was a KeyError('swin') traceback
+    with pytest.raises(UserError, match=r"^--model_path a\.pth: .*MED-VT\+\+ \(audio-visual\)"):
+        resolve_model_config({"model": {}, "config": avs.cfg.to_dict()}, source="--model_path a.pth")
+    with pytest.raises(UserError, match=r"not a MED-VT config \(unknown fields \['foo'\]"):
+        resolve_model_config({"model": {}, "config": {"foo": 1}})

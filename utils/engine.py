@@ -98,52 +98,55 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     steps = 0
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not is_main_process(), dynamic_ncols=True, leave=False)
-    for step, batch in enumerate(loader):
-        if max_steps is not None and step >= max_steps:
-            break
-        if compute_losses is not None:
-            with autocast(device, amp_dtype):
-                losses = compute_losses(model, batch)
-        else:
-            frames = batch["frames"].to(device, non_blocking=True)
-            masks = batch["masks"].to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                outputs = model(frames)
-            losses = criterion(outputs, masks)  # computed in float32 by the criterion
-        values = _reduce_losses(losses)
-        if not all(math.isfinite(v) for v in values.values()):
-            centre = batch.get("centre")
-            centre = centre.tolist() if torch.is_tensor(centre) else centre
-            error = NonFiniteLossError(
-                f"non-finite loss at epoch {epoch}, step {step}: {format_metrics(values)}; "
-                f"batch sequences {list(batch['name'])} (centre frames {centre}). "
-                "Training stopped (as the original); try a lower --lr, --amp none, or check these sequences.")
-            if logger is not None:  # also in train.log, which is where a long run is read afterwards
-                logger.error(str(error))
-            raise error
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(losses["loss"]).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients
-        else:
-            losses["loss"].backward()
-        if clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        steps += 1
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        bar.update(1)
-        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
-        if logger is not None and (step + 1) % log_every == 0:
-            lr = optimizer.param_groups[0]["lr"]
-            logger.info(f"epoch {epoch} step {step + 1}/{total or '?'}  "
-                        f"{format_metrics({k: v / steps for k, v in sums.items()})}  lr {lr:.3e}")
-    bar.close()
+    try:  # a closed bar first, so an error message starts on its own line
+        for step, batch in enumerate(loader):
+            if max_steps is not None and step >= max_steps:
+                break
+            if compute_losses is not None:
+                with autocast(device, amp_dtype):
+                    losses = compute_losses(model, batch)
+            else:
+                frames = batch["frames"].to(device, non_blocking=True)
+                masks = batch["masks"].to(device, non_blocking=True)
+                with autocast(device, amp_dtype):
+                    outputs = model(frames)
+                losses = criterion(outputs, masks)  # computed in float32 by the criterion
+            values = _reduce_losses(losses)
+            if not all(math.isfinite(v) for v in values.values()):
+                centre = batch.get("centre")
+                centre = centre.tolist() if torch.is_tensor(centre) else centre
+                error = NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch}, step {step}: {format_metrics(values)}; "
+                    f"batch sequences {list(batch['name'])} (centre frames {centre}). "
+                    "Training stopped (as the original); try a lower --lr, --amp none, or check these sequences.")
+                bar.close()
+                if logger is not None:  # also in train.log, which is where a long run is read afterwards
+                    logger.error(str(error))
+                raise error
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(losses["loss"]).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients
+            else:
+                losses["loss"].backward()
+            if clip_max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            steps += 1
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+            if logger is not None and (step + 1) % log_every == 0:
+                lr = optimizer.param_groups[0]["lr"]
+                logger.info(f"epoch {epoch} step {step + 1}/{total or '?'}  "
+                            f"{format_metrics({k: v / steps for k, v in sums.items()})}  lr {lr:.3e}")
+    finally:
+        bar.close()
     stats = {k: v / max(steps, 1) for k, v in sums.items()}
     stats["lr"] = optimizer.param_groups[0]["lr"]
     stats["steps"] = steps
