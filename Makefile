@@ -20,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) -m utils.demo --output_dir demo_output
+	$(PY) -m utils.demo --output_dir demo_output --overwrite
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -4,7 +4,9 @@
 Reads ``LOGITS_DIR/<seq>/<frame>.png`` (uint8 probability·255, the ``logits/`` folder that
 inference writes), refines each frame with :func:`utils.crf.dense_crf` against its RGB frame
 and writes ``OUT_DIR/<seq>/<frame>.png`` (0/255). When ground truth is found it reports
-J, F, J&F and the original's mIoU before the CRF (PNG ≥ 128, i.e. p > 0.5) and after it,
+J, F, J&F and the original's mIoU before the CRF (PNG ≥ 128, i.e. p ≥ 128/255: the PNG keeps
+p in steps of 1/255, so the few pixels with 0.5 < p < 0.502 count as background here, and these
+figures can differ from inference's own, computed on p > 0.5, in the fourth digit) and after it,
 and writes them to ``OUT_DIR/metrics.json``.
 
 Example::
@@ -23,8 +25,8 @@ from tqdm import tqdm
 
 from datasets import path_config
 from utils import crf
-from utils.cli import add_debug_flag, positive_int, require_separate, run_main
-from utils.metrics import evaluate_sequences, jsonable
+from utils.cli import UserError, add_debug_flag, check_output_dir, positive_int, run_main
+from utils.metrics import evaluate_sequences, jsonable, sequence_frames
 
 SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
 
@@ -36,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of <seq>/<frame>.png probability maps (uint8, probability*255); "
                              "every sub-folder is a sequence")
     parser.add_argument("out_dir", metavar="OUT_DIR", type=Path,
-                        help="where <seq>/<frame>.png CRF masks (0/255) and metrics.json are written")
+                        help="where <seq>/<frame>.png CRF masks (0/255) and metrics.json are written: a new or "
+                             "empty folder (see --overwrite), apart from the inputs; an INCOMPLETE file marks it "
+                             "while the run has not finished")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an OUT_DIR that already holds files, replacing files of the same name")
     parser.add_argument("--images_dir", type=Path, default=None,
                         help="folder of <seq>/<frame>.jpg RGB frames; default <davis16 root>/JPEGImages/480p")
     parser.add_argument("--gt_dir", type=Path, default=None,
@@ -85,6 +91,27 @@ def resolve_gt_dir(args: argparse.Namespace) -> Path | None:
     return default if default.is_dir() else None
 
 
+def check_inputs(args: argparse.Namespace, sequences: list[str], images_dir: Path,
+                 gt_dir: Path | None) -> list[tuple[Path, Path, Path]]:
+    """Every (logits, RGB frame, output) job, after checking all of the inputs, so that a bad
+    sequence stops the run before any mask is written: each sequence has frames, each frame an RGB
+    frame of its size, and (with ground truth) each annotation a prediction of its size."""
+    jobs = []
+    for seq in sequences:
+        seq_jobs = crf.sequence_jobs(args.logits_dir / seq, images_dir / seq, args.out_dir / seq)
+        if not seq_jobs:
+            raise UserError(f"logits folder {args.logits_dir / seq} has no <frame>.png probability maps")
+        crf.check_jobs(seq_jobs)
+        if gt_dir is not None:
+            for pred_path, gt_path in sequence_frames(args.logits_dir / seq, gt_dir / seq):
+                pred_size, gt_size = crf.image_size(pred_path), crf.image_size(gt_path)
+                if pred_size != gt_size:
+                    raise UserError(f"{pred_path} is {pred_size[0]}x{pred_size[1]} but its annotation {gt_path} "
+                                    f"is {gt_size[0]}x{gt_size[1]}")
+        jobs += seq_jobs
+    return jobs
+
+
 def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
     """Run every frame's CRF, in parallel over frames when ``workers`` > 1."""
     progress = tqdm(total=len(jobs), desc="CRF", unit="frame")
@@ -92,10 +119,10 @@ def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
         for _ in crf.run_jobs(jobs):
             progress.update()
     else:
-        # Small chunks keep the progress bar moving and the load balanced across workers.
-        chunksize = max(1, len(jobs) // (8 * workers))
+        # One frame per task: a frame's CRF takes about a second, far more than sending it, and the
+        # bar (and its time estimate) moves with every frame instead of in chunks.
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in crf.run_jobs(jobs, executor=pool, chunksize=chunksize):
+            for _ in crf.run_jobs(jobs, executor=pool):
                 progress.update()
     progress.close()
 
@@ -110,14 +137,25 @@ def main(argv: list[str] | None = None) -> dict | None:
     sequences = list_sequences(args.logits_dir, args.sequences)
     images_dir = resolve_images_dir(args)
     gt_dir = resolve_gt_dir(args)
-    # Written before anything is read back: OUT_DIR = LOGITS_DIR would replace the probability maps
-    # with masks and then score the CRF output as the "before CRF" result.
-    require_separate(args.out_dir, "OUT_DIR", {"LOGITS_DIR": args.logits_dir, "--images_dir": images_dir,
-                                               "--gt_dir": gt_dir})
-    # Pair every frame with its image first, so a missing frame stops before any CRF work.
-    jobs = [job for seq in sequences
-            for job in crf.sequence_jobs(args.logits_dir / seq, images_dir / seq, args.out_dir / seq)]
+    # Checked before anything is read back: OUT_DIR = LOGITS_DIR would replace the probability maps
+    # with masks and then score the CRF output as the "before CRF" result; an OUT_DIR holding an
+    # earlier run would be overwritten.
+    check_output_dir(args.out_dir, "OUT_DIR", {"LOGITS_DIR": args.logits_dir, "--images_dir": images_dir,
+                                               "--gt_dir": gt_dir}, args.overwrite)
+    # Every input is checked first, so a missing frame or annotation stops before any CRF work.
+    jobs = check_inputs(args, sequences, images_dir, gt_dir)
     print(f"{len(sequences)} sequences, {len(jobs)} frames from {args.logits_dir}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
+    marker = args.out_dir / "INCOMPLETE"
+    marker.write_text("this run did not finish: its outputs are partial\n")
+    metrics = refine_and_score(args, jobs, sequences, gt_dir)
+    marker.unlink()
+    return metrics
+
+
+def refine_and_score(args: argparse.Namespace, jobs: list[tuple[Path, Path, Path]], sequences: list[str],
+                     gt_dir: Path | None) -> dict | None:
     refine_all(jobs, args.workers)
     if gt_dir is None:
         print("no ground truth found (give --gt_dir or --davis16_root); metrics skipped")

@@ -15,7 +15,6 @@ model's ``pred_masks``). T is fixed; the batch is dynamic, and so are H and W wh
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +22,16 @@ import torch
 
 from models import PRESETS, CheckpointMismatchError, build_model, load_model, read_checkpoint
 from models.config import VARIANTS, preset_name
-from models.onnx_export import (OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names,
-                                min_dynamic_size)
-from utils.cli import add_debug_flag, run_main
+from models.onnx_export import (
+    OPSET,
+    OnnxModel,
+    UnexportableError,
+    check_onnx,
+    export_onnx,
+    input_names,
+    min_dynamic_size,
+)
+from utils.cli import UserError, add_debug_flag, check_output_file, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "file that records none (the authors'; ours record their config); without it, an AVOS "
                         "checkpoint is resolved as in inference")
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --output if it exists (never --model_path: the checkpoint is an input)")
     p.add_argument("--num_frames", type=int, default=None, help="clip length T (default 6; MED-VT++ 5)")
     p.add_argument("--height", type=int, default=473,
                    help="height of the example clip traced (default 473); at or above the model's floor (225 for "
@@ -68,7 +75,7 @@ def load(args: argparse.Namespace) -> torch.nn.Module:
     from avos import inference as inf  # an AVOS checkpoint: the inference script's model choice
 
     ckpt = read_checkpoint(args.model_path)
-    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone)
+    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, source=f"--model_path {args.model_path}")
     print(f"model: {info.config_name} ({info.reason})")
     return inf.build_from_checkpoint(ckpt, info, str(args.model_path))
 
@@ -86,8 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.model_path is None and args.config is None:
         parser.error("give --model_path CHECKPOINT or --config NAME (fresh weights)")
-    if args.output.exists() and not args.overwrite:
-        parser.error(f"--output {args.output} exists (add --overwrite to replace it)")
+    try:  # before any export work: not a folder, not the checkpoint itself, new unless --overwrite
+        check_output_file(args.output, "--output", {"--model_path": args.model_path}, args.overwrite)
+    except UserError as e:
+        parser.error(str(e))
     if min(args.height, args.width) < 32:
         parser.error("--height and --width must be at least 32 (the deepest map is at 1/32)")
     if args.threads:
@@ -119,8 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
             r = reports[-1]
             print(f"ONNX Runtime vs PyTorch, clip [{clip[0].shape[0]}, {t}, 3, {h}, {w}]: max |Δ| "
                   f"{r['max_abs_diff']:.3g}; PyTorch {r['torch_s']:.3f} s, ONNX Runtime {r['onnx_s']:.3f} s")
-    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError, UnexportableError) as e:
-        sys.exit(f"export_onnx.py: error: {e}")
+    except (ValueError, KeyError, CheckpointMismatchError, UnexportableError) as e:
+        # One line through run_main (exit status 2, as every script); a missing file is already one.
+        if isinstance(e, KeyError) and args.model_path is not None:
+            raise UserError(f"--model_path {args.model_path}: its model cannot be read (no entry {e}); is it a "
+                            "checkpoint of another model family? Name its preset with --config") from e
+        raise UserError(str(e)) from e
     report = {**reports[0], "max_abs_diff": max(r["max_abs_diff"] for r in reports), "checked_sizes": sizes}
     return {**times, **report, "output": str(args.output)}
 

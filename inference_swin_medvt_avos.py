@@ -30,7 +30,7 @@ from datasets.stream import MissingInputError
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
-from utils.cli import add_debug_flag, positive_float, positive_int, run_main
+from utils.cli import add_debug_flag, check_output_dir, clip_frames, positive_float, positive_int, run_main
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
 from utils.metrics import jsonable
 
@@ -56,11 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also predict the mirrored clip; merged by mean (DAVIS, video) or max (YouTube-Objects, MoCA)")
     p.add_argument("--msc", action="store_true",
                    help="average several input scales (DAVIS 0.75-1.3, YouTube-Objects 0.95-1.15, ResNet DAVIS "
-                        "0.75-1.15 with longer side <= 1.65x; MoCA: only for 2024 models, 0.9-1.1)")
+                        "0.75-1.15 with longer side <= 1.65x; MoCA: only for 2024 models, 0.9-1.1): one forward "
+                        "per scale, 7 on DAVIS, twice that with --flip, at up to 1.3x the size: slow on a CPU")
     p.add_argument("--lprop_scale", type=positive_float, default=None,
                    help="label-propagation scale; default the model config's (8.0, the README's value for "
                         "Swin-B; its ResNet-101 runs use 7.2 DAVIS, 8.0 YouTube-Objects, 7.3 MoCA)")
-    p.add_argument("--num_frames", type=positive_int, default=6, help="frames per clip (default 6, as trained)")
+    p.add_argument("--num_frames", type=clip_frames, default=6, help="frames per clip (default 6, as trained)")
     p.add_argument("--window", default="centre", choices=["centre", "chunk"],
                    help="centre: every frame the centre of its own wrap-around clip, one forward per frame (the "
                         "original protocol); chunk: consecutive clips, every frame of a clip kept, --num_frames "
@@ -69,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clips stacked in one forward (2N with --flip); for GPUs; 1 reproduces the original's "
                         "numbers exactly (default 1)")
     p.add_argument("--output_dir", type=Path, default=None,
-                   help="where outputs go; default "
-                        "<model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<time>")
+                   help="where outputs go: a new or empty folder (see --overwrite), outside the dataset and "
+                        "--video; default a new folder "
+                        "<model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<unix time>")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output_dir that already holds files, replacing files of the same name")
     p.add_argument("--model_version", default="auto", choices=["auto", *VARIANTS],
                    help="which original forward a Swin-B checkpoint needs: cvpr23 (555a462), 2024train (the 2024 "
                         "training code), 2024 (the 2024 inference code), or auto: the checkpoint's config if it has "
@@ -109,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_sequences(args: argparse.Namespace, dataset: str) -> list:
     """The dataset's sequences (errors name the root flag when something is missing)."""
     if dataset == "davis":
-        seqs = davis16_sequences(args.davis16_root, args.davis16_split, args.davis16_seqs_file)
+        seqs = davis16_sequences(args.davis16_root, args.davis16_split, args.davis16_seqs_file, args.sequences)
     elif dataset == "ytbo":
         seqs = youtube_objects_sequences(args.youtube_objects_root, args.youtube_objects_list)
     else:
@@ -120,6 +124,25 @@ def load_sequences(args: argparse.Namespace, dataset: str) -> list:
     return seqs
 
 
+def input_paths(args: argparse.Namespace, datasets: list[str]) -> dict:
+    """Every input folder or file of this run, by flag, for the output check (the checkpoint, but
+    not its folder: the default output lives there)."""
+    roots = {"davis": "davis16", "ytbo": "youtube_objects", "moca": "moca"}
+    inputs: dict = {}
+    for ds in datasets:
+        name = roots[ds]
+        inputs[path_config.flag_name(name)] = path_config.dataset_root(name, getattr(args, f"{name}_root"))
+    inputs.update({"--video": args.video, "--model_path": args.model_path,
+                   "--onnx_path": args.onnx_path if args.runtime == "onnx" else None})
+    if "davis" in datasets:
+        inputs["--davis16_seqs_file"] = args.davis16_seqs_file
+    if "ytbo" in datasets:
+        inputs["--youtube_objects_list"] = args.youtube_objects_list
+    if "moca" in datasets:
+        inputs.update({"--moca_list": args.moca_list, "--moca_annotations": args.moca_annotations})
+    return inputs
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -127,27 +150,40 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
     check_runtime_flags(parser, args)
-    if args.num_frames < 2:
-        parser.error("--num_frames must be at least 2 (the model attends across the frames of a clip)")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
     if args.video is not None and not args.video.exists():  # before the checkpoint is read
         raise MissingInputError(f"--video {args.video} does not exist (give a video file or a folder of frames)")
+    # The output folder is checked before anything is read, so a mistake there costs nothing.
+    if args.output_dir is not None:
+        check_output_dir(args.output_dir, "--output_dir", input_paths(args, datasets), args.overwrite)
     # Read every dataset index first: a missing folder stops before the model is loaded.
     sequences = {ds: load_sequences(args, ds) for ds in datasets}
 
     ckpt = read_checkpoint(args.model_path)
-    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, args.lprop_scale)
+    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, args.lprop_scale,
+                                       f"--model_path {args.model_path}")
     tasks = datasets or ["video"]
     protocols = {ds: inf.make_protocol(ds, info.config, info.version,
                                        None if args.dataset == "all" else args.val_size, args.msc, args.flip)
                  for ds in tasks}
     # A video is read through once now, so a file that cannot be decoded stops before any output exists.
     video = inf.open_user_video(args.video, protocols["video"], args.num_frames) if args.video else None
+    # The model is built before the output folder exists: weights that do not fit leave nothing behind.
+    if args.runtime == "onnx":
+        model = inf.load_onnx(args.onnx_path)
+    else:
+        try:
+            model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
+        except Exception:
+            inf.log_model_choice(info)  # the model that was tried explains a key mismatch
+            raise
+    del ckpt
     out_dir = args.output_dir
-    if out_dir is None:
+    if out_dir is None:  # a new folder per run: running twice never mixes two runs
         label = "all" if len(tasks) > 1 else tasks[0]
         size = protocols[tasks[0]].val_size
         out_dir = args.model_path.parent / f"{inf.run_name(label, size, args.msc, info.config)}_{int(time.time())}"
+        check_output_dir(out_dir, "--output_dir", input_paths(args, datasets), args.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = inf.add_log_file(out_dir / "out.log")
     # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
@@ -158,11 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("command: python %s %s", Path(__file__).name, " ".join(sys.argv[1:] if argv is None else argv))
         inf.log_model_choice(info)
         if args.runtime == "onnx":
-            model = inf.load_onnx(args.onnx_path)
             log.info("runtime: ONNX Runtime (CPU) with %s (%s)", args.onnx_path, model.describe())
-        else:
-            model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
-        del ckpt
         log.info("device: %s%s; output: %s", device, f", {args.amp} autocast" if args.amp != "none" else "", out_dir)
         if args.dataset == "all" and args.val_size and not video:
             log.warning("--val_size %d ignored: --dataset all uses 473 (DAVIS, MoCA) and 360 (YouTube-Objects)",

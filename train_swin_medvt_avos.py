@@ -46,17 +46,35 @@ from torch.utils.data import DataLoader, DistributedSampler
 from avos.validation import evaluate_davis
 from datasets.path_config import DatasetNotFoundError, add_path_args, dataset_root, require
 from models import build_model, get_config
-from models.config import MedVTConfig
-from models.convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict,
-                            init_from_vistr_coco, load_state_dict_strict)
+from models.config import MODEL_CONFIGS, MedVTConfig, preset_name
+from models.convert import CheckpointMismatchError, init_from_checkpoint, init_from_vistr_coco
 from models.losses import AVOSCriterion
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, prepare_output_dir, resume_path, resume_training,
-                              save_training, seed_everything, stretch_schedule)
-from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,
-                       positive_int, run_main)
+from utils.checkpoint import (
+    add_run_args,
+    capture_rng,
+    check_run_dir,
+    prepare_output_dir,
+    read_resume_checkpoint,
+    restore_rng,
+    resume_path,
+    resume_training,
+    save_training,
+    seed_everything,
+    stretch_schedule,
+)
+from utils.cli import (
+    UserError,
+    add_debug_flag,
+    clip_frames,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from utils.engine import AMP_DTYPES, train_one_epoch
-from utils.logger import format_metrics, setup_logger
+from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 
 BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos",
@@ -67,6 +85,10 @@ BACKBONE_DEFAULTS = {
     "resnet101": {"lr_backbone": 1e-6, "lr_groups": "intended", "train_size": 300, "lprop_scale": 7.3},
     "tiny": {"lr_backbone": 1e-5, "lr_groups": "original", "train_size": 360, "lprop_scale": None},
 }
+# The presets this script trains: MED-VT with a binary (one-logit) AVOS head; not the VSS or A2D ones.
+AVOS_CONFIGS = tuple(name for name, cfg in MODEL_CONFIGS.items() if cfg.num_classes == 1)
+# The flags that start a new run from weights (named when --resume is given a file of weights only).
+INIT_FLAGS = "--init_from (a MED-VT checkpoint, e.g. the authors' release), or --swin_pretrained / --vistr_coco"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -75,9 +97,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", default="swinB", choices=sorted(BACKBONE_CONFIGS), metavar="{swinB,resnet101}",
                    help="swinB → config medvt_swinb_avos, resnet101 → medvt_r101_avos, with the original's "
                         "defaults for each (default swinB)")
-    g.add_argument("--model_config", default=None, metavar="NAME",
+    g.add_argument("--model_config", default=None, type=preset_name, choices=AVOS_CONFIGS, metavar="NAME",
                    help="model config (preset) overriding the one chosen by --backbone, e.g. tiny for tests and "
-                        "the demo (see models/config.py)")
+                        f"the demo: {', '.join(AVOS_CONFIGS)} (see models/config.py)")
     g.add_argument("--lprop_scale", type=positive_float, default=None,
                    help="label-propagation upsampling scale (default: the config's, 8.0; 7.3 for resnet101 "
                         "as the original ResNet training)")
@@ -90,6 +112,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--vistr_coco", default=None, metavar="PATH",
                    help="VisTR COCO checkpoint (384_coco_r101.pth) to initialise the transformer "
                         "(ResNet: every matching weight)")
+    g.add_argument("--init_from", default=None, metavar="PATH",
+                   help="start a new run from a MED-VT checkpoint (the authors' release or ours), e.g. to fine-tune; "
+                        "entries whose name or shape differ keep their initial values (--resume continues a run)")
     g.add_argument("--grad_checkpointing", action="store_true",
                    help="recompute backbone/encoder activations in backward (less memory, ~30%% slower)")
 
@@ -101,7 +126,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="text file, one DAVIS train sequence per line (default: ImageSets or the standard 30)")
     g.add_argument("--davis16_val_seqs_file", default=None, metavar="PATH",
                    help="text file, one DAVIS val sequence per line (default: ImageSets or the standard 20)")
-    g.add_argument("--num_frames", type=positive_int, default=6, help="frames per clip")
+    g.add_argument("--num_frames", type=clip_frames, default=6,
+                   help="frames per clip (at least 2: the model attends across the frames of a clip)")
     g.add_argument("--train_size", type=positive_int, default=None,
                    help="shorter side of training clips (default 360; 300 for resnet101)")
     g.add_argument("--small_aug", action="store_true",
@@ -198,35 +224,79 @@ def build_train_loader(args, info: du.DistInfo) -> tuple[DataLoader, Distributed
     return loader, sampler
 
 
-def resume(path: Path, args: argparse.Namespace, cfg: MedVTConfig, model, optimizer, scheduler, scaler,
-           info: du.DistInfo, logger) -> tuple[int, dict]:
-    """Restore a run (utils.checkpoint.resume_training); returns (first epoch to train, best-so-far dict).
-    This script adds: a run made with other --lr_groups is named as such, a file of weights only (e.g.
-    the authors' release) initialises the model, and a changed --epochs stretches the schedule."""
-    def same_lr_groups(ckpt: dict) -> None:
+def same_lr_groups(path, args: argparse.Namespace):
+    """The script's own resume refusal: a run made with other --lr_groups is named as such."""
+    def check(ckpt: dict) -> None:
         saved = getattr(ckpt.get("args"), "lr_groups", None)
-        if saved is not None and saved != args_lr_groups(optimizer):
+        if saved is not None and saved != args.lr_groups:
             raise CheckpointMismatchError(f"{path} was trained with --lr_groups {saved}; resume with the same")
+    return check
 
-    def load_weights(ckpt: dict) -> None:  # the original's module names are converted
-        load_state_dict_strict(model, convert_original_state_dict(checkpoint_state_dict(ckpt), cfg), source=str(path))
 
+def resume(path: Path, ckpt: dict, args: argparse.Namespace, model, optimizer, scheduler, scaler,
+           info: du.DistInfo, logger) -> tuple[int, dict]:
+    """Restore a run (utils.checkpoint.resume_training) from ``ckpt``, the file ``path`` as
+    :func:`utils.checkpoint.read_resume_checkpoint` checked it; returns (first epoch to train,
+    best-so-far dict). A changed --epochs stretches the schedule. A file of weights only (e.g. the
+    authors' release) was refused there: it initialises a new run through --swin_pretrained /
+    --vistr_coco or --init_from, not --resume."""
     start_epoch, best, _ = resume_training(path, args, model, optimizer, scheduler, scaler, info, logger,
-                                           best={"miou": -1.0, "epoch": -1}, check=same_lr_groups,
-                                           load_weights=load_weights)
+                                           best={"miou": -1.0, "epoch": -1}, check=same_lr_groups(path, args),
+                                           ckpt=ckpt, init_flags=INIT_FLAGS)
     stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
     return start_epoch, best
-
-
-def args_lr_groups(optimizer) -> str:
-    """The --lr_groups mode an optimiser was built with, from its group names."""
-    return "original" if any(g.get("name") == "label_propagator" for g in optimizer.param_groups) else "intended"
 
 
 def require_file(path: str | None, flag: str) -> Path:
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"{flag}: file {path} does not exist")
     return Path(path)
+
+
+def check_frame_size(model, device: torch.device, sizes: dict[str, int], what: str) -> None:
+    """Refuse a frame size (``sizes``: flag → shorter side) below the smallest the model accepts, before
+    any training: label propagation normalises each frame over its tokens, which needs more than one
+    (torch's "Expected more than 1 spatial element", which with a too small --val_size came only after
+    a whole epoch). One forward pass, in eval mode and without gradients, on a two-frame square clip
+    of the smallest size (the fewest tokens for that shorter side); when it is refused, a few more
+    (doubling, then bisecting) find the smallest size to suggest. The RNG state is left as it was."""
+    flag, size = min(sizes.items(), key=lambda kv: kv[1])
+
+    def accepts(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 2, 3, side, side, device=device))
+        except ValueError as e:
+            if "spatial element" not in str(e):
+                raise
+            return False
+        return True
+
+    was_training, rng = model.training, capture_rng()
+    model.eval()
+    try:
+        if accepts(size):
+            return
+        lo, hi = size, 2 * size  # lo refused; find the smallest accepted side in (lo, hi]
+        while not accepts(hi):
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if accepts(mid) else (mid, hi)
+    finally:
+        model.train(was_training)
+        restore_rng(rng)
+    raise UserError(f"{flag} {size} is too small for {what}: its frames need a shorter side of at least {hi} "
+                    "pixels (label propagation needs more than one token per frame)")
+
+
+def check_tensorboard(args, info: du.DistInfo) -> None:
+    if args.tensorboard and info.is_main:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("--tensorboard needs the 'tensorboard' package (pip install tensorboard); "
+                            "metrics are always written to <output_dir>/metrics.jsonl and train.log") from None
 
 
 def tensorboard_writer(args, info: du.DistInfo):
@@ -240,46 +310,75 @@ def tensorboard_writer(args, info: du.DistInfo):
     return SummaryWriter(str(Path(args.output_dir) / "tb"))
 
 
+def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
+    """What the run reads, by flag: --output_dir must stay apart from all of it."""
+    paths = {"--davis16_root": dataset_root("davis16", args.davis16_root), "--swin_pretrained": args.swin_pretrained,
+             "--vistr_coco": args.vistr_coco, "--init_from": args.init_from}
+    if not args.no_ytvos:
+        paths["--ytvos19_root"] = dataset_root("ytvos19", args.ytvos19_root)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = resolve_defaults(get_args_parser().parse_args(argv))
+    parser = get_args_parser()
+    args = resolve_defaults(parser.parse_args(argv))
+    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input):
+    # they cost nothing and change nothing.
+    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args))
     return du.run_distributed(train, args, args.deterministic)
 
 
 def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
+    """Everything the run reads is checked (data, model config, frame sizes, --resume file, initial
+    weights) before the output folder is created or changed, so a mistake leaves nothing behind."""
     out = Path(args.output_dir)
     resume_from = resume_path(args.resume, out)
-    if info.is_main:
-        prepare_output_dir(out, args.resume, args.overwrite)
     torch.backends.cudnn.benchmark = False  # as the original: reproducible kernels
     torch.backends.cudnn.deterministic = True
     seed_everything(args.seed + info.rank)
     device = info.device
     amp_dtype = AMP_DTYPES[args.amp]
+    early = DeferredLog()  # messages of the checks below, logged once train.log exists
 
-    # The data is checked before the output folder is created, so a wrong path leaves nothing behind.
     loader, sampler = build_train_loader(args, info)
     val_seqs = []
     if not args.no_val:
         from datasets.davis16 import davis16_sequences
         val_seqs = davis16_sequences(args.davis16_root, "val", args.davis16_val_seqs_file)
+
+    cfg = model_config(args)
+    model = build_model(cfg).to(device)
+    check_frame_size(model, device, {"--train_size": args.train_size,
+                                     **({"--val_size": args.val_size} if val_seqs else {})},
+                     f"--model_config {args.model_config}")
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    resume_ckpt = None
+    if resume_from is not None:
+        resume_ckpt = read_resume_checkpoint(resume_from, args, cfg, check=same_lr_groups(resume_from, args),
+                                             init_flags=INIT_FLAGS)
+    else:
+        if args.swin_pretrained:
+            from models.backbone import load_swin_pretrained
+            missing = load_swin_pretrained(model.backbone, str(require_file(args.swin_pretrained, "--swin_pretrained")))
+            early.info(f"backbone from {args.swin_pretrained} ({len(missing)} entries left at init)")
+        if args.vistr_coco:
+            loaded = init_from_vistr_coco(model, require_file(args.vistr_coco, "--vistr_coco"))
+            early.info(f"{len(loaded)} tensors from {args.vistr_coco}")
+        if args.init_from:
+            loaded, kept = init_from_checkpoint(model, require_file(args.init_from, "--init_from"))
+            early.info(f"{len(loaded)} tensors from {args.init_from}; {len(kept)} kept at their initial values"
+                       + (f": {', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}" if kept else ""))
+
+    check_tensorboard(args, info)
+    if info.is_main:
+        prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
     logger = setup_logger(out, info.is_main)
     writer = tensorboard_writer(args, info)
     logger.info("arguments: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
     logger.info(f"{len(loader.dataset)} training clips ({len(loader)} steps/epoch/process, {info.world_size} "
                 f"process(es)); {len(val_seqs)} val sequences")
-
-    cfg = model_config(args)
-    model = build_model(cfg).to(device)
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if resume_from is None:
-        if args.swin_pretrained:
-            from models.backbone import load_swin_pretrained
-            missing = load_swin_pretrained(model.backbone, str(require_file(args.swin_pretrained, "--swin_pretrained")))
-            logger.info(f"backbone from {args.swin_pretrained} ({len(missing)} entries left at init)")
-        if args.vistr_coco:
-            loaded = init_from_vistr_coco(model, require_file(args.vistr_coco, "--vistr_coco"))
-            logger.info(f"{len(loaded)} tensors from {args.vistr_coco}")
+    early.replay(logger)
     groups = param_groups(model, args.lr, args.lr_backbone, args.lr_groups)
     for grp in groups:
         logger.info(f"param group {grp['name']}: {sum(p.numel() for p in grp['params']):,} params, lr {grp['lr']:.1e}")
@@ -293,7 +392,8 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
 
     start_epoch, best = 0, {"miou": -1.0, "epoch": -1}
     if resume_from is not None:
-        start_epoch, best = resume(resume_from, args, cfg, model, optimizer, scheduler, scaler, info, logger)
+        start_epoch, best = resume(resume_from, resume_ckpt, args, model, optimizer, scheduler, scaler, info, logger)
+        resume_ckpt = None  # free it
     train_model = model
     if info.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(

@@ -32,19 +32,26 @@ Example::
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
 
-from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_summary,
-                                 model_config, write_tables)
+from actor_action.common import (
+    BACKBONE_PRESETS,
+    add_model_args,
+    evaluate_a2d,
+    format_summary,
+    model_config,
+    write_tables,
+)
 from actor_action.metrics import NAN_POLICIES, PROTOCOLS
 from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map
-from datasets.path_config import add_path_args
+from datasets.path_config import add_path_args, dataset_root
 from models import build_model, read_checkpoint
 from models.convert import load_state_dict_strict
 from models.registry import model_state_dict
-from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main
+from utils.cli import UserError, add_debug_flag, check_output_dir, non_negative_int, positive_int, run_main
 from utils.distributed import default_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag
 
@@ -70,7 +77,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="frames with no foreground in GT nor prediction: skip (default) or nan (the original)")
     g.add_argument("--protocol", default="head", choices=PROTOCOLS,
                    help="per-video averaging: head = all annotated frames (README 45.7/57.3); 555a462 = last frame")
-    g.add_argument("--output_dir", default="runs/a2d_inference", help="results.json, CSV tables, viz/")
+    g.add_argument("--output_dir", default=None,
+                   help="results.json, CSV tables, viz/: a new or empty folder (see --overwrite), outside the "
+                        "data; default a new folder runs/a2d_inference_<unix time>")
+    g.add_argument("--overwrite", action="store_true",
+                   help="write into an --output_dir that already holds files, replacing files of the same name")
     g.add_argument("--save_pred", action="store_true", help="write colour masks and prediction overlays")
     g.add_argument("--save_gt_overlay", action="store_true", help="write ground-truth overlays")
     g.add_argument("--color_map", default=None, metavar="PATH",
@@ -85,6 +96,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     device = torch.device(args.device or default_device())
+    # The output folder is checked before anything is read, so a mistake there costs nothing; without
+    # --output_dir every run gets a new folder, so running twice never mixes two runs.
+    out = Path(args.output_dir) if args.output_dir else Path(f"runs/a2d_inference_{int(time.time())}")
+    inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root), "--color_map": args.color_map,
+              "--model_path": args.model_path}
+    check_output_dir(out, "--output_dir", inputs, args.overwrite)
     root = a2d_root(args.a2d_root)
     ckpt = read_checkpoint(args.model_path)
     saved_classes = ckpt["config"].get("num_classes") if isinstance(ckpt.get("config"), dict) else None
@@ -105,7 +122,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.color_map or cmap.is_file():
         names, palette = read_color_map(cmap)
     dataset = A2DDataset(root, args.split, args.num_frames, tuple(args.clip_size), args.end_window)
-    out = Path(args.output_dir)
     print(f"A2D {args.split}: {len(dataset)} annotated frames; model from {source} ({cfg.backbone} backbone, "
           f"query_decoder_scales {cfg.query_decoder_scales}, lprop_mode {cfg.lprop_mode}) on {device}")
     summary, metric, cm = evaluate_a2d(model, dataset, device, args.nan_policy, args.protocol, args.max_items,

@@ -43,17 +43,35 @@ from torch.utils.data import DataLoader, DistributedSampler
 from actor_action.common import add_model_args, evaluate_a2d, format_summary, model_config
 from actor_action.losses import A2DCriterion
 from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root
-from datasets.path_config import add_path_args
-from models import build_model, read_checkpoint
+from datasets.path_config import add_path_args, dataset_root
+from models import build_model
 from models.backbone import load_swin_pretrained
-from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco
-from utils.checkpoint import (add_run_args, close_epoch, prepare_output_dir, resume_path, resume_training,
-                              run_summary, seed_everything, stretch_schedule)
-from utils.cli import (UserError, add_debug_flag, non_negative_float, non_negative_int, positive_float,
-                       positive_int, run_main)
+from models.convert import init_from_checkpoint, init_from_vistr_coco
+from utils.checkpoint import (
+    add_run_args,
+    check_run_dir,
+    close_epoch,
+    prepare_output_dir,
+    read_resume_checkpoint,
+    resume_path,
+    resume_training,
+    run_summary,
+    seed_everything,
+    stretch_schedule,
+)
+from utils.cli import (
+    UserError,
+    add_debug_flag,
+    clip_frames,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from utils.distributed import cleanup, init_distributed
 from utils.engine import train_one_epoch
-from utils.logger import format_metrics, setup_logger
+from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
 
@@ -70,7 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="MED-VT checkpoint to start from (entries whose name or shape differ are skipped)")
     g = p.add_argument_group("data")
     add_path_args(g, ["a2d"])
-    g.add_argument("--num_frames", type=positive_int, default=6, help="clip length around the annotated frame")
+    g.add_argument("--num_frames", type=clip_frames, default=6,
+                   help="clip length around the annotated frame (at least 2: the model attends across the frames "
+                        "of a clip)")
     g.add_argument("--clip_size", type=positive_int, nargs=2, default=list(CLIP_SIZE), metavar=("H", "W"),
                    help="clip resize (the original: 320 480)")
     g.add_argument("--end_window", default="clamp", choices=("clamp", "original"),
@@ -132,11 +152,8 @@ def _init_weights(model, args, logger) -> None:
         logger.info(f"{n} tensors from {args.resnet101_coco_weights_path} (FFN matrices sliced to "
                     f"{model.cfg.dim_feedforward})")
     if args.init_from:
-        sd = convert_original_state_dict(checkpoint_state_dict(read_checkpoint(args.init_from)), model.cfg)
-        own = model.state_dict()
-        loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(loaded, strict=False)
-        logger.info(f"{len(loaded)}/{len(own)} tensors from {args.init_from}")
+        loaded, skipped = init_from_checkpoint(model, args.init_from)
+        logger.info(f"{len(loaded)}/{len(loaded) + len(skipped)} tensors from {args.init_from}")
 
 
 def set_backbone_lr(optimizer, epoch: int, lr_backbone: float) -> None:
@@ -183,29 +200,54 @@ def follow_epochs(scheduler, args, run_epochs: int, logger) -> None:
                            f"{args.scheduler_type} decay now follows {args.epochs} epochs")
 
 
+# The flags that start a new run from weights (named when --resume is given a file of weights only).
+INIT_FLAGS = "--init_from (any MED-VT checkpoint), or --swin_pretrained / --resnet101_coco_weights_path"
+
+
+def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
+    """What the run reads, by flag: --output_dir must stay apart from all of it."""
+    return {"--a2d_root": dataset_root("a2d", args.a2d_root), "--swin_pretrained": args.swin_b_pretrained_path,
+            "--resnet101_coco_weights_path": args.resnet101_coco_weights_path, "--init_from": args.init_from}
+
+
+def same_schedule_length(args: argparse.Namespace):
+    """--resume refusal of this script: the cosine decay without warm-up cannot change length
+    (:func:`follow_epochs`), checked before anything is created."""
+    def check(ckpt: dict) -> None:
+        run_epochs = getattr(ckpt.get("args"), "epochs", args.epochs)
+        if args.scheduler_type == "cosine" and not args.use_lr_warmup and run_epochs != args.epochs:
+            raise UserError(f"--epochs {args.epochs}: the run used {run_epochs}, and --scheduler_type cosine "
+                            "without --use_lr_warmup cannot change length on --resume")
+    return check
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     if args.use_lr_warmup and args.warmup_epochs < 1:
         raise UserError("--use_lr_warmup needs --warmup_epochs 1 or more")
+    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input):
+    # they cost nothing and change nothing.
+    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args))
     a2d_root(args.a2d_root)  # fail early, naming the flag and variable, before creating any folder
     out = Path(args.output_dir)
     resume_from = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
     info = init_distributed(args.device)
-    if info.is_main:
-        prepare_output_dir(out, args.resume, args.overwrite)
-    logger = setup_logger(out, info.is_main, name="medvt.a2d")
     try:
-        return _train(args, info, info.device, out, logger, resume_from)
+        return _train(args, info, info.device, out, resume_from)
     finally:
         cleanup()
 
 
-def _train(args, info, device, out, logger, ckpt_path) -> dict:
+def _train(args, info, device, out, ckpt_path) -> dict:
+    """Everything the run reads (initial weights, data, the --resume file) is checked before the output
+    folder is created or changed, so a mistake leaves nothing behind."""
+    early = DeferredLog()  # messages of the checks below, logged once train.log exists
     seed_everything(args.seed + info.rank)
     root = a2d_root(args.a2d_root)  # fail early, naming the flag and variable
     cfg = model_config(args)
     model = build_model(cfg)
-    _init_weights(model, args, logger)
+    _init_weights(model, args, early)
     model.to(device)
     model_without_ddp = model
     if info.distributed:
@@ -223,12 +265,22 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
                         collate_fn=_collate)
     val_set = A2DDataset(root, args.val_split, args.num_frames, tuple(args.clip_size), args.end_window) \
         if args.val_every > 0 else None
+    resume_ckpt = None
+    if ckpt_path is not None:
+        resume_ckpt = read_resume_checkpoint(ckpt_path, args, cfg, added=SCHEDULE_BEFORE_FLAGS,
+                                             check=same_schedule_length(args), init_flags=INIT_FLAGS)
 
+    if info.is_main:
+        prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
+    logger = setup_logger(out, info.is_main, name="medvt.a2d")
+    early.replay(logger)
     start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
     if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
         start_epoch, best, extra = resume_training(ckpt_path, args, model_without_ddp, optimizer, scheduler, None,
-                                                   info, logger, best=best, free=("init_from",),
-                                                   added=SCHEDULE_BEFORE_FLAGS)
+                                                   info, logger, best=best,
+                                                   added=SCHEDULE_BEFORE_FLAGS, ckpt=resume_ckpt,
+                                                   init_flags=INIT_FLAGS)
+        resume_ckpt = None  # free it
         follow_epochs(scheduler, args, getattr(extra.get("args"), "epochs", args.epochs), logger)
         history = list(extra.get("history", []))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -22,10 +23,11 @@ from torch.utils.data import DataLoader
 
 from avs.common import add_model_args, evaluate, model_config
 from datasets.avsbench import AVSBenchDataset
-from datasets.path_config import add_path_args
+from datasets.path_config import add_path_args, dataset_root
 from models import load_model
 from models.audio import build_frozen_vggish
-from utils.cli import non_negative_int, positive_int, run_main
+from models.avs import MEDVTPlusPlus
+from utils.cli import UserError, check_output_dir, non_negative_int, positive_int, run_main
 from utils.distributed import default_device
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
@@ -44,7 +46,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="clips per batch; the F-score threshold is chosen per batch, so this matters (original: 4)")
     p.add_argument("--save_pred_mask", action="store_true",
                    help="write binary predictions to <output_dir>/pred_masks/<category>/<name>/<name>_<i>.png")
-    p.add_argument("--output_dir", default="runs/avs_test", help="folder for the log, results JSON and masks")
+    p.add_argument("--output_dir", default=None,
+                   help="folder for the log, results JSON and masks: a new or empty folder (see --overwrite), "
+                        "outside the data; default a new folder runs/avs_test_<unix time>")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output_dir that already holds files, replacing files of the same name")
     p.add_argument("--max_batches", default=None, type=positive_int, help="stop after this many batches (smoke tests)")
     return p
 
@@ -52,15 +58,24 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     device = torch.device(args.device or default_device())
-    out = Path(args.output_dir)
-    logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
+    # The output folder is checked before anything is read, and created only once every input is
+    # read; without --output_dir every run gets a new folder, so running twice never mixes two runs.
+    out = Path(args.output_dir) if args.output_dir else Path(f"runs/avs_test_{int(time.time())}")
+    check_output_dir(out, "--output_dir", {"--avsbench_root": dataset_root("avsbench", args.avsbench_root),
+                                           "--vggish_weights": args.vggish_weights, "--model_path": args.model_path},
+                     args.overwrite)
     vggish = build_frozen_vggish(args.vggish_weights, args.allow_random_vggish).to(device)
     # Our checkpoints record the model they hold; the model flags describe an authors' release.
     loaded = load_model(args.model_path, preset=model_config(args), device=device)
     model = loaded.model
-    logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {loaded.reason}")
+    if not isinstance(model, MEDVTPlusPlus):
+        raise UserError(f"--model_path {args.model_path} is not a MED-VT++ (AVS) checkpoint: it holds "
+                        f"{type(model).__name__}; give one written by avs/train_medvt.py or the authors' "
+                        "S4/MS3 release")
     ds = AVSBenchDataset(args.avsbench_root, args.task, args.split, args.test_im_size or None, args.audio,
                          args.allow_resample, args.allow_silent)
+    logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
+    logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {loaded.reason}")
     loader = DataLoader(ds, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers)
     res = evaluate(model, vggish, loader, device, out / "pred_masks" if args.save_pred_mask else None,
                    args.max_batches, desc=f"{args.task} {args.split}")

@@ -57,16 +57,23 @@ from torch.utils.data import DataLoader, DistributedSampler
 from avs.common import add_model_args, audio_features, build_model_and_audio, evaluate
 from avs.losses import AVSCriterion
 from datasets.avsbench import AVSBenchDataset, task_dir
-from datasets.path_config import add_path_args
+from datasets.path_config import add_path_args, dataset_root
 from models.avs_config import get_avs_config
-from models.avs_convert import avs_state_dict, load_avs_checkpoint, load_pvt_pretrained
-from models.convert import checkpoint_state_dict, load_state_dict_strict
+from models.avs_convert import load_avs_checkpoint, load_pvt_pretrained
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, close_epoch, prepare_output_dir, resume_path, resume_training,
-                              seed_everything)
+from utils.checkpoint import (
+    add_run_args,
+    check_run_dir,
+    close_epoch,
+    prepare_output_dir,
+    read_resume_checkpoint,
+    resume_path,
+    resume_training,
+    seed_everything,
+)
 from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main
 from utils.engine import train_one_epoch
-from utils.logger import format_metrics, setup_logger
+from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import param_groups
 
 TASK_DEFAULTS = {
@@ -190,18 +197,20 @@ class EpochSchedule:
 AVS_RESUME_FREE = ("session_name", "vggish_weights", "weights")
 
 
-def resume(path: Path, args: argparse.Namespace, model, optimizer, schedule: EpochSchedule, info: du.DistInfo,
-           logger) -> tuple[int, dict, list]:
-    """Restore a run (utils.checkpoint.resume_training); returns (first epoch to train, best-so-far,
-    history). This script adds: the AVS_RESUME_FREE flags, a file of weights only (e.g. the authors'
-    release) initialises the model, and a changed --max_epoches is reported (the schedule then follows
-    the new length)."""
-    def load_weights(ckpt: dict) -> None:
-        load_state_dict_strict(model, avs_state_dict(checkpoint_state_dict(ckpt)), source=str(path))
+# The flags that start a new run from weights (named when --resume is given a file of weights only).
+INIT_FLAGS = "--weights (any MED-VT++ checkpoint), --load_s4_params --trained_s4_model_path, or --pvtv2_pretrained_path"
 
+
+def resume(path: Path, ckpt: dict, args: argparse.Namespace, model, optimizer, schedule: EpochSchedule,
+           info: du.DistInfo, logger) -> tuple[int, dict, list]:
+    """Restore a run (utils.checkpoint.resume_training) from ``ckpt``, the file ``path`` as
+    :func:`utils.checkpoint.read_resume_checkpoint` checked it; returns (first epoch to train,
+    best-so-far, history). This script adds: the AVS_RESUME_FREE flags, and a changed --max_epoches is
+    reported (the schedule then follows the new length). A file of weights only (e.g. the authors'
+    release) was refused there: it initialises a new run through --weights, not --resume."""
     start_epoch, best, extra = resume_training(path, args, model, optimizer, schedule, None, info, logger,
                                                best={"miou": -1.0, "epoch": -1}, free=AVS_RESUME_FREE,
-                                               read_config=get_avs_config, load_weights=load_weights)
+                                               read_config=get_avs_config, ckpt=ckpt, init_flags=INIT_FLAGS)
     saved_epochs = getattr(extra.get("args"), "max_epoches", args.max_epoches)
     if saved_epochs != args.max_epoches:
         logger.warning(f"--max_epoches {args.max_epoches} differs from the checkpoint's run ({saved_epochs}): "
@@ -210,23 +219,34 @@ def resume(path: Path, args: argparse.Namespace, model, optimizer, schedule: Epo
     return start_epoch, best, list(extra.get("history", []))
 
 
+def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
+    """What the run reads, by flag: --output_dir must stay apart from all of it."""
+    return {"--avsbench_root": dataset_root("avsbench", args.avsbench_root),
+            "--pvtv2_pretrained_path": args.pvtv2_pretrained_path, "--vggish_weights": args.vggish_weights,
+            "--trained_s4_model_path": args.trained_s4_model_path if args.load_s4_params else None,
+            "--weights": args.weights or None}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = resolve_defaults(get_args_parser().parse_args(argv))
+    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input):
+    # they cost nothing and change nothing.
+    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args))
     task_dir(args.avsbench_root, args.task)  # fail early, naming the flag, before creating any folder
     return du.run_distributed(train, args, args.deterministic)
 
 
 def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
+    """Everything the run reads (model, initial weights, data, the --resume file) is checked before the
+    output folder is created or changed, so a mistake leaves nothing behind."""
     out = Path(args.output_dir)
     resume_from = resume_path(args.resume, out)
-    if info.is_main:
-        prepare_output_dir(out, args.resume, args.overwrite)
     device = info.device
-    logger = setup_logger(out, info.is_main, name="medvt.avs.train")
+    early = DeferredLog()  # messages of the checks below, logged once train.log exists
     seed_everything(args.seed)  # the same initial model (and random VGGish) on every process
     model, vggish = build_model_and_audio(args, device)
     if resume_from is None:
-        init_weights(model, args, logger)
+        init_weights(model, args, early)
     criterion = AVSCriterion(task=args.task, masked_av=args.masked_av_flag, stages=list(args.masked_av_stages),
                              lambda_1=args.lambda_1, kl=args.kl_flag, euclidean=args.euclidean_flag,
                              norm_fea=args.norm_fea_flag, threshold=args.threshold_flag, pooling=args.mask_pooling_type)
@@ -238,6 +258,15 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     kw = dict(audio=args.audio, allow_resample=args.allow_resample, allow_silent=args.allow_silent)
     train_set = AVSBenchDataset(args.avsbench_root, args.task, "train", args.train_im_size or None, **kw)
     val_set = AVSBenchDataset(args.avsbench_root, args.task, "val", args.val_im_size or None, **kw)
+    resume_ckpt = None
+    if resume_from is not None:
+        resume_ckpt = read_resume_checkpoint(resume_from, args, model.cfg, free=AVS_RESUME_FREE,
+                                             read_config=get_avs_config, init_flags=INIT_FLAGS)
+
+    if info.is_main:
+        prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
+    logger = setup_logger(out, info.is_main, name="medvt.avs.train")
+    early.replay(logger)
     # One sampler for one or many processes: the order is a function of (seed, epoch) only, so there
     # is no sampler state to checkpoint and a resumed run sees the same batches.
     sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -250,8 +279,10 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
 
     start_epoch, best, history = 0, {"miou": -1.0, "epoch": -1}, []
     if resume_from is not None:
-        start_epoch, best, history = resume(resume_from, args, model, optimizer, schedule, info, logger)
-    if start_epoch == 0:  # a new run (or one from weights only)
+        start_epoch, best, history = resume(resume_from, resume_ckpt, args, model, optimizer, schedule, info,
+                                            logger)
+        resume_ckpt = None  # free it
+    if start_epoch == 0:  # a new run
         seed_everything(args.seed + info.rank)  # training draws (dropout, workers) differ per process
     train_model = model
     if info.distributed:

@@ -8,7 +8,10 @@ else the standard 30 train / 20 val names below. A sequence's frames are its ann
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
+
+from utils.cli import UserError
 
 from .path_config import dataset_root, require
 from .video import Sample, VideoSequence
@@ -47,16 +50,24 @@ def split_sequences(root: Path, split: str, seqs_file: str | Path | None = None)
     return list(DAVIS16_SPLITS[split])
 
 
-def davis16_sequences(root: str | Path | None, split: str = "val",
-                      seqs_file: str | Path | None = None) -> list[VideoSequence]:
-    """The sequences of a DAVIS-2016 split; missing folders raise errors naming ``--davis16_root``."""
+def davis16_sequences(root: str | Path | None, split: str = "val", seqs_file: str | Path | None = None,
+                      only: Collection[str] | None = None) -> list[VideoSequence]:
+    """The sequences of a DAVIS-2016 split (those named in ``only``, when given: the others need not be
+    on disk); missing folders raise errors naming ``--davis16_root``."""
     if split not in DAVIS16_SPLITS:
         raise ValueError(f"DAVIS-16 split must be 'train' or 'val', not {split!r}")
     root = require(dataset_root("davis16", root), "davis16")
     images = require(root / "JPEGImages" / "480p", "davis16", "JPEGImages/480p/<seq>/*.jpg")
     annotations = require(root / "Annotations" / "480p", "davis16", "Annotations/480p/<seq>/*.png")
     sequences = []
-    for name in split_sequences(root, split, seqs_file):
+    names = split_sequences(root, split, seqs_file)
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise UserError(f"--sequences: {', '.join(unknown)} not in the DAVIS-16 {split} split ({len(names)} "
+                            f"sequences: {', '.join(names[:30])}{' …' if len(names) > 30 else ''})")
+        names = [n for n in names if n in only]
+    for name in names:
         gt = sorted(require(annotations / name, "davis16", f"annotations of sequence {name}").glob("*.png"))
         if not gt:
             raise FileNotFoundError(f"davis16: {annotations / name} has no PNG annotations")

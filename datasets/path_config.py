@@ -2,7 +2,7 @@
 
 Every dataset has one root directory. It is resolved, first match wins, from:
 
-1. the script flag (e.g. ``--davis_root``), passed here as ``override``;
+1. the script flag (e.g. ``--davis16_root``), passed here as ``override``;
 2. the environment variable ``MEDVT_<NAME>_ROOT`` (e.g. ``MEDVT_DAVIS16_ROOT``);
 3. ``$MEDVT_DATA_ROOT/<default sub-folder>``, with ``MEDVT_DATA_ROOT`` defaulting to ``./data``.
 

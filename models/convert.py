@@ -229,6 +229,16 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
     return ckpt
 
 
+def init_from_checkpoint(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Start a new run from a MED-VT checkpoint file (the authors' or ours, of any task): copy every
+    entry whose converted name and shape match; return (loaded, kept at their initial values)."""
+    sd = convert_original_state_dict(checkpoint_state_dict(read_checkpoint(path)), model.cfg)
+    own = model.state_dict()
+    loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(loaded, strict=False)
+    return sorted(loaded), sorted(k for k in own if k not in loaded)
+
+
 def init_from_vistr_coco(model: nn.Module, path: str | Path) -> list[str]:
     """Initialise from VisTR's COCO checkpoint (``384_coco_r101.pth``) as the original training did.
 

@@ -26,9 +26,8 @@ modes a ``samp_w_pred`` conv it never uses; we build none of these (the converte
 """
 from __future__ import annotations
 
-from fractions import Fraction
-
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F

@@ -248,3 +248,22 @@ def test_a_run_that_fails_midway_is_marked_incomplete(setup, tmp_path, monkeypat
     monkeypatch.setattr(inf, "save_png", real)
     run(setup, tmp_path / "out2", "--save_overlay")
     assert not (tmp_path / "out2" / "INCOMPLETE").exists() and (tmp_path / "out2" / "summary.json").is_file()
+
+
+def test_sequences_need_only_the_named_ones_on_disk(setup, tmp_path):
+    """--sequences reads the named sequences only: a partial copy of DAVIS (the others' folders
+    absent) works, and a name outside the split is refused with the split's names."""
+    import shutil
+
+    from utils.cli import UserError
+
+    names = [s.name for s in davis16_sequences(setup["davis"], "val")]
+    partial = tmp_path / "DAVIS"
+    shutil.copytree(setup["davis"], partial)
+    for other in names[1:]:
+        shutil.rmtree(partial / "Annotations" / "480p" / other)
+    with pytest.raises(FileNotFoundError, match=names[1]):
+        davis16_sequences(partial, "val")
+    assert [s.name for s in davis16_sequences(partial, "val", only=[names[0]])] == [names[0]]
+    with pytest.raises(UserError, match=rf"--sequences: nosuch not in the DAVIS-16 val split .*{names[0]}"):
+        davis16_sequences(partial, "val", only=["nosuch"])

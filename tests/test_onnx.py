@@ -186,7 +186,7 @@ def test_cli_refuses_existing_output_and_missing_source(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export_onnx.main(["--output", str(tmp_path / "n.onnx")])
     assert "--model_path" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # one line through run_main, exit 2
         export_onnx.main(["--model_path", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "n.onnx")])
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_asserts import assert_same_training_state, run_torchrun
 from torch import nn
 
 from actor_action import train_medvt_a2d
@@ -17,13 +18,19 @@ from models import get_config
 from models.convert import CheckpointMismatchError, read_checkpoint
 from tests.test_vss import _train_argv as vss_argv
 from tests.test_vss import write_vspw
-from utils.checkpoint import (capture_rng, restore_rng, resume_training, save_checkpoint, save_training,
-                              seed_everything, training_state)
+from utils.checkpoint import (
+    capture_rng,
+    restore_rng,
+    resume_training,
+    save_checkpoint,
+    save_training,
+    seed_everything,
+    training_state,
+)
 from utils.cli import UserError
 from utils.distributed import DistInfo
 from utils.optim import PolyLR
 from vss import train_medvt_vss
-from checkpoint_asserts import assert_same_training_state, run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -50,7 +57,7 @@ def _parts(cfg=None):
 
 
 def _args(**changes) -> argparse.Namespace:
-    return argparse.Namespace(**{"lr": 1e-3, "seed": 42, "output_dir": "out", "init_from": None, **changes})
+    return argparse.Namespace(**{"lr": 1e-3, "seed": 42, "output_dir": "out", "note": "a", **changes})
 
 
 def _rng_of(seed: int) -> dict:
@@ -145,10 +152,10 @@ def test_refusals_changed_settings_config_and_weights_only(tmp_path, caplog):
     info = DistInfo(0, 1, 0, CPU)
     with pytest.raises(UserError, match=r"--lr 0.5 \(the run used 0.001\)"):
         _resume(path, info, _args(lr=0.5))
-    (start, _, _), _, _ = _resume(path, info, _args(init_from="w.pth"), free=("init_from",))  # a script's free flag
+    (start, _, _), _, _ = _resume(path, info, _args(note="b"), free=("note",))  # a script's free flag
     assert start == 3
-    with pytest.raises(UserError, match="init_from"):
-        _resume(path, info, _args(init_from="w.pth"))
+    with pytest.raises(UserError, match="note"):
+        _resume(path, info, _args(note="b"))
     with pytest.raises(CheckpointMismatchError, match=r"another model config: num_classes 3 \(the run used 1\)"):
         model, optimizer, scheduler = _parts(get_config("tiny").replace(num_classes=3))
         resume_training(path, _args(), model, optimizer, scheduler, None, info, LOG, best={"miou": -1.0, "epoch": -1})
@@ -159,13 +166,8 @@ def test_refusals_changed_settings_config_and_weights_only(tmp_path, caplog):
 
     weights = tmp_path / "weights.pth"
     torch.save({"model": Net().state_dict()}, weights)
-    with pytest.raises(CheckpointMismatchError, match="not a training checkpoint.*optimizer"):
-        _resume(weights, info)
-    loaded = []
-    with caplog.at_level(logging.WARNING, logger=LOG.name):
-        (start, best, extra), _, _ = _resume(weights, info, load_weights=loaded.append)
-    assert start == 0 and best == {"miou": -1.0, "epoch": -1} and extra == {} and len(loaded) == 1
-    assert "weights only are used" in caplog.text
+    with pytest.raises(CheckpointMismatchError, match="not a training checkpoint.*optimizer.*use --init_from"):
+        _resume(weights, info, init_flags="--init_from")
 
 
 # ------------------------------------------------------------------ VSS and A2D: resume == no stop
@@ -245,3 +247,26 @@ def test_flags_newer_than_a_checkpoint_are_checked_at_the_value_its_run_had(tmp_
     check_resume_args(tmp_path / "old.pth", old_run, now)  # without `added` the change went unnoticed
     now.scheduler_type = "poly"
     check_resume_args(tmp_path / "old.pth", old_run, now, added=train_medvt_a2d.SCHEDULE_BEFORE_FLAGS)
+
+
+def test_read_resume_checkpoint_refuses_before_any_model_is_built(tmp_path):
+    """The early check of --resume (every training script, before the output folder is created): a file of
+    weights only names --resume and the script's initialisation flags; another model config and changed
+    settings are refused as resume_training refuses them; a good file is returned, for resume_training."""
+    from utils.checkpoint import read_resume_checkpoint
+
+    path = _checkpoint(tmp_path / "c.pth", [_rng_of(1)])
+    weights = tmp_path / "weights.pth"
+    torch.save({"model": Net().state_dict()}, weights)
+    cfg = get_config("tiny")
+    with pytest.raises(UserError, match=r"--resume .*weights.pth is not a training checkpoint.*use --init_from"):
+        read_resume_checkpoint(weights, _args(), cfg, init_flags="--init_from")
+    with pytest.raises(CheckpointMismatchError, match="another model config: num_classes 3"):
+        read_resume_checkpoint(path, _args(), cfg.replace(num_classes=3))
+    with pytest.raises(UserError, match=r"--lr 0.5 \(the run used 0.001\)"):
+        read_resume_checkpoint(path, _args(lr=0.5), cfg)
+    ckpt = read_resume_checkpoint(path, _args(), cfg)
+    model, optimizer, scheduler = _parts()
+    start, _, _ = resume_training(path, _args(), model, optimizer, scheduler, None, DistInfo(0, 1, 0, CPU), LOG,
+                                  best={"miou": -1.0, "epoch": -1}, ckpt=ckpt)
+    assert start == 3

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from checkpoint_asserts import assert_same_training_state, run_torchrun
 from PIL import Image
 from torch import nn
 
@@ -18,7 +19,6 @@ from utils.checkpoint import capture_rng, restore_rng, save_checkpoint
 from utils.cli import UserError
 from utils.engine import NonFiniteLossError, train_one_epoch
 from utils.optim import PolyLR, param_groups
-from checkpoint_asserts import assert_same_training_state, run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,12 +161,18 @@ def test_resume_equals_uninterrupted(davis, tmp_path):
     assert full["history"][1]["train_loss"] == resumed["history"][0]["train_loss"]
 
 
-def test_resume_from_weights_only_and_wrong_groups(davis, tmp_path):
+def test_init_from_weights_only_and_resume_with_wrong_groups(davis, tmp_path):
+    """A file of weights only (e.g. the authors' release) starts a new run through --init_from, with
+    every weight taken; --resume is for runs, and a run's --lr_groups cannot change on resume."""
     model = build_model("tiny")
-    torch.save({"model": model.state_dict()}, tmp_path / "weights.pth")  # e.g. a released checkpoint
+    torch.save({"model": model.state_dict()}, tmp_path / "weights.pth")
     args = base_args(davis, tmp_path / "run", "--epochs", "1", "--steps_per_epoch", "1", "--no_val")
-    res = train_script.main(args + ["--resume", str(tmp_path / "weights.pth")])
+    with pytest.raises(UserError, match="not a training checkpoint.*--init_from"):
+        train_script.main(args + ["--resume", str(tmp_path / "weights.pth")])
+    res = train_script.main(args + ["--init_from", str(tmp_path / "weights.pth")])
     assert [h["epoch"] for h in res["history"]] == [0]
+    assert f"{len(model.state_dict())} tensors from {tmp_path / 'weights.pth'}; 0 kept" in \
+        (tmp_path / "run" / "train.log").read_text()
     with pytest.raises(CheckpointMismatchError, match="--lr_groups original"):
         train_script.main(args + ["--epochs", "2", "--lr_groups", "intended", "--resume", res["checkpoint_last"]])
 

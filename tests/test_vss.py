@@ -14,8 +14,14 @@ import torch
 from PIL import Image
 
 from datasets.path_config import DatasetNotFoundError
-from datasets.vspw import (VSPWClips, VSPWTrainTransform, build_vspw_train_dataset, raw_to_class, vspw_root,
-                           vspw_sequences)
+from datasets.vspw import (
+    VSPWClips,
+    VSPWTrainTransform,
+    build_vspw_train_dataset,
+    raw_to_class,
+    vspw_root,
+    vspw_sequences,
+)
 from models import get_config
 from vss.config import vss_config
 from vss.losses import VSSCriterion, softmax_focal_loss
@@ -268,13 +274,13 @@ def test_train_script_cli_reports_missing_dataset(tmp_path):
 
 def test_init_from_another_checkpoint_skips_class_dependent_layers(tmp_path):
     from models import build_model
+    from models.convert import init_from_checkpoint
     from utils.checkpoint import save_checkpoint
-    from vss.train_medvt_vss import init_from_medvt
 
     source = build_model(vss_config("tiny", 3))
     save_checkpoint({"model": source.state_dict()}, tmp_path / "src.pth")
     target = build_model(vss_config("tiny", K))
-    loaded, skipped = init_from_medvt(target, str(tmp_path / "src.pth"))
+    loaded, skipped = init_from_checkpoint(target, str(tmp_path / "src.pth"))
     assert skipped and all(k.startswith(("head.", "label_propagator.")) for k in skipped)
     assert "backbone.patch_embed.proj.weight" in loaded
     assert torch.equal(target.state_dict()["query_decoder.query_embed.weight"],

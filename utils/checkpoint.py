@@ -16,8 +16,11 @@ temporary file in the same folder, flushes it to disk and renames it over the ta
 a temporary file left by a killed process is removed by the next save into that folder.
 
 :func:`prepare_output_dir` keeps a fresh run from replacing another run's checkpoints and
-metrics: a folder that holds a run is used only with ``--resume`` (continue it) or
-``--overwrite`` (delete its files first).
+metrics: a folder that holds a run is used only with ``--resume`` of that run's own checkpoint
+(continue it) or ``--overwrite`` (delete its files first). Its refusals are
+:func:`check_run_dir`, which has no side effect, so that a script calls it before reading
+anything; with :func:`read_resume_checkpoint` (the ``--resume`` file) and its own checks of the
+data, model and initial weights, every mistake is reported before the output folder is created.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from utils import distributed as du
-from utils.cli import UserError, positive_int
+from utils.cli import UserError, check_output_dir, positive_int
 from utils.metrics import jsonable
 
 # Files a training run leaves in its --output_dir; any of them means the folder holds a run.
@@ -115,21 +118,63 @@ def resume_path(resume: str | None, output_dir: str | os.PathLike) -> Path | Non
     return Path(resume) if resume else None
 
 
-def prepare_output_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool,
-                       can_resume: bool = True) -> None:
-    """Refuse to start a new run over an existing one (it would replace its checkpoints and append a
-    second epoch 0 to its metrics) unless resuming; ``overwrite`` deletes the old run's files."""
+def run_files(output_dir: str | os.PathLike) -> list[str]:
+    """The RUN_FILES present in ``output_dir`` (none: it holds no training run)."""
     out = Path(output_dir)
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    if not found or resume:
-        return
+    return [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() else []
+
+
+def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool, can_resume: bool = True,
+                  inputs: Mapping[str, str | os.PathLike | None] | None = None) -> Path:
+    """Every refusal of :func:`prepare_output_dir`, with no side effect (nothing is created or
+    deleted), so that a script can call it first, on every process:
+
+    * ``--resume`` with ``--overwrite`` (continue the run / delete it: contradictory);
+    * an ``--output_dir`` that is a file, or that is, contains or lies inside one of ``inputs``
+      (flag → path: data roots, initial weights; :func:`utils.cli.check_output_dir`);
+    * a folder that holds a run, without ``--resume`` or ``--overwrite``;
+    * a folder that holds a run, with a ``--resume`` file that is not that run's own checkpoint
+      (continuing run A there would replace run B's checkpoints and mix their metrics), or with
+      ``--resume auto`` and no ``checkpoint_last.pth`` to continue from.
+
+    Resuming into a new or empty folder is allowed: a copy of the run continues there."""
+    out = Path(output_dir)
+    if resume and overwrite:
+        raise UserError(f"--resume {resume} and --overwrite contradict each other: --resume continues the run, "
+                        "--overwrite deletes it to start a new one; pass only one of them")
+    check_output_dir(out, "--output_dir", dict(inputs or {}), overwrite=True)  # a file; overlapping an input
+    found = run_files(out)
+    if not found:
+        return out
+    held = f"--output_dir {out} already holds a training run ({', '.join(found)})"
+    if not resume:
+        if overwrite:
+            return out
+        how = "pass --resume auto to continue it, " if can_resume else ""
+        raise UserError(f"{held}: {how}--overwrite to replace it, or choose another --output_dir")
+    if resume == "auto":
+        if not (out / "checkpoint_last.pth").is_file():
+            raise UserError(f"--resume auto: {held} but no checkpoint_last.pth to continue it from; pass --overwrite "
+                            "to replace it, or choose another --output_dir")
+        return out
+    if Path(resume).resolve().parent != out.resolve():
+        raise UserError(f"--resume {resume} is not a checkpoint of the run in --output_dir {out} (it holds "
+                        f"{', '.join(found)}): continuing it there would replace that run's checkpoints and mix "
+                        f"their metrics. Continue the run in its own folder (--output_dir {Path(resume).parent}), "
+                        "or give an empty --output_dir to continue a copy of it there")
+    return out
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool,
+                       can_resume: bool = True, inputs: Mapping[str, str | os.PathLike | None] | None = None) -> None:
+    """Refuse to start a new run over an existing one (it would replace its checkpoints and append a
+    second epoch 0 to its metrics) unless resuming that run (:func:`check_run_dir` lists every
+    refusal); ``overwrite`` deletes the old run's files. Call it once the inputs are checked: it is
+    the first step that changes the output folder."""
+    out = check_run_dir(output_dir, resume, overwrite, can_resume, inputs)
     if overwrite:
-        for name in (*found, "train.log"):
+        for name in (*run_files(out), "train.log"):
             (out / name).unlink(missing_ok=True)
-        return
-    how = "pass --resume auto to continue it, " if can_resume else ""
-    raise UserError(f"--output_dir {out} already holds a training run ({', '.join(found)}): {how}"
-                    "--overwrite to replace it, or choose another --output_dir")
 
 
 # Flags that say where a run reads and writes and how it is watched, not what it computes: they
@@ -137,7 +182,8 @@ def prepare_output_dir(output_dir: str | os.PathLike, resume: str | None, overwr
 # stretch_schedule applies. Any other difference is refused (check_resume_args).
 RESUME_FREE = {"resume", "overwrite", "output_dir", "device", "num_workers", "workers", "log_every", "val_every",
                "no_val", "val_size", "val_flip", "val_videos", "stop_after", "debug", "tensorboard", "deterministic",
-               "find_unused_parameters", "grad_checkpointing", "epochs", "max_epoches", "swin_pretrained", "vistr_coco"}
+               "find_unused_parameters", "grad_checkpointing", "epochs", "max_epoches", "swin_pretrained", "vistr_coco",
+               "init_from"}
 PATH_SUFFIXES = ("_root", "_path", "_dir", "_file", "_list", "_pretrained")
 
 
@@ -227,9 +273,43 @@ def run_summary(history: list[dict], best: dict, out_dir: str | os.PathLike) -> 
 
 
 # What a checkpoint of save_training holds at least; a file without these (e.g. the authors' released
-# weights) cannot continue a run, only initialise one (resume_training's ``load_weights``).
+# weights) cannot continue a run, only initialise one (each script's --init_from or pretrained flags).
 TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "config")
 _RESTORED = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "best", "rng")
+
+
+def read_resume_checkpoint(path: str | os.PathLike, args: argparse.Namespace, cfg, *, free: Iterable[str] = (),
+                           added: Mapping[str, object] | None = None,
+                           read_config: Callable[[dict], object] | None = None,
+                           check: Callable[[dict], None] | None = None, init_flags: str = "") -> dict:
+    """Read and check the ``--resume`` file before anything is created: the refusals of
+    :func:`resume_training` (a file that is not a training checkpoint of this script, another model
+    config than ``cfg``, the script's ``check``, other training settings), without a model or
+    optimiser. Returns the checkpoint, for ``resume_training(..., ckpt=)``. ``init_flags`` names the
+    script's flags that start a new run from weights (said when the file holds weights only)."""
+    from models.convert import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    _check_training_checkpoint(path, ckpt, cfg, read_config, init_flags)
+    if check is not None:
+        check(ckpt)
+    check_resume_args(path, ckpt.get("args"), args, free, added)
+    return ckpt
+
+
+def _check_training_checkpoint(path, ckpt: dict, cfg, read_config, init_flags: str) -> None:
+    """Refuse a checkpoint of another model config, then one that is not a training checkpoint."""
+    from models.config import MedVTConfig
+    from models.convert import CheckpointMismatchError
+
+    if isinstance(ckpt.get("config"), dict):
+        _check_config(path, ckpt["config"], cfg, read_config or MedVTConfig.from_dict)
+    missing = [k for k in TRAINING_KEYS if k not in ckpt]
+    if missing:
+        how = f"use {init_flags}" if init_flags else "use the script's initialisation flags"
+        raise CheckpointMismatchError(
+            f"--resume {path} is not a training checkpoint of this script (it has no {', '.join(missing)}): "
+            f"--resume continues a run that this script saved; to start a new run from these weights, {how}")
 
 
 def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, optimizer, scheduler, scaler,
@@ -237,7 +317,7 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
                     added: Mapping[str, object] | None = None,
                     read_config: Callable[[dict], object] | None = None,
                     check: Callable[[dict], None] | None = None,
-                    load_weights: Callable[[dict], None] | None = None) -> tuple[int, dict, dict]:
+                    ckpt: dict | None = None, init_flags: str = "") -> tuple[int, dict, dict]:
     """Continue the run saved in ``path`` by :func:`save_training`: the one resume policy of the
     training scripts. Returns (first epoch to train, best so far, the checkpoint's other entries:
     ``history``, ``args``, ``config``, ...).
@@ -254,28 +334,15 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
     (``--epochs``) is stretched by the caller afterwards (:func:`stretch_schedule`).
 
     ``best``: the best-so-far dict of a run that has none yet (its keys name the script's metric).
-    A file that is not a training checkpoint (no optimiser, epoch, ...) is refused, or, with
-    ``load_weights(ckpt)``, its weights are loaded and the run starts at epoch 0.
+    A file that is not a training checkpoint (no optimiser, epoch, ...) is refused, naming
+    ``init_flags``, the script's flags that initialise a new run. ``ckpt``: the file as
+    :func:`read_resume_checkpoint` read and checked it already (neither read nor checked again).
     """
-    from models.config import MedVTConfig
-    from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict, read_checkpoint
+    from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict
 
-    ckpt = read_checkpoint(path)
-    if isinstance(ckpt.get("config"), dict):
-        _check_config(path, ckpt["config"], model.cfg, read_config or MedVTConfig.from_dict)
-    missing = [k for k in TRAINING_KEYS if k not in ckpt]
-    if missing:
-        if load_weights is None:
-            raise CheckpointMismatchError(
-                f"{path} is not a training checkpoint (it has no {', '.join(missing)}): --resume continues a run "
-                "of this script; to start a new run from these weights, use the script's initialisation flags")
-        load_weights(ckpt)
-        logger.warning(f"{path} is not a checkpoint of this script (weights only are used): starting at epoch 0 "
-                       "from these weights")
-        return 0, dict(best), {}
-    if check is not None:
-        check(ckpt)
-    check_resume_args(path, ckpt.get("args"), args, free, added)
+    if ckpt is None:
+        ckpt = read_resume_checkpoint(path, args, model.cfg, free=free, added=added, read_config=read_config,
+                                      check=check, init_flags=init_flags)
     load_state_dict_strict(model, checkpoint_state_dict(ckpt), source=str(path))
     try:
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -79,6 +79,38 @@ def require_separate(output: str | Path, output_flag: str, inputs: dict[str, str
                             "with the inputs; choose an output folder outside it")
 
 
+def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path | None],
+                     overwrite: bool = False) -> Path:
+    """Check an output folder before anything is read or written: not a file, apart from every
+    input (:func:`require_separate`), and empty or new unless ``overwrite`` (then files of the same
+    name are replaced, nothing is deleted). Returns it as a Path, not yet created."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {output} is a file, not a folder; give a folder (it is created if missing)")
+    require_separate(out, flag, inputs)
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{flag} {output} already holds files (an earlier run?); choose a new folder, or pass "
+                        "--overwrite to write over them")
+    return out
+
+
+def check_output_file(output: str | Path, flag: str, inputs: dict[str, str | Path | None],
+                      overwrite: bool = False) -> Path:
+    """Check an output file before any work: not a folder, not one of the ``inputs`` files (even with
+    ``overwrite``), in a folder that exists, and new unless ``overwrite``."""
+    out = Path(output)
+    if out.is_dir():
+        raise UserError(f"{flag} {output} is a folder; give a file name")
+    for in_flag, path in inputs.items():
+        if path is not None and Path(path).exists() and out.exists() and out.samefile(path):
+            raise UserError(f"{flag} {output} is the input {in_flag}: writing it would destroy the input")
+    if not out.parent.is_dir():
+        raise UserError(f"{flag} {output}: folder {out.parent} does not exist")
+    if out.exists() and not overwrite:
+        raise UserError(f"{flag} {output} already exists; pass --overwrite to replace it, or choose another name")
+    return out
+
+
 # ------------------------------------------------------------------ argparse type validators
 def _number(kind: type, test: Callable[[float], bool], what: str) -> Callable[[str], float]:
     def parse(text: str):
@@ -96,3 +128,5 @@ positive_int = _number(int, lambda v: v > 0, "a positive integer (> 0)")
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer (>= 0)")
 positive_float = _number(float, lambda v: v > 0 and v < float("inf"), "a positive finite number (> 0)")
 non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a non-negative finite number (>= 0)")
+# A clip: the model attends across the frames of a clip, so one frame is not one.
+clip_frames = _number(int, lambda v: v >= 2, "a clip length: at least 2 frames (the model attends across them)")

@@ -100,6 +100,27 @@ def sequence_jobs(logits_seq_dir: Path, images_seq_dir: Path, out_seq_dir: Path)
             for png in sorted(logits_seq_dir.glob("*.png"))]
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header only; a file that is not an image is named."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: not a readable image (truncated or corrupt? {e})") from None
+
+
+def check_jobs(jobs: list[tuple[Path, Path, Path]]) -> None:
+    """Check every job's inputs before any output is written: both files readable images (headers
+    only, so this is quick) of the same size."""
+    for logits_path, image_path, _ in jobs:
+        prob_size, rgb_size = image_size(logits_path), image_size(image_path)
+        if prob_size != rgb_size:
+            raise UserError(f"{logits_path} is {prob_size[0]}x{prob_size[1]} but {image_path} "
+                            f"is {rgb_size[0]}x{rgb_size[1]}")
+
+
 def read_probability(path: Path) -> np.ndarray:
     """Probability map from a uint8 probability·255 PNG."""
     array = np.asarray(open_image(path))

@@ -19,22 +19,45 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from datasets.synthetic import make_synthetic_davis
-from utils.cli import UserError, add_debug_flag, positive_float, positive_int, run_main
+from utils.cli import UserError, add_debug_flag, check_output_dir, positive_float, positive_int, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SIZE_HW = (96, 160)
 
+# Everything the demo writes in its output folder: deleted before a run with --overwrite, so no
+# frame, logits or checkpoint of an earlier demo mixes into the new one.
+DEMO_OUTPUTS = ("data", "train", "inference", "crf", "metrics.json")
+
+
+def prepare_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a file or a folder that holds files unless ``overwrite``; with it, delete the demo's
+    own outputs of an earlier run (a link is removed, not followed)."""
+    check_output_dir(out, "--output_dir", {}, overwrite)
+    for name in DEMO_OUTPUTS if out.is_dir() else ():
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            print(f"=== --overwrite: deleting {path} of an earlier demo")
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            print(f"=== --overwrite: deleting {path} of an earlier demo")
+            path.unlink()
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", type=Path, default=Path("demo_output"), help="where everything is written")
+    p.add_argument("--output_dir", type=Path, default=Path("demo_output"),
+                   help="where everything is written: a new or empty folder (see --overwrite) (default demo_output)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run in an --output_dir that already holds files (an earlier demo): what a demo writes "
+                        f"there ({', '.join(DEMO_OUTPUTS)}) is deleted first, nothing else")
     p.add_argument("--epochs", type=positive_int, default=8,
                    help="training epochs (each visits every training frame once)")
     p.add_argument("--steps_per_epoch", type=positive_int, default=None,
@@ -63,6 +86,7 @@ def run(script: str, argv: list[str], threads: int | None = None) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = args.output_dir
+    prepare_output_dir(out, args.overwrite)
     data, train_dir, infer_dir, crf_dir = out / "data", out / "train", out / "inference", out / "crf"
     t_start = time.perf_counter()
 

@@ -52,6 +52,24 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device_arg: str | None) -> torch.device:
+    """``--device`` as a torch.device, or a :class:`~utils.cli.UserError` naming the flag: an unknown
+    device name, CUDA without a visible GPU, or a GPU index beyond those visible."""
+    from utils.cli import UserError
+
+    try:
+        device = torch.device(device_arg or default_device())
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device_arg}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device_arg} was requested but CUDA is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device_arg}: there are {torch.cuda.device_count()} visible GPU(s) "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
 def init_distributed(device_arg: str | None = None, timeout_min: int = 60) -> DistInfo:
     """Set up the process group if launched by torchrun; return rank, world size and device.
 
@@ -59,9 +77,7 @@ def init_distributed(device_arg: str | None = None, timeout_min: int = 60) -> Di
     CUDA the device index is the local rank. The timeout is generous because rank 0 alone runs
     validation while the others wait at a barrier.
     """
-    device = torch.device(device_arg or default_device())
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but CUDA is not available; use --device cpu")
+    device = check_device(device_arg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or "RANK" not in os.environ:
         return DistInfo(0, 1, 0, device)

@@ -41,6 +41,26 @@ def setup_logger(output_dir: str | Path | None, main_process: bool = True, name:
     return logger
 
 
+class DeferredLog:
+    """Stands in for the logger while the output folder does not exist yet (the inputs are still being
+    checked, so a mistake leaves nothing behind): keeps ``info`` / ``warning`` messages and
+    :meth:`replay` sends them to the real logger (stdout and train.log) once it is set up."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, str]] = []
+
+    def info(self, msg: str) -> None:
+        self.records.append((logging.INFO, msg))
+
+    def warning(self, msg: str) -> None:
+        self.records.append((logging.WARNING, msg))
+
+    def replay(self, logger: logging.Logger) -> None:
+        for level, msg in self.records:
+            logger.log(level, msg)
+        self.records.clear()
+
+
 def format_metrics(values: dict[str, float], digits: int = 4) -> str:
     """``{"loss": 0.51, "lr": 1e-4}`` → ``"loss 0.5100  lr 1.000e-04"``."""
     parts = []

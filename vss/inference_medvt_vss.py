@@ -20,14 +20,15 @@ Example::
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
 
-from datasets.path_config import add_path_args
+from datasets.path_config import add_path_args, dataset_root
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
-from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, run_main
+from utils.cli import UserError, add_debug_flag, check_output_dir, non_negative_int, positive_int, run_main
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
 from utils.metrics import write_results
 from vss.common import build_from_args, evaluate_videos, format_summary
@@ -62,9 +63,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--output_dir", default=None,
-                   help="where predictions/<video>/<frame>.png and results.{json,csv} go; default "
-                        "<checkpoint (or --onnx_path) folder>/infer_vspw_<split>_<val_size> "
+                   help="where predictions/<video>/<frame>.png and results.{json,csv} go: a new or empty folder "
+                        "(see --overwrite), outside --vspw_root; default a new folder "
+                        "<checkpoint (or --onnx_path) folder>/infer_vspw_<split>_<val_size>_<unix time> "
                         "(runs/medvt_vss_random/... without either)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output_dir that already holds files, replacing files of the same name")
     p.add_argument("--save_overlays", action="store_true", help="also write overlays/<video>/<frame>.jpg")
     p.add_argument("--no_save_predictions", action="store_true", help="compute metrics only, write no PNGs")
     add_debug_flag(p)
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     check_runtime_flags(parser, args)
     device = torch.device(args.device)
+    # The output folder is checked before anything is read, so a mistake there costs nothing.
+    inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root), "--model_path": args.model_path,
+              "--onnx_path": args.onnx_path}
+    if args.output_dir:
+        check_output_dir(args.output_dir, "--output_dir", inputs, args.overwrite)
     root = vspw_root(args.vspw_root)
     videos = vspw_sequences(root, args.split)
     if args.videos:
@@ -91,8 +100,12 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model = build_from_args(args, device)
     source = args.onnx_path if args.runtime == "onnx" else args.model_path
-    out = Path(args.output_dir) if args.output_dir else (
-        (Path(source).parent if source else Path("runs/medvt_vss_random")) / f"infer_vspw_{args.split}_{args.val_size}")
+    if args.output_dir:
+        out = Path(args.output_dir)
+    else:  # a new folder per run: running twice never mixes two runs
+        out = ((Path(source).parent if source else Path("runs/medvt_vss_random"))
+               / f"infer_vspw_{args.split}_{args.val_size}_{int(time.time())}")
+        check_output_dir(out, "--output_dir", inputs, args.overwrite)
     summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
                               save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
                               clip_len=args.clip_len, window=args.window, flip=args.flip,

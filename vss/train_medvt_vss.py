@@ -37,18 +37,36 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datasets.path_config import add_path_args
+from datasets.path_config import add_path_args, dataset_root
 from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_root, vspw_sequences
-from models import build_model, read_checkpoint
+from models import build_model
 from models.backbone import load_swin_pretrained
 from models.config import preset_name
-from models.convert import checkpoint_state_dict, convert_original_state_dict, init_from_vistr_coco
-from utils.checkpoint import (add_run_args, close_epoch, prepare_output_dir, resume_path, resume_training,
-                              run_summary, seed_everything, stretch_schedule)
-from utils.cli import add_debug_flag, non_negative_float, non_negative_int, positive_float, positive_int, run_main
+from models.convert import init_from_checkpoint, init_from_vistr_coco
+from utils.checkpoint import (
+    add_run_args,
+    check_run_dir,
+    close_epoch,
+    prepare_output_dir,
+    read_resume_checkpoint,
+    resume_path,
+    resume_training,
+    run_summary,
+    seed_everything,
+    stretch_schedule,
+)
+from utils.cli import (
+    add_debug_flag,
+    clip_frames,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from utils.distributed import cleanup, init_distributed
 from utils.engine import AMP_DTYPES, train_one_epoch
-from utils.logger import format_metrics, setup_logger
+from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 from vss.common import evaluate_videos, format_summary
@@ -77,8 +95,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     add_path_args(g, ["vspw"])
     g.add_argument("--train_split", default="train", help="split list used for training (<vspw_root>/<split>.txt)")
-    g.add_argument("--num_frames", type=positive_int, default=6,
-                   help="frames per training clip (= queries of the model)")
+    g.add_argument("--num_frames", type=clip_frames, default=6,
+                   help="frames per training clip (= queries of the model); at least 2, the model attends across "
+                        "the frames of a clip")
     g.add_argument("--centre_step", type=positive_int, default=None,
                    help="distance between clip centres in a video (default: --num_frames, as YouTube-VOS in AVOS)")
     g.add_argument("--frame_stride", type=positive_int, default=1, help="distance between the frames of a clip")
@@ -131,15 +150,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def init_from_medvt(model: torch.nn.Module, path: str) -> tuple[list[str], list[str]]:
-    """Copy every entry of a MED-VT checkpoint whose (converted) name and shape match; return (loaded, skipped)."""
-    sd = convert_original_state_dict(checkpoint_state_dict(read_checkpoint(path)), model.cfg)
-    own = model.state_dict()
-    loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(loaded, strict=False)
-    return sorted(loaded), sorted(k for k in own if k not in loaded)
-
-
 def build_loader(args: argparse.Namespace, rank: int, world_size: int) -> tuple[DataLoader, DistributedSampler]:
     transform = VSPWTrainTransform(args.train_sizes, args.max_size or None, tuple(args.crop),
                                    hflip=0.0 if args.no_hflip else 0.5)
@@ -155,35 +165,48 @@ def build_loader(args: argparse.Namespace, rank: int, world_size: int) -> tuple[
     return loader, sampler
 
 
+# The flags that start a new run from weights (named when --resume is given a file of weights only).
+INIT_FLAGS = "--init_from (any MED-VT checkpoint), or --swin_pretrained / --vistr_coco"
+
+
+def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
+    """What the run reads, by flag: --output_dir must stay apart from all of it."""
+    return {"--vspw_root": dataset_root("vspw", args.vspw_root), "--swin_pretrained": args.swin_pretrained,
+            "--vistr_coco": args.vistr_coco, "--init_from": args.init_from}
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input):
+    # they cost nothing and change nothing.
+    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args))
     vspw_root(args.vspw_root)  # fail early, with the flag and variable named, before creating any folder
     out = Path(args.output_dir)
     resume_from = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
     info = init_distributed(args.device)
-    device = info.device
-    if info.is_main:
-        prepare_output_dir(out, args.resume, args.overwrite)
-    logger = setup_logger(out, info.is_main, name="medvt.vss")
     try:
-        return _train(args, info, device, out, logger, resume_from)
+        return _train(args, info, info.device, out, resume_from)
     finally:
         cleanup()
 
 
-def _train(args, info, device, out, logger, ckpt_path) -> dict:
+def _train(args, info, device, out, ckpt_path) -> dict:
+    """Everything the run reads (initial weights, data, the --resume file) is checked before the output
+    folder is created or changed, so a mistake leaves nothing behind."""
+    early = DeferredLog()  # messages of the checks below, logged once train.log exists
     seed_everything(args.seed + info.rank)
     cfg = vss_config(args.model, args.num_classes)
     model = build_model(cfg)
     if args.swin_pretrained:
         load_swin_pretrained(model.backbone, args.swin_pretrained)
-        logger.info(f"backbone initialised from {args.swin_pretrained}")
+        early.info(f"backbone initialised from {args.swin_pretrained}")
     if args.vistr_coco:
-        logger.info(f"{len(init_from_vistr_coco(model, args.vistr_coco))} transformer tensors from {args.vistr_coco}")
+        early.info(f"{len(init_from_vistr_coco(model, args.vistr_coco))} transformer tensors from {args.vistr_coco}")
     if args.init_from:
-        loaded, skipped = init_from_medvt(model, args.init_from)
-        logger.info(f"{len(loaded)} tensors from {args.init_from}; kept initial values for {len(skipped)}: "
-                    f"{', '.join(skipped[:8])}{' …' if len(skipped) > 8 else ''}")
+        loaded, skipped = init_from_checkpoint(model, args.init_from)
+        early.info(f"{len(loaded)} tensors from {args.init_from}; kept initial values for {len(skipped)}: "
+                   f"{', '.join(skipped[:8])}{' …' if len(skipped) > 8 else ''}")
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -204,11 +227,20 @@ def _train(args, info, device, out, logger, ckpt_path) -> dict:
     if args.val_every > 0:
         val_videos = vspw_sequences(vspw_root(args.vspw_root), args.val_split, need_masks=True)
         val_videos = val_videos[: args.val_videos] if args.val_videos > 0 else val_videos
+    resume_ckpt = None
+    if ckpt_path is not None:
+        resume_ckpt = read_resume_checkpoint(ckpt_path, args, cfg, init_flags=INIT_FLAGS)
 
+    if info.is_main:
+        prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
+    logger = setup_logger(out, info.is_main, name="medvt.vss")
+    early.replay(logger)
     start_epoch, best, history = 0, {"mIoU": -math.inf, "epoch": -1}, []
     if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
         start_epoch, best, extra = resume_training(ckpt_path, args, model_without_ddp, optimizer, scheduler, scaler,
-                                                   info, logger, best=best, free=("init_from",))
+                                                   info, logger, best=best, ckpt=resume_ckpt,
+                                                   init_flags=INIT_FLAGS)
+        resume_ckpt = None  # free it
         stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
         history = list(extra.get("history", []))
 
