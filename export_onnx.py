@@ -22,15 +22,8 @@ import torch
 
 from models import PRESETS, CheckpointMismatchError, build_model, load_model, read_checkpoint
 from models.config import VARIANTS, preset_name
-from models.onnx_export import (
-    OPSET,
-    OnnxModel,
-    UnexportableError,
-    check_onnx,
-    export_onnx,
-    input_names,
-    min_dynamic_size,
-)
+from models.onnx_export import (OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names,
+                                min_dynamic_size)
 from utils.cli import UserError, add_debug_flag, check_output_file, run_main
 
 

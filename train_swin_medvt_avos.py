@@ -50,29 +50,11 @@ from models.config import MODEL_CONFIGS, MedVTConfig, preset_name
 from models.convert import CheckpointMismatchError, init_from_checkpoint, init_from_vistr_coco
 from models.losses import AVOSCriterion
 from utils import distributed as du
-from utils.checkpoint import (
-    add_run_args,
-    capture_rng,
-    check_run_dir,
-    prepare_output_dir,
-    read_resume_checkpoint,
-    restore_rng,
-    resume_path,
-    resume_training,
-    save_training,
-    seed_everything,
-    stretch_schedule,
-)
-from utils.cli import (
-    UserError,
-    add_debug_flag,
-    clip_frames,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    run_main,
-)
+from utils.checkpoint import (add_run_args, capture_rng, check_run_dir, prepare_output_dir, read_resume_checkpoint,
+                              restore_rng, resume_path, resume_training, save_training, seed_everything,
+                              stretch_schedule)
+from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
+                       positive_int, run_main)
 from utils.engine import AMP_DTYPES, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import LR_GROUPS, PolyLR, param_groups

@@ -37,14 +37,8 @@ from pathlib import Path
 
 import torch
 
-from actor_action.common import (
-    BACKBONE_PRESETS,
-    add_model_args,
-    evaluate_a2d,
-    format_summary,
-    model_config,
-    write_tables,
-)
+from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_summary, model_config,
+                                 write_tables)
 from actor_action.metrics import NAN_POLICIES, PROTOCOLS
 from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map
 from datasets.path_config import add_path_args, dataset_root

@@ -61,16 +61,8 @@ from datasets.path_config import add_path_args, dataset_root
 from models.avs_config import get_avs_config
 from models.avs_convert import load_avs_checkpoint, load_pvt_pretrained
 from utils import distributed as du
-from utils.checkpoint import (
-    add_run_args,
-    check_run_dir,
-    close_epoch,
-    prepare_output_dir,
-    read_resume_checkpoint,
-    resume_path,
-    resume_training,
-    seed_everything,
-)
+from utils.checkpoint import (add_run_args, check_run_dir, close_epoch, prepare_output_dir, read_resume_checkpoint,
+                              resume_path, resume_training, seed_everything)
 from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main
 from utils.engine import train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger

@@ -27,18 +27,8 @@ import statistics
 
 import torch
 
-from benchmarks.common import (
-    DTYPES,
-    PeakMemory,
-    add_common_args,
-    check_args,
-    count_flops,
-    latency_stats,
-    report,
-    setup,
-    throughput,
-    time_runs,
-)
+from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops, latency_stats, report,
+                               setup, throughput, time_runs)
 from models import MODEL_CONFIGS, build_model
 from utils.engine import autocast
 

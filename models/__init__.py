@@ -2,13 +2,8 @@
 :func:`load_model` for a checkpoint file (config decided and reported, weights loaded strictly),
 ``convert_original_state_dict`` for the authors' MED-VT names, ``load_checkpoint`` into a built model."""
 from .config import MODEL_CONFIGS, MedVTConfig, get_config
-from .convert import (
-                      CheckpointMismatchError,
-                      convert_original_state_dict,
-                      infer_model_version,
-                      load_checkpoint,
-                      read_checkpoint,
-)
+from .convert import (CheckpointMismatchError, convert_original_state_dict, infer_model_version, load_checkpoint,
+                      read_checkpoint)
 from .medvt import MEDVT
 from .registry import PRESETS, LoadedModel, build_model, get_preset, load_model
 

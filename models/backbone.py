@@ -24,15 +24,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models import resnet101
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.video.swin_transformer import (
-    PatchEmbed3d,
-    PatchMerging,
-    ShiftedWindowAttention3d,
-    SwinTransformer3d,
-    SwinTransformerBlock,
-    _compute_attention_mask_3d,
-    _get_window_and_shift_size,
-)
+from torchvision.models.video.swin_transformer import (PatchEmbed3d, PatchMerging, ShiftedWindowAttention3d,
+                                                       SwinTransformer3d, SwinTransformerBlock,
+                                                       _compute_attention_mask_3d, _get_window_and_shift_size)
 from torchvision.ops import FrozenBatchNorm2d
 
 from .config import MedVTConfig, SwinConfig

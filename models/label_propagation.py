@@ -26,8 +26,9 @@ modes a ``samp_w_pred`` conv it never uses; we build none of these (the converte
 """
 from __future__ import annotations
 
-import math
 from fractions import Fraction
+
+import math
 
 import torch
 import torch.nn.functional as F

@@ -15,17 +15,8 @@ from actor_action import common as a2d_common
 from actor_action import inference_medvt_a2d, train_medvt_a2d
 from actor_action.losses import A2DCriterion
 from actor_action.metrics import ConfusionMatrix, OriginalA2DMetric, frame_score
-from datasets.a2d import (
-    IGNORE_INDEX,
-    VALID_IDS,
-    A2DDataset,
-    a2d_root,
-    class_name,
-    clip_frame_ids,
-    make_synthetic_a2d,
-    read_annotation,
-    read_videoset,
-)
+from datasets.a2d import (IGNORE_INDEX, VALID_IDS, A2DDataset, a2d_root, class_name, clip_frame_ids, make_synthetic_a2d,
+                          read_annotation, read_videoset)
 from datasets.path_config import DatasetNotFoundError
 from models import build_model, convert_original_state_dict
 from models.convert import load_state_dict_strict, read_checkpoint

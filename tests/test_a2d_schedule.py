@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
-from checkpoint_asserts import assert_same_training_state
 
 from actor_action import train_medvt_a2d
+from checkpoint_asserts import assert_same_training_state
 from datasets.a2d import make_synthetic_a2d
 from models.convert import read_checkpoint
 from utils.checkpoint import save_checkpoint

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from checkpoint_asserts import assert_same_training_state, run_torchrun
 
 import avs.train_medvt as train_script
 from datasets.avsbench import make_synthetic_avsbench
@@ -16,6 +15,7 @@ from models.avs_convert import load_avs_checkpoint
 from models.convert import read_checkpoint
 from utils.cli import UserError, run_main
 from utils.engine import NonFiniteLossError
+from checkpoint_asserts import assert_same_training_state, run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 

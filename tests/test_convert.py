@@ -4,13 +4,8 @@ import argparse
 import pytest
 import torch
 
-from models import (
-    CheckpointMismatchError,
-    build_model,
-    convert_original_state_dict,
-    infer_model_version,
-    load_checkpoint,
-)
+from models import (CheckpointMismatchError, build_model, convert_original_state_dict, infer_model_version,
+                    load_checkpoint)
 from tests.model_weights import FIXTURES, read_key_list
 
 # The original registers these and never uses them: value projections WV and samp_w_pred.

@@ -18,15 +18,8 @@ from models import get_config
 from models.convert import CheckpointMismatchError, read_checkpoint
 from tests.test_vss import _train_argv as vss_argv
 from tests.test_vss import write_vspw
-from utils.checkpoint import (
-    capture_rng,
-    restore_rng,
-    resume_training,
-    save_checkpoint,
-    save_training,
-    seed_everything,
-    training_state,
-)
+from utils.checkpoint import (capture_rng, restore_rng, resume_training, save_checkpoint, save_training,
+                              seed_everything, training_state)
 from utils.cli import UserError
 from utils.distributed import DistInfo
 from utils.optim import PolyLR

@@ -14,14 +14,8 @@ import torch
 from PIL import Image
 
 from datasets.path_config import DatasetNotFoundError
-from datasets.vspw import (
-    VSPWClips,
-    VSPWTrainTransform,
-    build_vspw_train_dataset,
-    raw_to_class,
-    vspw_root,
-    vspw_sequences,
-)
+from datasets.vspw import (VSPWClips, VSPWTrainTransform, build_vspw_train_dataset, raw_to_class, vspw_root,
+                           vspw_sequences)
 from models import get_config
 from vss.config import vss_config
 from vss.losses import VSSCriterion, softmax_focal_loss

@@ -43,27 +43,10 @@ from models import build_model
 from models.backbone import load_swin_pretrained
 from models.config import preset_name
 from models.convert import init_from_checkpoint, init_from_vistr_coco
-from utils.checkpoint import (
-    add_run_args,
-    check_run_dir,
-    close_epoch,
-    prepare_output_dir,
-    read_resume_checkpoint,
-    resume_path,
-    resume_training,
-    run_summary,
-    seed_everything,
-    stretch_schedule,
-)
-from utils.cli import (
-    add_debug_flag,
-    clip_frames,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    run_main,
-)
+from utils.checkpoint import (add_run_args, check_run_dir, close_epoch, prepare_output_dir, read_resume_checkpoint,
+                              resume_path, resume_training, run_summary, seed_everything, stretch_schedule)
+from utils.cli import (add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float, positive_int,
+                       run_main)
 from utils.distributed import cleanup, init_distributed
 from utils.engine import AMP_DTYPES, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
