@@ -42,8 +42,11 @@ def read_sequence_list(path: Path) -> list[str]:
 
 
 def split_sequences(root: Path, split: str, seqs_file: str | Path | None = None) -> list[str]:
-    if seqs_file is not None:
-        return read_sequence_list(require(seqs_file, "davis16", f"the {split} sequence list", is_file=True))
+    if seqs_file is not None:  # a flag of its own (--davis16_*seqs_file): not a matter of the dataset root
+        if not Path(seqs_file).is_file():
+            raise FileNotFoundError(f"the DAVIS-16 {split} sequence list {seqs_file} does not exist (a text file, "
+                                    "one sequence per line; without it the split's standard list is used)")
+        return read_sequence_list(Path(seqs_file))
     for candidate in (root / "ImageSets" / "2016" / f"{split}.txt", root / "ImageSets" / "480p" / f"{split}.txt"):
         if candidate.is_file():
             return read_sequence_list(candidate)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -167,6 +168,8 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], sour
 def read_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint file with ``weights_only=True``; only ``argparse.Namespace`` is allow-listed."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (set it with --model_path)")
     if path.stat().st_size == 0:
@@ -177,21 +180,27 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointMismatchError(f"{path} is not a readable PyTorch checkpoint: neither a zip archive nor a "
                                       "pickle (a text file, or a file of another format?)")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # a plain pickle of a newer protocol makes torch warn before it refuses the file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- a damaged file makes the reader raise almost anything
         # (UnpicklingError, RuntimeError, EOFError, KeyError for a text file, ...); all mean "this file".
         text = str(e)
-        unsafe = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        unsafe = re.findall(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
         if unsafe:
             raise CheckpointMismatchError(
                 f"{path} holds objects other than tensors and argparse arguments ({', '.join(unsafe)}); they are "
                 "not loaded for safety (unpickling them could run code from the file). If you trust where the file "
                 "comes from, load it once yourself with full unpickling allowed and re-save only its state dict"
             ) from None
-        first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+        # torch's own text advises turning the safe reader off: only its reason is kept
+        boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+        reason = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip() and not p.strip().startswith(boilerplate)]
+        first = reason[0].splitlines()[0] if reason else type(e).__name__
         raise CheckpointMismatchError(
-            f"{path} is not a readable PyTorch checkpoint (truncated, or another format): {first[:200]}") from None
+            f"{path} is not a readable PyTorch checkpoint (truncated, a plain pickle, or another format; it is "
+            f"not unpickled, which could run code from it): {first.strip()[:200]}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointMismatchError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt

@@ -267,3 +267,9 @@ def test_sequences_need_only_the_named_ones_on_disk(setup, tmp_path):
     assert [s.name for s in davis16_sequences(partial, "val", only=[names[0]])] == [names[0]]
     with pytest.raises(UserError, match=rf"--sequences: nosuch not in the DAVIS-16 val split .*{names[0]}"):
         davis16_sequences(partial, "val", only=["nosuch"])
+
+
+def test_missing_sequence_list_names_the_list_not_the_root(setup, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"val sequence list .*nope.txt does not exist") as e:
+        davis16_sequences(setup["davis"], "val", tmp_path / "nope.txt")
+    assert "--davis16_root" not in str(e.value)

@@ -156,7 +156,8 @@ def test_youtube_objects_sequence_subset_by_class(data, tmp_path):
     assert list(res["sequences"]) == ["bird/data/0005/shots/003"]
     with pytest.raises(UserError, match="unknown sequence"):
         script.main(["--model_path", str(data["ckpt"]), "--dataset", "ytbo", "--youtube_objects_root",
-                     str(data["ytbo"]), "--output_dir", str(tmp_path), "--device", "cpu", "--sequences", "dog"])
+                     str(data["ytbo"]), "--output_dir", str(tmp_path / "dog"), "--device", "cpu", "--sequences", "dog"])
+    assert not (tmp_path / "dog").exists()
 
 
 # ------------------------------------------------------------------------------------ MoCA

@@ -213,6 +213,26 @@ def test_log_mel_pickle_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_checkpoint_that_would_run_code_is_refused_without_unsafe_advice(tmp_path, recwarn):
+    """os.system in a torch.save file or a plain pickle: refused by name, nothing run, and the message
+    does not pass on torch's advice to turn the safe reader off; a folder is called a folder."""
+    from models import read_checkpoint
+
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "x": RunsCode(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"evil.pth holds objects other than tensors .*system"):
+        read_checkpoint(tmp_path / "evil.pth")
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"model": RunsCode(marker)}, f, protocol=4)
+    with pytest.raises(CheckpointMismatchError, match=r"evil.pkl is not a readable .*plain pickle") as e:
+        read_checkpoint(tmp_path / "evil.pkl")
+    assert "weights_only" not in str(e.value) and not marker.exists()
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    (tmp_path / "dir.pth").mkdir()
+    with pytest.raises(IsADirectoryError, match="dir.pth is a folder"):
+        read_checkpoint(tmp_path / "dir.pth")
+
+
 def test_log_mel_pickles_of_tensors_and_arrays_still_load(tmp_path):
     x = torch.randn(5, 1, 96, 64)
     for name, obj in (("t.pkl", x), ("a.pkl", x.numpy())):
