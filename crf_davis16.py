@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets import path_config
+from datasets.video import image_size
 from utils import crf
 from utils.cli import UserError, add_debug_flag, check_output_dir, positive_int, run_main
 from utils.metrics import evaluate_sequences, jsonable, sequence_frames
@@ -104,7 +105,7 @@ def check_inputs(args: argparse.Namespace, sequences: list[str], images_dir: Pat
         crf.check_jobs(seq_jobs)
         if gt_dir is not None:
             for pred_path, gt_path in sequence_frames(args.logits_dir / seq, gt_dir / seq):
-                pred_size, gt_size = crf.image_size(pred_path), crf.image_size(gt_path)
+                pred_size, gt_size = image_size(pred_path), image_size(gt_path)
                 if pred_size != gt_size:
                     raise UserError(f"{pred_path} is {pred_size[0]}x{pred_size[1]} but its annotation {gt_path} "
                                     f"is {gt_size[0]}x{gt_size[1]}")

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from datasets.transforms import to_tensor
-from datasets.video import ImageReadError, list_frame_files, open_image, require_same_size
+from datasets.video import image_size, list_frame_files, open_image, require_same_size
 from utils.background import background_iter
 from utils.cli import UserError
 
@@ -59,17 +59,6 @@ def _reason(error: Exception) -> str:
     return getattr(error, "strerror", None) or f"{type(error).__name__}: {error}"
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the image header only (no pixel decoding)."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: not a readable image ({e})") from None
-
-
 class _Size:
     """Stands in for a PIL image in :func:`require_same_size`, which reads only ``.size``."""
 
@@ -89,7 +78,7 @@ class ImageFiles:
         self.files = [Path(p) for p in files]
         self.keep_rgb = keep_rgb
         self.name = name or self.files[0].parent.name
-        w, h = _header_size(self.files[0])
+        w, h = image_size(self.files[0])
         self.frame_hw = (h, w)
         self._resize_to = _resolve_size(size_hw, h, w)  # None: no resize, as load_frames(files, None)
         self.size_hw = self._resize_to or self.frame_hw
@@ -228,7 +217,7 @@ def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag
         except FileNotFoundError as e:  # no image files in it
             raise MissingInputError(str(e)) from None
         # Headers only: a size mismatch is found without decoding the frames.
-        require_same_size([_Size(_header_size(p)) for p in files], files, f"{flag} {path}")
+        require_same_size([_Size(image_size(p)) for p in files], files, f"{flag} {path}")
         source = ImageFiles(files, size_hw, keep_rgb, name=path.name)
     elif path.is_file():
         if path.stat().st_size == 0:

@@ -40,6 +40,17 @@ def open_image(path: str | Path, mode: str | None = None) -> Image.Image:
         raise ImageReadError(f"{path}: not a readable image (truncated or corrupt? {e})") from None
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the image header only (no pixel decoding); a file that is not an image is named."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+
+
 def natural_key(path: str | Path) -> list:
     """Sort key putting numbers in numeric order: frame2 < frame10 (plain sorting gives frame10 < frame2)."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]

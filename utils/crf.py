@@ -18,7 +18,7 @@ import pydensecrf.densecrf as dcrf
 from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 
-from datasets.video import open_image
+from datasets.video import image_size, open_image
 from utils.cli import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -98,17 +98,6 @@ def sequence_jobs(logits_seq_dir: Path, images_seq_dir: Path, out_seq_dir: Path)
         raise FileNotFoundError(f"logits folder {logits_seq_dir} does not exist")
     return [(png, find_image(images_seq_dir, png.stem), out_seq_dir / png.name)
             for png in sorted(logits_seq_dir.glob("*.png"))]
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file's header only; a file that is not an image is named."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: not a readable image (truncated or corrupt? {e})") from None
 
 
 def check_jobs(jobs: list[tuple[Path, Path, Path]]) -> None:
