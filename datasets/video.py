@@ -131,5 +131,10 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         seq, centre = self.samples[index]
         ids = wraparound_clip(centre, seq.num_frames, self.num_frames)
-        frames, masks = self.transform([seq.read_image(i) for i in ids], [seq.read_mask(i) for i in ids])
+        images, masks = [seq.read_image(i) for i in ids], [seq.read_mask(i) for i in ids]
+        for i, image, mask in zip(ids, images, masks):  # a crop would silently cut them at different places
+            if mask.shape != image.size[::-1]:
+                raise UserError(f"{seq.masks[i]} is {mask.shape[1]}x{mask.shape[0]} but its frame {seq.frames[i]} "
+                                f"is {image.size[0]}x{image.size[1]}")
+        frames, masks = self.transform(images, masks)
         return {"frames": frames, "masks": masks, "name": seq.name, "centre": centre}

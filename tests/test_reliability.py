@@ -194,6 +194,19 @@ def test_nan_deformable_offsets_give_nan_not_a_crash():
     assert run.stdout.strip() == "all-nan"
 
 
+def test_training_clip_with_a_mask_of_another_size_names_both_files(tmp_path):
+    from datasets.video import ClipDataset
+
+    for i, size in enumerate([(16, 12), (16, 12)]):
+        Image.new("RGB", size).save(tmp_path / f"{i}.jpg")
+    Image.new("L", (16, 12)).save(tmp_path / "0.png")
+    Image.new("L", (12, 16)).save(tmp_path / "1.png")  # transposed
+    seq = VideoSequence("s", [tmp_path / "0.jpg", tmp_path / "1.jpg"], [tmp_path / "0.png", tmp_path / "1.png"])
+    data = ClipDataset([(seq, 0)], lambda images, masks: (images, masks), num_frames=2)
+    with pytest.raises(UserError, match=r"1.png is 12x16 but its frame .*1.jpg is 16x12"):
+        data[0]
+
+
 # --------------------------------------------------------------------------- untrusted data files
 class RunsCode:
     def __init__(self, marker):
