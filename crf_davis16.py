@@ -26,7 +26,7 @@ from tqdm import tqdm
 from datasets import path_config
 from datasets.video import image_size
 from utils import crf
-from utils.cli import UserError, add_debug_flag, check_output_dir, positive_int, run_main
+from utils.cli import UserError, add_debug_flag, check_output_dir, incomplete_marker, positive_int, run_main
 from utils.metrics import evaluate_sequences, jsonable, sequence_frames
 
 SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
@@ -146,13 +146,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     # Every input is checked first, so a missing frame or annotation stops before any CRF work.
     jobs = check_inputs(args, sequences, images_dir, gt_dir)
     print(f"{len(sequences)} sequences, {len(jobs)} frames from {args.logits_dir}")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
-    marker = args.out_dir / "INCOMPLETE"
-    marker.write_text("this run did not finish: its outputs are partial\n")
-    metrics = refine_and_score(args, jobs, sequences, gt_dir)
-    marker.unlink()
-    return metrics
+    with incomplete_marker(args.out_dir):  # left in place by an error or Ctrl-C
+        return refine_and_score(args, jobs, sequences, gt_dir)
 
 
 def refine_and_score(args: argparse.Namespace, jobs: list[tuple[Path, Path, Path]], sequences: list[str],

@@ -51,7 +51,7 @@ from PIL import Image
 
 from datasets.stream import ImageFiles, Prefetch, open_video
 from datasets.transforms import test_size
-from datasets.video import VideoSequence
+from datasets.video import VideoSequence, image_size
 from models import MedVTConfig, build_model, get_config, infer_model_version
 from models.config import VARIANTS
 from models.convert import load_state_dict_strict
@@ -278,8 +278,8 @@ def _log_protocol(protocol: Protocol, opts: RunOptions, sequences: Sequence[Vide
 
 
 def _mask_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
-        return im.size[1], im.size[0]
+    w, h = image_size(path)  # a damaged annotation is named
+    return h, w
 
 
 def sequence_source(seq: VideoSequence, protocol: Protocol, keep_rgb: bool = False) -> ImageFiles:

@@ -273,3 +273,21 @@ def test_missing_sequence_list_names_the_list_not_the_root(setup, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"val sequence list .*nope.txt does not exist") as e:
         davis16_sequences(setup["davis"], "val", tmp_path / "nope.txt")
     assert "--davis16_root" not in str(e.value)
+
+
+def test_too_small_val_size_and_empty_annotation_are_named(setup, tmp_path):
+    """Frames too small for the model's label propagation (torch: "more than 1 spatial element")
+    name --val_size; a zero-byte annotation names its file (both were tracebacks)."""
+    import shutil
+
+    from utils.cli import UserError
+
+    with pytest.raises(UserError, match=r"--val_size 8 is too small for this model"):
+        run(setup, tmp_path / "small", "--val_size", "8")
+    davis = tmp_path / "DAVIS"
+    shutil.copytree(setup["davis"], davis)
+    seq = davis16_sequences(davis, "val")[0]
+    seq.masks[2].write_bytes(b"")
+    with pytest.raises(UserError, match=rf"{seq.masks[2].name}: not a readable image"):
+        script.main(["--model_path", str(setup["ckpt"]), "--davis16_root", str(davis), "--val_size", "48",
+                     "--output_dir", str(tmp_path / "empty_gt"), "--device", "cpu"])

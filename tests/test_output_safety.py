@@ -282,7 +282,11 @@ def test_demo_refuses_a_folder_holding_files_unless_overwrite(tmp_path):
     a_file = tmp_path / "text.txt"
     a_file.write_text("x")
     assert "is a file" in refused(lambda: demo.main(["--output_dir", str(a_file)]))
-    # --overwrite deletes the demo's own outputs only (the full demo run is tests/test_demo.py's)
+    # --overwrite deletes nothing in a folder no demo marked: a user's own data/ and train/ stay
+    assert "no demo wrote" in refused(lambda: demo.main(["--output_dir", str(out), "--overwrite"]))
+    assert snapshot(out) == before
+    # in a demo's folder it deletes the demo's own outputs only (the full demo run is tests/test_demo.py's)
+    (out / demo.DEMO_MARK).write_text("")
     demo.prepare_output_dir(out, overwrite=True)
-    assert sorted(os.listdir(out)) == ["notes.txt"]
+    assert sorted(os.listdir(out)) == [demo.DEMO_MARK, "notes.txt"]
     assert "--overwrite" in (ROOT / "Makefile").read_text().split("demo: setup", 1)[1].splitlines()[1]

@@ -15,7 +15,8 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -109,6 +110,18 @@ def check_output_file(output: str | Path, flag: str, inputs: dict[str, str | Pat
     if out.exists() and not overwrite:
         raise UserError(f"{flag} {output} already exists; pass --overwrite to replace it, or choose another name")
     return out
+
+
+@contextmanager
+def incomplete_marker(out_dir: str | Path) -> Iterator[Path]:
+    """Create ``out_dir`` with an ``INCOMPLETE`` file in it for the body's duration: the file is removed
+    when the body ends well and left in place by an error or Ctrl-C, so partial outputs say so."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / "INCOMPLETE"
+    marker.write_text("this run did not finish: its outputs are partial\n")
+    yield out
+    marker.unlink()
 
 
 # ------------------------------------------------------------------ argparse type validators

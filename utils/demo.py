@@ -35,12 +35,18 @@ SIZE_HW = (96, 160)
 # Everything the demo writes in its output folder: deleted before a run with --overwrite, so no
 # frame, logits or checkpoint of an earlier demo mixes into the new one.
 DEMO_OUTPUTS = ("data", "train", "inference", "crf", "metrics.json")
+# Written first into the output folder: --overwrite deletes DEMO_OUTPUTS only where a demo wrote them.
+DEMO_MARK = ".medvt_demo"
 
 
 def prepare_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse a file or a folder that holds files unless ``overwrite``; with it, delete the demo's
-    own outputs of an earlier run (a link is removed, not followed)."""
+    own outputs of an earlier run (a link is removed, not followed), and only in a folder that a demo
+    marked as its own: a user's folder that happens to hold a data/ or train/ is left alone."""
     check_output_dir(out, "--output_dir", {}, overwrite)
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARK).is_file():
+        raise UserError(f"--output_dir {out} holds files that no demo wrote (it has no {DEMO_MARK}); --overwrite "
+                        "only replaces an earlier demo: choose a new folder")
     for name in DEMO_OUTPUTS if out.is_dir() else ():
         path = out / name
         if path.is_dir() and not path.is_symlink():
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = args.output_dir
     prepare_output_dir(out, args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text("written by python -m utils.demo; its --overwrite replaces the demo outputs here\n")
     data, train_dir, infer_dir, crf_dir = out / "data", out / "train", out / "inference", out / "crf"
     t_start = time.perf_counter()
 
