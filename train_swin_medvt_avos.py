@@ -50,9 +50,9 @@ from models.config import MODEL_CONFIGS, MedVTConfig, preset_name
 from models.convert import CheckpointMismatchError, init_from_checkpoint, init_from_vistr_coco
 from models.losses import AVOSCriterion
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, capture_rng, check_run_dir, prepare_output_dir, read_resume_checkpoint,
-                              restore_rng, resume_path, resume_training, save_training, seed_everything,
-                              stretch_schedule)
+from utils.checkpoint import (add_run_args, capture_rng, check_end_lr, check_not_finished, check_run_dir,
+                              prepare_output_dir, read_resume_checkpoint, restore_rng, resume_path, resume_training,
+                              save_training, seed_everything, stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, run_main)
 from utils.engine import AMP_DTYPES, train_one_epoch
@@ -230,6 +230,8 @@ def resume(path: Path, ckpt: dict, args: argparse.Namespace, model, optimizer, s
 
 
 def require_file(path: str | None, flag: str) -> Path:
+    if path and Path(path).is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder, not a file")
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"{flag}: file {path} does not exist")
     return Path(path)
@@ -304,9 +306,11 @@ def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
 def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = resolve_defaults(parser.parse_args(argv))
-    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input):
-    # they cost nothing and change nothing.
-    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args))
+    check_end_lr(args)
+    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input,
+    # --resume with --init_from): they cost nothing and change nothing.
+    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args),
+                  init={"--init_from": args.init_from})
     return du.run_distributed(train, args, args.deterministic)
 
 
@@ -376,6 +380,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     if resume_from is not None:
         start_epoch, best = resume(resume_from, resume_ckpt, args, model, optimizer, scheduler, scaler, info, logger)
         resume_ckpt = None  # free it
+        check_not_finished(start_epoch, args.epochs, logger)
     train_model = model
     if info.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(

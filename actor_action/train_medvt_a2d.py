@@ -47,8 +47,9 @@ from datasets.path_config import add_path_args, dataset_root
 from models import build_model
 from models.backbone import load_swin_pretrained
 from models.convert import init_from_checkpoint, init_from_vistr_coco
-from utils.checkpoint import (add_run_args, check_run_dir, close_epoch, prepare_output_dir, read_resume_checkpoint,
-                              resume_path, resume_training, run_summary, seed_everything, stretch_schedule)
+from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
+                              prepare_output_dir, read_resume_checkpoint, resume_path, resume_training, run_summary,
+                              seed_everything, stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, run_main)
 from utils.distributed import cleanup, init_distributed
@@ -208,9 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.use_lr_warmup and args.warmup_epochs < 1:
         raise UserError("--use_lr_warmup needs --warmup_epochs 1 or more")
-    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input):
-    # they cost nothing and change nothing.
-    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args))
+    if args.scheduler_type == "poly":  # the other decays do not use --end_lr
+        check_end_lr(args)
+    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input,
+    # --resume with --init_from): they cost nothing and change nothing.
+    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args),
+                  init={"--init_from": args.init_from})
     a2d_root(args.a2d_root)  # fail early, naming the flag and variable, before creating any folder
     out = Path(args.output_dir)
     resume_from = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
@@ -265,6 +269,7 @@ def _train(args, info, device, out, ckpt_path) -> dict:
         resume_ckpt = None  # free it
         follow_epochs(scheduler, args, getattr(extra.get("args"), "epochs", args.epochs), logger)
         history = list(extra.get("history", []))
+        check_not_finished(start_epoch, args.epochs, logger)
 
     logger.info(f"A2D training: {cfg.num_classes} classes, lprop_mode {cfg.lprop_mode}, query_decoder_scales "
                 f"{cfg.query_decoder_scales}; {len(dataset)} videos, {len(loader)} steps/epoch/process on {device}")

@@ -22,12 +22,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from avs.common import add_model_args, evaluate, model_config
-from datasets.avsbench import AVSBenchDataset
+from datasets.avsbench import AVSBenchDataset, load_log_mel
 from datasets.path_config import add_path_args, dataset_root
+from datasets.video import image_size
 from models import load_model
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
-from utils.cli import UserError, check_output_dir, non_negative_int, positive_int, run_main
+from utils.cli import UserError, check_output_dir, incomplete_marker, non_negative_int, positive_int, run_main
 from utils.distributed import default_device
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
@@ -55,6 +56,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_clips(ds: AVSBenchDataset, clips) -> None:
+    """Read what is cheap to read of every clip to be evaluated before the output folder is made: the
+    header of each frame and mask, and the log-mel pickle (small) where the audio comes from one. A
+    damaged or hostile file is then named without leaving a folder behind (wavs are still read in
+    the loop, under the INCOMPLETE marker)."""
+    for clip in clips:
+        for path in (*clip.frames, *clip.masks):
+            image_size(path)
+        if ds.audio == "log_mel" or (ds.audio == "auto" and clip.log_mel.is_file()):
+            load_log_mel(clip.log_mel)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     device = torch.device(args.device or default_device())
@@ -74,16 +87,17 @@ def main(argv: list[str] | None = None) -> dict:
                         "S4/MS3 release")
     ds = AVSBenchDataset(args.avsbench_root, args.task, args.split, args.test_im_size or None, args.audio,
                          args.allow_resample, args.allow_silent)
-    logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
-    logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {loaded.reason}")
-    loader = DataLoader(ds, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers)
-    res = evaluate(model, vggish, loader, device, out / "pred_masks" if args.save_pred_mask else None,
-                   args.max_batches, desc=f"{args.task} {args.split}")
-    res.update(task=args.task, split=args.split, weights=str(args.model_path), im_size=args.test_im_size)
-    logger.info(f"{args.task} {args.split}: {format_metrics({'mIoU': res['miou'], 'F': res['fscore']})} "
-                f"({res['num_clips']} clips)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(jsonable(res), indent=2))
+    check_clips(ds, ds.clips if args.max_batches is None else ds.clips[:args.max_batches * args.test_batch_size])
+    with incomplete_marker(out):  # what is still read lazily (e.g. wavs) may fail mid-run: the folder says so
+        logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
+        logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {loaded.reason}")
+        loader = DataLoader(ds, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers)
+        res = evaluate(model, vggish, loader, device, out / "pred_masks" if args.save_pred_mask else None,
+                       args.max_batches, desc=f"{args.task} {args.split}")
+        res.update(task=args.task, split=args.split, weights=str(args.model_path), im_size=args.test_im_size)
+        logger.info(f"{args.task} {args.split}: {format_metrics({'mIoU': res['miou'], 'F': res['fscore']})} "
+                    f"({res['num_clips']} clips)")
+        (out / "results.json").write_text(json.dumps(jsonable(res), indent=2))
     return res
 
 

@@ -61,8 +61,9 @@ from datasets.path_config import add_path_args, dataset_root
 from models.avs_config import get_avs_config
 from models.avs_convert import load_avs_checkpoint, load_pvt_pretrained
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, check_run_dir, close_epoch, prepare_output_dir, read_resume_checkpoint,
-                              resume_path, resume_training, seed_everything)
+from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
+                              prepare_output_dir, read_resume_checkpoint, resume_path, resume_training,
+                              seed_everything)
 from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main
 from utils.engine import train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
@@ -221,9 +222,12 @@ def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = resolve_defaults(get_args_parser().parse_args(argv))
-    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input):
-    # they cost nothing and change nothing.
-    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args))
+    if args.task == "ms3":  # the S4 cosine decay does not use --end_lr
+        check_end_lr(args)
+    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input,
+    # --resume with --weights): they cost nothing and change nothing.
+    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args),
+                  init={"--weights": args.weights or None})
     task_dir(args.avsbench_root, args.task)  # fail early, naming the flag, before creating any folder
     return du.run_distributed(train, args, args.deterministic)
 
@@ -274,6 +278,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         start_epoch, best, history = resume(resume_from, resume_ckpt, args, model, optimizer, schedule, info,
                                             logger)
         resume_ckpt = None  # free it
+        check_not_finished(start_epoch, args.max_epoches, logger, "--max_epoches")
     if start_epoch == 0:  # a new run
         seed_everything(args.seed + info.rank)  # training draws (dropout, workers) differ per process
     train_model = model

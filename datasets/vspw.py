@@ -30,11 +30,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from utils.cli import UserError
 from utils.clips import clamped_clip
 
 from .path_config import dataset_root, require
 from .transforms import to_tensor
-from .video import VideoSequence, open_image
+from .video import VideoSequence, image_size, open_image
 
 IGNORE_INDEX = 255
 NUM_CLASSES = 124
@@ -60,7 +61,10 @@ def read_split(root: Path, split: str) -> list[str]:
 def vspw_sequences(root: Path, split: str, need_masks: bool | None = None) -> list[VideoSequence]:
     """Every video of ``split`` as a :class:`VideoSequence` (frames in name order, mask per frame or None).
 
-    ``need_masks`` (default: every split but ``test``) makes a video without masks an error naming it.
+    ``need_masks`` (default: every split but ``test``) makes a video without masks an error naming it,
+    and reads the header of every mask file (:func:`image_size`, no decoding), so a damaged mask is
+    named now, before training or evaluation starts, not when it is first read (after an epoch, for
+    the validation split). A frame without a mask file is kept, all void (as in :func:`read_raw_mask`).
     """
     need_masks = split != "test" if need_masks is None else need_masks
     videos = []
@@ -76,6 +80,10 @@ def vspw_sequences(root: Path, split: str, need_masks: bool | None = None) -> li
         masks = [m if m.is_file() else None for m in (mask_dir / f"{p.stem}.png" for p in frames)]
         if need_masks and all(m is None for m in masks):
             raise FileNotFoundError(f"vspw: no mask in {mask_dir} matches a frame name of {frame_dir}")
+        if need_masks:
+            for m in masks:
+                if m is not None:
+                    image_size(m)  # raises ImageReadError naming the file
         videos.append(VideoSequence(name, frames, masks))
     return videos
 
@@ -180,7 +188,12 @@ class VSPWClips(Dataset):
         ids = clamped_clip(seq.num_frames, centre, self.num_frames, self.frame_stride)
         images = [seq.read_image(i) for i in ids]
         size_hw = images[0].size[::-1]
-        labels = [raw_to_class(read_raw_mask(seq.masks[i], size_hw)) for i in ids]
+        raw = [read_raw_mask(seq.masks[i], size_hw) for i in ids]
+        for i, image, mask in zip(ids, images, raw):  # a crop would silently cut them at different places
+            if mask.shape != image.size[::-1]:
+                raise UserError(f"{seq.masks[i]} is {mask.shape[1]}x{mask.shape[0]} but its frame {seq.frames[i]} "
+                                f"is {image.size[0]}x{image.size[1]}; a mask must have its frame's size")
+        labels = [raw_to_class(m) for m in raw]
         frames, masks = self.transform(images, labels)
         return {"frames": frames, "masks": masks, "name": seq.name, "centre": centre}
 

@@ -241,9 +241,25 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
 def init_from_checkpoint(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
     """Start a new run from a MED-VT checkpoint file (the authors' or ours, of any task): copy every
     entry whose converted name and shape match; return (loaded, kept at their initial values)."""
-    sd = convert_original_state_dict(checkpoint_state_dict(read_checkpoint(path)), model.cfg)
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"--init_from {path} is a folder, not a checkpoint file")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--init_from {path}: file does not exist")
+    try:
+        sd = checkpoint_state_dict(read_checkpoint(path))
+    except CheckpointMismatchError as e:
+        if str(path) in str(e):
+            raise
+        raise CheckpointMismatchError(f"--init_from {path}: {e}") from None
+    sd = convert_original_state_dict(sd, model.cfg)
     own = model.state_dict()
     loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    if not loaded:
+        names = sorted(sd)
+        raise CheckpointMismatchError(
+            f"--init_from {path}: none of its {len(sd)} entries fit this model ({type(model).__name__}; "
+            f"{'e.g. ' + _describe(names, 3) if names else 'it has none'}); is it a checkpoint of another model?")
+    check_finite(loaded, f"--init_from {path}")
     model.load_state_dict(loaded, strict=False)
     return sorted(loaded), sorted(k for k in own if k not in loaded)
 

@@ -28,6 +28,8 @@ import argparse
 import json
 import os
 import random
+import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -41,6 +43,12 @@ from utils.metrics import jsonable
 
 # Files a training run leaves in its --output_dir; any of them means the folder holds a run.
 RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "metrics.jsonl", "history.json")
+# Everything else a training script writes there, which --overwrite deletes too (and nothing else):
+# its log, TensorBoard folder (--tensorboard), per-epoch validation tables (VSS) and the temporary
+# files of an interrupted save_checkpoint.
+RUN_LOG = "train.log"
+RUN_FOLDERS = ("tb",)
+RUN_PATTERN = re.compile(r"val_epoch\d+\.(csv|json)|\.(checkpoint_last|checkpoint_best)\.pth\..+\.tmp")
 
 
 def add_run_args(group, epochs_flag: str = "--epochs", deterministic: bool = True) -> None:
@@ -49,8 +57,9 @@ def add_run_args(group, epochs_flag: str = "--epochs", deterministic: bool = Tru
                        help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth "
                             "if it exists (else start)")
     group.add_argument("--overwrite", action="store_true",
-                       help="start a new run in an --output_dir that holds one, deleting its checkpoints, logs and "
-                            "history (without it, or --resume, such a folder is refused)")
+                       help="start a new run in an --output_dir that holds one, deleting what a run wrote there "
+                            "(checkpoints, train.log, metrics, history, tb/, val_epoch* tables; nothing else); "
+                            "without it, or --resume, such a folder is refused")
     group.add_argument("--stop_after", default=None, type=positive_int, metavar="N",
                        help=f"stop after N epochs in this run (the schedule still follows {epochs_flag}); continue "
                             "later with --resume auto")
@@ -60,6 +69,14 @@ def add_run_args(group, epochs_flag: str = "--epochs", deterministic: bool = Tru
                                 "run to equal an uninterrupted one bit for bit, since a few multi-threaded backward "
                                 "kernels accumulate in a varying order; auto = on for CPU, off for CUDA (on CUDA it "
                                 "costs speed and only warns where no deterministic kernel exists)")
+
+
+def check_end_lr(args: argparse.Namespace) -> None:
+    """A poly decay goes from ``--lr`` down to ``--end_lr``: a larger ``--end_lr`` would raise the lr
+    instead (epoch 1 would already train above --lr); refused at argument time."""
+    if args.end_lr > args.lr:
+        raise UserError(f"--end_lr {args.end_lr} is larger than --lr {args.lr}: the poly schedule decays from --lr "
+                        "to --end_lr; pass an --end_lr below --lr")
 
 
 def plain_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -113,23 +130,55 @@ def resume_path(resume: str | None, output_dir: str | os.PathLike) -> Path | Non
     if resume == "auto":
         path = Path(output_dir) / "checkpoint_last.pth"
         return path if path.is_file() else None
+    if resume and Path(resume).is_dir():
+        raise IsADirectoryError(f"--resume {resume} is a folder, not a checkpoint file (give its checkpoint_last.pth)")
     if resume and not Path(resume).is_file():
         raise FileNotFoundError(f"--resume {resume}: checkpoint file not found")
     return Path(resume) if resume else None
 
 
 def run_files(output_dir: str | os.PathLike) -> list[str]:
-    """The RUN_FILES present in ``output_dir`` (none: it holds no training run)."""
+    """The RUN_FILES present in ``output_dir`` as files (none: it holds no training run)."""
     out = Path(output_dir)
-    return [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() else []
+    return [name for name in RUN_FILES if (out / name).is_file()] if out.is_dir() else []
 
+
+def run_outputs(output_dir: str | os.PathLike) -> list[Path]:
+    """Everything a training run writes in ``output_dir`` that is there: what ``--overwrite`` deletes
+    (RUN_FILES, train.log, tb/, val_epoch*.csv/json, temporary checkpoint files); nothing else."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    names = {*RUN_FILES, RUN_LOG, *RUN_FOLDERS}
+    return sorted(p for p in out.iterdir() if p.name in names or RUN_PATTERN.fullmatch(p.name))
+
+
+def check_not_finished(start_epoch: int, epochs: int, logger, flag: str = "--epochs") -> bool:
+    """After a resume: warn, and return False, when the run has already trained ``epochs`` epochs
+    (``flag`` = the script's epoch-count flag) so that nothing is left to train."""
+    if start_epoch < epochs:
+        return True
+    if start_epoch == epochs:
+        logger.warning(f"the run has already trained its {start_epoch} epochs; nothing to do — raise {flag} to "
+                       "train more")
+    else:
+        logger.warning(f"{flag} {epochs} but the run has already trained {start_epoch} epochs; nothing to do — "
+                       f"raise {flag} above {start_epoch} to train more")
+    return False
 
 def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool, can_resume: bool = True,
-                  inputs: Mapping[str, str | os.PathLike | None] | None = None) -> Path:
+                  inputs: Mapping[str, str | os.PathLike | None] | None = None,
+                  init: Mapping[str, str | os.PathLike | None] | None = None) -> Path:
     """Every refusal of :func:`prepare_output_dir`, with no side effect (nothing is created or
     deleted), so that a script can call it first, on every process:
 
     * ``--resume`` with ``--overwrite`` (continue the run / delete it: contradictory);
+    * ``--resume PATH`` with one of ``init`` (flag → path: the script's flags that initialise a new run,
+      which a resumed run would silently ignore). ``--resume auto`` is allowed with them, so a job
+      script can always pass both: it continues the folder's run if there is one, and otherwise
+      starts a new run from the initial weights;
+    * a RUN_FILES name that is a folder in ``--output_dir`` (a run could neither continue from nor
+      replace it);
     * an ``--output_dir`` that is a file, or that is, contains or lies inside one of ``inputs``
       (flag → path: data roots, initial weights; :func:`utils.cli.check_output_dir`);
     * a folder that holds a run, without ``--resume`` or ``--overwrite``;
@@ -142,6 +191,16 @@ def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: 
     if resume and overwrite:
         raise UserError(f"--resume {resume} and --overwrite contradict each other: --resume continues the run, "
                         "--overwrite deletes it to start a new one; pass only one of them")
+    given = [f"{flag} {path}" for flag, path in (init or {}).items() if path]
+    if resume and resume != "auto" and given:
+        raise UserError(f"--resume {resume} and {', '.join(given)} contradict each other: --resume continues a run "
+                        "with its own weights, so the initial weights would be ignored; pass --resume to continue "
+                        f"the run, or {' / '.join(f.split()[0] for f in given)} (without --resume) to start a new one")
+    if out.is_dir():
+        folders = [name for name in RUN_FILES if (out / name).exists() and not (out / name).is_file()]
+        if folders:
+            raise UserError(f"--output_dir {out}: {', '.join(folders)} in it is a folder, not a file of a training "
+                            "run; move it away or choose another --output_dir")
     check_output_dir(out, "--output_dir", dict(inputs or {}), overwrite=True)  # a file; overlapping an input
     found = run_files(out)
     if not found:
@@ -173,8 +232,11 @@ def prepare_output_dir(output_dir: str | os.PathLike, resume: str | None, overwr
     the first step that changes the output folder."""
     out = check_run_dir(output_dir, resume, overwrite, can_resume, inputs)
     if overwrite:
-        for name in (*run_files(out), "train.log"):
-            (out / name).unlink(missing_ok=True)
+        for path in run_outputs(out):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 # Flags that say where a run reads and writes and how it is watched, not what it computes: they
@@ -391,6 +453,10 @@ def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object])
 
     try:
         then = read_config(saved)
+    except CheckpointMismatchError:
+        raise
+    except UserError as e:  # e.g. a MED-VT++ (AVS) checkpoint given to a MED-VT script: name the file and flag
+        raise CheckpointMismatchError(f"--resume {path}: {e}") from None
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointMismatchError(f"{path}: its model config cannot be read ({e})") from None
     if then != cfg:

@@ -28,7 +28,8 @@ import torch
 from datasets.path_config import add_path_args, dataset_root
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
-from utils.cli import UserError, add_debug_flag, check_output_dir, non_negative_int, positive_int, run_main
+from utils.cli import (UserError, add_debug_flag, check_output_dir, incomplete_marker, non_negative_int, positive_int,
+                       run_main)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
 from utils.metrics import write_results
 from vss.common import build_from_args, evaluate_videos, format_summary
@@ -106,14 +107,16 @@ def main(argv: list[str] | None = None) -> dict:
         out = ((Path(source).parent if source else Path("runs/medvt_vss_random"))
                / f"infer_vspw_{args.split}_{args.val_size}_{int(time.time())}")
         check_output_dir(out, "--output_dir", inputs, args.overwrite)
-    summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
-                              save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
-                              clip_len=args.clip_len, window=args.window, flip=args.flip,
-                              amp_dtype=AMP_DTYPES[args.amp], batch_clips=args.batch_clips)
+    with incomplete_marker(out):  # left in place by an error or Ctrl-C: the outputs are partial
+        summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
+                                  save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
+                                  clip_len=args.clip_len, window=args.window, flip=args.flip,
+                                  amp_dtype=AMP_DTYPES[args.amp], batch_clips=args.batch_clips)
+        if summary:
+            json_path, csv_path = write_results(summary, out, "results")
     if not summary:
         print(f"no ground truth in split {args.split}: predictions written to {out / 'predictions'}")
         return {}
-    json_path, csv_path = write_results(summary, out, "results")
     print(f"{format_summary(summary)}; per video: {csv_path}, all: {json_path}")
     return summary
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.losses import IGNORE_INDEX, softmax_focal_loss, upsample_logits
+from utils.cli import UserError
 
 
 class VSSCriterion(nn.Module):
@@ -42,7 +43,22 @@ class VSSCriterion(nn.Module):
         total = F.cross_entropy(logits.float(), masks, ignore_index=self.ignore_index, reduction="sum")
         return total / valid.sum().clamp(min=1)
 
+    def check_targets(self, masks: Tensor, num_classes: int) -> None:
+        """Refuse a label outside 0..K-1 (other than the ignore index) with a message, not the
+        ``IndexError: Target 8 is out of bounds`` of the loss (or a CUDA assert): the masks hold
+        more classes than the model was built with (``--num_classes``). One min/max per step."""
+        if masks.numel() == 0:
+            return
+        labels = masks.masked_fill(masks == self.ignore_index, 0)
+        lo, hi = (int(v) for v in labels.aminmax())
+        if lo < 0 or hi >= num_classes:
+            bad = hi if hi >= num_classes else lo
+            raise UserError(f"a training mask holds class id {bad} (raw VSPW label {bad + 1}), but the model has "
+                            f"{num_classes} classes (ids 0..{num_classes - 1}, {self.ignore_index} = ignore); "
+                            "check --num_classes (VSPW has 124) or the masks")
+
     def forward(self, outputs: dict[str, Tensor], masks: Tensor) -> dict[str, Tensor]:
+        self.check_targets(masks, outputs["pred_masks"].shape[1])
         losses = {"loss_mask": self.pixel_loss(outputs["pred_masks"], masks)}
         total = losses["loss_mask"]
         if self.aux_weight > 0 and "aux_pred_masks" in outputs:

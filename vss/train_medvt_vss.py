@@ -43,8 +43,9 @@ from models import build_model
 from models.backbone import load_swin_pretrained
 from models.config import preset_name
 from models.convert import init_from_checkpoint, init_from_vistr_coco
-from utils.checkpoint import (add_run_args, check_run_dir, close_epoch, prepare_output_dir, read_resume_checkpoint,
-                              resume_path, resume_training, run_summary, seed_everything, stretch_schedule)
+from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
+                              prepare_output_dir, read_resume_checkpoint, resume_path, resume_training, run_summary,
+                              seed_everything, stretch_schedule)
 from utils.cli import (add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float, positive_int,
                        run_main)
 from utils.distributed import cleanup, init_distributed
@@ -161,9 +162,11 @@ def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
 def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input):
-    # they cost nothing and change nothing.
-    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args))
+    check_end_lr(args)
+    # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input,
+    # --resume with --init_from): they cost nothing and change nothing.
+    check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args),
+                  init={"--init_from": args.init_from})
     vspw_root(args.vspw_root)  # fail early, with the flag and variable named, before creating any folder
     out = Path(args.output_dir)
     resume_from = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
@@ -226,6 +229,7 @@ def _train(args, info, device, out, ckpt_path) -> dict:
         resume_ckpt = None  # free it
         stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
         history = list(extra.get("history", []))
+        check_not_finished(start_epoch, args.epochs, logger)
 
     logger.info(f"VSS training: {args.model} ({cfg.num_classes} classes), {len(loader.dataset)} clips, "
                 f"{len(loader)} steps/epoch/process, {info.world_size} process(es) on {device}")

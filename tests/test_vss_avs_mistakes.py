@@ -1,0 +1,176 @@
+"""User mistakes in VSS training/inference and AVS testing: one message naming the file or flag,
+and nothing left behind (or an INCOMPLETE marker when a run stops part-way)."""
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from datasets.avsbench import make_synthetic_avsbench
+from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_sequences
+from utils.cli import UserError
+from vss.losses import VSSCriterion
+from tests.test_vss import K, _train_argv, write_vspw
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _vspw(root):
+    return write_vspw(root, {"1_train_a": ("train", 4), "2_val_a": ("val", 4)})
+
+
+# N1 ------------------------------------------------------------------------------------
+def test_label_beyond_num_classes_names_the_class_and_flag():
+    logits = torch.zeros(1, K, 2, 4, 4)
+    masks = torch.full((1, 2, 4, 4), 255, dtype=torch.long)
+    masks[0, 0, 0, 0] = K - 1
+    assert VSSCriterion()({"pred_masks": logits}, masks)["loss"].isfinite()  # in range + ignore: fine
+    masks[0, 1, 2, 3] = 8
+    with pytest.raises(UserError, match=rf"class id 8 .*model has {K} classes.*--num_classes"):
+        VSSCriterion()({"pred_masks": logits}, masks)
+
+
+# N2 ------------------------------------------------------------------------------------
+def test_training_mask_of_another_size_than_its_frame_names_both(tmp_path):
+    root = _vspw(tmp_path / "vspw")
+    mask = root / "data" / "1_train_a" / "mask" / "00000001.png"
+    Image.open(mask).resize((40, 32), Image.NEAREST).save(mask)
+    ds = build_vspw_train_dataset(root, num_frames=2, centre_step=1,
+                                  transform=VSPWTrainTransform((48,), crop_hw=(48, 64), seed=0))
+    ds[3]  # a clip without that frame is fine
+    with pytest.raises(UserError, match=r"00000001\.png is 40x32 but its frame .*00000001\.jpg is 80x64"):
+        ds[1]
+
+
+# N4 ------------------------------------------------------------------------------------
+def test_damaged_validation_mask_is_named_before_training(tmp_path, monkeypatch):
+    from vss import train_medvt_vss
+
+    root = _vspw(tmp_path / "vspw")
+    bad = root / "data" / "2_val_a" / "mask" / "00000002.png"
+    bad.write_text("not a png")
+    with pytest.raises(UserError, match=r"2_val_a/mask/00000002\.png: not a readable image"):
+        vspw_sequences(root, "val", need_masks=True)
+    assert vspw_sequences(root, "val", need_masks=False)  # listing without masks reads none
+
+    def trained(*a, **k):
+        raise AssertionError("an epoch was trained before the damaged mask was named")
+
+    monkeypatch.setattr(train_medvt_vss, "train_one_epoch", trained)
+    with pytest.raises(UserError, match=r"00000002\.png"):
+        train_medvt_vss.main(_train_argv(root, tmp_path / "run", "--epochs", "1"))
+    assert not (tmp_path / "run" / "checkpoint_last.pth").exists()
+
+
+# N16 -----------------------------------------------------------------------------------
+def _infer_argv(root, out):
+    return ["--random_weights", "--model", "tiny", "--num_classes", str(K), "--vspw_root", str(root), "--split", "val",
+            "--val_size", "48", "--clip_len", "2", "--device", "cpu", "--output_dir", str(out)]
+
+
+def test_interrupted_vss_inference_leaves_the_incomplete_marker(tmp_path, monkeypatch):
+    from vss import common, inference_medvt_vss
+
+    root = _vspw(tmp_path / "vspw")
+    write = common._write_frame
+    calls = []
+
+    def write_then_interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write(*a, **k)
+
+    monkeypatch.setattr(common, "_write_frame", write_then_interrupt)
+    out = tmp_path / "infer"
+    with pytest.raises(KeyboardInterrupt):
+        inference_medvt_vss.main(_infer_argv(root, out))
+    assert (out / "INCOMPLETE").is_file() and not (out / "results.json").exists()
+    assert len(list((out / "predictions" / "2_val_a").glob("*.png"))) == 2
+
+    monkeypatch.setattr(common, "_write_frame", write)
+    done = tmp_path / "done"
+    assert "mIoU" in inference_medvt_vss.main(_infer_argv(root, done))
+    assert not (done / "INCOMPLETE").exists() and (done / "results.json").is_file()
+
+    # a truncated first mask (its header reads fine) is named, and the folder says the run stopped
+    mask = root / "data" / "2_val_a" / "mask" / "00000000.png"
+    mask.write_bytes(mask.read_bytes()[:60])
+    with pytest.raises(UserError, match=r"00000000\.png: not a readable image"):
+        inference_medvt_vss.main(_infer_argv(root, tmp_path / "trunc"))
+    assert (tmp_path / "trunc" / "INCOMPLETE").is_file()
+
+
+# N3 ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def avs_case(tmp_path_factory):
+    from models.avs import build_avs_model
+
+    root = make_synthetic_avsbench(tmp_path_factory.mktemp("avsb"), "ms3", {"train": 1, "val": 1, "test": 2},
+                                   size=32, seed=1)
+    torch.manual_seed(0)
+    model = build_avs_model("avs_tiny")
+    ckpt = tmp_path_factory.mktemp("ck") / "avs.pth"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
+    return root, ckpt
+
+
+def _avs_argv(root, ckpt, out):
+    return ["--task", "ms3", "--config", "avs_tiny", "--allow_random_vggish", "--device", "cpu", "--num_workers",
+            "0", "--avsbench_root", str(root), "--weights", str(ckpt), "--test_im_size", "32",
+            "--test_batch_size", "1", "--output_dir", str(out)]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "hostile"])
+def test_avs_test_with_a_bad_log_mel_pickle_leaves_no_folder(avs_case, tmp_path, damage):
+    from avs.test_medvt import main as test_main
+
+    src, ckpt = avs_case
+    root = tmp_path / "avsb"
+    shutil.copytree(src, root)
+    pkl = sorted(root.rglob("audio_log_mel/test/*.pkl"))[1]
+    if damage == "truncated":
+        pkl.write_bytes(pkl.read_bytes()[:100])
+    else:
+        pkl.write_bytes(pickle.dumps(shutil.rmtree))
+    out = tmp_path / "test"
+    with pytest.raises(UserError, match=rf"{pkl.name}: not a log-mel pickle"):
+        test_main(_avs_argv(root, ckpt, out))
+    assert not out.exists()
+
+
+def test_avs_test_failing_mid_run_leaves_the_incomplete_marker(avs_case, tmp_path, monkeypatch):
+    import avs.test_medvt as script
+
+    root, ckpt = avs_case
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "evaluate", interrupted)
+    out = tmp_path / "test"
+    with pytest.raises(KeyboardInterrupt):
+        script.main(_avs_argv(root, ckpt, out))
+    assert (out / "INCOMPLETE").is_file() and not (out / "results.json").exists()
+    monkeypatch.undo()
+    done = tmp_path / "done"
+    res = script.main(_avs_argv(root, ckpt, done))
+    assert res["num_clips"] == 2 and (done / "results.json").is_file() and not (done / "INCOMPLETE").exists()
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_vss import ROOT
+
+    root = _vspw(tmp_path / "vspw")
+    (root / "data" / "2_val_a" / "mask" / "00000001.png").write_text("oops")
+    r = subprocess.run([sys.executable, str(ROOT / "vss" / "inference_medvt_vss.py"),
+                        *_infer_argv(root, tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert r.stderr.startswith("inference_medvt_vss.py: error: ") and "00000001.png" in r.stderr
+    assert not (tmp_path / "o").exists()
