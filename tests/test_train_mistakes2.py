@@ -5,8 +5,6 @@ wrote and nothing else (tiny models, synthetic data, CPU)."""
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,35 +15,16 @@ from avs import train_medvt as avs_train
 from models import build_model
 from models.convert import read_checkpoint
 from tests.test_train import base_args, davis  # noqa: F401  (davis: the module's synthetic DAVIS fixture)
+from tests.test_train_mistakes import QUICK, run_a, run_b, snapshot  # noqa: F401  (run_a, run_b: fixtures)
 from utils.checkpoint import check_not_finished, check_run_dir, prepare_output_dir, save_checkpoint
 from utils.cli import USER_ERRORS, UserError
 from vss import train_medvt_vss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-QUICK = ("--epochs", "1", "--steps_per_epoch", "1", "--no_val")
 # The other scripts' refusals below come before their data is read: a data root need not exist.
 OTHER = {"vss": (train_medvt_vss.main, ["--model", "tiny", "--vspw_root", "/nonexistent/vspw"], "--init_from"),
          "a2d": (train_medvt_a2d.main, ["--model", "tiny", "--a2d_root", "/nonexistent/a2d"], "--init_from"),
          "avs": (avs_train.main, ["--config", "avs_tiny", "--avsbench_root", "/nonexistent/avsb"], "--weights")}
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (relative path → bytes): equal snapshots = nothing changed or added."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def run_a(davis, tmp_path_factory) -> Path:  # noqa: F811
-    """A finished tiny AVOS run (1 epoch, 1 step)."""
-    out = tmp_path_factory.mktemp("runs") / "run_a"
-    avos_train.main(base_args(davis, out, *QUICK))
-    return out
-
-
-@pytest.fixture
-def run_b(run_a, tmp_path) -> Path:
-    """A copy of run A, to check that a mistake leaves it as it was."""
-    return Path(shutil.copytree(run_a, tmp_path / "run_b"))
 
 
 # ---------------------------------------------------------------- N5, N6: --init_from that does not fit
