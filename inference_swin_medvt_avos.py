@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from avos import inference as inf
 from datasets import path_config
@@ -31,6 +30,7 @@ from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
 from utils.cli import UserError, add_debug_flag, check_output_dir, clip_frames, positive_float, positive_int, run_main
+from utils.distributed import check_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
 from utils.metrics import jsonable
 
@@ -146,9 +146,7 @@ def input_paths(args: argparse.Namespace, datasets: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
+    device = check_device(args.device)
     check_runtime_flags(parser, args)
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
     if args.video is not None and not args.video.exists():  # before the checkpoint is read

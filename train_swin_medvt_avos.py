@@ -54,7 +54,7 @@ from utils.checkpoint import (add_run_args, capture_rng, check_end_lr, check_not
                               prepare_output_dir, read_resume_checkpoint, restore_rng, resume_path, resume_training,
                               save_training, seed_everything, stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
-                       positive_int, run_main)
+                       positive_int, require_file, run_main)
 from utils.engine import AMP_DTYPES, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import LR_GROUPS, PolyLR, param_groups
@@ -227,14 +227,6 @@ def resume(path: Path, ckpt: dict, args: argparse.Namespace, model, optimizer, s
                                            ckpt=ckpt, init_flags=INIT_FLAGS)
     stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
     return start_epoch, best
-
-
-def require_file(path: str | None, flag: str) -> Path:
-    if path and Path(path).is_dir():
-        raise IsADirectoryError(f"{flag} {path} is a folder, not a file")
-    if not path or not Path(path).is_file():
-        raise FileNotFoundError(f"{flag}: file {path} does not exist")
-    return Path(path)
 
 
 def check_frame_size(model, device: torch.device, sizes: dict[str, int], what: str) -> None:

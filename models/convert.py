@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from utils.cli import UserError
+from utils.cli import UserError, require_file
 
 from .config import MedVTConfig, get_config
 
@@ -241,10 +241,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
 def init_from_checkpoint(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
     """Start a new run from a MED-VT checkpoint file (the authors' or ours, of any task): copy every
     entry whose converted name and shape match; return (loaded, kept at their initial values)."""
-    if Path(path).is_dir():
-        raise IsADirectoryError(f"--init_from {path} is a folder, not a checkpoint file")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--init_from {path}: file does not exist")
+    require_file(path, "--init_from")
     try:
         sd = checkpoint_state_dict(read_checkpoint(path))
     except CheckpointMismatchError as e:

@@ -80,6 +80,15 @@ def require_separate(output: str | Path, output_flag: str, inputs: dict[str, str
                             "with the inputs; choose an output folder outside it")
 
 
+def require_file(path: str | Path | None, flag: str) -> Path:
+    """An input file given by ``flag``, or the error a user reads: a folder is called a folder."""
+    if path and Path(path).is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder, not a file")
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"{flag}: file {path} does not exist")
+    return Path(path)
+
+
 def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path | None],
                      overwrite: bool = False) -> Path:
     """Check an output folder before anything is read or written: not a file, apart from every
