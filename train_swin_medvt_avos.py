@@ -373,11 +373,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         start_epoch, best = resume(resume_from, resume_ckpt, args, model, optimizer, scheduler, scaler, info, logger)
         resume_ckpt = None  # free it
         check_not_finished(start_epoch, args.epochs, logger)
-    train_model = model
-    if info.distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=args.find_unused_parameters)
+    train_model = du.wrap_ddp(model, info, args.find_unused_parameters)
 
     history, paths = [], {}
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)

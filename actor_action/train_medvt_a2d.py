@@ -22,7 +22,8 @@ Checkpoints hold ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``
 the inference script rebuilds the model from the file. ``--resume auto`` continues a run (the policy
 of ``train_swin_medvt_avos.py``: optimizer, schedule, best score, history and every process's RNG;
 other training settings than the run's are refused); a run stopped with ``--stop_after`` and resumed
-continues as the uninterrupted one (bit for bit with deterministic kernels).
+continues as the uninterrupted one (bit for bit with deterministic kernels: ``--deterministic``,
+on by default on CPU).
 
 Example::
 
@@ -52,7 +53,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               seed_everything, stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, run_main)
-from utils.distributed import cleanup, init_distributed
+from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
@@ -118,7 +119,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="score the first N annotated frames only (0 = all)")
     g.add_argument("--output_dir", default="runs/medvt_a2d",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
-    add_run_args(g, deterministic=False)
+    add_run_args(g)
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(p)
     return p
@@ -216,18 +217,14 @@ def main(argv: list[str] | None = None) -> dict:
     check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args),
                   init={"--init_from": args.init_from})
     a2d_root(args.a2d_root)  # fail early, naming the flag and variable, before creating any folder
-    out = Path(args.output_dir)
-    resume_from = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
-    info = init_distributed(args.device)
-    try:
-        return _train(args, info, info.device, out, resume_from)
-    finally:
-        cleanup()
+    return run_distributed(train, args, args.deterministic)
 
 
-def _train(args, info, device, out, ckpt_path) -> dict:
+def train(args: argparse.Namespace, info: DistInfo) -> dict:
     """Everything the run reads (initial weights, data, the --resume file) is checked before the output
     folder is created or changed, so a mistake leaves nothing behind."""
+    out, device = Path(args.output_dir), info.device
+    ckpt_path = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
     early = DeferredLog()  # messages of the checks below, logged once train.log exists
     seed_everything(args.seed + info.rank)
     root = a2d_root(args.a2d_root)  # fail early, naming the flag and variable
@@ -235,10 +232,7 @@ def _train(args, info, device, out, ckpt_path) -> dict:
     model = build_model(cfg)
     _init_weights(model, args, early)
     model.to(device)
-    model_without_ddp = model
-    if info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model_without_ddp, model = model, wrap_ddp(model, info)
     criterion = A2DCriterion(aux_weight=args.aux_loss if cfg.lprop_mode else 0.0, mask_coef=args.mask_loss_coef)
     optimizer = torch.optim.AdamW(param_groups(model_without_ddp, args.lr, args.lr_backbone, "intended"),
                                   weight_decay=args.weight_decay)

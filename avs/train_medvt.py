@@ -82,7 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("recipe (None = the task's default, see the table above)")
     g.add_argument("--session_name", default=None, help="run name used in the log (default: the task)")
     g.add_argument("--output_dir", default="runs/avs_train", help="checkpoints, log and history")
-    add_run_args(g)
+    add_run_args(g, epochs_flag="--max_epoches")
     g.add_argument("--train_im_size", default=None, type=non_negative_int, help="square training size (0 = native 224)")
     g.add_argument("--val_im_size", default=None, type=non_negative_int, help="square validation size (0 = native 224)")
     g.add_argument("--train_batch_size", default=2, type=positive_int, help="clips per training batch")
@@ -281,16 +281,12 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         check_not_finished(start_epoch, args.max_epoches, logger, "--max_epoches")
     if start_epoch == 0:  # a new run
         seed_everything(args.seed + info.rank)  # training draws (dropout, workers) differ per process
-    train_model = model
-    if info.distributed:
-        # find_unused_parameters: without the masked-AV loss (S4), or with it on some stages only, the
-        # audio outputs of the fusion get no gradient, and without the flag DDP stops at the next step
-        # ("Expected to have finished reduction"). Its warning that it found no unused parameters is a
-        # false positive: it searches from the forward outputs, which include those audio features.
-        # Parameters that get no gradient on any process keep grad None, so AdamW skips them as in one
-        # process.
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    # find_unused_parameters: without the masked-AV loss (S4), or with it on some stages only, the audio
+    # outputs of the fusion get no gradient, and without the flag DDP stops at the next step ("Expected to
+    # have finished reduction"). Its warning that it found no unused parameters is a false positive: it
+    # searches from the forward outputs, which include those audio features. Parameters that get no
+    # gradient on any process keep grad None, so AdamW skips them as in one process.
+    train_model = du.wrap_ddp(model, info, find_unused_parameters=True)
 
     end_epoch = args.max_epoches if args.stop_after is None else min(args.max_epoches, start_epoch + args.stop_after)
     for epoch in range(start_epoch, end_epoch):

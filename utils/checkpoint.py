@@ -51,8 +51,8 @@ RUN_FOLDERS = ("tb",)
 RUN_PATTERN = re.compile(r"val_epoch\d+\.(csv|json)|\.(checkpoint_last|checkpoint_best)\.pth\..+\.tmp")
 
 
-def add_run_args(group, epochs_flag: str = "--epochs", deterministic: bool = True) -> None:
-    """``--resume``, ``--overwrite``, ``--stop_after`` (and ``--deterministic``) of every training script."""
+def add_run_args(group, epochs_flag: str = "--epochs") -> None:
+    """``--resume``, ``--overwrite``, ``--stop_after`` and ``--deterministic`` of every training script."""
     group.add_argument("--resume", default=None, metavar="PATH|auto",
                        help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth "
                             "if it exists (else start)")
@@ -63,12 +63,11 @@ def add_run_args(group, epochs_flag: str = "--epochs", deterministic: bool = Tru
     group.add_argument("--stop_after", default=None, type=positive_int, metavar="N",
                        help=f"stop after N epochs in this run (the schedule still follows {epochs_flag}); continue "
                             "later with --resume auto")
-    if deterministic:
-        group.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
-                           help="deterministic kernels (torch.use_deterministic_algorithms): needed for a resumed "
-                                "run to equal an uninterrupted one bit for bit, since a few multi-threaded backward "
-                                "kernels accumulate in a varying order; auto = on for CPU, off for CUDA (on CUDA it "
-                                "costs speed and only warns where no deterministic kernel exists)")
+    group.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
+                       help="deterministic kernels (torch.use_deterministic_algorithms): needed for a resumed "
+                            "run to equal an uninterrupted one bit for bit, since a few multi-threaded backward "
+                            "kernels accumulate in a varying order; auto = on for CPU, off for CUDA (on CUDA it "
+                            "costs speed and only warns where no deterministic kernel exists)")
 
 
 def check_end_lr(args: argparse.Namespace) -> None:

@@ -95,6 +95,16 @@ def init_distributed(device_arg: str | None = None, timeout_min: int = 60) -> Di
     return DistInfo(rank, world, local_rank, device)
 
 
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when this run has several processes (each on its own GPU,
+    or on the CPU with Gloo), else ``model`` itself; the optimizer and checkpoints keep the bare model."""
+    if not info.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters)
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()

@@ -19,7 +19,7 @@ rebuilds the model from the file alone. ``--resume auto`` continues from
 ``<output_dir>/checkpoint_last.pth`` (the policy of ``train_swin_medvt_avos.py``: optimizer, schedule, best
 score and every process's RNG; other training settings than the run's are refused); a run stopped
 with ``--stop_after`` and resumed continues as the uninterrupted one (bit for bit with deterministic
-kernels, ``torch.use_deterministic_algorithms``).
+kernels: ``--deterministic``, on by default on CPU).
 
 Multi-GPU: ``torchrun --nproc_per_node N vss/train_medvt_vss.py ...`` (one clip per process).
 
@@ -48,7 +48,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               seed_everything, stretch_schedule)
 from utils.cli import (add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float, positive_int,
                        run_main)
-from utils.distributed import cleanup, init_distributed
+from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import AMP_DTYPES, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.metrics import write_results
@@ -127,7 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="shorter side of validation frames (0 = as stored)")
     g.add_argument("--output_dir", default="runs/medvt_vss",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
-    add_run_args(g, deterministic=False)
+    add_run_args(g)
     g.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: cuda if available; the local rank's GPU under torchrun)")
     add_debug_flag(p)
@@ -168,18 +168,14 @@ def main(argv: list[str] | None = None) -> dict:
     check_run_dir(args.output_dir, args.resume, args.overwrite, inputs=input_paths(args),
                   init={"--init_from": args.init_from})
     vspw_root(args.vspw_root)  # fail early, with the flag and variable named, before creating any folder
-    out = Path(args.output_dir)
-    resume_from = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
-    info = init_distributed(args.device)
-    try:
-        return _train(args, info, info.device, out, resume_from)
-    finally:
-        cleanup()
+    return run_distributed(train, args, args.deterministic)
 
 
-def _train(args, info, device, out, ckpt_path) -> dict:
+def train(args: argparse.Namespace, info: DistInfo) -> dict:
     """Everything the run reads (initial weights, data, the --resume file) is checked before the output
     folder is created or changed, so a mistake leaves nothing behind."""
+    out, device = Path(args.output_dir), info.device
+    ckpt_path = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
     early = DeferredLog()  # messages of the checks below, logged once train.log exists
     seed_everything(args.seed + info.rank)
     cfg = vss_config(args.model, args.num_classes)
@@ -196,10 +192,7 @@ def _train(args, info, device, out, ckpt_path) -> dict:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
-    model_without_ddp = model
-    if info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model_without_ddp, model = model, wrap_ddp(model, info)
 
     # Without label propagation the "aux" logits are the final ones: no second loss term.
     criterion = VSSCriterion(args.loss, aux_weight=args.aux_loss if cfg.lprop_mode else 0.0)
