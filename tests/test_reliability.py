@@ -5,6 +5,7 @@ import logging
 import os
 import pickle
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from models import CheckpointMismatchError, build_model, load_checkpoint
 from utils.checkpoint import save_checkpoint
 from utils.cli import UserError, error_message, positive_int, run_main
 from utils.engine import NonFiniteLossError, train_one_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- the error boundary
@@ -367,3 +370,41 @@ def test_avos_inference_refuses_a_checkpoint_of_another_task():
         resolve_model_config({"model": {}, "config": avs.cfg.to_dict()}, source="--model_path a.pth")
     with pytest.raises(UserError, match=r"not a MED-VT config \(unknown fields \['foo'\]"):
         resolve_model_config({"model": {}, "config": {"foo": 1}})
+
+
+LOST_PEER_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from utils.cli import UserError, run_main
+
+def main():
+    dist.init_process_group("gloo")
+    dist.all_reduce(torch.ones(1))  # an epoch under way on both
+    if dist.get_rank() == 0:
+        raise UserError("frame f/00007.jpg is damaged")  # found mid-epoch by one process
+    dist.all_reduce(torch.ones(1))  # the others wait for it in a collective
+
+run_main(main, prog="train.py")
+"""
+
+
+def test_when_one_process_stops_the_others_say_so_in_one_line(tmp_path):
+    """Two Gloo processes (as torchrun starts them): rank 0 stops on a user error; rank 1, waiting in a
+    collective, gets Gloo's lost connection and prints one line pointing at rank 0's error, not a traceback."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "train.py"
+    script.write_text(LOST_PEER_SCRIPT)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("MEDVT_DEBUG", None)
+    procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    (_, err0), (_, err1) = (p.communicate(timeout=120) for p in procs)
+    assert procs[0].returncode == 2 and err0 == "train.py: error: frame f/00007.jpg is damaged\n", err0
+    assert procs[1].returncode == 1 and "Traceback" not in err1, err1[-3000:]
+    assert err1.strip().splitlines()[-1] == ("train.py: error: rank 1: another process of this run stopped (its "
+                                             "error is above); stopping too")

@@ -64,7 +64,27 @@ def run_main(main: Callable[[], object], prog: str | None = None) -> None:
             traceback.print_exc()
         print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        if debug or not lost_peer(e):
+            raise
+        print(f"{prog}: error: rank {os.environ.get('RANK', '?')}: another process of this run stopped (its error "
+              "is above); stopping too", file=sys.stderr)
+        sys.exit(1)
     sys.exit(0)
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is what a process of a multi-process (torchrun) run gets in a collective after
+    another process stopped, e.g. on a damaged file found mid-epoch: that process has printed the
+    cause, so this one's traceback would only bury it. Gloo reports the lost connection as a plain
+    RuntimeError; NCCL and the store as torch.distributed's DistError family (named by type name:
+    this module does not import torch)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if any(cls.__name__ == "DistError" for cls in type(error).__mro__):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        text in str(error) for text in ("Connection closed by peer", "Connection reset by peer"))
 
 
 def require_separate(output: str | Path, output_flag: str, inputs: dict[str, str | Path | None]) -> None:
