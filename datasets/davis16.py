@@ -79,6 +79,12 @@ def davis16_sequences(root: str | Path | None, split: str = "val", seqs_file: st
         if missing:
             raise FileNotFoundError(f"davis16: {len(missing)} frames of {name} are missing, e.g. {missing[0]} "
                                     f"(set the dataset root with --davis16_root or MEDVT_DAVIS16_ROOT)")
+        # Frames are listed from the annotations (every DAVIS-2016 frame has one): a frame without one
+        # would silently drop out of the video, and its neighbours' clips would skip over it.
+        unannotated = sorted({f.stem for f in (images / name).glob("*.jpg")} - {p.stem for p in gt})
+        if unannotated:
+            raise FileNotFoundError(f"davis16: {len(unannotated)} frames of {name} have no annotation, e.g. "
+                                    f"{annotations / name / unannotated[0]}.png (an incomplete copy of the dataset?)")
         sequences.append(VideoSequence(name, frames, gt))
     return sequences
 

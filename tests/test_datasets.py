@@ -62,6 +62,15 @@ def test_missing_sequence_folder_is_named(davis, tmp_path):
         davis16_sequences(davis, "val", seqs_file=lst)
 
 
+def test_a_frame_without_annotation_is_named_not_dropped(tmp_path):
+    """Frames are listed from the annotations: a frame whose annotation is missing (a partial copy)
+    would drop out of its video and its neighbours' clips would skip over it."""
+    root = make_synthetic_davis(tmp_path, num_train=0, num_val=1, num_frames=5, size_hw=(32, 32), seed=0)
+    (root / "Annotations/480p/synth-val-00/00003.png").unlink()
+    with pytest.raises(FileNotFoundError, match="1 frames of synth-val-00 have no annotation, e.g. .*00003.png"):
+        davis16_sequences(root, "val")
+
+
 def test_training_clips_wrap_around_and_masks_match_frames(davis):
     ds = build_avos_train_dataset(davis, num_frames=6, transform=TrainTransform.small(40, seed=0))
     assert len(ds) == 16  # every frame of the two training sequences is a centre
