@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 from torch import Tensor
@@ -31,9 +30,18 @@ from utils.cli import UserError
 SizeSpec = tuple[int, int] | Callable[[int, int], tuple[int, int]] | None
 Item = tuple[Tensor, np.ndarray | None]
 
-# What decoding a bad file raises: FFmpeg's errors, and PyAV's own checks (e.g. a stream with no
-# decoder gives codec_context None, hence AttributeError/TypeError deeper in).
-_DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, LookupError, AttributeError, TypeError, RuntimeError)
+
+def _av():
+    """PyAV, imported when a video file is read: frame folders (and machines without PyAV) need none."""
+    import av
+
+    return av
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """What decoding a bad file raises: FFmpeg's errors, and PyAV's own checks (e.g. a stream with no
+    decoder gives codec_context None, hence AttributeError/TypeError deeper in)."""
+    return (_av().FFmpegError, OSError, ValueError, LookupError, AttributeError, TypeError, RuntimeError)
 
 
 class MissingInputError(UserError, FileNotFoundError):
@@ -118,7 +126,7 @@ class VideoFile:
         self.frame_hw: tuple[int, int] | None = None
         self._n = 0
         try:
-            with av.open(str(self.path)) as container:
+            with _av().open(str(self.path)) as container:
                 stream = self._video_stream(container)
                 rate = stream.average_rate or stream.guessed_rate
                 self.fps = float(rate) if rate else None
@@ -129,7 +137,7 @@ class VideoFile:
                     self._tail.append(frame)
         except UserError:
             raise
-        except _DECODE_ERRORS as e:
+        except _decode_errors() as e:
             raise UserError(f"{self._what}: not a video that can be decoded ({_reason(e)}); "
                             "convert it to H.264 mp4 or to a folder of frames") from None
         if self._n == 0:
@@ -169,11 +177,11 @@ class VideoFile:
     def _frames(self) -> Iterator:
         """A new decoding pass; errors become UserError naming the file."""
         try:
-            with av.open(str(self.path)) as container:
+            with _av().open(str(self.path)) as container:
                 yield from self._decode(container, self._video_stream(container))
         except UserError:
             raise
-        except _DECODE_ERRORS as e:
+        except _decode_errors() as e:
             raise UserError(f"{self._what}: decoding failed on a second read ({_reason(e)})") from None
 
     def __len__(self) -> int:

@@ -291,3 +291,19 @@ def test_too_small_val_size_and_empty_annotation_are_named(setup, tmp_path):
     with pytest.raises(UserError, match=rf"{seq.masks[2].name}: not a readable image"):
         script.main(["--model_path", str(setup["ckpt"]), "--davis16_root", str(davis), "--val_size", "48",
                      "--output_dir", str(tmp_path / "empty_gt"), "--device", "cpu"])
+
+
+def test_frame_folders_need_no_pyav(setup, tmp_path):
+    """PyAV is imported only for video files: DAVIS frame folders, with GIF overlays, run where it is not
+    installed (the GPU machine's image has none, and its suite runs this script). A new process, since
+    this one has imported every module already; ``sys.modules["av"] = None`` makes ``import av`` fail."""
+    out = tmp_path / "no_av"
+    argv = ["inference_swin_medvt_avos.py", "--model_path", str(setup["ckpt"]), "--davis16_root",
+            str(setup["davis"]), "--val_size", "48", "--output_dir", str(out), "--device", "cpu", "--save_overlay",
+            "--overlay_format", "gif", "--sequences", "synth-val-00"]
+    code = ("import runpy, sys; sys.modules['av'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path('inference_swin_medvt_avos.py', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code, *argv], cwd=Path(script.__file__).parent, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "overlay" / "synth-val-00.gif").is_file() and (out / "davis_results.json").is_file()

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from PIL import Image
@@ -61,11 +60,14 @@ class VideoWriter:
         self._size: tuple[int, int] | None = None  # (h, w) of the first frame
 
     def _open(self, h: int, w: int) -> None:
+        import av  # PyAV, only when a video is written (overlay images and GIFs need none)
+
         name = self.requested_codec
         if name == "auto":
             name = next((c for c in ("libx264", "mpeg4") if c in av.codecs_available), None)
             if name is None:
                 raise RuntimeError("this FFmpeg (PyAV) has neither libx264 nor mpeg4 to write videos")
+        self._av = av
         self._container = av.open(str(self.tmp_path), "w")
         rate = Fraction(self.fps).limit_denominator(1001)
         stream = self._container.add_stream(name, rate=rate)
@@ -99,7 +101,7 @@ class VideoWriter:
         else:
             if h % 2 or w % 2:
                 rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
         self.frames_written += 1
