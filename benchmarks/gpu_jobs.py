@@ -39,6 +39,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def original_unavailable(job: dict) -> str | None:
+    """Why a job of the original cannot run here ("not run: ..."), or None."""
+    from benchmarks import original
+
+    if job["config"] != "medvt_swinb_avos":
+        return f"not run: the original is only wired for medvt_swinb_avos, not {job['config']}"
+    if not original.available(job["orig_root"]):
+        return f"not run: no original code in {job['orig_root']} (python benchmarks/extract_original.py --mirror PATH)"
+    return None
+
+
 def build(job: dict, train: bool) -> tuple[torch.nn.Module, Callable]:
     """(model, fn) where ``fn(frames [B, T, 3, H, W])`` returns the outputs dict of the model.
 
@@ -49,11 +60,9 @@ def build(job: dict, train: bool) -> tuple[torch.nn.Module, Callable]:
     if job["impl"] == "original":
         from benchmarks import original
 
-        if job["config"] != "medvt_swinb_avos":
-            raise RuntimeError(f"not run: the original is only wired for medvt_swinb_avos, not {job['config']}")
-        if not original.available(job["orig_root"]):
-            raise RuntimeError(f"not run: no original code in {job['orig_root']} "
-                               "(python benchmarks/extract_original.py --mirror PATH)")
+        reason = original_unavailable(job)
+        if reason:
+            raise RuntimeError(reason)
         model = original.build_original_swinb(job["orig_root"], train=train).to(device)
         fn = (lambda x: original.original_train_outputs(model, x)) if train else \
             (lambda x: {"pred_masks": original.original_forward(model, x)})

@@ -4,8 +4,11 @@ A device machine is lent to a session rarely and briefly (15 minutes, all tries 
 whole measurement is one prepared command that writes ``suite.json`` and ``suite.md`` into
 ``--out``, rewritten after every job so that a run cut short still leaves its figures::
 
-    python benchmarks/gpu_suite.py --device cuda --out $OUT                 # the real run
-    python benchmarks/gpu_suite.py --device cpu --smoke --out runs/smoke    # every step, tiny, CPU
+    python -m benchmarks.gpu_suite --device cuda --out $OUT                 # the real run
+    python -m benchmarks.gpu_suite --device cpu --smoke --out runs/smoke    # every step, tiny, CPU
+
+(as a module, from the repository root: where it is not pip-installed, that puts the root on
+``sys.path``).
 
 Every measurement ("job") runs in its own Python process with its own time limit: an
 out-of-memory, a crash or a slow ``torch.compile`` ends that job alone, its peak memory is its
@@ -38,12 +41,13 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import cpu_model, peak_tflops
-from benchmarks.gpu_jobs import JOBS
+from benchmarks.gpu_jobs import JOBS, original_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,8 +130,9 @@ def environment(device: str) -> dict:
     return env
 
 
-def run_job(job: dict, out: Path, budget_s: float, log) -> dict:
-    """Run one job in a child process; its result, or why there is none."""
+def run_job(job: dict, out: Path, budget_s: float, log, threads: int = 0) -> dict:
+    """Run one job in a child process (with ``threads`` CPU threads, 0 = torch's default); its result,
+    or why there is none."""
     result_file = out / f"job_{re.sub(r'[^a-z0-9]+', '_', job['name'].lower()).strip('_')}.json"
     result_file.unlink(missing_ok=True)
     timeout = max(10.0, min(job["timeout_s"], budget_s))
@@ -136,7 +141,8 @@ def run_job(job: dict, out: Path, budget_s: float, log) -> dict:
            "--_result", str(result_file)]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
         log.write(f"\n===== {job['name']} (rc {proc.returncode})\n{proc.stdout}{proc.stderr}")
         if result_file.exists():
             res = json.loads(result_file.read_text())
@@ -313,6 +319,9 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no_tf32", action="store_true",
                    help="float32 convolutions without TF32 (cuDNN's default is TF32), e.g. to compare with the "
                         "original")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N jobs at once: only to check the suite quickly (--smoke on CPU), since their times "
+                        "and memory then overlap")
     p.add_argument("--_job", help=argparse.SUPPRESS)
     p.add_argument("--_result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -333,16 +342,25 @@ def main(argv=None) -> dict | None:
               "jobs": {}, "targets": {}}
     only = [o for o in (args.only or "").split(",") if o]
     jobs = [j for j in plan(args) if not only or any(o in j["name"] for o in only)]
-    with open(out / "suite.log", "a") as log:
-        for job in jobs:
-            left = args.deadline_s - (time.perf_counter() - t0)
-            if left <= 0:
-                report["jobs"][job["name"]] = {"error": "not started: --deadline_s reached", "wall_s": 0}
-                continue
-            print(f"[{time.perf_counter() - t0:6.0f} s] {job['name']} ...", flush=True)
-            res = run_job(job, out, left + 60, log)  # a started job may run a minute past the deadline
+
+    def start(job: dict, log) -> dict:
+        left = args.deadline_s - (time.perf_counter() - t0)
+        if left <= 0:
+            return {"error": "not started: --deadline_s reached", "wall_s": 0}
+        reason = original_unavailable(job) if job.get("impl") == "original" else None
+        if reason:  # said here: a process started only to say so costs seconds of imports
+            return {"error": f"RuntimeError: {reason}", "wall_s": 0}
+        print(f"[{time.perf_counter() - t0:6.0f} s] {job['name']} ...", flush=True)
+        # a started job may run a minute past the deadline; jobs at once share the cores, not oversubscribe them
+        threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
+        return run_job(job, out, left + 60, log, threads)
+
+    with open(out / "suite.log", "a") as log, ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        running = [(job, pool.submit(start, job, log)) for job in jobs]
+        for job, future in running:  # recorded in plan order, each as soon as it and those before are done
+            res = future.result()
             report["jobs"][job["name"]] = res
-            print(f"          {res.get('error') or 'done'} ({res['wall_s']} s)", flush=True)
+            print(f"          {job['name']}: {res.get('error') or 'done'} ({res['wall_s']} s)", flush=True)
             report["targets"] = targets(report["jobs"], compare(out))
             (out / "suite.json").write_text(json.dumps(report, indent=1, default=str))
             (out / "suite.md").write_text(markdown(report))

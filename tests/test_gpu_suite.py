@@ -25,7 +25,8 @@ def test_smoke_runs_every_job_and_writes_the_report(tmp_path):
     out = tmp_path / "suite"
     gpu_suite.main(["--device", "cpu", "--smoke", "--out", str(out), "--search_s", "5",
                     "--orig_root", str(tmp_path / "no_original"), "--trained_ckpt", str(ckpt),
-                    "--trained_data", str(data), "--deadline_s", "3000"])  # a loaded machine must not drop jobs
+                    "--trained_data", str(data), "--deadline_s", "3000",  # a loaded machine must not drop jobs
+                    "--jobs", "2"])  # each job is mostly its process's imports: two at a time on 2 cores
 
     report = json.loads((out / "suite.json").read_text())
     jobs = report["jobs"]
