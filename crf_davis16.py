@@ -26,7 +26,8 @@ from tqdm import tqdm
 from datasets import path_config
 from datasets.video import image_size
 from utils import crf
-from utils.cli import UserError, add_debug_flag, check_output_dir, incomplete_marker, positive_int, run_main
+from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, incomplete_marker, positive_int,
+                       run_main)
 from utils.metrics import evaluate_sequences, jsonable, sequence_frames
 
 SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
@@ -42,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where <seq>/<frame>.png CRF masks (0/255) and metrics.json are written: a new or "
                              "empty folder (see --overwrite), apart from the inputs; an INCOMPLETE file marks it "
                              "while the run has not finished")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into an OUT_DIR that already holds files, replacing files of the same name")
+    add_overwrite_flag(parser, "OUT_DIR")
     parser.add_argument("--images_dir", type=Path, default=None,
                         help="folder of <seq>/<frame>.jpg RGB frames; default <davis16 root>/JPEGImages/480p")
     parser.add_argument("--gt_dir", type=Path, default=None,

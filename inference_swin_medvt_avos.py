@@ -29,7 +29,8 @@ from datasets.stream import MissingInputError
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
-from utils.cli import UserError, add_debug_flag, check_output_dir, clip_frames, positive_float, positive_int, run_main
+from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames, positive_float,
+                       positive_int, run_main)
 from utils.distributed import check_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
 from utils.metrics import jsonable
@@ -73,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where outputs go: a new or empty folder (see --overwrite), outside the dataset and "
                         "--video; default a new folder "
                         "<model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<unix time>")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --output_dir that already holds files, replacing files of the same name")
+    add_overwrite_flag(p)
     p.add_argument("--model_version", default="auto", choices=["auto", *VARIANTS],
                    help="which original forward a Swin-B checkpoint needs: cvpr23 (555a462), 2024train (the 2024 "
                         "training code), 2024 (the 2024 inference code), or auto: the checkpoint's config if it has "

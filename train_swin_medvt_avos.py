@@ -278,11 +278,9 @@ def check_tensorboard(args, info: du.DistInfo) -> None:
 def tensorboard_writer(args, info: du.DistInfo):
     if not (args.tensorboard and info.is_main):
         return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("--tensorboard needs the 'tensorboard' package (pip install tensorboard); "
-                         "metrics are always written to <output_dir>/metrics.jsonl and train.log") from None
+    check_tensorboard(args, info)
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(Path(args.output_dir) / "tb"))
 
 

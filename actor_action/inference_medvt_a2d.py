@@ -45,7 +45,8 @@ from datasets.path_config import add_path_args, dataset_root
 from models import build_model, read_checkpoint
 from models.convert import load_state_dict_strict
 from models.registry import model_state_dict
-from utils.cli import UserError, add_debug_flag, check_output_dir, non_negative_int, positive_int, run_main
+from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, non_negative_int, positive_int,
+                       run_main)
 from utils.distributed import default_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag
 
@@ -74,8 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--output_dir", default=None,
                    help="results.json, CSV tables, viz/: a new or empty folder (see --overwrite), outside the "
                         "data; default a new folder runs/a2d_inference_<unix time>")
-    g.add_argument("--overwrite", action="store_true",
-                   help="write into an --output_dir that already holds files, replacing files of the same name")
+    add_overwrite_flag(g)
     g.add_argument("--save_pred", action="store_true", help="write colour masks and prediction overlays")
     g.add_argument("--save_gt_overlay", action="store_true", help="write ground-truth overlays")
     g.add_argument("--color_map", default=None, metavar="PATH",

@@ -28,7 +28,8 @@ from datasets.video import image_size
 from models import load_model
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
-from utils.cli import UserError, check_output_dir, incomplete_marker, non_negative_int, positive_int, run_main
+from utils.cli import (UserError, add_overwrite_flag, check_output_dir, incomplete_marker, non_negative_int,
+                       positive_int, run_main)
 from utils.distributed import default_device
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
@@ -50,8 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", default=None,
                    help="folder for the log, results JSON and masks: a new or empty folder (see --overwrite), "
                         "outside the data; default a new folder runs/avs_test_<unix time>")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --output_dir that already holds files, replacing files of the same name")
+    add_overwrite_flag(p)
     p.add_argument("--max_batches", default=None, type=positive_int, help="stop after this many batches (smoke tests)")
     return p
 

@@ -109,6 +109,12 @@ def require_file(path: str | Path | None, flag: str) -> Path:
     return Path(path)
 
 
+def add_overwrite_flag(parser, output: str = "--output_dir") -> None:
+    """``--overwrite`` of a script whose outputs go into a folder checked by :func:`check_output_dir`."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"write into an {output} that already holds files, replacing files of the same name")
+
+
 def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path | None],
                      overwrite: bool = False) -> Path:
     """Check an output folder before anything is read or written: not a file, apart from every

@@ -28,8 +28,8 @@ import torch
 from datasets.path_config import add_path_args, dataset_root
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
-from utils.cli import (UserError, add_debug_flag, check_output_dir, incomplete_marker, non_negative_int, positive_int,
-                       run_main)
+from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, incomplete_marker,
+                       non_negative_int, positive_int, run_main)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
 from utils.metrics import write_results
 from vss.common import build_from_args, evaluate_videos, format_summary
@@ -68,8 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(see --overwrite), outside --vspw_root; default a new folder "
                         "<checkpoint (or --onnx_path) folder>/infer_vspw_<split>_<val_size>_<unix time> "
                         "(runs/medvt_vss_random/... without either)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --output_dir that already holds files, replacing files of the same name")
+    add_overwrite_flag(p)
     p.add_argument("--save_overlays", action="store_true", help="also write overlays/<video>/<frame>.jpg")
     p.add_argument("--no_save_predictions", action="store_true", help="compute metrics only, write no PNGs")
     add_debug_flag(p)
