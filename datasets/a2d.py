@@ -141,6 +141,20 @@ def annotated_frames(gt_dir: Path) -> list[int]:
     return sorted(int(p.stem) for p in gt_dir.iterdir() if p.suffix == ".mat")
 
 
+def check_mat_header(path: str | os.PathLike) -> bytes:
+    """The first 520 bytes of a MATLAB file, or a UserError naming ``path`` when they are not one's:
+    MATLAB v5/v7 and v7.3 (HDF5) files both open with a 128-byte header whose last two bytes are the
+    endian mark "IM" or "MI". An empty file, text or an image under a .mat name fail here, from its
+    first bytes, so that a whole dataset can be checked before training (reading every label map
+    would take minutes)."""
+    with open(path, "rb") as f:
+        head = f.read(520)
+    if head[126:128] not in (b"IM", b"MI"):
+        raise UserError(f"a2d: annotation {path} is not a MATLAB file ({len(head)} bytes read, no MAT-file "
+                        "header); replace it with the dataset's original")
+    return head
+
+
 def read_annotation(path: str | os.PathLike) -> np.ndarray:
     """The ``reS_id`` label map of one annotation file as int64 [H, W].
 
@@ -148,8 +162,7 @@ def read_annotation(path: str | os.PathLike) -> np.ndarray:
     column-major arrays with reversed axes); older MATLAB v5 files are read with scipy.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        hdf5 = f.read(520)[512:520] == b"\x89HDF\r\n\x1a\n"
+    hdf5 = check_mat_header(path)[512:520] == b"\x89HDF\r\n\x1a\n"
     if hdf5:
         try:
             import h5py
@@ -233,6 +246,8 @@ class A2DDataset(Dataset):
         self.frame_root = self.root / "frames"
         self.annotated = {v.vid: annotated_frames(self.gt_root / v.vid) for v in self.videos}
         self.items = [(v, g) for v in self.videos for g in self.annotated[v.vid]]
+        for video, g in self.items:  # a damaged file would otherwise surface in some later epoch
+            check_mat_header(self.gt_root / video.vid / f"{g:05d}.mat")
         # seed=None: the module-level ``random``, which DataLoader reseeds in every worker (a private
         # Random would be copied into each worker and draw the same frames there).
         self.rng = random.Random(seed) if seed is not None else random

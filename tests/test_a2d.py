@@ -247,8 +247,8 @@ def test_matlab_v73_annotation_is_read_with_h5py_and_transposed(tmp_path):
     path = tmp_path / "00025.mat"
     with h5py.File(path, "w", userblock_size=512) as f:
         f["reS_id"] = label.T
-    with open(path, "r+b") as f:
-        f.write(b"MATLAB 7.3 MAT-file".ljust(128, b" "))
+    with open(path, "r+b") as f:  # MATLAB's header: 116 bytes of text, 8 of subsystem offset, version 2, "IM"
+        f.write(b"MATLAB 7.3 MAT-file".ljust(116, b" ") + bytes(8) + b"\x00\x02IM")
     out = read_annotation(path)
     assert out.dtype == np.int64 and out.shape == (4, 6)
     assert out[1, 4] == 11 and out[3, 0] == 79 and out.sum() == 90
