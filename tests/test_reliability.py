@@ -373,17 +373,17 @@ def test_avos_inference_refuses_a_checkpoint_of_another_task():
 
 
 LOST_PEER_SCRIPT = """
-import sys, torch, torch.distributed as dist
+import argparse, torch, torch.distributed as dist
 from utils.cli import UserError, run_main
+from utils.distributed import run_distributed
 
-def main():
-    dist.init_process_group("gloo")
+def train(args, info):  # as the training scripts run: the process group set up and torn down around it
     dist.all_reduce(torch.ones(1))  # an epoch under way on both
-    if dist.get_rank() == 0:
+    if info.rank == 0:
         raise UserError("frame f/00007.jpg is damaged")  # found mid-epoch by one process
     dist.all_reduce(torch.ones(1))  # the others wait for it in a collective
 
-run_main(main, prog="train.py")
+run_main(lambda: run_distributed(train, argparse.Namespace(device="cpu")), prog="train.py")
 """
 
 
@@ -408,3 +408,21 @@ def test_when_one_process_stops_the_others_say_so_in_one_line(tmp_path):
     assert procs[1].returncode == 1 and "Traceback" not in err1, err1[-3000:]
     assert err1.strip().splitlines()[-1] == ("train.py: error: rank 1: another process of this run stopped (its "
                                              "error is above); stopping too")
+
+
+def test_a2d_annotations_that_are_not_matlab_files_are_found_before_training(tmp_path):
+    """Every annotation's header is checked when the dataset is built (training draws one random
+    annotated frame per video per epoch, so a damaged file would otherwise stop some later epoch)."""
+    from datasets.a2d import A2DDataset, make_synthetic_a2d
+
+    root = make_synthetic_a2d(tmp_path / "a2d", num_train=2, num_test=1, num_frames=8, size_hw=(32, 32))
+    for split in ("train", "test"):
+        ds = A2DDataset(root, split)
+        video, frame = ds.items[-1]
+        bad = ds.gt_root / video.vid / f"{frame:05d}.mat"
+        good = bad.read_bytes()
+        for content in (b"", b"101 not a mat file\n", bytes(200)):
+            bad.write_bytes(content)
+            with pytest.raises(UserError, match=f"annotation {bad} is not a MATLAB file"):
+                A2DDataset(root, split)
+        bad.write_bytes(good)
