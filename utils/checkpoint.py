@@ -165,6 +165,7 @@ def check_not_finished(start_epoch: int, epochs: int, logger, flag: str = "--epo
                        f"raise {flag} above {start_epoch} to train more")
     return False
 
+
 def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool, can_resume: bool = True,
                   inputs: Mapping[str, str | os.PathLike | None] | None = None,
                   init: Mapping[str, str | os.PathLike | None] | None = None) -> Path:

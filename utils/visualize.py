@@ -67,7 +67,6 @@ class VideoWriter:
             name = next((c for c in ("libx264", "mpeg4") if c in av.codecs_available), None)
             if name is None:
                 raise RuntimeError("this FFmpeg (PyAV) has neither libx264 nor mpeg4 to write videos")
-        self._av = av
         self._container = av.open(str(self.tmp_path), "w")
         rate = Fraction(self.fps).limit_denominator(1001)
         stream = self._container.add_stream(name, rate=rate)
@@ -101,7 +100,9 @@ class VideoWriter:
         else:
             if h % 2 or w % 2:
                 rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            import av  # imported by _open already: a lookup
+
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
         self.frames_written += 1
