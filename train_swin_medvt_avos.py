@@ -50,12 +50,12 @@ from models.config import MODEL_CONFIGS, MedVTConfig, preset_name
 from models.convert import CheckpointMismatchError, init_from_checkpoint, init_from_vistr_coco
 from models.losses import AVOSCriterion
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, capture_rng, check_end_lr, check_not_finished, check_run_dir,
-                              prepare_output_dir, read_resume_checkpoint, restore_rng, resume_path, resume_training,
-                              save_training, seed_everything, stretch_schedule)
+from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, prepare_output_dir,
+                              read_resume_checkpoint, resume_path, resume_training, save_training, seed_everything,
+                              stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, require_file, run_main)
-from utils.engine import AMP_DTYPES, train_one_epoch
+from utils.engine import AMP_DTYPES, check_frame_size, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 
@@ -227,43 +227,6 @@ def resume(path: Path, ckpt: dict, args: argparse.Namespace, model, optimizer, s
                                            ckpt=ckpt, init_flags=INIT_FLAGS)
     stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
     return start_epoch, best
-
-
-def check_frame_size(model, device: torch.device, sizes: dict[str, int], what: str) -> None:
-    """Refuse a frame size (``sizes``: flag → shorter side) below the smallest the model accepts, before
-    any training: label propagation normalises each frame over its tokens, which needs more than one
-    (torch's "Expected more than 1 spatial element", which with a too small --val_size came only after
-    a whole epoch). One forward pass, in eval mode and without gradients, on a two-frame square clip
-    of the smallest size (the fewest tokens for that shorter side); when it is refused, a few more
-    (doubling, then bisecting) find the smallest size to suggest. The RNG state is left as it was."""
-    flag, size = min(sizes.items(), key=lambda kv: kv[1])
-
-    def accepts(side: int) -> bool:
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, 2, 3, side, side, device=device))
-        except ValueError as e:
-            if "spatial element" not in str(e):
-                raise
-            return False
-        return True
-
-    was_training, rng = model.training, capture_rng()
-    model.eval()
-    try:
-        if accepts(size):
-            return
-        lo, hi = size, 2 * size  # lo refused; find the smallest accepted side in (lo, hi]
-        while not accepts(hi):
-            lo, hi = hi, 2 * hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if accepts(mid) else (mid, hi)
-    finally:
-        model.train(was_training)
-        restore_rng(rng)
-    raise UserError(f"{flag} {size} is too small for {what}: its frames need a shorter side of at least {hi} "
-                    "pixels (label propagation needs more than one token per frame)")
 
 
 def check_tensorboard(args, info: du.DistInfo) -> None:

@@ -54,7 +54,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
-from utils.engine import train_one_epoch
+from utils.engine import check_frame_size, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
@@ -232,6 +232,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     model = build_model(cfg)
     _init_weights(model, args, early)
     model.to(device)
+    check_frame_size(model, device, {"--clip_size": tuple(args.clip_size)},
+                     f"--model {args.model}" if args.model else f"--backbone {args.backbone}")
     model_without_ddp, model = model, wrap_ddp(model, info)
     criterion = A2DCriterion(aux_weight=args.aux_loss if cfg.lprop_mode else 0.0, mask_coef=args.mask_loss_coef)
     optimizer = torch.optim.AdamW(param_groups(model_without_ddp, args.lr, args.lr_backbone, "intended"),

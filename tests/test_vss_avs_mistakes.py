@@ -174,3 +174,28 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert r.stderr.startswith("inference_medvt_vss.py: error: ") and "00000001.png" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+# A frame size the model cannot take: named before the first epoch, not as a traceback after it
+@pytest.mark.parametrize("flag,values", [("--val_size", ["8"]), ("--crop", ["8", "8"])])
+def test_vss_training_refuses_a_frame_size_too_small_before_any_epoch(tmp_path, flag, values):
+    from vss import train_medvt_vss
+
+    root = _vspw(tmp_path / "vspw")
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=rf"{flag} {' '.join(values)} is too small for --model tiny: .*at least \d+"):
+        train_medvt_vss.main(_train_argv(root, out, "--epochs", "1", flag, *values))
+    assert not out.exists()
+
+
+def test_a2d_training_refuses_a_clip_size_too_small_before_any_epoch(tmp_path):
+    from actor_action import train_medvt_a2d
+    from datasets.a2d import make_synthetic_a2d
+
+    root = make_synthetic_a2d(tmp_path / "a2d", num_train=1, num_test=1, num_frames=8, size_hw=(32, 32))
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"--clip_size 8 12 is too small for --model tiny: .*at least \d+ pixels"):
+        train_medvt_a2d.main(["--model", "tiny", "--lprop_mode", "2", "--a2d_root", str(root), "--clip_size", "8",
+                              "12", "--device", "cpu", "--num_workers", "0", "--epochs", "1",
+                              "--output_dir", str(out)])
+    assert not out.exists()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from utils.checkpoint import capture_rng, restore_rng
 from utils.cli import UserError
 from utils.distributed import is_dist, is_main_process
 from utils.logger import format_metrics
@@ -62,6 +63,56 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     if amp_dtype is None:
         return nullcontext()
     return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def check_frame_size(model: nn.Module, device: torch.device, sizes: dict[str, int | tuple[int, int] | None],
+                     what: str) -> None:
+    """Refuse a frame size below the smallest the model accepts, before any training: label propagation
+    normalises each frame over its tokens, which needs more than one (torch's "Expected more than 1
+    spatial element", which with a too small --val_size came only after a whole epoch, as a traceback).
+
+    ``sizes``: flag → a shorter side (the longer side is not known: checked as a square, the fewest
+    tokens for that side), a (height, width), or None/0 = not used. One forward pass per flag, in eval
+    mode and without gradients, on a two-frame clip; when it is refused, a few more (doubling, then
+    bisecting) find the smallest shorter side, at the same aspect, to suggest. The RNG state is left
+    as it was."""
+    def clip(size: int | tuple[int, int], side: int) -> tuple[int, int]:
+        if isinstance(size, int):
+            return side, side
+        h, w = size  # scaled so that its shorter side is ``side``
+        return (side, max(side, round(side * w / h))) if h <= w else (max(side, round(side * h / w)), side)
+
+    def accepts(size: int | tuple[int, int], side: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 2, 3, *clip(size, side), device=device))
+        except ValueError as e:
+            if "spatial element" not in str(e):
+                raise
+            return False
+        return True
+
+    was_training, rng = model.training, capture_rng()
+    model.eval()
+    try:
+        for flag, size in sizes.items():
+            if not size:
+                continue
+            lo = size if isinstance(size, int) else min(size)
+            if accepts(size, lo):
+                continue
+            hi = 2 * lo  # lo refused; find the smallest accepted side in (lo, hi]
+            while not accepts(size, hi):
+                lo, hi = hi, 2 * hi
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if accepts(size, mid) else (mid, hi)
+            given = size if isinstance(size, int) else f"{size[0]} {size[1]}"
+            raise UserError(f"{flag} {given} is too small for {what}: its frames need a shorter side of at least "
+                            f"{hi} pixels (label propagation needs more than one token per frame)")
+    finally:
+        model.train(was_training)
+        restore_rng(rng)
 
 
 def _reduce_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:

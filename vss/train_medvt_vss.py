@@ -49,7 +49,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float, positive_int,
                        run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
-from utils.engine import AMP_DTYPES, train_one_epoch
+from utils.engine import AMP_DTYPES, check_frame_size, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
@@ -192,6 +192,9 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
+    # training sees --crop-sized clips; validation frames at --val_size (0 = as stored: not known here)
+    check_frame_size(model, device, {"--crop": tuple(args.crop),
+                                     "--val_size": args.val_size if args.val_every else None}, f"--model {args.model}")
     model_without_ddp, model = model, wrap_ddp(model, info)
 
     # Without label propagation the "aux" logits are the final ones: no second loss term.
