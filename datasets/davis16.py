@@ -9,6 +9,7 @@ else the standard 30 train / 20 val names below. A sequence's frames are its ann
 from __future__ import annotations
 
 from collections.abc import Collection
+import os
 from pathlib import Path
 
 from utils.cli import UserError
@@ -75,13 +76,18 @@ def davis16_sequences(root: str | Path | None, split: str = "val", seqs_file: st
         if not gt:
             raise FileNotFoundError(f"davis16: {annotations / name} has no PNG annotations")
         frames = [images / name / f"{p.stem}.jpg" for p in gt]
-        missing = [str(f) for f in frames if not f.is_file()]
+        # One listing of the frame folder serves both checks (scandir's file type: not a stat per frame).
+        on_disk = set()
+        if (images / name).is_dir():  # else every frame is reported missing, below
+            with os.scandir(images / name) as entries:
+                on_disk = {e.name[:-4] for e in entries if e.name.endswith(".jpg") and e.is_file()}
+        missing = [str(f) for f in frames if f.stem not in on_disk]
         if missing:
             raise FileNotFoundError(f"davis16: {len(missing)} frames of {name} are missing, e.g. {missing[0]} "
                                     f"(set the dataset root with --davis16_root or MEDVT_DAVIS16_ROOT)")
         # Frames are listed from the annotations (every DAVIS-2016 frame has one): a frame without one
         # would silently drop out of the video, and its neighbours' clips would skip over it.
-        unannotated = sorted({f.stem for f in (images / name).glob("*.jpg")} - {p.stem for p in gt})
+        unannotated = sorted(on_disk - {p.stem for p in gt})
         if unannotated:
             raise FileNotFoundError(f"davis16: {len(unannotated)} frames of {name} have no annotation, e.g. "
                                     f"{annotations / name / unannotated[0]}.png (an incomplete copy of the dataset?)")
