@@ -52,3 +52,15 @@ def original_state_dict(key_file: str, model: torch.nn.Module, config: str) -> d
             (ours,) = convert_original_state_dict({name: torch.zeros(())}, config)
             sd[name] = own[ours].clone() if ours in own else torch.zeros(shape, dtype=torch.int64)
     return sd
+
+
+def fill_deterministic(model: torch.nn.Module, salt: str = "") -> torch.nn.Module:
+    """Set every floating-point parameter and buffer of ``model`` to ``deterministic_value(salt + name)``:
+    the same weights under every torch and torchvision release, whose own initialisers draw
+    differently from one release to the next (torchvision 0.24 and 0.29 give Swin other weights
+    for the same seed)."""
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(deterministic_value(salt + name, tuple(t.shape)))
+    return model

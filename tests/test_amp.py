@@ -12,15 +12,24 @@ import torch.nn.functional as F
 from models import build_model
 from models.losses import AVOSCriterion
 from models.pixel_decoder import FPNPixelDecoder
+from tests.model_weights import fill_deterministic
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The models here take deterministic weights (tests/model_weights.py), not torch's initialisers:
+# those draw other weights for the same seed from one torch release to the next, and the figures
+# below move with the weights. Each threshold was set against six weight draws (salts 0..5) on CPU
+# under torch 2.9.1 and 2.14.1, which gave the same figures for the same weights; the tests use
+# draw 0. A broken op (no low-precision kernel, a NaN mask, a wrong cast) shows as a correlation
+# near zero, far below any of them.
 # Relative error of the logits against float32: bf16 keeps 8 significant bits, fp16 11.
+# Measured: bf16 0.03-0.19, fp16 0.003-0.041.
 MAX_REL_ERR = {"bf16": 0.25, "fp16": 0.05}
+# Correlation of the logits with float32. Measured: bf16 0.9775-0.9996, fp16 0.9995-1.0.
+MIN_CORR = {"bf16": 0.97, "fp16": 0.995}
 
 
 def _model(device, **overrides):
-    torch.manual_seed(0)
-    return build_model("tiny", **overrides).eval().to(device)
+    return fill_deterministic(build_model("tiny", **overrides)).eval().to(device)
 
 
 def _low_dtypes(dtype: str, device: torch.device) -> tuple:
@@ -64,16 +73,17 @@ def test_autocast_forward_matches_float32(dtype, overrides, device):
         assert torch.isfinite(low[key]).all(), key
         err = (low[key].float() - ref[key]).abs().max() / ref[key].abs().max()
         assert 0 < err < MAX_REL_ERR[dtype], (key, float(err))  # > 0: autocast really ran
-        assert _corr(low[key], ref[key]) > 0.99, key
+        assert _corr(low[key], ref[key]) > MIN_CORR[dtype], key
 
 
-# Cosine of the whole gradient with the float32 one, at random initialisation where many terms
-# cancel, dropout off. Measured on CPU with torch 2.14.1: bf16 0.906, fp16 0.991. The agreement
-# falls off smoothly with depth from the output (bf16: last head conv 0.999, first 0.967, query
-# decoder 0.97, backbone 0.90), the signature of rounding, not of one broken op, which would show
-# as a near-zero or negative cosine; the last head conv's own gradient is held to 0.99 as well.
-# (With dropout on, as this test first ran, bf16 gave 0.867 and then 0.780 after a torch update.)
-MIN_GRAD_COSINE = {"bf16": 0.8, "fp16": 0.97}
+# Cosine of the whole gradient with the float32 one, at untrained weights where many terms cancel,
+# dropout off. Measured over the six draws: bf16 0.72-0.89, fp16 0.970-0.994; the last head conv's
+# own gradient bf16 0.969-0.999, fp16 0.993-1.0. The agreement falls off smoothly with depth from
+# the output (head, then query decoder, then backbone), the signature of rounding, not of one broken
+# op, which would show as a near-zero or negative cosine. (With torch's own initialisers, twelve
+# seeds gave bf16 0.42-0.92 under torch 2.9.1 and 0.76-0.92 under 2.14.1.)
+MIN_GRAD_COSINE = {"bf16": 0.65, "fp16": 0.95}
+MIN_LAST_CONV_COSINE = {"bf16": 0.95, "fp16": 0.99}
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
@@ -102,14 +112,15 @@ def test_autocast_training_step_gradients_follow_float32(dtype, device):
     cosine = F.cosine_similarity(torch.cat(list(low.values())), torch.cat(list(ref.values())), dim=0)
     assert cosine > MIN_GRAD_COSINE[dtype]
     last = [n for n, _ in model.head[-1].named_parameters(prefix="head." + str(len(model.head) - 1))]
-    assert F.cosine_similarity(torch.cat([low[n] for n in last]), torch.cat([ref[n] for n in last]), dim=0) > 0.99
+    last_cosine = F.cosine_similarity(torch.cat([low[n] for n in last]), torch.cat([ref[n] for n in last]), dim=0)
+    assert last_cosine > MIN_LAST_CONV_COSINE[dtype]
 
 
 # MED-VT++ normalises its query-pixel affinities over the query axis (LayerNorm over 16 queries).
-# With random weights the queries' affinities differ by 0.7% (tiny) or 0.17% (S4) of what they
-# share, so the norm magnifies the inputs' rounding some hundred times: bf16 (8 significant bits)
-# keeps a correlation of 0.88 with float32 here, fp16 (11 bits) above 0.99. Trained queries are
-# expected to differ more; no trained MED-VT++ weights are on this machine to measure it.
+# With untrained weights the queries' affinities differ by 0.7% (tiny) or 0.17% (S4) of what they
+# share, so the norm magnifies the inputs' rounding some hundred times: over the six draws bf16
+# (8 significant bits) keeps a correlation of 0.944-0.976 with float32, fp16 (11 bits) 0.998-0.9996.
+# Trained queries are expected to differ more; no trained MED-VT++ weights are on this machine.
 MIN_MEDVTPP_CORR = {"bf16": 0.85, "fp16": 0.99}
 
 
@@ -117,8 +128,7 @@ MIN_MEDVTPP_CORR = {"bf16": 0.85, "fp16": 0.99}
 def test_medvtpp_autocast_forward_matches_float32(dtype, device):
     from models.avs import build_avs_model
 
-    torch.manual_seed(0)
-    model = build_avs_model("avs_tiny").eval().to(device)
+    model = fill_deterministic(build_avs_model("avs_tiny")).eval().to(device)
     g = torch.Generator().manual_seed(1)
     frames, audio = torch.randn(1, 5, 3, 64, 64, generator=g), torch.randn(1, 5, 128, generator=g)
     frames, audio = frames.to(device), audio.to(device)
