@@ -85,12 +85,34 @@ def read_color_map(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     path = require(path, "a2d", "color_map.txt: a header line, then 'name id _ R G B' per line", is_file=True)
     names = [class_name(i) for i in range(NUM_CLASSES)]
     pal = np.zeros((NUM_CLASSES, 3), np.uint8)
-    for line in Path(path).read_text().splitlines()[1:]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"a2d: colour map {path} is not a text file (expected a header line, then "
+                        "'name id _ R G B' per line)") from None
+    for n, line in enumerate(lines[1:], 2):
         tok = line.split()
         if len(tok) >= 6:
-            names[int(tok[1])] = tok[0]
-            pal[int(tok[1])] = [int(v) for v in tok[3:6]]
+            where = f"colour map {path} line {n}"
+            label_id = _int_field(tok[1], where, "class id", NUM_CLASSES - 1)
+            names[label_id] = tok[0]
+            pal[label_id] = [_int_field(v, where, "colour value", 255) for v in tok[3:6]]
     return names, pal
+
+
+def _int_field(text: str, where: str, what: str, high: int | None = None) -> int:
+    """``int(text)``, checked to lie in 0..``high``; else a UserError naming ``where`` (file and line):
+    a malformed dataset file ends in one line naming it, not in int()'s or an index's traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"a2d: {where}: {what} {text!r} is not a whole number") from None
+    if high is not None and not 0 <= value <= high:
+        raise UserError(f"a2d: {where}: {what} {value} is outside 0..{high}")
+    return value
+
+
+VIDEOSET_COLUMNS = ("id", "label", "start", "end", "height", "width", "#frames", "#annotated", "usage")
 
 
 @dataclass(frozen=True)
@@ -128,8 +150,11 @@ def read_videoset(csv_path: str | os.PathLike, split: str) -> list[A2DVideo]:
             if len(row) < 9:
                 raise DatasetNotFoundError(f"a2d: {csv_path} line {n} has {len(row)} columns, expected 9 "
                                            "(id, label, start, end, height, width, #frames, #annotated, usage)")
-            if int(row[-1]) != drop:
-                videos.append(A2DVideo(row[0], int(row[1]), int(row[4]), int(row[5]), int(row[6]), int(row[7])))
+            where = f"{csv_path} line {n}"
+            label, height, width, frames, annotated, usage = (
+                _int_field(row[k], where, VIDEOSET_COLUMNS[k]) for k in (1, 4, 5, 6, 7, -1))
+            if usage != drop:
+                videos.append(A2DVideo(row[0], label, height, width, frames, annotated))
     return videos
 
 
@@ -217,7 +242,13 @@ def load_clip(paths: list[Path], size: tuple[int, int] | None = CLIP_SIZE) -> Te
         if not p.is_file():
             raise DatasetNotFoundError(f"a2d: frame {p} is missing (frames/<vid>/<5-digit fid>.png, 1-based; "
                                        "extract all frames of Release/clips320H/<vid>.mp4)")
-    x = torch.stack([torch.from_numpy(np.asarray(open_image(p, "RGB")).copy()).permute(2, 0, 1) for p in paths])
+    arrays = [np.asarray(open_image(p, "RGB")) for p in paths]
+    for p, a in zip(paths[1:], arrays[1:]):  # torch.stack would fail without naming the clip or file
+        if a.shape != arrays[0].shape:
+            raise UserError(f"a2d: frame {p} is {a.shape[1]}x{a.shape[0]} but frame {paths[0].name} of the same "
+                            f"clip is {arrays[0].shape[1]}x{arrays[0].shape[0]}; all frames of a video must "
+                            "have one size (re-extract them from Release/clips320H/<vid>.mp4)")
+    x = torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1) for a in arrays])
     x = x.float() / 255.0
     x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     if size is not None and tuple(x.shape[-2:]) != tuple(size):

@@ -101,6 +101,9 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         raise AudioError(f"{path}: not a readable PCM wav file ({e})") from e
     if width != 2:
         raise AudioError(f"{path}: {8 * width}-bit samples; 16-bit PCM is expected (AVSBench's wavs are)")
+    if len(raw) != n * width * ch:  # a cut-short file: fewer bytes than the header's data chunk declares
+        raise AudioError(f"{path}: the header declares {n} frames ({n * width * ch} bytes) but the file holds "
+                         f"{len(raw)} bytes of audio; the file is cut short, replace it with a complete copy")
     x = np.frombuffer(raw, dtype="<i2").astype(np.float64) / 32768.0
     return (x.reshape(-1, ch) if ch > 1 else x), sr
 

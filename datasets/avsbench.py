@@ -79,18 +79,29 @@ def task_dir(root: str | Path, task: str) -> Path:
                        f"--avsbench_root (it holds Single-source/ and Multi-sources/)")
 
 
-def read_metadata(csv_path: Path) -> list[dict]:
-    """Rows of the metadata CSV as dicts with 'name', 'category' (S4) and 'split'."""
+def read_metadata(csv_path: Path, need_category: bool = False) -> list[dict]:
+    """Rows of the metadata CSV as dicts with 'name', 'category' (S4) and 'split'.
+
+    ``need_category`` (S4): every row must have a category in column 2 (0-based), as the original
+    reads it by position; without it the clip's folder cannot be found."""
     with open(csv_path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or "split" not in rows[0]:
+        reader = csv.reader(f)
+        rows = [(reader.line_num, r) for r in reader]
+    if not rows or "split" not in rows[0][1]:
         raise AVSDataError(f"{csv_path}: expected a header with a 'split' column")
-    head = rows[0]
+    head = rows[0][1]
     si = head.index("split")
+    if need_category and si == 2:
+        raise AVSDataError(f"{csv_path}: column 3 is 'split', expected the columns name, start, category, "
+                           f"split (the header is {', '.join(head)})")
     out = []
-    for r in rows[1:]:
+    for n, r in rows[1:]:
         if not r:
             continue
+        # A short row would otherwise end in an IndexError, or a category of None, without the file's name.
+        if len(r) <= max(si, 2 if need_category else 0):
+            raise AVSDataError(f"{csv_path} line {n}: {len(r)} columns, expected the {len(head)} of the header "
+                               f"({', '.join(head)})")
         out.append({"name": r[0], "category": r[2] if len(r) > 2 and si != 2 else None, "split": r[si]})
     return out
 
@@ -101,7 +112,7 @@ def avsbench_clips(root: str | Path, task: str, split: str) -> list[AVSClip]:
     _, csv_name, data = TASKS[task]
     data = d / data
     clips = []
-    for row in read_metadata(d / csv_name):
+    for row in read_metadata(d / csv_name, need_category=task == "s4"):
         if row["split"] != split:
             continue
         n = row["name"]

@@ -28,12 +28,18 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from utils.cli import UserError
+
 from .path_config import dataset_root, require
 from .video import VideoSequence
 
 MOTIONS = {"0": "locomotion", "1": "deformation", "2": "static"}
 DEFAULT_LIST = "val_seqs.txt"
 DEFAULT_CSV = "annotations.csv"
+
+
+class MocaDataError(UserError, ValueError):
+    """A malformed MoCA annotation file; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -52,29 +58,40 @@ class MocaBox:
 
 
 def read_annotations(csv_path: str | Path) -> dict[str, dict[str, MocaBox]]:
-    """``{video: {frame stem: MocaBox}}`` from the MoCA CSV (see the module docstring)."""
+    """``{video: {frame stem: MocaBox}}`` from the MoCA CSV (see the module docstring).
+
+    A malformed row raises :class:`MocaDataError` naming the file and line."""
     csv_path = Path(csv_path)
     with csv_path.open(newline="") as handle:
-        rows = list(csv.reader(handle))[1:]  # the first row is the header
-    rows = sorted((r for r in rows if r), key=lambda r: r[1] if len(r) > 1 else "")
+        reader = csv.reader(handle)
+        next(reader, None)  # the header
+        rows = [(reader.line_num, r) for r in reader if r]
+    rows.sort(key=lambda nr: nr[1][1] if len(nr[1]) > 1 else "")
     out: dict[str, dict[str, MocaBox]] = {}
     previous_motion = None
-    for row in rows:
+    for n, row in rows:
+        where = f"{csv_path} line {n}"
         if len(row) != 4:
-            raise ValueError(f"{csv_path}: row {row!r} does not have 4 columns (id, file, bbox, motion)")
+            raise MocaDataError(f"{where}: row {row!r} does not have 4 columns (id, file, bbox, motion)")
         _, file_name, bbox_text, motion_text = (c.strip() for c in row)
         try:
             bbox, motion = ast.literal_eval(bbox_text), ast.literal_eval(motion_text)
         except (ValueError, SyntaxError):
-            raise ValueError(f"{csv_path}: cannot parse bbox {bbox_text!r} / motion {motion_text!r}") from None
+            raise MocaDataError(f"{where}: cannot parse bbox {bbox_text!r} / motion {motion_text!r}") from None
         if not bbox:
             continue
         if motion:
+            if not (isinstance(motion, dict) and "1" in motion):
+                raise MocaDataError(f"{where}: motion {motion_text} is not {{'1': '0'|'1'|'2'}} or {{}}")
             previous_motion = str(motion["1"])
         elif previous_motion is None:
-            raise ValueError(f"{csv_path}: the first box row ({file_name}) has motion {{}} and no previous row")
-        _, xmin, ymin, width, height = bbox
-        xmin, ymin = max(float(xmin), 0.0), max(float(ymin), 0.0)
+            raise MocaDataError(f"{where}: the first box row ({file_name}) has motion {{}} and no previous row")
+        try:  # another count or a non-number would fail here without the file's name
+            _, xmin, ymin, width, height = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise MocaDataError(f"{where}: bbox {bbox_text} is not [shape_id, xmin, ymin, width, height] "
+                                "(5 numbers) or []") from None
+        xmin, ymin = max(xmin, 0.0), max(ymin, 0.0)
         path = PurePosixPath(file_name)
         out.setdefault(path.parent.name, {})[path.stem] = MocaBox(
             xmin, ymin, xmin + float(width), ymin + float(height), previous_motion)

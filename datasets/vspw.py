@@ -54,17 +54,20 @@ def read_split(root: Path, split: str) -> list[str]:
     path = require(root / f"{split}.txt", "vspw", f"the {split} split list, one video name per line", is_file=True)
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"vspw: split list {path} names no video")
+        raise UserError(f"vspw: split list {path} names no video")
     return names
 
 
-def vspw_sequences(root: Path, split: str, need_masks: bool | None = None) -> list[VideoSequence]:
+def vspw_sequences(root: Path, split: str, need_masks: bool | None = None,
+                   one_size: bool = True) -> list[VideoSequence]:
     """Every video of ``split`` as a :class:`VideoSequence` (frames in name order, mask per frame or None).
 
     ``need_masks`` (default: every split but ``test``) makes a video without masks an error naming it,
     and reads the header of every mask file (:func:`image_size`, no decoding), so a damaged mask is
     named now, before training or evaluation starts, not when it is first read (after an epoch, for
     the validation split). A frame without a mask file is kept, all void (as in :func:`read_raw_mask`).
+    ``one_size`` (with ``need_masks``): the masks of a video must have one size (evaluation stacks them);
+    training clips are checked when read instead (:class:`VSPWClips`), so a bad mask costs only its clips.
     """
     need_masks = split != "test" if need_masks is None else need_masks
     videos = []
@@ -81,9 +84,16 @@ def vspw_sequences(root: Path, split: str, need_masks: bool | None = None) -> li
         if need_masks and all(m is None for m in masks):
             raise FileNotFoundError(f"vspw: no mask in {mask_dir} matches a frame name of {frame_dir}")
         if need_masks:
+            first = None
             for m in masks:
                 if m is not None:
-                    image_size(m)  # raises ImageReadError naming the file
+                    size = image_size(m)  # raises ImageReadError naming the file
+                    first = first or (m, size)
+                    # Evaluation stacks a video's masks; masks of two sizes would fail there unnamed.
+                    if one_size and size != first[1]:
+                        raise UserError(f"vspw: mask {m} is {size[0]}x{size[1]} but mask {first[0].name} of the same "
+                                        f"video {name} is {first[1][0]}x{first[1][1]}; all masks of a video "
+                                        "must have one size")
         videos.append(VideoSequence(name, frames, masks))
     return videos
 
@@ -202,5 +212,5 @@ def build_vspw_train_dataset(root: str | os.PathLike | None = None, split: str =
                              centre_step: int | None = None, frame_stride: int = 1,
                              transform: VSPWTrainTransform | None = None) -> VSPWClips:
     """Clips of ``split`` (default ``train``) under the resolved VSPW root."""
-    seqs = vspw_sequences(vspw_root(root), split, need_masks=True)
+    seqs = vspw_sequences(vspw_root(root), split, need_masks=True, one_size=False)
     return VSPWClips(seqs, transform or VSPWTrainTransform(), num_frames, centre_step, frame_stride)
