@@ -24,7 +24,7 @@ from models import PRESETS, CheckpointMismatchError, build_model, load_model, re
 from models.config import VARIANTS, preset_name
 from models.onnx_export import (OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names,
                                 min_dynamic_size)
-from utils.cli import UserError, add_debug_flag, check_output_file, run_main
+from utils.cli import UserError, add_debug_flag, check_output_file, random_seed, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone of an authors' AVOS checkpoint (default swinB)")
     p.add_argument("--threads", type=int, default=0, help="threads of ONNX Runtime and PyTorch for the check "
                                                          "(default: their defaults)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fresh weights and the check's input (default 0)")
+    p.add_argument("--seed", type=random_seed, default=0,
+                   help="seed of the fresh weights and the check's input (default 0)")
     add_debug_flag(p)
     return p
 

@@ -29,10 +29,10 @@ from datasets.stream import MissingInputError
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
-from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames, positive_float,
+from utils.cli import (add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames, positive_float,
                        positive_int, run_main)
 from utils.distributed import check_device
-from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
+from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import jsonable
 
 
@@ -208,14 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
             opts = inf.RunOptions(sub, args.num_frames, args.save_overlay, args.overlay_format, args.fps,
                                   AMP_DTYPES[args.amp], args.window, args.batch_clips)
             run = {"davis": inf.run_davis, "ytbo": inf.run_youtube_objects, "moca": inf.run_moca}.get(task)
-            try:
+            with frames_too_small(f"--val_size {protocol.val_size}", "use a larger --val_size"):
                 results[task] = run(model, sequences[task], protocol, opts) if run else \
                     inf.run_video(model, video, protocol, opts)
-            except ValueError as e:  # torch's instance norm over one token: frames too small for the model
-                if "spatial element" not in str(e):
-                    raise
-                raise UserError(f"--val_size {protocol.val_size} is too small for this model: its label propagation "
-                                "needs more than one feature token per frame; use a larger --val_size") from None
             results[task]["output_dir"] = str(sub)
         (out_dir / "summary.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
         marker.unlink()

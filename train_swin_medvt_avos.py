@@ -54,7 +54,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               read_resume_checkpoint, resume_path, resume_training, save_training, seed_everything,
                               stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
-                       positive_int, require_file, run_main)
+                       positive_int, random_seed, require_file, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import LR_GROUPS, PolyLR, param_groups
@@ -152,7 +152,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--output_dir", default="runs/medvt_avos", help="checkpoints, train.log and metrics.jsonl")
     add_run_args(g)
-    g.add_argument("--seed", type=int, default=42, help="random seed (each process uses seed + rank)")
+    g.add_argument("--seed", type=random_seed, default=42, help="random seed (each process uses seed + rank)")
     g.add_argument("--device", default=du.default_device(), help="cuda or cpu (torchrun: the local rank's GPU)")
     g.add_argument("--find_unused_parameters", action="store_true", help="DDP option, for modified models")
     g.add_argument("--tensorboard", action="store_true",

@@ -48,7 +48,7 @@ from models.registry import model_state_dict
 from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, non_negative_int, positive_int,
                        run_main)
 from utils.distributed import default_device
-from utils.engine import AMP_DTYPES, add_inference_amp_flag
+from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     source = ("the checkpoint's own config" if saved_classes is not None
               else f"preset {args.model or BACKBONE_PRESETS[args.backbone]}")
     model = build_model(cfg)
-    load_state_dict_strict(model, model_state_dict(ckpt, cfg), source=args.model_path)
+    load_state_dict_strict(model, model_state_dict(ckpt, cfg, args.model_path), source=args.model_path)
     model.to(device)
+    check_frame_size(model, device, {"--clip_size": tuple(args.clip_size)}, f"the model of {args.model_path}")
     names = [class_name(i) for i in range(NUM_CLASSES)]
     palette = default_palette()
     cmap = Path(args.color_map) if args.color_map else root / "color_map.txt"

@@ -193,7 +193,7 @@ def build_from_checkpoint(ckpt: dict, info: ModelInfo, source: str = "checkpoint
                           device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build ``info.config`` and load the checkpoint's weights strictly (errors list bad keys)."""
     model = build_model(info.config)
-    load_state_dict_strict(model, model_state_dict(ckpt, info.config), source=source)
+    load_state_dict_strict(model, model_state_dict(ckpt, info.config, source), source=source)
     return model.to(device).eval()
 
 

@@ -13,11 +13,13 @@ from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus, build_avs_model
 from models.avs_config import AVS_CONFIGS, get_avs_config
 from models.predictor import VideoPredictor
-from utils.cli import add_debug_flag, non_negative_int, positive_int
+from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int
+from utils.engine import check_frame_size
 
 from .metrics import BatchAverage, f_score, mask_iou
 
 TASK_CONFIG = {"s4": "medvtpp_s4", "ms3": "medvtpp_ms3"}
+STAGES = range(4)  # the scales a stage flag names: 0 = 1/4 ... 3 = 1/32
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +36,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="TPAVI audio-visual attention; no effect with --mm_context bidir (the README passes it "
                         "anyway, spec §B.4)")
     g.add_argument("--tpavi_vv_flag", action="store_true", help="TPAVI visual self-attention (tpavi only)")
-    g.add_argument("--tpavi_stages", default=[], nargs="*", type=int,
+    g.add_argument("--tpavi_stages", default=[], nargs="*", type=int, choices=STAGES,
                    help="scales (0 = 1/4 … 3 = 1/32) with a TPAVI block (tpavi only)")
     g.add_argument("--vce_enc_layer", default=None, nargs=2, type=positive_int,
                    help="visual encoder layers on 1/32 and 1/16 (default: the config's, 3 1)")
@@ -60,9 +62,23 @@ def model_config(args):
     if args.vce_enc_layer:
         over["enc_layers"] = tuple(args.vce_enc_layer)
     if args.mm_context == "tpavi":
+        if args.tpavi_stages and not (args.tpavi_va_flag or args.tpavi_vv_flag):
+            raise UserError("--tpavi_stages needs --tpavi_va_flag and/or --tpavi_vv_flag: a TPAVI block attends "
+                            "audio-visually, visually, or both")
         over.update(mm_context="tpavi", tpavi_stages=tuple(args.tpavi_stages), tpavi_va=args.tpavi_va_flag,
                     tpavi_vv=args.tpavi_vv_flag)
     return get_avs_config(name, **over)
+
+
+def check_im_size(model: MEDVTPlusPlus, device: torch.device, sizes: dict[str, int | None]) -> None:
+    """Refuse a square frame size (flag → size; 0 = the native 224) too small for the model before any
+    output: a pooling kernel must fit the downsampled frame (torch's error came mid-run, as a traceback)."""
+    t = model.cfg.max_frames
+
+    def clip(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:  # frames and VGGish embeddings
+        return torch.zeros(1, t, 3, h, w, device=device), torch.zeros(1, t, 128, device=device)
+
+    check_frame_size(model, device, sizes, f"config {model.cfg.name}", clip)
 
 
 def build_model_and_audio(args, device: torch.device) -> tuple[MEDVTPlusPlus, nn.Module]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from avs.common import add_model_args, evaluate, model_config
+from avs.common import add_model_args, check_im_size, evaluate, model_config
 from datasets.avsbench import AVSBenchDataset, load_log_mel
 from datasets.path_config import add_path_args, dataset_root
 from datasets.video import image_size
@@ -87,7 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
                         "S4/MS3 release")
     ds = AVSBenchDataset(args.avsbench_root, args.task, args.split, args.test_im_size or None, args.audio,
                          args.allow_resample, args.allow_silent)
-    check_clips(ds, ds.clips if args.max_batches is None else ds.clips[:args.max_batches * args.test_batch_size])
+    clips = ds.clips if args.max_batches is None else ds.clips[:args.max_batches * args.test_batch_size]
+    partly = next((c for c in clips if len(c.masks) < len(c.frames)), None)
+    if partly is not None:  # S4's train split annotates the first frame of each clip only
+        raise UserError(f"--split {args.split}: clip {partly.name} has {len(partly.masks)} mask(s) for "
+                        f"{len(partly.frames)} frames, and evaluation needs one per frame; evaluate --split val "
+                        "or test")
+    check_im_size(model, device, {"--test_im_size": args.test_im_size})
+    check_clips(ds, clips)
     with incomplete_marker(out):  # what is still read lazily (e.g. wavs) may fail mid-run: the folder says so
         logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
         logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {loaded.reason}")

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from avs.common import add_model_args, audio_features, build_model_and_audio, evaluate
+from avs.common import STAGES, add_model_args, audio_features, build_model_and_audio, check_im_size, evaluate
 from avs.losses import AVSCriterion
 from datasets.avsbench import AVSBenchDataset, task_dir
 from datasets.path_config import add_path_args, dataset_root
@@ -64,7 +64,8 @@ from utils import distributed as du
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
                               prepare_output_dir, read_resume_checkpoint, resume_path, resume_training,
                               seed_everything)
-from utils.cli import UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_main
+from utils.cli import (UserError, non_negative_float, non_negative_int, positive_float, positive_int, random_seed,
+                       run_main)
 from utils.engine import train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
 from utils.optim import param_groups
@@ -94,12 +95,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight_decay", default=1e-4, type=non_negative_float, help="AdamW weight decay")
     g.add_argument("--end_lr", default=1e-6, type=non_negative_float, help="MS3 poly schedule: final lr")
     g.add_argument("--poly_power", default=0.9, type=positive_float, help="MS3 poly schedule: power")
-    g.add_argument("--seed", default=123, type=int, help="random seed (original: 123)")
+    g.add_argument("--seed", default=123, type=random_seed, help="random seed (original: 123)")
     g.add_argument("--steps_per_epoch", default=None, type=positive_int, help="cap on steps per epoch (smoke tests)")
     g.add_argument("--val_max_batches", default=None, type=positive_int, help="cap on validation batches (smoke tests)")
     loss = p.add_argument_group("loss")
     loss.add_argument("--masked_av_flag", action="store_true", help="add the masked audio-visual matching loss (MS3)")
-    loss.add_argument("--masked_av_stages", default=[0, 1, 2, 3], nargs="+", type=int,
+    loss.add_argument("--masked_av_stages", default=[0, 1, 2, 3], nargs="+", type=int, choices=STAGES,
                       help="FPN scales (0 = 1/4 … 3 = 1/32) where the masked-AV loss is computed")
     loss.add_argument("--lambda_1", default=None, type=non_negative_float, help="weight of that loss (S4 0, MS3 0.1)")
     loss.add_argument("--kl_flag", action="store_true", help="masked-AV loss as KL(softmax(audio) ‖ softmax(visual))")
@@ -110,7 +111,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="the original's visual-visual variant (not implemented)")
     loss.add_argument("--sa_loss_flag", action="store_true",
                       help="S4: add AVSBench's audio/masked-visual cosine loss (same as --masked_av_flag without KL)")
-    loss.add_argument("--sa_loss_stages", default=None, nargs="+", type=int, help="S4: stages of --sa_loss_flag")
+    loss.add_argument("--sa_loss_stages", default=None, nargs="+", type=int, choices=STAGES,
+                      help="S4: stages of --sa_loss_flag")
     loss.add_argument("--mask_pooling_type", default="avg", choices=("avg", "max"),
                       help="how predicted logits are downsampled to each map")
     i = p.add_argument_group("initialisation")
@@ -241,6 +243,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     early = DeferredLog()  # messages of the checks below, logged once train.log exists
     seed_everything(args.seed)  # the same initial model (and random VGGish) on every process
     model, vggish = build_model_and_audio(args, device)
+    check_im_size(model, device, {"--train_im_size": args.train_im_size, "--val_im_size": args.val_im_size})
     if resume_from is None:
         init_weights(model, args, early)
     criterion = AVSCriterion(task=args.task, masked_av=args.masked_av_flag, stages=list(args.masked_av_stages),

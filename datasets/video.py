@@ -62,6 +62,13 @@ def list_frame_files(folder: str | Path, flag: str = "--video") -> list[Path]:
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
     if not files:
         raise FileNotFoundError(f"{flag} folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} frames")
+    # Outputs are named by the frame's stem: 00001.jpg and 00001.png would write one mask over the other.
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise UserError(f"{flag} folder {folder} holds {stems[f.stem].name} and {f.name}: two frames of one "
+                            "name, whose outputs would overwrite each other; keep one of them")
+        stems[f.stem] = f
     return files
 
 

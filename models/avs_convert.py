@@ -80,7 +80,7 @@ def load_avs_checkpoint(model: MEDVTPlusPlus, path) -> dict:
     loader: missing / unexpected / mis-shaped keys named, non-finite weights refused); returns the
     checkpoint dict."""
     ckpt = read_checkpoint(path)
-    load_state_dict_strict(model, avs_state_dict(checkpoint_state_dict(ckpt)), source=str(path))
+    load_state_dict_strict(model, avs_state_dict(checkpoint_state_dict(ckpt, str(path))), source=str(path))
     return ckpt
 
 

@@ -206,11 +206,15 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def checkpoint_state_dict(ckpt: dict) -> dict[str, Tensor]:
-    """The model weights inside a checkpoint dict (``model`` entry, or the dict itself)."""
+def checkpoint_state_dict(ckpt: dict, source: str = "the checkpoint") -> dict[str, Tensor]:
+    """The model weights inside a checkpoint dict (``model`` entry, or the dict itself); ``source``
+    names the file in the error."""
     sd = ckpt.get("model", ckpt)
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise CheckpointMismatchError("the checkpoint has no 'model' state dict of tensors")
+        entries = ", ".join(sorted(map(str, ckpt))[:6]) or "none"
+        hint = (" (a PyTorch Lightning checkpoint? re-save its 'state_dict' under 'model')"
+                if "state_dict" in ckpt else "")
+        raise CheckpointMismatchError(f"{source} has no 'model' state dict of tensors (its entries: {entries}){hint}")
     return sd
 
 
@@ -233,7 +237,7 @@ def infer_model_version(ckpt: dict) -> tuple[str, str]:
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
     """Load an original or a medvt checkpoint file into ``model`` strictly; returns the checkpoint dict."""
     ckpt = read_checkpoint(path)
-    sd = convert_original_state_dict(checkpoint_state_dict(ckpt), model.cfg)
+    sd = convert_original_state_dict(checkpoint_state_dict(ckpt, str(path)), model.cfg)
     load_state_dict_strict(model, sd, source=str(path))
     return ckpt
 
@@ -243,7 +247,7 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> tuple[list[str],
     entry whose converted name and shape match; return (loaded, kept at their initial values)."""
     require_file(path, "--init_from")
     try:
-        sd = checkpoint_state_dict(read_checkpoint(path))
+        sd = checkpoint_state_dict(read_checkpoint(path), str(path))
     except CheckpointMismatchError as e:
         if str(path) in str(e):
             raise
@@ -269,7 +273,7 @@ def init_from_vistr_coco(model: nn.Module, path: str | Path) -> list[str]:
     every entry whose converted name and shape match, backbone included (spec avos §4.1).
     Returns the names of the parameters that were initialised.
     """
-    sd = strip_prefixes(checkpoint_state_dict(read_checkpoint(path)))
+    sd = strip_prefixes(checkpoint_state_dict(read_checkpoint(path), str(path)))
     cfg = model.cfg
     resnet = cfg.backbone == "resnet101"
     keep = ("vistr.",) if resnet else ("vistr.transformer.encoder.layers.", "vistr.transformer.decoder.")

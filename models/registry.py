@@ -107,9 +107,9 @@ def resolve_config(ckpt: dict, preset: str | ModelConfig | None = None, **overri
     return cfg, reason
 
 
-def model_state_dict(ckpt: dict, cfg: ModelConfig) -> dict[str, Tensor]:
-    """The checkpoint's weights in our names (the authors' files are renamed)."""
-    sd = checkpoint_state_dict(ckpt)
+def model_state_dict(ckpt: dict, cfg: ModelConfig, source: str = "the checkpoint") -> dict[str, Tensor]:
+    """The checkpoint's weights in our names (the authors' files are renamed); ``source`` names the file."""
+    sd = checkpoint_state_dict(ckpt, source)
     return avs_state_dict(sd) if isinstance(cfg, AVSConfig) else convert_original_state_dict(sd, cfg)
 
 
@@ -127,5 +127,5 @@ def load_model(path: str | Path, preset: str | ModelConfig | None = None, device
     ckpt = read_checkpoint(path)
     cfg, reason = resolve_config(ckpt, preset, **overrides)
     model = build_model(cfg)
-    load_state_dict_strict(model, model_state_dict(ckpt, cfg), source=str(path))
+    load_state_dict_strict(model, model_state_dict(ckpt, cfg, str(path)), source=str(path))
     return LoadedModel(model.to(device).eval(), cfg, reason, ckpt)

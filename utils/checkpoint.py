@@ -405,7 +405,7 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
     if ckpt is None:
         ckpt = read_resume_checkpoint(path, args, model.cfg, free=free, added=added, read_config=read_config,
                                       check=check, init_flags=init_flags)
-    load_state_dict_strict(model, checkpoint_state_dict(ckpt), source=str(path))
+    load_state_dict_strict(model, checkpoint_state_dict(ckpt, str(path)), source=str(path))
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
     except ValueError as e:

@@ -62,6 +62,7 @@ def run_main(main: Callable[[], object], prog: str | None = None) -> None:
     except USER_ERRORS as e:
         if debug:
             traceback.print_exc()
+        _release_frames(e)
         print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
         _error_exit(2)
     except Exception as e:
@@ -71,6 +72,17 @@ def run_main(main: Callable[[], object], prog: str | None = None) -> None:
               "is above); stopping too", file=sys.stderr)
         _error_exit(1)
     sys.exit(0)
+
+
+def _release_frames(error: BaseException | None) -> None:
+    """Free the locals of the finished frames that ``error``, and the errors it was raised from, came
+    through, so that what they held is closed now: a progress bar left open mid-loop would otherwise
+    redraw itself when collected at exit, after the error line, which would then not be the last line."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def _error_exit(code: int) -> None:
@@ -128,12 +140,23 @@ def add_overwrite_flag(parser, output: str = "--output_dir") -> None:
                         help=f"write into an {output} that already holds files, replacing files of the same name")
 
 
+def _no_literal_tilde(output: str | Path, flag: str) -> Path:
+    """``output`` as a Path, refused when it starts with a literal ``~``: the shell does not expand
+    ``~`` after ``=`` (``--output_dir=~/runs``), and the outputs would go to a folder named ``~``
+    under the current one, where a later ``rm -rf ~`` to remove it would delete the home folder."""
+    out = Path(output)
+    if out.parts and out.parts[0].startswith("~"):
+        raise UserError(f"{flag} {output} starts with a literal ~ (the shell does not expand ~ after '=' or in "
+                        f"quotes): write {flag} {output} with a space instead of '=', or give $HOME/ or a full path")
+    return out
+
+
 def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path | None],
                      overwrite: bool = False) -> Path:
     """Check an output folder before anything is read or written: not a file, apart from every
     input (:func:`require_separate`), and empty or new unless ``overwrite`` (then files of the same
     name are replaced, nothing is deleted). Returns it as a Path, not yet created."""
-    out = Path(output)
+    out = _no_literal_tilde(output, flag)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {output} is a file, not a folder; give a folder (it is created if missing)")
     require_separate(out, flag, inputs)
@@ -147,7 +170,7 @@ def check_output_file(output: str | Path, flag: str, inputs: dict[str, str | Pat
                       overwrite: bool = False) -> Path:
     """Check an output file before any work: not a folder, not one of the ``inputs`` files (even with
     ``overwrite``), in a folder that exists, and new unless ``overwrite``."""
-    out = Path(output)
+    out = _no_literal_tilde(output, flag)
     if out.is_dir():
         raise UserError(f"{flag} {output} is a folder; give a file name")
     for in_flag, path in inputs.items():
@@ -189,5 +212,7 @@ positive_int = _number(int, lambda v: v > 0, "a positive integer (> 0)")
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer (>= 0)")
 positive_float = _number(float, lambda v: v > 0 and v < float("inf"), "a positive finite number (> 0)")
 non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a non-negative finite number (>= 0)")
+# numpy's and Python's generators take seeds in [0, 2**32); each process of a run adds its rank.
+random_seed = _number(int, lambda v: 0 <= v < 2**32 - 1024, "a seed from 0 to 2**32 - 1025")
 # A clip: the model attends across the frames of a clip, so one frame is not one.
 clip_frames = _number(int, lambda v: v >= 2, "a clip length: at least 2 frames (the model attends across them)")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from datasets.synthetic import make_synthetic_davis
-from utils.cli import UserError, add_debug_flag, check_output_dir, positive_float, positive_int, run_main
+from utils.cli import UserError, add_debug_flag, check_output_dir, positive_float, positive_int, random_seed, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train_sequences", type=positive_int, default=12, help="synthetic training videos")
     p.add_argument("--val_sequences", type=positive_int, default=3, help="synthetic held-out videos")
     p.add_argument("--frames", type=positive_int, default=20, help="frames per synthetic video")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set and of training")
+    p.add_argument("--seed", type=random_seed, default=0, help="seed of the synthetic set and of training")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     add_debug_flag(p)
     return p.parse_args(argv)

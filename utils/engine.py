@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -65,32 +65,63 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
+# torch's errors for frames too small for a model, and what each means: label propagation normalises
+# each frame over its tokens, which needs more than one; a pooling kernel (MED-VT++) must fit the
+# downsampled frame.
+_TOO_SMALL = {"spatial element": "label propagation needs more than one token per frame",
+              "Kernel size can't be greater than actual input size": "a kernel of the model must fit the "
+                                                                      "downsampled frame"}
+
+
+def too_small_reason(error: Exception) -> str | None:
+    """What ``error`` says about a frame too small for the model, or None for any other error."""
+    if isinstance(error, (ValueError, RuntimeError)):
+        return next((why for text, why in _TOO_SMALL.items() if text in str(error)), None)
+    return None
+
+
+@contextmanager
+def frames_too_small(given: str, remedy: str) -> Iterator[None]:
+    """Inference whose frame sizes depend on each video (no size to check up front): torch's error for
+    frames too small for the model becomes one line, ``{given} is too small for this model ...; {remedy}``."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as e:
+        why = too_small_reason(e)
+        if why is None:
+            raise
+        raise UserError(f"{given} is too small for this model ({why}); {remedy}") from None
+
+
 def check_frame_size(model: nn.Module, device: torch.device, sizes: dict[str, int | tuple[int, int] | None],
-                     what: str) -> None:
-    """Refuse a frame size below the smallest the model accepts, before any training: label propagation
-    normalises each frame over its tokens, which needs more than one (torch's "Expected more than 1
-    spatial element", which with a too small --val_size came only after a whole epoch, as a traceback).
+                     what: str, clip: Callable[[int, int], tuple[torch.Tensor, ...]] | None = None) -> None:
+    """Refuse a frame size below the smallest the model accepts, before any training or output (with a
+    too small --val_size, torch's error came only after a whole epoch, as a traceback).
 
     ``sizes``: flag → a shorter side (the longer side is not known: checked as a square, the fewest
-    tokens for that side), a (height, width), or None/0 = not used. One forward pass per flag, in eval
-    mode and without gradients, on a two-frame clip; when it is refused, a few more (doubling, then
-    bisecting) find the smallest shorter side, at the same aspect, to suggest. The RNG state is left
-    as it was."""
-    def clip(size: int | tuple[int, int], side: int) -> tuple[int, int]:
+    tokens for that side), a (height, width), or None/0 = not used. ``clip(h, w)``: the model's inputs
+    for one clip of that size (default: two frames, ``[1, 2, 3, h, w]``). One forward pass per flag, in
+    eval mode and without gradients; when it is refused, a few more (doubling, then bisecting) find the
+    smallest shorter side, at the same aspect, to suggest. The RNG state is left as it was."""
+    def shape(size: int | tuple[int, int], side: int) -> tuple[int, int]:
         if isinstance(size, int):
             return side, side
         h, w = size  # scaled so that its shorter side is ``side``
         return (side, max(side, round(side * w / h))) if h <= w else (max(side, round(side * h / w)), side)
 
-    def accepts(size: int | tuple[int, int], side: int) -> bool:
+    def inputs(h: int, w: int) -> tuple[torch.Tensor, ...]:
+        return clip(h, w) if clip else (torch.zeros(1, 2, 3, h, w, device=device),)
+
+    def refusal(size: int | tuple[int, int], side: int) -> str | None:
         try:
             with torch.no_grad():
-                model(torch.zeros(1, 2, 3, *clip(size, side), device=device))
-        except ValueError as e:
-            if "spatial element" not in str(e):
+                model(*inputs(*shape(size, side)))
+        except (ValueError, RuntimeError) as e:
+            why = too_small_reason(e)
+            if why is None:
                 raise
-            return False
-        return True
+            return why
+        return None
 
     was_training, rng = model.training, capture_rng()
     model.eval()
@@ -99,17 +130,18 @@ def check_frame_size(model: nn.Module, device: torch.device, sizes: dict[str, in
             if not size:
                 continue
             lo = size if isinstance(size, int) else min(size)
-            if accepts(size, lo):
+            why = refusal(size, lo)
+            if why is None:
                 continue
             hi = 2 * lo  # lo refused; find the smallest accepted side in (lo, hi]
-            while not accepts(size, hi):
+            while refusal(size, hi):
                 lo, hi = hi, 2 * hi
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if accepts(size, mid) else (mid, hi)
+                lo, hi = (lo, mid) if refusal(size, mid) is None else (mid, hi)
             given = size if isinstance(size, int) else f"{size[0]} {size[1]}"
             raise UserError(f"{flag} {given} is too small for {what}: its frames need a shorter side of at least "
-                            f"{hi} pixels (label propagation needs more than one token per frame)")
+                            f"{hi} pixels ({why})")
     finally:
         model.train(was_training)
         restore_rng(rng)

@@ -17,6 +17,7 @@ from AVOS, so the Kinetics-400 Swin-B and VisTR COCO initialisations load as the
 from __future__ import annotations
 
 from models.config import MODEL_CONFIGS, MedVTConfig, get_config
+from utils.cli import UserError
 
 VSPW_NUM_CLASSES = 124
 DEFAULT_CONFIG = "medvt_swinb_vss"
@@ -31,8 +32,8 @@ def vss_config(name: str = DEFAULT_CONFIG, num_classes: int | None = None) -> Me
     if num_classes is not None:
         cfg = cfg.replace(num_classes=num_classes)
     if cfg.num_classes < 2:
-        raise ValueError(f"model config {name!r} has num_classes={cfg.num_classes}; VSS needs a multi-class "
-                         f"config (e.g. {DEFAULT_CONFIG}) or --num_classes K")
+        raise UserError(f"--model {name} has num_classes={cfg.num_classes}; VSS needs a multi-class config "
+                        f"(e.g. {DEFAULT_CONFIG}) or --num_classes K")
     return cfg
 
 

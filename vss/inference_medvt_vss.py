@@ -30,7 +30,8 @@ from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, incomplete_marker,
                        non_negative_int, positive_int, run_main)
-from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags
+from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags,
+                          frames_too_small)
 from utils.metrics import write_results
 from vss.common import build_from_args, evaluate_videos, format_summary
 from vss.config import DEFAULT_CONFIG, config_names
@@ -106,7 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
         out = ((Path(source).parent if source else Path("runs/medvt_vss_random"))
                / f"infer_vspw_{args.split}_{args.val_size}_{int(time.time())}")
         check_output_dir(out, "--output_dir", inputs, args.overwrite)
-    with incomplete_marker(out):  # left in place by an error or Ctrl-C: the outputs are partial
+    sizes = f"--val_size {args.val_size}" + (f" with --max_size {args.max_size}" if args.max_size else "")
+    remedy = "use a larger --max_size" if args.max_size else "use a larger --val_size"
+    # left in place by an error or Ctrl-C: the outputs are partial
+    with incomplete_marker(out), frames_too_small(sizes, remedy):
         summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
                                   save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
                                   clip_len=args.clip_len, window=args.window, flip=args.flip,

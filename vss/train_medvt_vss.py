@@ -47,7 +47,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               prepare_output_dir, read_resume_checkpoint, resume_path, resume_training, run_summary,
                               seed_everything, stretch_schedule)
 from utils.cli import (add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float, positive_int,
-                       run_main)
+                       random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import AMP_DTYPES, check_frame_size, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, setup_logger
@@ -116,7 +116,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="autocast dtype: bf16 (recommended on recent GPUs), fp16 (with loss scaling) or none")
     g.add_argument("--steps_per_epoch", type=positive_int, default=None, metavar="N",
                    help="stop each epoch after N steps (smoke tests; default: the whole dataset)")
-    g.add_argument("--seed", type=int, default=42, help="random seed (each process adds its rank)")
+    g.add_argument("--seed", type=random_seed, default=42, help="random seed (each process adds its rank)")
 
     g = p.add_argument_group("validation, checkpoints, output")
     g.add_argument("--val_every", type=non_negative_int, default=1, help="validate every N epochs (0 = never)")

@@ -1,0 +1,188 @@
+"""User mistakes found by an audit of every script: each ends in one line naming the flag or file,
+before any output is written (or, for sizes only known per video, with the error as the last line)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from datasets.a2d import make_synthetic_a2d
+from datasets.avsbench import make_synthetic_avsbench
+from models import build_model, get_config
+from utils.checkpoint import check_run_dir
+from utils.cli import UserError, check_output_dir, check_output_file, random_seed
+from tests.test_vss import ROOT, write_vspw
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.mark.parametrize("script,parser", [
+    ("train_swin_medvt_avos", "get_args_parser"), ("vss.train_medvt_vss", "get_args_parser"),
+    ("actor_action.train_medvt_a2d", "get_args_parser"), ("avs.train_medvt", "get_args_parser"),
+    ("export_onnx", "build_parser")])
+def test_a_seed_numpy_cannot_take_is_refused_by_argparse(script, parser, capsys):
+    """numpy's generator takes seeds in [0, 2**32): -5 ended in its ValueError traceback mid-setup."""
+    import importlib
+
+    from utils import demo
+
+    parse = getattr(importlib.import_module(script), parser)().parse_args
+    for parse_args in (parse, demo.parse_args):
+        for bad in ("-5", str(2**32)):
+            with pytest.raises(SystemExit):
+                parse_args(["--seed", bad])
+            assert "argument --seed" in capsys.readouterr().err
+    assert random_seed("0") == 0 and random_seed(str(2**31)) == 2**31
+
+
+def test_an_output_path_with_a_literal_tilde_is_refused(tmp_path, monkeypatch):
+    """``--output_dir=~/runs``: the shell leaves the ~, and the outputs went to ./~/runs."""
+    monkeypatch.chdir(tmp_path)
+    for check in (lambda: check_output_dir("~/runs", "--output_dir", {}),
+                  lambda: check_output_file("~/m.onnx", "--output", {}),
+                  lambda: check_run_dir("~/runs", None, False)):
+        with pytest.raises(UserError, match=r"~/.* starts with a literal ~ .*with a space instead of '='"):
+            check()
+    assert not (tmp_path / "~").exists()
+    assert check_output_dir("runs~/a", "--output_dir", {}).name == "a"  # a ~ elsewhere is a plain name
+
+
+def test_vss_inference_frames_too_small_end_in_one_last_line(tmp_path):
+    """The frame size depends on each video, so it is found at the first forward: the error is one
+    line and the last one printed (the progress bar, left open by the error, used to redraw after it),
+    and the folder keeps its INCOMPLETE marker."""
+    root = write_vspw(tmp_path / "vspw", {"2_val_a": ("val", 2)})
+    out = tmp_path / "o"
+    r = subprocess.run([sys.executable, str(ROOT / "vss" / "inference_medvt_vss.py"), "--model", "tiny",
+                        "--num_classes", "5", "--random_weights", "--vspw_root", str(root), "--split", "val",
+                        "--val_size", "8",
+                        "--clip_len", "2", "--device", "cpu", "--output_dir", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert last.startswith("inference_medvt_vss.py: error: --val_size 8 is too small for this model"), r.stderr
+    assert (out / "INCOMPLETE").is_file()
+
+
+def test_a2d_inference_refuses_a_clip_size_too_small_before_any_output(tmp_path):
+    from actor_action import inference_medvt_a2d
+
+    root = make_synthetic_a2d(tmp_path / "a2d", num_train=1, num_test=1, num_frames=8, size_hw=(32, 32))
+    cfg = get_config("tiny").replace(num_classes=80, lprop_mode=2)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "a2d.pth"
+    torch.save({"model": build_model(cfg).state_dict(), "config": cfg.to_dict()}, ckpt)
+    out = tmp_path / "inf"
+    with pytest.raises(UserError, match=r"--clip_size 8 8 is too small for the model of .*a2d\.pth: .*at least \d+"):
+        inference_medvt_a2d.main(["--a2d_root", str(root), "--model_path", str(ckpt), "--clip_size", "8", "8",
+                                  "--device", "cpu", "--output_dir", str(out)])
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def s4_case(tmp_path_factory):
+    from models.avs import build_avs_model
+
+    root = make_synthetic_avsbench(tmp_path_factory.mktemp("s4"), "s4", {"train": 1, "val": 1, "test": 1},
+                                   size=32, seed=1)
+    torch.manual_seed(0)
+    model = build_avs_model("avs_tiny")
+    ckpt = tmp_path_factory.mktemp("ck") / "avs.pth"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
+    return root, ckpt
+
+
+def _avs_test_argv(root, ckpt, out, *extra):
+    return ["--task", "s4", "--config", "avs_tiny", "--allow_random_vggish", "--device", "cpu", "--num_workers", "0",
+            "--avsbench_root", str(root), "--model_path", str(ckpt), "--test_batch_size", "1",
+            "--output_dir", str(out), *extra]
+
+
+def test_avs_sizes_too_small_are_refused_before_any_output(s4_case, tmp_path):
+    """A pooling kernel larger than the downsampled frame: torch's RuntimeError came mid-run."""
+    from avs import test_medvt, train_medvt
+
+    root, ckpt = s4_case
+    out = tmp_path / "test"
+    with pytest.raises(UserError, match=r"--test_im_size 8 is too small for config avs_tiny: .*at least (\d+) pix"):
+        test_medvt.main(_avs_test_argv(root, ckpt, out, "--test_im_size", "8"))
+    assert not out.exists()
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"--val_im_size 16 is too small for config avs_tiny"):
+        train_medvt.main(["--task", "s4", "--config", "avs_tiny", "--allow_random_vggish", "--device", "cpu",
+                          "--num_workers", "0", "--avsbench_root", str(root), "--output_dir", str(run),
+                          "--train_im_size", "32", "--val_im_size", "16", "--max_epoches", "1"])
+    assert not run.exists()
+
+
+def test_avs_test_of_the_s4_train_split_is_refused_before_any_output(s4_case, tmp_path):
+    """--help offers --split train, whose S4 clips have one mask for five frames."""
+    from avs import test_medvt
+
+    root, ckpt = s4_case
+    out = tmp_path / "test"
+    with pytest.raises(UserError, match=r"--split train: clip .* has 1 mask\(s\) for 5 frames.*--split val or test"):
+        test_medvt.main(_avs_test_argv(root, ckpt, out, "--test_im_size", "32", "--split", "train"))
+    assert not out.exists()
+
+
+def test_avs_stage_flags_name_the_stages_that_exist(capsys):
+    from avs import common, train_medvt
+
+    parser = train_medvt.get_args_parser()
+    for argv in (["--masked_av_flag", "--masked_av_stages", "7"], ["--sa_loss_flag", "--sa_loss_stages", "9"],
+                 ["--mm_context", "tpavi", "--tpavi_va_flag", "--tpavi_stages", "9"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert "invalid choice" in capsys.readouterr().err
+    args = parser.parse_args(["--mm_context", "tpavi", "--tpavi_stages", "1"])
+    with pytest.raises(UserError, match=r"--tpavi_stages needs --tpavi_va_flag and/or --tpavi_vv_flag"):
+        common.model_config(args)
+
+
+def test_two_frames_of_one_name_are_refused(tmp_path):
+    """00001.jpg and 00001.png: their masks, named by the stem, overwrote each other."""
+    import numpy as np
+    from PIL import Image
+
+    from datasets.video import list_frame_files
+
+    frame = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    for name in ("00000.jpg", "00001.png"):
+        frame.save(tmp_path / name)
+    assert len(list_frame_files(tmp_path)) == 2
+    frame.save(tmp_path / "00001.jpg")
+    with pytest.raises(UserError, match=r"holds 00001\.jpg and 00001\.png: two frames of one name"):
+        list_frame_files(tmp_path)
+
+
+def test_crf_refuses_a_16_bit_probability_map(tmp_path):
+    """Read as probability·255, a 16-bit map gave probabilities up to 257 and a wrong before-CRF mIoU."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_crf import write_davis
+    from utils.crf import check_jobs, sequence_jobs
+
+    logits = write_davis(tmp_path, sequences=("seq-a",), n_frames=2)
+    jobs = sequence_jobs(logits / "seq-a", tmp_path / "JPEGImages" / "480p" / "seq-a", tmp_path / "out")
+    check_jobs(jobs)
+    first = logits / "seq-a" / "00001.png"
+    wide = np.asarray(Image.open(first)).astype(np.uint16) * 257
+    Image.fromarray(wide).save(first)
+    assert Image.open(first).mode.startswith("I")
+    with pytest.raises(UserError, match=r"00001\.png is a 'I(;16)?' image, not an 8-bit probability·255 PNG"):
+        check_jobs(jobs)
+
+
+def test_a_checkpoint_without_model_weights_is_named_with_what_it_holds(tmp_path):
+    """A Lightning-style {"state_dict": ...} file: the error did not say which file, nor what it held."""
+    from models import load_model
+
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3}, path)
+    with pytest.raises(UserError, match=r"lightning\.ckpt has no 'model' state dict of tensors \(its entries: epoch, "
+                                        r"state_dict\) \(a PyTorch Lightning checkpoint\?"):
+        load_model(path, preset="tiny")
