@@ -475,6 +475,10 @@ def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
                 opts.num_frames, opts.batch_clips)
     logger.info("video %s: %d frames of %dx%d%s, run at %dx%d", name, n, w, h,
                 f" at {source.fps:.3g} fps" if source.fps else "", source.size_hw[1], source.size_hw[0])
+    listed = getattr(source, "listed_frames", None)  # video files only
+    if listed:
+        logger.warning("video %s: its container lists %d frames but only the first %d could be decoded: the file "
+                       "may be cut short (a partial download?); the outputs cover those %d frames", name, listed, n, n)
     fps = source.fps or opts.fps
     overlays = OverlayWriter(opts.out_dir / "overlay" / name, opts.overlay_format, fps, save_frames=opts.save_overlay)
     area = [0.0]
@@ -494,7 +498,8 @@ def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
     speed = progress.close()
     logger.info("wrote masks to %s and the overlay video %s (%s, %s)", opts.out_dir / "bin_mask" / name,
                 video_path, opts.overlay_format, overlays.video.codec if overlays.video else "-")
-    return {"name": name, "n_frames": n, "overlay_video": str(video_path),
+    return {"name": name, "n_frames": n, "frames_listed_but_not_decoded": (listed or n) - n,
+            "overlay_video": str(video_path),
             "overlay_codec": overlays.video.codec if overlays.video else None,
             "mean_foreground_fraction": area[0] / n, "max_frames_held": predictor.max_held, **speed}
 

@@ -130,6 +130,7 @@ class VideoFile:
                 stream = self._video_stream(container)
                 rate = stream.average_rate or stream.guessed_rate
                 self.fps = float(rate) if rate else None
+                listed = stream.frames  # the container's count (0 = not recorded): checked, not trusted
                 for frame in self._decode(container, stream):
                     self._n += 1
                     # VideoFrames are reference-counted FFmpeg buffers: holding a few is cheap,
@@ -142,6 +143,9 @@ class VideoFile:
                             "convert it to H.264 mp4 or to a folder of frames") from None
         if self._n == 0:
             raise UserError(f"{self._what}: no frame could be decoded (unsupported codec or damaged file?)")
+        # Fewer frames than the container lists: a file cut short whose index came first (a partial
+        # download of a "faststart" mp4) decodes without an error up to where its data ends.
+        self.listed_frames = listed if listed > self._n else None
         self._resize_to = _resolve_size(size_hw, *self.frame_hw)
         self.size_hw = self._resize_to or self.frame_hw
 

@@ -141,6 +141,26 @@ def test_video_file_keeps_no_frames(mp4):
     assert max(sizes, default=0) <= 4
 
 
+def test_video_file_cut_short_after_its_index_says_so(tmp_path):
+    """A "faststart" mp4 (index first, as served on the web) cut short decodes without an error up to
+    where its data ends; the count its index lists is kept so that inference can warn."""
+    path = tmp_path / "faststart.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        noise = np.random.default_rng(0)  # frames of similar sizes: the cut falls mid-video
+        for _ in range(40):
+            f = noise.integers(0, 255, (H, W, 3), dtype=np.uint8)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode(None))
+    whole = VideoFile(path)
+    assert len(whole) == 40 and whole.listed_frames is None
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[:int(path.stat().st_size * 0.6)])
+    short = VideoFile(cut)
+    assert 2 <= len(short) < 40 and short.listed_frames == 40
+
+
 def test_video_changed_after_validation(mp4, tmp_path):
     path = encode(tmp_path / "v.mp4", square_frames(6))
     src = open_video(path, None)
