@@ -205,11 +205,30 @@ def same_schedule_length(args: argparse.Namespace):
     return check
 
 
+def check_schedule_length(args: argparse.Namespace) -> None:
+    """Refuse an --epochs that leaves the schedule no room: the original clamps a decay of fewer than
+    one epoch to one, so every epoch after the first trained at --end_lr (poly) or the lr went to 0
+    and back (cosine), without a word; --use_lr_warmup trains epochs 0 and 1 at lr 0."""
+    e, w = args.epochs, args.warmup_epochs
+    if args.use_lr_warmup:
+        if w < 1:
+            raise UserError("--use_lr_warmup needs --warmup_epochs 1 or more")
+        if e <= 2:
+            raise UserError(f"--use_lr_warmup trains epochs 0 and 1 at lr 0, so --epochs {e} would not train; "
+                            "raise --epochs above 2 or leave out --use_lr_warmup")
+        return
+    decay = {"poly": e - 1 - w, "cosine": e - w}.get(args.scheduler_type)
+    if e >= 2 and decay is not None and decay < 1:
+        raise UserError(f"--epochs {e} with --warmup_epochs {w}: the {args.scheduler_type} decay would run over "
+                        f"{decay} epochs, so the lr would drop to its end after epoch 0 instead of decaying over the run; pass "
+                        f"--warmup_epochs {w - (1 - decay)} or less (without --use_lr_warmup it only shortens "
+                        "the decay)")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.use_lr_warmup and args.warmup_epochs < 1:
-        raise UserError("--use_lr_warmup needs --warmup_epochs 1 or more")
+    check_schedule_length(args)
     if args.scheduler_type == "poly":  # the other decays do not use --end_lr
         check_end_lr(args)
     # The output folder's refusals first (an earlier run, --resume of another run, a file, inside an input,

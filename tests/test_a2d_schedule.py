@@ -152,3 +152,16 @@ def test_warmup_needs_warmup_epochs():
     from utils.cli import UserError
     with pytest.raises(UserError, match="--warmup_epochs"):
         train_medvt_a2d.main(["--use_lr_warmup", "--warmup_epochs", "0"])
+
+
+@pytest.mark.parametrize("flags,hint", [
+    (["--epochs", "3"], "poly decay would run over -3 epochs.*--warmup_epochs 1 or less"),
+    (["--epochs", "3", "--scheduler_type", "cosine"], "cosine decay would run over -2 epochs.*--warmup_epochs 2 or"),
+    (["--epochs", "2", "--use_lr_warmup"], "epochs 0 and 1 at lr 0")])
+def test_an_epoch_count_the_schedule_has_no_room_for_is_refused(flags, hint):
+    """--epochs 3 with the default --warmup_epochs 5 trained epochs 1 and 2 at --end_lr, without a word."""
+    from utils.cli import UserError
+    with pytest.raises(UserError, match=hint):
+        train_medvt_a2d.check_schedule_length(_args(*flags))
+    train_medvt_a2d.check_schedule_length(_args("--epochs", "3", "--warmup_epochs", "1"))  # a decay of 1 epoch
+    train_medvt_a2d.check_schedule_length(_args("--epochs", "1"))  # one epoch at --lr: nothing to decay
