@@ -48,6 +48,8 @@ import torch
 
 from benchmarks.common import cpu_model, peak_tflops
 from benchmarks.gpu_jobs import JOBS, original_unavailable
+from utils.cli import (UserError, add_overwrite_flag, check_output_dir, positive_float, positive_int,
+                       run_main)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -305,23 +307,25 @@ def targets(jobs: dict, comparison: dict) -> dict:
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="where to measure")
-    p.add_argument("--out", required=True, help="folder for suite.json, suite.md, suite.log and the logits")
+    p.add_argument("--out", required=True, help="folder for suite.json, suite.md, suite.log and the logits: new "
+                                                "or empty (see --overwrite)")
     p.add_argument("--smoke", action="store_true", help="every job at tiny sizes (checks the suite itself, on CPU)")
     p.add_argument("--config", default=None, help="model preset (default medvt_swinb_avos; tiny with --smoke)")
     p.add_argument("--orig_root", default=str(ROOT / ".orig"), help="the extracted original (extract_original.py)")
     p.add_argument("--trained_ckpt", default=None,
                    help="a trained AVOS checkpoint (e.g. make demo's checkpoint_best.pth) for the bf16-vs-fp32 masks")
     p.add_argument("--trained_data", default=None, help="its DAVIS-format held-out set (make demo's data/ folder)")
-    p.add_argument("--search_s", type=float, default=120.0, help="seconds of batch doubling per searched job")
-    p.add_argument("--deadline_s", type=float, default=450.0, help="start no job after this many seconds")
+    p.add_argument("--search_s", type=positive_float, default=120.0, help="seconds of batch doubling per searched job")
+    p.add_argument("--deadline_s", type=positive_float, default=450.0, help="start no job after this many seconds")
     p.add_argument("--only", default=None,
                    help="comma-separated texts: run only the jobs whose name contains one of them")
     p.add_argument("--no_tf32", action="store_true",
                    help="float32 convolutions without TF32 (cuDNN's default is TF32), e.g. to compare with the "
                         "original")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="run N jobs at once: only to check the suite quickly (--smoke on CPU), since their times "
                         "and memory then overlap")
+    add_overwrite_flag(p, "--out")
     p.add_argument("--_job", help=argparse.SUPPRESS)
     p.add_argument("--_result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -335,13 +339,16 @@ def main(argv=None) -> dict | None:
     if args._job:
         child(args._job, args._result)
         return None
-    out = Path(args.out)
+    only = [o for o in (args.only or "").split(",") if o]
+    jobs = [j for j in plan(args) if not only or any(o in j["name"] for o in only)]
+    if not jobs:
+        raise UserError(f"--only {args.only} names no job; the jobs are: {', '.join(j['name'] for j in plan(args))}")
+    out = check_output_dir(args.out, "--out", {"--trained_ckpt": args.trained_ckpt, "--trained_data": args.trained_data,
+                                               "--orig_root": args.orig_root}, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     report = {"environment": environment(args.device), "smoke": args.smoke, "no_tf32": args.no_tf32,
               "jobs": {}, "targets": {}}
-    only = [o for o in (args.only or "").split(",") if o]
-    jobs = [j for j in plan(args) if not only or any(o in j["name"] for o in only)]
 
     def start(job: dict, log) -> dict:
         left = args.deadline_s - (time.perf_counter() - t0)
@@ -372,4 +379,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -62,3 +62,24 @@ def test_smoke_runs_every_job_and_writes_the_report(tmp_path):
     assert "trained checkpoint: mask IoU bf16 vs fp32, target ≥ 0.99" in targets
     md = (out / "suite.md").read_text()
     assert "| infer ours bf16 | 1 |" in md and "| swin window attention |" in md
+
+
+def test_the_suite_refuses_an_earlier_output_folder_and_a_job_filter_matching_nothing(tmp_path, capsys):
+    """Before any job or folder: --out holding files (e.g. a training run) would be written over; an
+    --only that matches nothing ran nothing and exited 0."""
+    import pytest
+
+    from utils.cli import UserError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint_last.pth").write_bytes(b"weights")
+    with pytest.raises(UserError, match=r"--out .*run already holds files"):
+        gpu_suite.main(["--device", "cpu", "--smoke", "--out", str(run), "--only", "matmul"])
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_last.pth"]
+    with pytest.raises(UserError, match=r"--only typo_job names no job; the jobs are: .*matmul calibration"):
+        gpu_suite.main(["--device", "cpu", "--smoke", "--out", str(tmp_path / "new"), "--only", "typo_job"])
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(SystemExit):
+        gpu_suite.main(["--device", "cpu", "--smoke", "--out", str(tmp_path / "new"), "--jobs", "0"])
+    assert "argument --jobs" in capsys.readouterr().err
