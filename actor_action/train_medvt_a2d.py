@@ -220,9 +220,9 @@ def check_schedule_length(args: argparse.Namespace) -> None:
     decay = {"poly": e - 1 - w, "cosine": e - w}.get(args.scheduler_type)
     if e >= 2 and decay is not None and decay < 1:
         raise UserError(f"--epochs {e} with --warmup_epochs {w}: the {args.scheduler_type} decay would run over "
-                        f"{decay} epochs, so the lr would drop to its end after epoch 0 instead of decaying over the run; pass "
-                        f"--warmup_epochs {w - (1 - decay)} or less (without --use_lr_warmup it only shortens "
-                        "the decay)")
+                        f"{decay} epochs, so the lr would drop to its end after epoch 0 instead of decaying over the "
+                        f"run; pass --warmup_epochs {w - (1 - decay)} or less (without --use_lr_warmup it only "
+                        "shortens the decay)")
 
 
 def main(argv: list[str] | None = None) -> dict:
