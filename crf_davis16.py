@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def refine_and_score(args: argparse.Namespace, jobs: list[tuple[Path, Path, Path]], sequences: list[str],
                      gt_dir: Path | None) -> dict | None:
-    refine_all(jobs, args.workers)
+    refine_all(jobs, min(args.workers, len(jobs), os.cpu_count() or 1))  # more would only wait
     if gt_dir is None:
         print("no ground truth found (give --gt_dir or --davis16_root); metrics skipped")
         return None

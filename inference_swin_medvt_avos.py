@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The model is built before the output folder exists: weights that do not fit leave nothing behind.
     if args.runtime == "onnx":
         model = inf.load_onnx(args.onnx_path)
+        model.check_clip_length(args.num_frames, "--num_frames")
     else:
         try:
             model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)

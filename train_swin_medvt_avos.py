@@ -267,6 +267,20 @@ def main(argv: list[str] | None = None) -> dict:
     return du.run_distributed(train, args, args.deterministic)
 
 
+def warn_trained_val_sequences(args: argparse.Namespace, val_names: list[str], log) -> list[str]:
+    """Warn (through ``log``) about validation sequences that are also in the DAVIS training list, e.g.
+    with a --davis16_train_seqs_file naming the val list; returns them."""
+    from datasets.davis16 import split_sequences
+
+    trained = set(split_sequences(dataset_root("davis16", args.davis16_root), "train", args.davis16_train_seqs_file))
+    both = [name for name in val_names if name in trained]
+    if both:
+        log.warning(f"{len(both)} of the {len(val_names)} validation sequences are also trained on "
+                    f"({', '.join(both[:5])}{' …' if len(both) > 5 else ''}): their scores measure memory, not "
+                    "generalisation; check --davis16_train_seqs_file / --davis16_val_seqs_file")
+    return both
+
+
 def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     """Everything the run reads is checked (data, model config, frame sizes, --resume file, initial
     weights) before the output folder is created or changed, so a mistake leaves nothing behind."""
@@ -284,6 +298,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     if not args.no_val:
         from datasets.davis16 import davis16_sequences
         val_seqs = davis16_sequences(args.davis16_root, "val", args.davis16_val_seqs_file)
+        warn_trained_val_sequences(args, [s.name for s in val_seqs], early)
 
     cfg = model_config(args)
     model = build_model(cfg).to(device)

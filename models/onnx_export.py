@@ -180,6 +180,12 @@ class OnnxModel(nn.Module):
                 f"{self.min_size[0]}x{self.min_size[1]} only")
         return f"clips of {self.frames} frames, {size}"
 
+    def check_clip_length(self, t: int, flag: str) -> None:
+        """Refuse ``flag``'s clip length before any output when it is not the file's (known at load)."""
+        if t != self.frames:
+            raise InputSizeError(f"{flag} {t}: --onnx_path {self.path} takes clips of {self.frames} frames; pass "
+                                 f"{flag} {self.frames}, or export it again with export_onnx.py --num_frames {t}")
+
     def check(self, t: int, h: int, w: int) -> None:
         inside = all(lo <= n and (hi == 0 or n <= hi) for n, lo, hi in zip((h, w), self.min_size, self.max_size))
         if t != self.frames or not inside:

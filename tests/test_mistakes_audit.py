@@ -186,3 +186,36 @@ def test_a_checkpoint_without_model_weights_is_named_with_what_it_holds(tmp_path
     with pytest.raises(UserError, match=r"lightning\.ckpt has no 'model' state dict of tensors \(its entries: epoch, "
                                         r"state_dict\) \(a PyTorch Lightning checkpoint\?"):
         load_model(path, preset="tiny")
+
+
+def test_validation_sequences_that_are_also_trained_on_are_warned_about(tmp_path):
+    """--davis16_train_seqs_file naming the val list trained on the val set without a word."""
+    import train_swin_medvt_avos as script
+    from datasets.davis16 import split_sequences
+    from datasets.synthetic import make_synthetic_davis
+    from utils.logger import DeferredLog
+
+    root = make_synthetic_davis(tmp_path / "DAVIS", num_train=2, num_val=2, num_frames=3, size_hw=(16, 16))
+    args = script.get_args_parser().parse_args(["--davis16_root", str(root)])
+    val_names = split_sequences(root, "val")
+    log = DeferredLog()
+    assert script.warn_trained_val_sequences(args, val_names, log) == [] and not log.records
+    listed = tmp_path / "train_list.txt"
+    listed.write_text("\n".join(val_names) + "\n")
+    args = script.get_args_parser().parse_args(["--davis16_root", str(root), "--davis16_train_seqs_file", str(listed)])
+    assert script.warn_trained_val_sequences(args, val_names, log) == val_names
+    assert "2 of the 2 validation sequences are also trained on" in log.records[0][1]
+
+
+def test_small_contradictions_and_sizes_are_refused(tmp_path, capsys):
+    from utils import demo
+    from vss import inference_medvt_vss
+
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--frames", "2"])
+    assert "--frames 2: give 3 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        inference_medvt_vss.main(["--random_weights", "--model_path", str(tmp_path / "x.pth"),
+                                  "--output_dir", str(tmp_path / "o")])
+    assert "--random_weights and --model_path contradict each other" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

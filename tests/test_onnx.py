@@ -31,6 +31,7 @@ from models.avs import build_avs_model
 from models.avs_config import AVS_CONFIGS
 from models.onnx_export import InputSizeError, OnnxModel, UnexportableError, check_onnx, min_dynamic_size
 from models.onnx_export import export_onnx as export
+from utils.cli import UserError
 
 # CI's 15 minutes take no full-size preset (ResNet-101 alone is about 1.5 minutes, Swin-B about 2.5).
 DEFAULT_PRESETS = ["tiny", "avs_tiny"]
@@ -212,9 +213,14 @@ def test_runtime_onnx_writes_the_pytorch_masks(tiny_file, tmp_path, capsys):
     with pytest.raises(SystemExit):
         infer_script.main(common + ["--runtime", "onnx"])
     assert "--onnx_path" in capsys.readouterr().err
+    # a clip length the file does not take: refused at load, before any output (it came at the first forward)
+    with pytest.raises(InputSizeError, match=r"--num_frames 4: --onnx_path .* takes clips of 6 frames; pass"):
+        infer_script.main(common + ["--runtime", "onnx", "--onnx_path", str(onnx_path), "--num_frames", "4",
+                                    "--output_dir", str(tmp_path / "four")])
+    assert not (tmp_path / "four").exists()
 
 
-def test_vss_runtime_onnx_writes_the_pytorch_labels(tmp_path):
+def test_vss_runtime_onnx_writes_the_pytorch_labels(tiny_file, tmp_path):
     """The VSS script shares the predictor: --runtime onnx with a file exported from a 5-class checkpoint
     writes the PyTorch run's labels. 48x60 is below the Swin floor, where the window shrinks to the map:
     the file is fixed to that size (equal to PyTorch there) and refuses any other."""
@@ -251,3 +257,12 @@ def test_vss_runtime_onnx_writes_the_pytorch_labels(tmp_path):
         b = np.asarray(Image.open(tmp_path / "onnx" / f.relative_to(tmp_path / "torch")))
         assert (a == b).mean() >= 0.999
     assert onnx_run["mIoU"] == pytest.approx(torch_run["mIoU"], abs=1e-3)
+    # before any output: another clip length, and a binary (AVOS) file, which failed mid-run as a ValueError
+    plain = ["--vspw_root", str(root), "--val_size", "48", "--device", "cpu"]
+    with pytest.raises(InputSizeError, match=r"--clip_len 6: --onnx_path .*vss\.onnx takes clips of 4 frames"):
+        inference_medvt_vss.main(plain + ["--clip_len", "6", "--runtime", "onnx", "--onnx_path", str(onnx_path),
+                                          "--output_dir", str(tmp_path / "six")])
+    with pytest.raises(UserError, match=r"holds a model of 1 class \(an AVOS export\?\); VSS needs a multi-class"):
+        inference_medvt_vss.main(plain + ["--clip_len", "6", "--runtime", "onnx", "--onnx_path", str(tiny_file[2]),
+                                          "--output_dir", str(tmp_path / "avos")])
+    assert not (tmp_path / "six").exists() and not (tmp_path / "avos").exists()

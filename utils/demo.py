@@ -75,7 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=random_seed, default=0, help="seed of the synthetic set and of training")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     add_debug_flag(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.frames < 3:
+        p.error(f"--frames {args.frames}: give 3 or more (the DAVIS metrics leave out each video's first and last "
+                "frames)")
+    return args
 
 
 def run(script: str, argv: list[str], threads: int | None = None) -> None:

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     check_runtime_flags(parser, args)
+    if args.random_weights and args.model_path:
+        parser.error("--random_weights and --model_path contradict each other: pass one of them")
     device = torch.device(args.device)
     # The output folder is checked before anything is read, so a mistake there costs nothing.
     inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root), "--model_path": args.model_path,
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
         from models.onnx_export import OnnxModel
 
         model = OnnxModel(args.onnx_path)
+        model.check_clip_length(args.clip_len, "--clip_len")
+        if model.num_classes < 2:
+            raise UserError(f"--onnx_path {args.onnx_path} holds a model of {model.num_classes} class (an AVOS "
+                            "export?); VSS needs a multi-class one: export a VSS checkpoint with export_onnx.py")
         print(f"runtime: ONNX Runtime (CPU) with {args.onnx_path} ({model.describe()})")
     else:
         model = build_from_args(args, device)
