@@ -152,7 +152,10 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], sour
     unexpected = sorted(set(state_dict) - set(own))
     shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
                     for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or shapes:
+    # Integer values loaded into a float weight (or back) are cast silently, and give garbage masks.
+    kinds = sorted(f"{k}: checkpoint {state_dict[k].dtype} vs model {own[k].dtype}" for k in set(own) & set(state_dict)
+                   if own[k].is_floating_point() != state_dict[k].is_floating_point())
+    if missing or unexpected or shapes or kinds:
         lines = [f"{source} does not fit the model ({type(model).__name__}):"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {_describe(missing)}")
@@ -160,6 +163,8 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], sour
             lines.append(f"  unexpected keys ({len(unexpected)}): {_describe(unexpected)}")
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): {_describe(shapes)}")
+        if kinds:
+            lines.append(f"  integer / floating-point mismatches ({len(kinds)}): {_describe(kinds)}")
         raise CheckpointMismatchError("\n".join(lines))
     check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)

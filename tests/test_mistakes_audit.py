@@ -219,3 +219,20 @@ def test_small_contradictions_and_sizes_are_refused(tmp_path, capsys):
                                   "--output_dir", str(tmp_path / "o")])
     assert "--random_weights and --model_path contradict each other" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_integer_values_for_a_float_weight_are_refused(tmp_path):
+    """An int64 tensor for a float weight was cast silently on load and gave empty masks (J 0.000)."""
+    from models import load_model
+    from models.convert import CheckpointMismatchError
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    sd = model.state_dict()
+    name = next(k for k, v in sd.items() if v.is_floating_point() and v.dim() == 2)
+    sd[name] = sd[name].round().long()
+    path = tmp_path / "int.pth"
+    torch.save({"model": sd, "config": model.cfg.to_dict()}, path)
+    with pytest.raises(CheckpointMismatchError, match=rf"integer / floating-point mismatches \(1\): {name}: "
+                                                      r"checkpoint torch\.int64 vs model torch\.float32"):
+        load_model(path)
