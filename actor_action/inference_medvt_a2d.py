@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
         task = "an AVOS (binary)" if saved_classes == 1 else f"a {saved_classes}-class"
         raise UserError(f"--model_path {args.model_path} holds {task} model, but A2D inference expects "
                         f"{NUM_CLASSES} classes; give an A2D checkpoint (train_medvt_a2d.py or the authors')")
-    cfg = model_config(args, ckpt, inference=True)
+    try:
+        cfg = model_config(args, ckpt, inference=True)
+    except UserError as e:  # e.g. a MED-VT++ (AVS) checkpoint: name the file
+        raise UserError(f"--model_path {args.model_path}: {e}") from None
     # Name what was actually built: our checkpoints carry their own config, whatever --backbone says.
     source = ("the checkpoint's own config" if saved_classes is not None
               else f"preset {args.model or BACKBONE_PRESETS[args.backbone]}")

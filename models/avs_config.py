@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from utils.cli import UserError
+
 
 @dataclass(frozen=True)
 class AVSConfig:
@@ -67,6 +69,9 @@ def get_avs_config(name_or_cfg: str | AVSConfig | dict, **overrides) -> AVSConfi
     if isinstance(name_or_cfg, AVSConfig):
         cfg = name_or_cfg
     elif isinstance(name_or_cfg, dict):
+        if "audio_dim" not in name_or_cfg:  # saved by a MED-VT (AVOS, VSS, A2D) run
+            raise UserError("the checkpoint holds a MED-VT (video-only) model, not a MED-VT++ one: use the AVOS, "
+                            "VSS or A2D scripts")
         d = dict(name_or_cfg)
         d["enc_layers"] = tuple(d.get("enc_layers", (3, 1)))
         d["tpavi_stages"] = tuple(d.get("tpavi_stages", ()))

@@ -236,3 +236,24 @@ def test_integer_values_for_a_float_weight_are_refused(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=rf"integer / floating-point mismatches \(1\): {name}: "
                                                       r"checkpoint torch\.int64 vs model torch\.float32"):
         load_model(path)
+
+
+def test_a_checkpoint_of_the_other_model_family_is_named(s4_case, tmp_path):
+    """An AVS (MED-VT++) checkpoint given to A2D inference, and a MED-VT one to AVS --resume: the first
+    did not name the file, the second ended in "AVSConfig.__init__() got an unexpected keyword argument"."""
+    from actor_action import inference_medvt_a2d
+    from avs import train_medvt
+
+    root, avs_ckpt = s4_case
+    a2d = make_synthetic_a2d(tmp_path / "a2d", num_train=1, num_test=1, num_frames=8, size_hw=(32, 32))
+    with pytest.raises(UserError, match=r"--model_path .*avs\.pth: the checkpoint holds a MED-VT\+\+ \(audio-visual\)"):
+        inference_medvt_a2d.main(["--a2d_root", str(a2d), "--model_path", str(avs_ckpt), "--device", "cpu",
+                                  "--output_dir", str(tmp_path / "a2d_out")])
+    cfg = get_config("tiny")
+    medvt = tmp_path / "medvt.pth"
+    torch.save({"model": build_model(cfg).state_dict(), "config": cfg.to_dict(), "epoch": 0}, medvt)
+    with pytest.raises(UserError, match=r"--resume .*medvt\.pth: the checkpoint holds a MED-VT \(video-only\) model"):
+        train_medvt.main(["--task", "s4", "--config", "avs_tiny", "--allow_random_vggish", "--device", "cpu",
+                          "--num_workers", "0", "--avsbench_root", str(root), "--output_dir", str(tmp_path / "run"),
+                          "--train_im_size", "32", "--val_im_size", "32", "--resume", str(medvt)])
+    assert not (tmp_path / "a2d_out").exists() and not (tmp_path / "run").exists()
