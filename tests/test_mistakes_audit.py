@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from datasets.a2d import make_synthetic_a2d
-from datasets.avsbench import make_synthetic_avsbench
 from models import build_model, get_config
 from utils.checkpoint import check_run_dir
 from utils.cli import UserError, check_output_dir, check_output_file, random_seed
 from tests.test_vss import ROOT, write_vspw
+from tests.test_vss_avs_mistakes import make_avs_case
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -83,15 +83,7 @@ def test_a2d_inference_refuses_a_clip_size_too_small_before_any_output(tmp_path)
 
 @pytest.fixture(scope="module")
 def s4_case(tmp_path_factory):
-    from models.avs import build_avs_model
-
-    root = make_synthetic_avsbench(tmp_path_factory.mktemp("s4"), "s4", {"train": 1, "val": 1, "test": 1},
-                                   size=32, seed=1)
-    torch.manual_seed(0)
-    model = build_avs_model("avs_tiny")
-    ckpt = tmp_path_factory.mktemp("ck") / "avs.pth"
-    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
-    return root, ckpt
+    return make_avs_case(tmp_path_factory, "s4")
 
 
 def _avs_test_argv(root, ckpt, out, *extra):

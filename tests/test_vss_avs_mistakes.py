@@ -105,17 +105,22 @@ def test_interrupted_vss_inference_leaves_the_incomplete_marker(tmp_path, monkey
 
 
 # N3 ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def avs_case(tmp_path_factory):
+def make_avs_case(tmp_path_factory, task: str):
+    """A tiny AVSBench tree of ``task`` (one train and val clip, two test clips) and an avs_tiny checkpoint."""
     from models.avs import build_avs_model
 
-    root = make_synthetic_avsbench(tmp_path_factory.mktemp("avsb"), "ms3", {"train": 1, "val": 1, "test": 2},
+    root = make_synthetic_avsbench(tmp_path_factory.mktemp("avsb"), task, {"train": 1, "val": 1, "test": 2},
                                    size=32, seed=1)
     torch.manual_seed(0)
     model = build_avs_model("avs_tiny")
     ckpt = tmp_path_factory.mktemp("ck") / "avs.pth"
     torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
     return root, ckpt
+
+
+@pytest.fixture(scope="module")
+def avs_case(tmp_path_factory):
+    return make_avs_case(tmp_path_factory, "ms3")
 
 
 def _avs_argv(root, ckpt, out):
