@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.runtime == "onnx":
         model = inf.load_onnx(args.onnx_path)
         model.check_clip_length(args.num_frames, "--num_frames")
+        inf.check_onnx_weights(model, ckpt, info, args.model_path)
     else:
         try:
             model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)

@@ -18,6 +18,7 @@ record a ``view`` that its own decomposition then rejects; the ONNX graph is the
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,18 @@ def min_dynamic_size(model: nn.Module) -> int:
     return max([MIN_SIZE] + [m.min_uniform_size for m in model.modules() if hasattr(m, "min_uniform_size")])
 
 
+def weights_fingerprint(state_dict: dict[str, Tensor]) -> str:
+    """A short hash of a model's floating-point weights (names, shapes, float32 values). An export
+    records its model's, so inference can tell whether a checkpoint is the one the file came from."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if t.is_floating_point():
+            digest.update(f"{name}{tuple(t.shape)}".encode())
+            digest.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def export_onnx(model: nn.Module, example: tuple[Tensor, ...], path: str | Path, opset: int = OPSET) -> dict:
     """Export ``model`` (eval mode, float32) for inputs shaped like ``example``.
 
@@ -124,6 +137,7 @@ def export_onnx(model: nn.Module, example: tuple[Tensor, ...], path: str | Path,
     shape = {"frames": t, "min_height": floor if dynamic_hw else h, "min_width": floor if dynamic_hw else w,
              "max_height": 0 if dynamic_hw else h, "max_width": 0 if dynamic_hw else w}
     onnx_program.model.metadata_props.update({f"medvt.{k}": str(v) for k, v in shape.items()})
+    onnx_program.model.metadata_props["medvt.weights"] = weights_fingerprint(model.state_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_program.save(str(path), external_data=external)
     return {"trace_s": t1 - t0, "convert_s": t2 - t1, "save_s": time.perf_counter() - t2,
@@ -168,6 +182,7 @@ class OnnxModel(nn.Module):
         self.frames = int(meta.get("medvt.frames", shape[1]))
         self.min_size = (int(meta.get("medvt.min_height", fixed[0])), int(meta.get("medvt.min_width", fixed[1])))
         self.max_size = (int(meta.get("medvt.max_height", fixed[0])), int(meta.get("medvt.max_width", fixed[1])))
+        self.weights = meta.get("medvt.weights")  # None: exported before fingerprints were recorded
         logits = self.session.get_outputs()[0].shape  # [batch, T, h, w] binary, [batch, K, T, h, w] classes
         self.num_classes = logits[1] if len(logits) == 5 else 1
 

@@ -29,7 +29,8 @@ from datasets.synthetic import make_synthetic_davis
 from models import build_model
 from models.avs import build_avs_model
 from models.avs_config import AVS_CONFIGS
-from models.onnx_export import InputSizeError, OnnxModel, UnexportableError, check_onnx, min_dynamic_size
+from models.onnx_export import (InputSizeError, OnnxModel, UnexportableError, check_onnx, min_dynamic_size,
+                                weights_fingerprint)
 from models.onnx_export import export_onnx as export
 from utils.cli import UserError
 
@@ -218,6 +219,15 @@ def test_runtime_onnx_writes_the_pytorch_masks(tiny_file, tmp_path, capsys):
         infer_script.main(common + ["--runtime", "onnx", "--onnx_path", str(onnx_path), "--num_frames", "4",
                                     "--output_dir", str(tmp_path / "four")])
     assert not (tmp_path / "four").exists()
+    # a checkpoint of other weights than the file's (the run ran; its results named this checkpoint)
+    assert OnnxModel(onnx_path).weights == weights_fingerprint(tiny_file[0].state_dict())
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save({"model": build_model("tiny").state_dict(), "config": tiny_file[0].cfg.to_dict()}, other)
+    with pytest.raises(UserError, match=r"--onnx_path .*tiny\.onnx was exported from other weights than --model_path"):
+        infer_script.main(common[2:] + ["--model_path", str(other), "--runtime", "onnx", "--onnx_path",
+                                        str(onnx_path), "--output_dir", str(tmp_path / "other")])
+    assert not (tmp_path / "other").exists()
 
 
 def test_vss_runtime_onnx_writes_the_pytorch_labels(tiny_file, tmp_path):
