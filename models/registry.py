@@ -29,7 +29,8 @@ from .avs import MEDVTPlusPlus
 from .avs_config import AVS_CONFIGS, AVSConfig, get_avs_config
 from .avs_convert import avs_state_dict
 from .config import MODEL_CONFIGS, MedVTConfig, preset_name
-from .convert import checkpoint_state_dict, convert_original_state_dict, load_state_dict_strict, read_checkpoint
+from .convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict,
+                      load_state_dict_strict, read_checkpoint)
 from .medvt import MEDVT
 
 ModelConfig = MedVTConfig | AVSConfig
@@ -127,5 +128,14 @@ def load_model(path: str | Path, preset: str | ModelConfig | None = None, device
     ckpt = read_checkpoint(path)
     cfg, reason = resolve_config(ckpt, preset, **overrides)
     model = build_model(cfg)
-    load_state_dict_strict(model, model_state_dict(ckpt, cfg, str(path)), source=str(path))
+    try:
+        load_state_dict_strict(model, model_state_dict(ckpt, cfg, str(path)), source=str(path))
+    except CheckpointMismatchError as e:
+        recorded, _ = resolve_config(ckpt, preset)
+        changed = [f"--{k} {v} (the file's model has {getattr(recorded, k)})" for k, v in overrides.items()
+                   if v is not None and getattr(recorded, k, v) != v]
+        if not changed:
+            raise
+        raise CheckpointMismatchError(f"{', '.join(changed)}: the weights of {path} do not fit the model these "
+                                      f"flags make; leave them out\n{e}") from None
     return LoadedModel(model.to(device).eval(), cfg, reason, ckpt)

@@ -249,3 +249,17 @@ def test_a_checkpoint_of_the_other_model_family_is_named(s4_case, tmp_path):
                           "--num_workers", "0", "--avsbench_root", str(root), "--output_dir", str(tmp_path / "run"),
                           "--train_im_size", "32", "--val_im_size", "32", "--resume", str(medvt)])
     assert not (tmp_path / "a2d_out").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_flag_that_changes_the_recorded_model_is_named_when_the_weights_do_not_fit(tmp_path):
+    """VSS --num_classes 7 with a 5-class checkpoint: the key list never named the flag."""
+    from models import load_model
+    from models.convert import CheckpointMismatchError
+
+    cfg = get_config("tiny").replace(num_classes=5)
+    path = tmp_path / "five.pth"
+    torch.save({"model": build_model(cfg).state_dict(), "config": cfg.to_dict()}, path)
+    expected = r"(?s)^--num_classes 7 \(the file's model has 5\): the weights of .*five\.pth do not fit .*leave them "
+    with pytest.raises(CheckpointMismatchError, match=expected + r"out\n.*shape mismatches"):
+        load_model(path, num_classes=7)
+    assert load_model(path, num_classes=5).config.num_classes == 5  # the recorded value is fine
