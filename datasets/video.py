@@ -33,6 +33,9 @@ def open_image(path: str | Path, mode: str | None = None) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
+            if mode == "RGB" and im.mode.startswith("I"):  # a 16-bit grey frame: PIL's convert clips it at 255
+                scaled = np.clip(np.asarray(im, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8)
+                return Image.fromarray(scaled).convert(mode)
             return im.convert(mode) if mode else im.copy()
     except FileNotFoundError:
         raise

@@ -263,3 +263,16 @@ def test_a_flag_that_changes_the_recorded_model_is_named_when_the_weights_do_not
     with pytest.raises(CheckpointMismatchError, match=expected + r"out\n.*shape mismatches"):
         load_model(path, num_classes=7)
     assert load_model(path, num_classes=5).config.num_classes == 5  # the recorded value is fine
+
+
+def test_a_16_bit_grey_frame_is_scaled_not_clipped(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255: such frames came out almost all white."""
+    import numpy as np
+    from PIL import Image
+
+    from datasets.video import open_image
+
+    grey = np.array([[0, 257 * 128, 65535]], dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "f.png")
+    assert Image.open(tmp_path / "f.png").mode.startswith("I")
+    assert np.asarray(open_image(tmp_path / "f.png", "RGB"))[0, :, 0].tolist() == [0, 128, 255]
