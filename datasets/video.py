@@ -45,9 +45,14 @@ def open_image(path: str | Path, mode: str | None = None) -> Image.Image:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the image header only (no pixel decoding); a file that is not an image is named."""
+    return image_header(path)[0]
+
+
+def image_header(path: str | Path) -> tuple[tuple[int, int], str]:
+    """((width, height), PIL mode) from the image header only; a file that is not an image is named."""
     try:
         with Image.open(path) as im:
-            return im.size
+            return im.size, im.mode
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -18,7 +18,7 @@ import pydensecrf.densecrf as dcrf
 from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 
-from datasets.video import image_size, open_image
+from datasets.video import image_header, image_size, open_image
 from utils.cli import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -108,12 +108,10 @@ def check_jobs(jobs: list[tuple[Path, Path, Path]]) -> None:
     """Check every job's inputs before any output is written: both files readable images (headers
     only, so this is quick) of the same size, the probability map an 8-bit one."""
     for logits_path, image_path, _ in jobs:
-        prob_size, rgb_size = image_size(logits_path), image_size(image_path)
+        (prob_size, mode), rgb_size = image_header(logits_path), image_size(image_path)
         if prob_size != rgb_size:
             raise UserError(f"{logits_path} is {prob_size[0]}x{prob_size[1]} but {image_path} "
                             f"is {rgb_size[0]}x{rgb_size[1]}")
-        with Image.open(logits_path) as im:  # the header again: its mode
-            mode = im.mode
         if mode not in EIGHT_BIT_MODES:  # a 16-bit map read as probability·255 gave values up to 257
             raise UserError(f"{logits_path} is a {mode!r} image, not an 8-bit probability·255 PNG as inference "
                             "writes (logits/<seq>/<frame>.png)")

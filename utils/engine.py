@@ -75,9 +75,7 @@ _TOO_SMALL = {"spatial element": "label propagation needs more than one token pe
 
 def too_small_reason(error: Exception) -> str | None:
     """What ``error`` says about a frame too small for the model, or None for any other error."""
-    if isinstance(error, (ValueError, RuntimeError)):
-        return next((why for text, why in _TOO_SMALL.items() if text in str(error)), None)
-    return None
+    return next((why for text, why in _TOO_SMALL.items() if text in str(error)), None)
 
 
 @contextmanager
