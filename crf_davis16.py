@@ -33,7 +33,7 @@ from utils.metrics import evaluate_sequences, jsonable, sequence_frames
 SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Refine DAVIS-16 probability maps with a fully connected CRF and evaluate them.")
     parser.add_argument("logits_dir", metavar="LOGITS_DIR", type=Path,
@@ -134,7 +134,7 @@ def summary_line(name: str, results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict | None:
     """Run the CRF; returns the metrics written to metrics.json (None without ground truth)."""
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     sequences = list_sequences(args.logits_dir, args.sequences)
     images_dir = resolve_images_dir(args)
     gt_dir = resolve_gt_dir(args)

@@ -27,7 +27,7 @@ from models.onnx_export import (OPSET, OnnxModel, UnexportableError, check_onnx,
 from utils.cli import UserError, add_debug_flag, check_output_file, random_seed, run_main
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Export a MED-VT model to ONNX (opset 19, DeformConv native), validate "
                                             "it with onnx.checker and compare ONNX Runtime with PyTorch once.")
     p.add_argument("--model_path", type=Path, default=None,
@@ -83,7 +83,7 @@ def example_inputs(model: torch.nn.Module, batch: int, t: int, h: int, w: int, s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
+    parser = get_args_parser()
     args = parser.parse_args(argv)
     if args.model_path is None and args.config is None:
         parser.error("give --model_path CHECKPOINT or --config NAME (fresh weights)")

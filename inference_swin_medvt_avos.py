@@ -36,7 +36,7 @@ from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, 
 from utils.metrics import jsonable
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Segment the primary moving object in videos with a MED-VT checkpoint, using the original "
                     "test protocol (every frame the centre of its own wrap-around clip, optional flip and "
@@ -144,7 +144,7 @@ def input_paths(args: argparse.Namespace, datasets: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
+    parser = get_args_parser()
     args = parser.parse_args(argv)
     device = check_device(args.device)
     check_runtime_flags(parser, args)

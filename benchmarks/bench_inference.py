@@ -33,9 +33,14 @@ from models import MODEL_CONFIGS, build_model
 from utils.engine import autocast
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, default_size=473)
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = get_args_parser()
     args = p.parse_args(argv)
     check_args(p, args, MODEL_CONFIGS)
     return args

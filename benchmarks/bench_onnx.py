@@ -89,7 +89,7 @@ def top_ops(profile: str, n: int = 10) -> list[tuple[str, float, float]]:
     return [(k, v, v / all_ms) for k, v in sorted(total.items(), key=lambda kv: -kv[1])[:n]]
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="medvt_swinb_avos", type=preset_name, choices=sorted(MODEL_CONFIGS))
     p.add_argument("--frames", type=int, default=6)
@@ -101,7 +101,11 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="print ONNX Runtime's top operators")
     p.add_argument("--child", choices=["torch", "onnx"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
     if args.child:
         print(json.dumps(run_child(args)))
         return

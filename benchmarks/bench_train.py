@@ -30,11 +30,16 @@ from models.losses import AVOSCriterion
 from utils.engine import autocast
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, default_size=360)
     p.add_argument("--grad_checkpointing", action="store_true",
                    help="recompute backbone and encoder activations in backward (less memory, more time)")
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = get_args_parser()
     args = p.parse_args(argv)
     check_args(p, args, MODEL_CONFIGS)
     return args

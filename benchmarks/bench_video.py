@@ -35,7 +35,7 @@ from benchmarks.common import machine_info
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", help="model preset for parts 1-3 (random weights)")
     p.add_argument("--val_size", type=int, default=473, help="shorter side fed to the model (the README's 473)")
@@ -52,7 +52,7 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip", nargs="*", default=[], choices=["rss", "speed", "accuracy"], help="parts to leave out")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    return p
 
 
 # ------------------------------------------------------------------------------------- children
@@ -188,7 +188,7 @@ def part_accuracy(args, tmp: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = get_args(argv)
+    args = get_args_parser().parse_args(argv)
     if args._child:
         child(args._child)
         return {}

@@ -50,12 +50,16 @@ def compare(a_dir: Path, b_dir: Path) -> dict:
     }
 
 
-def main(argv=None) -> dict:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reference", type=Path, help="folder of reference masks (e.g. the float32 run's bin_mask/)")
     p.add_argument("other", type=Path, help="folder of masks to compare (e.g. the bf16 run's bin_mask/)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
     res = compare(args.reference, args.other)
     for seq, iou in res["sequences"].items():
         print(f"{seq:>24}: IoU {iou:.4f}")

@@ -64,12 +64,16 @@ def extract(mirror: Path, commit: str, out: Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mirror", type=Path, required=True, help="git dir of a rkyuca/medvt mirror")
     p.add_argument("--commit", default="555a462", help="commit to extract (default: the CVPR'23 code)")
     p.add_argument("--out", type=Path, default=Path(".orig"), help="output folder (git-ignored)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
     out = extract(args.mirror, args.commit, args.out)
     print(f"extracted avos/ of {args.commit} into {out / 'medvt'}", file=sys.stderr)
 

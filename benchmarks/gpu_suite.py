@@ -304,7 +304,7 @@ def targets(jobs: dict, comparison: dict) -> dict:
     return res
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="where to measure")
     p.add_argument("--out", required=True, help="folder for suite.json, suite.md, suite.log and the logits: new "
@@ -328,6 +328,11 @@ def get_args(argv=None) -> argparse.Namespace:
     add_overwrite_flag(p, "--out")
     p.add_argument("--_job", help=argparse.SUPPRESS)
     p.add_argument("--_result", help=argparse.SUPPRESS)
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = get_args_parser()
     args = p.parse_args(argv)
     if args._job is None and args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to PyTorch (use --device cpu --smoke to check the suite)")

@@ -11,7 +11,7 @@ from avs import test_medvt as avs_test
 from utils.engine import AMP_DTYPES
 from vss import inference_medvt_vss as vss_infer
 
-PARSERS = {"avos": (avos_infer.build_parser, ["--model_path", "m.pth"]),
+PARSERS = {"avos": (avos_infer.get_args_parser, ["--model_path", "m.pth"]),
            "vss": (vss_infer.get_args_parser, ["--model_path", "m.pth"]),
            "a2d": (a2d_infer.get_args_parser, ["--model_path", "m.pth"])}
 

@@ -104,7 +104,7 @@ def test_avos_video_folder_as_output_and_default_folder_per_run(setup, tmp_path)
     assert "--video" in refused(lambda: avos_script.main(["--model_path", str(setup["ckpt"]), "--video", str(frames),
                                                           "--output_dir", str(frames), "--overwrite"]))
     assert snapshot(frames) == before
-    help_text = avos_script.build_parser().format_help()
+    help_text = avos_script.get_args_parser().format_help()
     assert "--overwrite" in help_text and "unix time" in help_text
 
 

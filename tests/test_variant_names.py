@@ -101,8 +101,8 @@ def test_model_version_values_of_before_resolve_as_before():
         inf.resolve_model_config({"model": {}}, "2024train", backbone="resnet101")
 
 
-@pytest.mark.parametrize("make,base", [(avos_infer.build_parser, ["--model_path", "m.pth"]),
-                                       (export_onnx.build_parser, ["--output", "m.onnx"])])
+@pytest.mark.parametrize("make,base", [(avos_infer.get_args_parser, ["--model_path", "m.pth"]),
+                                       (export_onnx.get_args_parser, ["--output", "m.onnx"])])
 def test_model_version_flag_takes_and_lists_the_variant_names(make, base):
     for value in ("auto", *VARIANTS):
         assert make().parse_args(base + ["--model_version", value]).model_version == value
@@ -111,7 +111,7 @@ def test_model_version_flag_takes_and_lists_the_variant_names(make, base):
     assert "{auto,cvpr23,2024train,2024}" in make().format_help()
 
 
-@pytest.mark.parametrize("make,base,flag", [(export_onnx.build_parser, ["--output", "m.onnx"], "--config"),
+@pytest.mark.parametrize("make,base,flag", [(export_onnx.get_args_parser, ["--output", "m.onnx"], "--config"),
                                             (a2d_infer.get_args_parser, ["--model_path", "m.pth"], "--model"),
                                             (vss_infer.get_args_parser, ["--model_path", "m.pth"], "--model")])
 def test_preset_flags_take_old_names(make, base, flag):

@@ -57,7 +57,7 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
             path.unlink()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", type=Path, default=Path("demo_output"),
                    help="where everything is written: a new or empty folder (see --overwrite) (default demo_output)")
@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=random_seed, default=0, help="seed of the synthetic set and of training")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     add_debug_flag(p)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = get_args_parser()
     args = p.parse_args(argv)
     if args.frames < 3:
         p.error(f"--frames {args.frames}: give 3 or more (the DAVIS metrics leave out each video's first and last "
