@@ -56,7 +56,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, random_seed, require_file, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, train_one_epoch
-from utils.logger import DeferredLog, format_metrics, setup_logger
+from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 
 BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos",
@@ -329,7 +329,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
     logger = setup_logger(out, info.is_main)
     writer = tensorboard_writer(args, info)
-    logger.info("arguments: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+    log_run_start(logger, args)
     logger.info(f"{len(loader.dataset)} training clips ({len(loader)} steps/epoch/process, {info.world_size} "
                 f"process(es)); {len(val_seqs)} val sequences")
     early.replay(logger)

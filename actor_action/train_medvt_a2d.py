@@ -55,7 +55,7 @@ from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_floa
                        positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, train_one_epoch
-from utils.logger import DeferredLog, format_metrics, setup_logger
+from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
 
@@ -274,6 +274,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     if info.is_main:
         prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
     logger = setup_logger(out, info.is_main, name="medvt.a2d")
+    log_run_start(logger, args)
     early.replay(logger)
     start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
     if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run

@@ -67,7 +67,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (UserError, non_negative_float, non_negative_int, positive_float, positive_int, random_seed,
                        run_main)
 from utils.engine import train_one_epoch
-from utils.logger import DeferredLog, format_metrics, setup_logger
+from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
 from utils.optim import param_groups
 
 TASK_DEFAULTS = {
@@ -265,6 +265,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     if info.is_main:
         prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
     logger = setup_logger(out, info.is_main, name="medvt.avs.train")
+    log_run_start(logger, args)
     early.replay(logger)
     # One sampler for one or many processes: the order is a function of (seed, epoch) only, so there
     # is no sampler state to checkpoint and a resumed run sees the same batches.

@@ -1,8 +1,9 @@
 """Shared by the training and resume tests: two checkpoints that must hold the same training state,
-and a training script run under torchrun."""
+a training script run under torchrun, and the run starts a train.log records."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,12 @@ def run_torchrun(script: Path, args: list[str], nproc: int = 2) -> subprocess.Co
                        timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
+
+
+def assert_run_starts(log: Path, *resumes: str) -> None:
+    """``log`` (a train.log) marks the start of each run written to it, in order, with its --resume value."""
+    starts = [line for line in log.read_text().splitlines() if "=== training started; arguments:" in line]
+    assert [re.search(r" resume=(\S+)", line).group(1) for line in starts] == list(resumes), starts
 
 
 def assert_same_training_state(a: dict, b: dict, epoch: int) -> None:

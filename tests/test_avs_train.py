@@ -15,7 +15,7 @@ from models.avs_convert import load_avs_checkpoint
 from models.convert import read_checkpoint
 from utils.cli import UserError, run_main
 from utils.engine import NonFiniteLossError
-from checkpoint_asserts import assert_same_training_state, run_torchrun
+from checkpoint_asserts import assert_run_starts, assert_same_training_state, run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,7 @@ def test_resume_equals_uninterrupted(avs_root, tmp_path):
     resumed = train_script.main(base_args(avs_root, tmp_path / "part", "--resume", "auto"))
     assert [h["epoch"] for h in resumed["history"]] == [0, 1]  # the run's history, continued
     assert "resumed from" in (tmp_path / "part" / "train.log").read_text()
+    assert_run_starts(tmp_path / "part" / "train.log", "auto", "auto")
 
     a = read_checkpoint(tmp_path / "full" / "checkpoint_last.pth")
     b = read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")

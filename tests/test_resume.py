@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_asserts import assert_same_training_state, run_torchrun
+from checkpoint_asserts import assert_run_starts, assert_same_training_state, run_torchrun
 from torch import nn
 
 from actor_action import train_medvt_a2d
@@ -188,6 +188,7 @@ def test_vss_stop_and_resume_equals_uninterrupted(vspw, tmp_path):
     resumed = run(tmp_path / "part", "--resume", "auto")
     assert [h["epoch"] for h in resumed["history"]] == [0, 1] and resumed["loss"] == full["loss"]
     assert "resumed from" in (tmp_path / "part" / "train.log").read_text()
+    assert_run_starts(tmp_path / "part" / "train.log", "None", "auto")
     _assert_same_run(read_checkpoint(tmp_path / "full" / "checkpoint_last.pth"),
                      read_checkpoint(tmp_path / "part" / "checkpoint_last.pth"))
 
@@ -210,6 +211,7 @@ def test_a2d_stop_and_resume_equals_uninterrupted(a2d_dir, tmp_path):
     assert part["epochs_done"] == 1
     resumed = train_medvt_a2d.main(_a2d_argv(a2d_dir, tmp_path / "part", "--resume", "auto"))
     assert [h["epoch"] for h in resumed["history"]] == [0, 1] and resumed["loss"] == full["loss"]
+    assert_run_starts(tmp_path / "part" / "train.log", "None", "auto")
     _assert_same_run(read_checkpoint(tmp_path / "full" / "checkpoint_last.pth"),
                      read_checkpoint(tmp_path / "part" / "checkpoint_last.pth"))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoint_asserts import assert_same_training_state, run_torchrun
+from checkpoint_asserts import assert_run_starts, assert_same_training_state, run_torchrun
 from PIL import Image
 from torch import nn
 
@@ -153,6 +153,7 @@ def test_resume_equals_uninterrupted(davis, tmp_path):
     resumed = train_script.main(base_args(davis, tmp_path / "part", *one,
                                           "--resume", str(tmp_path / "part" / "checkpoint_last.pth")))
     assert [h["epoch"] for h in resumed["history"]] == [1]
+    assert_run_starts(tmp_path / "part" / "train.log", "None", str(tmp_path / "part" / "checkpoint_last.pth"))
     a = read_checkpoint(tmp_path / "full" / "checkpoint_last.pth")
     b = read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")
     assert_same_training_state(a, b, epoch=1)

@@ -41,6 +41,13 @@ def setup_logger(output_dir: str | Path | None, main_process: bool = True, name:
     return logger
 
 
+def log_run_start(logger: logging.Logger, args) -> None:
+    """A run's first line in train.log: a marker and every argument. A folder's log holds every attempt
+    (a resumed run, or a new start after one that failed before its first checkpoint), appended in
+    turn, so each needs a line saying where it begins and with what."""
+    logger.info("=== training started; arguments: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+
+
 class DeferredLog:
     """Stands in for the logger while the output folder does not exist yet (the inputs are still being
     checked, so a mistake leaves nothing behind): keeps ``info`` / ``warning`` messages and

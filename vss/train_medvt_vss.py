@@ -50,7 +50,7 @@ from utils.cli import (add_debug_flag, clip_frames, non_negative_float, non_nega
                        random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import AMP_DTYPES, check_frame_size, train_one_epoch
-from utils.logger import DeferredLog, format_metrics, setup_logger
+from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 from vss.common import evaluate_videos, format_summary
@@ -216,6 +216,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     if info.is_main:
         prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
     logger = setup_logger(out, info.is_main, name="medvt.vss")
+    log_run_start(logger, args)
     early.replay(logger)
     start_epoch, best, history = 0, {"mIoU": -math.inf, "epoch": -1}, []
     if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
