@@ -29,8 +29,8 @@ from datasets.stream import MissingInputError
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
-from utils.cli import (add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames, positive_float,
-                       positive_int, run_main)
+from utils.cli import (add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames, incomplete_marker,
+                       positive_float, positive_int, run_main)
 from utils.distributed import check_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import jsonable
@@ -184,12 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
         size = protocols[tasks[0]].val_size
         out_dir = args.model_path.parent / f"{inf.run_name(label, size, args.msc, info.config)}_{int(time.time())}"
         check_output_dir(out_dir, "--output_dir", input_paths(args, datasets), args.overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handler = inf.add_log_file(out_dir / "out.log")
     # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
-    marker = out_dir / "INCOMPLETE"
-    marker.write_text("this run did not finish: its outputs are partial (see out.log)\n")
-    try:
+    with incomplete_marker(out_dir, log="out.log"), inf.log_file(out_dir / "out.log"):
         log = inf.logger
         log.info("command: python %s %s", Path(__file__).name, " ".join(sys.argv[1:] if argv is None else argv))
         inf.log_model_choice(info)
@@ -215,11 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
                     inf.run_video(model, video, protocol, opts)
             results[task]["output_dir"] = str(sub)
         (out_dir / "summary.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
-        marker.unlink()
         return results
-    finally:
-        inf.logger.removeHandler(handler)
-        handler.close()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -549,11 +550,16 @@ def setup_logging() -> None:
         logger.addHandler(stream)
 
 
-def add_log_file(path: Path) -> logging.Handler:
-    """Also log to ``path`` (the run's ``out.log``); returns the handler to remove afterwards."""
+@contextmanager
+def log_file(path: Path) -> Iterator[Path]:
+    """Also log to ``path`` (the run's ``out.log``) for the body's duration."""
     setup_logging()
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)
-    return handler
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

@@ -243,7 +243,7 @@ def test_a_run_that_fails_midway_is_marked_incomplete(setup, tmp_path, monkeypat
     out = tmp_path / "out"
     with pytest.raises(OSError, match="could not write"):
         run(setup, out, "--save_overlay")
-    assert (out / "INCOMPLETE").is_file() and not (out / "summary.json").exists()
+    assert "see out.log" in (out / "INCOMPLETE").read_text() and not (out / "summary.json").exists()
     assert not list((out / "overlay").glob("*.mp4")) if (out / "overlay").exists() else True
     monkeypatch.setattr(inf, "save_png", real)
     run(setup, tmp_path / "out2", "--save_overlay")

@@ -184,13 +184,14 @@ def check_output_file(output: str | Path, flag: str, inputs: dict[str, str | Pat
 
 
 @contextmanager
-def incomplete_marker(out_dir: str | Path) -> Iterator[Path]:
+def incomplete_marker(out_dir: str | Path, log: str | None = None) -> Iterator[Path]:
     """Create ``out_dir`` with an ``INCOMPLETE`` file in it for the body's duration: the file is removed
-    when the body ends well and left in place by an error or Ctrl-C, so partial outputs say so."""
+    when the body ends well and left in place by an error or Ctrl-C, so partial outputs say so (and
+    name the run's ``log`` file, if it writes one)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / "INCOMPLETE"
-    marker.write_text("this run did not finish: its outputs are partial\n")
+    marker.write_text(f"this run did not finish: its outputs are partial{f' (see {log})' if log else ''}\n")
     yield out
     marker.unlink()
 
