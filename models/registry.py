@@ -114,6 +114,35 @@ def model_state_dict(ckpt: dict, cfg: ModelConfig, source: str = "the checkpoint
     return avs_state_dict(sd) if isinstance(cfg, AVSConfig) else convert_original_state_dict(sd, cfg)
 
 
+def fitting_presets(state_dict: dict[str, Tensor]) -> list[str]:
+    """The presets whose weights have exactly these names and shapes (built on the meta device: no
+    memory, no initialisation; about a second for all of them)."""
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    found = []
+    for name, cfg in PRESETS.items():
+        with torch.device("meta"):
+            own = build_model(cfg).state_dict()
+        if {k: tuple(v.shape) for k, v in own.items()} == shapes:
+            found.append(name)
+    return found
+
+
+def bare_state_dict_error(ckpt: dict, source: str) -> CheckpointMismatchError | None:
+    """For a file whose weights did not fit the model built for it: when it records no config but its
+    weights fit a preset (a ``state_dict()`` saved on its own), the error that says how to save it so
+    that it loads; else None."""
+    if isinstance(ckpt.get("config"), dict):
+        return None
+    names = fitting_presets(checkpoint_state_dict(ckpt, source))
+    if not names:
+        return None
+    return CheckpointMismatchError(
+        f"{source} records no model config, so it was read as an authors' release, whose model its weights do not "
+        f"fit; they fit preset {' / '.join(names)} (a state_dict saved on its own?). Save it with its config, as "
+        f"the training scripts do: torch.save({{'model': weights, 'config': get_preset('{names[0]}').to_dict()}}, "
+        "path) (get_preset from models.registry), and give that file")
+
+
 @dataclass
 class LoadedModel:
     model: nn.Module
@@ -131,6 +160,9 @@ def load_model(path: str | Path, preset: str | ModelConfig | None = None, device
     try:
         load_state_dict_strict(model, model_state_dict(ckpt, cfg, str(path)), source=str(path))
     except CheckpointMismatchError as e:
+        bare = bare_state_dict_error(ckpt, str(path))
+        if bare is not None:
+            raise bare from None
         recorded, _ = resolve_config(ckpt, preset)
         changed = [f"--{k} {v} (the file's model has {getattr(recorded, k)})" for k, v in overrides.items()
                    if v is not None and getattr(recorded, k, v) != v]

@@ -276,3 +276,36 @@ def test_a_16_bit_grey_frame_is_scaled_not_clipped(tmp_path):
     Image.fromarray(grey).save(tmp_path / "f.png")
     assert Image.open(tmp_path / "f.png").mode.startswith("I")
     assert np.asarray(open_image(tmp_path / "f.png", "RGB"))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_a_bare_state_dict_is_told_which_preset_it_fits_and_how_to_save_it(tmp_path):
+    """``torch.save(model.state_dict())`` of a tiny model: read as an authors' Swin-B release, it ended in
+    hundreds of missing and mis-shaped keys with no word on what to do."""
+    import re
+
+    from avos import inference as inf
+    from models import load_model
+    from models.convert import CheckpointMismatchError, read_checkpoint
+    from models.registry import get_preset
+
+    model = build_model("tiny")
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)
+    advice = r"bare\.pth records no model config.*they fit preset tiny \(a state_dict saved on its own\?\)"
+    with pytest.raises(CheckpointMismatchError, match=advice) as err:  # a preset it does not fit (and is quick)
+        load_model(bare, preset=get_config("tiny").replace(num_classes=3))
+    assert "\n" not in str(err.value) and "torch.save({'model': weights, 'config': get_preset('tiny')" in str(err.value)
+    ckpt = read_checkpoint(bare)
+    with pytest.raises(CheckpointMismatchError, match=advice):
+        inf.build_from_checkpoint(ckpt, inf.resolve_model_config(ckpt), str(bare))
+    # Following the advice loads it, on both paths.
+    fixed = tmp_path / "fixed.pth"
+    torch.save({"model": ckpt, "config": get_preset("tiny").to_dict()}, fixed)
+    assert load_model(fixed, preset="medvt_swinb_avos").config == get_preset("tiny")
+    ckpt = read_checkpoint(fixed)
+    inf.build_from_checkpoint(ckpt, inf.resolve_model_config(ckpt), str(fixed))
+    # Weights that fit no preset keep the key list.
+    torch.save({k: v for k, v in model.state_dict().items() if not re.match(r"backbone\.features\.0\.", k)},
+               tmp_path / "cut.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"cut\.pth does not fit the model .*\n  missing keys"):
+        load_model(tmp_path / "cut.pth", preset="tiny")
