@@ -29,6 +29,7 @@ from datasets.stream import MissingInputError
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
+from models.registry import model_state_dict
 from utils.cli import (add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames, incomplete_marker,
                        positive_float, positive_int, run_main)
 from utils.distributed import check_device
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.runtime == "onnx":
         model = inf.load_onnx(args.onnx_path)
         model.check_clip_length(args.num_frames, "--num_frames")
-        inf.check_onnx_weights(model, ckpt, info, args.model_path)
+        model.check_weights(model_state_dict(ckpt, info.config, str(args.model_path)), args.model_path)
     else:
         try:
             model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)

@@ -212,16 +212,6 @@ def load_onnx(path: str | Path) -> torch.nn.Module:
     return OnnxModel(path)
 
 
-def check_onnx_weights(session, ckpt: dict, info: ModelInfo, model_path) -> None:
-    """Refuse an ONNX file exported from other weights than ``--model_path``: the run's outputs and log
-    name the checkpoint (its config, its folder), so they would describe a model that did not run."""
-    from models.onnx_export import weights_fingerprint
-
-    if session.weights and session.weights != weights_fingerprint(model_state_dict(ckpt, info.config, model_path)):
-        raise UserError(f"--onnx_path {session.path} was exported from other weights than --model_path {model_path}; "
-                        "give the checkpoint it was exported from")
-
-
 # ------------------------------------------------------------------------------------- frames
 def mean_or_nan(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")

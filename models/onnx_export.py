@@ -195,6 +195,14 @@ class OnnxModel(nn.Module):
                 f"{self.min_size[0]}x{self.min_size[1]} only")
         return f"clips of {self.frames} frames, {size}"
 
+    def check_weights(self, state_dict: dict[str, Tensor], model_path) -> None:
+        """Refuse a ``--model_path`` other than the checkpoint this file was exported from (``state_dict``:
+        its weights in our names): the run's outputs and log name that checkpoint, so they would describe a
+        model that did not run. A file exported before fingerprints were recorded is not checked."""
+        if self.weights and self.weights != weights_fingerprint(state_dict):
+            raise UserError(f"--onnx_path {self.path} was exported from other weights than --model_path "
+                            f"{model_path}; give the checkpoint it was exported from")
+
     def check_clip_length(self, t: int, flag: str) -> None:
         """Refuse ``flag``'s clip length before any output when it is not the file's (known at load)."""
         if t != self.frames:

@@ -275,4 +275,14 @@ def test_vss_runtime_onnx_writes_the_pytorch_labels(tiny_file, tmp_path):
     with pytest.raises(UserError, match=r"holds a model of 1 class \(an AVOS export\?\); VSS needs a multi-class"):
         inference_medvt_vss.main(plain + ["--clip_len", "6", "--runtime", "onnx", "--onnx_path", str(tiny_file[2]),
                                           "--output_dir", str(tmp_path / "avos")])
-    assert not (tmp_path / "six").exists() and not (tmp_path / "avos").exists()
+    # a checkpoint given with the file must be the one it was exported from (it names the outputs)
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save({"model": build_model(vss_config("tiny", 5)).state_dict(), "config": model.cfg.to_dict()}, other)
+    with pytest.raises(UserError, match=r"--onnx_path .*vss\.onnx was exported from other weights than --model_path"):
+        inference_medvt_vss.main(plain + ["--clip_len", "4", "--runtime", "onnx", "--onnx_path", str(onnx_path),
+                                          "--model_path", str(other), "--output_dir", str(tmp_path / "other")])
+    assert not (tmp_path / "six").exists() and not (tmp_path / "avos").exists() and not (tmp_path / "other").exists()
+    inference_medvt_vss.main(plain + ["--clip_len", "4", "--runtime", "onnx", "--onnx_path", str(onnx_path),
+                                      "--model_path", str(ckpt), "--output_dir", str(tmp_path / "same"),
+                                      "--no_save_predictions"])

@@ -17,6 +17,8 @@ from datasets.stream import ImageFiles, Prefetch
 from datasets.video import VideoSequence
 from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
 from models import MedVTConfig, build_model, load_model
+from models.convert import read_checkpoint
+from models.registry import model_state_dict, resolve_config
 from models.predictor import VideoPredictor, Window
 from utils.background import BackgroundWorker
 from utils.cli import UserError
@@ -164,6 +166,24 @@ def build_from_args(args: argparse.Namespace, device: torch.device) -> torch.nn.
     if not args.random_weights:
         raise UserError("give --model_path CHECKPOINT (or --random_weights for a smoke test)")
     return build_model(vss_config(args.model, args.num_classes)).to(device).eval()
+
+
+def onnx_from_args(args: argparse.Namespace) -> torch.nn.Module:
+    """The exported model of --onnx_path, as the predictor runs it. A --model_path given with it is read
+    only to check that the file was exported from it (the outputs are named after it)."""
+    from models.onnx_export import OnnxModel
+
+    model = OnnxModel(args.onnx_path)
+    model.check_clip_length(args.clip_len, "--clip_len")
+    if model.num_classes < 2:
+        raise UserError(f"--onnx_path {args.onnx_path} holds a model of {model.num_classes} class (an AVOS "
+                        "export?); VSS needs a multi-class one: export a VSS checkpoint with export_onnx.py")
+    if args.model_path:
+        ckpt = read_checkpoint(args.model_path)
+        cfg, _ = resolve_config(ckpt, vss_config(args.model, args.num_classes))
+        model.check_weights(model_state_dict(ckpt, cfg, str(args.model_path)), args.model_path)
+    print(f"runtime: ONNX Runtime (CPU) with {args.onnx_path} ({model.describe()})")
+    return model
 
 
 def format_summary(summary: dict) -> str:

@@ -33,7 +33,7 @@ from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_outp
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import write_results
-from vss.common import build_from_args, evaluate_videos, format_summary
+from vss.common import build_from_args, evaluate_videos, format_summary, onnx_from_args
 from vss.config import DEFAULT_CONFIG, config_names
 
 
@@ -41,7 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", default=None,
                    help="checkpoint to evaluate (one written by vss/train_medvt_vss.py records its model config); "
-                        "required unless --random_weights or --runtime onnx")
+                        "required unless --random_weights or --runtime onnx (given with it, it must be the checkpoint "
+                        "--onnx_path was exported from)")
     p.add_argument("--random_weights", action="store_true", help="run without a checkpoint (smoke tests only)")
     p.add_argument("--model", default=DEFAULT_CONFIG, type=preset_name, choices=config_names(),
                    help="model config, used when the checkpoint does not record one")
@@ -95,17 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         if missing:
             raise UserError(f"--videos not in {root / (args.split + '.txt')}: {', '.join(sorted(missing))}")
         videos = [v for v in videos if v.name in set(args.videos)]
-    if args.runtime == "onnx":  # the exported file is the model; a checkpoint, if given, is not read
-        from models.onnx_export import OnnxModel
-
-        model = OnnxModel(args.onnx_path)
-        model.check_clip_length(args.clip_len, "--clip_len")
-        if model.num_classes < 2:
-            raise UserError(f"--onnx_path {args.onnx_path} holds a model of {model.num_classes} class (an AVOS "
-                            "export?); VSS needs a multi-class one: export a VSS checkpoint with export_onnx.py")
-        print(f"runtime: ONNX Runtime (CPU) with {args.onnx_path} ({model.describe()})")
-    else:
-        model = build_from_args(args, device)
+    model = onnx_from_args(args) if args.runtime == "onnx" else build_from_args(args, device)
     source = args.onnx_path if args.runtime == "onnx" else args.model_path
     if args.output_dir:
         out = Path(args.output_dir)
