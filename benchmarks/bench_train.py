@@ -23,8 +23,8 @@ import statistics
 
 import torch
 
-from benchmarks.common import (DTYPES, PeakMemory, add_common_args, check_args, count_flops, latency_stats, report,
-                               setup, throughput, time_runs)
+from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops, latency_stats, parse_checked,
+                               report, setup, throughput, time_runs)
 from models import MODEL_CONFIGS, build_model
 from models.losses import AVOSCriterion
 from utils.engine import autocast
@@ -38,15 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def get_args(argv=None) -> argparse.Namespace:
-    p = get_args_parser()
-    args = p.parse_args(argv)
-    check_args(p, args, MODEL_CONFIGS)
-    return args
-
-
 def main(argv=None) -> dict:
-    args = get_args(argv)
+    args = parse_checked(get_args_parser(), argv, MODEL_CONFIGS)
     model = build_model(args.config).train()
     device, h, w = setup(args, model)
     criterion = AVOSCriterion()

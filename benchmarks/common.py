@@ -63,12 +63,14 @@ def add_common_args(p: argparse.ArgumentParser, default_size: int) -> None:
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
 
-def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, configs) -> None:
-    """Refuse settings that cannot run, naming the flag."""
+def parse_checked(p: argparse.ArgumentParser, argv: list[str] | None, configs) -> argparse.Namespace:
+    """Parse ``argv`` and refuse settings that cannot run, naming the flag."""
+    args = p.parse_args(argv)
     if args.config not in configs:
         p.error(f"--config {args.config!r} is not one of {sorted(configs)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to PyTorch")
+    return args
 
 
 def setup(args: argparse.Namespace, model: torch.nn.Module) -> tuple[torch.device, int, int]:
