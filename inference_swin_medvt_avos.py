@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 
@@ -31,7 +30,7 @@ from models import read_checkpoint
 from models.config import VARIANTS
 from models.registry import model_state_dict
 from utils.cli import (add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames, incomplete_marker,
-                       positive_float, positive_int, run_main)
+                       new_run_folder, positive_float, positive_int, run_main)
 from utils.distributed import check_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import jsonable
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     if out_dir is None:  # a new folder per run: running twice never mixes two runs
         label = "all" if len(tasks) > 1 else tasks[0]
         size = protocols[tasks[0]].val_size
-        out_dir = args.model_path.parent / f"{inf.run_name(label, size, args.msc, info.config)}_{int(time.time())}"
+        out_dir = new_run_folder(inf.run_name(label, size, args.msc, info.config), args.model_path)
         check_output_dir(out_dir, "--output_dir", input_paths(args, datasets), args.overwrite)
     # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
     with incomplete_marker(out_dir, log="out.log"), inf.log_file(out_dir / "out.log"):

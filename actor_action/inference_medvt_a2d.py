@@ -32,7 +32,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -45,8 +44,8 @@ from datasets.path_config import add_path_args, dataset_root
 from models import build_model, read_checkpoint
 from models.convert import load_state_dict_strict
 from models.registry import model_state_dict
-from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, non_negative_int, positive_int,
-                       run_main)
+from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, new_run_folder,
+                       non_negative_int, positive_int, run_main)
 from utils.distributed import default_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 
@@ -74,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="per-video averaging: head = all annotated frames (README 45.7/57.3); 555a462 = last frame")
     g.add_argument("--output_dir", default=None,
                    help="results.json, CSV tables, viz/: a new or empty folder (see --overwrite), outside the "
-                        "data; default a new folder runs/a2d_inference_<unix time>")
+                        "data; default a new folder a2d_inference_<unix time> next to --model_path")
     add_overwrite_flag(g)
     g.add_argument("--save_pred", action="store_true", help="write colour masks and prediction overlays")
     g.add_argument("--save_gt_overlay", action="store_true", help="write ground-truth overlays")
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or default_device())
     # The output folder is checked before anything is read, so a mistake there costs nothing; without
     # --output_dir every run gets a new folder, so running twice never mixes two runs.
-    out = Path(args.output_dir) if args.output_dir else Path(f"runs/a2d_inference_{int(time.time())}")
+    out = Path(args.output_dir) if args.output_dir else new_run_folder("a2d_inference", args.model_path)
     inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root), "--color_map": args.color_map,
               "--model_path": args.model_path}
     check_output_dir(out, "--output_dir", inputs, args.overwrite)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -28,8 +27,8 @@ from datasets.video import image_size
 from models import load_model
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
-from utils.cli import (UserError, add_overwrite_flag, check_output_dir, incomplete_marker, non_negative_int,
-                       positive_int, run_main)
+from utils.cli import (UserError, add_overwrite_flag, check_output_dir, incomplete_marker, new_run_folder,
+                       non_negative_int, positive_int, run_main)
 from utils.distributed import default_device
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
@@ -50,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="write binary predictions to <output_dir>/pred_masks/<category>/<name>/<name>_<i>.png")
     p.add_argument("--output_dir", default=None,
                    help="folder for the log, results JSON and masks: a new or empty folder (see --overwrite), "
-                        "outside the data; default a new folder runs/avs_test_<unix time>")
+                        "outside the data; default a new folder avs_test_<unix time> next to --model_path")
     add_overwrite_flag(p)
     p.add_argument("--max_batches", default=None, type=positive_int, help="stop after this many batches (smoke tests)")
     return p
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or default_device())
     # The output folder is checked before anything is read, and created only once every input is
     # read; without --output_dir every run gets a new folder, so running twice never mixes two runs.
-    out = Path(args.output_dir) if args.output_dir else Path(f"runs/avs_test_{int(time.time())}")
+    out = Path(args.output_dir) if args.output_dir else new_run_folder("avs_test", args.model_path)
     check_output_dir(out, "--output_dir", {"--avsbench_root": dataset_root("avsbench", args.avsbench_root),
                                            "--vggish_weights": args.vggish_weights, "--model_path": args.model_path},
                      args.overwrite)

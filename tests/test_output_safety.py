@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -155,8 +156,14 @@ def test_a2d_inference_refuses_an_earlier_run_and_input_folders(a2d_dir, a2d_ckp
     assert (out / "results.json").is_file()
     check_second_run_and_overwrite(run, out)
     check_bad_folders(run, tmp_path, a2d_dir / "frames")
-    args = inference_medvt_a2d.get_args_parser().parse_args(["--model_path", "m.pth"])
-    assert args.output_dir is None  # the default is a new runs/a2d_inference_<unix time> per run
+    # without --output_dir: a new folder next to the checkpoint, as AVOS and VSS inference do
+    ckpt = tmp_path / "models" / a2d_ckpt.name
+    ckpt.parent.mkdir()
+    shutil.copy(a2d_ckpt, ckpt)
+    res = inference_medvt_a2d.main(["--a2d_root", str(a2d_dir), "--model_path", str(ckpt), "--clip_size", "32", "48",
+                                    "--max_items", "1", "--device", "cpu"])
+    made = list(ckpt.parent.glob("a2d_inference_*"))
+    assert made == [Path(res["output_dir"])] and (made[0] / "results.json").is_file()
 
 
 # -------------------------------------------------------------------------------------------- AVS
@@ -187,6 +194,13 @@ def test_avs_test_refuses_an_earlier_run_input_folders_and_an_avos_checkpoint(av
     text = refused(lambda: run(avos_out, model=setup["ckpt"]), "--model_path")
     assert "not a MED-VT++ (AVS) checkpoint" in text
     assert not avos_out.exists()  # the folder is made only once every input is read
+    # without --output_dir: a new folder next to the checkpoint, as AVOS and VSS inference do
+    ckpt = tmp_path / "models" / avs_ckpt.name
+    ckpt.parent.mkdir()
+    shutil.copy(avs_ckpt, ckpt)
+    avs_test.main([*common, "--model_path", str(ckpt)])
+    made = list(ckpt.parent.glob("avs_test_*"))
+    assert len(made) == 1 and (made[0] / "results.json").is_file()
 
 
 # -------------------------------------------------------------------------------------------- CRF

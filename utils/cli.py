@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -164,6 +165,13 @@ def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path
         raise UserError(f"{flag} {output} already holds files (an earlier run?); choose a new folder, or pass "
                         "--overwrite to write over them")
     return out
+
+
+def new_run_folder(name: str, beside: str | Path | None = None) -> Path:
+    """The default output folder of an inference run: ``<name>_<unix time>`` next to ``beside`` (the
+    checkpoint or exported file: its results stay with the model), else under ``runs/``. A new folder
+    per run, so running twice never mixes two runs."""
+    return (Path(beside).parent if beside else Path("runs")) / f"{name}_{int(time.time())}"
 
 
 def check_output_file(output: str | Path, flag: str, inputs: dict[str, str | Path | None],

@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from datasets.path_config import add_path_args, dataset_root
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, incomplete_marker,
-                       non_negative_int, positive_int, run_main)
+                       new_run_folder, non_negative_int, positive_int, run_main)
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import write_results
@@ -69,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="where predictions/<video>/<frame>.png and results.{json,csv} go: a new or empty folder "
                         "(see --overwrite), outside --vspw_root; default a new folder "
                         "<checkpoint (or --onnx_path) folder>/infer_vspw_<split>_<val_size>_<unix time> "
-                        "(runs/medvt_vss_random/... without either)")
+                        "(under runs/ without either)")
     add_overwrite_flag(p)
     p.add_argument("--save_overlays", action="store_true", help="also write overlays/<video>/<frame>.jpg")
     p.add_argument("--no_save_predictions", action="store_true", help="compute metrics only, write no PNGs")
@@ -101,8 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_dir:
         out = Path(args.output_dir)
     else:  # a new folder per run: running twice never mixes two runs
-        out = ((Path(source).parent if source else Path("runs/medvt_vss_random"))
-               / f"infer_vspw_{args.split}_{args.val_size}_{int(time.time())}")
+        out = new_run_folder(f"infer_vspw_{args.split}_{args.val_size}", source)
         check_output_dir(out, "--output_dir", inputs, args.overwrite)
     sizes = f"--val_size {args.val_size}" + (f" with --max_size {args.max_size}" if args.max_size else "")
     remedy = "use a larger --max_size" if args.max_size else "use a larger --val_size"
