@@ -4,7 +4,7 @@
 Examples (the original README's settings)::
 
     python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset davis --flip --msc
-    python inference_swin_medvt_avos.py --model_path ckpts/resnet_medvt.pth --backbone resnet101 --dataset davis \
+    python inference_swin_medvt_avos.py --model_path ckpts/resnet_medvt.pth --backbone resnet101 --dataset davis \\
         --flip --msc --lprop_scale 7.2
     python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset ytbo --val_size 360 --flip --msc
     python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset moca --flip

@@ -55,7 +55,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               stretch_schedule)
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, random_seed, require_file, run_main)
-from utils.engine import AMP_DTYPES, check_frame_size, train_one_epoch
+from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 
@@ -330,8 +330,8 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     logger = setup_logger(out, info.is_main)
     writer = tensorboard_writer(args, info)
     log_run_start(logger, args)
-    logger.info(f"{len(loader.dataset)} training clips ({len(loader)} steps/epoch/process, {info.world_size} "
-                f"process(es)); {len(val_seqs)} val sequences")
+    logger.info(f"{len(loader.dataset)} training clips ({epoch_steps(loader, args.steps_per_epoch)} "
+                f"steps/epoch/process, {info.world_size} process(es)); {len(val_seqs)} val sequences")
     early.replay(logger)
     groups = param_groups(model, args.lr, args.lr_backbone, args.lr_groups)
     for grp in groups:

@@ -63,7 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="clip resize (the original: 320 480, aspect ratio not kept)")
     g.add_argument("--end_window", default="clamp", choices=("clamp", "original"),
                    help="clip near a video's end: clamp = 6 frames inside the video (default); original = the "
-                        "authors' 3-frame clip without the annotated frame (the model cannot run it)")
+                        "authors' half-length clip of the frames before the annotated one, whose last frame's "
+                        "prediction is scored against the annotation")
     g.add_argument("--max_items", type=non_negative_int, default=0,
                    help="evaluate the first N annotated frames only (0 = all)")
     g = p.add_argument_group("metric and output")

@@ -54,7 +54,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
-from utils.engine import check_frame_size, train_one_epoch
+from utils.engine import check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
@@ -288,7 +288,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
         check_not_finished(start_epoch, args.epochs, logger)
 
     logger.info(f"A2D training: {cfg.num_classes} classes, lprop_mode {cfg.lprop_mode}, query_decoder_scales "
-                f"{cfg.query_decoder_scales}; {len(dataset)} videos, {len(loader)} steps/epoch/process on {device}")
+                f"{cfg.query_decoder_scales}; {len(dataset)} videos, {epoch_steps(loader, args.steps_per_epoch)} "
+                f"steps/epoch/process on {device}")
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     for epoch in range(start_epoch, end_epoch):
         sampler.set_epoch(epoch)

@@ -46,7 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_batch_size", default=4, type=positive_int,
                    help="clips per batch; the F-score threshold is chosen per batch, so this matters (original: 4)")
     p.add_argument("--save_pred_mask", action="store_true",
-                   help="write binary predictions to <output_dir>/pred_masks/<category>/<name>/<name>_<i>.png")
+                   help="write binary predictions to <output_dir>/pred_masks/<category>/<name>/<name>_<i>.png, i "
+                        "from 0 (AVSBench's ground truth counts from 1)")
     p.add_argument("--output_dir", default=None,
                    help="folder for the log, results JSON and masks: a new or empty folder (see --overwrite), "
                         "outside the data; default a new folder avs_test_<unix time> next to --model_path")

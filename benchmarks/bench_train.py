@@ -11,7 +11,7 @@ report the same model FLOPs) and the MFU where the device's peak is known.
 Run it twice to compare gradient checkpointing of the backbone and encoder::
 
     python benchmarks/bench_train.py --config medvt_swinb_avos --frames 6 --size 360 --device cuda --dtype bf16
-    python benchmarks/bench_train.py --config medvt_swinb_avos --frames 6 --size 360 --device cuda --dtype bf16 \
+    python benchmarks/bench_train.py --config medvt_swinb_avos --frames 6 --size 360 --device cuda --dtype bf16 \\
         --grad_checkpointing
     python benchmarks/bench_train.py --config tiny --size 128 --device cpu
 """

@@ -15,9 +15,10 @@ background; only the 43 ids of :data:`VALID_IDS` occur.
 
 Clips (§A.7) are ``num_frames`` frames around an annotated frame ``g`` (context c = T/2):
 ``g ≤ c`` → frames g … g+T−1 (annotated index 0); otherwise g−c … g+c−1 (index c). The original's
-third branch (``g + c > #frames``: only c frames, the annotated one missing) cannot run through
-the model; by default (``end_window="clamp"``) the T-frame window is moved inside the video and the
-annotated index follows it. Frame numbers past the ends of very short videos repeat the last frame.
+third branch (``g + c > #frames``: only c frames, the annotated one missing, and the last one's
+prediction scored in its place) is kept as ``end_window="original"``; by default (``"clamp"``) the
+T-frame window is moved inside the video and the annotated index follows it. Frame numbers past the
+ends of very short videos repeat the last frame.
 
 Frames are read as uint8 RGB, /255, ImageNet-normalised and bilinearly resized (align_corners
 False) to ``size`` (320 × 480, the aspect ratio is not kept), as the original. Training labels are
@@ -219,8 +220,8 @@ def clip_frame_ids(g: int, num_video_frames: int, num_frames: int = 6,
     """1-based frame numbers of the clip around annotated frame ``g`` and the annotated index.
 
     ``end_window="clamp"`` (default) moves the window inside the video near its end;
-    ``"original"`` reproduces the original's near-end branch (c frames g−c … g−1, index −1), which
-    the model cannot take (spec a2d §A.10 #2).
+    ``"original"`` reproduces the original's near-end branch (c frames g−c … g−1, index −1: the frame
+    before the annotated one stands in for it; spec a2d §A.10 #2).
     """
     c = num_frames // 2
     if g - c < 1:

@@ -35,7 +35,8 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("youtube_objects", "YouTube-Objects",
                     "frames/<class>/data/<vid>/shots/<shot>/frame*.jpg and youtube_masks/…/labels/*.jpg"),
         DatasetSpec("moca", "MoCA", "JPEGImages/<video>/*.jpg and the annotation CSV"),
-        DatasetSpec("a2d", "A2D", "Release/clips320H/*.mp4 or frames, Release/Annotations/mat/…, Release/videoset.csv"),
+        DatasetSpec("a2d", "A2D", "frames/<vid>/00001.png … (every frame, extracted from Release/clips320H/*.mp4), "
+                                 "Release/Annotations/mat/…, Release/videoset.csv"),
         DatasetSpec("avsbench", "AVSBench", "Single-source/ or Multi-sources/ with the metadata CSV"),
         DatasetSpec("vspw", "VSPW", "data/<video>/origin/*.jpg, data/<video>/mask/*.png and the split files"),
     ]

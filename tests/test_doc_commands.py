@@ -46,8 +46,25 @@ def doc_lines(text: str) -> list[str]:
 
 
 def docstring_lines(text: str) -> list[str]:
-    """The example command lines of a script's docstring (indented ``python …``)."""
-    return [line.strip() for line in text.splitlines() if line.strip().split(" ", 1)[0] in LAUNCHERS]
+    """The example command lines of a script's docstring (indented ``python …``, continuations joined)."""
+    lines, pending = [], None
+    for line in text.splitlines():
+        if pending is None and line.strip().split(" ", 1)[0] not in LAUNCHERS:
+            continue
+        pending = (pending or "") + line.strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        lines.append(pending)
+        pending = None
+    return lines
+
+
+def test_docstring_examples_keep_their_line_breaks():
+    """A backslash at a line's end in a plain docstring joins the lines in ``--help``: write it doubled."""
+    for script in sorted(MUST_SHOW):
+        doc = importlib.import_module(script).__doc__ or ""
+        assert not re.search(r"\S {5,}--", doc), f"{script}: a command's line break was lost (write \\\\)"
 
 
 def commands(line: str) -> list[tuple[str, list[str]]]:

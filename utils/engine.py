@@ -155,6 +155,15 @@ def _reduce_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def epoch_steps(loader: Iterable, max_steps: int | None = None) -> int | None:
+    """The steps of an epoch: the loader's batches, at most ``max_steps`` (``--steps_per_epoch``);
+    None when neither is known."""
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if max_steps is not None:
+        total = max_steps if total is None else min(total, max_steps)
+    return total
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, clip_max_norm: float = 0.1,
                     amp_dtype: torch.dtype | None = None, max_steps: int | None = None,
@@ -172,9 +181,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     """
     model.train()
     criterion.train()
-    total = len(loader) if hasattr(loader, "__len__") else None
-    if max_steps is not None:
-        total = max_steps if total is None else min(total, max_steps)
+    total = epoch_steps(loader, max_steps)
     sums: dict[str, float] = {}
     steps = 0
     t0 = time.perf_counter()

@@ -49,7 +49,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float, positive_int,
                        random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
-from utils.engine import AMP_DTYPES, check_frame_size, train_one_epoch
+from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
@@ -229,7 +229,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
         check_not_finished(start_epoch, args.epochs, logger)
 
     logger.info(f"VSS training: {args.model} ({cfg.num_classes} classes), {len(loader.dataset)} clips, "
-                f"{len(loader)} steps/epoch/process, {info.world_size} process(es) on {device}")
+                f"{epoch_steps(loader, args.steps_per_epoch)} steps/epoch/process, {info.world_size} process(es) "
+                f"on {device}")
     stats: dict = {}
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     for epoch in range(start_epoch, end_epoch):
