@@ -131,7 +131,8 @@ def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
 
 
 def summary_line(name: str, results: dict) -> str:
-    return f"{name:>10}: " + "  ".join(f"{k} {results[k] * 100:.2f}" for k in SUMMARY_KEYS)
+    """The figures in percent, as papers print them (metrics.json keeps fractions)."""
+    return f"{name:>10}: " + "  ".join(f"{k} {results[k] * 100:.2f}%" for k in SUMMARY_KEYS)
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -134,6 +134,7 @@ def write_tables(out: Path, summary: dict, metric: OriginalA2DMetric, cm: Confus
 
 
 def format_summary(s: dict) -> str:
-    return (f"A2D mIoU (original protocol) {100 * s['miou_original']:.2f}  class mIoU (43 classes) "
-            f"{100 * s['class_miou']:.2f}  over {s['num_frames']} frames / {s['num_videos']} videos "
+    """One line, in percent as the paper prints them (results.json keeps fractions)."""
+    return (f"A2D mIoU (original protocol) {100 * s['miou_original']:.2f}%  class mIoU (43 classes) "
+            f"{100 * s['class_miou']:.2f}%  over {s['num_frames']} frames / {s['num_videos']} videos "
             f"({s['num_nan_frames']} frames without foreground)")
