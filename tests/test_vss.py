@@ -2,6 +2,7 @@
 and inference through the scripts (tiny model, 5 classes, CPU)."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -294,3 +295,15 @@ def test_predict_video_centre_window_with_flip(vspw):
     assert preds.shape == (3, 64, 80) and preds.dtype == np.uint8 and preds.max() < K
     with pytest.raises(ValueError, match="window"):
         predict_video(model, video, (64, 80), torch.device("cpu"), window="sliding")
+
+
+def test_inference_clip_length_defaults_to_the_trained_one(capsys):
+    """A model trained on 2-frame clips was run on 6-frame clips without a word: the default came from
+    nowhere, and --num_frames' help called it the model's query count."""
+    from vss.common import clip_length
+
+    trained = {"args": argparse.Namespace(num_frames=2)}
+    assert clip_length(None, trained) == 2 and clip_length(None, {}) == 6
+    assert capsys.readouterr().out == ""
+    assert clip_length(4, trained) == 4 and "--clip_len 4, but the checkpoint was trained on clips of 2 frames" in \
+        capsys.readouterr().out

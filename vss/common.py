@@ -18,13 +18,15 @@ from datasets.video import VideoSequence
 from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
 from models import MedVTConfig, build_model, load_model
 from models.convert import read_checkpoint
-from models.registry import model_state_dict, resolve_config
+from models.registry import model_state_dict, resolve_config, saved_args
 from models.predictor import VideoPredictor, Window
 from utils.background import BackgroundWorker
 from utils.cli import UserError
 from utils.logger import Throughput
 from vss.config import VSPW_NUM_CLASSES, vss_config
 from vss.metrics import VSPWEvaluator
+
+DEFAULT_CLIP_LEN = 6  # the AVOS training clip, which VSS training keeps
 
 
 # --------------------------------------------------------------------------------- colours
@@ -66,7 +68,7 @@ def overlay_colors(frame_path: Path, labels: np.ndarray, alpha: float = 0.5) -> 
 
 # ------------------------------------------------------------------------------ prediction
 def video_predictions(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
-                      val_size: int | None = 480, max_size: int | None = None, clip_len: int = 6,
+                      val_size: int | None = 480, max_size: int | None = None, clip_len: int = DEFAULT_CLIP_LEN,
                       window: str = "chunk", flip: bool = False, amp_dtype: torch.dtype | None = None,
                       batch_clips: int = 1,
                       ) -> Iterator[tuple[int, np.ndarray]]:
@@ -154,27 +156,40 @@ def check_vss_checkpoint(ckpt: dict, cfg: MedVTConfig, args: argparse.Namespace)
                         f"vss/train_medvt_vss.py, but VSPW has {VSPW_NUM_CLASSES} classes; give a VSS checkpoint")
 
 
-def build_from_args(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+def clip_length(given: int | None, ckpt: dict) -> int:
+    """Frames per forward: ``--clip_len`` if given, else the clip length the checkpoint was trained on
+    (its saved ``--num_frames``), else 6. A given length other than the trained one is warned about."""
+    trained = saved_args(ckpt).get("num_frames")
+    trained = trained if isinstance(trained, int) else None
+    if given is None:
+        return trained or DEFAULT_CLIP_LEN
+    if trained is not None and given != trained:
+        print(f"warning: --clip_len {given}, but the checkpoint was trained on clips of {trained} frames")
+    return given
+
+
+def build_from_args(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, int]:
     """The model of --model_path (its recorded config, else --model / --num_classes), or with
-    --random_weights a fresh one."""
+    --random_weights a fresh one; and the clip length to run it on (:func:`clip_length`)."""
     if args.model_path:
         loaded = load_model(args.model_path, preset=vss_config(args.model, args.num_classes), device=device,
                             num_classes=args.num_classes)
         check_vss_checkpoint(loaded.checkpoint, loaded.config, args)
         print(f"loaded {args.model_path}: config from {loaded.reason}")
-        return loaded.model
+        return loaded.model, clip_length(args.clip_len, loaded.checkpoint)
     if not args.random_weights:
         raise UserError("give --model_path CHECKPOINT (or --random_weights for a smoke test)")
-    return build_model(vss_config(args.model, args.num_classes)).to(device).eval()
+    return build_model(vss_config(args.model, args.num_classes)).to(device).eval(), clip_length(args.clip_len, {})
 
 
-def onnx_from_args(args: argparse.Namespace) -> torch.nn.Module:
-    """The exported model of --onnx_path, as the predictor runs it. A --model_path given with it is read
-    only to check that the file was exported from it (the outputs are named after it)."""
+def onnx_from_args(args: argparse.Namespace) -> tuple[torch.nn.Module, int]:
+    """The exported model of --onnx_path, as the predictor runs it, and its clip length (the file's own
+    unless --clip_len says otherwise: then refused). A --model_path given with it is read only to check
+    that the file was exported from it (the outputs are named after it)."""
     from models.onnx_export import OnnxModel
 
     model = OnnxModel(args.onnx_path)
-    model.check_clip_length(args.clip_len, "--clip_len")
+    model.check_clip_length(args.clip_len or model.frames, "--clip_len")
     if model.num_classes < 2:
         raise UserError(f"--onnx_path {args.onnx_path} holds a model of {model.num_classes} class (an AVOS "
                         "export?); VSS needs a multi-class one: export a VSS checkpoint with export_onnx.py")
@@ -183,7 +198,7 @@ def onnx_from_args(args: argparse.Namespace) -> torch.nn.Module:
         cfg, _ = resolve_config(ckpt, vss_config(args.model, args.num_classes))
         model.check_weights(model_state_dict(ckpt, cfg, str(args.model_path)), args.model_path)
     print(f"runtime: ONNX Runtime (CPU) with {args.onnx_path} ({model.describe()})")
-    return model
+    return model, model.frames
 
 
 def format_summary(summary: dict) -> str:

@@ -53,7 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_size", type=non_negative_int, default=480,
                    help="shorter side fed to the model; 0 = frame size")
     p.add_argument("--max_size", type=positive_int, default=None, help="cap on the longer side fed to the model")
-    p.add_argument("--clip_len", type=positive_int, default=6, help="frames per forward (the trained clip length)")
+    p.add_argument("--clip_len", type=positive_int, default=None,
+                   help="frames per forward; default the clip length the checkpoint was trained on (--num_frames of "
+                        "vss/train_medvt_vss.py), the ONNX file's, or else 6")
     p.add_argument("--window", default="chunk", choices=("chunk", "centre"),
                    help="chunk: consecutive clips, every frame kept; centre: each frame the centre of its own "
                         "wrap-around clip (see above)")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         if missing:
             raise UserError(f"--videos not in {root / (args.split + '.txt')}: {', '.join(sorted(missing))}")
         videos = [v for v in videos if v.name in set(args.videos)]
-    model = onnx_from_args(args) if args.runtime == "onnx" else build_from_args(args, device)
+    model, clip_len = onnx_from_args(args) if args.runtime == "onnx" else build_from_args(args, device)
     source = args.onnx_path if args.runtime == "onnx" else args.model_path
     if args.output_dir:
         out = Path(args.output_dir)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     with incomplete_marker(out), frames_too_small(sizes, remedy):
         summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
                                   save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
-                                  clip_len=args.clip_len, window=args.window, flip=args.flip,
+                                  clip_len=clip_len, window=args.window, flip=args.flip,
                                   amp_dtype=AMP_DTYPES[args.amp], batch_clips=args.batch_clips)
         if summary:
             json_path, csv_path = write_results(summary, out, "results")

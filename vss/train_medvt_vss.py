@@ -80,8 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_path_args(g, ["vspw"])
     g.add_argument("--train_split", default="train", help="split list used for training (<vspw_root>/<split>.txt)")
     g.add_argument("--num_frames", type=clip_frames, default=6,
-                   help="frames per training clip (= queries of the model); at least 2, the model attends across "
-                        "the frames of a clip")
+                   help="frames per training clip; at least 2, the model attends across the frames of a clip. "
+                        "Inference takes clips of this length by default (it is saved with the checkpoint)")
     g.add_argument("--centre_step", type=positive_int, default=None,
                    help="distance between clip centres in a video (default: --num_frames, as YouTube-VOS in AVOS)")
     g.add_argument("--frame_stride", type=positive_int, default=1, help="distance between the frames of a clip")
