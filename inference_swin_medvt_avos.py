@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.runtime == "onnx":
         model = inf.load_onnx(args.onnx_path)
         model.check_clip_length(args.num_frames, "--num_frames")
+        model.check_scales(max(len(p.scales) for p in protocols.values()), "--msc")
         model.check_weights(model_state_dict(ckpt, info.config, str(args.model_path)), args.model_path)
     else:
         try:

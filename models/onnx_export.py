@@ -209,6 +209,14 @@ class OnnxModel(nn.Module):
             raise InputSizeError(f"{flag} {t}: --onnx_path {self.path} takes clips of {self.frames} frames; pass "
                                  f"{flag} {self.frames}, or export it again with export_onnx.py --num_frames {t}")
 
+    def check_scales(self, n: int, flag: str) -> None:
+        """Refuse ``n`` > 1 input scales (``flag``: --msc) at load when the file takes one size only: a
+        multi-scale run would stop at its second scale, with its outputs half written."""
+        if n > 1 and not self.dynamic_size:
+            raise InputSizeError(f"{flag} feeds {n} input sizes per frame, but --onnx_path {self.path} takes "
+                                 f"{self.describe()}; leave out {flag}, or export a file that takes any size "
+                                 "(export_onnx.py --height/--width of 225 or more)")
+
     def check(self, t: int, h: int, w: int) -> None:
         inside = all(lo <= n and (hi == 0 or n <= hi) for n, lo, hi in zip((h, w), self.min_size, self.max_size))
         if t != self.frames or not inside:

@@ -208,6 +208,7 @@ def test_runtime_onnx_writes_the_pytorch_masks(tiny_file, tmp_path, capsys):
         a = np.asarray(Image.open(f)).astype(int)
         b = np.asarray(Image.open(tmp_path / "onnx" / "logits" / f.relative_to(tmp_path / "torch" / "logits")))
         assert np.abs(a - b.astype(int)).max() <= 1
+    OnnxModel(onnx_path).check_scales(7, "--msc")  # a file that takes any size from its floor on takes --msc
     # a size below the file's floor ends in a message naming the range, not a wrong result
     with pytest.raises(InputSizeError, match="height and width from 225"):
         OnnxModel(onnx_path)(torch.randn(1, 6, 3, 200, 300))
@@ -250,6 +251,10 @@ def test_vss_runtime_onnx_writes_the_pytorch_labels(tiny_file, tmp_path):
     assert not res["dynamic_size"] and res["max_abs_diff"] <= 1e-4
     session = OnnxModel(onnx_path)
     assert not session.dynamic_size and session.describe() == "clips of 4 frames, 48x60 only"
+    # several scales (AVOS --msc) cannot run on a one-size file: refused at load, not at the second scale
+    with pytest.raises(InputSizeError, match=r"--msc feeds 7 input sizes per frame, but --onnx_path .*48x60 only"):
+        session.check_scales(7, "--msc")
+    session.check_scales(1, "--msc")
     x = _inputs(model.eval(), 3, 4, 48, 60, 1)
     with torch.inference_mode():
         assert (session(*x)["pred_masks"] - model(*x)["pred_masks"]).abs().max().item() <= 1e-4
