@@ -146,6 +146,7 @@ def input_paths(args: argparse.Namespace, datasets: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    inf.setup_logging()  # messages before out.log exists (the model tried, when its weights do not fit) reach stdout
     device = check_device(args.device)
     check_runtime_flags(parser, args)
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])

@@ -348,8 +348,9 @@ def predict_dense(model: torch.nn.Module, sequences: Sequence[VideoSequence], pr
 
 
 def run_davis(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts: RunOptions) -> dict:
-    """DAVIS-16: predict every annotated frame, then J/F and the original's mIoU on ``bin_mask/``."""
-    predict_dense(model, sequences, protocol, opts)
+    """DAVIS-16: predict every annotated frame, then J/F and the original's mIoU on ``bin_mask/``. The
+    returned dict adds the run's frames, wall time and frames/s (``summary.json``) to the results files'."""
+    speed = predict_dense(model, sequences, protocol, opts)
     gt_dirs = {seq.masks[0].parent.parent for seq in sequences}
     if len(gt_dirs) != 1:
         raise ValueError(f"DAVIS sequences come from several annotation folders: {sorted(map(str, gt_dirs))}")
@@ -359,7 +360,7 @@ def run_davis(model, sequences: Sequence[VideoSequence], protocol: Protocol, opt
     logger.info("Davis Videos Mean IOU: %.3f   J&F %.3f (J %.3f, F %.3f; first/last frames excluded)",
                 results["mIoU"], results["JF_mean"], results["J_mean"], results["F_mean"])
     metrics.write_results(results, opts.out_dir, "davis_results")
-    return results
+    return {**results, **speed}
 
 
 def run_youtube_objects(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts: RunOptions,
@@ -375,7 +376,7 @@ def run_youtube_objects(model, sequences: Sequence[VideoSequence], protocol: Pro
     def score(seq: VideoSequence, i: int, fg: np.ndarray) -> None:
         per_seq[seq.name].append(metrics.jaccard(fg, seq.read_mask(i, threshold=mask_threshold - 1)))
 
-    predict_dense(model, sequences, protocol, opts, annotated_only=True, on_frame=score)
+    speed = predict_dense(model, sequences, protocol, opts, annotated_only=True, on_frame=score)
     rows = {}
     for seq in sequences:
         ious = per_seq[seq.name]
@@ -392,7 +393,7 @@ def run_youtube_objects(model, sequences: Sequence[VideoSequence], protocol: Pro
     metrics.write_results(results, opts.out_dir, "youtube_objects_results")
     metrics.write_results({"sequences": {c: {"IoU": v} for c, v in summary["classes"].items()},
                            "mIoU": summary["mIoU"]}, opts.out_dir, "youtube_objects_classes")
-    return results
+    return {**results, **speed}
 
 
 def run_moca(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts: RunOptions) -> dict:
@@ -418,12 +419,12 @@ def run_moca(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts
             stream_predictions(predictor, source, source.size_hw, set(seq.meta["annotated"]).__contains__,
                                handle, writer, progress, opts.prefetch)
             writer.submit(overlays.close)
-    progress.close()
+    speed = progress.close()
     results = evaluate_moca(opts.out_dir, sequences)
     logger.info("dataset: MoCA mean_iou:%.3f  success rates %s", results["mean_iou"],
                 ", ".join(f"{k}: {v:.3f}" for k, v in results["success_rates"].items()))
     metrics.write_results(results, opts.out_dir, "MoCA_results")
-    return results
+    return {**results, **speed}
 
 
 def evaluate_moca(pred_dir: Path, sequences: Sequence[VideoSequence]) -> dict:

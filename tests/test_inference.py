@@ -70,7 +70,10 @@ def test_davis_output_layout_and_metrics(setup, davis_run):
     assert float(rows[-1]["mIoU"]) == pytest.approx(again["mIoU"])
     log = (out / "out.log").read_text()
     assert "Davis Videos Mean IOU" in log and "checkpoint config" in log
-    assert json.loads((out / "summary.json").read_text())["model"]["version"] == "cvpr23"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["version"] == "cvpr23"
+    # the run's speed, as a --video run records it (dataset runs dropped it)
+    assert summary["davis"]["frames"] == sum(s.num_frames for s in seqs) and summary["davis"]["frames_per_s"] > 0
 
 
 def test_davis_values_follow_the_protocol(setup, davis_run):
@@ -189,10 +192,10 @@ def test_model_version_auto_reads_checkpoint_arguments():
 
 def test_auto_2024_checkpoint_end_to_end_reports_model_and_key_errors(setup, tmp_path, capsys):
     """An authors'-style file (no config) with 2024 arguments: Swin-B 2024 is chosen and printed;
-    its (tiny) weights do not fit, and the error lists the keys."""
+    its (tiny) weights do not fit, and the error names the preset they fit."""
     ckpt = tmp_path / "orig.pth"
     torch.save({"model": setup["model"].state_dict(), "args": argparse.Namespace(use_flow=0)}, ckpt)
-    with pytest.raises(CheckpointMismatchError, match="missing keys"):
+    with pytest.raises(CheckpointMismatchError, match="they fit preset tiny"):
         script.main(["--model_path", str(ckpt), "--davis16_root", str(setup["davis"]),
                      "--output_dir", str(tmp_path / "o"), "--device", "cpu"])
     assert "medvt_swinb_avos_2024, forward 2024" in capsys.readouterr().out

@@ -118,6 +118,7 @@ def test_youtube_objects_inference_and_metric(data, tmp_path):
     out = tmp_path / "ytbo"
     res = script.main(["--model_path", str(data["ckpt"]), "--dataset", "ytbo", "--youtube_objects_root",
                        str(data["ytbo"]), "--val_size", "48", "--output_dir", str(out), "--device", "cpu"])["ytbo"]
+    assert res["frames"] == res["n_frames"] and res["frames_per_s"] > 0  # the run's speed, for summary.json
     seqs = youtube_objects_sequences(data["ytbo"])
     ious = {}
     for seq in seqs:
@@ -217,6 +218,7 @@ def test_moca_inference_outputs(data, tmp_path):
                        "--save_overlay", "--overlay_format", "gif"])["moca"]
     # masks only for annotated frames, at the input resolution (shorter side 40 → 40x70)
     assert sorted(p.name for p in (out / "arctic_fox").glob("*.png")) == ["00000.png", "00002.png", "00005.png"]
+    assert res["frames"] == res["n_frames"] and res["frames_per_s"] > 0  # the run's speed, for summary.json
     mask = np.asarray(Image.open(out / "flounder" / "00004.png"))
     assert mask.shape == (40, 70) and set(np.unique(mask)) <= {0, 255}
     assert not (out / "unlisted_crab").exists()
