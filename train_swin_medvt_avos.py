@@ -53,8 +53,8 @@ from utils import distributed as du
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, prepare_output_dir,
                               read_resume_checkpoint, resume_path, resume_training, save_training, seed_everything,
                               stretch_schedule)
-from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
-                       positive_int, random_seed, require_file, run_main)
+from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
+                       positive_float, positive_int, random_seed, require_file, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
 from utils.optim import LR_GROUPS, PolyLR, param_groups
@@ -74,7 +74,7 @@ INIT_FLAGS = "--init_from (a MED-VT checkpoint, e.g. the authors' release), or -
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="swinB", choices=sorted(BACKBONE_CONFIGS), metavar="{swinB,resnet101}",
                    help="swinB → config medvt_swinb_avos, resnet101 → medvt_r101_avos, with the original's "

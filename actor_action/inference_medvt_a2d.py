@@ -44,14 +44,14 @@ from datasets.path_config import add_path_args, dataset_root
 from models import build_model, read_checkpoint
 from models.convert import load_state_dict_strict
 from models.registry import model_state_dict
-from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, new_run_folder,
+from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir, new_run_folder,
                        non_negative_int, positive_int, run_main)
 from utils.distributed import default_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p)
     p.add_argument("--model_path", required=True, metavar="PATH",
                    help="checkpoint: the authors' A2D release or ours (train_medvt_a2d.py)")

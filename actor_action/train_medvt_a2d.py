@@ -51,8 +51,8 @@ from models.convert import init_from_checkpoint, init_from_vistr_coco
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
                               prepare_output_dir, read_resume_checkpoint, resume_path, resume_training, run_summary,
                               seed_everything, stretch_schedule)
-from utils.cli import (UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
-                       positive_int, random_seed, run_main)
+from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
+                       positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
@@ -60,7 +60,7 @@ from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p)
     g = p.add_argument_group("initialisation")
     g.add_argument("--swin_pretrained", "--swin_b_pretrained_path", dest="swin_b_pretrained_path", default=None,

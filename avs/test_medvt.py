@@ -27,15 +27,15 @@ from datasets.video import image_size
 from models import load_model
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
-from utils.cli import (UserError, add_overwrite_flag, check_output_dir, incomplete_marker, new_run_folder,
-                       non_negative_int, positive_int, run_main)
+from utils.cli import (HelpFormatter, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
+                       new_run_folder, non_negative_int, positive_int, run_main)
 from utils.distributed import default_device
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p)
     add_path_args(p, ["avsbench"])
     p.add_argument("--model_path", "--weights", dest="model_path", required=True, metavar="PATH",

@@ -64,8 +64,8 @@ from utils import distributed as du
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
                               prepare_output_dir, read_resume_checkpoint, resume_path, resume_training,
                               seed_everything)
-from utils.cli import (UserError, non_negative_float, non_negative_int, positive_float, positive_int, random_seed,
-                       run_main)
+from utils.cli import (HelpFormatter, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
+                       random_seed, run_main)
 from utils.engine import train_one_epoch
 from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
 from utils.optim import param_groups
@@ -77,7 +77,7 @@ TASK_DEFAULTS = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p)
     add_path_args(p, ["avsbench"])
     g = p.add_argument_group("recipe (None = the task's default, see the table above)")

@@ -30,11 +30,12 @@ import torch
 from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops, latency_stats, parse_checked,
                                report, setup, throughput, time_runs)
 from models import MODEL_CONFIGS, build_model
+from utils.cli import HelpFormatter
 from utils.engine import autocast
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, default_size=473)
     return p
 

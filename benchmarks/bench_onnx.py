@@ -28,6 +28,7 @@ import torch
 
 from models import MODEL_CONFIGS, build_model
 from models.config import preset_name
+from utils.cli import HelpFormatter
 
 
 def peak_rss_mib() -> float:
@@ -90,13 +91,14 @@ def top_ops(profile: str, n: int = 10) -> list[tuple[str, float, float]]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="medvt_swinb_avos", type=preset_name, choices=sorted(MODEL_CONFIGS))
-    p.add_argument("--frames", type=int, default=6)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--config", default="medvt_swinb_avos", type=preset_name, choices=sorted(MODEL_CONFIGS),
+                   help="model preset (fresh weights)")
+    p.add_argument("--frames", type=int, default=6, help="frames per clip")
     p.add_argument("--size", type=int, default=473, help="square input side (default 473)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of PyTorch and of ONNX Runtime")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    p.add_argument("--iters", type=int, default=3, help="timed runs")
     p.add_argument("--onnx_path", default=None, help="an exported file of this config and size (default: export)")
     p.add_argument("--profile", action="store_true", help="print ONNX Runtime's top operators")
     p.add_argument("--child", choices=["torch", "onnx"], default=None, help=argparse.SUPPRESS)

@@ -7,6 +7,7 @@ each of its flags checked. A renamed flag or script, or a choice that no longer 
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 import shlex
@@ -128,3 +129,23 @@ def test_documented_command_parses(where, module, argv, capsys):
     flags = [w.strip("[]").split("=")[0] for w in argv if w.strip("[]").startswith("--")]
     unknown = [f for f in flags if f not in parser._option_string_actions]
     assert not unknown, f"{where}: `{module}` takes no {unknown}"
+
+
+SCRIPTS_WITH_PARSERS = sorted(MUST_SHOW | {"benchmarks.bench_onnx", "benchmarks.bench_video",
+                                           "benchmarks.extract_original"})
+
+
+@pytest.mark.parametrize("script", SCRIPTS_WITH_PARSERS)
+def test_help_shows_every_default(script):
+    """``--help`` hid defaults a user needs (--output_dir runs/medvt_avos, --val_size 360, --num_workers 4):
+    every option that has one says it."""
+    parser = importlib.import_module(script).get_args_parser()
+    formatter = parser._get_formatter()
+    hidden = []
+    for action in parser._actions:
+        if (not action.option_strings or argparse.SUPPRESS in (action.help, action.default)
+                or action.default is None or action.default is False):
+            continue
+        if not action.help or "default" not in formatter._expand_help(action).lower():
+            hidden.append(action.option_strings[-1])
+    assert not hidden, f"{script} --help does not show the default of {hidden}"

@@ -27,8 +27,8 @@ import torch
 from datasets.path_config import add_path_args, dataset_root
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
-from utils.cli import (UserError, add_debug_flag, add_overwrite_flag, check_output_dir, incomplete_marker,
-                       new_run_folder, non_negative_int, positive_int, run_main)
+from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
+                       incomplete_marker, new_run_folder, non_negative_int, positive_int, run_main)
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import write_results
@@ -37,7 +37,7 @@ from vss.config import DEFAULT_CONFIG, config_names
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model_path", default=None,
                    help="checkpoint to evaluate (one written by vss/train_medvt_vss.py records its model config); "
                         "required unless --random_weights or --runtime onnx (given with it, it must be the checkpoint "

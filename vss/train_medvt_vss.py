@@ -46,8 +46,8 @@ from models.convert import init_from_checkpoint, init_from_vistr_coco
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
                               prepare_output_dir, read_resume_checkpoint, resume_path, resume_training, run_summary,
                               seed_everything, stretch_schedule)
-from utils.cli import (add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float, positive_int,
-                       random_seed, run_main)
+from utils.cli import (HelpFormatter, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
+                       positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
@@ -59,7 +59,7 @@ from vss.losses import VSSCriterion
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_CONFIG, type=preset_name, choices=config_names(),
                    help="model config preset")
