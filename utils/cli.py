@@ -38,8 +38,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if (action.default is None or action.default is False or action.default == argparse.SUPPRESS
-                or "default" in text.lower()
-                or "%(default)" in text or not action.option_strings):
+                or "default" in text.lower() or not action.option_strings):
             return text
         return f"{text} (default: %(default)s)"
 

@@ -18,8 +18,8 @@ from datasets.video import VideoSequence
 from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
 from models import MedVTConfig, build_model, load_model
 from models.convert import read_checkpoint
-from models.registry import model_state_dict, resolve_config, saved_args
 from models.predictor import VideoPredictor, Window
+from models.registry import model_state_dict, resolve_config, saved_args
 from utils.background import BackgroundWorker
 from utils.cli import UserError
 from utils.logger import Throughput
