@@ -8,9 +8,12 @@ import json
 from utils import demo
 
 
-def test_demo_pipeline_writes_metrics_and_overlays(tmp_path):
+def test_demo_pipeline_writes_metrics_and_overlays(tmp_path, monkeypatch):
+    """Run from another folder with a relative --output_dir (the steps, which run in the repository,
+    looked for the data there)."""
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "demo"
-    metrics = demo.main(["--output_dir", str(out), "--epochs", "1", "--steps_per_epoch", "2",
+    metrics = demo.main(["--output_dir", "demo", "--epochs", "1", "--steps_per_epoch", "2",
                          "--train_sequences", "1", "--val_sequences", "1", "--frames", "6"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))

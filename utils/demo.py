@@ -89,8 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(script: str, argv: list[str], threads: int | None = None) -> None:
-    """Run ``python <script> <argv>`` from the repository root; a failure stops the demo naming the step."""
-    print(f"\n=== {script}: python {script} {shlex.join(argv)}", flush=True)
+    """Run ``python <script> <argv>`` from the repository root; a failure stops the demo naming the step.
+    The command is printed with the script's full path, so that it can be run again from any folder."""
+    print(f"\n=== {script}: python {shlex.join([str(ROOT / script), *argv])}", flush=True)
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=env)
@@ -101,7 +102,7 @@ def run(script: str, argv: list[str], threads: int | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    out = args.output_dir
+    out = args.output_dir.absolute()  # the steps run in the repository: a relative path would point there
     prepare_output_dir(out, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARK).write_text("written by python -m utils.demo; its --overwrite replaces the demo outputs here\n")
