@@ -190,6 +190,8 @@ def part_accuracy(args, tmp: Path) -> dict:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.demo_dir is not None:  # read by child processes that run in the repository
+        args.demo_dir = args.demo_dir.absolute()
     if args._child:
         child(args._child)
         return {}

@@ -336,6 +336,9 @@ def get_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args._job is None and args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to PyTorch (use --device cpu --smoke to check the suite)")
+    for name in ("trained_ckpt", "trained_data", "orig_root"):  # read by jobs that run in the repository
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).absolute()))
     return args
 
 
@@ -349,7 +352,7 @@ def main(argv=None) -> dict | None:
     if not jobs:
         raise UserError(f"--only {args.only} names no job; the jobs are: {', '.join(j['name'] for j in plan(args))}")
     out = check_output_dir(args.out, "--out", {"--trained_ckpt": args.trained_ckpt, "--trained_data": args.trained_data,
-                                               "--orig_root": args.orig_root}, args.overwrite)
+                                               "--orig_root": args.orig_root}, args.overwrite).absolute()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     report = {"environment": environment(args.device), "smoke": args.smoke, "no_tf32": args.no_tf32,

@@ -16,16 +16,19 @@ from models import build_model
 SITES = {"swin window attention", "encoder", "encoder between-scale", "query decoder", "label propagation"}
 
 
-def test_smoke_runs_every_job_and_writes_the_report(tmp_path):
+def test_smoke_runs_every_job_and_writes_the_report(tmp_path, monkeypatch):
+    """Run from another folder with relative paths: the jobs run in the repository, where a relative
+    --out or --trained_ckpt would name other files."""
+    monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     model = build_model("tiny")
     ckpt = tmp_path / "tiny.pth"
     torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
     data = make_synthetic_davis(tmp_path / "DAVIS", num_train=0, num_val=1, num_frames=6, size_hw=(64, 96))
     out = tmp_path / "suite"
-    gpu_suite.main(["--device", "cpu", "--smoke", "--out", str(out), "--search_s", "5",
-                    "--orig_root", str(tmp_path / "no_original"), "--trained_ckpt", str(ckpt),
-                    "--trained_data", str(data), "--deadline_s", "3000",  # a loaded machine must not drop jobs
+    gpu_suite.main(["--device", "cpu", "--smoke", "--out", "suite", "--search_s", "5",
+                    "--orig_root", "no_original", "--trained_ckpt", ckpt.name,
+                    "--trained_data", data.name, "--deadline_s", "3000",  # a loaded machine must not drop jobs
                     "--jobs", "2"])  # each job is mostly its process's imports: two at a time on 2 cores
 
     report = json.loads((out / "suite.json").read_text())
