@@ -17,7 +17,7 @@ from PIL import Image
 from datasets.path_config import DatasetNotFoundError
 from datasets.vspw import (VSPWClips, VSPWTrainTransform, build_vspw_train_dataset, raw_to_class, vspw_root,
                            vspw_sequences)
-from models import get_config
+from models import build_model, get_config
 from utils.cli import UserError
 from vss.config import vss_config
 from vss.losses import VSSCriterion, softmax_focal_loss
@@ -269,7 +269,6 @@ def test_train_script_cli_reports_missing_dataset(tmp_path):
 
 
 def test_init_from_another_checkpoint_skips_class_dependent_layers(tmp_path):
-    from models import build_model
     from models.convert import init_from_checkpoint
     from utils.checkpoint import save_checkpoint
 
@@ -307,3 +306,45 @@ def test_inference_clip_length_defaults_to_the_trained_one(capsys):
     assert capsys.readouterr().out == ""
     assert clip_length(4, trained) == 4 and "--clip_len 4, but the checkpoint was trained on clips of 2 frames" in \
         capsys.readouterr().out
+
+
+def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_path):
+    """--video (a frame folder or a video file) streams a user's video through the same predictor: the
+    labels of a folder holding a VSPW video's frames are those of the split run, at the frame size, and
+    the overlay video has every frame."""
+    import av
+
+    from utils.visualize import write_video
+    from vss import inference_medvt_vss
+    from vss.config import vss_config
+
+    torch.manual_seed(0)
+    model = build_model(vss_config("tiny", K))
+    ckpt = tmp_path / "vss.pth"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
+    common = ["--model_path", str(ckpt), "--num_classes", str(K), "--val_size", "48", "--clip_len", "4",
+              "--flip", "--device", "cpu"]
+    inference_medvt_vss.main(common + ["--vspw_root", str(vspw), "--split", "val", "--output_dir",
+                                       str(tmp_path / "split")])
+    frames = vspw / "data" / "3_val_a" / "origin"
+    res = inference_medvt_vss.main(common + ["--video", str(frames), "--output_dir", str(tmp_path / "folder")])
+    split_pngs = sorted((tmp_path / "split" / "predictions" / "3_val_a").glob("*.png"))
+    video_pngs = sorted((tmp_path / "folder" / "predictions" / "origin").glob("*.png"))
+    assert [p.name for p in video_pngs] == [p.name for p in split_pngs] and len(video_pngs) == 11
+    for a, b in zip(split_pngs, video_pngs):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    assert Image.open(video_pngs[0]).size == (80, 64) and Image.open(video_pngs[0]).mode == "P"
+    assert res["n_frames"] == res["frames"] == 11 and abs(sum(res["class_shares"].values()) - 1) < 1e-6
+    assert json.loads((tmp_path / "folder" / "summary.json").read_text())["overlay_video"] == res["overlay_video"]
+    with av.open(res["overlay_video"]) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 11
+    # a video file: one PNG per decoded frame, named by frame number
+    mp4 = tmp_path / "clip.mp4"
+    write_video([np.asarray(Image.open(f).convert("RGB")) for f in sorted(frames.glob("*.jpg"))], mp4)
+    res = inference_medvt_vss.main(common + ["--video", str(mp4), "--output_dir", str(tmp_path / "file")])
+    assert res["n_frames"] == 11 and len(list((tmp_path / "file" / "predictions" / "clip").glob("*.png"))) == 11
+    # a missing video stops before the checkpoint is read or a folder made
+    with pytest.raises(FileNotFoundError, match="--video .*none.mp4 does not exist"):
+        inference_medvt_vss.main(common + ["--video", str(tmp_path / "none.mp4"), "--output_dir",
+                                           str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.stream import ImageFiles, Prefetch
+from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
 from datasets.video import VideoSequence
 from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
 from models import MedVTConfig, build_model, load_model
@@ -23,6 +23,7 @@ from models.registry import model_state_dict, resolve_config, saved_args
 from utils.background import BackgroundWorker
 from utils.cli import UserError
 from utils.logger import Throughput
+from utils.visualize import VideoWriter
 from vss.config import VSPW_NUM_CLASSES, vss_config
 from vss.metrics import VSPWEvaluator
 
@@ -60,19 +61,22 @@ def save_label_png(labels: np.ndarray, path: Path) -> None:
     img.save(path)
 
 
-def overlay_colors(frame_path: Path, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The frame (resized to the labels) blended with the class colours, HxWx3 uint8."""
-    frame = np.asarray(Image.open(frame_path).convert("RGB").resize(labels.shape[::-1], Image.BILINEAR))
+def overlay_colors(frame: Path | np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The frame (a file, resized to the labels, or an RGB array of their size) blended with the class
+    colours, HxWx3 uint8."""
+    if isinstance(frame, Path):
+        frame = np.asarray(Image.open(frame).convert("RGB").resize(labels.shape[::-1], Image.BILINEAR))
     return ((1 - alpha) * frame + alpha * PALETTE[labels]).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------ prediction
-def video_predictions(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
-                      val_size: int | None = 480, max_size: int | None = None, clip_len: int = DEFAULT_CLIP_LEN,
-                      window: str = "chunk", flip: bool = False, amp_dtype: torch.dtype | None = None,
-                      batch_clips: int = 1,
-                      ) -> Iterator[tuple[int, np.ndarray]]:
-    """(frame index, class ids [*out_hw] uint8) for every frame of ``video``, in order, streamed.
+def video_predictions(model: torch.nn.Module, video: VideoSequence | ImageFiles | VideoFile, out_hw: tuple[int, int],
+                      device: torch.device, val_size: int | None = 480, max_size: int | None = None,
+                      clip_len: int = DEFAULT_CLIP_LEN, window: str = "chunk", flip: bool = False,
+                      amp_dtype: torch.dtype | None = None, batch_clips: int = 1,
+                      ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """(frame index, class ids [*out_hw] uint8, the frame's RGB or None) for every frame of ``video`` (a
+    VSPW video, or an opened frame source: :func:`open_user_video`), in order, streamed.
 
     Logits [B, K, T, h, w] are upsampled (bilinear) one kept frame at a time to ``out_hw`` and
     argmax'ed; with ``flip`` the two softmaxes are averaged (:class:`models.predictor.VideoPredictor`).
@@ -82,16 +86,17 @@ def video_predictions(model: torch.nn.Module, video: VideoSequence, out_hw: tupl
     predictor = VideoPredictor(model.to(device), Window(window, clip_len), flip=flip,
                                activation="softmax" if flip else "none",
                                amp_dtype=amp_dtype, batch_clips=batch_clips)
-    source = ImageFiles(video.frames, lambda h, w: resized_hw(h, w, val_size or None, max_size), name=video.name)
+    source = video if not isinstance(video, VideoSequence) else \
+        ImageFiles(video.frames, lambda h, w: resized_hw(h, w, val_size or None, max_size), name=video.name)
     for pred in predictor.stream(Prefetch(source, 8), out_hw):
-        yield pred.index, pred.probs.argmax(0).to(torch.uint8).numpy()
+        yield pred.index, pred.probs.argmax(0).to(torch.uint8).numpy(), pred.payload
 
 
 def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
                   **kwargs) -> np.ndarray:
     """Class ids [N, *out_hw] uint8 of every frame (:func:`video_predictions` collected)."""
     preds = np.zeros((video.num_frames, *out_hw), np.uint8)
-    for i, labels in video_predictions(model, video, out_hw, device, **kwargs):
+    for i, labels, _ in video_predictions(model, video, out_hw, device, **kwargs):
         preds[i] = labels
     return preds
 
@@ -119,7 +124,7 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
                 raw = np.stack([read_raw_mask(m, (h0, w0)) for m in video.masks])
                 h0, w0 = raw.shape[1:]
             preds = np.zeros((video.num_frames, h0, w0), np.uint8) if raw is not None else None
-            for i, labels in video_predictions(model, video, (h0, w0), device, **predict_kwargs):
+            for i, labels, _ in video_predictions(model, video, (h0, w0), device, **predict_kwargs):
                 if preds is not None:
                     preds[i] = labels
                 if output_dir is not None:
@@ -131,6 +136,36 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
                 evaluated = True
     speed.close()
     return evaluator.summary() if evaluated else {}
+
+
+def open_user_video(path: Path, val_size: int | None, max_size: int | None, clip_len: int) -> ImageFiles | VideoFile:
+    """``--video``: a video file or a folder of frames, checked completely before anything is written
+    (one-line errors for unreadable, empty or one-frame input), decoded lazily at the model's size."""
+    return open_video(path, lambda h, w: resized_hw(h, w, val_size or None, max_size), keep_rgb=True,
+                      flag="--video", min_frames=2, tail_keep=clip_len)
+
+
+def segment_video(model: torch.nn.Module, source: ImageFiles | VideoFile, device: torch.device, output_dir: Path,
+                  fps: float = 10, **predict_kwargs) -> dict:
+    """An unlabelled video (:func:`open_user_video`): every frame's class ids as a palette PNG
+    ``predictions/<video>/<frame>.png`` at the frame size and the coloured overlay as one video
+    ``overlays/<video>.mp4`` (at the file's frame rate; ``fps`` for frame folders), both written as
+    predictions arrive, so memory does not grow with the video's length. No metrics: the result has the
+    frames, speed and the share of pixels per predicted class."""
+    name, (h, w) = source.name, source.frame_hw
+    counts = np.zeros(model.num_classes, np.int64)
+    speed = Throughput(len(source), name, print)
+    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", source.fps or fps) as video:
+        with BackgroundWorker(depth=16, name="writer") as writer:  # one thread: the video's frames stay in order
+            for i, labels, rgb in video_predictions(model, source, (h, w), device, **predict_kwargs):
+                counts += np.bincount(labels.ravel(), minlength=model.num_classes)[: model.num_classes]
+                path = output_dir / "predictions" / name / f"{source.frame_name(i)}.png"
+                writer.submit(save_label_png, labels, path)
+                writer.submit(video.write, overlay_colors(rgb, labels))
+                speed.update()
+    shares = counts / max(1, counts.sum())
+    return {"name": name, "n_frames": len(source), "overlay_video": str(video.path), "overlay_codec": video.codec,
+            "class_shares": {int(c): float(shares[c]) for c in np.flatnonzero(shares)}, **speed.close()}
 
 
 def _write_frame(output_dir: Path, video: VideoSequence, i: int, labels: np.ndarray, save_predictions: bool,

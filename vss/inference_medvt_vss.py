@@ -12,27 +12,34 @@ frames (the last one shifted back inside the video) and keeps every frame's pred
 forward per ``clip_len`` frames; ``--window centre`` predicts each frame as the centre of its own
 wrap-around clip (the AVOS protocol, ``clip_len`` times slower).
 
-Example::
+``--video`` segments any video instead (a file or a folder of frames, streamed): palette PNGs, an
+overlay video ``overlays/<video>.mp4`` and ``summary.json``; no metrics.
+
+Examples::
 
     python vss/inference_medvt_vss.py --model_path out/vss/checkpoint_best.pth \\
         --vspw_root /data/VSPW_480p --split val --output_dir out/vss_val
+    python vss/inference_medvt_vss.py --model_path out/vss/checkpoint_best.pth --video clip.mp4
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 
 from datasets.path_config import add_path_args, dataset_root
+from datasets.stream import MissingInputError
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
                        incomplete_marker, new_run_folder, non_negative_int, positive_int, run_main)
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags,
                           frames_too_small)
-from utils.metrics import write_results
-from vss.common import build_from_args, evaluate_videos, format_summary, onnx_from_args
+from utils.metrics import jsonable, write_results
+from vss.common import (build_from_args, evaluate_videos, format_summary, onnx_from_args, open_user_video,
+                        segment_video)
 from vss.config import DEFAULT_CONFIG, config_names
 
 
@@ -50,6 +57,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val",
                    help="split list <vspw_root>/<split>.txt; a split without masks (test) gets predictions only")
     p.add_argument("--videos", nargs="*", default=None, help="only these videos of the split")
+    p.add_argument("--video", type=Path, default=None, metavar="PATH",
+                   help="segment this video instead of a VSPW split: a video file (decoded with PyAV/FFmpeg) or a "
+                        "folder of frames (natural order); streamed, so any length fits in memory; writes palette "
+                        "PNGs, an overlay video and summary.json, no metrics")
     p.add_argument("--val_size", type=non_negative_int, default=480,
                    help="shorter side fed to the model; 0 = frame size")
     p.add_argument("--max_size", type=positive_int, default=None, help="cap on the longer side fed to the model")
@@ -78,6 +89,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def split_videos(args: argparse.Namespace) -> list:
+    """The videos of --split (only --videos, if given), checked before the model is built."""
+    root = vspw_root(args.vspw_root)
+    videos = vspw_sequences(root, args.split)
+    if args.videos:
+        missing = set(args.videos) - {v.name for v in videos}
+        if missing:
+            raise UserError(f"--videos not in {root / (args.split + '.txt')}: {', '.join(sorted(missing))}")
+        videos = [v for v in videos if v.name in set(args.videos)]
+    return videos
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -87,33 +110,39 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     # The output folder is checked before anything is read, so a mistake there costs nothing.
     inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root), "--model_path": args.model_path,
-              "--onnx_path": args.onnx_path}
+              "--onnx_path": args.onnx_path, "--video": args.video}
     if args.output_dir:
         check_output_dir(args.output_dir, "--output_dir", inputs, args.overwrite)
-    root = vspw_root(args.vspw_root)
-    videos = vspw_sequences(root, args.split)
-    if args.videos:
-        missing = set(args.videos) - {v.name for v in videos}
-        if missing:
-            raise UserError(f"--videos not in {root / (args.split + '.txt')}: {', '.join(sorted(missing))}")
-        videos = [v for v in videos if v.name in set(args.videos)]
+    if args.video is not None and not args.video.exists():  # before the checkpoint is read
+        raise MissingInputError(f"--video {args.video} does not exist (give a video file or a folder of frames)")
+    videos = split_videos(args) if args.video is None else []
     model, clip_len = onnx_from_args(args) if args.runtime == "onnx" else build_from_args(args, device)
+    # A video is read through once now, so a file that cannot be decoded stops before any output exists.
+    video = open_user_video(args.video, args.val_size, args.max_size, clip_len) if args.video else None
     source = args.onnx_path if args.runtime == "onnx" else args.model_path
     if args.output_dir:
         out = Path(args.output_dir)
     else:  # a new folder per run: running twice never mixes two runs
-        out = new_run_folder(f"infer_vspw_{args.split}_{args.val_size}", source)
+        out = new_run_folder(f"infer_video_{video.name}" if video else f"infer_vspw_{args.split}_{args.val_size}",
+                             source)
         check_output_dir(out, "--output_dir", inputs, args.overwrite)
     sizes = f"--val_size {args.val_size}" + (f" with --max_size {args.max_size}" if args.max_size else "")
     remedy = "use a larger --max_size" if args.max_size else "use a larger --val_size"
+    predict = {"val_size": args.val_size, "max_size": args.max_size, "clip_len": clip_len, "window": args.window,
+               "flip": args.flip, "amp_dtype": AMP_DTYPES[args.amp], "batch_clips": args.batch_clips}
     # left in place by an error or Ctrl-C: the outputs are partial
     with incomplete_marker(out), frames_too_small(sizes, remedy):
-        summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
-                                  save_overlays=args.save_overlays, val_size=args.val_size, max_size=args.max_size,
-                                  clip_len=clip_len, window=args.window, flip=args.flip,
-                                  amp_dtype=AMP_DTYPES[args.amp], batch_clips=args.batch_clips)
-        if summary:
-            json_path, csv_path = write_results(summary, out, "results")
+        if video is not None:
+            result = segment_video(model, video, device, out, **predict)
+            (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+        else:
+            summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
+                                      save_overlays=args.save_overlays, **predict)
+            if summary:
+                json_path, csv_path = write_results(summary, out, "results")
+    if video is not None:
+        print(f"wrote {out / 'predictions' / video.name}/*.png and the overlay video {result['overlay_video']}")
+        return result
     if not summary:
         print(f"no ground truth in split {args.split}: predictions written to {out / 'predictions'}")
         return {}
