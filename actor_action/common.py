@@ -21,6 +21,7 @@ from models.config import MODEL_CONFIGS, MedVTConfig, get_config, preset_name
 from models.predictor import VideoPredictor
 from models.registry import saved_arg_changes, saved_args
 from utils.cli import positive_float, positive_int
+from utils.visualize import label_image
 
 BACKBONE_PRESETS = {"swinB": "medvt_swinb_a2d", "resnet101": "medvt_r101_a2d"}
 
@@ -63,13 +64,6 @@ def model_config(args: argparse.Namespace, ckpt: dict | None = None, inference: 
     return cfg.replace(**flags)
 
 
-def colorize(ids: np.ndarray, palette: np.ndarray) -> Image.Image:
-    """[H, W] label ids → palette PNG."""
-    img = Image.fromarray(ids.astype(np.uint8), mode="P")
-    img.putpalette(palette.astype(np.uint8).reshape(-1).tolist() + [0] * (768 - palette.size))
-    return img
-
-
 def blend(frame: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float = 0.8) -> np.ndarray:
     """Colour the foreground pixels of ``frame`` [H, W, 3] uint8 with alpha ``alpha``, as the original."""
     out = frame.astype(np.float32)
@@ -108,7 +102,8 @@ def _save_viz(viz_dir: Path, dataset: A2DDataset, item: dict, pred: np.ndarray, 
     vid, fid = item["name"], f"{item['frame']:05d}"
     frame = Image.open(dataset.frame_root / vid / f"{fid}.png").convert("RGB").resize(pred.shape[::-1], Image.BILINEAR)
     frame = np.asarray(frame)
-    pictures = [("color_mask", colorize(pred, palette)), ("pred_overlay", Image.fromarray(blend(frame, pred, palette)))]
+    pictures = [("color_mask", label_image(pred, palette)),
+                ("pred_overlay", Image.fromarray(blend(frame, pred, palette)))]
     if save_gt:
         pictures.append(("gt_overlay", Image.fromarray(blend(frame, gt, palette))))
     for sub, img in pictures:

@@ -16,7 +16,7 @@ Bugs of the original fixed here (spec a2d §A.10), with defaults that keep the p
 the query-decoder scale count is read from the checkpoint's saved ``args`` (the original's
 inference default 1 is used only when the checkpoint does not record it, #1); the near-end clip
 keeps 6 frames including the annotated one (#2, ``--end_window original`` restores the
-original's 3-frame clip, which the model cannot run); the NaN frames (#3) are handled explicitly;
+original's 3-frame clip without the annotated frame); the NaN frames (#3) are handled explicitly;
 the colour map is optional (#7; a built-in palette otherwise); CPU works (#11); no hard-coded paths.
 
 Outputs in ``--output_dir``: ``results.json`` (summary), ``per_video.csv``, ``per_class_iou.csv``,

@@ -15,6 +15,16 @@ PALETTE = np.array([[255, 64, 64], [64, 160, 255], [80, 220, 80], [255, 200, 40]
                    dtype=np.uint8)
 
 
+def label_image(ids: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """Class ids [H, W] (0..255) → a palette PNG image: its pixel values are the ids, so one file is both
+    the label map and, through ``palette`` ([N ≤ 256, 3] uint8), its coloured picture."""
+    ids = np.ascontiguousarray(ids, dtype=np.uint8)
+    img = Image.frombytes("P", (ids.shape[1], ids.shape[0]), ids.tobytes())
+    colours = np.asarray(palette, dtype=np.uint8).reshape(-1)
+    img.putpalette(colours.tolist() + [0] * (768 - colours.size))
+    return img
+
+
 def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """frame HxWx3 uint8 RGB, mask HxW (bool or class ids) → HxWx3 uint8 with coloured mask and contours."""
     labels = np.asarray(mask)

@@ -23,7 +23,7 @@ from models.registry import model_state_dict, resolve_config, saved_args
 from utils.background import BackgroundWorker
 from utils.cli import UserError
 from utils.logger import Throughput
-from utils.visualize import VideoWriter
+from utils.visualize import VideoWriter, label_image
 from vss.config import VSPW_NUM_CLASSES, vss_config
 from vss.metrics import VSPWEvaluator
 
@@ -55,10 +55,7 @@ PALETTE = vspw_palette()
 def save_label_png(labels: np.ndarray, path: Path) -> None:
     """Class ids HxW → palette PNG (values = ids, colours = :data:`PALETTE`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    img = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
-    img.putpalette(PALETTE.flatten().tolist())
-    img.save(path)
+    label_image(labels, PALETTE).save(path)
 
 
 def overlay_colors(frame: Path | np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
