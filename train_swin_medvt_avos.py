@@ -50,13 +50,13 @@ from models.config import MODEL_CONFIGS, MedVTConfig, preset_name
 from models.convert import CheckpointMismatchError, init_from_checkpoint, init_from_vistr_coco
 from models.losses import AVOSCriterion
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, prepare_output_dir,
+from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, open_run,
                               read_resume_checkpoint, resume_path, resume_training, save_training, seed_everything,
                               stretch_schedule)
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, require_file, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
-from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
+from utils.logger import DeferredLog, format_metrics
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 
 BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos",
@@ -325,14 +325,10 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
                        + (f": {', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}" if kept else ""))
 
     check_tensorboard(args, info)
-    if info.is_main:
-        prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
-    logger = setup_logger(out, info.is_main)
+    logger = open_run(out, args, info, early, input_paths(args), name="medvt.train")
     writer = tensorboard_writer(args, info)
-    log_run_start(logger, args)
     logger.info(f"{len(loader.dataset)} training clips ({epoch_steps(loader, args.steps_per_epoch)} "
                 f"steps/epoch/process, {info.world_size} process(es)); {len(val_seqs)} val sequences")
-    early.replay(logger)
     groups = param_groups(model, args.lr, args.lr_backbone, args.lr_groups)
     for grp in groups:
         logger.info(f"param group {grp['name']}: {sum(p.numel() for p in grp['params']):,} params, lr {grp['lr']:.1e}")

@@ -49,13 +49,13 @@ from models import build_model
 from models.backbone import load_swin_pretrained
 from models.convert import init_from_checkpoint, init_from_vistr_coco
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
-                              prepare_output_dir, read_resume_checkpoint, resume_path, resume_training, run_summary,
+                              open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
                               seed_everything, stretch_schedule)
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, epoch_steps, train_one_epoch
-from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
+from utils.logger import DeferredLog, format_metrics
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
 
@@ -271,11 +271,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
         resume_ckpt = read_resume_checkpoint(ckpt_path, args, cfg, added=SCHEDULE_BEFORE_FLAGS,
                                              check=same_schedule_length(args), init_flags=INIT_FLAGS)
 
-    if info.is_main:
-        prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
-    logger = setup_logger(out, info.is_main, name="medvt.a2d")
-    log_run_start(logger, args)
-    early.replay(logger)
+    logger = open_run(out, args, info, early, input_paths(args), name="medvt.a2d")
     start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
     if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
         start_epoch, best, extra = resume_training(ckpt_path, args, model_without_ddp, optimizer, scheduler, None,

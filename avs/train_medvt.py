@@ -62,12 +62,12 @@ from models.avs_config import get_avs_config
 from models.avs_convert import load_avs_checkpoint, load_pvt_pretrained
 from utils import distributed as du
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
-                              prepare_output_dir, read_resume_checkpoint, resume_path, resume_training,
+                              open_run, read_resume_checkpoint, resume_path, resume_training,
                               seed_everything)
 from utils.cli import (HelpFormatter, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
                        random_seed, run_main)
 from utils.engine import train_one_epoch
-from utils.logger import DeferredLog, format_metrics, log_run_start, setup_logger
+from utils.logger import DeferredLog, format_metrics
 from utils.optim import param_groups
 
 TASK_DEFAULTS = {
@@ -262,11 +262,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         resume_ckpt = read_resume_checkpoint(resume_from, args, model.cfg, free=AVS_RESUME_FREE,
                                              read_config=get_avs_config, init_flags=INIT_FLAGS)
 
-    if info.is_main:
-        prepare_output_dir(out, args.resume, args.overwrite, inputs=input_paths(args))
-    logger = setup_logger(out, info.is_main, name="medvt.avs.train")
-    log_run_start(logger, args)
-    early.replay(logger)
+    logger = open_run(out, args, info, early, input_paths(args), name="medvt.avs.train")
     # One sampler for one or many processes: the order is a function of (seed, epoch) only, so there
     # is no sampler state to checkpoint and a resumed run sees the same batches.
     sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import re
@@ -39,6 +40,7 @@ import torch
 
 from utils import distributed as du
 from utils.cli import UserError, check_output_dir, positive_int
+from utils.logger import DeferredLog, log_run_start, setup_logger
 from utils.metrics import jsonable
 
 # Files a training run leaves in its --output_dir; any of them means the folder holds a run.
@@ -237,6 +239,19 @@ def prepare_output_dir(output_dir: str | os.PathLike, resume: str | None, overwr
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
+
+
+def open_run(out_dir: str | os.PathLike, args: argparse.Namespace, info: du.DistInfo, early: DeferredLog,
+             inputs: Mapping[str, str | os.PathLike | None], name: str) -> logging.Logger:
+    """Start a training run's outputs, once every input is checked: prepare the folder (rank 0,
+    :func:`prepare_output_dir`), open its train.log (logger ``name``), mark the run's start with its
+    arguments and replay the messages the checks deferred."""
+    if info.is_main:
+        prepare_output_dir(out_dir, args.resume, args.overwrite, inputs=inputs)
+    logger = setup_logger(out_dir, info.is_main, name=name)
+    log_run_start(logger, args)
+    early.replay(logger)
+    return logger
 
 
 # Flags that say where a run reads and writes and how it is watched, not what it computes: they
