@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         label = "all" if len(tasks) > 1 else tasks[0]
         size = protocols[tasks[0]].val_size
         out_dir = new_run_folder(inf.run_name(label, size, args.msc, info.config), args.model_path)
-        check_output_dir(out_dir, "--output_dir", input_paths(args, datasets), args.overwrite)
+        check_output_dir(out_dir, "--output_dir", input_paths(args, datasets), args.overwrite, default=True)
     # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
     with incomplete_marker(out_dir, log="out.log"), inf.log_file(out_dir / "out.log"):
         log = inf.logger

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output_dir) if args.output_dir else new_run_folder("a2d_inference", args.model_path)
     inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root), "--color_map": args.color_map,
               "--model_path": args.model_path}
-    check_output_dir(out, "--output_dir", inputs, args.overwrite)
+    check_output_dir(out, "--output_dir", inputs, args.overwrite, default=not args.output_dir)
     root = a2d_root(args.a2d_root)
     ckpt = read_checkpoint(args.model_path)
     saved_classes = ckpt["config"].get("num_classes") if isinstance(ckpt.get("config"), dict) else None

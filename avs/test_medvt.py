@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output_dir) if args.output_dir else new_run_folder("avs_test", args.model_path)
     check_output_dir(out, "--output_dir", {"--avsbench_root": dataset_root("avsbench", args.avsbench_root),
                                            "--vggish_weights": args.vggish_weights, "--model_path": args.model_path},
-                     args.overwrite)
+                     args.overwrite, default=not args.output_dir)
     vggish = build_frozen_vggish(args.vggish_weights, args.allow_random_vggish).to(device)
     # Our checkpoints record the model they hold; the model flags describe an authors' release.
     loaded = load_model(args.model_path, preset=model_config(args), device=device)

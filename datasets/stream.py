@@ -230,7 +230,7 @@ def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag
             raise MissingInputError(str(e)) from None
         # Headers only: a size mismatch is found without decoding the frames.
         require_same_size([_Size(image_size(p)) for p in files], files, f"{flag} {path}")
-        source = ImageFiles(files, size_hw, keep_rgb, name=path.name)
+        source = ImageFiles(files, size_hw, keep_rgb, name=path.resolve().name)  # `.` has no name of its own
     elif path.is_file():
         if path.stat().st_size == 0:
             raise UserError(f"{flag} {path} is an empty file (0 bytes)")

@@ -65,9 +65,11 @@ def natural_key(path: str | Path) -> list:
 
 
 def list_frame_files(folder: str | Path, flag: str = "--video") -> list[Path]:
-    """The image files of a frame folder in natural order; an error naming ``flag`` if there are none."""
+    """The image files of a frame folder in natural order; an error naming ``flag`` if there are none.
+    Hidden files are left out: macOS writes ``._<name>.jpg`` metadata beside each frame on other disks."""
     folder = Path(folder)
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+                   key=natural_key)
     if not files:
         raise FileNotFoundError(f"{flag} folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} frames")
     # Outputs are named by the frame's stem: 00001.jpg and 00001.png would write one mask over the other.

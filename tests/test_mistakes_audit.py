@@ -309,3 +309,27 @@ def test_a_bare_state_dict_is_told_which_preset_it_fits_and_how_to_save_it(tmp_p
                tmp_path / "cut.pth")
     with pytest.raises(CheckpointMismatchError, match=r"cut\.pth does not fit the model .*\n  missing keys"):
         load_model(tmp_path / "cut.pth", preset="tiny")
+
+
+def test_an_unwritable_or_taken_default_folder_says_to_pass_output_dir(tmp_path, monkeypatch):
+    """Without --output_dir, inference writes next to the checkpoint: a read-only folder there ended in a
+    bare "[Errno 13] Permission denied" (A2D: after the whole evaluation), and a taken one advised
+    --overwrite, which would mix two runs."""
+    import os
+    from pathlib import Path
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr("utils.cli.os.access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    with pytest.raises(UserError, match=r"^the default output folder .*ro/run_1 \(no --output_dir given\) cannot be "
+                                        r"written: .*ro is not writable for this user; pass --output_dir"):
+        check_output_dir(ro / "run_1", "--output_dir", {}, default=True)
+    with pytest.raises(UserError, match=r"^--output_dir .*ro/x/y cannot be written: .*choose another folder"):
+        check_output_dir(ro / "x" / "y", "--output_dir", {})
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "results.json").write_text("{}")
+    with pytest.raises(UserError, match=r"^the default output folder .*taken \(no --output_dir given\) already holds "
+                                        r"files \(an earlier run\?\); pass --output_dir$"):
+        check_output_dir(taken, "--output_dir", {}, default=True)

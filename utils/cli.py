@@ -166,17 +166,24 @@ def _no_literal_tilde(output: str | Path, flag: str) -> Path:
 
 
 def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path | None],
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, default: bool = False) -> Path:
     """Check an output folder before anything is read or written: not a file, apart from every
-    input (:func:`require_separate`), and empty or new unless ``overwrite`` (then files of the same
-    name are replaced, nothing is deleted). Returns it as a Path, not yet created."""
+    input (:func:`require_separate`), one this user can create or write in, and empty or new unless
+    ``overwrite`` (then files of the same name are replaced, nothing is deleted). ``default``: the
+    script chose it (:func:`new_run_folder`), so an error says to pass ``flag`` instead. Returns it as a
+    Path, not yet created."""
     out = _no_literal_tilde(output, flag)
+    named = f"the default output folder {output} (no {flag} given)" if default else f"{flag} {output}"
     if out.exists() and not out.is_dir():
-        raise UserError(f"{flag} {output} is a file, not a folder; give a folder (it is created if missing)")
+        raise UserError(f"{named} is a file, not a folder; give a folder (it is created if missing)")
     require_separate(out, flag, inputs)
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{named} cannot be written: {existing} is not writable for this user; "
+                        f"{f'pass {flag} to write elsewhere' if default else 'choose another folder'}")
     if not overwrite and out.is_dir() and any(out.iterdir()):
-        raise UserError(f"{flag} {output} already holds files (an earlier run?); choose a new folder, or pass "
-                        "--overwrite to write over them")
+        remedy = f"pass {flag}" if default else "choose a new folder, or pass --overwrite to write over them"
+        raise UserError(f"{named} already holds files (an earlier run?); {remedy}")
     return out
 
 

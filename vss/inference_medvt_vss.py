@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:  # a new folder per run: running twice never mixes two runs
         out = new_run_folder(f"infer_video_{video.name}" if video else f"infer_vspw_{args.split}_{args.val_size}",
                              source)
-        check_output_dir(out, "--output_dir", inputs, args.overwrite)
+        check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
     sizes = f"--val_size {args.val_size}" + (f" with --max_size {args.max_size}" if args.max_size else "")
     remedy = "use a larger --max_size" if args.max_size else "use a larger --val_size"
     predict = {"val_size": args.val_size, "max_size": args.max_size, "clip_len": clip_len, "window": args.window,
