@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -308,7 +309,7 @@ def test_inference_clip_length_defaults_to_the_trained_one(capsys):
         capsys.readouterr().out
 
 
-def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_path):
+def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_path, monkeypatch, capsys):
     """--video (a frame folder or a video file) streams a user's video through the same predictor: the
     labels of a folder holding a VSPW video's frames are those of the split run, at the frame size, and
     the overlay video has every frame."""
@@ -334,7 +335,8 @@ def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_
     for a, b in zip(split_pngs, video_pngs):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     assert Image.open(video_pngs[0]).size == (80, 64) and Image.open(video_pngs[0]).mode == "P"
-    assert res["n_frames"] == res["frames"] == 11 and abs(sum(res["class_shares"].values()) - 1) < 1e-6
+    assert res["frames"] == 11 and abs(sum(res["class_shares"].values()) - 1) < 1e-6
+    assert res["settings"]["clip_len"] == 4 and res["settings"]["window"] == "chunk" and res["settings"]["flip"]
     assert json.loads((tmp_path / "folder" / "summary.json").read_text())["overlay_video"] == res["overlay_video"]
     with av.open(res["overlay_video"]) as container:
         assert sum(1 for _ in container.decode(video=0)) == 11
@@ -342,7 +344,18 @@ def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_
     mp4 = tmp_path / "clip.mp4"
     write_video([np.asarray(Image.open(f).convert("RGB")) for f in sorted(frames.glob("*.jpg"))], mp4)
     res = inference_medvt_vss.main(common + ["--video", str(mp4), "--output_dir", str(tmp_path / "file")])
-    assert res["n_frames"] == 11 and len(list((tmp_path / "file" / "predictions" / "clip").glob("*.png"))) == 11
+    assert res["frames"] == 11 and len(list((tmp_path / "file" / "predictions" / "clip").glob("*.png"))) == 11
+    # `.` is named after the folder it means; hidden files (macOS ._ metadata) are not frames
+    dot = tmp_path / "dot_frames"
+    shutil.copytree(frames, dot)
+    (dot / "._00000000.jpg").write_bytes(b"\x00\x05\x16\x07")
+    monkeypatch.chdir(dot)
+    res = inference_medvt_vss.main(common + ["--video", ".", "--output_dir", str(tmp_path / "dot")])
+    assert res["name"] == "dot_frames" and len(list((tmp_path / "dot" / "predictions" / "dot_frames").glob("*"))) == 11
+    # options of a split run are refused with --video, not ignored
+    with pytest.raises(SystemExit):
+        inference_medvt_vss.main(common + ["--video", str(frames), "--videos", "a", "--no_save_predictions"])
+    assert "--videos, --no_save_predictions apply to a VSPW split, not to --video" in capsys.readouterr().err
     # a missing video stops before the checkpoint is read or a folder made
     with pytest.raises(FileNotFoundError, match="--video .*none.mp4 does not exist"):
         inference_medvt_vss.main(common + ["--video", str(tmp_path / "none.mp4"), "--output_dir",

@@ -161,7 +161,8 @@ def segment_video(model: torch.nn.Module, source: ImageFiles | VideoFile, device
                 writer.submit(video.write, overlay_colors(rgb, labels))
                 speed.update()
     shares = counts / max(1, counts.sum())
-    return {"name": name, "n_frames": len(source), "overlay_video": str(video.path), "overlay_codec": video.codec,
+    settings = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in predict_kwargs.items()}
+    return {"name": name, "overlay_video": str(video.path), "overlay_codec": video.codec, "settings": settings,
             "class_shares": {int(c): float(shares[c]) for c in np.flatnonzero(shares)}, **speed.close()}
 
 

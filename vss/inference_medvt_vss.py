@@ -34,7 +34,7 @@ from datasets.stream import MissingInputError
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
-                       incomplete_marker, new_run_folder, non_negative_int, positive_int, run_main)
+                       clip_frames, incomplete_marker, new_run_folder, non_negative_int, positive_int, run_main)
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import jsonable, write_results
@@ -55,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_classes", type=positive_int, default=None, help="override the config's class count")
     add_path_args(p, ["vspw"])
     p.add_argument("--split", default="val",
-                   help="split list <vspw_root>/<split>.txt; a split without masks (test) gets predictions only")
+                   help="split list <vspw_root>/<split>.txt; a split without masks (test) gets predictions only "
+                        "(not read with --video)")
     p.add_argument("--videos", nargs="*", default=None, help="only these videos of the split")
     p.add_argument("--video", type=Path, default=None, metavar="PATH",
                    help="segment this video instead of a VSPW split: a video file (decoded with PyAV/FFmpeg) or a "
@@ -64,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_size", type=non_negative_int, default=480,
                    help="shorter side fed to the model; 0 = frame size")
     p.add_argument("--max_size", type=positive_int, default=None, help="cap on the longer side fed to the model")
-    p.add_argument("--clip_len", type=positive_int, default=None,
+    p.add_argument("--clip_len", type=clip_frames, default=None,
                    help="frames per forward; default the clip length the checkpoint was trained on (--num_frames of "
                         "vss/train_medvt_vss.py), the ONNX file's, or else 6")
     p.add_argument("--window", default="chunk", choices=("chunk", "centre"),
@@ -78,10 +79,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--output_dir", default=None,
-                   help="where predictions/<video>/<frame>.png and results.{json,csv} go: a new or empty folder "
-                        "(see --overwrite), outside --vspw_root; default a new folder "
-                        "<checkpoint (or --onnx_path) folder>/infer_vspw_<split>_<val_size>_<unix time> "
-                        "(under runs/ without either)")
+                   help="where predictions/<video>/<frame>.png and results.{json,csv} (or, with --video, "
+                        "summary.json) go: a new or empty folder (see --overwrite), outside --vspw_root and --video; "
+                        "default a new folder <checkpoint (or --onnx_path) folder>/infer_vspw_<split>_<val_size>_"
+                        "<unix time>, or infer_video_<video name>_<unix time> (under runs/ without either)")
     add_overwrite_flag(p)
     p.add_argument("--save_overlays", action="store_true", help="also write overlays/<video>/<frame>.jpg")
     p.add_argument("--no_save_predictions", action="store_true", help="compute metrics only, write no PNGs")
@@ -107,6 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
     check_runtime_flags(parser, args)
     if args.random_weights and args.model_path:
         parser.error("--random_weights and --model_path contradict each other: pass one of them")
+    split_only = [flag for flag, given in (("--videos", args.videos is not None),
+                                           ("--save_overlays", args.save_overlays),
+                                           ("--no_save_predictions", args.no_save_predictions)) if given]
+    if args.video is not None and split_only:
+        parser.error(f"{', '.join(split_only)} apply to a VSPW split, not to --video (which always writes its "
+                     "predictions and an overlay video)")
     device = torch.device(args.device)
     # The output folder is checked before anything is read, so a mistake there costs nothing.
     inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root), "--model_path": args.model_path,
@@ -119,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     model, clip_len = onnx_from_args(args) if args.runtime == "onnx" else build_from_args(args, device)
     # A video is read through once now, so a file that cannot be decoded stops before any output exists.
     video = open_user_video(args.video, args.val_size, args.max_size, clip_len) if args.video else None
+    if video is not None and args.runtime == "onnx":  # a one-size file and another video size: before any output
+        model.check(clip_len, *video.size_hw)
+    print(f"clips of {clip_len} frames ({args.window} window{', flip' if args.flip else ''})")
     source = args.onnx_path if args.runtime == "onnx" else args.model_path
     if args.output_dir:
         out = Path(args.output_dir)
