@@ -153,7 +153,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--output_dir", default="runs/medvt_avos", help="checkpoints, train.log and metrics.jsonl")
     add_run_args(g)
     g.add_argument("--seed", type=random_seed, default=42, help="random seed (each process uses seed + rank)")
-    g.add_argument("--device", default=du.default_device(), help="cuda or cpu (torchrun: the local rank's GPU)")
+    g.add_argument("--device", default=du.default_device(),
+                   help="cuda or cpu (torchrun: the local rank's GPU); default cuda if available, else cpu")
     g.add_argument("--find_unused_parameters", action="store_true", help="DDP option, for modified models")
     g.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard scalars to <output_dir>/tb (needs the tensorboard package)")

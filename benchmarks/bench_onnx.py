@@ -99,7 +99,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="CPU threads of PyTorch and of ONNX Runtime")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--iters", type=int, default=3, help="timed runs")
-    p.add_argument("--onnx_path", default=None, help="an exported file of this config and size (default: export)")
+    p.add_argument("--onnx_path", default=None,
+                   help="an exported file of this config and size (default: export one into a temporary folder)")
     p.add_argument("--profile", action="store_true", help="print ONNX Runtime's top operators")
     p.add_argument("--child", choices=["torch", "onnx"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)

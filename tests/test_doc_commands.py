@@ -144,7 +144,7 @@ def test_help_shows_every_default(script):
     hidden = []
     for action in parser._actions:
         if (not action.option_strings or argparse.SUPPRESS in (action.help, action.default)
-                or action.default is None or action.default is False):
+                or action.default is None or action.default is False or action.default in ("", [], ())):
             continue
         if not action.help or "default" not in formatter._expand_help(action).lower():
             hidden.append(action.option_strings[-1])

@@ -33,12 +33,13 @@ USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryErr
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every script's ``--help``: the description as written (its examples keep their lines), and each
     option's default appended where its help does not already say it (no "default" in the text), so
-    that no default is hidden. Switches (False), unset options (None) and hidden ones are left as they are."""
+    that no default is hidden. Switches (False), unset or empty options (None, "", []) and hidden ones are
+    left as they are."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default is None or action.default is False or action.default == argparse.SUPPRESS
-                or "default" in text.lower() or not action.option_strings):
+        empty = action.default is None or action.default is False or action.default in ("", [], ())
+        if empty or action.default == argparse.SUPPRESS or "default" in text.lower() or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 
