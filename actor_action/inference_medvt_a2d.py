@@ -42,8 +42,7 @@ from actor_action.metrics import NAN_POLICIES, PROTOCOLS
 from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map
 from datasets.path_config import add_path_args, dataset_root
 from models import build_model, read_checkpoint
-from models.convert import load_state_dict_strict
-from models.registry import model_state_dict
+from models.registry import load_weights
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir, new_run_folder,
                        non_negative_int, positive_int, run_main)
 from utils.distributed import default_device
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = ("the checkpoint's own config" if saved_classes is not None
               else f"preset {args.model or BACKBONE_PRESETS[args.backbone]}")
     model = build_model(cfg)
-    load_state_dict_strict(model, model_state_dict(ckpt, cfg, args.model_path), source=args.model_path)
+    load_weights(model, ckpt, cfg, args.model_path)
     model.to(device)
     check_frame_size(model, device, {"--clip_size": tuple(args.clip_size)}, f"the model of {args.model_path}")
     names = [class_name(i) for i in range(NUM_CLASSES)]

@@ -55,9 +55,8 @@ from datasets.transforms import test_size
 from datasets.video import VideoSequence, image_size
 from models import MedVTConfig, build_model, get_config, infer_model_version
 from models.config import VARIANTS
-from models.convert import CheckpointMismatchError, load_state_dict_strict
 from models.predictor import VideoPredictor, Window
-from models.registry import bare_state_dict_error, model_state_dict
+from models.registry import load_weights
 from utils import metrics
 from utils.background import BackgroundWorker
 from utils.cli import UserError
@@ -194,13 +193,7 @@ def build_from_checkpoint(ckpt: dict, info: ModelInfo, source: str = "checkpoint
                           device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build ``info.config`` and load the checkpoint's weights strictly (errors list bad keys)."""
     model = build_model(info.config)
-    try:
-        load_state_dict_strict(model, model_state_dict(ckpt, info.config, source), source=source)
-    except CheckpointMismatchError:
-        bare = bare_state_dict_error(ckpt, source)
-        if bare is not None:
-            raise bare from None
-        raise
+    load_weights(model, ckpt, info.config, source)
     return model.to(device).eval()
 
 

@@ -114,16 +114,41 @@ def model_state_dict(ckpt: dict, cfg: ModelConfig, source: str = "the checkpoint
     return avs_state_dict(sd) if isinstance(cfg, AVSConfig) else convert_original_state_dict(sd, cfg)
 
 
-def fitting_presets(state_dict: dict[str, Tensor]) -> list[str]:
-    """The presets whose weights have exactly these names and shapes (built on the meta device: no
-    memory, no initialisation; about a second for all of them)."""
+def _meta_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of ``cfg``'s weights, built on the meta device (no memory, no initialisation)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+
+
+def _class_count(own: dict[str, tuple], shapes: dict[str, tuple], num_classes: int | None) -> int | None:
+    """The one class count ``shapes`` has where ``own`` (a model of ``num_classes`` classes) differs from
+    it only in the class dimensions; else None."""
+    if num_classes is None or own.keys() != shapes.keys():
+        return None
+    seen = set()
+    for k in own:
+        a, b = own[k], shapes[k]
+        if a == b:
+            continue
+        if len(a) != len(b) or any(x != y and x != num_classes for x, y in zip(a, b)):
+            return None
+        seen |= {y for x, y in zip(a, b) if x != y}
+    return seen.pop() if len(seen) == 1 else None
+
+
+def fitting_presets(state_dict: dict[str, Tensor]) -> list[tuple[str, ModelConfig]]:
+    """(name, config) of the presets whose weights have exactly these names and shapes, also at another
+    class count (the config then says it); about a second for all of them."""
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     found = []
     for name, cfg in PRESETS.items():
-        with torch.device("meta"):
-            own = build_model(cfg).state_dict()
-        if {k: tuple(v.shape) for k, v in own.items()} == shapes:
-            found.append(name)
+        own = _meta_shapes(cfg)
+        if own == shapes:
+            found.append((name, cfg))
+            continue
+        k = _class_count(own, shapes, getattr(cfg, "num_classes", None))
+        if k is not None and _meta_shapes(replace(cfg, num_classes=k)) == shapes:
+            found.append((name, replace(cfg, num_classes=k)))
     return found
 
 
@@ -133,14 +158,32 @@ def bare_state_dict_error(ckpt: dict, source: str) -> CheckpointMismatchError | 
     that it loads; else None."""
     if isinstance(ckpt.get("config"), dict):
         return None
-    names = fitting_presets(checkpoint_state_dict(ckpt, source))
-    if not names:
+    fits = fitting_presets(checkpoint_state_dict(ckpt, source))
+    if not fits:
         return None
+    name, cfg = fits[0]
+    classes = getattr(cfg, "num_classes", None)
+    changed = classes is not None and classes != getattr(PRESETS[name], "num_classes", None)
+    described = " / ".join(n + (f" with {c.num_classes} classes" if changed else "") for n, c in fits)
+    config = f"get_preset('{name}')" + (f".replace(num_classes={classes})" if changed else "")
     return CheckpointMismatchError(
         f"{source} records no model config, so it was read as an authors' release, whose model its weights do not "
-        f"fit; they fit preset {' / '.join(names)} (a state_dict saved on its own?). Save it with its config, as "
-        f"the training scripts do: torch.save({{'model': weights, 'config': get_preset('{names[0]}').to_dict()}}, "
-        "path) (get_preset from models.registry), and give that file")
+        f"fit; they fit preset {described} (a state_dict saved on its own?). Save it with its config, as the "
+        f"training scripts do: torch.save({{'model': weights, 'config': {config}.to_dict()}}, path) (get_preset "
+        "from models.registry), and give that file")
+
+
+def load_weights(model: nn.Module, ckpt: dict, cfg: ModelConfig, source: str) -> None:
+    """Load a checkpoint dict's weights into ``model`` (built from ``cfg``) strictly, renamed from the
+    authors' names when needed; a state dict saved without its config that fits another preset gets
+    :func:`bare_state_dict_error`'s advice instead of the list of keys."""
+    try:
+        load_state_dict_strict(model, model_state_dict(ckpt, cfg, source), source=source)
+    except CheckpointMismatchError:
+        bare = bare_state_dict_error(ckpt, source)
+        if bare is not None:
+            raise bare from None
+        raise
 
 
 @dataclass
@@ -158,11 +201,8 @@ def load_model(path: str | Path, preset: str | ModelConfig | None = None, device
     cfg, reason = resolve_config(ckpt, preset, **overrides)
     model = build_model(cfg)
     try:
-        load_state_dict_strict(model, model_state_dict(ckpt, cfg, str(path)), source=str(path))
+        load_weights(model, ckpt, cfg, str(path))
     except CheckpointMismatchError as e:
-        bare = bare_state_dict_error(ckpt, str(path))
-        if bare is not None:
-            raise bare from None
         recorded, _ = resolve_config(ckpt, preset)
         changed = [f"--{k} {v} (the file's model has {getattr(recorded, k)})" for k, v in overrides.items()
                    if v is not None and getattr(recorded, k, v) != v]

@@ -304,6 +304,14 @@ def test_a_bare_state_dict_is_told_which_preset_it_fits_and_how_to_save_it(tmp_p
     assert load_model(fixed, preset="medvt_swinb_avos").config == get_preset("tiny")
     ckpt = read_checkpoint(fixed)
     inf.build_from_checkpoint(ckpt, inf.resolve_model_config(ckpt), str(fixed))
+    # A preset at another class count (a VSS or A2D model): the advice names the count, and following it loads.
+    five = tmp_path / "five.pth"
+    torch.save(build_model(get_config("tiny").replace(num_classes=5)).state_dict(), five)
+    with pytest.raises(CheckpointMismatchError, match=r"they fit preset tiny with 5 classes .*'config': "
+                                                      r"get_preset\('tiny'\)\.replace\(num_classes=5\)\.to_dict\(\)"):
+        load_model(five, preset=get_config("tiny").replace(num_classes=3))
+    torch.save({"model": read_checkpoint(five), "config": get_preset("tiny").replace(num_classes=5).to_dict()}, fixed)
+    assert load_model(fixed, preset="medvt_swinb_vss").config.num_classes == 5
     # Weights that fit no preset keep the key list.
     torch.save({k: v for k, v in model.state_dict().items() if not re.match(r"backbone\.features\.0\.", k)},
                tmp_path / "cut.pth")
