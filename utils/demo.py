@@ -102,7 +102,7 @@ def run(script: str, argv: list[str], threads: int | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    out = args.output_dir.absolute()  # the steps run in the repository: a relative path would point there
+    out = Path(os.path.abspath(args.output_dir))  # the steps run in the repository: a relative path would point there
     prepare_output_dir(out, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARK).write_text("written by python -m utils.demo; its --overwrite replaces the demo outputs here\n")
