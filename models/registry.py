@@ -17,6 +17,7 @@ names the missing, unexpected and mis-shaped keys, and non-finite weights are re
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -114,8 +115,10 @@ def model_state_dict(ckpt: dict, cfg: ModelConfig, source: str = "the checkpoint
     return avs_state_dict(sd) if isinstance(cfg, AVSConfig) else convert_original_state_dict(sd, cfg)
 
 
+@functools.lru_cache(maxsize=32)
 def _meta_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The names and shapes of ``cfg``'s weights, built on the meta device (no memory, no initialisation)."""
+    """The names and shapes of ``cfg``'s weights, built on the meta device (no memory, no initialisation);
+    kept per config (configs are frozen), since every preset is built for each file checked."""
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
 
