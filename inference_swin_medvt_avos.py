@@ -24,7 +24,7 @@ from avos import inference as inf
 from datasets import path_config
 from datasets.davis16 import davis16_sequences
 from datasets.moca import moca_sequences
-from datasets.stream import MissingInputError
+from datasets.stream import require_video
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = check_device(args.device)
     check_runtime_flags(parser, args)
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
-    if args.video is not None and not args.video.exists():  # before the checkpoint is read
-        raise MissingInputError(f"--video {args.video} does not exist (give a video file or a folder of frames)")
+    if args.video is not None:  # before the checkpoint is read
+        require_video(args.video)
     # The output folder is checked before anything is read, so a mistake there costs nothing.
     if args.output_dir is not None:
         check_output_dir(args.output_dir, "--output_dir", input_paths(args, datasets), args.overwrite)

@@ -219,10 +219,19 @@ class VideoFile:
         return f"{i:05d}"
 
 
+def require_video(path: str | Path, flag: str = "--video") -> Path:
+    """``path`` as a Path if it exists (a video file or a folder of frames), else a one-line error; scripts
+    call it before reading their checkpoint, :func:`open_video` again when it opens the video."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError(f"{flag} {path} does not exist (give a video file or a folder of frames)")
+    return path
+
+
 def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag: str = "--video",
                min_frames: int = 2, tail_keep: int = 8) -> ImageFiles | VideoFile:
     """A user's video (a folder of image frames or a video file) as a checked frame source."""
-    path = Path(path)
+    path = require_video(path, flag)
     if path.is_dir():
         try:
             files = list_frame_files(path, flag)
@@ -231,12 +240,10 @@ def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag
         # Headers only: a size mismatch is found without decoding the frames.
         require_same_size([_Size(image_size(p)) for p in files], files, f"{flag} {path}")
         source = ImageFiles(files, size_hw, keep_rgb, name=path.resolve().name)  # `.` has no name of its own
-    elif path.is_file():
+    else:
         if path.stat().st_size == 0:
             raise UserError(f"{flag} {path} is an empty file (0 bytes)")
         source = VideoFile(path, size_hw, keep_rgb, tail_keep, flag=flag)
-    else:
-        raise MissingInputError(f"{flag} {path} does not exist (give a video file or a folder of frames)")
     if len(source) < min_frames:
         raise UserError(f"{flag} {path} has {len(source)} frame{'s' if len(source) != 1 else ''}; "
                         f"MED-VT segments videos of at least {min_frames} frames")

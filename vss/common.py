@@ -180,9 +180,7 @@ def _write_frame(output_dir: Path, video: VideoSequence, i: int, labels: np.ndar
 def check_vss_checkpoint(ckpt: dict, cfg: MedVTConfig, args: argparse.Namespace) -> None:
     """Refuse a checkpoint of another task (e.g. A2D's 80 classes) before it is scored on VSPW's
     124: its class ids would be read as VSPW's without a word. Our VSS runs record --vspw_root."""
-    saved = ckpt.get("args")
-    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
-    trained_on_vspw = isinstance(saved, dict) and "vspw_root" in saved
+    trained_on_vspw = "vspw_root" in saved_args(ckpt)
     if cfg.num_classes != VSPW_NUM_CLASSES and not trained_on_vspw and args.num_classes is None:
         task = "an AVOS (binary)" if cfg.num_classes == 1 else f"a {cfg.num_classes}-class"
         raise UserError(f"--model_path {args.model_path} holds {task} model not trained by "

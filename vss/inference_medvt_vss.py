@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from datasets.path_config import add_path_args, dataset_root
-from datasets.stream import MissingInputError
+from datasets.stream import require_video
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
               "--onnx_path": args.onnx_path, "--video": args.video}
     if args.output_dir:
         check_output_dir(args.output_dir, "--output_dir", inputs, args.overwrite)
-    if args.video is not None and not args.video.exists():  # before the checkpoint is read
-        raise MissingInputError(f"--video {args.video} does not exist (give a video file or a folder of frames)")
+    if args.video is not None:  # before the checkpoint is read
+        require_video(args.video)
     videos = split_videos(args) if args.video is None else []
     model, clip_len = onnx_from_args(args) if args.runtime == "onnx" else build_from_args(args, device)
     # A video is read through once now, so a file that cannot be decoded stops before any output exists.
