@@ -28,6 +28,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -226,6 +227,13 @@ class VideoPredictor:
             for f in [f for f in held if f not in upcoming and f not in preload and f not in pinned]:
                 del held[f]
         held.clear()
+
+    def class_ids(self, source, out_size: tuple[int, int] | Callable[[int], tuple[int, int]],
+                  ) -> Iterator[tuple[int, np.ndarray, Any]]:
+        """:meth:`stream` of a multi-class model, each prediction as (frame index, arg-max class ids
+        [H, W] uint8 numpy, payload)."""
+        for pred in self.stream(source, out_size):
+            yield pred.index, pred.probs.argmax(0).to(torch.uint8).numpy(), pred.payload
 
 
 class _Peekable:

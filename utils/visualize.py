@@ -1,14 +1,18 @@
-"""Overlays of predicted masks on frames, and videos/GIFs of them (written frame by frame: :class:`VideoWriter`)."""
+"""Overlays of predicted masks on frames, and videos/GIFs of them (written frame by frame: :class:`VideoWriter`);
+a user's video's class ids as palette PNGs and an overlay video (:func:`write_label_video`)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from utils.background import BackgroundWorker
+from utils.logger import Throughput
 
 # One colour per class id (1-based); the binary task uses the first.
 PALETTE = np.array([[255, 64, 64], [64, 160, 255], [80, 220, 80], [255, 200, 40], [200, 80, 255], [40, 220, 220]],
@@ -169,3 +173,38 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -
         for f in frames:
             writer.write(f)
     return writer.path
+
+
+def save_label_png(ids: np.ndarray, palette: np.ndarray, path: Path) -> None:
+    """Class ids [H, W] → ``path``, a palette PNG (:func:`label_image`), its folder made if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    label_image(ids, palette).save(path)
+
+
+def write_label_video(predictions: Iterable[tuple[int, np.ndarray, np.ndarray]], source, output_dir: Path,
+                      palette: np.ndarray, num_classes: int, colour: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                      fps: float = 10) -> dict:
+    """A multi-class model's predictions of a user's video, written as they arrive, so memory does not
+    grow with the video's length: each frame's class ids as a palette PNG
+    ``predictions/<video>/<frame>.png`` and ``colour(rgb, ids)`` as one overlay video
+    ``overlays/<video>.mp4`` (at the source's frame rate; ``fps`` for frame folders).
+
+    ``predictions``: (frame index, class ids [H, W] uint8, the frame's RGB [H, W, 3]) in frame order;
+    ``source``: the frame source they come from (its ``name``, ``frame_name``, ``fps`` and length).
+    Returns the overlay video's path and codec, the share of pixels of each class predicted, and the
+    speed (:class:`utils.logger.Throughput`).
+    """
+    name = source.name
+    counts = np.zeros(num_classes, np.int64)
+    speed = Throughput(len(source), name, print)
+    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", source.fps or fps) as video:
+        with BackgroundWorker(depth=16, name="writer") as writer:  # one thread: the video's frames stay in order
+            for i, ids, rgb in predictions:
+                counts += np.bincount(ids.ravel(), minlength=num_classes)[:num_classes]
+                png = output_dir / "predictions" / name / f"{source.frame_name(i)}.png"
+                writer.submit(save_label_png, ids, palette, png)
+                writer.submit(video.write, colour(rgb, ids))
+                speed.update()
+    shares = counts / max(1, counts.sum())
+    return {"name": name, "overlay_video": str(video.path), "overlay_codec": video.codec,
+            "class_shares": {int(c): float(shares[c]) for c in np.flatnonzero(shares)}, **speed.close()}

@@ -23,7 +23,7 @@ from models.registry import model_state_dict, resolve_config, saved_args
 from utils.background import BackgroundWorker
 from utils.cli import UserError
 from utils.logger import Throughput
-from utils.visualize import VideoWriter, label_image
+from utils.visualize import save_label_png, write_label_video
 from vss.config import VSPW_NUM_CLASSES, vss_config
 from vss.metrics import VSPWEvaluator
 
@@ -50,12 +50,6 @@ def vspw_palette(num: int = 256) -> np.ndarray:
 
 
 PALETTE = vspw_palette()
-
-
-def save_label_png(labels: np.ndarray, path: Path) -> None:
-    """Class ids HxW → palette PNG (values = ids, colours = :data:`PALETTE`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    label_image(labels, PALETTE).save(path)
 
 
 def overlay_colors(frame: Path | np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -85,8 +79,7 @@ def video_predictions(model: torch.nn.Module, video: VideoSequence | ImageFiles 
                                amp_dtype=amp_dtype, batch_clips=batch_clips)
     source = video if not isinstance(video, VideoSequence) else \
         ImageFiles(video.frames, lambda h, w: resized_hw(h, w, val_size or None, max_size), name=video.name)
-    for pred in predictor.stream(Prefetch(source, 8), out_hw):
-        yield pred.index, pred.probs.argmax(0).to(torch.uint8).numpy(), pred.payload
+    yield from predictor.class_ids(Prefetch(source, 8), out_hw)
 
 
 def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[int, int], device: torch.device,
@@ -144,33 +137,20 @@ def open_user_video(path: Path, val_size: int | None, max_size: int | None, clip
 
 def segment_video(model: torch.nn.Module, source: ImageFiles | VideoFile, device: torch.device, output_dir: Path,
                   fps: float = 10, **predict_kwargs) -> dict:
-    """An unlabelled video (:func:`open_user_video`): every frame's class ids as a palette PNG
-    ``predictions/<video>/<frame>.png`` at the frame size and the coloured overlay as one video
-    ``overlays/<video>.mp4`` (at the file's frame rate; ``fps`` for frame folders), both written as
-    predictions arrive, so memory does not grow with the video's length. No metrics: the result has the
-    frames, speed and the share of pixels per predicted class."""
-    name, (h, w) = source.name, source.frame_hw
-    counts = np.zeros(model.num_classes, np.int64)
-    speed = Throughput(len(source), name, print)
-    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", source.fps or fps) as video:
-        with BackgroundWorker(depth=16, name="writer") as writer:  # one thread: the video's frames stay in order
-            for i, labels, rgb in video_predictions(model, source, (h, w), device, **predict_kwargs):
-                counts += np.bincount(labels.ravel(), minlength=model.num_classes)[: model.num_classes]
-                path = output_dir / "predictions" / name / f"{source.frame_name(i)}.png"
-                writer.submit(save_label_png, labels, path)
-                writer.submit(video.write, overlay_colors(rgb, labels))
-                speed.update()
-    shares = counts / max(1, counts.sum())
+    """An unlabelled video (:func:`open_user_video`): every frame's class ids as a palette PNG at the frame
+    size and the coloured overlay as one video (:func:`utils.visualize.write_label_video`). No metrics:
+    the result has the frames, speed, settings and the share of pixels per predicted class."""
+    predictions = video_predictions(model, source, source.frame_hw, device, **predict_kwargs)
+    result = write_label_video(predictions, source, output_dir, PALETTE, model.num_classes, overlay_colors, fps)
     settings = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in predict_kwargs.items()}
-    return {"name": name, "overlay_video": str(video.path), "overlay_codec": video.codec, "settings": settings,
-            "class_shares": {int(c): float(shares[c]) for c in np.flatnonzero(shares)}, **speed.close()}
+    return {**result, "settings": settings}
 
 
 def _write_frame(output_dir: Path, video: VideoSequence, i: int, labels: np.ndarray, save_predictions: bool,
                  save_overlays: bool) -> None:
     frame = video.frames[i]
     if save_predictions:
-        save_label_png(labels, output_dir / "predictions" / video.name / f"{frame.stem}.png")
+        save_label_png(labels, PALETTE, output_dir / "predictions" / video.name / f"{frame.stem}.png")
     if save_overlays:
         path = output_dir / "overlays" / video.name / f"{frame.stem}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
