@@ -30,7 +30,7 @@ from models import read_checkpoint
 from models.config import VARIANTS
 from models.registry import model_state_dict
 from utils.cli import (HelpFormatter, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames,
-                       incomplete_marker, new_run_folder, positive_float, positive_int, run_main)
+                       incomplete_marker, new_run_folder, positive_float, positive_int, refuse_unused, run_main)
 from utils.distributed import check_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import jsonable
@@ -46,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkpoint: the authors' file (Swin-B or ResNet-101) or one saved by train_swin_medvt_avos.py")
     p.add_argument("--dataset", default="davis", choices=["davis", "ytbo", "moca", "all"],
                    help="evaluation set: DAVIS-16 val, YouTube-Objects, MoCA, or all three (each with its own "
-                        "val size, in sub-folders of --output_dir); ignored with --video (default davis)")
+                        "val size, in sub-folders of --output_dir) (default davis)")
     p.add_argument("--video", type=Path, default=None, metavar="PATH",
                    help="segment this video instead of a dataset: a video file (decoded with PyAV/FFmpeg) or a "
                         "folder of frames (natural order); streamed, so any length fits in memory; writes masks, "
@@ -144,12 +144,20 @@ def input_paths(args: argparse.Namespace, datasets: list[str]) -> dict:
     return inputs
 
 
+# Flags of a dataset run, refused with --video when they differ from their defaults (the dataset roots are
+# not: they may come from path_config or the environment as well).
+DATASET_ONLY = ("dataset", "sequences", "davis16_split", "davis16_seqs_file", "youtube_objects_list", "moca_list",
+                "moca_annotations")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     inf.setup_logging()  # messages before out.log exists (the model tried, when its weights do not fit) reach stdout
     device = check_device(args.device)
     check_runtime_flags(parser, args)
+    if args.video is not None:
+        refuse_unused(parser, args, DATASET_ONLY, "to a dataset run, not to --video")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
     if args.video is not None:  # before the checkpoint is read
         require_video(args.video)

@@ -1,7 +1,7 @@
 """A2D pieces shared by ``actor_action/train_medvt_a2d.py`` and ``inference_medvt_a2d.py``: the model flags
 and config (the checkpoint's own, else the preset with the original's saved arguments and its
-inference defaults), evaluation over the annotated frames through the shared predictor, and the
-tables and pictures written."""
+inference defaults), evaluation over the annotated frames through the shared predictor, the
+tables and pictures written, and a user's video segmented."""
 from __future__ import annotations
 
 import argparse
@@ -17,11 +17,12 @@ from tqdm import tqdm
 
 from actor_action.metrics import ConfusionMatrix, OriginalA2DMetric
 from datasets.a2d import NUM_CLASSES, A2DDataset, default_palette
+from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
 from models.config import MODEL_CONFIGS, MedVTConfig, get_config, preset_name
-from models.predictor import VideoPredictor
+from models.predictor import VideoPredictor, Window
 from models.registry import saved_arg_changes, saved_args
 from utils.cli import positive_float, positive_int
-from utils.visualize import label_image
+from utils.visualize import label_image, write_label_video
 
 BACKBONE_PRESETS = {"swinB": "medvt_swinb_a2d", "resnet101": "medvt_r101_a2d"}
 
@@ -95,6 +96,37 @@ def evaluate_a2d(model: torch.nn.Module, dataset: A2DDataset, device: torch.devi
             _save_viz(viz_dir, dataset, item, pred.numpy(), label.numpy(), palette, save_gt)
     summary = {**metric.compute(), **cm.compute()}
     return summary, metric, cm
+
+
+def open_user_video(path: Path, clip_size: tuple[int, int], num_frames: int) -> ImageFiles | VideoFile:
+    """``--video``: a video file or a folder of frames, checked completely before anything is written,
+    decoded lazily and resized to ``clip_size`` (H, W; the aspect ratio is not kept, as in training)."""
+    return open_video(path, lambda _h, _w: tuple(clip_size), keep_rgb=True, flag="--video", min_frames=2,
+                      tail_keep=num_frames)
+
+
+@torch.no_grad()
+def segment_video(model: torch.nn.Module, source: ImageFiles | VideoFile, device: torch.device, output_dir: Path,
+                  num_frames: int, palette: np.ndarray, names: list[str], amp_dtype: torch.dtype | None = None,
+                  fps: float = 10) -> dict:
+    """Every frame of a user's video (:func:`open_user_video`) segmented into actor-action classes: clips
+    of ``num_frames`` consecutive frames (``chunk`` window: one forward per clip, every frame kept), the
+    logits upsampled to the frame size and arg-maxed; palette PNGs and an overlay video coloured as the
+    evaluation's overlays (:func:`utils.visualize.write_label_video`). The result adds the names of the
+    classes predicted."""
+    predictor = VideoPredictor(model.to(device), Window("chunk", num_frames), activation="none", amp_dtype=amp_dtype)
+    predictions = predictor.class_ids(Prefetch(source, 8), source.frame_hw)
+    result = write_label_video(predictions, source, output_dir, palette, model.num_classes,
+                               lambda rgb, ids: blend(rgb, ids, palette), fps)
+    return {**result, "class_names": {c: names[c] if c < len(names) else str(c) for c in result["class_shares"]}}
+
+
+def format_shares(result: dict, top: int = 5) -> str:
+    """The ``top`` actor-action classes by share of the video's pixels, background left out."""
+    fg = sorted(((share, c) for c, share in result["class_shares"].items() if c != 0), reverse=True)
+    if not fg:
+        return "no actor found: every pixel is background"
+    return "most pixels: " + ", ".join(f"{result['class_names'][c]} {100 * share:.1f}%" for share, c in fg[:top])
 
 
 def _save_viz(viz_dir: Path, dataset: A2DDataset, item: dict, pred: np.ndarray, gt: np.ndarray,

@@ -1,4 +1,5 @@
-"""Evaluate MED-VT on A2D actor-action segmentation (the original's protocol, spec a2d §A.8).
+"""Evaluate MED-VT on A2D actor-action segmentation (the original's protocol, spec a2d §A.8), or
+segment a user's video into actor-action classes (``--video``).
 
 For every annotated test frame: the 6-frame clip around it (resized to 320 × 480), one forward
 pass (no flip, no multi-scale), logits of the annotated frame upsampled bilinearly to the
@@ -24,29 +25,39 @@ and with ``--save_pred`` ``viz/color_mask/<vid>/<frame>.png`` (palette PNG of th
 and ``viz/pred_overlay/<vid>/<frame>.png`` (colours blended with alpha 0.8 on foreground);
 ``--save_gt_overlay`` adds ``viz/gt_overlay/<vid>/<frame>.png``.
 
-Example::
+``--video PATH`` segments any video instead (a video file or a folder of frames, streamed in
+bounded memory, no A2D data needed): consecutive clips of ``--num_frames`` frames resized to
+``--clip_size``, every frame's classes as a palette PNG ``predictions/<video>/<frame>.png`` at the
+frame size, an overlay video ``overlays/<video>.mp4``, and ``summary.json`` with the speed and the
+share of pixels of each predicted actor-action class; no metrics.
+
+Examples::
 
     python actor_action/inference_medvt_a2d.py --backbone swinB --model_path swin_medvt_a2d.pth \\
         --a2d_root /data/A2D --output_dir out/a2d_swinb
+    python actor_action/inference_medvt_a2d.py --model_path swin_medvt_a2d.pth --video dog_running.mp4
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_summary, model_config,
-                                 write_tables)
+from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_shares, format_summary,
+                                 model_config, open_user_video, segment_video, write_tables)
 from actor_action.metrics import NAN_POLICIES, PROTOCOLS
 from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map
 from datasets.path_config import add_path_args, dataset_root
-from models import build_model, read_checkpoint
+from models import MedVTConfig, build_model, read_checkpoint
 from models.registry import load_weights
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir, new_run_folder,
-                       non_negative_int, positive_int, run_main)
+from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
+                       incomplete_marker, new_run_folder, non_negative_int, positive_int, refuse_unused, run_main)
 from utils.distributed import default_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
+from utils.metrics import jsonable
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -56,8 +67,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkpoint: the authors' A2D release or ours (train_medvt_a2d.py)")
     g = p.add_argument_group("data")
     add_path_args(g, ["a2d"])
+    g.add_argument("--video", type=Path, default=None, metavar="PATH",
+                   help="segment this video instead of an A2D split: a video file (decoded with PyAV/FFmpeg) or a "
+                        "folder of image frames (sorted by name); writes palette PNGs, an overlay video and "
+                        "summary.json, no metrics")
     g.add_argument("--split", default="test", choices=("train", "test"), help="videoset.csv split to evaluate")
-    g.add_argument("--num_frames", type=positive_int, default=6, help="clip length around each annotated frame")
+    g.add_argument("--num_frames", type=positive_int, default=6,
+                   help="clip length: around each annotated frame (with --video: consecutive clips)")
     g.add_argument("--clip_size", type=positive_int, nargs=2, default=list(CLIP_SIZE), metavar=("H", "W"),
                    help="clip resize (the original: 320 480, aspect ratio not kept)")
     g.add_argument("--end_window", default="clamp", choices=("clamp", "original"),
@@ -72,8 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--protocol", default="head", choices=PROTOCOLS,
                    help="per-video averaging: head = all annotated frames (README 45.7/57.3); 555a462 = last frame")
     g.add_argument("--output_dir", default=None,
-                   help="results.json, CSV tables, viz/: a new or empty folder (see --overwrite), outside the "
-                        "data; default a new folder a2d_inference_<unix time> next to --model_path")
+                   help="results.json, CSV tables, viz/ (with --video: predictions/, overlays/, summary.json): a new "
+                        "or empty folder (see --overwrite), outside the data; default a new folder next to "
+                        "--model_path, a2d_inference_<unix time> or a2d_video_<video name>_<unix time>")
     add_overwrite_flag(g)
     g.add_argument("--save_pred", action="store_true", help="write colour masks and prediction overlays")
     g.add_argument("--save_gt_overlay", action="store_true", help="write ground-truth overlays")
@@ -86,16 +103,57 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Flags of a split evaluation, refused with --video when they differ from their defaults.
+SPLIT_ONLY = ("split", "end_window", "max_items", "nan_policy", "protocol", "save_pred", "save_gt_overlay")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.video is not None:
+        refuse_unused(parser, args, SPLIT_ONLY, "to an A2D split, not to --video (which always writes its predictions "
+                      "and an overlay video)")
     device = torch.device(args.device or default_device())
+    inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root), "--color_map": args.color_map,
+              "--model_path": args.model_path, "--video": args.video}
     # The output folder is checked before anything is read, so a mistake there costs nothing; without
     # --output_dir every run gets a new folder, so running twice never mixes two runs.
-    out = Path(args.output_dir) if args.output_dir else new_run_folder("a2d_inference", args.model_path)
-    inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root), "--color_map": args.color_map,
-              "--model_path": args.model_path}
-    check_output_dir(out, "--output_dir", inputs, args.overwrite, default=not args.output_dir)
-    root = a2d_root(args.a2d_root)
+    if args.output_dir:
+        check_output_dir(args.output_dir, "--output_dir", inputs, args.overwrite)
+    # A video is read through once now, before the checkpoint: a file that cannot be decoded stops at once.
+    video = open_user_video(args.video, args.clip_size, args.num_frames) if args.video is not None else None
+    root = a2d_root(args.a2d_root) if video is None else None
+    model, cfg, source = load_a2d_model(args, device)
+    names, palette = class_colours(args, dataset_root("a2d", args.a2d_root))
+    out = Path(args.output_dir) if args.output_dir else \
+        new_run_folder(f"a2d_video_{video.name}" if video else "a2d_inference", args.model_path)
+    if not args.output_dir:
+        check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
+    described = (f"model from {source} ({cfg.backbone} backbone, query_decoder_scales {cfg.query_decoder_scales}, "
+                 f"lprop_mode {cfg.lprop_mode}) on {device}")
+    if video is not None:
+        print(f"{video.name}: {len(video)} frames, clips of {args.num_frames} at {args.clip_size[0]}x"
+              f"{args.clip_size[1]}; {described}")
+        with incomplete_marker(out):  # left in place by an error or Ctrl-C: the outputs are partial
+            result = segment_video(model, video, device, out, args.num_frames, palette, names, AMP_DTYPES[args.amp])
+            result["settings"] = {"num_frames": args.num_frames, "clip_size": list(args.clip_size), "amp": args.amp}
+            (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+        print(f"{format_shares(result)}\nwrote {out / 'predictions' / video.name}/*.png and the overlay video "
+              f"{result['overlay_video']}")
+        return result
+    dataset = A2DDataset(root, args.split, args.num_frames, tuple(args.clip_size), args.end_window)
+    print(f"A2D {args.split}: {len(dataset)} annotated frames; {described}")
+    summary, metric, cm = evaluate_a2d(model, dataset, device, args.nan_policy, args.protocol, args.max_items,
+                                       out / "viz" if args.save_pred or args.save_gt_overlay else None,
+                                       args.save_gt_overlay, palette, AMP_DTYPES[args.amp])
+    write_tables(out, summary, metric, cm, names)
+    print(format_summary(summary))
+    return {**summary, "output_dir": str(out), "query_decoder_scales": cfg.query_decoder_scales}
+
+
+def load_a2d_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, MedVTConfig, str]:
+    """The model of --model_path (its own config, else the --backbone preset with the original's saved
+    arguments), checked to take --clip_size; returns (model, config, where the config came from)."""
     ckpt = read_checkpoint(args.model_path)
     saved_classes = ckpt["config"].get("num_classes") if isinstance(ckpt.get("config"), dict) else None
     if saved_classes not in (None, NUM_CLASSES) and args.num_classes is None:
@@ -113,20 +171,15 @@ def main(argv: list[str] | None = None) -> dict:
     load_weights(model, ckpt, cfg, args.model_path)
     model.to(device)
     check_frame_size(model, device, {"--clip_size": tuple(args.clip_size)}, f"the model of {args.model_path}")
-    names = [class_name(i) for i in range(NUM_CLASSES)]
-    palette = default_palette()
+    return model, cfg, source
+
+
+def class_colours(args: argparse.Namespace, root: Path) -> tuple[list[str], np.ndarray]:
+    """Class names and colours: --color_map, else <a2d_root>/color_map.txt when there is one, else built in."""
     cmap = Path(args.color_map) if args.color_map else root / "color_map.txt"
     if args.color_map or cmap.is_file():
-        names, palette = read_color_map(cmap)
-    dataset = A2DDataset(root, args.split, args.num_frames, tuple(args.clip_size), args.end_window)
-    print(f"A2D {args.split}: {len(dataset)} annotated frames; model from {source} ({cfg.backbone} backbone, "
-          f"query_decoder_scales {cfg.query_decoder_scales}, lprop_mode {cfg.lprop_mode}) on {device}")
-    summary, metric, cm = evaluate_a2d(model, dataset, device, args.nan_policy, args.protocol, args.max_items,
-                                       out / "viz" if args.save_pred or args.save_gt_overlay else None,
-                                       args.save_gt_overlay, palette, AMP_DTYPES[args.amp])
-    write_tables(out, summary, metric, cm, names)
-    print(format_summary(summary))
-    return {**summary, "output_dir": str(out), "query_decoder_scales": cfg.query_decoder_scales}
+        return read_color_map(cmap)
+    return [class_name(i) for i in range(NUM_CLASSES)], default_palette()
 
 
 if __name__ == "__main__":

@@ -265,3 +265,64 @@ def test_unidirectional_label_propagation_matches_original():
     out, expected = _logits(model, "swinb_lprop1_T6_128x192_seed0.pt", (128, 192))
     assert out.shape == expected.shape == (80, 6, 16, 24)
     assert (out - expected).abs().max().item() < 1e-4
+
+
+def test_video_input_segments_every_frame_as_the_model_computes_it(a2d_dir, tmp_path, monkeypatch, capsys):
+    """--video (a frame folder or a video file, no A2D data) streams a user's video in consecutive clips:
+    each frame's palette PNG is the arg-max of the model's logits for the clip that keeps it, upsampled
+    to the frame size; the overlay video has every frame, summary.json names the classes."""
+    import json
+
+    import av
+    import torch.nn.functional as F
+
+    from datasets.stream import ImageFiles
+    from models.config import get_config
+    from utils.visualize import write_video
+
+    monkeypatch.setenv("MEDVT_A2D_ROOT", str(tmp_path / "no_a2d_here"))
+    torch.manual_seed(0)
+    model = build_model(get_config("tiny").replace(num_classes=80)).eval()
+    ckpt = tmp_path / "a2d.pth"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
+    frames = sorted((a2d_dir / "frames" / "vid002").glob("*.png"))
+    common = ["--model_path", str(ckpt), "--clip_size", "32", "48", "--device", "cpu"]
+    res = inference_medvt_a2d.main(common + ["--video", str(frames[0].parent), "--output_dir", str(tmp_path / "out")])
+    pngs = sorted((tmp_path / "out" / "predictions" / "vid002").glob("*.png"))
+    assert [p.name for p in pngs] == [f.name for f in frames] and len(pngs) == 10
+    # chunks of 6: frames 0-5 from the first clip, 6-9 from the last one (frames 4-9)
+    items = torch.stack([x for x, _ in ImageFiles(frames, lambda h, w: (32, 48))])
+    with torch.no_grad():
+        first, last = (model(items[None, a:a + 6])["pred_masks"][0] for a in (0, 4))  # [80, 6, h, w]
+
+    def ids(logits: torch.Tensor, pos: int) -> np.ndarray:
+        up = F.interpolate(logits[None, :, pos], size=(48, 64), mode="bilinear", align_corners=False)
+        return up[0].argmax(0).numpy()
+
+    expected = [ids(first, i) for i in range(6)] + [ids(last, i) for i in range(2, 6)]
+    got = [np.asarray(Image.open(p)) for p in pngs]
+    assert Image.open(pngs[0]).mode == "P" and got[0].shape == (48, 64)
+    assert len(np.unique(np.stack(got))) > 1  # not a trivially constant prediction
+    for i, (e, g) in enumerate(zip(expected, got)):
+        assert np.array_equal(e, g), f"frame {i}"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames"] == 10 and abs(sum(summary["class_shares"].values()) - 1) < 1e-6
+    assert summary["class_names"] == {str(c): class_name(c) for c in res["class_shares"]}
+    assert summary["settings"] == {"num_frames": 6, "clip_size": [32, 48], "amp": "none"}
+    with av.open(res["overlay_video"]) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 10
+    printed = capsys.readouterr().out
+    assert "10 frames, clips of 6 at 32x48" in printed and ("most pixels: " in printed or "no actor" in printed)
+    # a video file: one PNG per decoded frame
+    mp4 = tmp_path / "clip.mp4"
+    write_video([np.asarray(Image.open(f).convert("RGB")) for f in frames], mp4)
+    res = inference_medvt_a2d.main(common + ["--video", str(mp4), "--output_dir", str(tmp_path / "file")])
+    assert res["frames"] == 10 and len(list((tmp_path / "file" / "predictions" / "clip").glob("*.png"))) == 10
+    # flags of a split evaluation are refused, not ignored; a missing video stops before any folder is made
+    with pytest.raises(SystemExit):
+        inference_medvt_a2d.main(common + ["--video", str(mp4), "--save_pred", "--max_items", "3"])
+    assert "--max_items, --save_pred apply to an A2D split, not to --video" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="--video .*none.mp4 does not exist"):
+        inference_medvt_a2d.main(common + ["--video", str(tmp_path / "none.mp4"), "--output_dir",
+                                           str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()

@@ -175,6 +175,17 @@ def test_video_folder_and_mp4(setup, tmp_path):
         script.main(["--model_path", str(setup["ckpt"]), "--video", str(tmp_path / "none.mp4")])
 
 
+def test_video_refuses_the_flags_of_a_dataset_run(capsys):
+    """--dataset, --sequences and the dataset lists did nothing with --video (the help said "ignored"):
+    now they stop the run before anything is read."""
+    with pytest.raises(SystemExit):
+        script.main(["--model_path", "none.pth", "--video", "none.mp4", "--dataset", "moca"])
+    assert "--dataset applies to a dataset run, not to --video" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--model_path", "none.pth", "--video", "none.mp4", "--sequences", "a", "--moca_list", "l.txt"])
+    assert "--sequences, --moca_list apply to a dataset run, not to --video" in capsys.readouterr().err
+
+
 def test_model_version_auto_reads_checkpoint_arguments():
     info = inf.resolve_model_config({"model": {}, "args": argparse.Namespace(use_flow=0, lr=1e-4)})
     assert (info.config_name, info.version, info.config.variant) == ("medvt_swinb_avos_2024", "2024", "2024")

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -147,6 +147,15 @@ def require_file(path: str | Path | None, flag: str) -> Path:
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"{flag}: file {path} does not exist")
     return Path(path)
+
+
+def refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, dests: Sequence[str],
+                  applies_to: str) -> None:
+    """Flags that do nothing in this run (``dests`` whose values differ from their defaults) are a
+    usage error, not silently ignored: "--save_pred applies to an A2D split, not to --video"."""
+    given = [f"--{d}" for d in dests if getattr(args, d) != parser.get_default(d)]
+    if given:
+        parser.error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {applies_to}")
 
 
 def add_overwrite_flag(parser, output: str = "--output_dir") -> None:

@@ -34,7 +34,8 @@ from datasets.stream import require_video
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
-                       clip_frames, incomplete_marker, new_run_folder, non_negative_int, positive_int, run_main)
+                       clip_frames, incomplete_marker, new_run_folder, non_negative_int, positive_int, refuse_unused,
+                       run_main)
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import jsonable, write_results
@@ -55,8 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_classes", type=positive_int, default=None, help="override the config's class count")
     add_path_args(p, ["vspw"])
     p.add_argument("--split", default="val",
-                   help="split list <vspw_root>/<split>.txt; a split without masks (test) gets predictions only "
-                        "(not read with --video)")
+                   help="split list <vspw_root>/<split>.txt; a split without masks (test) gets predictions only")
     p.add_argument("--videos", nargs="*", default=None, help="only these videos of the split")
     p.add_argument("--video", type=Path, default=None, metavar="PATH",
                    help="segment this video instead of a VSPW split: a video file (decoded with PyAV/FFmpeg) or a "
@@ -108,12 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_runtime_flags(parser, args)
     if args.random_weights and args.model_path:
         parser.error("--random_weights and --model_path contradict each other: pass one of them")
-    split_only = [flag for flag, given in (("--videos", args.videos is not None),
-                                           ("--save_overlays", args.save_overlays),
-                                           ("--no_save_predictions", args.no_save_predictions)) if given]
-    if args.video is not None and split_only:
-        parser.error(f"{', '.join(split_only)} apply to a VSPW split, not to --video (which always writes its "
-                     "predictions and an overlay video)")
+    if args.video is not None:
+        refuse_unused(parser, args, ("split", "videos", "save_overlays", "no_save_predictions"),
+                      "to a VSPW split, not to --video (which always writes its predictions and an overlay video)")
     device = torch.device(args.device)
     # The output folder is checked before anything is read, so a mistake there costs nothing.
     inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root), "--model_path": args.model_path,
