@@ -132,7 +132,7 @@ def test_documented_command_parses(where, module, argv, capsys):
 
 
 SCRIPTS_WITH_PARSERS = sorted(MUST_SHOW | {"benchmarks.bench_onnx", "benchmarks.bench_video",
-                                           "benchmarks.extract_original"})
+                                           "benchmarks.bench_class_ids", "benchmarks.extract_original"})
 
 
 @pytest.mark.parametrize("script", SCRIPTS_WITH_PARSERS)

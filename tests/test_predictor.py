@@ -192,3 +192,49 @@ def test_only_wanted_frames_are_predicted(models):
 def test_window_rejects_unknown_kind():
     with pytest.raises(ValueError, match="window"):
         Window("sliding", 6)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A 'model' with fixed random logits [B, K, T, h, w] (the flipped half of a flip batch mirrored)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.logits = torch.randn(k, T, 6, 8, generator=g)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a parameter, so the predictor finds the device
+
+    def forward(self, x):
+        b = x.shape[0]
+        logits = F.interpolate(self.logits, size=(x.shape[-2] // 4, x.shape[-1] // 4), mode="bilinear",
+                               align_corners=False)[None].repeat(b, 1, 1, 1, 1)
+        if b > 1 and torch.equal(x[0], x[b // 2].flip(-1)):  # the mirrored half of a flip batch
+            logits[b // 2:] = logits[b // 2:].flip(-1)
+        return {"pred_masks": logits}
+
+
+@pytest.mark.parametrize("activation,flip,scales", [("none", False, (1.0,)), ("none", True, (1.0, 0.75)),
+                                                    ("sigmoid", True, (1.0,)), ("softmax", True, (1.0,))])
+def test_class_ids_a_few_classes_at_a_time_are_the_argmax_of_all(monkeypatch, activation, flip, scales):
+    """The arg-max of a multi-class frame computed 3 classes at a time (memory at large frame sizes) is
+    the arg-max over all classes: the same class, or (the CPU's resize rounds a channel by its place in
+    a vector) one whose score is within float rounding of it. Softmax needs all classes at once, and
+    is exact."""
+    import models.predictor as predictor_module
+
+    k, out = 11, (50, 70)
+    monkeypatch.setattr(predictor_module, "_CHUNK_VALUES", 3 * out[0] * out[1] * (2 if flip else 1) * len(scales))
+    pred = VideoPredictor(_FixedLogits(k), "chunk", T, scales=scales, flip=flip, activation=activation)
+    clips = frames_of(T)[None]
+    keep = [dict(enumerate(range(T)))]
+    probs = pred.predict_clips(clips, keep, lambda _f: out)
+    ids = pred.predict_clips(clips, keep, lambda _f: out, ids=True)
+    for (f, p), (g, i) in zip(probs, ids):
+        assert f == g and i.dtype == torch.uint8 and i.shape == out
+        full = p.argmax(0)
+        differ = i.long() != full
+        if activation == "softmax":
+            assert not differ.any()
+        chosen = p.gather(0, i.long()[None])[0]
+        assert (p.max(0).values - chosen).abs().max() <= 1e-5  # always a maximum, within rounding
+        assert differ.float().mean() < 0.01
+    assert len(torch.cat([i.flatten() for _, i in ids]).unique()) > 3  # the chunks' classes all take part
