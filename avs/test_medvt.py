@@ -6,10 +6,18 @@ turns each frame's 0.96 s log-mel example into 128-d, and the metrics are comput
 ``--test_batch_size`` clips and averaged over batches. ``--weights`` takes the authors' released
 checkpoint (a bare ``Pred_endecoder`` state dict, converted on the fly) or one of ours.
 
-Example::
+``--video PATH`` segments a video of your own instead, with its sound (the file's sound track, or
+``--wav``; a folder of frames needs ``--wav`` and ``--fps``): every frame's mask as a 0/255 PNG
+``masks/<video>/<frame>.png`` at the frame size, an overlay video ``overlays/<video>.mp4`` and
+``summary.json``; no metrics. Clips of 5 frames one second apart with their log-mel examples, as
+AVSBench's (see ``avs/video.py``).
+
+Examples::
 
     python avs/test_medvt.py --task s4 --avsbench_root /data/AVSBench --weights S4_best.pth \\
         --vggish_weights vggish-10086976.pth --tpavi_va_flag --save_pred_mask --output_dir out/s4_test
+    python avs/test_medvt.py --task s4 --weights S4_best.pth --vggish_weights vggish-10086976.pth \\
+        --tpavi_va_flag --video guitar.mp4
 """
 from __future__ import annotations
 
@@ -21,14 +29,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from avs.common import add_model_args, check_im_size, evaluate, model_config
-from datasets.avsbench import AVSBenchDataset, load_log_mel
+from avs.video import open_user_video, segment_video
+from datasets.avsbench import NATIVE_SIZE, AVSBenchDataset, load_log_mel
 from datasets.path_config import add_path_args, dataset_root
 from datasets.video import image_size
 from models import load_model
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
 from utils.cli import (HelpFormatter, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
-                       new_run_folder, non_negative_int, positive_int, run_main)
+                       new_run_folder, non_negative_int, positive_float, positive_int, refuse_unused, run_main)
 from utils.distributed import default_device
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
@@ -41,6 +50,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_path", "--weights", dest="model_path", required=True, metavar="PATH",
                    help="trained model: the authors' S4/MS3 release or a checkpoint of avs/train_medvt.py "
                         "(--weights, the original's name, also works)")
+    p.add_argument("--video", type=Path, default=None, metavar="PATH",
+                   help="segment this video instead of an AVSBench split: a video file with a sound track (decoded "
+                        "with PyAV/FFmpeg) or a folder of frames (with --wav and --fps); writes masks, an overlay "
+                        "video and summary.json, no metrics")
+    p.add_argument("--wav", type=Path, default=None, metavar="PATH",
+                   help="the sound of --video as a 16-bit PCM wav of any rate and channel count (default: the "
+                        "video file's sound track)")
+    p.add_argument("--fps", type=positive_float, default=None,
+                   help="frame rate of a --video folder of frames (a video file has its own)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate")
     p.add_argument("--test_im_size", default=384, type=non_negative_int, help="square evaluation size (0 = native 224)")
     p.add_argument("--test_batch_size", default=4, type=positive_int,
@@ -49,8 +67,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="write binary predictions to <output_dir>/pred_masks/<category>/<name>/<name>_<i>.png, i "
                         "from 0 (AVSBench's ground truth counts from 1)")
     p.add_argument("--output_dir", default=None,
-                   help="folder for the log, results JSON and masks: a new or empty folder (see --overwrite), "
-                        "outside the data; default a new folder avs_test_<unix time> next to --model_path")
+                   help="folder for the log, results JSON and masks (with --video: masks/, overlays/, summary.json): "
+                        "a new or empty folder (see --overwrite), outside the data; default a new folder next to "
+                        "--model_path, avs_test_<unix time> or avs_video_<video name>_<unix time>")
     add_overwrite_flag(p)
     p.add_argument("--max_batches", default=None, type=positive_int, help="stop after this many batches (smoke tests)")
     return p
@@ -68,23 +87,45 @@ def check_clips(ds: AVSBenchDataset, clips) -> None:
             load_log_mel(clip.log_mel)
 
 
+# Flags of a split evaluation, refused with --video when they differ from their defaults.
+SPLIT_ONLY = ("split", "test_batch_size", "save_pred_mask", "max_batches", "audio", "allow_resample", "allow_silent")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.video is not None:
+        refuse_unused(parser, args, SPLIT_ONLY, "to an AVSBench split, not to --video (whose sound is always "
+                      "resampled to 16 kHz and must not be silent)")
+    elif args.wav is not None or args.fps is not None:
+        parser.error("--wav and --fps describe a --video; an AVSBench split brings its own audio and frames")
     device = torch.device(args.device or default_device())
+    inputs = {"--avsbench_root": dataset_root("avsbench", args.avsbench_root), "--vggish_weights": args.vggish_weights,
+              "--model_path": args.model_path, "--video": args.video, "--wav": args.wav}
     # The output folder is checked before anything is read, and created only once every input is
     # read; without --output_dir every run gets a new folder, so running twice never mixes two runs.
-    out = Path(args.output_dir) if args.output_dir else new_run_folder("avs_test", args.model_path)
-    check_output_dir(out, "--output_dir", {"--avsbench_root": dataset_root("avsbench", args.avsbench_root),
-                                           "--vggish_weights": args.vggish_weights, "--model_path": args.model_path},
-                     args.overwrite, default=not args.output_dir)
+    if args.output_dir:
+        check_output_dir(args.output_dir, "--output_dir", inputs, args.overwrite)
+    size = args.test_im_size or NATIVE_SIZE
+    # A video and its sound are read through once now: a file that cannot be decoded stops at once.
+    video, sound, fps = open_user_video(args.video, args.wav, args.fps, size) if args.video else (None, None, None)
+    out = Path(args.output_dir) if args.output_dir else \
+        new_run_folder(f"avs_video_{video.name}" if video else "avs_test", args.model_path)
+    if not args.output_dir:
+        check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
     vggish = build_frozen_vggish(args.vggish_weights, args.allow_random_vggish).to(device)
-    # Our checkpoints record the model they hold; the model flags describe an authors' release.
-    loaded = load_model(args.model_path, preset=model_config(args), device=device)
-    model = loaded.model
-    if not isinstance(model, MEDVTPlusPlus):
-        raise UserError(f"--model_path {args.model_path} is not a MED-VT++ (AVS) checkpoint: it holds "
-                        f"{type(model).__name__}; give one written by avs/train_medvt.py or the authors' "
-                        "S4/MS3 release")
+    model, reason = load_avs_model(args, device)
+    check_im_size(model, device, {"--test_im_size": args.test_im_size})
+    if video is not None:
+        print(f"{video.name}: {len(video)} frames at {fps:g} frames/s, {sound.seconds:.1f} s of sound; "
+              f"{model.cfg.name} ({reason}) on {device}")
+        with incomplete_marker(out):  # left in place by an error or Ctrl-C: the outputs are partial
+            result = segment_video(model, vggish, video, sound, fps, device, out)
+            result["settings"] = {"task": args.task, "test_im_size": size, "weights": str(args.model_path)}
+            (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+        print(f"a sounding object in {100 * result['frames_with_a_source']:.1f}% of the frames; wrote "
+              f"{out / 'masks' / video.name}/*.png and the overlay video {result['overlay_video']}")
+        return result
     ds = AVSBenchDataset(args.avsbench_root, args.task, args.split, args.test_im_size or None, args.audio,
                          args.allow_resample, args.allow_silent)
     clips = ds.clips if args.max_batches is None else ds.clips[:args.max_batches * args.test_batch_size]
@@ -93,11 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"--split {args.split}: clip {partly.name} has {len(partly.masks)} mask(s) for "
                         f"{len(partly.frames)} frames, and evaluation needs one per frame; evaluate --split val "
                         "or test")
-    check_im_size(model, device, {"--test_im_size": args.test_im_size})
     check_clips(ds, clips)
     with incomplete_marker(out):  # what is still read lazily (e.g. wavs) may fail mid-run: the folder says so
         logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
-        logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {loaded.reason}")
+        logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {reason}")
         loader = DataLoader(ds, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers)
         res = evaluate(model, vggish, loader, device, out / "pred_masks" if args.save_pred_mask else None,
                        args.max_batches, desc=f"{args.task} {args.split}")
@@ -106,6 +146,17 @@ def main(argv: list[str] | None = None) -> dict:
                     f"({res['num_clips']} clips)")
         (out / "results.json").write_text(json.dumps(jsonable(res), indent=2))
     return res
+
+
+def load_avs_model(args: argparse.Namespace, device: torch.device) -> tuple[MEDVTPlusPlus, str]:
+    """The MED-VT++ of --model_path (ours record their model; the model flags describe an authors'
+    release) and where its config came from; any other model is refused by name."""
+    loaded = load_model(args.model_path, preset=model_config(args), device=device)
+    if not isinstance(loaded.model, MEDVTPlusPlus):
+        raise UserError(f"--model_path {args.model_path} is not a MED-VT++ (AVS) checkpoint: it holds "
+                        f"{type(loaded.model).__name__}; give one written by avs/train_medvt.py or the authors' "
+                        "S4/MS3 release")
+    return loaded.model, loaded.reason
 
 
 if __name__ == "__main__":

@@ -108,6 +108,34 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return (x.reshape(-1, ch) if ch > 1 else x), sr
 
 
+def read_soundtrack(path: str | Path, flag: str = "--video") -> np.ndarray:
+    """The sound track of a video file (PyAV/FFmpeg), mixed to mono and resampled to 16 kHz by FFmpeg
+    as 16-bit samples → [n] float64 in [-1, 1), scaled as :func:`read_wav` scales a wav's."""
+    import av  # only for video files
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{flag} {path} has no sound track; MED-VT++ segments what makes the sound: "
+                                 "give the audio with --wav")
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(container.streams.audio[0])
+                      for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]  # the resampler's tail
+    except AudioError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise AudioError(f"{flag} {path}: its sound track cannot be decoded ({e})") from None
+    return np.concatenate(chunks or [np.zeros(0, np.int16)]).astype(np.float64) / 32768.0
+
+
+def read_mono_16k(path: str | Path) -> np.ndarray:
+    """A wav of any sample rate and channel count → mono 16 kHz samples [n] float64 (:func:`resample`)."""
+    x, sr = read_wav(path)
+    x = x.mean(axis=1) if x.ndim > 1 else x
+    return resample(x, sr) if sr != SAMPLE_RATE else x
+
+
 def wav_to_clip_examples(path: str | Path, num_frames: int = 5, allow_resample: bool = False,
                          allow_silent: bool = False) -> Tensor:
     """A clip's wav → [num_frames, 1, 96, 64] log-mel, one 0.96 s example per video frame.

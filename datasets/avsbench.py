@@ -48,6 +48,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TASKS = {"s4": ("Single-source", "s4_meta_data.csv", "s4_data"),
          "ms3": ("Multi-sources", "ms3_meta_data.csv", "ms3_data")}
 NUM_FRAMES = 5
+NATIVE_SIZE = 224  # the released frames' size (im_size None keeps it)
 
 
 class AVSDataError(UserError, ValueError):

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from avs.losses import AVSCriterion, masked_av_loss
 from avs.metrics import f_score, f_score_curve, mask_iou
@@ -19,6 +21,7 @@ from models.avs import build_avs_model
 from models.avs_config import AVS_CONFIGS, get_avs_config
 from models.avs_convert import convert_original_avs_name, convert_original_avs_state_dict
 from tests.model_weights import deterministic_value, read_key_list
+from utils.cli import UserError
 
 FIX = Path(__file__).parent / "fixtures" / "avs"
 
@@ -377,3 +380,116 @@ def test_schedules_step_at_epoch_start():
     ms3 = argparse.Namespace(task="ms3", max_epoches=60, end_lr=1e-6, poly_power=0.9)
     assert epoch_lr(ms3, 1e-4, 0) == pytest.approx((1e-4 - 1e-6) * (1 - 1 / 59) ** 0.9 + 1e-6)
     assert epoch_lr(ms3, 1e-4, 59) == pytest.approx(1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# A user's video with its sound (avs/test_medvt.py --video, avs/video.py)
+# ------------------------------------------------------------------------------------------
+def _mp4_with_sound(path: Path, frames: list[np.ndarray], fps: int, sound: np.ndarray | None, rate: int) -> Path:
+    """An H.264 mp4, with an AAC stereo track of ``sound`` (mono float in [-1, 1] at ``rate``) if given."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.height, v.width = frames[0].shape[:2]
+        v.pix_fmt = "yuv420p"
+        a = c.add_stream("aac", rate=rate) if sound is not None else None
+        if a is not None:
+            a.layout = "stereo"
+        for f in frames:
+            c.mux(v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(v.encode(None))
+        if a is not None:
+            for k in range(0, len(sound), 1024):
+                chunk = sound[k:k + 1024].astype(np.float32)
+                frame = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp", layout="stereo")
+                frame.sample_rate = rate
+                c.mux(a.encode(frame))
+            c.mux(a.encode(None))
+    return path
+
+
+def test_video_blocks_cover_every_frame_once_in_clips_one_second_apart():
+    from avs.video import plan_blocks
+
+    for n, fps in [(23, 1), (3, 1), (1, 25), (250, 25), (300, 29.97), (7, 2.5)]:
+        blocks = plan_blocks(n, fps, 5)
+        assert [i for emit, _ in blocks for i in emit] == list(range(n))
+        kept = [i for _, clips in blocks for c in clips for i in c.keep]
+        assert sorted(kept) == list(range(n))  # each frame predicted once
+        for _, clips in blocks:
+            for c in clips:
+                assert all(c.frames[p] == i for i, p in c.keep.items())
+                if n / fps >= 5:  # a long enough video: 5 distinct frames, about a second apart
+                    steps = np.diff(np.array(c.frames) / fps)
+                    assert len(set(c.frames)) == 5 and np.all(np.abs(steps - 1) <= 1 / fps)
+    assert sum(len(c) for _, c in plan_blocks(250, 25, 5)) == 50  # n / T forwards at an integer frame rate
+    last = plan_blocks(23, 1, 5)[-1]
+    assert list(last[0]) == [20, 21, 22] and last[1][0].frames == (18, 19, 20, 21, 22)  # moved back to the end
+
+
+def test_video_input_equals_the_avsbench_clip_and_reads_a_sound_track(avs_root, tmp_path, capsys):
+    """An AVSBench clip given as a folder of frames at 1 frame/s with its wav gives the masks of the model
+    on that clip (same frames, same log-mel examples); an mp4 with a 44.1 kHz stereo AAC track is read,
+    resampled and segmented frame by frame."""
+    import json
+
+    import av
+
+    from avs import test_medvt
+    from avs.common import audio_features
+    from models.audio import build_frozen_vggish
+
+    torch.manual_seed(0)
+    model = build_avs_model("avs_tiny").eval()
+    ckpt, vggish_file = tmp_path / "avs.pth", tmp_path / "vggish.pth"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
+    torch.save(VGGish().state_dict(), vggish_file)  # random, but the same in the script and here
+    clip = avsbench_clips(avs_root, "s4", "test")[0]
+    common = ["--weights", str(ckpt), "--vggish_weights", str(vggish_file), "--device", "cpu", "--test_im_size", "64"]
+    folder = clip.frames[0].parent
+    res = test_medvt.main(common + ["--video", str(folder), "--fps", "1", "--wav", str(clip.wav),
+                                    "--output_dir", str(tmp_path / "clip")])
+    assert res["frames"] == 5 and res["forwards"] == 1
+    item = AVSBenchDataset(avs_root, "s4", "test", im_size=64, audio="wav")[0]
+    assert item["name"] == clip.name
+    with torch.no_grad():
+        feats = audio_features(build_frozen_vggish(vggish_file), item["audio"][None])
+        logits = model(item["frames"][None], feats)["pred_masks"]  # [1, 5, 64, 64]
+    expected = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)[0].sigmoid() > 0.5
+    pngs = sorted((tmp_path / "clip" / "masks" / folder.name).glob("*.png"))
+    assert [p.stem for p in pngs] == [f.stem for f in clip.frames]
+    got = torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in pngs]))
+    assert set(got.unique().tolist()) <= {0, 255} and 0 < expected.sum() < expected.numel()  # not trivial
+    assert torch.equal(got > 0, expected)
+    summary = json.loads((tmp_path / "clip" / "summary.json").read_text())
+    assert summary["sound_seconds"] == pytest.approx(5.0) and summary["settings"]["test_im_size"] == 64
+
+    # a video file with its own (44.1 kHz stereo AAC) sound track: resampled, every frame predicted
+    rng = np.random.default_rng(0)
+    frames = [(rng.random((40, 56, 3)) * 255).astype(np.uint8) for _ in range(23)]
+    t = np.arange(int(44100 * 2.3)) / 44100
+    mp4 = _mp4_with_sound(tmp_path / "band.mp4", frames, 10, 0.3 * np.sin(2 * np.pi * 440 * t), 44100)
+    res = test_medvt.main(common + ["--video", str(mp4), "--output_dir", str(tmp_path / "band")])
+    assert res["frames"] == 23 and res["fps"] == 10 and abs(res["sound_seconds"] - 2.3) < 0.1
+    assert res["forwards"] == 10  # under 5 s at 10 frames/s: one clip per tenth of a second, 2-3 frames kept
+    assert len(list((tmp_path / "band" / "masks" / "band").glob("*.png"))) == 23
+    with av.open(res["overlay_video"]) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 23
+    assert "23 frames at 10 frames/s, 2.3 s of sound" in capsys.readouterr().out
+
+    # mistakes: one line each, before any output folder exists
+    silent = _mp4_with_sound(tmp_path / "mute.mp4", frames, 10, None, 44100)
+    for argv, message in [
+            (["--video", str(silent)], "has no sound track; MED-VT\\+\\+ segments what makes the sound: give "),
+            (["--video", str(folder), "--wav", str(clip.wav)], "a folder of frames: give their frame rate with --fps"),
+            (["--video", str(folder), "--fps", "1"], "is a folder of frames, which has no sound: give it with --wav")]:
+        with pytest.raises(UserError, match=message):
+            test_medvt.main(common + argv + ["--output_dir", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(SystemExit):
+        test_medvt.main(common + ["--video", str(mp4), "--save_pred_mask", "--split", "val"])
+    assert "--split, --save_pred_mask apply to an AVSBench split, not to --video" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        test_medvt.main(common + ["--wav", str(clip.wav)])
+    assert "--wav and --fps describe a --video" in capsys.readouterr().err

@@ -1,0 +1,169 @@
+"""MED-VT++ on a user's video and its sound (``avs/test_medvt.py --video``): every frame's mask of
+what makes the sound, streamed.
+
+AVSBench's clips are 5 frames one second apart, each paired with a 0.96 s log-mel example; the
+examples follow one another (example k starts at 0.96·k s into the clip). A video of any length
+and frame rate is cut the same way, so that every frame is predicted and each forward still sees
+what the model was trained on:
+
+* the video is split into blocks of T seconds (T = the model's 5 frames), the last one moved back
+  to end with the video (a video shorter than T seconds repeats its last frame, as AVSBench's
+  preprocessing repeats its last audio example);
+* a frame at time t, second ``p`` of its block, is predicted in the clip of the frames nearest to
+  t − p, t − p + 1, …, t − p + T − 1 seconds, at position p; frames whose clips coincide share one
+  forward (at an integer frame rate F every clip serves T frames: n / T forwards);
+* the clip starting at s seconds gets the log-mel examples starting at s, s + 0.96, … s + 0.96·(T−1)
+  seconds of the whole sound track (10 ms steps), the pairing of an AVSBench clip.
+
+A block holds at most T seconds of frames, at the model's size and as RGB for the overlay, so
+memory depends on the frame rate and size, not on the video's length.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datasets.audio import (EXAMPLE_FRAMES, HOP_SAMPLES, SAMPLE_RATE, AudioError, log_mel_spectrogram, read_mono_16k,
+                            read_soundtrack)
+from datasets.stream import ImageFiles, VideoFile, open_video
+from models.predictor import VideoPredictor
+from utils.background import BackgroundWorker
+from utils.cli import UserError
+from utils.logger import Throughput
+from utils.visualize import VideoWriter, overlay
+
+EXAMPLE_SECONDS = EXAMPLE_FRAMES * HOP_SAMPLES / SAMPLE_RATE  # 0.96
+FRAMES_PER_SECOND = SAMPLE_RATE / HOP_SAMPLES  # log-mel frames: 100 per second
+
+
+class Clip(NamedTuple):
+    """One forward: the frame indices fed (one second apart), frame → position kept, start time (s)."""
+
+    frames: tuple[int, ...]
+    keep: dict[int, int]
+    start_s: float
+
+
+def plan_blocks(n: int, fps: float, t: int) -> list[tuple[range, list[Clip]]]:
+    """The blocks of a video of ``n`` frames at ``fps``: (the frames each predicts, its clips)."""
+    duration = n / fps
+
+    def nearest(s: float) -> int:
+        return min(n - 1, max(0, round(s * fps)))
+
+    block_of = [int(i / fps // t) for i in range(n)]
+    blocks, first = [], 0
+    while first < n:
+        end = first
+        while end < n and block_of[end] == block_of[first]:
+            end += 1
+        start = float(block_of[first] * t)
+        if start + t > duration:  # the last block ends with the video (or starts at 0 in a short one)
+            start = max(0.0, duration - t)
+        clips: dict[tuple[int, ...], Clip] = {}
+        for i in range(first, end):
+            pos = min(t - 1, int(i / fps - start))
+            s = i / fps - pos
+            frames = tuple(nearest(s + k) for k in range(t))
+            assert frames[pos] == i, (i, pos, frames)
+            clips.setdefault(frames, Clip(frames, {}, s)).keep[i] = pos
+        blocks.append((range(first, end), list(clips.values())))
+        first = end
+    return blocks
+
+
+class SoundTrack:
+    """The log-mel frames [L, 64] of a whole sound track, cut into the examples a clip needs."""
+
+    def __init__(self, samples: np.ndarray, what: str) -> None:
+        if not np.any(samples):
+            raise AudioError(f"{what}: the sound is silent (all samples zero); MED-VT++ needs the sound")
+        self.log_mel = log_mel_spectrogram(samples).astype(np.float32)
+        if len(self.log_mel) < EXAMPLE_FRAMES:
+            raise AudioError(f"{what}: the sound lasts {len(samples) / SAMPLE_RATE:.2f} s, shorter than one "
+                             f"{EXAMPLE_SECONDS} s example")
+        self.seconds = len(samples) / SAMPLE_RATE
+
+    def examples(self, start_s: float, t: int) -> torch.Tensor:
+        """[t, 1, 96, 64]: the examples starting at start_s + 0.96·k s (the last whole one past the end)."""
+        last = len(self.log_mel) - EXAMPLE_FRAMES
+        starts = [min(last, max(0, round((start_s + k * EXAMPLE_SECONDS) * FRAMES_PER_SECOND))) for k in range(t)]
+        return torch.from_numpy(np.stack([self.log_mel[a:a + EXAMPLE_FRAMES] for a in starts]))[:, None]
+
+
+def open_user_video(path: Path, wav: Path | None, fps: float | None, im_size: int) -> tuple[ImageFiles | VideoFile,
+                                                                                           SoundTrack, float]:
+    """``--video`` (a file, or a folder of frames with ``--fps``) and its sound (the file's track, or
+    ``--wav``), both checked before anything is written; frames resized to im_size × im_size."""
+    source = open_video(path, lambda _h, _w: (im_size, im_size), keep_rgb=True, flag="--video", min_frames=1,
+                        tail_keep=1)
+    rate = fps or source.fps
+    if rate is None:
+        raise UserError(f"--video {path} is a folder of frames: give their frame rate with --fps (1 for frames "
+                        "taken once a second, as AVSBench's)")
+    if wav is None and isinstance(source, ImageFiles):
+        raise UserError(f"--video {path} is a folder of frames, which has no sound: give it with --wav")
+    samples = read_mono_16k(wav) if wav is not None else read_soundtrack(path)
+    return source, SoundTrack(samples, f"--wav {wav}" if wav is not None else f"--video {path}"), rate
+
+
+@torch.no_grad()
+def predict_video(model: torch.nn.Module, vggish: torch.nn.Module, source: ImageFiles | VideoFile, sound: SoundTrack,
+                  blocks: list[tuple[range, list[Clip]]], device: torch.device,
+                  ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(frame index, mask [H, W] bool at the frame size, the frame's RGB) in frame order, run as
+    ``blocks`` (:func:`plan_blocks`) say."""
+    t = model.cfg.max_frames
+    predictor = VideoPredictor(model, "chunk", t, activation="sigmoid")
+    held: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+    frames = enumerate(iter(source))
+    read = 0
+    for b, (emit, clips) in enumerate(blocks):
+        last = max(f for c in clips for f in c.frames)
+        while read <= last:
+            i, item = next(frames)
+            held[i], read = item, i + 1
+        masks: dict[int, torch.Tensor] = {}
+        for clip in clips:
+            x = torch.stack([held[f][0] for f in clip.frames])[None]
+            audio = vggish(sound.examples(clip.start_s, t).to(device))[None]  # [1, T, 128]
+            for f, probs in predictor.predict_clips(x, [clip.keep], lambda _f: source.frame_hw, inputs=(audio,)):
+                masks[f] = probs[0] > 0.5
+        for i in emit:
+            yield i, masks.pop(i).numpy(), held[i][1]
+        keep_from = min((f for c in blocks[b + 1][1] for f in c.frames), default=read) if b + 1 < len(blocks) else read
+        for f in [f for f in held if f < keep_from]:
+            del held[f]
+
+
+def segment_video(model: torch.nn.Module, vggish: torch.nn.Module, source: ImageFiles | VideoFile, sound: SoundTrack,
+                  fps: float, device: torch.device, output_dir: Path) -> dict:
+    """Every frame's mask as a 0/255 PNG ``masks/<video>/<frame>.png`` at the frame size and an overlay
+    video ``overlays/<video>.mp4``, written as predictions arrive; returns the figures of the run."""
+    name = source.name
+    blocks = plan_blocks(len(source), fps, model.cfg.max_frames)
+    speed = Throughput(len(source), name, print)
+    with_object, area = 0, 0.0
+    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", fps) as video:
+        with BackgroundWorker(depth=16, name="writer") as writer:  # one thread: the video's frames stay in order
+            for i, mask, rgb in predict_video(model, vggish, source, sound, blocks, device):
+                with_object += bool(mask.any())
+                area += float(mask.mean())
+                writer.submit(_save_mask, mask, output_dir / "masks" / name / f"{source.frame_name(i)}.png")
+                writer.submit(video.write, overlay(rgb, mask))
+                speed.update()
+    n = len(source)
+    forwards = sum(len(clips) for _, clips in blocks)
+    return {"name": name, "frames": n, "fps": fps, "sound_seconds": sound.seconds, "forwards": forwards,
+            "frames_with_a_source": with_object / n, "mean_mask_area": area / n, "overlay_video": str(video.path),
+            "overlay_codec": video.codec, **speed.close()}
+
+
+def _save_mask(mask: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
