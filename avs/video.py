@@ -33,7 +33,7 @@ from datasets.audio import (EXAMPLE_FRAMES, HOP_SAMPLES, SAMPLE_RATE, AudioError
 from datasets.stream import ImageFiles, VideoFile, open_video
 from models.predictor import VideoPredictor
 from utils.background import BackgroundWorker
-from utils.cli import UserError
+from utils.cli import UserError, require_file
 from utils.logger import Throughput
 from utils.visualize import VideoWriter, overlay
 
@@ -100,8 +100,12 @@ def open_user_video(path: Path, wav: Path | None, fps: float | None, im_size: in
                                                                                            SoundTrack, float]:
     """``--video`` (a file, or a folder of frames with ``--fps``) and its sound (the file's track, or
     ``--wav``), both checked before anything is written; frames resized to im_size × im_size."""
+    if wav is not None:
+        require_file(wav, "--wav")
     source = open_video(path, lambda _h, _w: (im_size, im_size), keep_rgb=True, flag="--video", min_frames=1,
                         tail_keep=1)
+    if fps is not None and source.fps is not None:
+        raise UserError(f"--fps is for a folder of frames; --video {path} has its own rate ({source.fps:g} frames/s)")
     rate = fps or source.fps
     if rate is None:
         raise UserError(f"--video {path} is a folder of frames: give their frame rate with --fps (1 for frames "

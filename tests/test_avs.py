@@ -483,8 +483,10 @@ def test_video_input_equals_the_avsbench_clip_and_reads_a_sound_track(avs_root, 
     for argv, message in [
             (["--video", str(silent)], "has no sound track; MED-VT\\+\\+ segments what makes the sound: give "),
             (["--video", str(folder), "--wav", str(clip.wav)], "a folder of frames: give their frame rate with --fps"),
-            (["--video", str(folder), "--fps", "1"], "is a folder of frames, which has no sound: give it with --wav")]:
-        with pytest.raises(UserError, match=message):
+            (["--video", str(folder), "--fps", "1"], "is a folder of frames, which has no sound: give it with --wav"),
+            (["--video", str(mp4), "--fps", "25"], "--fps is for a folder of frames; --video .*band.mp4 has its own"),
+            (["--video", str(folder), "--fps", "1", "--wav", "none.wav"], "--wav: file none.wav does not exist")]:
+        with pytest.raises((UserError, FileNotFoundError), match=message):
             test_medvt.main(common + argv + ["--output_dir", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()
     with pytest.raises(SystemExit):
