@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.stream import ImageFiles, Prefetch, open_video
+from datasets.stream import ImageFiles, Prefetch, cut_short_warning, open_video
 from datasets.transforms import test_size
 from datasets.video import VideoSequence, image_size
 from models import MedVTConfig, build_model, get_config, infer_model_version
@@ -463,7 +463,7 @@ def open_user_video(path: str | Path, protocol: Protocol, clip_len: int = 6):
     """``--video``: a video file or a folder of frames, checked completely before anything is written
     (one-line errors for unreadable, empty or one-frame input), decoded lazily at the test size."""
     return open_video(path, lambda h, w: test_size(h, w, protocol.val_size, protocol.max_ratio), keep_rgb=True,
-                      flag="--video", min_frames=2, tail_keep=clip_len)
+                      flag="--video", min_frames=2, tail_keep=clip_len, warn=None)  # run_video logs it to out.log
 
 
 def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
@@ -477,9 +477,8 @@ def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
     logger.info("video %s: %d frames of %dx%d%s, run at %dx%d", name, n, w, h,
                 f" at {source.fps:.3g} fps" if source.fps else "", source.size_hw[1], source.size_hw[0])
     listed = getattr(source, "listed_frames", None)  # video files only
-    if listed:
-        logger.warning("video %s: its container lists %d frames but only the first %d could be decoded: the file "
-                       "may be cut short (a partial download?); the outputs cover those %d frames", name, listed, n, n)
+    if cut_short_warning(source):
+        logger.warning(cut_short_warning(source))
     fps = source.fps or opts.fps
     overlays = OverlayWriter(opts.out_dir / "overlay" / name, opts.overlay_format, fps, save_frames=opts.save_overlay)
     area = [0.0]

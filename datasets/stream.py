@@ -229,8 +229,10 @@ def require_video(path: str | Path, flag: str = "--video") -> Path:
 
 
 def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag: str = "--video",
-               min_frames: int = 2, tail_keep: int = 8) -> ImageFiles | VideoFile:
-    """A user's video (a folder of image frames or a video file) as a checked frame source."""
+               min_frames: int = 2, tail_keep: int = 8, warn: Callable[[str], object] | None = print,
+               ) -> ImageFiles | VideoFile:
+    """A user's video (a folder of image frames or a video file) as a checked frame source; a file cut
+    short is warned about through ``warn`` (:func:`cut_short_warning`; None: the caller logs it)."""
     path = require_video(path, flag)
     if path.is_dir():
         try:
@@ -247,7 +249,19 @@ def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag
     if len(source) < min_frames:
         raise UserError(f"{flag} {path} has {len(source)} frame{'s' if len(source) != 1 else ''}; "
                         f"MED-VT segments videos of at least {min_frames} frames")
+    if warn is not None and cut_short_warning(source):
+        warn(f"warning: {cut_short_warning(source)}")
     return source
+
+
+def cut_short_warning(source) -> str | None:
+    """The warning for a video file whose container lists more frames than could be decoded (a
+    partial download of a "faststart" mp4 decodes without an error up to where its data ends)."""
+    listed, n = getattr(source, "listed_frames", None), len(source)
+    if not listed:
+        return None
+    return (f"video {source.name}: its container lists {listed} frames but only the first {n} could be decoded: "
+            f"the file may be cut short (a partial download?); the outputs cover those {n} frames")
 
 
 class Prefetch:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
+from datasets.stream import ImageFiles, Prefetch, VideoFile, cut_short_warning, open_video
 from datasets.transforms import load_frames, to_tensor
 from utils.background import BackgroundWorker, background_iter
 from utils.cli import UserError
@@ -159,6 +159,11 @@ def test_video_file_cut_short_after_its_index_says_so(tmp_path):
     cut.write_bytes(path.read_bytes()[:int(path.stat().st_size * 0.6)])
     short = VideoFile(cut)
     assert 2 <= len(short) < 40 and short.listed_frames == 40
+    assert cut_short_warning(whole) is None
+    assert f"lists 40 frames but only the first {len(short)} could be decoded" in cut_short_warning(short)
+    warned = []
+    open_video(cut, None, warn=warned.append)  # every --video but AVOS's (which logs it to out.log) prints it
+    assert warned == [f"warning: {cut_short_warning(short)}"]
 
 
 def test_video_changed_after_validation(mp4, tmp_path):
