@@ -144,10 +144,10 @@ def input_paths(args: argparse.Namespace, datasets: list[str]) -> dict:
     return inputs
 
 
-# Flags of a dataset run, refused with --video when they differ from their defaults (the dataset roots are
-# not: they may come from path_config or the environment as well).
+# Flags of a dataset run, refused with --video when they differ from their defaults (a dataset root from
+# the environment or path_config is not a flag, and stays unread).
 DATASET_ONLY = ("dataset", "sequences", "davis16_split", "davis16_seqs_file", "youtube_objects_list", "moca_list",
-                "moca_annotations")
+                "moca_annotations", "davis16_root", "youtube_objects_root", "moca_root")
 
 
 def main(argv: list[str] | None = None) -> dict:

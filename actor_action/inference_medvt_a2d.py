@@ -54,7 +54,8 @@ from datasets.path_config import add_path_args, dataset_root
 from models import MedVTConfig, build_model, read_checkpoint
 from models.registry import load_weights
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
-                       incomplete_marker, new_run_folder, non_negative_int, positive_int, refuse_unused, run_main)
+                       incomplete_marker, new_run_folder, non_negative_int, positive_int, refuse_unused, require_file,
+                       run_main)
 from utils.distributed import default_device
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 from utils.metrics import jsonable
@@ -104,7 +105,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # Flags of a split evaluation, refused with --video when they differ from their defaults.
-SPLIT_ONLY = ("split", "end_window", "max_items", "nan_policy", "protocol", "save_pred", "save_gt_overlay")
+SPLIT_ONLY = ("a2d_root", "split", "end_window", "max_items", "nan_policy", "protocol", "save_pred", "save_gt_overlay")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -114,8 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
         refuse_unused(parser, args, SPLIT_ONLY, "to an A2D split, not to --video (which always writes its predictions "
                       "and an overlay video)")
     device = torch.device(args.device or default_device())
-    inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root), "--color_map": args.color_map,
-              "--model_path": args.model_path, "--video": args.video}
+    inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root) if args.video is None else None,
+              "--color_map": args.color_map, "--model_path": args.model_path, "--video": args.video}
     # The output folder is checked before anything is read, so a mistake there costs nothing; without
     # --output_dir every run gets a new folder, so running twice never mixes two runs.
     if args.output_dir:
@@ -176,7 +177,7 @@ def load_a2d_model(args: argparse.Namespace, device: torch.device) -> tuple[torc
 
 def class_colours(args: argparse.Namespace, root: Path) -> tuple[list[str], np.ndarray]:
     """Class names and colours: --color_map, else <a2d_root>/color_map.txt when there is one, else built in."""
-    cmap = Path(args.color_map) if args.color_map else root / "color_map.txt"
+    cmap = require_file(args.color_map, "--color_map") if args.color_map else root / "color_map.txt"
     if args.color_map or cmap.is_file():
         return read_color_map(cmap)
     return [class_name(i) for i in range(NUM_CLASSES)], default_palette()

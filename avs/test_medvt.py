@@ -88,7 +88,8 @@ def check_clips(ds: AVSBenchDataset, clips) -> None:
 
 
 # Flags of a split evaluation, refused with --video when they differ from their defaults.
-SPLIT_ONLY = ("split", "test_batch_size", "save_pred_mask", "max_batches", "audio", "allow_resample", "allow_silent")
+SPLIT_ONLY = ("avsbench_root", "split", "test_batch_size", "save_pred_mask", "max_batches", "audio", "allow_resample",
+              "allow_silent")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,8 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.wav is not None or args.fps is not None:
         parser.error("--wav and --fps describe a --video; an AVSBench split brings its own audio and frames")
     device = torch.device(args.device or default_device())
-    inputs = {"--avsbench_root": dataset_root("avsbench", args.avsbench_root), "--vggish_weights": args.vggish_weights,
-              "--model_path": args.model_path, "--video": args.video, "--wav": args.wav}
+    inputs = {"--avsbench_root": dataset_root("avsbench", args.avsbench_root) if args.video is None else None,
+              "--vggish_weights": args.vggish_weights, "--model_path": args.model_path, "--video": args.video,
+              "--wav": args.wav}
     # The output folder is checked before anything is read, and created only once every input is
     # read; without --output_dir every run gets a new folder, so running twice never mixes two runs.
     if args.output_dir:

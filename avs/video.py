@@ -101,7 +101,7 @@ def open_user_video(path: Path, wav: Path | None, fps: float | None, im_size: in
     ``--wav``), both checked before anything is written; frames resized to im_size × im_size."""
     if wav is not None:
         require_file(wav, "--wav")
-    source = open_video(path, lambda _h, _w: (im_size, im_size), keep_rgb=True, flag="--video", min_frames=1,
+    source = open_video(path, lambda _h, _w: (im_size, im_size), keep_rgb=True, flag="--video", min_frames=2,
                         tail_keep=1)
     if fps is not None and source.fps is not None:
         raise UserError(f"--fps is for a folder of frames; --video {path} has its own rate ({source.fps:g} frames/s)")
@@ -112,7 +112,22 @@ def open_user_video(path: Path, wav: Path | None, fps: float | None, im_size: in
     if wav is None and isinstance(source, ImageFiles):
         raise UserError(f"--video {path} is a folder of frames, which has no sound: give it with --wav")
     samples = read_mono_16k(wav) if wav is not None else read_soundtrack(path)
-    return source, SoundTrack(samples, f"--wav {wav}" if wav is not None else f"--video {path}"), rate
+    sound = SoundTrack(samples, f"--wav {wav}" if wav is not None else f"--video {path}")
+    check_lengths(len(source) / rate, sound.seconds, "--fps and --wav" if wav is not None and fps else
+                  "--wav" if wav is not None else f"--video {path}")
+    return source, sound, rate
+
+
+def check_lengths(video_s: float, sound_s: float, given: str) -> None:
+    """The video and its sound should last about as long: more than 1 s and twice apart is a mistake
+    (a wrong --fps or another video's --wav) and refused; more than 1 s apart is warned about (the
+    frames past the sound's end reuse its last example)."""
+    if abs(video_s - sound_s) <= 1.0:
+        return
+    line = f"the video lasts {video_s:.1f} s but its sound {sound_s:.1f} s ({given})"
+    if max(video_s, sound_s) > 2 * min(video_s, sound_s):
+        raise UserError(f"{line}: they should be the same clip; check {given}")
+    print(f"warning: {line}; frames past the sound's end get its last 0.96 s")
 
 
 @torch.no_grad()

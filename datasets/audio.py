@@ -98,12 +98,15 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
             width, ch, sr, n = f.getsampwidth(), f.getnchannels(), f.getframerate(), f.getnframes()
             raw = f.readframes(n)
     except (wave.Error, EOFError) as e:
-        raise AudioError(f"{path}: not a readable PCM wav file ({e})") from e
+        why = str(e) or ("the file is empty" if path.stat().st_size == 0 else "no RIFF/WAVE header")
+        raise AudioError(f"{path}: not a readable PCM wav file ({why})") from e
     if width != 2:
         raise AudioError(f"{path}: {8 * width}-bit samples; 16-bit PCM is expected (AVSBench's wavs are)")
     if len(raw) != n * width * ch:  # a cut-short file: fewer bytes than the header's data chunk declares
         raise AudioError(f"{path}: the header declares {n} frames ({n * width * ch} bytes) but the file holds "
                          f"{len(raw)} bytes of audio; the file is cut short, replace it with a complete copy")
+    if n == 0:
+        raise AudioError(f"{path}: the wav holds no samples (a header only)")
     x = np.frombuffer(raw, dtype="<i2").astype(np.float64) / 32768.0
     return (x.reshape(-1, ch) if ch > 1 else x), sr
 

@@ -50,11 +50,17 @@ def build_frozen_vggish(weights: str | Path | None, allow_random: bool = False) 
         p = Path(weights)
         if not p.is_file():
             raise FileNotFoundError(f"--vggish_weights {p}: file not found")
-        from .convert import check_finite, read_checkpoint
+        from .convert import CheckpointMismatchError, check_finite, read_checkpoint
         sd = read_checkpoint(p)
         check_finite(sd, str(p))
         sd = {k: v for k, v in sd.items() if not k.startswith("pproc.")}  # PCA parameters: post-processing off
-        net.load_state_dict(sd, strict=True)
+        try:
+            net.load_state_dict(sd, strict=True)
+        except RuntimeError:  # another model's file: torch lists every key; one line says what it is not
+            ours = net.state_dict()
+            fits = sum(k in ours and tuple(ours[k].shape) == tuple(getattr(v, "shape", ())) for k, v in sd.items())
+            raise CheckpointMismatchError(f"--vggish_weights {p} is not torchvggish's VGGish (vggish-10086976.pth): "
+                                          f"{fits} of its {len(sd)} tensors fit VGGish's {len(ours)}") from None
     net.eval()
     for q in net.parameters():
         q.requires_grad_(False)

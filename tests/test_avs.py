@@ -480,18 +480,33 @@ def test_video_input_equals_the_avsbench_clip_and_reads_a_sound_track(avs_root, 
 
     # mistakes: one line each, before any output folder exists
     silent = _mp4_with_sound(tmp_path / "mute.mp4", frames, 10, None, 44100)
+    one_frame = tmp_path / "one_frame"
+    one_frame.mkdir()
+    Image.open(clip.frames[0]).save(one_frame / "a.png")
+    header_only, empty = tmp_path / "header_only.wav", tmp_path / "empty.wav"
+    _write_wav(header_only, np.zeros(0), 16000)
+    empty.write_bytes(b"")
     for argv, message in [
             (["--video", str(silent)], "has no sound track; MED-VT\\+\\+ segments what makes the sound: give "),
             (["--video", str(folder), "--wav", str(clip.wav)], "a folder of frames: give their frame rate with --fps"),
             (["--video", str(folder), "--fps", "1"], "is a folder of frames, which has no sound: give it with --wav"),
             (["--video", str(mp4), "--fps", "25"], "--fps is for a folder of frames; --video .*band.mp4 has its own"),
-            (["--video", str(folder), "--fps", "1", "--wav", "none.wav"], "--wav: file none.wav does not exist")]:
-        with pytest.raises((UserError, FileNotFoundError), match=message):
+            (["--video", str(folder), "--fps", "1", "--wav", "none.wav"], "--wav: file none.wav does not exist"),
+            (["--video", str(folder), "--fps", "0.01", "--wav", str(clip.wav)],  # 500 s of frames, 5 s of sound
+             r"the video lasts 500.0 s but its sound 5.0 s \(--fps and --wav\): they should be the same clip"),
+            (["--video", str(one_frame), "--fps", "1", "--wav", str(clip.wav)], "has 1 frame; MED-VT segments videos"),
+            (["--video", str(folder), "--fps", "1", "--wav", str(header_only)], "the wav holds no samples"),
+            (["--video", str(folder), "--fps", "1", "--wav", str(empty)], r"not a readable PCM wav file \(the file is"),
+            (["--video", str(mp4), "--vggish_weights", str(ckpt)], "is not torchvggish's VGGish")]:
+        with pytest.raises((UserError, FileNotFoundError), match=message):  # each a one-line error
             test_medvt.main(common + argv + ["--output_dir", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()
     with pytest.raises(SystemExit):
         test_medvt.main(common + ["--video", str(mp4), "--save_pred_mask", "--split", "val"])
     assert "--split, --save_pred_mask apply to an AVSBench split, not to --video" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a dataset root with a video: refused, not read
+        test_medvt.main(common + ["--video", str(mp4), "--avsbench_root", str(avs_root)])
+    assert "--avsbench_root applies to an AVSBench split" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         test_medvt.main(common + ["--wav", str(clip.wav)])
     assert "--wav and --fps describe a --video" in capsys.readouterr().err

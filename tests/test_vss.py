@@ -356,6 +356,18 @@ def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_
     with pytest.raises(SystemExit):
         inference_medvt_vss.main(common + ["--video", str(frames), "--videos", "a", "--no_save_predictions"])
     assert "--videos, --no_save_predictions apply to a VSPW split, not to --video" in capsys.readouterr().err
+    # a model input too small for the model, or a MED-VT++ (audio-visual) checkpoint: one line, no folder
+    with pytest.raises(UserError, match="--val_size 8 is too small for this model .*; use a larger --val_size"):
+        inference_medvt_vss.main(["--model_path", str(ckpt), "--num_classes", str(K), "--val_size", "8", "--device",
+                                  "cpu", "--video", str(mp4), "--output_dir", str(tmp_path / "none")])
+    from models.avs import build_avs_model
+
+    avs = build_avs_model("avs_tiny")
+    torch.save({"model": avs.state_dict(), "config": avs.cfg.to_dict()}, tmp_path / "avs.pth")
+    with pytest.raises(UserError, match="avs.pth holds a MEDVTPlusPlus .*give a VSS checkpoint"):
+        inference_medvt_vss.main(["--model_path", str(tmp_path / "avs.pth"), "--video", str(mp4), "--device", "cpu",
+                                  "--output_dir", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
     # a missing video stops before the checkpoint is read or a folder made
     with pytest.raises(FileNotFoundError, match="--video .*none.mp4 does not exist"):
         inference_medvt_vss.main(common + ["--video", str(tmp_path / "none.mp4"), "--output_dir",

@@ -16,7 +16,7 @@ from PIL import Image
 from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
 from datasets.video import VideoSequence
 from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
-from models import MedVTConfig, build_model, load_model
+from models import MEDVT, MedVTConfig, build_model, load_model
 from models.convert import read_checkpoint
 from models.predictor import VideoPredictor, Window
 from models.registry import model_state_dict, resolve_config, saved_args
@@ -185,6 +185,9 @@ def build_from_args(args: argparse.Namespace, device: torch.device) -> tuple[tor
     if args.model_path:
         loaded = load_model(args.model_path, preset=vss_config(args.model, args.num_classes), device=device,
                             num_classes=args.num_classes)
+        if not isinstance(loaded.model, MEDVT):  # e.g. a MED-VT++ (AVS) checkpoint
+            raise UserError(f"--model_path {args.model_path} holds a {type(loaded.model).__name__} (not MED-VT), "
+                            "an audio-visual model; give a VSS checkpoint")
         check_vss_checkpoint(loaded.checkpoint, loaded.config, args)
         print(f"loaded {args.model_path}: config from {loaded.reason}")
         return loaded.model, clip_length(args.clip_len, loaded.checkpoint)

@@ -109,12 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.random_weights and args.model_path:
         parser.error("--random_weights and --model_path contradict each other: pass one of them")
     if args.video is not None:
-        refuse_unused(parser, args, ("split", "videos", "save_overlays", "no_save_predictions"),
+        refuse_unused(parser, args, ("vspw_root", "split", "videos", "save_overlays", "no_save_predictions"),
                       "to a VSPW split, not to --video (which always writes its predictions and an overlay video)")
     device = torch.device(args.device)
     # The output folder is checked before anything is read, so a mistake there costs nothing.
-    inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root), "--model_path": args.model_path,
-              "--onnx_path": args.onnx_path, "--video": args.video}
+    inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root) if args.video is None else None,
+              "--model_path": args.model_path, "--onnx_path": args.onnx_path, "--video": args.video}
     if args.output_dir:
         check_output_dir(args.output_dir, "--output_dir", inputs, args.overwrite)
     if args.video is not None:  # before the checkpoint is read
@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     video = open_user_video(args.video, args.val_size, args.max_size, clip_len) if args.video else None
     if video is not None and args.runtime == "onnx":  # a one-size file and another video size: before any output
         model.check(clip_len, *video.size_hw)
+    sizes = f"--val_size {args.val_size}" + (f" with --max_size {args.max_size}" if args.max_size else "")
+    remedy = "use a larger --max_size" if args.max_size else "use a larger --val_size"
+    if video is not None and args.runtime != "onnx":  # frames too small for the model: refused before any output
+        with frames_too_small(sizes, remedy), torch.no_grad():
+            model(torch.zeros(1, 2, 3, *video.size_hw, device=device))
     print(f"clips of {clip_len} frames ({args.window} window{', flip' if args.flip else ''})")
     source = args.onnx_path if args.runtime == "onnx" else args.model_path
     if args.output_dir:
@@ -133,8 +138,6 @@ def main(argv: list[str] | None = None) -> dict:
         out = new_run_folder(f"infer_video_{video.name}" if video else f"infer_vspw_{args.split}_{args.val_size}",
                              source)
         check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
-    sizes = f"--val_size {args.val_size}" + (f" with --max_size {args.max_size}" if args.max_size else "")
-    remedy = "use a larger --max_size" if args.max_size else "use a larger --val_size"
     predict = {"val_size": args.val_size, "max_size": args.max_size, "clip_len": clip_len, "window": args.window,
                "flip": args.flip, "amp_dtype": AMP_DTYPES[args.amp], "batch_clips": args.batch_clips}
     # left in place by an error or Ctrl-C: the outputs are partial
