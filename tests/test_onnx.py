@@ -282,9 +282,9 @@ def test_vss_runtime_onnx_writes_the_pytorch_labels(tiny_file, tmp_path):
                                           "--output_dir", str(tmp_path / "avos")])
     # a --video whose input size the one-size file does not take: refused before the folder is made
     with pytest.raises(InputSizeError, match=r"48x60 only; got a clip of 4 frames at 40x50"):
-        inference_medvt_vss.main(plain + ["--val_size", "40", "--runtime", "onnx", "--onnx_path", str(onnx_path),
-                                          "--video", str(root / "data" / "v1" / "origin"),
-                                          "--output_dir", str(tmp_path / "video")])
+        inference_medvt_vss.main(["--val_size", "40", "--device", "cpu", "--runtime", "onnx", "--onnx_path",
+                                  str(onnx_path), "--video", str(root / "data" / "v1" / "origin"),
+                                  "--output_dir", str(tmp_path / "video")])
     assert not (tmp_path / "video").exists()
     # a checkpoint given with the file must be the one it was exported from (it names the outputs)
     torch.manual_seed(1)
