@@ -36,7 +36,7 @@ from models.config import preset_name
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
                        clip_frames, incomplete_marker, new_run_folder, non_negative_int, positive_int, refuse_unused,
                        run_main)
-from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags,
+from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, autocast, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import jsonable, write_results
 from vss.common import (build_from_args, evaluate_videos, format_summary, onnx_from_args, open_user_video,
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = f"--val_size {args.val_size}" + (f" with --max_size {args.max_size}" if args.max_size else "")
     remedy = "use a larger --max_size" if args.max_size else "use a larger --val_size"
     if video is not None and args.runtime != "onnx":  # frames too small for the model: refused before any output
-        with frames_too_small(sizes, remedy), torch.no_grad():
+        with frames_too_small(sizes, remedy), torch.no_grad(), autocast(device, AMP_DTYPES[args.amp]):
             model(torch.zeros(1, 2, 3, *video.size_hw, device=device))
     print(f"clips of {clip_len} frames ({args.window} window{', flip' if args.flip else ''})")
     source = args.onnx_path if args.runtime == "onnx" else args.model_path
