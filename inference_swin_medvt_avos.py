@@ -144,7 +144,7 @@ def input_paths(args: argparse.Namespace, datasets: list[str]) -> dict:
     return inputs
 
 
-# Flags of a dataset run, refused with --video when they differ from their defaults (a dataset root from
+# Flags of a dataset run, refused with --video when given (a dataset root from
 # the environment or path_config is not a flag, and stays unread).
 DATASET_ONLY = ("dataset", "sequences", "davis16_split", "davis16_seqs_file", "youtube_objects_list", "moca_list",
                 "moca_annotations", "davis16_root", "youtube_objects_root", "moca_root")
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = check_device(args.device)
     check_runtime_flags(parser, args)
     if args.video is not None:
-        refuse_unused(parser, args, DATASET_ONLY, "to a dataset run, not to --video")
+        refuse_unused(parser, args, DATASET_ONLY, "to a dataset run, not to --video", argv)
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
     if args.video is not None:  # before the checkpoint is read
         require_video(args.video)

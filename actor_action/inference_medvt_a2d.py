@@ -104,7 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Flags of a split evaluation, refused with --video when they differ from their defaults.
+# Flags of a split evaluation, refused with --video when given.
 SPLIT_ONLY = ("a2d_root", "split", "end_window", "max_items", "nan_policy", "protocol", "save_pred", "save_gt_overlay")
 
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.video is not None:
         refuse_unused(parser, args, SPLIT_ONLY, "to an A2D split, not to --video (which always writes its predictions "
-                      "and an overlay video)")
+                      "and an overlay video)", argv)
     device = torch.device(args.device or default_device())
     inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root) if args.video is None else None,
               "--color_map": args.color_map, "--model_path": args.model_path, "--video": args.video}

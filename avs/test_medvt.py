@@ -87,7 +87,7 @@ def check_clips(ds: AVSBenchDataset, clips) -> None:
             load_log_mel(clip.log_mel)
 
 
-# Flags of a split evaluation, refused with --video when they differ from their defaults.
+# Flags of a split evaluation, refused with --video when given.
 SPLIT_ONLY = ("avsbench_root", "split", "test_batch_size", "save_pred_mask", "max_batches", "audio", "allow_resample",
               "allow_silent")
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.video is not None:
         refuse_unused(parser, args, SPLIT_ONLY, "to an AVSBench split, not to --video (whose sound is always "
-                      "resampled to 16 kHz and must not be silent)")
+                      "resampled to 16 kHz and must not be silent)", argv)
     elif args.wav is not None or args.fps is not None:
         parser.error("--wav and --fps describe a --video; an AVSBench split brings its own audio and frames")
     device = torch.device(args.device or default_device())

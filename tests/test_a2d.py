@@ -325,6 +325,9 @@ def test_video_input_segments_every_frame_as_the_model_computes_it(a2d_dir, tmp_
     with pytest.raises(SystemExit):
         inference_medvt_a2d.main(common + ["--video", str(mp4), "--a2d_root", str(a2d_dir)])
     assert "--a2d_root applies to an A2D split, not to --video" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # written at its default value: still a flag that does nothing here
+        inference_medvt_a2d.main(common + ["--video", str(mp4), "--split", "test", "--nan_policy=skip"])
+    assert "--split, --nan_policy apply to an A2D split, not to --video" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="--video .*none.mp4 does not exist"):
         inference_medvt_a2d.main(common + ["--video", str(tmp_path / "none.mp4"), "--output_dir",
                                            str(tmp_path / "none")])

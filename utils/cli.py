@@ -150,10 +150,14 @@ def require_file(path: str | Path | None, flag: str) -> Path:
 
 
 def refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, dests: Sequence[str],
-                  applies_to: str) -> None:
-    """Flags that do nothing in this run (``dests`` whose values differ from their defaults) are a
-    usage error, not silently ignored: "--save_pred applies to an A2D split, not to --video"."""
-    given = [f"--{d}" for d in dests if getattr(args, d) != parser.get_default(d)]
+                  applies_to: str, argv: Sequence[str] | None = None) -> None:
+    """Flags that do nothing in this run (``dests`` written in ``argv``, default the command line, or
+    whose values differ from their defaults) are a usage error, not silently ignored: "--save_pred
+    applies to an A2D split, not to --video"."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    options = {d: [o for a in parser._actions if a.dest == d for o in a.option_strings] for d in dests}
+    given = [f"--{d}" for d in dests if getattr(args, d) != parser.get_default(d)
+             or any(w == o or w.startswith(o + "=") for w in words for o in options[d])]
     if given:
         parser.error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {applies_to}")
 

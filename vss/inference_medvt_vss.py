@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--random_weights and --model_path contradict each other: pass one of them")
     if args.video is not None:
         refuse_unused(parser, args, ("vspw_root", "split", "videos", "save_overlays", "no_save_predictions"),
-                      "to a VSPW split, not to --video (which always writes its predictions and an overlay video)")
+                      "to a VSPW split, not to --video (which always writes its predictions and an overlay video)",
+                      argv)
     device = torch.device(args.device)
     # The output folder is checked before anything is read, so a mistake there costs nothing.
     inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root) if args.video is None else None,
