@@ -21,11 +21,16 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # under torch 2.9.1 and 2.14.1, which gave the same figures for the same weights; the tests use
 # draw 0. A broken op (no low-precision kernel, a NaN mask, a wrong cast) shows as a correlation
 # near zero, far below any of them.
+# The figures also move with the CPU: oneDNN picks other bf16 kernels where the CPU has native bf16
+# matrix units (Intel AMX-BF16) than where it has not (2-core AMD EPYC), and a kernel's rounding
+# differs. The thresholds hold on both, with room.
 # Relative error of the logits against float32: bf16 keeps 8 significant bits, fp16 11.
-# Measured: bf16 0.03-0.19, fp16 0.003-0.041.
-MAX_REL_ERR = {"bf16": 0.25, "fp16": 0.05}
-# Correlation of the logits with float32. Measured: bf16 0.9775-0.9996, fp16 0.9995-1.0.
-MIN_CORR = {"bf16": 0.97, "fp16": 0.995}
+# Measured: bf16 0.03-0.19 on the EPYC, 0.02-0.28 on a Xeon with AMX-BF16 (draw 0 of the 2024
+# variant: 0.276); fp16 0.003-0.041 and 0.003-0.046.
+MAX_REL_ERR = {"bf16": 0.35, "fp16": 0.06}
+# Correlation of the logits with float32. Measured: bf16 0.9775-0.9996 on the EPYC, 0.9728-0.9997
+# on the Xeon; fp16 0.9995-1.0 and 0.9992-1.0.
+MIN_CORR = {"bf16": 0.95, "fp16": 0.995}
 
 
 def _model(device, **overrides):
