@@ -36,7 +36,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -50,10 +49,10 @@ from models.config import MODEL_CONFIGS, MedVTConfig, preset_name
 from models.convert import CheckpointMismatchError, init_from_checkpoint, init_from_vistr_coco
 from models.losses import AVOSCriterion
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, open_run,
-                              read_resume_checkpoint, resume_path, resume_training, save_training, seed_everything,
-                              stretch_schedule)
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
+from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
+                              read_resume_checkpoint, resume_path, resume_training, run_summary, seed_everything,
+                              stretch_schedule, tensorboard_writer)
+from utils.cli import (HelpFormatter, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, require_file, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, format_metrics
@@ -150,14 +149,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_val", action="store_true", help="skip validation (checkpoint_best.pth is not written)")
 
     g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="runs/medvt_avos", help="checkpoints, train.log and metrics.jsonl")
+    g.add_argument("--output_dir", default="runs/medvt_avos", help="checkpoints, train.log and history.json")
     add_run_args(g)
     g.add_argument("--seed", type=random_seed, default=42, help="random seed (each process uses seed + rank)")
     g.add_argument("--device", default=du.default_device(),
                    help="cuda or cpu (torchrun: the local rank's GPU); default cuda if available, else cpu")
     g.add_argument("--find_unused_parameters", action="store_true", help="DDP option, for modified models")
-    g.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard scalars to <output_dir>/tb (needs the tensorboard package)")
     g.add_argument("--log_every", type=positive_int, default=50, help="log the running losses every N steps")
     add_debug_flag(p)
     return p
@@ -217,35 +214,18 @@ def same_lr_groups(path, args: argparse.Namespace):
 
 
 def resume(path: Path, ckpt: dict, args: argparse.Namespace, model, optimizer, scheduler, scaler,
-           info: du.DistInfo, logger) -> tuple[int, dict]:
+           info: du.DistInfo, logger) -> tuple[int, dict, list]:
     """Restore a run (utils.checkpoint.resume_training) from ``ckpt``, the file ``path`` as
     :func:`utils.checkpoint.read_resume_checkpoint` checked it; returns (first epoch to train,
-    best-so-far dict). A changed --epochs stretches the schedule. A file of weights only (e.g. the
+    best-so-far dict, history: [] from a file written before it held one). A changed --epochs
+    stretches the schedule. A file of weights only (e.g. the
     authors' release) was refused there: it initialises a new run through --swin_pretrained /
     --vistr_coco or --init_from, not --resume."""
-    start_epoch, best, _ = resume_training(path, args, model, optimizer, scheduler, scaler, info, logger,
-                                           best={"miou": -1.0, "epoch": -1}, check=same_lr_groups(path, args),
-                                           ckpt=ckpt, init_flags=INIT_FLAGS)
+    start_epoch, best, extra = resume_training(path, args, model, optimizer, scheduler, scaler, info, logger,
+                                               best={"miou": -1.0, "epoch": -1}, check=same_lr_groups(path, args),
+                                               ckpt=ckpt, init_flags=INIT_FLAGS)
     stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
-    return start_epoch, best
-
-
-def check_tensorboard(args, info: du.DistInfo) -> None:
-    if args.tensorboard and info.is_main:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            raise UserError("--tensorboard needs the 'tensorboard' package (pip install tensorboard); "
-                            "metrics are always written to <output_dir>/metrics.jsonl and train.log") from None
-
-
-def tensorboard_writer(args, info: du.DistInfo):
-    if not (args.tensorboard and info.is_main):
-        return None
-    check_tensorboard(args, info)
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(Path(args.output_dir) / "tb"))
+    return start_epoch, best, list(extra.get("history", []))
 
 
 def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
@@ -325,7 +305,6 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
             early.info(f"{len(loaded)} tensors from {args.init_from}; {len(kept)} kept at their initial values"
                        + (f": {', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}" if kept else ""))
 
-    check_tensorboard(args, info)
     logger = open_run(out, args, info, early, input_paths(args), name="medvt.train")
     writer = tensorboard_writer(args, info)
     logger.info(f"{len(loader.dataset)} training clips ({epoch_steps(loader, args.steps_per_epoch)} "
@@ -341,14 +320,14 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     criterion = AVOSCriterion(aux_weight=args.aux_loss)
 
-    start_epoch, best = 0, {"miou": -1.0, "epoch": -1}
+    start_epoch, best, history = 0, {"miou": -1.0, "epoch": -1}, []
     if resume_from is not None:
-        start_epoch, best = resume(resume_from, resume_ckpt, args, model, optimizer, scheduler, scaler, info, logger)
+        start_epoch, best, history = resume(resume_from, resume_ckpt, args, model, optimizer, scheduler, scaler, info,
+                                            logger)
         resume_ckpt = None  # free it
         check_not_finished(start_epoch, args.epochs, logger)
     train_model = du.wrap_ddp(model, info, args.find_unused_parameters)
 
-    history, paths = [], {}
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
@@ -367,27 +346,14 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         is_best = validate and record["val_miou"] > best["miou"]
         if is_best:
             best = {"miou": record["val_miou"], "epoch": epoch}
-        # every process's RNG goes into the checkpoint, so each one resumes exactly; rank 0 writes it
-        paths.update(save_training(out, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best))
-        if info.is_main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if writer is not None:
-                for k, v in record.items():
-                    if k != "epoch" and isinstance(v, (int, float)):
-                        writer.add_scalar(k, v, epoch)
-        du.barrier()
+        history.append(record)
         shown = {k: v for k, v in record.items() if k not in ("epoch", "train_steps")}
         logger.info(f"epoch {epoch}/{args.epochs - 1} done in {time.time() - t0:.1f}s: {format_metrics(shown)}"
                     + (f"  (best {best['miou']:.4f} @ epoch {best['epoch']})" if best["epoch"] >= 0 else ""))
-        history.append(record)
+        close_epoch(out, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best, history, writer)
     if writer is not None:
         writer.close()
-    for name in ("checkpoint_last", "checkpoint_best"):  # also those of the run this one resumed
-        if info.is_main and (out / f"{name}.pth").is_file():
-            paths.setdefault(name, str(out / f"{name}.pth"))
-    return {"output_dir": str(out), "history": history, "best_miou": best["miou"], "best_epoch": best["epoch"],
-            "epochs_done": end_epoch, **paths}
+    return run_summary(history, best, out)
 
 
 if __name__ == "__main__":

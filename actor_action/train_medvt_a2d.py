@@ -50,7 +50,7 @@ from models.backbone import load_swin_pretrained
 from models.convert import init_from_checkpoint, init_from_vistr_coco
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
                               open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
-                              seed_everything, stretch_schedule)
+                              seed_everything, stretch_schedule, tensorboard_writer)
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
@@ -272,6 +272,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
                                              check=same_schedule_length(args), init_flags=INIT_FLAGS)
 
     logger = open_run(out, args, info, early, input_paths(args), name="medvt.a2d")
+    writer = tensorboard_writer(args, info)
     start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
     if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
         start_epoch, best, extra = resume_training(ckpt_path, args, model_without_ddp, optimizer, scheduler, None,
@@ -305,7 +306,9 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
         history.append(row)
         logger.info(f"epoch {epoch} done: {format_metrics({k: v for k, v in stats.items() if k != 'steps'})}")
         close_epoch(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, None,
-                    epoch, best, history)
+                    epoch, best, history, writer)
+    if writer is not None:
+        writer.close()
     return run_summary(history, best, out)
 
 

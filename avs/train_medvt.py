@@ -62,8 +62,8 @@ from models.avs_config import get_avs_config
 from models.avs_convert import load_avs_checkpoint, load_pvt_pretrained
 from utils import distributed as du
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
-                              open_run, read_resume_checkpoint, resume_path, resume_training,
-                              seed_everything)
+                              open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
+                              seed_everything, tensorboard_writer)
 from utils.cli import (HelpFormatter, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
                        random_seed, run_main)
 from utils.engine import train_one_epoch
@@ -263,6 +263,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
                                              read_config=get_avs_config, init_flags=INIT_FLAGS)
 
     logger = open_run(out, args, info, early, input_paths(args), name="medvt.avs.train")
+    writer = tensorboard_writer(args, info)
     # One sampler for one or many processes: the order is a function of (seed, epoch) only, so there
     # is no sampler state to checkpoint and a resumed run sees the same batches.
     sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -309,8 +310,11 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         if is_best:
             best = {"miou": val["miou"], "epoch": epoch}
             logger.info(f"new best val mIoU {val['miou']:.4f} → {out / 'checkpoint_best.pth'}")
-        close_epoch(out, is_best, info, args, model.cfg, model, optimizer, schedule, None, epoch, best, history)
-    return {"best": best, "history": history, "output_dir": str(out), "epochs_done": max(end_epoch, start_epoch)}
+        close_epoch(out, is_best, info, args, model.cfg, model, optimizer, schedule, None, epoch, best, history,
+                    writer)
+    if writer is not None:
+        writer.close()
+    return run_summary(history, best, out)
 
 
 def avs_losses(vggish: torch.nn.Module, criterion: torch.nn.Module, device: torch.device):

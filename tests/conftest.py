@@ -53,3 +53,31 @@ def deterministic():
     yield
     torch.set_num_threads(before[0])
     torch.use_deterministic_algorithms(before[1])
+
+
+@pytest.fixture
+def fake_tensorboard(monkeypatch):
+    """``torch.utils.tensorboard`` stood in for (the tensorboard package is not a dependency): each
+    SummaryWriter made is recorded with its folder and the scalars it was given, as
+    ``[{"dir": str, "scalars": {(key, step): value}, "closed": bool}]``."""
+    import sys
+    import types
+
+    writers = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            self.record = {"dir": log_dir, "scalars": {}, "closed": False}
+            writers.append(self.record)
+
+        def add_scalar(self, key, value, step):
+            self.record["scalars"][key, step] = value
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.record["closed"] = True
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    return writers

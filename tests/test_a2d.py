@@ -195,11 +195,13 @@ def test_original_metric_is_pixel_pooled_and_handles_nan():
 
 
 # ----------------------------------------------------------------------------- scripts
-def test_train_step_then_inference_with_metrics_and_overlays(a2d_dir, tmp_path):
+def test_train_step_then_inference_with_metrics_and_overlays(a2d_dir, tmp_path, fake_tensorboard):
     out = tmp_path / "train"
     common = ["--model", "tiny", "--a2d_root", str(a2d_dir), "--clip_size", "32", "48", "--device", "cpu"]
     res = train_medvt_a2d.main(common + ["--lprop_mode", "2", "--lprop_scale", "4", "--epochs", "1",
-                                         "--num_workers", "0", "--val_items", "2", "--output_dir", str(out)])
+                                         "--num_workers", "0", "--val_items", "2", "--output_dir", str(out),
+                                         "--tensorboard"])
+    assert fake_tensorboard[0]["scalars"][("loss_aux", 0)] == res["loss_aux"] and fake_tensorboard[0]["closed"]
     assert res["epochs_done"] == 1 and math.isfinite(res["loss"]) and res["loss_aux"] > 0
     assert 0.0 <= res["miou_original"] <= 1.0 or math.isnan(res["miou_original"])
     ckpt = read_checkpoint(out / "checkpoint_last.pth")

@@ -37,11 +37,12 @@ def base_args(root: Path, out: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def test_resume_equals_uninterrupted(avs_root, tmp_path):
+def test_resume_equals_uninterrupted(avs_root, tmp_path, fake_tensorboard):
     """2 epochs in one go == 1 epoch, stop, --resume auto for the second: weights, optimiser, schedule,
     best and history. The first part also checks that --resume auto in an empty folder starts a run
     (as train_swin_medvt_avos.py)."""
-    full = train_script.main(base_args(avs_root, tmp_path / "full"))
+    full = train_script.main(base_args(avs_root, tmp_path / "full", "--tensorboard"))
+    assert [fake_tensorboard[0]["scalars"][("val_miou", e)] for e in (0, 1)] == [h["val_miou"] for h in full["history"]]
     part = train_script.main(base_args(avs_root, tmp_path / "part", "--resume", "auto", "--stop_after", "1"))
     assert part["epochs_done"] == 1 and [h["epoch"] for h in part["history"]] == [0]
     assert read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")["epoch"] == 0

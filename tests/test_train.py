@@ -1,4 +1,5 @@
 """The AVOS training pipeline on a tiny model and a synthetic DAVIS folder (CPU, a few steps)."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from datasets.ytvos import ytvos_train_samples
 from models import CheckpointMismatchError, MedVTConfig, build_model, load_checkpoint, read_checkpoint
 from utils.checkpoint import capture_rng, restore_rng, save_checkpoint
 from utils.cli import UserError
+from utils.metrics import jsonable
 from utils.engine import NonFiniteLossError, train_one_epoch
 from utils.optim import PolyLR, param_groups
 
@@ -152,14 +154,16 @@ def test_resume_equals_uninterrupted(davis, tmp_path):
     assert part["epochs_done"] == 1
     resumed = train_script.main(base_args(davis, tmp_path / "part", *one,
                                           "--resume", str(tmp_path / "part" / "checkpoint_last.pth")))
-    assert [h["epoch"] for h in resumed["history"]] == [1]
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]  # the run's history, continued
+    assert json.loads((tmp_path / "part" / "history.json").read_text()) == jsonable(resumed["history"])
     assert_run_starts(tmp_path / "part" / "train.log", "None", str(tmp_path / "part" / "checkpoint_last.pth"))
     a = read_checkpoint(tmp_path / "full" / "checkpoint_last.pth")
     b = read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")
     assert_same_training_state(a, b, epoch=1)
     assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 2
     assert a["best"] == b["best"]
-    assert full["history"][1]["train_loss"] == resumed["history"][0]["train_loss"]
+    timeless = [{k: v for k, v in h.items() if k != "train_step_time"} for h in (*full["history"], *resumed["history"])]
+    assert timeless[:2] == timeless[2:]
 
 
 def test_init_from_weights_only_and_resume_with_wrong_groups(davis, tmp_path):
@@ -186,15 +190,25 @@ def test_resume_refuses_changed_settings_and_applies_more_epochs(davis, tmp_path
     with pytest.raises(UserError, match=r"--lr 0.0005 \(the run used 0.0001\)"):
         train_script.main(args + ["--lr", "5e-4", "--resume", "auto"])
     longer = train_script.main(args + ["--epochs", "4", "--resume", res["checkpoint_last"]])
-    assert [h["epoch"] for h in longer["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in longer["history"]] == [0, 1, 2, 3]
     ckpt = read_checkpoint(longer["checkpoint_last"])
     assert ckpt["lr_scheduler"]["max_steps"] == 3 and ckpt["args"].epochs == 4
     assert "decays to --end_lr by epoch 3" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_checkpoint_rebuilds_model_for_inference(davis, tmp_path):
-    res = train_script.main(base_args(davis, tmp_path / "run", "--epochs", "1", "--steps_per_epoch", "1"))
-    assert 0.0 <= res["best_miou"] <= 1.0 and res["best_epoch"] == 0
+def test_checkpoint_rebuilds_model_for_inference(davis, tmp_path, fake_tensorboard, monkeypatch):
+    args = base_args(davis, tmp_path / "run", "--epochs", "1", "--steps_per_epoch", "1", "--tensorboard")
+    fake = sys.modules["torch.utils.tensorboard"]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed: refused before any output
+    with pytest.raises(UserError, match="--tensorboard needs the 'tensorboard' package"):
+        train_script.main(args)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    res = train_script.main(args)
+    assert 0.0 <= res["best"]["miou"] <= 1.0 and res["best"]["epoch"] == 0
+    [tb] = fake_tensorboard
+    assert tb["dir"] == str(tmp_path / "run" / "tb") and tb["closed"]
+    assert tb["scalars"][("val_miou", 0)] == res["best"]["miou"] and ("train_loss", 0) in tb["scalars"]
     ckpt = read_checkpoint(res["checkpoint_best"])
     assert {"model", "optimizer", "lr_scheduler", "epoch", "args", "config", "rng", "best"} <= set(ckpt)
     assert isinstance(ckpt["args"].output_dir, str)
@@ -216,7 +230,7 @@ def test_mixed_precision_training_and_resume(davis, tmp_path, amp):
     if amp == "fp16":
         assert ckpt["scaler"]["scale"] > 0
     resumed = train_script.main(args + ["--resume", res["checkpoint_last"]])
-    assert [h["epoch"] for h in resumed["history"]] == [1]
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]
     assert f"--amp {amp} on cpu" in (tmp_path / "run" / "train.log").read_text()
 
 

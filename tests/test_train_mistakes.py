@@ -34,7 +34,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def run_a(davis, tmp_path_factory) -> Path:  # noqa: F811
-    """A finished tiny AVOS run (1 epoch, 1 step): its folder holds checkpoint_last.pth and metrics.jsonl."""
+    """A finished tiny AVOS run (1 epoch, 1 step): its folder holds checkpoint_last.pth and history.json."""
     out = tmp_path_factory.mktemp("runs") / "run_a"
     avos_train.main(base_args(davis, out, *QUICK))
     return out
@@ -60,7 +60,7 @@ def test_resume_into_a_new_folder_continues_a_copy(davis, run_a, tmp_path):  # n
     before = snapshot(run_a)
     res = avos_train.main(base_args(davis, tmp_path / "copy", "--epochs", "2", "--steps_per_epoch", "1", "--no_val",
                                     "--resume", str(run_a / "checkpoint_last.pth")))
-    assert [h["epoch"] for h in res["history"]] == [1]
+    assert [h["epoch"] for h in res["history"]] == [0, 1]  # the run's history, continued in the copy
     assert read_checkpoint(tmp_path / "copy" / "checkpoint_last.pth")["epoch"] == 1
     assert snapshot(run_a) == before
 

@@ -196,12 +196,13 @@ def _train_argv(vspw, out, *extra):
             "--val_size", "48", "--device", "cpu", "--output_dir", str(out), *extra]
 
 
-def test_train_resume_then_inference_writes_colored_predictions_and_results(vspw, tmp_path):
+def test_train_resume_then_inference_writes_colored_predictions_and_results(vspw, tmp_path, fake_tensorboard):
     from models.convert import read_checkpoint
     from vss import inference_medvt_vss, train_medvt_vss
 
     train_out = tmp_path / "train"
-    stats = train_medvt_vss.main(_train_argv(vspw, train_out, "--epochs", "1"))
+    stats = train_medvt_vss.main(_train_argv(vspw, train_out, "--epochs", "1", "--tensorboard"))
+    assert fake_tensorboard[0]["scalars"][("mIoU", 0)] == stats["mIoU"] and fake_tensorboard[0]["closed"]
     assert math.isfinite(stats["loss"]) and stats["steps"] == 2 and stats["epochs_done"] == 1
     assert 0 <= stats["history"][0]["mIoU"] <= 1 and stats["best"]["epoch"] == 0  # validated on 3_val_a
     ckpt = read_checkpoint(train_out / "checkpoint_last.pth")  # weights_only: plain types only

@@ -43,7 +43,8 @@ from utils.cli import UserError, check_output_dir, positive_int
 from utils.logger import DeferredLog, log_run_start, setup_logger
 from utils.metrics import jsonable
 
-# Files a training run leaves in its --output_dir; any of them means the folder holds a run.
+# Files a training run leaves in its --output_dir; any of them means the folder holds a run (metrics.jsonl:
+# what AVOS runs wrote before history.json).
 RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "metrics.jsonl", "history.json")
 # Everything else a training script writes there, which --overwrite deletes too (and nothing else):
 # its log, TensorBoard folder (--tensorboard), per-epoch validation tables (VSS) and the temporary
@@ -54,7 +55,8 @@ RUN_PATTERN = re.compile(r"val_epoch\d+\.(csv|json)|\.(checkpoint_last|checkpoin
 
 
 def add_run_args(group, epochs_flag: str = "--epochs") -> None:
-    """``--resume``, ``--overwrite``, ``--stop_after`` and ``--deterministic`` of every training script."""
+    """``--resume``, ``--overwrite``, ``--stop_after``, ``--tensorboard`` and ``--deterministic`` of every
+    training script."""
     group.add_argument("--resume", default=None, metavar="PATH|auto",
                        help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth "
                             "if it exists (else start)")
@@ -65,6 +67,9 @@ def add_run_args(group, epochs_flag: str = "--epochs") -> None:
     group.add_argument("--stop_after", default=None, type=positive_int, metavar="N",
                        help=f"stop after N epochs in this run (the schedule still follows {epochs_flag}); continue "
                             "later with --resume auto")
+    group.add_argument("--tensorboard", action="store_true",
+                       help="also write each epoch's numbers (those of history.json) as TensorBoard scalars to "
+                            "<output_dir>/tb (needs the tensorboard package)")
     group.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
                        help="deterministic kernels (torch.use_deterministic_algorithms): needed for a resumed "
                             "run to equal an uninterrupted one bit for bit, since a few multi-threaded backward "
@@ -245,13 +250,33 @@ def open_run(out_dir: str | os.PathLike, args: argparse.Namespace, info: du.Dist
              inputs: Mapping[str, str | os.PathLike | None], name: str) -> logging.Logger:
     """Start a training run's outputs, once every input is checked: prepare the folder (rank 0,
     :func:`prepare_output_dir`), open its train.log (logger ``name``), mark the run's start with its
-    arguments and replay the messages the checks deferred."""
+    arguments and replay the messages the checks deferred. ``--tensorboard`` without its package is
+    refused first, on every process (so that none waits for another that stopped)."""
+    if args.tensorboard:
+        check_tensorboard()
     if info.is_main:
         prepare_output_dir(out_dir, args.resume, args.overwrite, inputs=inputs)
     logger = setup_logger(out_dir, info.is_main, name=name)
     log_run_start(logger, args)
     early.replay(logger)
     return logger
+
+
+def check_tensorboard() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError("--tensorboard needs the 'tensorboard' package (pip install tensorboard); "
+                        "each epoch's numbers are always written to <output_dir>/history.json and train.log") from None
+
+
+def tensorboard_writer(args: argparse.Namespace, info: du.DistInfo):
+    """The SummaryWriter of ``--tensorboard`` (rank 0; None otherwise), for :func:`close_epoch`."""
+    if not (args.tensorboard and info.is_main):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(Path(args.output_dir) / "tb"))
 
 
 # Flags that say where a run reads and writes and how it is watched, not what it computes: they
@@ -328,22 +353,33 @@ def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, 
 
 
 def close_epoch(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, args, cfg, model, optimizer,
-                scheduler, scaler, epoch: int, best: dict, history: list[dict]) -> dict[str, str]:
+                scheduler, scaler, epoch: int, best: dict, history: list[dict], writer=None) -> dict[str, str]:
     """The end of a training epoch, the same in every task: :func:`save_training` with the run's
-    ``history`` (every process's RNG; rank 0 writes), then rank 0 rewrites ``history.json``, and every
-    process waits for it. Returns the written checkpoint paths ({} on the other ranks)."""
+    ``history`` (every process's RNG; rank 0 writes), then rank 0 rewrites ``history.json`` and gives
+    the epoch's numbers (``history[-1]``) to ``writer`` (:func:`tensorboard_writer`), and every process
+    waits for it. Returns the written checkpoint paths ({} on the other ranks)."""
     paths = save_training(out_dir, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best,
                           history=history)
     if info.is_main:
         (Path(out_dir) / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
+        if writer is not None:
+            for key, value in history[-1].items():
+                if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    writer.add_scalar(key, value, epoch)
+            writer.flush()  # a run stopped later keeps this epoch's scalars
     du.barrier()
     return paths
 
 
 def run_summary(history: list[dict], best: dict, out_dir: str | os.PathLike) -> dict:
-    """What a training script returns: epochs done, best, history, output folder, and the last epoch's
-    numbers (loss terms, lr, val scores), also after a resume that had nothing left to train."""
+    """What a training script returns: epochs done, best, history, output folder, the paths of the
+    run's checkpoints (``checkpoint_last``, ``checkpoint_best``: those in the folder, also when this
+    process resumed and wrote none), and the last epoch's numbers (loss terms, lr, val scores), also
+    after a resume that had nothing left to train."""
     result = {"epochs_done": len(history), "best": best, "history": history, "output_dir": str(out_dir)}
+    for name in ("checkpoint_last", "checkpoint_best"):
+        if (Path(out_dir) / f"{name}.pth").is_file():
+            result[name] = str(Path(out_dir) / f"{name}.pth")
     if history:
         result.update({k: v for k, v in history[-1].items() if k != "epoch"})
     return result
