@@ -27,8 +27,8 @@ import statistics
 
 import torch
 
-from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops, latency_stats, parse_checked,
-                               report, setup, throughput, time_runs)
+from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops, latency_stats, machine_info,
+                               parse_checked, report, setup, throughput, time_runs)
 from models import MODEL_CONFIGS, build_model
 from utils.cli import HelpFormatter
 from utils.engine import autocast
@@ -67,6 +67,7 @@ def main(argv=None) -> dict:
         "gflops_per_clip": flops / 1e9 if flops else None, **throughput(args, device, flops, med),
         "params": sum(p.numel() for p in model.parameters()),
     }
+    res["machine"] = machine_info()  # CPU figures depend on the CPU's model, matrix units and load
     report(res, args.json)
     return res
 

@@ -23,8 +23,8 @@ import statistics
 
 import torch
 
-from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops, latency_stats, parse_checked,
-                               report, setup, throughput, time_runs)
+from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops, latency_stats, machine_info,
+                               parse_checked, report, setup, throughput, time_runs)
 from models import MODEL_CONFIGS, build_model
 from models.losses import AVOSCriterion
 from utils.cli import HelpFormatter
@@ -77,6 +77,7 @@ def main(argv=None) -> dict:
         "peak_memory_mib": memory.mib(), "peak_memory_kind": memory.kind,
         "gflops_per_step": flops / 1e9 if flops else None, **throughput(args, device, flops, med),
     }
+    res["machine"] = machine_info()  # CPU figures depend on the CPU's model, matrix units and load
     report(res, args.json)
     return res
 
