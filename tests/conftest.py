@@ -9,8 +9,8 @@ import pytest
 import torch
 
 # CI has 2 cores; more threads than that only slows the small tensors of the tests. Under pytest-xdist
-# (`make test` runs one worker per core) each worker takes one thread, so the workers share the cores
-# instead of spinning against each other.
+# (`make test` runs two workers, TEST_WORKERS) each takes an equal share of the two threads, so the workers
+# share the cores instead of spinning against each other.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
