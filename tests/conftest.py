@@ -62,7 +62,7 @@ def deterministic():
 def fake_tensorboard(monkeypatch):
     """``torch.utils.tensorboard`` stood in for (the tensorboard package is not a dependency): each
     SummaryWriter made is recorded with its folder and the scalars it was given, as
-    ``[{"dir": str, "scalars": {(key, step): value}, "closed": bool}]``."""
+    ``[{"dir": str, "scalars": {(key, step): value}, "flushes": int, "closed": bool}]``."""
     import sys
     import types
 
@@ -70,14 +70,14 @@ def fake_tensorboard(monkeypatch):
 
     class SummaryWriter:
         def __init__(self, log_dir):
-            self.record = {"dir": log_dir, "scalars": {}, "closed": False}
+            self.record = {"dir": log_dir, "scalars": {}, "flushes": 0, "closed": False}
             writers.append(self.record)
 
         def add_scalar(self, key, value, step):
             self.record["scalars"][key, step] = value
 
         def flush(self):
-            pass
+            self.record["flushes"] += 1
 
         def close(self):
             self.record["closed"] = True

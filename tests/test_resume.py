@@ -20,7 +20,7 @@ from models.convert import CheckpointMismatchError, read_checkpoint
 from tests.test_vss import _train_argv as vss_argv
 from tests.test_vss import write_vspw
 from utils.checkpoint import (capture_rng, close_epoch, restore_rng, resume_training, run_summary, save_checkpoint,
-                              save_training, seed_everything, training_state)
+                              save_training, seed_everything, tensorboard_writer, training_state)
 from utils.cli import UserError
 from utils.distributed import DistInfo
 from utils.optim import PolyLR
@@ -141,31 +141,20 @@ def test_save_training_writes_every_process_rng_as_a_list(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-class FakeWriter:
-    """What close_epoch asks of a SummaryWriter (the tensorboard package is not a dependency)."""
-
-    def __init__(self):
-        self.scalars, self.flushes = [], 0
-
-    def add_scalar(self, key, value, step):
-        self.scalars.append((key, value, step))
-
-    def flush(self):
-        self.flushes += 1
-
-
-def test_close_epoch_writes_history_json_and_the_epochs_scalars(tmp_path):
+def test_close_epoch_writes_history_json_and_the_epochs_scalars(tmp_path, fake_tensorboard):
     """Every task's epoch end: the checkpoint holds the history, history.json is that history, and
     --tensorboard's writer gets the epoch's numbers (not its epoch, flags or names), flushed."""
     model, optimizer, scheduler = _parts()
     history = [{"epoch": 0, "loss": 0.5}, {"epoch": 1, "loss": 0.25, "val_miou": 0.5, "steps": 3, "nan": False,
                                            "split": "val"}]
-    writer = FakeWriter()
-    close_epoch(tmp_path, False, DistInfo(0, 1, 0, CPU), _args(), model.cfg, model, optimizer, scheduler, None, 1,
+    info = DistInfo(0, 1, 0, CPU)
+    writer = tensorboard_writer(_args(tensorboard=True, output_dir=str(tmp_path)), info)
+    close_epoch(tmp_path, False, info, _args(), model.cfg, model, optimizer, scheduler, None, 1,
                 {"miou": 0.5, "epoch": 1}, history, writer)
     assert json.loads((tmp_path / "history.json").read_text()) == history
     assert read_checkpoint(tmp_path / "checkpoint_last.pth")["history"] == history
-    assert writer.scalars == [("loss", 0.25, 1), ("val_miou", 0.5, 1), ("steps", 3, 1)] and writer.flushes == 1
+    [tb] = fake_tensorboard
+    assert tb["scalars"] == {("loss", 1): 0.25, ("val_miou", 1): 0.5, ("steps", 1): 3} and tb["flushes"] == 1
     summary = run_summary(history, {"miou": 0.5, "epoch": 1}, tmp_path)
     assert summary["checkpoint_last"] == str(tmp_path / "checkpoint_last.pth") and "checkpoint_best" not in summary
     assert summary["epochs_done"] == 2 and summary["loss"] == 0.25
