@@ -8,9 +8,9 @@ checkpoint (a bare ``Pred_endecoder`` state dict, converted on the fly) or one o
 
 ``--video PATH`` segments a video of your own instead, with its sound (the file's sound track, or
 ``--wav``; a folder of frames needs ``--wav`` and ``--fps``): every frame's mask as a 0/255 PNG
-``masks/<video>/<frame>.png`` at the frame size, an overlay video ``overlays/<video>.mp4`` and
-``summary.json``; no metrics. Clips of 5 frames one second apart with their log-mel examples, as
-AVSBench's (see ``avs/video.py``).
+``masks/<video>/<frame>.png`` at the frame size, an overlay video ``overlays/<video>.mp4`` that plays
+the sound the model heard (16 kHz mono, AAC) and ``summary.json``; no metrics. Clips of 5 frames one
+second apart with their log-mel examples, as AVSBench's (see ``avs/video.py``).
 
 Examples::
 
@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
             result = segment_video(model, vggish, video, sound, fps, device, out)
             result["settings"] = {"task": args.task, "test_im_size": size, "weights": str(args.model_path)}
             (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+        sound_note = "with its sound" if result["overlay_sound"] else "without sound (this FFmpeg has no AAC encoder)"
         print(f"a sounding object in {100 * result['frames_with_a_source']:.1f}% of the frames; wrote "
-              f"{out / 'masks' / video.name}/*.png and the overlay video {result['overlay_video']}")
+              f"{out / 'masks' / video.name}/*.png and the overlay video {result['overlay_video']} {sound_note}")
         return result
     ds = AVSBenchDataset(args.avsbench_root, args.task, args.split, args.test_im_size or None, args.audio,
                          args.allow_resample, args.allow_silent)

@@ -77,11 +77,13 @@ def plan_blocks(n: int, fps: float, t: int) -> list[tuple[range, list[Clip]]]:
 
 
 class SoundTrack:
-    """The log-mel frames [L, 64] of a whole sound track, cut into the examples a clip needs."""
+    """The log-mel frames [L, 64] of a whole sound track, cut into the examples a clip needs, and its
+    16 kHz mono samples (what the model hears), which the overlay video plays."""
 
     def __init__(self, samples: np.ndarray, what: str) -> None:
         if not np.any(samples):
             raise AudioError(f"{what}: the sound is silent (all samples zero); MED-VT++ needs the sound")
+        self.samples = samples.astype(np.float32)  # 64 kB a second: an hour's fits in memory, as its log-mel does
         self.log_mel = log_mel_spectrogram(samples).astype(np.float32)
         if len(self.log_mel) < EXAMPLE_FRAMES:
             raise AudioError(f"{what}: the sound lasts {len(samples) / SAMPLE_RATE:.2f} s, shorter than one "
@@ -162,12 +164,13 @@ def predict_video(model: torch.nn.Module, vggish: torch.nn.Module, source: Image
 def segment_video(model: torch.nn.Module, vggish: torch.nn.Module, source: ImageFiles | VideoFile, sound: SoundTrack,
                   fps: float, device: torch.device, output_dir: Path) -> dict:
     """Every frame's mask as a 0/255 PNG ``masks/<video>/<frame>.png`` at the frame size and an overlay
-    video ``overlays/<video>.mp4``, written as predictions arrive; returns the figures of the run."""
+    video ``overlays/<video>.mp4`` with the sound the model heard (16 kHz mono), written as predictions
+    arrive; returns the figures of the run."""
     name = source.name
     blocks = plan_blocks(len(source), fps, model.cfg.max_frames)
     speed = Throughput(len(source), name, print)
     with_object, area = 0, 0.0
-    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", fps) as video:
+    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", fps, sound=(sound.samples, SAMPLE_RATE)) as video:
         with BackgroundWorker(depth=16, name="writer") as writer:  # one thread: the video's frames stay in order
             for i, mask, rgb in predict_video(model, vggish, source, sound, blocks, device):
                 with_object += bool(mask.any())
@@ -179,7 +182,7 @@ def segment_video(model: torch.nn.Module, vggish: torch.nn.Module, source: Image
     forwards = sum(len(clips) for _, clips in blocks)
     return {"name": name, "frames": n, "fps": fps, "sound_seconds": sound.seconds, "forwards": forwards,
             "frames_with_a_source": with_object / n, "mean_mask_area": area / n, "overlay_video": str(video.path),
-            "overlay_codec": video.codec, **speed.close()}
+            "overlay_codec": video.codec, "overlay_sound": video.sound_codec, **speed.close()}
 
 
 def _save_mask(mask: np.ndarray, path: Path) -> None:

@@ -476,6 +476,11 @@ def test_video_input_equals_the_avsbench_clip_and_reads_a_sound_track(avs_root, 
     assert len(list((tmp_path / "band" / "masks" / "band").glob("*.png"))) == 23
     with av.open(res["overlay_video"]) as container:
         assert sum(1 for _ in container.decode(video=0)) == 23
+    with av.open(res["overlay_video"]) as container:  # it plays the sound the model heard
+        heard = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    assert res["overlay_sound"] == "aac" and len(heard) == pytest.approx(16000 * 2.3, abs=2048)
+    spectrum = np.abs(np.fft.rfft(heard))
+    assert np.argmax(spectrum) * 16000 / len(heard) == pytest.approx(440, abs=5)
     assert "23 frames at 10 frames/s, 2.3 s of sound" in capsys.readouterr().out
 
     # mistakes: one line each, before any output folder exists

@@ -357,6 +357,59 @@ def test_video_writer_mpeg4_abort_and_errors(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "a.mp4"]
 
 
+def _tone(seconds: float, hz: float, rate: int = 16000) -> np.ndarray:
+    return 0.4 * np.sin(2 * np.pi * hz * np.arange(round(seconds * rate)) / rate)
+
+
+def _dominant_hz(x: np.ndarray, rate: int = 16000) -> float:
+    return float(np.argmax(np.abs(np.fft.rfft(x * np.hanning(len(x))))) * rate / len(x))
+
+
+def read_sound(path):
+    """(codec, sample rate, seconds the stream lasts, mono samples) of the file's first sound track."""
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+        return a.codec_context.name, a.sample_rate, float(a.duration * a.time_base), samples
+
+
+def test_video_writer_plays_the_sound_along_and_cuts_it_where_the_frames_end(tmp_path, monkeypatch):
+    """12 frames at 10 frames/s with 0.6 s of 440 Hz, then 1000 Hz for 1.6 s: the file's AAC track lasts
+    the video's 1.2 s (the rest cut), in order (each half's pitch where it was); a shorter sound ends
+    early; without an AAC encoder the video is written alone; a GIF or a stereo array with sound is
+    refused."""
+    path = tmp_path / "voiced.mp4"
+    sound = np.concatenate([_tone(0.6, 440), _tone(1.6, 1000)])
+    with VideoWriter(path, fps=10, sound=(sound, 16000)) as writer:
+        for f in square_frames(12):
+            writer.write(f)
+    assert writer.codec == "h264" and writer.sound_codec == "aac"
+    assert len(read_back(path)[1]) == 12
+    codec, rate, seconds, back = read_sound(path)
+    assert codec == "aac" and rate == 16000 and seconds == pytest.approx(1.2, abs=0.07)  # one AAC frame
+    assert _dominant_hz(back[1600:8000]) == pytest.approx(440, abs=10)   # 0.1-0.5 s
+    assert _dominant_hz(back[11200:17600]) == pytest.approx(1000, abs=10)  # 0.7-1.1 s
+
+    short = tmp_path / "short.mp4"
+    with VideoWriter(short, fps=10, sound=(_tone(0.5, 440), 16000)) as writer:
+        for f in square_frames(12):
+            writer.write(f)
+    assert read_sound(short)[2] == pytest.approx(0.5, abs=0.07) and len(read_back(short)[1]) == 12
+
+    monkeypatch.setattr(av, "codecs_available", av.codecs_available - {"aac"})
+    mute = tmp_path / "mute.mp4"
+    with VideoWriter(mute, fps=10, sound=(sound, 16000)) as writer:
+        for f in square_frames(3):
+            writer.write(f)
+    assert writer.sound_codec is None and len(read_back(mute)[1]) == 3
+    with av.open(str(mute)) as c:
+        assert not c.streams.audio
+
+    for name, bad in [("a.gif", (sound, 16000)), ("b.mp4", (np.stack([sound, sound]), 16000))]:
+        with pytest.raises(ValueError, match="mono samples"):
+            VideoWriter(tmp_path / name, sound=bad)
+
+
 def test_video_writer_gif_and_write_video(tmp_path):
     frames = [overlay(f, np.pad(np.ones((10, 10), bool), ((5, 33), (5, 49)))) for f in square_frames(6)]
     with VideoWriter(tmp_path / "x.gif", fps=5) as writer:

@@ -58,15 +58,27 @@ class VideoWriter:
     leaves a file at ``path`` that looks complete. As a context manager: close on success, abort
     on an exception. Attributes: ``codec`` (the format written, e.g. "h264", "mpeg4", "gif"; None
     before the first frame) and ``frames_written``.
+
+    ``sound``: (mono samples in [-1, 1], sample rate) to play along (not for GIFs): AAC, muxed as
+    the frames arrive, sample 0 at frame 0, cut where the last frame ends; ``sound_codec`` is "aac",
+    or None when this FFmpeg has no AAC encoder (the video is then written without its sound).
     """
 
-    def __init__(self, path: str | Path, fps: float = 10, codec: str = "auto") -> None:
+    def __init__(self, path: str | Path, fps: float = 10, codec: str = "auto",
+                 sound: tuple[np.ndarray, int] | None = None) -> None:
         self.path = Path(path)
         self.fps = fps
         self.requested_codec = codec
         self.frames_written = 0
         self.codec: str | None = None
+        self.sound_codec: str | None = None
         self.is_gif = self.path.suffix.lower() == ".gif"
+        if sound is not None and (self.is_gif or np.ndim(sound[0]) != 1 or not sound[1] > 0):
+            raise ValueError(f"VideoWriter {self.path}: sound is (mono samples [n], sample rate > 0), and not "
+                             "for a GIF (it has no sound track)")
+        self._sound = sound
+        self._audio = None  # its stream, once open
+        self._samples_written = 0
         self.tmp_path = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self._gif_frames: list[Image.Image] = []
         self._container = None
@@ -92,6 +104,10 @@ class VideoWriter:
             stream.bit_rate = max(1_000_000, int(0.2 * stream.width * stream.height * float(rate)))
         self._stream = stream
         self.codec = stream.codec_context.codec.canonical_name
+        if self._sound is not None:
+            if "aac" in av.codecs_available:  # else the video goes without its sound (sound_codec stays None)
+                self._audio = self._container.add_stream("aac", rate=int(self._sound[1]), layout="mono")
+                self.sound_codec = self._audio.codec_context.codec.canonical_name
 
     def write(self, rgb: np.ndarray) -> None:
         """Append one HxWx3 uint8 RGB frame (the same size as the first)."""
@@ -120,6 +136,28 @@ class VideoWriter:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
         self.frames_written += 1
+        if self._audio is not None:
+            self._write_sound(last=False)
+
+    def _write_sound(self, last: bool) -> None:
+        """Mux the sound up to where the frames written so far end, in the encoder's frame size (the
+        last, shorter piece only when closing): audio and video stay interleaved in the file."""
+        import av
+
+        samples, rate = self._sound
+        end = min(len(samples), round(self.frames_written * rate / self.fps))
+        size = self._audio.codec_context.frame_size or 1024  # 0 until the first encode opens it: AAC's 1024
+        while self._samples_written < end and (last or end - self._samples_written >= size):
+            a = self._samples_written
+            piece = np.clip(samples[a:min(a + size, end)], -1, 1).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = int(rate), a
+            for packet in self._audio.encode(frame):
+                self._container.mux(packet)
+            self._samples_written += piece.shape[1]
+        if last:
+            for packet in self._audio.encode(None):
+                self._container.mux(packet)
 
     def close(self) -> Path:
         """Finish the file and move it to ``path``; returns ``path``."""
@@ -135,6 +173,8 @@ class VideoWriter:
             elif self._container is not None:
                 for packet in self._stream.encode(None):  # flush the encoder's delayed frames
                     self._container.mux(packet)
+                if self._audio is not None:
+                    self._write_sound(last=True)
                 self._container.close()
                 self._container = None
             os.replace(self.tmp_path, self.path)
