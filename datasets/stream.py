@@ -67,13 +67,6 @@ def _reason(error: Exception) -> str:
     return getattr(error, "strerror", None) or f"{type(error).__name__}: {error}"
 
 
-class _Size:
-    """Stands in for a PIL image in :func:`require_same_size`, which reads only ``.size``."""
-
-    def __init__(self, size: tuple[int, int]) -> None:
-        self.size = size
-
-
 class ImageFiles:
     """Frames from image files, read one at a time (``open_image``, so errors name the file)."""
 
@@ -95,7 +88,12 @@ class ImageFiles:
         return len(self.files)
 
     def _read(self, path: Path) -> Item:
-        return _item(open_image(path, "RGB"), self._resize_to, self.keep_rgb)
+        img = open_image(path, "RGB")
+        if img.size != self.frame_hw[::-1]:  # its prediction would silently take the first frame's size
+            raise UserError(f"frame {path} is {img.size[0]}x{img.size[1]} but frame {self.files[0].name} of the same "
+                            f"video is {self.frame_hw[1]}x{self.frame_hw[0]}; the frames of a video must have one "
+                            "size (resize them first)")
+        return _item(img, self._resize_to, self.keep_rgb)
 
     def __iter__(self) -> Iterator[Item]:
         return (self._read(p) for p in self.files)
@@ -240,7 +238,7 @@ def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag
         except FileNotFoundError as e:  # no image files in it
             raise MissingInputError(str(e)) from None
         # Headers only: a size mismatch is found without decoding the frames.
-        require_same_size([_Size(image_size(p)) for p in files], files, f"{flag} {path}")
+        require_same_size([image_size(p) for p in files], files, f"{flag} {path}")
         source = ImageFiles(files, size_hw, keep_rgb, name=path.resolve().name)  # `.` has no name of its own
     else:
         if path.stat().st_size == 0:

@@ -35,7 +35,7 @@ from utils.clips import clamped_clip
 
 from .path_config import dataset_root, require
 from .transforms import to_tensor
-from .video import VideoSequence, image_size, open_image
+from .video import VideoSequence, image_size, open_image, require_same_size
 
 IGNORE_INDEX = 255
 NUM_CLASSES = 124
@@ -66,8 +66,9 @@ def vspw_sequences(root: Path, split: str, need_masks: bool | None = None,
     and reads the header of every mask file (:func:`image_size`, no decoding), so a damaged mask is
     named now, before training or evaluation starts, not when it is first read (after an epoch, for
     the validation split). A frame without a mask file is kept, all void (as in :func:`read_raw_mask`).
-    ``one_size`` (with ``need_masks``): the masks of a video must have one size (evaluation stacks them);
-    training clips are checked when read instead (:class:`VSPWClips`), so a bad mask costs only its clips.
+    ``one_size``: the frames of a video must have one size, and (with ``need_masks``) its masks too
+    (evaluation stacks them); training clips are checked when read instead (:class:`VSPWClips`), so a
+    bad frame or mask costs only its clips.
     """
     need_masks = split != "test" if need_masks is None else need_masks
     videos = []
@@ -77,6 +78,8 @@ def vspw_sequences(root: Path, split: str, need_masks: bool | None = None,
                         and not p.name.startswith("."))
         if not frames:
             raise FileNotFoundError(f"vspw: {frame_dir} has no frames (*.jpg)")
+        if one_size:  # headers only; else the frame would be found (and the run stopped) when its video comes up
+            require_same_size([image_size(p) for p in frames], frames, f"vspw: video {name}")
         mask_dir = root / "data" / name / "mask"
         if need_masks:
             require(mask_dir, "vspw", f"masks of video {name} (split {split})")

@@ -12,6 +12,8 @@ from datasets.a2d import A2DDataset, make_synthetic_a2d, read_color_map, read_vi
 from datasets.audio import read_wav
 from datasets.avsbench import avsbench_clips, read_metadata
 from datasets.moca import read_annotations
+from datasets.stream import ImageFiles
+from datasets.synthetic import make_synthetic_davis
 from datasets.vspw import read_split, vspw_sequences
 from tests.test_vss import write_vspw
 from utils.cli import UserError
@@ -70,6 +72,41 @@ def test_vspw_masks_of_two_sizes_in_one_video_name_the_video_and_sizes(tmp_path)
     with pytest.raises(UserError, match=r"mask .*00000002\.png is 90x70 but mask 00000000\.png of the same video "
                                         r"3_val_a is 80x64"):
         vspw_sequences(root, "val")
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_vspw_frames_of_two_sizes_in_one_video_name_the_frame_before_any_run(tmp_path, split):
+    """Evaluation lists a video's frames at one size (header only); the training listing leaves the check
+    to the clips (VSPWClips)."""
+    root = write_vspw(tmp_path, {"3_val_a": (split, 4)}, size=(64, 80))
+    Image.fromarray(np.zeros((72, 96, 3), np.uint8)).save(root / "data/3_val_a/origin/00000002.jpg")
+    with pytest.raises(UserError, match=r"vspw: video 3_val_a: frames differ in size: 00000000\.jpg is 80x64 but "
+                                        r"00000002\.jpg is 96x72"):
+        vspw_sequences(root, split)
+    assert len(vspw_sequences(root, split, one_size=False)[0].frames) == 4
+
+
+def test_a_frame_of_another_size_is_named_when_read_not_resized_silently(tmp_path):
+    """The safety net under every dataset path: a frame source stops at a frame of another size."""
+    files = []
+    for i, size in enumerate([(48, 64), (48, 64), (50, 70)]):
+        files.append(tmp_path / f"{i:05d}.jpg")
+        Image.fromarray(np.zeros((*size, 3), np.uint8)).save(files[-1])
+    source = ImageFiles(files, (32, 32))
+    with pytest.raises(UserError, match=r"frame .*00002\.jpg is 70x50 but frame 00000\.jpg of the same video is "
+                                        r"64x48"):
+        list(source)
+
+
+def test_avos_inference_names_a_dataset_frame_of_another_size_before_any_output(tmp_path):
+    import inference_swin_medvt_avos as script
+
+    root = make_synthetic_davis(tmp_path / "DAVIS", num_train=0, num_val=1, num_frames=4)
+    Image.fromarray(np.zeros((50, 70, 3), np.uint8)).save(root / "JPEGImages/480p/synth-val-00/00002.jpg")
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"davis: sequence synth-val-00: frames differ in size: .*00002\.jpg is 70x50"):
+        script.main(["--model_path", str(tmp_path / "none.pth"), "--davis16_root", str(root), "--output_dir", str(out)])
+    assert not out.exists()  # before the checkpoint (which does not exist) is even read
 
 
 # A2D frames and colour map ----------------------------------------------------------------

@@ -323,10 +323,10 @@ def test_frame_folders_sort_naturally(tmp_path):
 def test_frames_of_different_sizes_are_refused():
     from datasets.video import require_same_size
 
-    images = [Image.new("RGB", (64, 48)), Image.new("RGB", (64, 48)), Image.new("RGB", (32, 24))]
+    sizes = [(64, 48), (64, 48), (32, 24)]
     with pytest.raises(UserError, match=r"f2.png is 32x24"):
-        require_same_size(images, ["f0.png", "f1.png", "f2.png"], "--video clip")
-    require_same_size(images[:2], ["f0.png", "f1.png"], "--video clip")
+        require_same_size(sizes, ["f0.png", "f1.png", "f2.png"], "--video clip")
+    require_same_size(sizes[:2], ["f0.png", "f1.png"], "--video clip")
 
 
 # --------------------------------------------------------------------------- checkpoints of another task
