@@ -34,7 +34,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="frame size the class ids are written at")
     p.add_argument("--logit_size", type=positive_int, nargs=2, default=[60, 107], metavar=("H", "W"),
                    help="the model's output size (a quarter of a 240x426 input)")
-    p.add_argument("--flip", action="store_true", help="two views merged by their mean (activation none)")
+    p.add_argument("--flip", action="store_true", help="two views merged by their mean")
+    p.add_argument("--activation", default="none", choices=["none", "softmax"],
+                   help="per view before the merge: none (VSS and A2D without --flip) or softmax (VSS --flip, "
+                        "whose sums over the classes take a first pass) (default none)")
     p.add_argument("--iters", type=positive_int, default=3, help="timed frames per method")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default torch's)")
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     views = [0, 1] if args.flip else [0]
-    predictor = VideoPredictor(torch.nn.Identity(), "chunk", 1, flip=args.flip, activation="none")
+    predictor = VideoPredictor(torch.nn.Identity(), "chunk", 1, flip=args.flip, activation=args.activation)
     logits = [torch.randn(len(views), args.classes, 1, *args.logit_size, generator=torch.Generator().manual_seed(0))
               .to(device)]
     size = tuple(args.size)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {info['cpu']}, {info['cores']} cores, {' '.join(info['extensions'])}; load average "
           f"{info['load_average'][0]:.2f}; torch {torch.__version__} on {device}, {torch.get_num_threads()} threads")
     print(f"{args.classes} classes, logits {args.logit_size[0]}x{args.logit_size[1]} -> {size[0]}x{size[1]}, "
-          f"{len(views)} view(s); memory added at the peak: {memory.kind}")
+          f"{len(views)} view(s), activation {args.activation}; memory added at the peak: {memory.kind}")
     for name in methods:
             print(f"  {name:16s} median {statistics.median(times[name]):.3f} s/frame, peak +{peaks[name]:,.0f} MiB")
     ratio = statistics.median(times["all classes"]) / statistics.median(times["a few at a time"])

@@ -38,6 +38,9 @@ from utils.clips import iter_chunk_clips, wraparound_clip
 WINDOWS = ("centre", "chunk")
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "softmax": lambda x: x.softmax(1), "none": lambda x: x}
 _CHUNK_VALUES = 1 << 25  # float32 values (128 MiB) of resized class maps per step of the arg-max
+# Softmax's classes are resized all at once up to this many values (1 GiB; about 2.4 GiB at the peak):
+# past it in steps, each class resized twice (:meth:`VideoPredictor._class_ids`), slower but bounded.
+_SOFTMAX_AT_ONCE_VALUES = 1 << 28
 
 
 class Job(NamedTuple):
@@ -185,12 +188,18 @@ class VideoPredictor:
         return out
 
     def _merged(self, per_scale: list[Tensor], views: list[int], pos: int, size: tuple[int, int],
-                classes: slice = slice(None)) -> Tensor:
+                classes: slice = slice(None), log_sums: list[Tensor] | None = None) -> Tensor:
         """The ``classes`` of one kept frame: each view's logits at clip position ``pos`` resized to
-        ``size``, activated, averaged over scales, the flipped view merged → [k, *size]."""
-        act = ACTIVATIONS[self.activation]
-        p = torch.stack([act(F.interpolate(lg[views, classes, pos], size=size, mode="bilinear",
-                                           align_corners=False)) for lg in per_scale]).mean(0)
+        ``size``, activated, averaged over scales, the flipped view merged → [k, *size].
+
+        ``log_sums`` (:meth:`_log_sum_exp`, one [views, *size] per scale) makes the activation the
+        softmax over all classes for any subset of them: exp(logit − log Σ exp(logits))."""
+        def act(x: Tensor, s: int) -> Tensor:  # x: a fresh resized map, so in place saves a full-size copy
+            return x.sub_(log_sums[s][:, None]).exp_() if log_sums is not None else ACTIVATIONS[self.activation](x)
+
+        p = [act(F.interpolate(lg[views, classes, pos], size=size, mode="bilinear", align_corners=False), s)
+             for s, lg in enumerate(per_scale)]
+        p = p[0] if len(p) == 1 else torch.stack(p).mean(0)  # the mean of one is itself, bit for bit
         if not self.flip:
             return p[0]
         a, m = p[0], p[1].flip(-1)
@@ -199,21 +208,29 @@ class VideoPredictor:
     def _class_ids(self, per_scale: list[Tensor], views: list[int], pos: int, size: tuple[int, int]) -> Tensor:
         """The arg-max class of every pixel of one kept frame, [*size] uint8: ``_merged(...).argmax(0)``.
 
-        When the activation acts on each class alone (all but softmax), the classes are resized a few at
-        a time and a running maximum is kept: a 124-class 1080p frame needs about 0.1 GiB, not 1 GiB per
-        view and scale (VSS ``--video`` on a 1080p video: 2.0 instead of 9.1 GB peak, twice the frames/s).
+        The classes are resized a few at a time and a running maximum is kept: a 124-class 1080p frame
+        needs about 0.1 GiB, not 1 GiB per view and scale (VSS ``--video`` on a 1080p video: 2.0 instead
+        of 9.1 GB peak, twice the frames/s). Softmax couples the classes: up to
+        ``_SOFTMAX_AT_ONCE_VALUES`` they are taken at once; past it a first pass sums them for each pixel
+        (:meth:`_log_sum_exp`) and each class is resized twice (VSS ``--flip`` at 1080p: 0.10x the
+        memory for 1.4x the time).
         On the CPU a class resized in a smaller group can round differently in the last bit (the kernel
         vectorises over channels), so a pixel whose two best classes are within rounding may take the
         other one; on ties the earlier class is kept, as argmax does."""
         k = per_scale[0].shape[1]
         if k > 256:
             raise ValueError(f"class ids are stored as uint8: {k} classes do not fit")
-        if self.activation == "softmax":  # softmax couples the classes: all of them at once
-            return self._merged(per_scale, views, pos, size).argmax(0).to(torch.uint8)
-        step = max(1, _CHUNK_VALUES // (size[0] * size[1] * len(views) * len(per_scale)))
+        per_class = size[0] * size[1] * len(views) * len(per_scale)
+        step = max(1, _CHUNK_VALUES // per_class)
+        log_sums = None
+        if self.activation == "softmax":  # a softmax over some of the classes needs the sums over all first
+            if k * per_class <= _SOFTMAX_AT_ONCE_VALUES:
+                step = k
+            else:
+                log_sums = self._log_sum_exp(per_scale, views, pos, size, step)
         best = ids = None
         for c in range(0, k, step):
-            value, index = self._merged(per_scale, views, pos, size, slice(c, c + step)).max(0)
+            value, index = self._merged(per_scale, views, pos, size, slice(c, c + step), log_sums).max(0)
             if best is None:
                 best, ids = value, index.to(torch.uint8)
             else:
@@ -221,6 +238,21 @@ class VideoPredictor:
                 best = torch.where(better, value, best)
                 ids = torch.where(better, (index + c).to(torch.uint8), ids)
         return ids
+
+    @staticmethod
+    def _log_sum_exp(per_scale: list[Tensor], views: list[int], pos: int, size: tuple[int, int],
+                     step: int) -> list[Tensor]:
+        """log Σ_k exp(logit_k) of every pixel at ``size``, per scale ([views, *size] each), accumulated
+        ``step`` resized classes at a time."""
+        sums = []
+        for lg in per_scale:
+            total = None
+            for c in range(0, lg.shape[1], step):
+                part = F.interpolate(lg[views, c:c + step, pos], size=size, mode="bilinear",
+                                     align_corners=False).logsumexp(1)
+                total = part if total is None else torch.logaddexp(total, part)
+            sums.append(total)
+        return sums
 
     # ------------------------------------------------------------------------------- streaming
     def stream(self, source, out_size: tuple[int, int] | Callable[[int], tuple[int, int]],
