@@ -212,8 +212,8 @@ class VideoPredictor:
         needs about 0.1 GiB, not 1 GiB per view and scale (VSS ``--video`` on a 1080p video: 2.0 instead
         of 9.1 GB peak, twice the frames/s). Softmax couples the classes: up to
         ``_SOFTMAX_AT_ONCE_VALUES`` they are taken at once; past it a first pass sums them for each pixel
-        (:meth:`_log_sum_exp`) and each class is resized twice (VSS ``--flip`` at 1080p: 0.10x the
-        memory for 1.4x the time).
+        (:meth:`_log_sum_exp`) and each class is resized twice (124 classes, two views at 1080p: 0.09x
+        the memory for 1.3x the time; benchmarks/README.md).
         On the CPU a class resized in a smaller group can round differently in the last bit (the kernel
         vectorises over channels), so a pixel whose two best classes are within rounding may take the
         other one; on ties the earlier class is kept, as argmax does."""
