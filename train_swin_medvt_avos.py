@@ -55,7 +55,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (HelpFormatter, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, require_file, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
-from utils.logger import DeferredLog, format_metrics
+from utils.logger import DeferredLog, epoch_line
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 
 BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos",
@@ -348,8 +348,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
             best = {"miou": record["val_miou"], "epoch": epoch}
         history.append(record)
         shown = {k: v for k, v in record.items() if k not in ("epoch", "train_steps")}
-        logger.info(f"epoch {epoch}/{args.epochs - 1} done in {time.time() - t0:.1f}s: {format_metrics(shown)}"
-                    + (f"  (best {best['miou']:.4f} @ epoch {best['epoch']})" if best["epoch"] >= 0 else ""))
+        logger.info(epoch_line(epoch, args.epochs, time.time() - t0, shown, best))
         close_epoch(out, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best, history, writer)
     if writer is not None:
         writer.close()

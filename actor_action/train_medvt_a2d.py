@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, no
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, epoch_steps, train_one_epoch
-from utils.logger import DeferredLog, format_metrics
+from utils.logger import DeferredLog, epoch_line
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
 
@@ -289,6 +290,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
                 f"steps/epoch/process on {device}")
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
         sampler.set_epoch(epoch)
         if not args.use_lr_warmup:  # the original's warm-up starts every group at 0 instead
             set_backbone_lr(optimizer, epoch, args.lr_backbone)
@@ -304,7 +306,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
             if summary["miou_original"] > best["miou_original"]:
                 best = {"miou_original": float(summary["miou_original"]), "epoch": epoch}
         history.append(row)
-        logger.info(f"epoch {epoch} done: {format_metrics({k: v for k, v in stats.items() if k != 'steps'})}")
+        logger.info(epoch_line(epoch, args.epochs, time.time() - t0,
+                               {k: v for k, v in row.items() if k not in ("epoch", "steps")}, best))
         close_epoch(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, None,
                     epoch, best, history, writer)
     if writer is not None:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -67,7 +68,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (HelpFormatter, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
                        random_seed, run_main)
 from utils.engine import train_one_epoch
-from utils.logger import DeferredLog, format_metrics
+from utils.logger import DeferredLog, epoch_line
 from utils.optim import param_groups
 
 TASK_DEFAULTS = {
@@ -291,6 +292,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
 
     end_epoch = args.max_epoches if args.stop_after is None else min(args.max_epoches, start_epoch + args.stop_after)
     for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
         sampler.set_epoch(epoch)
         schedule.apply(epoch)
         # No gradient clipping in the original AVS recipe (clip_max_norm 0). A non-finite loss stops
@@ -305,10 +307,12 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         schedule.step()
         stats.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], val_miou=val["miou"], val_fscore=val["fscore"])
         history.append(stats)
-        logger.info(f"epoch {epoch}: {format_metrics({k: v for k, v in stats.items() if k != 'epoch'})}")
         is_best = val["miou"] > best["miou"]
         if is_best:
             best = {"miou": val["miou"], "epoch": epoch}
+        logger.info(epoch_line(epoch, args.max_epoches, time.time() - t0,
+                               {k: v for k, v in stats.items() if k not in ("epoch", "steps")}, best))
+        if is_best:
             logger.info(f"new best val mIoU {val['miou']:.4f} → {out / 'checkpoint_best.pth'}")
         close_epoch(out, is_best, info, args, model.cfg, model, optimizer, schedule, None, epoch, best, history,
                     writer)

@@ -29,6 +29,20 @@ def assert_run_starts(log: Path, *resumes: str) -> None:
     assert [re.search(r" resume=(\S+)", line).group(1) for line in starts] == list(resumes), starts
 
 
+def assert_epoch_lines(log: Path, epochs: int, best: dict, shown: str) -> None:
+    """``log`` (a train.log) ends each of ``epochs`` epochs with the trainers' one line (utils.logger.epoch_line):
+    its number out of the run's, its time, its numbers (``shown`` among them) and ``best`` (the run's result;
+    none before a validation has scored)."""
+    lines = [line for line in log.read_text().splitlines() if re.search(r"epoch \d+/\d+ done in [\d.]+ s: ", line)]
+    assert [re.search(r"epoch (\d+)/", line).group(1) for line in lines] == [str(e) for e in range(epochs)], lines
+    assert all(f"/{epochs - 1} done in" in line and f" {shown} " in line for line in lines), lines
+    name = next(k for k in best if k != "epoch")
+    if best["epoch"] < 0:
+        assert "(best" not in lines[-1], lines[-1]
+        return
+    assert lines[-1].endswith(f"(best {name} {best[name]:.4f} @ epoch {best['epoch']})"), lines[-1]
+
+
 def assert_same_training_state(a: dict, b: dict, epoch: int) -> None:
     """``a`` and ``b`` (checkpoint dicts) are at ``epoch`` with equal model and optimiser state."""
     assert a["epoch"] == b["epoch"] == epoch

@@ -15,6 +15,7 @@ from actor_action import common as a2d_common
 from actor_action import inference_medvt_a2d, train_medvt_a2d
 from actor_action.losses import A2DCriterion
 from actor_action.metrics import ConfusionMatrix, OriginalA2DMetric, frame_score
+from checkpoint_asserts import assert_epoch_lines
 from datasets.a2d import (IGNORE_INDEX, VALID_IDS, A2DDataset, a2d_root, class_name, clip_frame_ids, make_synthetic_a2d,
                           read_annotation, read_videoset)
 from datasets.path_config import DatasetNotFoundError
@@ -202,6 +203,7 @@ def test_train_step_then_inference_with_metrics_and_overlays(a2d_dir, tmp_path, 
                                          "--num_workers", "0", "--val_items", "2", "--output_dir", str(out),
                                          "--tensorboard"])
     assert fake_tensorboard[0]["scalars"][("loss_aux", 0)] == res["loss_aux"] and fake_tensorboard[0]["closed"]
+    assert_epoch_lines(out / "train.log", 1, res["best"], "loss_aux")
     assert res["epochs_done"] == 1 and math.isfinite(res["loss"]) and res["loss_aux"] > 0
     assert 0.0 <= res["miou_original"] <= 1.0 or math.isnan(res["miou_original"])
     ckpt = read_checkpoint(out / "checkpoint_last.pth")

@@ -15,7 +15,7 @@ from models.avs_convert import load_avs_checkpoint
 from models.convert import read_checkpoint
 from utils.cli import UserError, run_main
 from utils.engine import NonFiniteLossError
-from checkpoint_asserts import assert_run_starts, assert_same_training_state, run_torchrun
+from checkpoint_asserts import assert_epoch_lines, assert_run_starts, assert_same_training_state, run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,7 @@ def test_resume_equals_uninterrupted(avs_root, tmp_path, fake_tensorboard):
     (as train_swin_medvt_avos.py)."""
     full = train_script.main(base_args(avs_root, tmp_path / "full", "--tensorboard"))
     assert [fake_tensorboard[0]["scalars"][("val_miou", e)] for e in (0, 1)] == [h["val_miou"] for h in full["history"]]
+    assert_epoch_lines(tmp_path / "full" / "train.log", 2, full["best"], "val_miou")
     part = train_script.main(base_args(avs_root, tmp_path / "part", "--resume", "auto", "--stop_after", "1"))
     assert part["epochs_done"] == 1 and [h["epoch"] for h in part["history"]] == [0]
     assert read_checkpoint(tmp_path / "part" / "checkpoint_last.pth")["epoch"] == 0

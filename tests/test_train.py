@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoint_asserts import assert_run_starts, assert_same_training_state, run_torchrun
+from checkpoint_asserts import assert_epoch_lines, assert_run_starts, assert_same_training_state, run_torchrun
 from PIL import Image
 from torch import nn
 
@@ -207,6 +207,7 @@ def test_checkpoint_rebuilds_model_for_inference(davis, tmp_path, fake_tensorboa
     res = train_script.main(args)
     assert 0.0 <= res["best"]["miou"] <= 1.0 and res["best"]["epoch"] == 0
     [tb] = fake_tensorboard
+    assert_epoch_lines(tmp_path / "run" / "train.log", 1, res["best"], "val_miou")
     assert tb["dir"] == str(tmp_path / "run" / "tb") and tb["closed"]
     assert tb["scalars"][("val_miou", 0)] == res["best"]["miou"] and ("train_loss", 0) in tb["scalars"]
     ckpt = read_checkpoint(res["checkpoint_best"])

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from checkpoint_asserts import assert_epoch_lines
 from datasets.path_config import DatasetNotFoundError
 from datasets.vspw import (VSPWClips, VSPWTrainTransform, build_vspw_train_dataset, raw_to_class, vspw_root,
                            vspw_sequences)
@@ -203,6 +204,7 @@ def test_train_resume_then_inference_writes_colored_predictions_and_results(vspw
     train_out = tmp_path / "train"
     stats = train_medvt_vss.main(_train_argv(vspw, train_out, "--epochs", "1", "--tensorboard"))
     assert fake_tensorboard[0]["scalars"][("mIoU", 0)] == stats["mIoU"] and fake_tensorboard[0]["closed"]
+    assert_epoch_lines(train_out / "train.log", 1, stats["best"], "mIoU")
     assert math.isfinite(stats["loss"]) and stats["steps"] == 2 and stats["epochs_done"] == 1
     assert 0 <= stats["history"][0]["mIoU"] <= 1 and stats["best"]["epoch"] == 0  # validated on 3_val_a
     ckpt = read_checkpoint(train_out / "checkpoint_last.pth")  # weights_only: plain types only

@@ -79,6 +79,17 @@ def format_metrics(values: dict[str, float], digits: int = 4) -> str:
     return "  ".join(parts)
 
 
+def epoch_line(epoch: int, epochs: int, seconds: float, numbers: dict, best: dict) -> str:
+    """The line every trainer logs when an epoch ends, e.g. ``epoch 3/9 done in 41.2 s: train_loss 0.3100
+    val_miou 0.5200  (best miou 0.5200 @ epoch 3)``; ``best`` as the trainers keep it: one metric and
+    its ``epoch`` (-1 before any validation, then left out)."""
+    line = f"epoch {epoch}/{epochs - 1} done in {seconds:.1f} s: {format_metrics(numbers)}"
+    if best.get("epoch", -1) >= 0:
+        name, value = next((k, v) for k, v in best.items() if k != "epoch")
+        line += f"  (best {name} {value:.4f} @ epoch {best['epoch']})"
+    return line
+
+
 class Throughput:
     """A progress bar in frames and, at :meth:`close`, one summary line (frames, wall time, frames/s)
     passed to ``log`` (e.g. a logger's ``info``); ``close`` also returns those figures."""

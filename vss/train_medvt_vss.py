@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -50,7 +51,7 @@ from utils.cli import (HelpFormatter, add_debug_flag, clip_frames, non_negative_
                        positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, run_distributed, wrap_ddp
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
-from utils.logger import DeferredLog, format_metrics
+from utils.logger import DeferredLog, epoch_line
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 from vss.common import evaluate_videos, format_summary
@@ -231,6 +232,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     stats: dict = {}
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
         sampler.set_epoch(epoch)
         stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, args.clip_max_norm, amp_dtype,
                                 args.steps_per_epoch, logger, scaler)
@@ -248,7 +250,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
             if summary["mIoU"] > best["mIoU"]:
                 best = {"mIoU": float(summary["mIoU"]), "epoch": epoch}
         history.append(row)
-        logger.info(f"epoch {epoch} done: {format_metrics({k: v for k, v in stats.items() if k != 'steps'})}")
+        logger.info(epoch_line(epoch, args.epochs, time.time() - t0,
+                               {k: v for k, v in row.items() if k not in ("epoch", "steps")}, best))
         close_epoch(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, scaler,
                     epoch, best, history, writer)
     if writer is not None:
