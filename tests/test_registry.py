@@ -32,12 +32,20 @@ def small_input(cfg) -> tuple:
     return (torch.randn(1, 6, 3, 64, 64),)
 
 
+def _architecture(name: str) -> dict:
+    return {k: v for k, v in get_preset(name).to_dict().items() if k != "name"}
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_builds_runs_forward_and_backward(name):
+    """Each preset builds; each distinct architecture also runs forward and backward (a preset that is an
+    earlier one under another name, as MED-VT++ MS3 is S4's model, runs in that one's case)."""
     torch.manual_seed(0)
     cfg = get_preset(name)
     model = build_model(name).train()
     assert model.cfg == cfg
+    if next(n for n in PRESETS if _architecture(n) == _architecture(name)) != name:
+        return
     inputs = small_input(cfg)
     logits = model(*inputs)["pred_masks"]
     t = inputs[0].shape[1]
