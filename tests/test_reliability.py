@@ -372,6 +372,35 @@ def test_avos_inference_refuses_a_checkpoint_of_another_task():
         resolve_model_config({"model": {}, "config": {"foo": 1}})
 
 
+@pytest.mark.parametrize("script", [avos_train, "vss", "a2d", "avs"])
+def test_dist_timeout_is_the_process_groups_and_may_change_on_resume(monkeypatch, script, tmp_path):
+    """Every trainer has --dist_timeout (minutes; rank 0 validates alone while the others wait); the
+    process group gets it, and a resumed run may change it (it computes nothing)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from actor_action import train_medvt_a2d
+    from avs import train_medvt
+    from utils.checkpoint import check_resume_args
+    from utils.distributed import run_distributed
+    from vss import train_medvt_vss
+
+    module = {"vss": train_medvt_vss, "a2d": train_medvt_a2d, "avs": train_medvt}.get(script, script)
+    parser = module.get_args_parser()
+    assert parser.parse_args([]).dist_timeout == 60 and parser.parse_args(["--dist_timeout", "240"]).dist_timeout == 240
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dist_timeout", "0"])
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    info = run_distributed(lambda _args, info: info, argparse.Namespace(device="cpu", dist_timeout=240))
+    assert seen["timeout"] == timedelta(minutes=240) and seen["backend"] == "gloo" and info.rank == 1
+    old, new = parser.parse_args([]), parser.parse_args(["--dist_timeout", "240"])
+    check_resume_args(tmp_path / "checkpoint_last.pth", old, new)  # no difference that matters
+
+
 LOST_PEER_SCRIPT = """
 import argparse, torch, torch.distributed as dist
 from utils.cli import UserError, run_main

@@ -55,8 +55,8 @@ RUN_PATTERN = re.compile(r"val_epoch\d+\.(csv|json)|\.(checkpoint_last|checkpoin
 
 
 def add_run_args(group, epochs_flag: str = "--epochs") -> None:
-    """``--resume``, ``--overwrite``, ``--stop_after``, ``--tensorboard`` and ``--deterministic`` of every
-    training script."""
+    """``--resume``, ``--overwrite``, ``--stop_after``, ``--tensorboard``, ``--dist_timeout`` and
+    ``--deterministic`` of every training script."""
     group.add_argument("--resume", default=None, metavar="PATH|auto",
                        help="checkpoint_last.pth of a run to continue; 'auto' = <output_dir>/checkpoint_last.pth "
                             "if it exists (else start)")
@@ -70,6 +70,10 @@ def add_run_args(group, epochs_flag: str = "--epochs") -> None:
     group.add_argument("--tensorboard", action="store_true",
                        help="also write each epoch's numbers (those of history.json) as TensorBoard scalars to "
                             "<output_dir>/tb (needs the tensorboard package)")
+    group.add_argument("--dist_timeout", default=60, type=positive_int, metavar="MIN",
+                       help="under torchrun: minutes a process waits in a collective before the run is stopped; "
+                            "rank 0 validates alone while the others wait, so raise it when one validation takes "
+                            "longer (default 60)")
     group.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
                        help="deterministic kernels (torch.use_deterministic_algorithms): needed for a resumed "
                             "run to equal an uninterrupted one bit for bit, since a few multi-threaded backward "
@@ -285,7 +289,7 @@ def tensorboard_writer(args: argparse.Namespace, info: du.DistInfo):
 RESUME_FREE = {"resume", "overwrite", "output_dir", "device", "num_workers", "workers", "log_every", "val_every",
                "no_val", "val_size", "val_flip", "val_videos", "stop_after", "debug", "tensorboard", "deterministic",
                "find_unused_parameters", "grad_checkpointing", "epochs", "max_epoches", "swin_pretrained", "vistr_coco",
-               "init_from"}
+               "init_from", "dist_timeout"}
 PATH_SUFFIXES = ("_root", "_path", "_dir", "_file", "_list", "_pretrained")
 
 

@@ -137,13 +137,14 @@ def run_distributed(train: Callable, args, deterministic: str = "auto"):
     """Run ``train(args, info)`` in this process of a (possibly one-process) run: the process group
     from :func:`init_distributed` (``torchrun``'s variables, else a single process on ``args.device``),
     deterministic kernels per ``deterministic`` ("on", "off", or "auto" = on except on CUDA, where
-    they are slower), and the previous settings and the group torn down afterwards, whatever happens."""
+    they are slower), and the previous settings and the group torn down afterwards, whatever happens.
+    ``args.dist_timeout`` (minutes, default 60) is the group's timeout."""
     device = str(args.device or default_device())
     on = deterministic == "on" or (deterministic == "auto" and not device.startswith("cuda"))
     if on and device.startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    info = init_distributed(args.device)
+    info = init_distributed(args.device, getattr(args, "dist_timeout", 60))
     try:
         torch.use_deterministic_algorithms(on, warn_only=info.device.type == "cuda")
         return train(args, info)
