@@ -336,12 +336,9 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
                                 amp_dtype, args.steps_per_epoch, logger, scaler, args.log_every)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
         validate = bool(val_seqs) and ((epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1)
-        if validate:
-            if info.is_main:
-                val = evaluate_davis(model, val_seqs, device, args.val_size, args.num_frames, args.val_flip,
-                                     amp_dtype, logger)
-                record["val_miou"] = val["miou"]
-            record["val_miou"] = du.broadcast_object(record.get("val_miou"))
+        if validate:  # every process scores its share of the sequences; all get the whole result
+            record["val_miou"] = evaluate_davis(model, val_seqs, device, args.val_size, args.num_frames,
+                                                args.val_flip, amp_dtype, logger)["miou"]
         scheduler.step()
         is_best = validate and record["val_miou"] > best["miou"]
         if is_best:

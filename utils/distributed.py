@@ -74,8 +74,8 @@ def init_distributed(device_arg: str | None = None, timeout_min: int = 60) -> Di
     """Set up the process group if launched by torchrun; return rank, world size and device.
 
     ``device_arg``: "cuda", "cuda:N" or "cpu" (None = cuda if available). Under torchrun with
-    CUDA the device index is the local rank. The timeout is generous because rank 0 alone runs
-    validation while the others wait at a barrier.
+    CUDA the device index is the local rank. The timeout (minutes, ``--dist_timeout``) is generous
+    because in VSS, A2D and AVS rank 0 alone runs validation while the others wait in a collective.
     """
     device = check_device(device_arg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -126,6 +126,15 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_buffers(model: torch.nn.Module, src: int = 0) -> None:
+    """Every buffer of ``model`` (BatchNorm statistics, ...) as rank ``src`` has it. After a training
+    step each process has updated its own; DDP copies rank 0's at its next forward, but a model used
+    outside DDP (sharded validation) would otherwise score with its own."""
+    if is_dist():
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=src)
 
 
 def cleanup() -> None:
