@@ -25,7 +25,7 @@ from datasets import path_config
 from datasets.davis16 import davis16_sequences
 from datasets.moca import moca_sequences
 from datasets.stream import require_video
-from datasets.video import image_size, require_same_size
+from datasets.video import require_same_size
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
@@ -124,7 +124,7 @@ def load_sequences(args: argparse.Namespace, dataset: str) -> list:
     if not seqs:
         raise ValueError(f"{dataset}: no sequences to evaluate")
     for seq in seqs:  # headers only (~60 µs a frame): a frame of another size stops the run before it starts
-        require_same_size([image_size(p) for p in seq.frames], seq.frames, f"{dataset}: sequence {seq.name}")
+        require_same_size(seq.frames, f"{dataset}: sequence {seq.name}")
     return seqs
 
 

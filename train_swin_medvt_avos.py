@@ -344,8 +344,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         if is_best:
             best = {"miou": record["val_miou"], "epoch": epoch}
         history.append(record)
-        shown = {k: v for k, v in record.items() if k not in ("epoch", "train_steps")}
-        logger.info(epoch_line(epoch, args.epochs, time.time() - t0, shown, best))
+        logger.info(epoch_line(epoch, args.epochs, time.time() - t0, record, best))
         close_epoch(out, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best, history, writer)
     if writer is not None:
         writer.close()

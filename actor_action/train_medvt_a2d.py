@@ -306,8 +306,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
             if summary["miou_original"] > best["miou_original"]:
                 best = {"miou_original": float(summary["miou_original"]), "epoch": epoch}
         history.append(row)
-        logger.info(epoch_line(epoch, args.epochs, time.time() - t0,
-                               {k: v for k, v in row.items() if k not in ("epoch", "steps")}, best))
+        logger.info(epoch_line(epoch, args.epochs, time.time() - t0, row, best))
         close_epoch(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, None,
                     epoch, best, history, writer)
     if writer is not None:

@@ -310,8 +310,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         is_best = val["miou"] > best["miou"]
         if is_best:
             best = {"miou": val["miou"], "epoch": epoch}
-        logger.info(epoch_line(epoch, args.max_epoches, time.time() - t0,
-                               {k: v for k, v in stats.items() if k not in ("epoch", "steps")}, best))
+        logger.info(epoch_line(epoch, args.max_epoches, time.time() - t0, stats, best))
         if is_best:
             logger.info(f"new best val mIoU {val['miou']:.4f} → {out / 'checkpoint_best.pth'}")
         close_epoch(out, is_best, info, args, model.cfg, model, optimizer, schedule, None, epoch, best, history,

@@ -238,7 +238,7 @@ def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag
         except FileNotFoundError as e:  # no image files in it
             raise MissingInputError(str(e)) from None
         # Headers only: a size mismatch is found without decoding the frames.
-        require_same_size([image_size(p) for p in files], files, f"{flag} {path}")
+        require_same_size(files, f"{flag} {path}")
         source = ImageFiles(files, size_hw, keep_rgb, name=path.resolve().name)  # `.` has no name of its own
     else:
         if path.stat().st_size == 0:

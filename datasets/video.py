@@ -82,9 +82,10 @@ def list_frame_files(folder: str | Path, flag: str = "--video") -> list[Path]:
     return files
 
 
-def require_same_size(sizes: Sequence[tuple[int, int]], names: Sequence[str | Path], source: str) -> None:
-    """Refuse frames of different sizes (W, H each, as PIL's ``.size`` and :func:`image_size` give):
-    every output would silently take the first frame's size."""
+def require_same_size(files: Sequence[str | Path], source: str) -> None:
+    """Refuse frame files of different sizes (headers only, :func:`image_size`): every output would
+    silently take the first frame's size."""
+    sizes, names = [image_size(p) for p in files], files
     odd = [i for i, s in enumerate(sizes) if s != sizes[0]]
     if odd:
         w, h = sizes[0]

@@ -79,7 +79,7 @@ def vspw_sequences(root: Path, split: str, need_masks: bool | None = None,
         if not frames:
             raise FileNotFoundError(f"vspw: {frame_dir} has no frames (*.jpg)")
         if one_size:  # headers only; else the frame would be found (and the run stopped) when its video comes up
-            require_same_size([image_size(p) for p in frames], frames, f"vspw: video {name}")
+            require_same_size(frames, f"vspw: video {name}")
         mask_dir = root / "data" / name / "mask"
         if need_masks:
             require(mask_dir, "vspw", f"masks of video {name} (split {split})")

@@ -320,13 +320,15 @@ def test_frame_folders_sort_naturally(tmp_path):
     assert [p.stem for p in list_frame_files(tmp_path)] == [f"frame{i}" for i in range(12)]
 
 
-def test_frames_of_different_sizes_are_refused():
+def test_frames_of_different_sizes_are_refused(tmp_path):
     from datasets.video import require_same_size
 
-    sizes = [(64, 48), (64, 48), (32, 24)]
+    files = [tmp_path / f"f{i}.png" for i in range(3)]
+    for f, size in zip(files, [(64, 48), (64, 48), (32, 24)]):
+        Image.new("RGB", size).save(f)
     with pytest.raises(UserError, match=r"f2.png is 32x24"):
-        require_same_size(sizes, ["f0.png", "f1.png", "f2.png"], "--video clip")
-    require_same_size(sizes[:2], ["f0.png", "f1.png"], "--video clip")
+        require_same_size(files, "--video clip")
+    require_same_size(files[:2], "--video clip")
 
 
 # --------------------------------------------------------------------------- checkpoints of another task

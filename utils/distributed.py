@@ -70,7 +70,10 @@ def check_device(device_arg: str | None) -> torch.device:
     return device
 
 
-def init_distributed(device_arg: str | None = None, timeout_min: int = 60) -> DistInfo:
+DIST_TIMEOUT_MIN = 60  # the process group's default timeout (--dist_timeout)
+
+
+def init_distributed(device_arg: str | None = None, timeout_min: int = DIST_TIMEOUT_MIN) -> DistInfo:
     """Set up the process group if launched by torchrun; return rank, world size and device.
 
     ``device_arg``: "cuda", "cuda:N" or "cpu" (None = cuda if available). Under torchrun with
@@ -147,13 +150,13 @@ def run_distributed(train: Callable, args, deterministic: str = "auto"):
     from :func:`init_distributed` (``torchrun``'s variables, else a single process on ``args.device``),
     deterministic kernels per ``deterministic`` ("on", "off", or "auto" = on except on CUDA, where
     they are slower), and the previous settings and the group torn down afterwards, whatever happens.
-    ``args.dist_timeout`` (minutes, default 60) is the group's timeout."""
+    ``args.dist_timeout`` (minutes, default :data:`DIST_TIMEOUT_MIN`) is the group's timeout."""
     device = str(args.device or default_device())
     on = deterministic == "on" or (deterministic == "auto" and not device.startswith("cuda"))
     if on and device.startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    info = init_distributed(args.device, getattr(args, "dist_timeout", 60))
+    info = init_distributed(args.device, getattr(args, "dist_timeout", DIST_TIMEOUT_MIN))
     try:
         torch.use_deterministic_algorithms(on, warn_only=info.device.type == "cuda")
         return train(args, info)

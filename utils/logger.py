@@ -79,10 +79,12 @@ def format_metrics(values: dict[str, float], digits: int = 4) -> str:
     return "  ".join(parts)
 
 
-def epoch_line(epoch: int, epochs: int, seconds: float, numbers: dict, best: dict) -> str:
+def epoch_line(epoch: int, epochs: int, seconds: float, row: dict, best: dict) -> str:
     """The line every trainer logs when an epoch ends, e.g. ``epoch 3/9 done in 41.2 s: train_loss 0.3100
-    val_miou 0.5200  (best miou 0.5200 @ epoch 3)``; ``best`` as the trainers keep it: one metric and
-    its ``epoch`` (-1 before any validation, then left out)."""
+    val_miou 0.5200  (best miou 0.5200 @ epoch 3)``: the epoch's history ``row`` without its ``epoch``
+    and step counts (``steps``, ``train_steps``); ``best`` as the trainers keep it: one metric and its
+    ``epoch`` (-1 before any validation, then left out)."""
+    numbers = {k: v for k, v in row.items() if k != "epoch" and not k.endswith("steps")}
     line = f"epoch {epoch}/{epochs - 1} done in {seconds:.1f} s: {format_metrics(numbers)}"
     if best.get("epoch", -1) >= 0:
         name, value = next((k, v) for k, v in best.items() if k != "epoch")

@@ -250,8 +250,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
             if summary["mIoU"] > best["mIoU"]:
                 best = {"mIoU": float(summary["mIoU"]), "epoch": epoch}
         history.append(row)
-        logger.info(epoch_line(epoch, args.epochs, time.time() - t0,
-                               {k: v for k, v in row.items() if k not in ("epoch", "steps")}, best))
+        logger.info(epoch_line(epoch, args.epochs, time.time() - t0, row, best))
         close_epoch(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, scaler,
                     epoch, best, history, writer)
     if writer is not None:
