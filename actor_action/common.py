@@ -15,13 +15,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from actor_action.metrics import ConfusionMatrix, OriginalA2DMetric
+from actor_action.metrics import ConfusionMatrix, OriginalA2DMetric, frame_score
 from datasets.a2d import NUM_CLASSES, A2DDataset, default_palette
 from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
 from models.config import MODEL_CONFIGS, MedVTConfig, get_config, preset_name
 from models.predictor import VideoPredictor, Window
 from models.registry import saved_arg_changes, saved_args
 from utils.cli import positive_float, positive_int
+from utils.distributed import all_gather_object, gather_in_order, is_main_process, shard
 from utils.visualize import label_image, write_label_video
 
 BACKBONE_PRESETS = {"swinB": "medvt_swinb_a2d", "resnet101": "medvt_r101_a2d"}
@@ -84,16 +85,20 @@ def evaluate_a2d(model: torch.nn.Module, dataset: A2DDataset, device: torch.devi
     metric, cm = OriginalA2DMetric(nan_policy, protocol), ConfusionMatrix()
     palette = default_palette() if palette is None else palette
     n = len(dataset) if max_items <= 0 else min(max_items, len(dataset))
-    for i in tqdm(range(n), desc="A2D eval", dynamic_ncols=True, leave=False):
+    scores = {}  # item index → (video, frame, score); under torchrun each process takes its share
+    for i in tqdm(shard(n), desc="A2D eval", dynamic_ncols=True, leave=False, disable=not is_main_process()):
         item = dataset[i]
         label = item["label"]
         [(_, logits)] = predictor.predict_clips(item["frames"][None], [{0: item["gt_index"]}],
                                                 lambda _f, hw=tuple(label.shape): hw)
         pred = logits.argmax(0)
-        metric.update(item["name"], item["frame"], pred, label)
+        scores[i] = (item["name"], item["frame"], frame_score(pred, label))
         cm.update(pred, label)
         if viz_dir is not None:
             _save_viz(viz_dir, dataset, item, pred.numpy(), label.numpy(), palette, save_gt)
+    for video, frame, score in gather_in_order(scores):  # in item order: the per-video means of one process
+        metric.add(video, frame, score)
+    cm.mat = sum(all_gather_object(cm.mat))  # pixel counts: the same sum in any order
     summary = {**metric.compute(), **cm.compute()}
     return summary, metric, cm
 

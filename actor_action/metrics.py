@@ -65,7 +65,10 @@ class OriginalA2DMetric:
         self.frames: OrderedDict[str, list[tuple[int, float]]] = OrderedDict()
 
     def update(self, video: str, frame: int, pred: Tensor, gt: Tensor) -> float:
-        score = frame_score(pred, gt)
+        return self.add(video, frame, frame_score(pred, gt))
+
+    def add(self, video: str, frame: int, score: float) -> float:
+        """A frame's :func:`frame_score`, taken elsewhere (by another process under torchrun)."""
         self.frames.setdefault(video, []).append((frame, score))
         return score
 

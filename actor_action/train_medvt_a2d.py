@@ -54,7 +54,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               seed_everything, stretch_schedule, tensorboard_writer)
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
-from utils.distributed import DistInfo, run_distributed, wrap_ddp
+from utils.distributed import DistInfo, broadcast_buffers, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, epoch_line
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
@@ -299,7 +299,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
                                 max_steps=args.steps_per_epoch, logger=logger)
         scheduler.step()
         row = {"epoch": epoch, **stats}
-        if val_set is not None and (epoch + 1) % args.val_every == 0 and info.is_main:
+        if val_set is not None and (epoch + 1) % args.val_every == 0:
+            broadcast_buffers(model_without_ddp)  # every process scores its share with rank 0's statistics
             summary, _, _ = evaluate_a2d(model_without_ddp, val_set, device, max_items=args.val_items)
             row.update({k: summary[k] for k in ("miou_original", "class_miou")})
             logger.info(f"epoch {epoch} {args.val_split}: {format_summary(summary)}")

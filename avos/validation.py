@@ -17,7 +17,7 @@ from tqdm import tqdm
 from datasets.stream import ImageFiles
 from datasets.transforms import test_size
 from models.predictor import VideoPredictor
-from utils.distributed import all_gather_object, broadcast_buffers, get_rank, get_world_size, is_main_process
+from utils.distributed import broadcast_buffers, gather_in_order, is_main_process, shard
 from utils.metrics import jaccard
 
 
@@ -38,17 +38,16 @@ def evaluate_davis(model: nn.Module, sequences: Sequence, device: torch.device, 
     """
     broadcast_buffers(model)
     predictor = VideoPredictor(model, "centre", clip_len, flip=flip, flip_merge="mean", amp_dtype=amp_dtype)
-    mine: dict[str, float] = {}
-    shard = sequences[get_rank()::get_world_size()]
-    for seq in tqdm(shard, desc="val", disable=not is_main_process(), dynamic_ncols=True, leave=False):
+    mine: dict[int, float] = {}
+    for i in tqdm(shard(len(sequences)), desc="val", disable=not is_main_process(), dynamic_ncols=True, leave=False):
+        seq = sequences[i]
         source = ImageFiles(seq.frames, lambda h, w: test_size(h, w, val_size), name=seq.name)
-        annotated = [i for i, m in enumerate(seq.masks) if m is not None]
+        annotated = [f for f, m in enumerate(seq.masks) if m is not None]
         out_size = seq.read_mask(annotated[0]).shape if annotated else source.frame_hw
         ious = [jaccard(p.probs[0].numpy() > 0.5, seq.read_mask(p.index))
                 for p in predictor.stream(source, out_size, set(annotated).__contains__)]
-        mine[seq.name] = float(np.mean(ious)) if ious else float("nan")
-    scored = {name: j for part in all_gather_object(mine) for name, j in part.items()}
-    per_seq = {seq.name: scored[seq.name] for seq in sequences}
+        mine[i] = float(np.mean(ious)) if ious else float("nan")
+    per_seq = dict(zip((seq.name for seq in sequences), gather_in_order(mine)))
     miou = float(np.nanmean(list(per_seq.values()))) if per_seq else float("nan")
     if logger is not None:
         logger.info("val " + "  ".join(f"{k} {v:.3f}" for k, v in per_seq.items()) + f"  | mIoU {miou:.4f}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.audio import build_frozen_vggish
@@ -14,6 +15,7 @@ from models.avs import MEDVTPlusPlus, build_avs_model
 from models.avs_config import AVS_CONFIGS, get_avs_config
 from models.predictor import VideoPredictor
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int
+from utils.distributed import gather_in_order, is_main_process, shard
 from utils.engine import check_frame_size
 
 from .metrics import BatchAverage, f_score, mask_iou
@@ -105,15 +107,18 @@ def save_pred_masks(logits: torch.Tensor, out_dir: Path, categories: list[str], 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, vggish: nn.Module, loader, device: torch.device, save_dir: Path | None = None,
-             max_batches: int | None = None, desc: str = "eval") -> dict:
-    """mIoU and F-score per batch at the loader's resolution, averaged over batches (spec §B.9)."""
-    predictor = None
-    miou, fs = BatchAverage(), BatchAverage()
-    n_clips = 0
-    for k, batch in enumerate(tqdm(loader, desc=desc, leave=False)):
-        if max_batches is not None and k >= max_batches:
-            break
+def evaluate(model: nn.Module, vggish: nn.Module, dataset, batch_size: int, device: torch.device,
+             save_dir: Path | None = None, max_batches: int | None = None, num_workers: int = 0,
+             desc: str = "eval") -> dict:
+    """mIoU and F-score per batch of ``batch_size`` clips of ``dataset`` in order (the first
+    ``max_batches``), at the dataset's resolution, averaged over batches (spec §B.9). Under torchrun
+    every process must call it: each scores every world-size-th batch, and all get the averages of
+    one process scoring them all (the batch values added in batch order)."""
+    starts = range(0, len(dataset), batch_size)[:max_batches]
+    batches = {k: list(range(starts[k], min(starts[k] + batch_size, len(dataset)))) for k in shard(len(starts))}
+    loader = DataLoader(dataset, batch_sampler=list(batches.values()), num_workers=num_workers)
+    predictor, scores = None, {}  # batch number → (mIoU, F-score, clips)
+    for k, batch in zip(batches, tqdm(loader, desc=desc, leave=False, disable=not is_main_process())):
         frames = batch["frames"]
         b, t = frames.shape[:2]
         if predictor is None:  # a clip is a whole AVSBench video: one chunk, every frame kept, raw logits
@@ -126,9 +131,13 @@ def evaluate(model: nn.Module, vggish: nn.Module, loader, device: torch.device, 
             raise ValueError(f"evaluation needs a mask for every frame; got {batch['masks'].shape[1]} per clip "
                              f"(the S4 train split has only the first)")
         pred, gt = out.flatten(0, 1).float().cpu(), batch["masks"].flatten(0, 1).float()
-        miou.add(mask_iou(pred, gt))
-        fs.add(f_score(pred, gt))
-        n_clips += len(frames)
+        scores[k] = (float(mask_iou(pred, gt)), float(f_score(pred, gt)), len(frames))
         if save_dir is not None:
             save_pred_masks(out.cpu(), save_dir, list(batch["category"]), list(batch["name"]))
+    miou, fs = BatchAverage(), BatchAverage()
+    n_clips = 0
+    for iou, f, clips in gather_in_order(scores):
+        miou.add(iou)
+        fs.add(f)
+        n_clips += clips
     return {"miou": miou.value, "fscore": fs.value, "num_clips": n_clips, "num_batches": miou.count}

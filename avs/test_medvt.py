@@ -26,7 +26,6 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from avs.common import add_model_args, check_im_size, evaluate, model_config
 from avs.video import open_user_video, segment_video
@@ -141,9 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     with incomplete_marker(out):  # what is still read lazily (e.g. wavs) may fail mid-run: the folder says so
         logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
         logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {reason}")
-        loader = DataLoader(ds, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers)
-        res = evaluate(model, vggish, loader, device, out / "pred_masks" if args.save_pred_mask else None,
-                       args.max_batches, desc=f"{args.task} {args.split}")
+        res = evaluate(model, vggish, ds, args.test_batch_size, device,
+                       out / "pred_masks" if args.save_pred_mask else None, args.max_batches, args.num_workers,
+                       desc=f"{args.task} {args.split}")
         res.update(task=args.task, split=args.split, weights=str(args.model_path), im_size=args.test_im_size)
         logger.info(f"{args.task} {args.split}: {format_metrics({'mIoU': res['miou'], 'F': res['fscore']})} "
                     f"({res['num_clips']} clips)")

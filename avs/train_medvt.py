@@ -29,9 +29,9 @@ refused, listing the differences. An ``--output_dir`` that holds a run needs ``-
 Several processes: ``torchrun --nproc_per_node N avs/train_medvt.py ...`` (NCCL on CUDA, one GPU per
 process; Gloo on CPU). Each process trains on its share of every epoch (DistributedSampler, a
 function of seed and epoch) with the model in DistributedDataParallel (the frozen VGGish stays a
-plain module on every process); rank 0 alone scores the whole val split, logs and writes the
-checkpoints and ``history.json`` while the others wait, so the val metrics do not depend on the
-number of processes. With one process the run is the same as without torchrun.
+plain module on every process); each process scores every N-th val batch with rank 0's buffers and
+all get the averages in batch order, so the val metrics do not depend on the number of processes;
+rank 0 logs and writes the checkpoints and ``history.json``. With one process the run is the same as without torchrun.
 
 README commands (the original's flags are accepted; ``--tpavi_va_flag`` has no effect with the
 bidirectional fusion)::
@@ -271,7 +271,6 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
                                  seed=args.seed, drop_last=False)
     train_loader = DataLoader(train_set, batch_size=args.train_batch_size, sampler=sampler,
                               num_workers=args.num_workers, drop_last=False, pin_memory=device.type == "cuda")
-    val_loader = DataLoader(val_set, batch_size=args.val_batch_size, shuffle=False, num_workers=args.num_workers)
     logger.info(f"MED-VT++ {args.task}: {model.cfg.name}, {sum(p.numel() for p in model.parameters()):,} parameters; "
                 f"{len(train_set)} train / {len(val_set)} val clips on {device}, {info.world_size} process(es)")
 
@@ -300,10 +299,9 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         stats = train_one_epoch(train_model, criterion, train_loader, optimizer, device, epoch, clip_max_norm=0.0,
                                 max_steps=args.steps_per_epoch, logger=logger,
                                 compute_losses=avs_losses(vggish, criterion, device))
-        val = None
-        if info.is_main:  # the whole val split on rank 0, the unwrapped model; the others wait
-            val = evaluate(model, vggish, val_loader, device, max_batches=args.val_max_batches, desc=f"val {epoch}")
-        val = du.broadcast_object(val)
+        du.broadcast_buffers(model)  # each process scores its share of the val batches with rank 0's statistics
+        val = evaluate(model, vggish, val_set, args.val_batch_size, device, max_batches=args.val_max_batches,
+                       num_workers=args.num_workers, desc=f"val {epoch}")
         schedule.step()
         stats.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], val_miou=val["miou"], val_fscore=val["fscore"])
         history.append(stats)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import avs.train_medvt as train_script
 from datasets.avsbench import make_synthetic_avsbench
@@ -105,15 +106,32 @@ def test_non_finite_loss_stops_at_the_step(avs_root, tmp_path, monkeypatch):
     assert "non-finite loss at epoch 0, step 1" in (tmp_path / "nan" / "train.log").read_text()
 
 
-def test_torchrun_two_processes_and_resume(avs_root, tmp_path):
+def test_torchrun_two_processes_and_resume(avs_root, tmp_path, deterministic):
     """DDP on CPU (Gloo): two processes with 2 steps each (unused audio-branch parameters included),
-    one RNG state per process in the checkpoint, then --resume auto under torchrun."""
+    one RNG state per process in the checkpoint, validation shared out (two batches of one val clip:
+    one per process) with exactly the scores of one process, then --resume auto under torchrun."""
+    from avs.common import build_model_and_audio, evaluate
+    from datasets.avsbench import AVSBenchDataset
+    from utils.checkpoint import seed_everything
+
     out = tmp_path / "ddp"
-    r = run_torchrun(ROOT / "avs" / "train_medvt.py", [*base_args(avs_root, out), "--stop_after", "1"])
+    argv = [*base_args(avs_root, out), "--val_max_batches", "2", "--val_batch_size", "1"]
+    r = run_torchrun(ROOT / "avs" / "train_medvt.py", [*argv, "--stop_after", "1"])
     assert "2 process(es)" in r.stdout
     ckpt = read_checkpoint(out / "checkpoint_last.pth")
     assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2  # one RNG state per process
     assert ckpt["history"][0]["steps"] == 2 and (out / "checkpoint_best.pth").is_file()
-    r = run_torchrun(ROOT / "avs" / "train_medvt.py", [*base_args(avs_root, out), "--resume", "auto"])
+
+    args = train_script.resolve_defaults(train_script.get_args_parser().parse_args(argv))
+    seed_everything(args.seed)  # the trainer's random VGGish
+    model, vggish = build_model_and_audio(args, torch.device("cpu"))
+    load_avs_checkpoint(model, out / "checkpoint_last.pth")
+    val_set = AVSBenchDataset(avs_root, "s4", "val", args.val_im_size, audio=args.audio,
+                              allow_resample=args.allow_resample, allow_silent=args.allow_silent)
+    alone = evaluate(model, vggish, val_set, 1, torch.device("cpu"), max_batches=2)
+    assert alone["num_batches"] == 2
+    assert (ckpt["history"][0]["val_miou"], ckpt["history"][0]["val_fscore"]) == (alone["miou"], alone["fscore"])
+
+    r = run_torchrun(ROOT / "avs" / "train_medvt.py", [*argv, "--resume", "auto"])
     assert "resumed from" in r.stdout and "different number of processes" not in r.stdout + r.stderr
     assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 1

@@ -376,8 +376,8 @@ def test_avos_inference_refuses_a_checkpoint_of_another_task():
 
 @pytest.mark.parametrize("script", [avos_train, "vss", "a2d", "avs"])
 def test_dist_timeout_is_the_process_groups_and_may_change_on_resume(monkeypatch, script, tmp_path):
-    """Every trainer has --dist_timeout (minutes; rank 0 validates alone while the others wait); the
-    process group gets it, and a resumed run may change it (it computes nothing)."""
+    """Every trainer has --dist_timeout (minutes; a process that finishes its share of the validation
+    waits for the others); the process group gets it, and a resumed run may change it (it computes nothing)."""
     from datetime import timedelta
 
     import torch.distributed as dist

@@ -236,15 +236,31 @@ def test_a2d_stop_and_resume_equals_uninterrupted(a2d_dir, tmp_path):
                      read_checkpoint(tmp_path / "part" / "checkpoint_last.pth"))
 
 
-def test_a2d_torchrun_saves_and_resumes_every_process_rng(a2d_dir, tmp_path):
-    """Two processes (Gloo, CPU): one RNG state per process in the checkpoint, and --resume auto under
-    torchrun gives each its own back (no reseeding warning)."""
+def test_a2d_torchrun_saves_and_resumes_every_process_rng(a2d_dir, tmp_path, deterministic):
+    """Two processes (Gloo, CPU): one RNG state per process in the checkpoint, validation shared out
+    (3 annotated frames: one process scores two, the other one) with exactly the scores of one
+    process, and --resume auto under torchrun gives each process its own RNG back (no reseeding warning)."""
+    from actor_action.common import evaluate_a2d
+    from datasets.a2d import A2DDataset
+    from models import MedVTConfig, build_model
+
     out = tmp_path / "ddp"
-    r = run_torchrun(ROOT / "actor_action" / "train_medvt_a2d.py", [*_a2d_argv(a2d_dir, out), "--stop_after", "1"])
+    argv = [*_a2d_argv(a2d_dir, out), "--val_every", "1"]
+    r = run_torchrun(ROOT / "actor_action" / "train_medvt_a2d.py", [*argv, "--stop_after", "1"])
     ckpt = read_checkpoint(out / "checkpoint_last.pth")
     assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2  # one RNG state per process
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # seeds 42 and 43
-    r = run_torchrun(ROOT / "actor_action" / "train_medvt_a2d.py", [*_a2d_argv(a2d_dir, out), "--resume", "auto"])
+
+    args = train_medvt_a2d.get_args_parser().parse_args(argv)
+    model = build_model(MedVTConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    val_set = A2DDataset(a2d_dir, "test", args.num_frames, tuple(args.clip_size), args.end_window)
+    alone, metric, _ = evaluate_a2d(model, val_set, torch.device("cpu"))
+    assert len(val_set) == 3 and alone["num_frames"] == 3
+    saved = ckpt["history"][0]
+    assert (saved["miou_original"], saved["class_miou"]) == (alone["miou_original"], alone["class_miou"])
+
+    r = run_torchrun(ROOT / "actor_action" / "train_medvt_a2d.py", [*argv, "--resume", "auto"])
     log = r.stdout + r.stderr
     assert "resumed from" in log and "different number of processes" not in log and "rank 0 only" not in log
     assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 1

@@ -277,9 +277,10 @@ def test_training_with_ytvos(davis, tmp_path):
     assert "checkpoint_best" not in res and Path(res["checkpoint_last"]).is_file()
 
 
-def test_torchrun_two_processes(tmp_path):
+def test_torchrun_two_processes(tmp_path, deterministic):
     """Two processes train one epoch; validation is shared out (3 sequences: one process scores two, the
-    other one) and gives exactly the mIoU of one process scoring all three with the saved weights."""
+    other one) and gives exactly the mIoU of one process scoring all three with the saved weights (one
+    thread and deterministic kernels, as each torchrun process on the CPU)."""
     from avos.validation import evaluate_davis
     from datasets.davis16 import davis16_sequences
 
@@ -293,13 +294,6 @@ def test_torchrun_two_processes(tmp_path):
     assert (out / "checkpoint_best.pth").is_file()
     model = build_model(MedVTConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["model"])
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1, deterministic kernels on the CPU)
-    torch.use_deterministic_algorithms(True)
-    try:
-        alone = evaluate_davis(model, davis16_sequences(davis, "val"), torch.device("cpu"), val_size=64)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    alone = evaluate_davis(model, davis16_sequences(davis, "val"), torch.device("cpu"), val_size=64)
     [epoch] = json.loads((out / "history.json").read_text())
     assert len(alone["per_sequence"]) == 3 and epoch["val_miou"] == alone["miou"]

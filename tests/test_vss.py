@@ -239,6 +239,36 @@ def test_train_resume_then_inference_writes_colored_predictions_and_results(vspw
     assert len(list((test_out / "predictions" / "4_test_a").glob("*.png"))) == 3
 
 
+def test_torchrun_shares_validation_and_scores_as_one_process(tmp_path, deterministic):
+    """Two processes (Gloo, CPU) train a step each, then validate 3 videos (one process predicts two,
+    the other one): the val results equal one process predicting all three with the saved weights,
+    to the last bit and with the videos in their order."""
+    from checkpoint_asserts import run_torchrun
+    from datasets.vspw import vspw_sequences
+    from models import MedVTConfig
+    from models.convert import read_checkpoint
+    from utils.metrics import jsonable
+    from vss.common import evaluate_videos
+
+    root = write_vspw(tmp_path / "VSPW", {"1_train_a": ("train", 4), "2_train_b": ("train", 4),
+                                          "3_val_a": ("val", 10), "4_val_b": ("val", 9), "5_val_c": ("val", 12)})
+    out = tmp_path / "ddp"
+    r = run_torchrun(ROOT / "vss" / "train_medvt_vss.py", _train_argv(root, out, "--epochs", "1",
+                                                                      "--steps_per_epoch", "1"))
+    assert "2 process(es)" in r.stdout
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2
+    model = build_model(MedVTConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    alone = evaluate_videos(model, vspw_sequences(root, "val", need_masks=True), torch.device("cpu"),
+                            save_predictions=False, progress=False, val_size=48, clip_len=2)
+    saved = json.loads((out / "val_epoch000.json").read_text())
+    assert list(saved["sequences"]) == ["3_val_a", "4_val_b", "5_val_c"]
+    assert saved == json.loads(json.dumps(jsonable(alone)))
+    assert ckpt["history"][0]["mIoU"] == alone["mIoU"] and ckpt["history"][0]["mVC8"] == alone["mVC8"]
+
+
 def test_chunk_clips_cover_every_frame_once_inside_the_video():
     from utils.clips import chunk_clips
 

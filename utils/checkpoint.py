@@ -72,8 +72,8 @@ def add_run_args(group, epochs_flag: str = "--epochs") -> None:
                             "<output_dir>/tb (needs the tensorboard package)")
     group.add_argument("--dist_timeout", default=du.DIST_TIMEOUT_MIN, type=positive_int, metavar="MIN",
                        help="under torchrun: minutes a process waits in a collective before the run is stopped; "
-                            "in VSS, A2D and AVS rank 0 validates alone while the others wait, so raise it when one "
-                            f"validation takes longer (default {du.DIST_TIMEOUT_MIN})")
+                            "processes that finish their share of the validation wait for the others, so raise it "
+                            f"when one validation takes longer (default {du.DIST_TIMEOUT_MIN})")
     group.add_argument("--deterministic", default="auto", choices=("auto", "on", "off"),
                        help="deterministic kernels (torch.use_deterministic_algorithms): needed for a resumed "
                             "run to equal an uninterrupted one bit for bit, since a few multi-threaded backward "

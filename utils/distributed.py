@@ -78,7 +78,7 @@ def init_distributed(device_arg: str | None = None, timeout_min: int = DIST_TIME
 
     ``device_arg``: "cuda", "cuda:N" or "cpu" (None = cuda if available). Under torchrun with
     CUDA the device index is the local rank. The timeout (minutes, ``--dist_timeout``) is generous
-    because in VSS, A2D and AVS rank 0 alone runs validation while the others wait in a collective.
+    because a process that finishes its share of a validation waits in a collective for the others.
     """
     device = check_device(device_arg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -120,6 +120,20 @@ def all_gather_object(obj) -> list:
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def shard(n: int) -> range:
+    """The indices of ``n`` work items (validation videos, batches) this process takes: every
+    world-size-th, from its rank; all ``n`` in one process."""
+    return range(get_rank(), n, get_world_size())
+
+
+def gather_in_order(mine: dict) -> list:
+    """Every process's results ``{item index: result}`` (of :func:`shard`'s indices), on every process,
+    as one list in index order: what one process would have made, so scores accumulated from it in
+    that order are the same to the last bit."""
+    merged = {i: result for part in all_gather_object(mine) for i, result in part.items()}
+    return [merged[i] for i in sorted(merged)]
 
 
 def broadcast_object(obj, src: int = 0):

@@ -22,6 +22,7 @@ from models.predictor import VideoPredictor, Window
 from models.registry import model_state_dict, resolve_config, saved_args
 from utils.background import BackgroundWorker
 from utils.cli import UserError
+from utils.distributed import gather_in_order, is_main_process, shard
 from utils.logger import Throughput
 from utils.visualize import save_label_png, write_label_video
 from vss.config import VSPW_NUM_CLASSES, vss_config
@@ -99,14 +100,18 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
 
     Predictions are made at the mask size (where metrics are taken), else at the frame size; a
     video's predictions are only collected when it has masks (video consistency needs them all).
-    The summary is ``{}`` when no video has masks.
+    The summary is ``{}`` when no video has masks. Under torchrun every process must call it: each
+    predicts every world-size-th video, and all get the summary of one process predicting them all.
     """
     evaluator = VSPWEvaluator(model.num_classes)  # MEDVT or an ONNX Runtime session (--runtime onnx)
-    evaluated = False
-    speed = Throughput(sum(v.num_frames for v in videos), "VSPW", print if progress else (lambda _line: None),
+    mine = {}  # video index → (name, its share of the scores)
+    indices = shard(len(videos))
+    progress = progress and is_main_process()
+    speed = Throughput(sum(videos[i].num_frames for i in indices), "VSPW", print if progress else (lambda _line: None),
                        disable=not progress)
     with BackgroundWorker(depth=16, name="writer") as writer:
-        for video in videos:
+        for i in indices:
+            video = videos[i]
             speed.bar.set_postfix_str(video.name)
             w0, h0 = Image.open(video.frames[0]).size
             raw = None
@@ -114,18 +119,20 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
                 raw = np.stack([read_raw_mask(m, (h0, w0)) for m in video.masks])
                 h0, w0 = raw.shape[1:]
             preds = np.zeros((video.num_frames, h0, w0), np.uint8) if raw is not None else None
-            for i, labels, _ in video_predictions(model, video, (h0, w0), device, **predict_kwargs):
+            for f, labels, _ in video_predictions(model, video, (h0, w0), device, **predict_kwargs):
                 if preds is not None:
-                    preds[i] = labels
+                    preds[f] = labels
                 if output_dir is not None:
-                    writer.submit(_write_frame, output_dir, video, i, labels, save_predictions, save_overlays)
+                    writer.submit(_write_frame, output_dir, video, f, labels, save_predictions, save_overlays)
                 speed.update()
             if raw is not None:
                 # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
-                evaluator.add_video(video.name, raw_to_class(raw), preds, raw)
-                evaluated = True
+                mine[i] = (video.name, evaluator.score_video(raw_to_class(raw), preds, raw))
     speed.close()
-    return evaluator.summary() if evaluated else {}
+    shares = gather_in_order(mine)
+    for name, share in shares:
+        evaluator.add(name, share)
+    return evaluator.summary() if shares else {}
 
 
 def open_user_video(path: Path, val_size: int | None, max_size: int | None, clip_len: int) -> ImageFiles | VideoFile:

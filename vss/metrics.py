@@ -127,20 +127,33 @@ class VSPWEvaluator:
 
     def add_video(self, name: str, gt_classes: np.ndarray, preds: np.ndarray,
                   raw_gts: np.ndarray | None = None) -> dict[str, float]:
+        """Score one video and add it (:meth:`score_video`, then :meth:`add`); returns its row."""
+        return self.add(name, self.score_video(gt_classes, preds, raw_gts))
+
+    def score_video(self, gt_classes: np.ndarray, preds: np.ndarray, raw_gts: np.ndarray | None = None) -> dict:
+        """One video's share of the scores, not yet added: its confusion matrix, its windows' VC_n and
+        per-class counts, and its row. Sharded validation scores videos in several processes and adds
+        the shares in the videos' order, so the means equal one process's to the last bit."""
         gt_classes, preds = np.asarray(gt_classes), np.asarray(preds)
         conf = confusion_matrix(gt_classes, preds, self.num_classes)
-        self.conf += conf
-        row = {"frames": int(len(preds)), "mIoU": mean_iou(conf), "pixel_acc": pixel_accuracy(conf)}
+        share: dict = {"conf": conf, "vc": {},
+                       "row": {"frames": int(len(preds)), "mIoU": mean_iou(conf), "pixel_acc": pixel_accuracy(conf)}}
         vc_gts = gt_classes if raw_gts is None else np.asarray(raw_gts)
         runs = (_run_lengths(vc_gts), _run_lengths(preds)) if len(preds) > min(self.vc_lengths, default=0) else None
         for n in self.vc_lengths:
-            values, common, consistent = window_consistency(vc_gts, preds, n, gt_classes, self.num_classes, runs)
+            share["vc"][n] = window_consistency(vc_gts, preds, n, gt_classes, self.num_classes, runs)
+            share["row"][f"VC{n}"] = _nanmean(share["vc"][n][0])
+        return share
+
+    def add(self, name: str, share: dict) -> dict[str, float]:
+        """Add a video's :meth:`score_video` share; returns its row."""
+        self.conf += share["conf"]
+        for n, (values, common, consistent) in share["vc"].items():
             self.windows[n].extend(values)
             self.class_common[n] += common
             self.class_consistent[n] += consistent
-            row[f"VC{n}"] = _nanmean(values)
-        self.videos[name] = row
-        return row
+        self.videos[name] = share["row"]
+        return share["row"]
 
     def class_vc(self, n: int) -> np.ndarray:
         """VC_n per class (pooled pixels); NaN for classes without common pixels."""

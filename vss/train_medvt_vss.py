@@ -11,7 +11,8 @@ labels (every choice is listed in the README, "Video semantic segmentation"):
   (:mod:`vss.losses`), plus 0.5 × the same loss on the pre-propagation logits;
 * AdamW, lr 1e-4 (backbone 1e-5), weight decay 1e-4, per-epoch polynomial decay (power 0.9) to
   1e-6, gradient-norm clipping 0.1, batch 1 clip per process;
-* after every ``--val_every`` epochs, mIoU / mVC8 / mVC16 on the val split (rank 0);
+* after every ``--val_every`` epochs, mIoU / mVC8 / mVC16 on the val split (under torchrun each
+  process predicts its share of the videos);
   ``checkpoint_best.pth`` keeps the best val mIoU, ``checkpoint_last.pth`` the latest epoch.
 
 Checkpoints are written atomically and hold the model config, so ``vss/inference_medvt_vss.py``
@@ -49,7 +50,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               seed_everything, stretch_schedule, tensorboard_writer)
 from utils.cli import (HelpFormatter, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, random_seed, run_main)
-from utils.distributed import DistInfo, run_distributed, wrap_ddp
+from utils.distributed import DistInfo, broadcast_buffers, run_distributed, wrap_ddp
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, epoch_line
 from utils.metrics import write_results
@@ -238,13 +239,15 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
                                 args.steps_per_epoch, logger, scaler)
         scheduler.step()
         row = {"epoch": epoch, **stats}
-        if val_videos and (epoch + 1) % args.val_every == 0 and info.is_main:
+        if val_videos and (epoch + 1) % args.val_every == 0:
             model_without_ddp.eval()
+            broadcast_buffers(model_without_ddp)  # every process scores its share with rank 0's statistics
             # validation autocasts in bf16 only (an fp16 run validates in float32, as before)
             summary = evaluate_videos(model_without_ddp, val_videos, device, save_predictions=False,
                                       val_size=args.val_size or None, clip_len=args.num_frames,
                                       amp_dtype=amp_dtype if amp_dtype is torch.bfloat16 else None)
-            write_results(summary, out, f"val_epoch{epoch:03d}")
+            if info.is_main:
+                write_results(summary, out, f"val_epoch{epoch:03d}")
             row.update({k: summary[k] for k in ("mIoU", "mVC8", "mVC16")})
             logger.info(f"epoch {epoch} val: {format_summary(summary)}")
             if summary["mIoU"] > best["mIoU"]:
