@@ -9,6 +9,10 @@ Examples (the original README's settings)::
     python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset ytbo --val_size 360 --flip --msc
     python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset moca --flip
     python inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --video clip.mp4 --output_dir out/clip
+    torchrun --nproc_per_node 4 inference_swin_medvt_avos.py --model_path ckpts/swin_medvt.pth --dataset all --msc
+
+Under torchrun each process (one per GPU) predicts every N-th sequence of a dataset and writes its files;
+rank 0 then scores them all, as one process would, and writes the logs and results.
 
 The protocol, output files and metrics are described in :mod:`avos.inference`.
 """
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 
@@ -30,9 +36,10 @@ from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
 from models.registry import model_state_dict
-from utils.cli import (HelpFormatter, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames,
-                       incomplete_marker, new_run_folder, positive_float, positive_int, refuse_unused, run_main)
-from utils.distributed import check_device
+from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames,
+                       new_run_folder, positive_float, positive_int, refuse_unused, run_main)
+from utils.distributed import (DistInfo, broadcast_object, check_device, process_group, shared_run_folder,
+                               under_torchrun)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import jsonable
 
@@ -157,10 +164,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     inf.setup_logging()  # messages before out.log exists (the model tried, when its weights do not fit) reach stdout
-    device = check_device(args.device)
+    check_device(args.device)  # a mistaken --device: before anything is read
     check_runtime_flags(parser, args)
     if args.video is not None:
         refuse_unused(parser, args, DATASET_ONLY, "to a dataset run, not to --video", argv)
+    if under_torchrun() and (args.video is not None or args.runtime == "onnx"):
+        flag = "--video" if args.video is not None else "--runtime onnx"
+        raise UserError(f"{flag} runs in one process: start it without torchrun (torchrun shares a dataset's "
+                        "sequences out)")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
     if args.video is not None:  # before the checkpoint is read
         require_video(args.video)
@@ -179,33 +190,52 @@ def main(argv: list[str] | None = None) -> dict:
                  for ds in tasks}
     # A video is read through once now, so a file that cannot be decoded stops before any output exists.
     video = inf.open_user_video(args.video, protocols["video"], args.num_frames) if args.video else None
-    # The model is built before the output folder exists: weights that do not fit leave nothing behind.
+    with process_group(args.device) as proc:  # under torchrun each process predicts every N-th sequence
+        if not proc.is_main:
+            inf.logger.setLevel(logging.WARNING)
+        # The model is built before the output folder exists: weights that do not fit leave nothing behind.
+        model = inference_model(args, ckpt, info, protocols, proc.device)
+        del ckpt
+        return run_tasks(args, argv, model, info, protocols, sequences, video, proc)
+
+
+def inference_model(args: argparse.Namespace, ckpt: dict, info, protocols: dict, device):
+    """The PyTorch model of the checkpoint on ``device``, or the checked ONNX file of --runtime onnx."""
     if args.runtime == "onnx":
         model = inf.load_onnx(args.onnx_path)
         model.check_clip_length(args.num_frames, "--num_frames")
         model.check_scales(max(len(p.scales) for p in protocols.values()), "--msc")
         model.check_weights(model_state_dict(ckpt, info.config, str(args.model_path)), args.model_path)
-    else:
-        try:
-            model = inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
-        except Exception:
-            inf.log_model_choice(info)  # the model that was tried explains a key mismatch
-            raise
-    del ckpt
+        return model
+    try:
+        return inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
+    except Exception:
+        inf.log_model_choice(info)  # the model that was tried explains a key mismatch
+        raise
+
+
+def run_tasks(args: argparse.Namespace, argv: list[str] | None, model, info, protocols: dict, sequences: dict,
+              video, proc: DistInfo) -> dict:
+    """Predict and score each dataset (or the video) into the output folder; its summary.json."""
+    datasets, tasks, device = list(sequences), list(protocols), proc.device
     out_dir = args.output_dir
-    if out_dir is None:  # a new folder per run: running twice never mixes two runs
+    if out_dir is None:  # a new folder per run: running twice never mixes two runs (rank 0's name in every process)
         label = "all" if len(tasks) > 1 else tasks[0]
         size = protocols[tasks[0]].val_size
-        out_dir = new_run_folder(inf.run_name(label, size, args.msc, info.config), args.model_path)
+        out_dir = broadcast_object(new_run_folder(inf.run_name(label, size, args.msc, info.config), args.model_path))
         check_output_dir(out_dir, "--output_dir", input_paths(args, datasets), args.overwrite, default=True)
     # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
-    with incomplete_marker(out_dir, log="out.log"), inf.log_file(out_dir / "out.log"):
+    with shared_run_folder(out_dir, log="out.log"), \
+            inf.log_file(out_dir / "out.log") if proc.is_main else nullcontext():
         log = inf.logger
         log.info("command: python %s %s", Path(__file__).name, " ".join(sys.argv[1:] if argv is None else argv))
         inf.log_model_choice(info)
         if args.runtime == "onnx":
             log.info("runtime: ONNX Runtime (CPU) with %s (%s)", args.onnx_path, model.describe())
         log.info("device: %s%s; output: %s", device, f", {args.amp} autocast" if args.amp != "none" else "", out_dir)
+        if proc.distributed:
+            log.info("%d processes, each predicting 1 sequence in %d; rank 0 scores them", proc.world_size,
+                     proc.world_size)
         if args.dataset == "all" and args.val_size and not video:
             log.warning("--val_size %d ignored: --dataset all uses 473 (DAVIS, MoCA) and 360 (YouTube-Objects)",
                         args.val_size)
@@ -224,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
                 results[task] = run(model, sequences[task], protocol, opts) if run else \
                     inf.run_video(model, video, protocol, opts)
             results[task]["output_dir"] = str(sub)
-        (out_dir / "summary.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
+        if proc.is_main:
+            (out_dir / "summary.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
         return results
 
 

@@ -60,6 +60,7 @@ from models.registry import load_weights
 from utils import metrics
 from utils.background import BackgroundWorker
 from utils.cli import UserError
+from utils.distributed import all_gather_object, gather_in_order, is_main_process, shard
 from utils.logger import Throughput
 from utils.visualize import VideoWriter, overlay
 
@@ -313,9 +314,11 @@ def predict_dense(model: torch.nn.Module, sequences: Sequence[VideoSequence], pr
     counts = {seq.name: sum(1 for m in seq.masks if m is not None) if annotated_only else seq.num_frames
               for seq in sequences}
     _log_protocol(protocol, opts, sequences, sum(counts.values()))
-    progress = Throughput(sum(counts.values()), protocol.dataset, logger.info)
+    mine = [sequences[i] for i in shard(len(sequences))]  # under torchrun: every N-th sequence
+    progress = Throughput(sum(counts[seq.name] for seq in mine), protocol.dataset, logger.info,
+                          disable=not is_main_process())
     with BackgroundWorker(depth=16, name="writer") as writer:
-        for seq in sequences:
+        for seq in mine:
             if not counts[seq.name]:
                 continue
             progress.bar.set_postfix_str(seq.name)
@@ -337,13 +340,25 @@ def predict_dense(model: torch.nn.Module, sequences: Sequence[VideoSequence], pr
             out_size = lambda i, seq=seq, orig=orig: _mask_size(seq.masks[i]) if seq.masks[i] else orig  # noqa: E731
             stream_predictions(predictor, source, out_size, wanted, handle, writer, progress, opts.prefetch)
             writer.submit(overlays.close)
-    return progress.close()
+    return all_processes(progress.close())
+
+
+def all_processes(speed: dict) -> dict:
+    """The throughput of every process's share (:meth:`Throughput.close` of each), once all have written
+    their files: frames summed over the processes' longest wall time (one process: ``speed`` itself)."""
+    shares = all_gather_object(speed)
+    if len(shares) == 1:
+        return speed
+    frames, wall = sum(s["frames"] for s in shares), max(s["wall_s"] for s in shares)
+    return {"frames": frames, "wall_s": wall, "frames_per_s": frames / wall if wall > 0 else float("nan")}
 
 
 def run_davis(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts: RunOptions) -> dict:
     """DAVIS-16: predict every annotated frame, then J/F and the original's mIoU on ``bin_mask/``. The
     returned dict adds the run's frames, wall time and frames/s (``summary.json``) to the results files'."""
     speed = predict_dense(model, sequences, protocol, opts)
+    if not is_main_process():  # rank 0 scores every process's files
+        return speed
     gt_dirs = {seq.masks[0].parent.parent for seq in sequences}
     if len(gt_dirs) != 1:
         raise ValueError(f"DAVIS sequences come from several annotation folders: {sorted(map(str, gt_dirs))}")
@@ -370,6 +385,10 @@ def run_youtube_objects(model, sequences: Sequence[VideoSequence], protocol: Pro
         per_seq[seq.name].append(metrics.jaccard(fg, seq.read_mask(i, threshold=mask_threshold - 1)))
 
     speed = predict_dense(model, sequences, protocol, opts, annotated_only=True, on_frame=score)
+    scored = gather_in_order({i: per_seq[sequences[i].name] for i in shard(len(sequences))})  # all processes'
+    per_seq = {seq.name: ious for seq, ious in zip(sequences, scored)}
+    if not is_main_process():
+        return speed
     rows = {}
     for seq in sequences:
         ious = per_seq[seq.name]
@@ -394,9 +413,11 @@ def run_moca(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts
     predictor = make_predictor(model, protocol, opts)
     n_total = sum(len(seq.meta["annotated"]) for seq in sequences)
     _log_protocol(protocol, opts, sequences, n_total)
-    progress = Throughput(n_total, "moca", logger.info)
+    mine = [sequences[i] for i in shard(len(sequences))]  # under torchrun: every N-th sequence
+    progress = Throughput(sum(len(seq.meta["annotated"]) for seq in mine), "moca", logger.info,
+                          disable=not is_main_process())
     with BackgroundWorker(depth=16, name="writer") as writer:
-        for seq in sequences:
+        for seq in mine:
             if not seq.meta["annotated"]:
                 continue
             progress.bar.set_postfix_str(seq.name)
@@ -412,7 +433,9 @@ def run_moca(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts
             stream_predictions(predictor, source, source.size_hw, set(seq.meta["annotated"]).__contains__,
                                handle, writer, progress, opts.prefetch)
             writer.submit(overlays.close)
-    speed = progress.close()
+    speed = all_processes(progress.close())
+    if not is_main_process():  # rank 0 scores every process's files
+        return speed
     results = evaluate_moca(opts.out_dir, sequences)
     logger.info("dataset: MoCA mean_iou:%.3f  success rates %s", results["mean_iou"],
                 ", ".join(f"{k}: {v:.3f}" for k, v in results["success_rates"].items()))

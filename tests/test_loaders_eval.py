@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -233,3 +234,36 @@ def test_moca_inference_outputs(data, tmp_path):
     rows = list(csv.DictReader((out / "MoCA_results.csv").open()))
     assert [r["sequence"] for r in rows] == ["arctic_fox", "flounder", "Overall"]
     assert "--msc ignored on MoCA" in (out / "out.log").read_text()  # CVPR'23 model: single scale
+
+
+# ------------------------------------------------------------------------------------ several processes
+def test_torchrun_shares_the_sequences_out_and_scores_as_one_process(data, tmp_path, one_thread):
+    """Each dataset under torchrun (two Gloo processes): each process predicts every other sequence and
+    writes its files; rank 0 scores them all. Files, scores and results equal one process's, and the
+    speed counts both processes' frames."""
+    from checkpoint_asserts import ROOT, run_torchrun
+    from datasets.synthetic import make_synthetic_davis
+
+    davis = make_synthetic_davis(tmp_path / "DAVIS", num_train=0, num_val=3, num_frames=4, size_hw=(H, W))
+    roots = {"davis": ["--davis16_root", str(davis)], "ytbo": ["--youtube_objects_root", str(data["ytbo"])],
+             "moca": ["--moca_root", str(data["moca"])]}
+    speed = {"frames", "wall_s", "frames_per_s", "output_dir"}
+    for dataset, root in roots.items():
+        argv = ["--model_path", str(data["ckpt"]), "--dataset", dataset, *root, "--val_size", "48", "--device", "cpu"]
+        two, one = tmp_path / f"{dataset}_two", tmp_path / f"{dataset}_one"
+        r = run_torchrun(ROOT / "inference_swin_medvt_avos.py", [*argv, "--output_dir", str(two)])
+        assert "2 processes, each predicting 1 sequence in 2; rank 0 scores them" in r.stdout
+        alone = script.main([*argv, "--output_dir", str(one)])
+        files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+        assert sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file()) == files
+        assert len({f.parent for f in files if f.suffix == ".png"}) >= 2, files  # both processes' sequences
+        for f in files:
+            if f.suffix in (".png", ".csv") or f.name.endswith("_results.json") or f.name.endswith("_classes.json"):
+                assert (two / f).read_bytes() == (one / f).read_bytes(), f
+        shared = json.loads((two / "summary.json").read_text())[dataset]
+        assert {k: v for k, v in shared.items() if k not in speed} == \
+            json.loads(json.dumps(metrics.jsonable({k: v for k, v in alone[dataset].items() if k not in speed})))
+        assert shared["frames"] == alone[dataset]["frames"], dataset
+        [rank0] = re.findall(r"(\d+) frames in [\d.]+ s", r.stdout)  # rank 0's share, logged as it ends
+        assert 0 < int(rank0) < shared["frames"], (rank0, shared["frames"])
+        assert not (two / "INCOMPLETE").exists() and "rank 0 scores them" in (two / "out.log").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -267,6 +268,22 @@ def test_torchrun_shares_validation_and_scores_as_one_process(tmp_path, determin
     assert list(saved["sequences"]) == ["3_val_a", "4_val_b", "5_val_c"]
     assert saved == json.loads(json.dumps(jsonable(alone)))
     assert ckpt["history"][0]["mIoU"] == alone["mIoU"] and ckpt["history"][0]["mVC8"] == alone["mVC8"]
+
+    # inference under torchrun: each process writes its videos' PNGs; the results are one process's
+    infer = ["--model_path", str(out / "checkpoint_last.pth"), "--vspw_root", str(root), "--split", "val",
+             "--val_size", "48", "--device", "cpu"]
+    r = run_torchrun(ROOT / "vss" / "inference_medvt_vss.py", [*infer, "--output_dir", str(tmp_path / "ddp_infer")])
+    assert "2 processes, each predicting 1 video in 2" in r.stdout and r.stdout.count("loaded ") == 1
+    one = subprocess.run([sys.executable, str(ROOT / "vss" / "inference_medvt_vss.py"), *infer,
+                          "--output_dir", str(tmp_path / "one")], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two, single = tmp_path / "ddp_infer", tmp_path / "one"
+    assert (two / "results.json").read_text() == (single / "results.json").read_text()
+    pngs = sorted(p.relative_to(single) for p in single.rglob("*.png"))
+    assert len(pngs) == 31 and sorted(p.relative_to(two) for p in two.rglob("*.png")) == pngs
+    assert all((two / p).read_bytes() == (single / p).read_bytes() for p in pngs)
+    assert sorted(p.name for p in two.iterdir()) == ["predictions", "results.csv", "results.json"]  # no INCOMPLETE
 
 
 def test_chunk_clips_cover_every_frame_once_inside_the_video():

@@ -8,12 +8,16 @@ below are no-ops, so scripts never branch on "distributed or not" beyond wrappin
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from utils.cli import incomplete_marker
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,11 @@ def check_device(device_arg: str | None) -> torch.device:
 DIST_TIMEOUT_MIN = 60  # the process group's default timeout (--dist_timeout)
 
 
+def under_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (its variables are set)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
 def init_distributed(device_arg: str | None = None, timeout_min: int = DIST_TIMEOUT_MIN) -> DistInfo:
     """Set up the process group if launched by torchrun; return rank, world size and device.
 
@@ -81,9 +90,9 @@ def init_distributed(device_arg: str | None = None, timeout_min: int = DIST_TIME
     because a process that finishes its share of a validation waits in a collective for the others.
     """
     device = check_device(device_arg)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or "RANK" not in os.environ:
+    if not under_torchrun():
         return DistInfo(0, 1, 0, device)
+    world = int(os.environ["WORLD_SIZE"])
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -159,6 +168,30 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+@contextmanager
+def process_group(device_arg: str | None = None, timeout_min: int = DIST_TIMEOUT_MIN) -> Iterator[DistInfo]:
+    """This process's part of a run for the body: the group of :func:`init_distributed` (one process
+    without torchrun), torn down afterwards, whatever happens."""
+    info = init_distributed(device_arg, timeout_min)
+    try:
+        yield info
+    finally:
+        cleanup()
+
+
+@contextmanager
+def shared_run_folder(out: str | Path, log: str | None = None) -> Iterator[Path]:
+    """:func:`utils.cli.incomplete_marker` for a run of several processes that write in one folder:
+    rank 0 creates it, with its ``INCOMPLETE`` marker, once every process has checked it, and before
+    any writes in it; the marker goes once every process has written its share (an error in any
+    process leaves it in place). In one process it is ``incomplete_marker`` itself."""
+    barrier()  # every process has checked the folder (empty or new) before one creates it
+    with incomplete_marker(out, log) if is_main_process() else nullcontext(Path(out)):
+        barrier()
+        yield Path(out)
+        barrier()
+
+
 def run_distributed(train: Callable, args, deterministic: str = "auto"):
     """Run ``train(args, info)`` in this process of a (possibly one-process) run: the process group
     from :func:`init_distributed` (``torchrun``'s variables, else a single process on ``args.device``),
@@ -170,10 +203,9 @@ def run_distributed(train: Callable, args, deterministic: str = "auto"):
     if on and device.startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    info = init_distributed(args.device, getattr(args, "dist_timeout", DIST_TIMEOUT_MIN))
-    try:
-        torch.use_deterministic_algorithms(on, warn_only=info.device.type == "cuda")
-        return train(args, info)
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        cleanup()
+    with process_group(args.device, getattr(args, "dist_timeout", DIST_TIMEOUT_MIN)) as info:
+        try:
+            torch.use_deterministic_algorithms(on, warn_only=info.device.type == "cuda")
+            return train(args, info)
+        finally:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])

@@ -196,10 +196,12 @@ def build_from_args(args: argparse.Namespace, device: torch.device) -> tuple[tor
             raise UserError(f"--model_path {args.model_path} holds a {type(loaded.model).__name__} (not MED-VT), "
                             "an audio-visual model; give a VSS checkpoint")
         check_vss_checkpoint(loaded.checkpoint, loaded.config, args)
-        print(f"loaded {args.model_path}: config from {loaded.reason}")
+        if is_main_process():
+            print(f"loaded {args.model_path}: config from {loaded.reason}")
         return loaded.model, clip_length(args.clip_len, loaded.checkpoint)
     if not args.random_weights:
         raise UserError("give --model_path CHECKPOINT (or --random_weights for a smoke test)")
+    torch.manual_seed(0)  # the same fresh model in every process of a torchrun run, and in every run
     return build_model(vss_config(args.model, args.num_classes)).to(device).eval(), clip_length(args.clip_len, {})
 
 

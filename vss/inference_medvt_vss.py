@@ -15,11 +15,17 @@ wrap-around clip (the AVOS protocol, ``clip_len`` times slower).
 ``--video`` segments any video instead (a file or a folder of frames, streamed): palette PNGs, an
 overlay video ``overlays/<video>.mp4`` and ``summary.json``; no metrics.
 
+Several GPUs: ``torchrun --nproc_per_node N vss/inference_medvt_vss.py ...`` predicts a split with N
+processes, each on its own GPU taking every N-th video and writing its PNGs; the metrics are those of
+one process (the videos' scores are added up in their order) and rank 0 writes them.
+
 Examples::
 
     python vss/inference_medvt_vss.py --model_path out/vss/checkpoint_best.pth \\
         --vspw_root /data/VSPW_480p --split val --output_dir out/vss_val
     python vss/inference_medvt_vss.py --model_path out/vss/checkpoint_best.pth --video clip.mp4
+    torchrun --nproc_per_node 4 vss/inference_medvt_vss.py --model_path out/vss/checkpoint_best.pth \\
+        --vspw_root /data/VSPW_480p --split val --output_dir out/vss_val
 """
 from __future__ import annotations
 
@@ -34,8 +40,9 @@ from datasets.stream import require_video
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
-                       clip_frames, incomplete_marker, new_run_folder, non_negative_int, positive_int, refuse_unused,
+                       clip_frames, new_run_folder, non_negative_int, positive_int, refuse_unused,
                        run_main)
+from utils.distributed import DistInfo, broadcast_object, process_group, shared_run_folder, under_torchrun
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, autocast, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import jsonable, write_results
@@ -112,7 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
         refuse_unused(parser, args, ("vspw_root", "split", "videos", "save_overlays", "no_save_predictions"),
                       "to a VSPW split, not to --video (which always writes its predictions and an overlay video)",
                       argv)
-    device = torch.device(args.device)
+    if under_torchrun() and (args.video is not None or args.runtime == "onnx"):
+        flag = "--video" if args.video is not None else "--runtime onnx"
+        raise UserError(f"{flag} runs in one process: start it without torchrun (torchrun shares a split's videos "
+                        "out)")
     # The output folder is checked before anything is read, so a mistake there costs nothing.
     inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root) if args.video is None else None,
               "--model_path": args.model_path, "--onnx_path": args.onnx_path, "--video": args.video}
@@ -121,6 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.video is not None:  # before the checkpoint is read
         require_video(args.video)
     videos = split_videos(args) if args.video is None else []
+    with process_group(args.device) as info:  # under torchrun each process predicts every N-th video
+        return predict(args, info, inputs, videos)
+
+
+def predict(args: argparse.Namespace, info: DistInfo, inputs: dict, videos: list) -> dict:
+    """The run once its flags and inputs are checked: the model, the output folder, the predictions."""
+    say = print if info.is_main else (lambda *_a, **_k: None)
+    device = info.device
     model, clip_len = onnx_from_args(args) if args.runtime == "onnx" else build_from_args(args, device)
     # A video is read through once now, so a file that cannot be decoded stops before any output exists.
     video = open_user_video(args.video, args.val_size, args.max_size, clip_len) if args.video else None
@@ -131,33 +149,36 @@ def main(argv: list[str] | None = None) -> dict:
     if video is not None and args.runtime != "onnx":  # frames too small for the model: refused before any output
         with frames_too_small(sizes, remedy), torch.no_grad(), autocast(device, AMP_DTYPES[args.amp]):
             model(torch.zeros(1, 2, 3, *video.size_hw, device=device))
-    print(f"clips of {clip_len} frames ({args.window} window{', flip' if args.flip else ''})")
+    say(f"clips of {clip_len} frames ({args.window} window{', flip' if args.flip else ''})"
+        + (f"; {info.world_size} processes, each predicting 1 video in {info.world_size}" if info.distributed
+           else ""))
     source = args.onnx_path if args.runtime == "onnx" else args.model_path
     if args.output_dir:
         out = Path(args.output_dir)
-    else:  # a new folder per run: running twice never mixes two runs
-        out = new_run_folder(f"infer_video_{video.name}" if video else f"infer_vspw_{args.split}_{args.val_size}",
-                             source)
+    else:  # a new folder per run: running twice never mixes two runs (rank 0's name, in every process)
+        out = broadcast_object(new_run_folder(
+            f"infer_video_{video.name}" if video else f"infer_vspw_{args.split}_{args.val_size}", source))
         check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
-    predict = {"val_size": args.val_size, "max_size": args.max_size, "clip_len": clip_len, "window": args.window,
-               "flip": args.flip, "amp_dtype": AMP_DTYPES[args.amp], "batch_clips": args.batch_clips}
+    settings = {"val_size": args.val_size, "max_size": args.max_size, "clip_len": clip_len, "window": args.window,
+                "flip": args.flip, "amp_dtype": AMP_DTYPES[args.amp], "batch_clips": args.batch_clips}
     # left in place by an error or Ctrl-C: the outputs are partial
-    with incomplete_marker(out), frames_too_small(sizes, remedy):
+    with shared_run_folder(out), frames_too_small(sizes, remedy):
         if video is not None:
-            result = segment_video(model, video, device, out, **predict)
+            result = segment_video(model, video, device, out, **settings)
             (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
         else:
             summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
-                                      save_overlays=args.save_overlays, **predict)
-            if summary:
+                                      save_overlays=args.save_overlays, **settings)
+            if summary and info.is_main:
                 json_path, csv_path = write_results(summary, out, "results")
     if video is not None:
         print(f"wrote {out / 'predictions' / video.name}/*.png and the overlay video {result['overlay_video']}")
         return result
     if not summary:
-        print(f"no ground truth in split {args.split}: predictions written to {out / 'predictions'}")
+        say(f"no ground truth in split {args.split}: predictions written to {out / 'predictions'}")
         return {}
-    print(f"{format_summary(summary)}; per video: {csv_path}, all: {json_path}")
+    if info.is_main:
+        print(f"{format_summary(summary)}; per video: {csv_path}, all: {json_path}")
     return summary
 
 
