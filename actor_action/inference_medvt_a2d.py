@@ -36,6 +36,11 @@ Examples::
     python actor_action/inference_medvt_a2d.py --backbone swinB --model_path swin_medvt_a2d.pth \\
         --a2d_root /data/A2D --output_dir out/a2d_swinb
     python actor_action/inference_medvt_a2d.py --model_path swin_medvt_a2d.pth --video dog_running.mp4
+    torchrun --nproc_per_node 4 actor_action/inference_medvt_a2d.py --model_path swin_medvt_a2d.pth \\
+        --a2d_root /data/A2D --output_dir out/a2d_swinb
+
+Under torchrun each process (one per GPU) scores every N-th annotated frame and writes its pictures;
+the scores are gathered in the frames' order, so the numbers are one process's, and rank 0 writes them.
 """
 from __future__ import annotations
 
@@ -56,7 +61,7 @@ from models.registry import load_weights
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
                        incomplete_marker, new_run_folder, non_negative_int, positive_int, refuse_unused, require_file,
                        run_main)
-from utils.distributed import default_device
+from utils.distributed import DistInfo, broadcast_object, process_group, shared_run_folder, under_torchrun
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 from utils.metrics import jsonable
 
@@ -114,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.video is not None:
         refuse_unused(parser, args, SPLIT_ONLY, "to an A2D split, not to --video (which always writes its predictions "
                       "and an overlay video)", argv)
-    device = torch.device(args.device or default_device())
+        if under_torchrun():
+            raise UserError("--video runs in one process: start it without torchrun (torchrun shares a split's "
+                            "frames out)")
     inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root) if args.video is None else None,
               "--color_map": args.color_map, "--model_path": args.model_path, "--video": args.video}
     # The output folder is checked before anything is read, so a mistake there costs nothing; without
@@ -124,10 +131,17 @@ def main(argv: list[str] | None = None) -> dict:
     # A video is read through once now, before the checkpoint: a file that cannot be decoded stops at once.
     video = open_user_video(args.video, args.clip_size, args.num_frames) if args.video is not None else None
     root = a2d_root(args.a2d_root) if video is None else None
+    with process_group(args.device) as proc:  # under torchrun each process scores every N-th annotated frame
+        return predict(args, proc, inputs, video, root)
+
+
+def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, root: Path | None) -> dict:
+    """The run once its flags and inputs are checked: the model, the output folder, the predictions."""
+    device, say = proc.device, print if proc.is_main else (lambda *_a: None)
     model, cfg, source = load_a2d_model(args, device)
     names, palette = class_colours(args, dataset_root("a2d", args.a2d_root))
     out = Path(args.output_dir) if args.output_dir else \
-        new_run_folder(f"a2d_video_{video.name}" if video else "a2d_inference", args.model_path)
+        broadcast_object(new_run_folder(f"a2d_video_{video.name}" if video else "a2d_inference", args.model_path))
     if not args.output_dir:
         check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
     described = (f"model from {source} ({cfg.backbone} backbone, query_decoder_scales {cfg.query_decoder_scales}, "
@@ -143,12 +157,15 @@ def main(argv: list[str] | None = None) -> dict:
               f"{result['overlay_video']}")
         return result
     dataset = A2DDataset(root, args.split, args.num_frames, tuple(args.clip_size), args.end_window)
-    print(f"A2D {args.split}: {len(dataset)} annotated frames; {described}")
-    summary, metric, cm = evaluate_a2d(model, dataset, device, args.nan_policy, args.protocol, args.max_items,
-                                       out / "viz" if args.save_pred or args.save_gt_overlay else None,
-                                       args.save_gt_overlay, palette, AMP_DTYPES[args.amp])
-    write_tables(out, summary, metric, cm, names)
-    print(format_summary(summary))
+    say(f"A2D {args.split}: {len(dataset)} annotated frames; {described}"
+        + (f"; {proc.world_size} processes, each scoring 1 frame in {proc.world_size}" if proc.distributed else ""))
+    with shared_run_folder(out):  # left in place by an error or Ctrl-C: the outputs are partial
+        summary, metric, cm = evaluate_a2d(model, dataset, device, args.nan_policy, args.protocol, args.max_items,
+                                           out / "viz" if args.save_pred or args.save_gt_overlay else None,
+                                           args.save_gt_overlay, palette, AMP_DTYPES[args.amp])
+        if proc.is_main:
+            write_tables(out, summary, metric, cm, names)
+    say(format_summary(summary))
     return {**summary, "output_dir": str(out), "query_decoder_scales": cfg.query_decoder_scales}
 
 

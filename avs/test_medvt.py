@@ -18,6 +18,10 @@ Examples::
         --vggish_weights vggish-10086976.pth --tpavi_va_flag --save_pred_mask --output_dir out/s4_test
     python avs/test_medvt.py --task s4 --weights S4_best.pth --vggish_weights vggish-10086976.pth \\
         --tpavi_va_flag --video guitar.mp4
+
+Under torchrun (``torchrun --nproc_per_node N avs/test_medvt.py ...``) each process (one per GPU)
+scores every N-th batch; the batch scores are averaged in their order, so the numbers are one
+process's, and rank 0 writes them.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
 from utils.cli import (HelpFormatter, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
                        new_run_folder, non_negative_int, positive_float, positive_int, refuse_unused, run_main)
-from utils.distributed import default_device
+from utils.distributed import DistInfo, broadcast_object, process_group, shared_run_folder, under_torchrun
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
 
@@ -99,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
                       "resampled to 16 kHz and must not be silent)", argv)
     elif args.wav is not None or args.fps is not None:
         parser.error("--wav and --fps describe a --video; an AVSBench split brings its own audio and frames")
-    device = torch.device(args.device or default_device())
+    if args.video is not None and under_torchrun():
+        raise UserError("--video runs in one process: start it without torchrun (torchrun shares a split's batches "
+                        "out)")
     inputs = {"--avsbench_root": dataset_root("avsbench", args.avsbench_root) if args.video is None else None,
               "--vggish_weights": args.vggish_weights, "--model_path": args.model_path, "--video": args.video,
               "--wav": args.wav}
@@ -110,10 +116,18 @@ def main(argv: list[str] | None = None) -> dict:
     size = args.test_im_size or NATIVE_SIZE
     # A video and its sound are read through once now: a file that cannot be decoded stops at once.
     video, sound, fps = open_user_video(args.video, args.wav, args.fps, size) if args.video else (None, None, None)
+    with process_group(args.device) as proc:  # under torchrun each process scores every N-th batch
+        return predict(args, proc, inputs, video, sound, fps)
+
+
+def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, sound, fps) -> dict:
+    """The run once its flags and inputs are checked: the models, the output folder, the predictions."""
+    device, size = proc.device, args.test_im_size or NATIVE_SIZE
     out = Path(args.output_dir) if args.output_dir else \
-        new_run_folder(f"avs_video_{video.name}" if video else "avs_test", args.model_path)
+        broadcast_object(new_run_folder(f"avs_video_{video.name}" if video else "avs_test", args.model_path))
     if not args.output_dir:
         check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
+    torch.manual_seed(0)  # a random VGGish (--allow_random_vggish) is the same in every process and run
     vggish = build_frozen_vggish(args.vggish_weights, args.allow_random_vggish).to(device)
     model, reason = load_avs_model(args, device)
     check_im_size(model, device, {"--test_im_size": args.test_im_size})
@@ -137,16 +151,20 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{len(partly.frames)} frames, and evaluation needs one per frame; evaluate --split val "
                         "or test")
     check_clips(ds, clips)
-    with incomplete_marker(out):  # what is still read lazily (e.g. wavs) may fail mid-run: the folder says so
-        logger = setup_logger(out, True, name="medvt.avs.test", filename="test.log")
-        logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {reason}")
+    # what is still read lazily (e.g. wavs) may fail mid-run: the folder says so
+    with shared_run_folder(out):
+        logger = setup_logger(out, proc.is_main, name="medvt.avs.test", filename="test.log")
+        logger.info(f"loaded {args.model_path}: {model.cfg.name}, config from {reason}"
+                    + (f"; {proc.world_size} processes, each scoring 1 batch in {proc.world_size}"
+                       if proc.distributed else ""))
         res = evaluate(model, vggish, ds, args.test_batch_size, device,
                        out / "pred_masks" if args.save_pred_mask else None, args.max_batches, args.num_workers,
                        desc=f"{args.task} {args.split}")
         res.update(task=args.task, split=args.split, weights=str(args.model_path), im_size=args.test_im_size)
         logger.info(f"{args.task} {args.split}: {format_metrics({'mIoU': res['miou'], 'F': res['fscore']})} "
                     f"({res['num_clips']} clips)")
-        (out / "results.json").write_text(json.dumps(jsonable(res), indent=2))
+        if proc.is_main:
+            (out / "results.json").write_text(json.dumps(jsonable(res), indent=2))
     return res
 
 

@@ -132,6 +132,22 @@ def test_torchrun_two_processes_and_resume(avs_root, tmp_path, deterministic):
     assert alone["num_batches"] == 2
     assert (ckpt["history"][0]["val_miou"], ckpt["history"][0]["val_fscore"]) == (alone["miou"], alone["fscore"])
 
+    # the test script under torchrun: each process scores 1 batch in 2 and writes its masks
+    import avs.test_medvt as test_script
+
+    test = ["--task", "s4", "--config", "avs_tiny", "--allow_random_vggish", "--device", "cpu", "--num_workers", "0",
+            "--avsbench_root", str(avs_root), "--weights", str(out / "checkpoint_last.pth"), "--split", "val",
+            "--test_im_size", "32", "--test_batch_size", "1", "--save_pred_mask"]
+    r = run_torchrun(ROOT / "avs" / "test_medvt.py", [*test, "--output_dir", str(tmp_path / "two")])
+    assert "2 processes, each scoring 1 batch in 2" in r.stdout
+    alone = test_script.main([*test, "--output_dir", str(tmp_path / "one")])
+    two, one = tmp_path / "two", tmp_path / "one"
+    masks = sorted(p.relative_to(one) for p in one.rglob("*.png"))
+    assert len(masks) == 2 * 5 and sorted(p.relative_to(two) for p in two.rglob("*.png")) == masks
+    assert all((two / m).read_bytes() == (one / m).read_bytes() for m in masks)
+    assert json.loads((two / "results.json").read_text()) == json.loads(json.dumps(alone))
+    assert not (two / "INCOMPLETE").exists()
+
     r = run_torchrun(ROOT / "avs" / "train_medvt.py", [*argv, "--resume", "auto"])
     assert "resumed from" in r.stdout and "different number of processes" not in r.stdout + r.stderr
     assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 1

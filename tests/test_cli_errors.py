@@ -131,3 +131,28 @@ def test_refused_runs_leave_no_output_folder(results):
         assert not (tmp / out).exists(), out
     assert not (tmp / "runs").exists() and not (tmp / "outputs").exists()
     assert (results["_paths"]["run"] / "metrics.jsonl").read_text() == '{"epoch": 0}\n'
+
+
+@pytest.mark.parametrize("module, argv, flag", [
+    ("inference_swin_medvt_avos", ["--model_path", "m.pth", "--video", "clip.mp4"], "--video"),
+    ("inference_swin_medvt_avos", ["--model_path", "m.pth", "--runtime", "onnx", "--onnx_path", "m.onnx"],
+     "--runtime onnx"),
+    ("vss.inference_medvt_vss", ["--random_weights", "--video", "clip.mp4"], "--video"),
+    ("vss.inference_medvt_vss", ["--runtime", "onnx", "--onnx_path", "m.onnx"], "--runtime onnx"),
+    ("actor_action.inference_medvt_a2d", ["--model_path", "m.pth", "--video", "clip.mp4"], "--video"),
+    ("avs.test_medvt", ["--weights", "m.pth", "--video", "clip.mp4"], "--video"),
+])
+def test_one_process_jobs_are_refused_under_torchrun(monkeypatch, tmp_path, module, argv, flag):
+    """Under torchrun the scripts share a dataset out; one video, or ONNX Runtime, is one process's job:
+    refused in one line, before anything is read or written."""
+    import importlib
+
+    from utils.cli import UserError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.onnx").write_bytes(b"")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match=f"^{flag} runs in one process: start it without torchrun"):
+        importlib.import_module(module).main(argv)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

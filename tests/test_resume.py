@@ -260,6 +260,20 @@ def test_a2d_torchrun_saves_and_resumes_every_process_rng(a2d_dir, tmp_path, det
     saved = ckpt["history"][0]
     assert (saved["miou_original"], saved["class_miou"]) == (alone["miou_original"], alone["class_miou"])
 
+    # inference under torchrun: each process scores and draws its frames; the tables are one process's
+    from actor_action import inference_medvt_a2d
+
+    infer = ["--model_path", str(out / "checkpoint_last.pth"), "--a2d_root", str(a2d_dir), "--clip_size", "32", "48",
+             "--device", "cpu", "--save_pred"]
+    r = run_torchrun(ROOT / "actor_action" / "inference_medvt_a2d.py", [*infer, "--output_dir", str(tmp_path / "two")])
+    assert "2 processes, each scoring 1 frame in 2" in r.stdout
+    inference_medvt_a2d.main([*infer, "--output_dir", str(tmp_path / "one")])
+    two, one = tmp_path / "two", tmp_path / "one"
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file()) == files
+    assert sum(f.suffix == ".png" for f in files) == 2 * 3  # colour masks and overlays of the 3 frames
+    assert all((two / f).read_bytes() == (one / f).read_bytes() for f in files)
+
     r = run_torchrun(ROOT / "actor_action" / "train_medvt_a2d.py", [*argv, "--resume", "auto"])
     log = r.stdout + r.stderr
     assert "resumed from" in log and "different number of processes" not in log and "rank 0 only" not in log
