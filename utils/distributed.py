@@ -11,8 +11,8 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -132,7 +132,7 @@ def all_gather_object(obj) -> list:
 
 
 def shard(n: int) -> range:
-    """The indices of ``n`` work items (validation videos, batches) this process takes: every
+    """The indices of ``n`` work items (videos, annotated frames, batches) this process takes: every
     world-size-th, from its rank; all ``n`` in one process."""
     return range(get_rank(), n, get_world_size())
 

@@ -131,14 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.video is not None:  # before the checkpoint is read
         require_video(args.video)
     videos = split_videos(args) if args.video is None else []
-    with process_group(args.device) as info:  # under torchrun each process predicts every N-th video
-        return predict(args, info, inputs, videos)
+    with process_group(args.device) as proc:  # under torchrun each process predicts every N-th video
+        return predict(args, proc, inputs, videos)
 
 
-def predict(args: argparse.Namespace, info: DistInfo, inputs: dict, videos: list) -> dict:
+def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, videos: list) -> dict:
     """The run once its flags and inputs are checked: the model, the output folder, the predictions."""
-    say = print if info.is_main else (lambda *_a, **_k: None)
-    device = info.device
+    say = print if proc.is_main else (lambda *_a, **_k: None)
+    device = proc.device
     model, clip_len = onnx_from_args(args) if args.runtime == "onnx" else build_from_args(args, device)
     # A video is read through once now, so a file that cannot be decoded stops before any output exists.
     video = open_user_video(args.video, args.val_size, args.max_size, clip_len) if args.video else None
@@ -150,7 +150,7 @@ def predict(args: argparse.Namespace, info: DistInfo, inputs: dict, videos: list
         with frames_too_small(sizes, remedy), torch.no_grad(), autocast(device, AMP_DTYPES[args.amp]):
             model(torch.zeros(1, 2, 3, *video.size_hw, device=device))
     say(f"clips of {clip_len} frames ({args.window} window{', flip' if args.flip else ''})"
-        + (f"; {info.world_size} processes, each predicting 1 video in {info.world_size}" if info.distributed
+        + (f"; {proc.world_size} processes, each predicting 1 video in {proc.world_size}" if proc.distributed
            else ""))
     source = args.onnx_path if args.runtime == "onnx" else args.model_path
     if args.output_dir:
@@ -169,7 +169,7 @@ def predict(args: argparse.Namespace, info: DistInfo, inputs: dict, videos: list
         else:
             summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
                                       save_overlays=args.save_overlays, **settings)
-            if summary and info.is_main:
+            if summary and proc.is_main:
                 json_path, csv_path = write_results(summary, out, "results")
     if video is not None:
         print(f"wrote {out / 'predictions' / video.name}/*.png and the overlay video {result['overlay_video']}")
@@ -177,7 +177,7 @@ def predict(args: argparse.Namespace, info: DistInfo, inputs: dict, videos: list
     if not summary:
         say(f"no ground truth in split {args.split}: predictions written to {out / 'predictions'}")
         return {}
-    if info.is_main:
+    if proc.is_main:
         print(f"{format_summary(summary)}; per video: {csv_path}, all: {json_path}")
     return summary
 
