@@ -36,10 +36,10 @@ from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
 from models.registry import model_state_dict
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames,
+from utils.cli import (HelpFormatter, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames,
                        new_run_folder, positive_float, positive_int, refuse_unused, run_main)
-from utils.distributed import (DistInfo, broadcast_object, check_device, process_group, shared_run_folder,
-                               under_torchrun)
+from utils.distributed import (DistInfo, broadcast_object, check_device, one_process_only, process_group,
+                               shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import jsonable
 
@@ -168,10 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_runtime_flags(parser, args)
     if args.video is not None:
         refuse_unused(parser, args, DATASET_ONLY, "to a dataset run, not to --video", argv)
-    if under_torchrun() and (args.video is not None or args.runtime == "onnx"):
-        flag = "--video" if args.video is not None else "--runtime onnx"
-        raise UserError(f"{flag} runs in one process: start it without torchrun (torchrun shares a dataset's "
-                        "sequences out)")
+    one_process_only("--video" if args.video else "--runtime onnx" if args.runtime == "onnx" else None,
+                     "a dataset's sequences")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
     if args.video is not None:  # before the checkpoint is read
         require_video(args.video)

@@ -61,7 +61,7 @@ from models.registry import load_weights
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
                        incomplete_marker, new_run_folder, non_negative_int, positive_int, refuse_unused, require_file,
                        run_main)
-from utils.distributed import DistInfo, broadcast_object, process_group, shared_run_folder, under_torchrun
+from utils.distributed import DistInfo, broadcast_object, one_process_only, process_group, shared_run_folder
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 from utils.metrics import jsonable
 
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.video is not None:
         refuse_unused(parser, args, SPLIT_ONLY, "to an A2D split, not to --video (which always writes its predictions "
                       "and an overlay video)", argv)
-        if under_torchrun():
-            raise UserError("--video runs in one process: start it without torchrun (torchrun shares a split's "
-                            "frames out)")
+        one_process_only("--video", "a split's annotated frames")
     inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root) if args.video is None else None,
               "--color_map": args.color_map, "--model_path": args.model_path, "--video": args.video}
     # The output folder is checked before anything is read, so a mistake there costs nothing; without

@@ -41,7 +41,7 @@ from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
 from utils.cli import (HelpFormatter, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
                        new_run_folder, non_negative_int, positive_float, positive_int, refuse_unused, run_main)
-from utils.distributed import DistInfo, broadcast_object, process_group, shared_run_folder, under_torchrun
+from utils.distributed import DistInfo, broadcast_object, one_process_only, process_group, shared_run_folder
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
 
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "resampled to 16 kHz and must not be silent)", argv)
     elif args.wav is not None or args.fps is not None:
         parser.error("--wav and --fps describe a --video; an AVSBench split brings its own audio and frames")
-    if args.video is not None and under_torchrun():
-        raise UserError("--video runs in one process: start it without torchrun (torchrun shares a split's batches "
-                        "out)")
+    one_process_only("--video" if args.video else None, "a split's batches")
     inputs = {"--avsbench_root": dataset_root("avsbench", args.avsbench_root) if args.video is None else None,
               "--vggish_weights": args.vggish_weights, "--model_path": args.model_path, "--video": args.video,
               "--wav": args.wav}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils.cli import incomplete_marker
+from utils.cli import UserError, incomplete_marker
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,13 @@ DIST_TIMEOUT_MIN = 60  # the process group's default timeout (--dist_timeout)
 def under_torchrun() -> bool:
     """Whether torchrun started this process as one of several (its variables are set)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def one_process_only(flag: str | None, shared: str) -> None:
+    """Refuse, in one line, a job of one process (``flag``: one ``--video``, ``--runtime onnx``; None
+    when there is none) started by torchrun, which shares ``shared`` (a split's videos, ...) out."""
+    if flag is not None and under_torchrun():
+        raise UserError(f"{flag} runs in one process: start it without torchrun (torchrun shares {shared} out)")
 
 
 def init_distributed(device_arg: str | None = None, timeout_min: int = DIST_TIMEOUT_MIN) -> DistInfo:

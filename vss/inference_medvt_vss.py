@@ -42,7 +42,7 @@ from models.config import preset_name
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
                        clip_frames, new_run_folder, non_negative_int, positive_int, refuse_unused,
                        run_main)
-from utils.distributed import DistInfo, broadcast_object, process_group, shared_run_folder, under_torchrun
+from utils.distributed import DistInfo, broadcast_object, one_process_only, process_group, shared_run_folder
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, autocast, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import jsonable, write_results
@@ -119,10 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         refuse_unused(parser, args, ("vspw_root", "split", "videos", "save_overlays", "no_save_predictions"),
                       "to a VSPW split, not to --video (which always writes its predictions and an overlay video)",
                       argv)
-    if under_torchrun() and (args.video is not None or args.runtime == "onnx"):
-        flag = "--video" if args.video is not None else "--runtime onnx"
-        raise UserError(f"{flag} runs in one process: start it without torchrun (torchrun shares a split's videos "
-                        "out)")
+    one_process_only("--video" if args.video else "--runtime onnx" if args.runtime == "onnx" else None,
+                     "a split's videos")
     # The output folder is checked before anything is read, so a mistake there costs nothing.
     inputs = {"--vspw_root": dataset_root("vspw", args.vspw_root) if args.video is None else None,
               "--model_path": args.model_path, "--onnx_path": args.onnx_path, "--video": args.video}
