@@ -37,8 +37,8 @@ from models import read_checkpoint
 from models.config import VARIANTS
 from models.registry import model_state_dict
 from utils.cli import (HelpFormatter, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames,
-                       new_run_folder, positive_float, positive_int, refuse_unused, run_main)
-from utils.distributed import (DistInfo, broadcast_object, check_device, one_process_only, process_group,
+                       positive_float, positive_int, refuse_unused, run_main)
+from utils.distributed import (DistInfo, check_device, default_run_folder, one_process_only, process_group,
                                shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import jsonable
@@ -220,8 +220,8 @@ def run_tasks(args: argparse.Namespace, argv: list[str] | None, model, info, pro
     if out_dir is None:  # a new folder per run: running twice never mixes two runs (rank 0's name in every process)
         label = "all" if len(tasks) > 1 else tasks[0]
         size = protocols[tasks[0]].val_size
-        out_dir = broadcast_object(new_run_folder(inf.run_name(label, size, args.msc, info.config), args.model_path))
-        check_output_dir(out_dir, "--output_dir", input_paths(args, datasets), args.overwrite, default=True)
+        out_dir = default_run_folder(inf.run_name(label, size, args.msc, info.config), args.model_path,
+                                     input_paths(args, datasets), args.overwrite)
     # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
     with shared_run_folder(out_dir, log="out.log"), \
             inf.log_file(out_dir / "out.log") if proc.is_main else nullcontext():

@@ -59,9 +59,9 @@ from datasets.path_config import add_path_args, dataset_root
 from models import MedVTConfig, build_model, read_checkpoint
 from models.registry import load_weights
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
-                       incomplete_marker, new_run_folder, non_negative_int, positive_int, refuse_unused, require_file,
+                       incomplete_marker, non_negative_int, positive_int, refuse_unused, require_file,
                        run_main)
-from utils.distributed import DistInfo, broadcast_object, one_process_only, process_group, shared_run_folder
+from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 from utils.metrics import jsonable
 
@@ -139,9 +139,8 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, root:
     model, cfg, source = load_a2d_model(args, device)
     names, palette = class_colours(args, dataset_root("a2d", args.a2d_root))
     out = Path(args.output_dir) if args.output_dir else \
-        broadcast_object(new_run_folder(f"a2d_video_{video.name}" if video else "a2d_inference", args.model_path))
-    if not args.output_dir:
-        check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
+        default_run_folder(f"a2d_video_{video.name}" if video else "a2d_inference", args.model_path, inputs,
+                           args.overwrite)
     described = (f"model from {source} ({cfg.backbone} backbone, query_decoder_scales {cfg.query_decoder_scales}, "
                  f"lprop_mode {cfg.lprop_mode}) on {device}")
     if video is not None:

@@ -40,8 +40,8 @@ from models import load_model
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
 from utils.cli import (HelpFormatter, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
-                       new_run_folder, non_negative_int, positive_float, positive_int, refuse_unused, run_main)
-from utils.distributed import DistInfo, broadcast_object, one_process_only, process_group, shared_run_folder
+                       non_negative_int, positive_float, positive_int, refuse_unused, run_main)
+from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
 
@@ -122,9 +122,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, sound
     """The run once its flags and inputs are checked: the models, the output folder, the predictions."""
     device, size = proc.device, args.test_im_size or NATIVE_SIZE
     out = Path(args.output_dir) if args.output_dir else \
-        broadcast_object(new_run_folder(f"avs_video_{video.name}" if video else "avs_test", args.model_path))
-    if not args.output_dir:
-        check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
+        default_run_folder(f"avs_video_{video.name}" if video else "avs_test", args.model_path, inputs, args.overwrite)
     torch.manual_seed(0)  # a random VGGish (--allow_random_vggish) is the same in every process and run
     vggish = build_frozen_vggish(args.vggish_weights, args.allow_random_vggish).to(device)
     model, reason = load_avs_model(args, device)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils.cli import UserError, incomplete_marker
+from utils.cli import UserError, check_output_dir, incomplete_marker, new_run_folder
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,13 @@ def process_group(device_arg: str | None = None, timeout_min: int = DIST_TIMEOUT
         yield info
     finally:
         cleanup()
+
+
+def default_run_folder(name: str, beside: str | Path | None, inputs: dict, overwrite: bool = False) -> Path:
+    """The output folder of a run given no ``--output_dir``: :func:`utils.cli.new_run_folder`'s as rank 0
+    names it (the name holds the time), in every process, checked as ``check_output_dir`` checks."""
+    out = broadcast_object(new_run_folder(name, beside))
+    return check_output_dir(out, "--output_dir", inputs, overwrite, default=True)
 
 
 @contextmanager

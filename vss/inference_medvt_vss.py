@@ -40,9 +40,9 @@ from datasets.stream import require_video
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
-                       clip_frames, new_run_folder, non_negative_int, positive_int, refuse_unused,
+                       clip_frames, non_negative_int, positive_int, refuse_unused,
                        run_main)
-from utils.distributed import DistInfo, broadcast_object, one_process_only, process_group, shared_run_folder
+from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, autocast, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import jsonable, write_results
@@ -154,9 +154,8 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, videos: list
     if args.output_dir:
         out = Path(args.output_dir)
     else:  # a new folder per run: running twice never mixes two runs (rank 0's name, in every process)
-        out = broadcast_object(new_run_folder(
-            f"infer_video_{video.name}" if video else f"infer_vspw_{args.split}_{args.val_size}", source))
-        check_output_dir(out, "--output_dir", inputs, args.overwrite, default=True)
+        out = default_run_folder(f"infer_video_{video.name}" if video else f"infer_vspw_{args.split}_{args.val_size}",
+                                 source, inputs, args.overwrite)
     settings = {"val_size": args.val_size, "max_size": args.max_size, "clip_len": clip_len, "window": args.window,
                 "flip": args.flip, "amp_dtype": AMP_DTYPES[args.amp], "batch_clips": args.batch_clips}
     # left in place by an error or Ctrl-C: the outputs are partial
