@@ -60,7 +60,7 @@ from models.registry import load_weights
 from utils import metrics
 from utils.background import BackgroundWorker
 from utils.cli import UserError
-from utils.distributed import all_gather_object, gather_in_order, is_main_process, shard
+from utils.distributed import gather_in_order, gather_throughput, is_main_process, shard
 from utils.logger import Throughput
 from utils.visualize import VideoWriter, overlay
 
@@ -340,17 +340,7 @@ def predict_dense(model: torch.nn.Module, sequences: Sequence[VideoSequence], pr
             out_size = lambda i, seq=seq, orig=orig: _mask_size(seq.masks[i]) if seq.masks[i] else orig  # noqa: E731
             stream_predictions(predictor, source, out_size, wanted, handle, writer, progress, opts.prefetch)
             writer.submit(overlays.close)
-    return all_processes(progress.close())
-
-
-def all_processes(speed: dict) -> dict:
-    """The throughput of every process's share (:meth:`Throughput.close` of each), once all have written
-    their files: frames summed over the processes' longest wall time (one process: ``speed`` itself)."""
-    shares = all_gather_object(speed)
-    if len(shares) == 1:
-        return speed
-    frames, wall = sum(s["frames"] for s in shares), max(s["wall_s"] for s in shares)
-    return {"frames": frames, "wall_s": wall, "frames_per_s": frames / wall if wall > 0 else float("nan")}
+    return gather_throughput(progress.close(), logger.info)
 
 
 def run_davis(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts: RunOptions) -> dict:
@@ -433,7 +423,7 @@ def run_moca(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts
             stream_predictions(predictor, source, source.size_hw, set(seq.meta["annotated"]).__contains__,
                                handle, writer, progress, opts.prefetch)
             writer.submit(overlays.close)
-    speed = all_processes(progress.close())
+    speed = gather_throughput(progress.close(), logger.info)
     if not is_main_process():  # rank 0 scores every process's files
         return speed
     results = evaluate_moca(opts.out_dir, sequences)

@@ -264,6 +264,7 @@ def test_torchrun_shares_the_sequences_out_and_scores_as_one_process(data, tmp_p
         assert {k: v for k, v in shared.items() if k not in speed} == \
             json.loads(json.dumps(metrics.jsonable({k: v for k, v in alone[dataset].items() if k not in speed})))
         assert shared["frames"] == alone[dataset]["frames"], dataset
-        [rank0] = re.findall(r"(\d+) frames in [\d.]+ s", r.stdout)  # rank 0's share, logged as it ends
+        [rank0] = re.findall(r"^(\d+) frames in [\d.]+ s", r.stdout, re.M)  # rank 0's share, logged as it ends
         assert 0 < int(rank0) < shared["frames"], (rank0, shared["frames"])
+        assert f"2 processes: {shared['frames']} frames in " in r.stdout
         assert not (two / "INCOMPLETE").exists() and "rank 0 scores them" in (two / "out.log").read_text()

@@ -274,6 +274,7 @@ def test_torchrun_shares_validation_and_scores_as_one_process(tmp_path, determin
              "--val_size", "48", "--device", "cpu"]
     r = run_torchrun(ROOT / "vss" / "inference_medvt_vss.py", [*infer, "--output_dir", str(tmp_path / "ddp_infer")])
     assert "2 processes, each predicting 1 video in 2" in r.stdout and r.stdout.count("loaded ") == 1
+    assert "2 processes: 31 frames in " in r.stdout  # the speed line counts both shares
     one = subprocess.run([sys.executable, str(ROOT / "vss" / "inference_medvt_vss.py"), *infer,
                           "--output_dir", str(tmp_path / "one")], capture_output=True, text=True, cwd=ROOT,
                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)

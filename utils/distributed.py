@@ -152,6 +152,18 @@ def gather_in_order(mine: dict) -> list:
     return [merged[i] for i in sorted(merged)]
 
 
+def gather_throughput(speed: dict, log: Callable[[str], object] = print) -> dict:
+    """The throughput of every process's share (:meth:`utils.logger.Throughput.close` of each), once all
+    are done: frames summed over the longest wall time, also logged (one process: ``speed`` itself)."""
+    shares = all_gather_object(speed)
+    if len(shares) == 1:
+        return speed
+    frames, wall = sum(s["frames"] for s in shares), max(s["wall_s"] for s in shares)
+    fps = frames / wall if wall > 0 else float("nan")
+    log(f"{len(shares)} processes: {frames} frames in {wall:.1f} s: {fps:.2f} frames/s")
+    return {"frames": frames, "wall_s": wall, "frames_per_s": fps}
+
+
 def broadcast_object(obj, src: int = 0):
     """``obj`` of rank ``src`` on every process."""
     if not is_dist():

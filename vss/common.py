@@ -22,7 +22,7 @@ from models.predictor import VideoPredictor, Window
 from models.registry import model_state_dict, resolve_config, saved_args
 from utils.background import BackgroundWorker
 from utils.cli import UserError
-from utils.distributed import gather_in_order, is_main_process, shard
+from utils.distributed import gather_in_order, gather_throughput, is_main_process, shard
 from utils.logger import Throughput
 from utils.visualize import save_label_png, write_label_video
 from vss.config import VSPW_NUM_CLASSES, vss_config
@@ -128,7 +128,7 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
             if raw is not None:
                 # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
                 mine[i] = (video.name, evaluator.score_video(raw_to_class(raw), preds, raw))
-    speed.close()
+    gather_throughput(speed.close(), print if progress else (lambda _line: None))
     shares = gather_in_order(mine)
     for name, share in shares:
         evaluator.add(name, share)
