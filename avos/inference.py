@@ -228,8 +228,10 @@ class OverlayWriter:
     """Overlays of one sequence: ``<out_dir>/<frame>.png`` (optional) and ``<out_dir>.<fmt>``, written as
     frames arrive (the video under a temporary name until :meth:`close`)."""
 
-    def __init__(self, out_dir: Path, fmt: str = "mp4", fps: float = 10, save_frames: bool = True) -> None:
+    def __init__(self, out_dir: Path, fmt: str = "mp4", fps: float = 10, save_frames: bool = True,
+                 sound=None) -> None:
         self.out_dir, self.fmt, self.fps, self.save_frames = out_dir, fmt, fps, save_frames
+        self.sound = sound  # a source's sound track to play along (VideoWriter's ``sound``; not for GIFs)
         self.video: VideoWriter | None = None
 
     def add(self, rgb: np.ndarray, mask: np.ndarray, name: str) -> None:
@@ -239,11 +241,14 @@ class OverlayWriter:
         if self.save_frames:
             save_png(image, self.out_dir / f"{name}.png")
         if self.video is None:
-            self.video = VideoWriter(self.out_dir.with_name(f"{self.out_dir.name}.{self.fmt}"), self.fps)
+            self.video = VideoWriter(self.out_dir.with_name(f"{self.out_dir.name}.{self.fmt}"), self.fps,
+                                     sound=self.sound)
         self.video.write(image)
 
     def close(self) -> Path | None:
         if self.video is None:
+            if self.sound is not None and hasattr(self.sound, "close"):
+                self.sound.close()
             return None
         return self.video.close()
 
@@ -493,7 +498,8 @@ def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
     if cut_short_warning(source):
         logger.warning(cut_short_warning(source))
     fps = source.fps or opts.fps
-    overlays = OverlayWriter(opts.out_dir / "overlay" / name, opts.overlay_format, fps, save_frames=opts.save_overlay)
+    overlays = OverlayWriter(opts.out_dir / "overlay" / name, opts.overlay_format, fps, save_frames=opts.save_overlay,
+                             sound=source.sound() if opts.overlay_format != "gif" else None)
     area = [0.0]
 
     def handle(i: int, prob: np.ndarray, rgb: np.ndarray) -> None:
@@ -514,6 +520,7 @@ def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
     return {"name": name, "n_frames": n, "frames_listed_but_not_decoded": (listed or n) - n,
             "overlay_video": str(video_path),
             "overlay_codec": overlays.video.codec if overlays.video else None,
+            "overlay_sound": overlays.video.sound_codec if overlays.video else None,
             "mean_foreground_fraction": area[0] / n, "max_frames_held": predictor.max_held, **speed}
 
 

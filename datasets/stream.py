@@ -3,7 +3,8 @@
 A *frame source* has ``len()`` (known before iterating), ``iter()`` yielding ``(tensor, payload)``
 from frame 0 (each ``iter()`` starts over), ``tail(k)`` (the last ``min(k, N)`` frames, which the
 wrap-around clips of a video's first frames need), ``frame_name(i)`` and the attributes ``name``,
-``frame_hw`` (original H, W), ``size_hw`` (model input h, w) and ``fps`` (None for image files).
+``frame_hw`` (original H, W), ``size_hw`` (model input h, w) and ``fps`` (None for image files), and
+``sound()``: the video's sound track for an overlay to play (:class:`SoundTrack`; None for image files).
 ``tensor`` is the ImageNet-normalised [3, h, w] frame, computed exactly as
 :func:`datasets.transforms.load_frames` does; ``payload`` is the original-size HxWx3 uint8 RGB frame
 when the source was built with ``keep_rgb=True`` (for overlays), else None.
@@ -103,6 +104,9 @@ class ImageFiles:
 
     def frame_name(self, i: int) -> str:
         return self.files[i].stem
+
+    def sound(self) -> None:
+        return None  # image files have no sound track
 
 
 class VideoFile:
@@ -215,6 +219,77 @@ class VideoFile:
 
     def frame_name(self, i: int) -> str:
         return f"{i:05d}"
+
+    def sound(self) -> SoundTrack | None:
+        return SoundTrack.of(self.path)
+
+
+class SoundTrack:
+    """The first sound track of a video file, for an overlay video to play along: mono float32 samples
+    at the track's rate, decoded as they are read, sample 0 at the video's first frame (earlier sound
+    dropped, a later start preceded by silence). Reads go forward and keep no sound before the latest
+    start, so memory does not grow with the video's length; a track that stops decoding ends there."""
+
+    def __init__(self, path: str | Path) -> None:
+        av = _av()
+        self._container = av.open(str(path))
+        audio = self._container.streams.audio[0]
+        video = self._container.streams.video[0] if self._container.streams.video else None
+        self.rate = int(audio.rate)
+        self._video_start = float(video.start_time * video.time_base) \
+            if video is not None and video.start_time is not None else 0.0
+        self._frames = self._container.decode(audio)
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+        self._buffer = np.zeros(0, np.float32)
+        self._first = 0  # the sample number of _buffer[0]
+        self._skip: int | None = None  # samples to drop before sample 0, known at the first decoded frame
+        self._done = False
+
+    @classmethod
+    def of(cls, path: str | Path) -> SoundTrack | None:
+        """``path``'s first sound track, or None when it has none that FFmpeg can decode."""
+        try:
+            with _av().open(str(path)) as container:
+                if not container.streams.audio or container.streams.audio[0].codec_context is None:
+                    return None
+            return cls(path)
+        except _decode_errors():
+            return None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``start`` to ``stop`` (fewer at the end of the track); ``start`` never goes back."""
+        while not self._done and self._first + len(self._buffer) < stop:
+            self._decode_more()
+        drop = max(0, start - self._first)
+        self._buffer, self._first = self._buffer[drop:], self._first + drop
+        return self._buffer[:max(0, stop - self._first)].copy()
+
+    def _decode_more(self) -> None:
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            frame = None
+        except _decode_errors():  # a damaged track: the sound ends here, the overlay goes on
+            frame = None
+        if frame is not None and self._skip is None:
+            offset = round(((frame.time or 0.0) - self._video_start) * self.rate)
+            self._skip = max(0, -offset)
+            self._buffer = np.zeros(max(0, offset), np.float32)  # the sound starts after the first frame
+        samples = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        if samples:
+            new = np.concatenate(samples).astype(np.float32, copy=False)
+            cut = min(self._skip or 0, len(new))
+            self._skip = (self._skip or 0) - cut
+            self._buffer = np.concatenate([self._buffer, new[cut:]])
+        if frame is None:
+            self.close()
+
+    def close(self) -> None:
+        """Close the file (at the track's end, or by the writer when the video ends first)."""
+        self._done = True
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
 
 def require_video(path: str | Path, flag: str = "--video") -> Path:

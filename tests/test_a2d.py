@@ -282,7 +282,6 @@ def test_video_input_segments_every_frame_as_the_model_computes_it(a2d_dir, tmp_
 
     from datasets.stream import ImageFiles
     from models.config import get_config
-    from utils.visualize import write_video
 
     monkeypatch.setenv("MEDVT_A2D_ROOT", str(tmp_path / "no_a2d_here"))
     torch.manual_seed(0)
@@ -317,11 +316,16 @@ def test_video_input_segments_every_frame_as_the_model_computes_it(a2d_dir, tmp_
         assert sum(1 for _ in container.decode(video=0)) == 10
     printed = capsys.readouterr().out
     assert "10 frames, clips of 6 at 32x48" in printed and ("most pixels: " in printed or "no actor" in printed)
-    # a video file: one PNG per decoded frame
-    mp4 = tmp_path / "clip.mp4"
-    write_video([np.asarray(Image.open(f).convert("RGB")) for f in frames], mp4)
+    # a video file: one PNG per decoded frame; the overlay plays its sound
+    from tests.test_stream_io import _dominant_hz, _tone, encode_voiced, read_sound
+
+    mp4 = encode_voiced(tmp_path / "clip.mp4", [np.asarray(Image.open(f).convert("RGB")) for f in frames],
+                        _tone(1.0, 440, 22050))
     res = inference_medvt_a2d.main(common + ["--video", str(mp4), "--output_dir", str(tmp_path / "file")])
     assert res["frames"] == 10 and len(list((tmp_path / "file" / "predictions" / "clip").glob("*.png"))) == 10
+    codec, rate, seconds, sound = read_sound(res["overlay_video"])
+    assert res["overlay_sound"] == codec == "aac" and seconds == pytest.approx(1.0, abs=0.06)
+    assert _dominant_hz(sound[2205:], rate) == pytest.approx(440, abs=10)
     # flags of a split evaluation are refused, not ignored; a missing video stops before any folder is made
     with pytest.raises(SystemExit):
         inference_medvt_a2d.main(common + ["--video", str(mp4), "--save_pred", "--max_items", "3"])

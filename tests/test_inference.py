@@ -171,6 +171,16 @@ def test_video_folder_and_mp4(setup, tmp_path):
                        "--batch_clips", "2", "--num_frames", "2"])
     assert res["video"]["n_frames"] == 5 and res["video"]["max_frames_held"] <= 4
     assert len(list((tmp_path / "out_chunk" / "bin_mask" / "clip").glob("*.png"))) == 5
+    assert res["video"]["overlay_sound"] is None  # the file has no sound track
+    # a file with sound: the overlay video plays it
+    from tests.test_stream_io import _dominant_hz, _tone, encode_voiced, read_sound
+
+    voiced = encode_voiced(tmp_path / "voiced.mp4", rgb, _tone(0.5, 440, 22050))
+    res = script.main(["--model_path", str(setup["ckpt"]), "--video", str(voiced), "--val_size", "48",
+                       "--output_dir", str(tmp_path / "out_voiced"), "--device", "cpu"])["video"]
+    codec, rate, seconds, sound = read_sound(res["overlay_video"])
+    assert res["overlay_sound"] == codec == "aac" and seconds == pytest.approx(0.5, abs=0.06)
+    assert _dominant_hz(sound[2205:], rate) == pytest.approx(440, abs=10)
     with pytest.raises(FileNotFoundError, match="--video"):
         script.main(["--model_path", str(setup["ckpt"]), "--video", str(tmp_path / "none.mp4")])
 

@@ -405,9 +405,60 @@ def test_video_writer_plays_the_sound_along_and_cuts_it_where_the_frames_end(tmp
     with av.open(str(mute)) as c:
         assert not c.streams.audio
 
-    for name, bad in [("a.gif", (sound, 16000)), ("b.mp4", (np.stack([sound, sound]), 16000))]:
-        with pytest.raises(ValueError, match="mono samples"):
+    for name, bad, why in [("a.gif", (sound, 16000), "a GIF has no sound track"),
+                           ("b.mp4", (np.stack([sound, sound]), 16000), "mono samples")]:
+        with pytest.raises(ValueError, match=why):
             VideoWriter(tmp_path / name, sound=bad)
+
+
+def encode_voiced(path, frames, sound, rate=22050, fps=10):
+    """``frames`` (H.264) and the mono ``sound`` as a stereo AAC track, written with plain PyAV."""
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as c:
+        video = c.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        audio = c.add_stream("aac", rate=rate, layout="stereo")
+        for f in frames:
+            c.mux(video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(video.encode(None))
+        for a in range(0, len(sound), 1024):
+            piece = av.AudioFrame.from_ndarray(np.stack([sound[a:a + 1024]] * 2).astype(np.float32), format="fltp",
+                                               layout="stereo")
+            piece.sample_rate, piece.pts = rate, a
+            c.mux(audio.encode(piece))
+        c.mux(audio.encode(None))
+    return path
+
+
+def test_a_video_files_sound_is_read_as_needed_and_plays_in_its_overlay(tmp_path, mp4, png_dir):
+    """A file with 0.6 s of 440 Hz then 0.8 s of 1000 Hz (stereo AAC, 22.05 kHz) under 12 frames: its
+    SoundTrack reads it forward, mono, each pitch where it was, ending with the track; an overlay of 8
+    frames written with it plays the first 0.8 s (re-encoded AAC, the file's rate) and closes the file.
+    A file without sound and a folder of frames have none."""
+    rate = 22050
+    src = encode_voiced(tmp_path / "voiced.mp4", square_frames(12),
+                        np.concatenate([_tone(0.6, 440, rate), _tone(0.8, 1000, rate)]))
+    track = VideoFile(src).sound()
+    assert track.rate == rate
+    head = track.read(0, rate // 2)
+    assert len(head) == rate // 2 and _dominant_hz(head[rate // 10:], rate) == pytest.approx(440, abs=10)
+    later = track.read(round(0.7 * rate), rate)  # forward: what came before is let go
+    assert len(later) == rate - round(0.7 * rate) and _dominant_hz(later, rate) == pytest.approx(1000, abs=10)
+    rest = track.read(rate, 10 * rate)
+    assert len(rest) == pytest.approx(0.4 * rate, abs=1100)  # the track ends at 1.4 s (one AAC frame)
+    assert track.read(10 * rate, 11 * rate).size == 0 and track._container is None  # closed at its end
+
+    out = tmp_path / "overlay.mp4"
+    with VideoWriter(out, fps=10, sound=VideoFile(src).sound()) as writer:
+        for f in square_frames(8):
+            writer.write(f)
+    codec, back_rate, seconds, back = read_sound(out)
+    assert writer.sound_codec == "aac" and codec == "aac" and back_rate == rate
+    assert seconds == pytest.approx(0.8, abs=0.06) and writer._sound._container is None
+    assert _dominant_hz(back[rate // 10:rate // 2], rate) == pytest.approx(440, abs=10)
+    assert _dominant_hz(back[round(0.63 * rate):round(0.78 * rate)], rate) == pytest.approx(1000, abs=30)
+
+    assert VideoFile(mp4).sound() is None and open_video(png_dir, None).sound() is None
 
 
 def test_video_writer_gif_and_write_video(tmp_path):

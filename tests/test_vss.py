@@ -366,7 +366,6 @@ def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_
     the overlay video has every frame."""
     import av
 
-    from utils.visualize import write_video
     from vss import inference_medvt_vss
     from vss.config import vss_config
 
@@ -391,11 +390,16 @@ def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_
     assert json.loads((tmp_path / "folder" / "summary.json").read_text())["overlay_video"] == res["overlay_video"]
     with av.open(res["overlay_video"]) as container:
         assert sum(1 for _ in container.decode(video=0)) == 11
-    # a video file: one PNG per decoded frame, named by frame number
-    mp4 = tmp_path / "clip.mp4"
-    write_video([np.asarray(Image.open(f).convert("RGB")) for f in sorted(frames.glob("*.jpg"))], mp4)
+    # a video file: one PNG per decoded frame, named by frame number; the overlay plays its sound
+    from tests.test_stream_io import _dominant_hz, _tone, encode_voiced, read_sound
+
+    mp4 = encode_voiced(tmp_path / "clip.mp4", [np.asarray(Image.open(f).convert("RGB"))
+                                                for f in sorted(frames.glob("*.jpg"))], _tone(1.1, 440, 22050))
     res = inference_medvt_vss.main(common + ["--video", str(mp4), "--output_dir", str(tmp_path / "file")])
     assert res["frames"] == 11 and len(list((tmp_path / "file" / "predictions" / "clip").glob("*.png"))) == 11
+    codec, rate, seconds, sound = read_sound(res["overlay_video"])
+    assert res["overlay_sound"] == codec == "aac" and seconds == pytest.approx(1.1, abs=0.06)
+    assert _dominant_hz(sound[2205:], rate) == pytest.approx(440, abs=10)
     # `.` is named after the folder it means; hidden files (macOS ._ metadata) are not frames
     dot = tmp_path / "dot_frames"
     shutil.copytree(frames, dot)

@@ -46,6 +46,16 @@ def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return out
 
 
+class _Samples:
+    """Sound held in memory (mono samples, rate), read as :class:`datasets.stream.SoundTrack` is."""
+
+    def __init__(self, samples: np.ndarray, rate: int) -> None:
+        self.samples, self.rate = samples, rate
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.samples[start:stop]
+
+
 class VideoWriter:
     """Writes RGB uint8 frames to a video as they arrive; ``.gif`` through Pillow, else PyAV.
 
@@ -59,9 +69,11 @@ class VideoWriter:
     on an exception. Attributes: ``codec`` (the format written, e.g. "h264", "mpeg4", "gif"; None
     before the first frame) and ``frames_written``.
 
-    ``sound``: (mono samples in [-1, 1], sample rate) to play along (not for GIFs): AAC, muxed as
-    the frames arrive, sample 0 at frame 0, cut where the last frame ends; ``sound_codec`` is "aac",
-    or None when this FFmpeg has no AAC encoder (the video is then written without its sound).
+    ``sound``: (mono samples in [-1, 1], sample rate), or a track read as the frames arrive (its
+    ``rate`` and ``read(start, stop)``: :class:`datasets.stream.SoundTrack`, which ``close`` closes), to
+    play along (not for GIFs): AAC, muxed as the frames arrive, sample 0 at frame 0, cut where the
+    last frame ends; ``sound_codec`` is "aac", or None when this FFmpeg has no AAC encoder (the video
+    is then written without its sound).
     """
 
     def __init__(self, path: str | Path, fps: float = 10, codec: str = "auto",
@@ -73,9 +85,12 @@ class VideoWriter:
         self.codec: str | None = None
         self.sound_codec: str | None = None
         self.is_gif = self.path.suffix.lower() == ".gif"
-        if sound is not None and (self.is_gif or np.ndim(sound[0]) != 1 or not sound[1] > 0):
-            raise ValueError(f"VideoWriter {self.path}: sound is (mono samples [n], sample rate > 0), and not "
-                             "for a GIF (it has no sound track)")
+        if isinstance(sound, tuple):
+            if np.ndim(sound[0]) != 1 or not sound[1] > 0:
+                raise ValueError(f"VideoWriter {self.path}: sound is (mono samples [n], sample rate > 0)")
+            sound = _Samples(*sound)
+        if sound is not None and self.is_gif:
+            raise ValueError(f"VideoWriter {self.path}: a GIF has no sound track")
         self._sound = sound
         self._audio = None  # its stream, once open
         self._samples_written = 0
@@ -106,7 +121,7 @@ class VideoWriter:
         self.codec = stream.codec_context.codec.canonical_name
         if self._sound is not None:
             if "aac" in av.codecs_available:  # else the video goes without its sound (sound_codec stays None)
-                self._audio = self._container.add_stream("aac", rate=int(self._sound[1]), layout="mono")
+                self._audio = self._container.add_stream("aac", rate=int(self._sound.rate), layout="mono")
                 self.sound_codec = self._audio.codec_context.codec.canonical_name
 
     def write(self, rgb: np.ndarray) -> None:
@@ -144,12 +159,14 @@ class VideoWriter:
         last, shorter piece only when closing): audio and video stay interleaved in the file."""
         import av
 
-        samples, rate = self._sound
-        end = min(len(samples), round(self.frames_written * rate / self.fps))
+        rate = self._sound.rate
+        end = round(self.frames_written * rate / self.fps)
         size = self._audio.codec_context.frame_size or 1024  # 0 until the first encode opens it: AAC's 1024
         while self._samples_written < end and (last or end - self._samples_written >= size):
             a = self._samples_written
-            piece = np.clip(samples[a:min(a + size, end)], -1, 1).astype(np.float32)[None]
+            piece = np.clip(self._sound.read(a, min(a + size, end)), -1, 1).astype(np.float32)[None]
+            if not piece.size:  # the sound ended before the video
+                break
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="fltp", layout="mono")
             frame.sample_rate, frame.pts = int(rate), a
             for packet in self._audio.encode(frame):
@@ -181,11 +198,13 @@ class VideoWriter:
         except BaseException:
             self.abort()
             raise
+        self._close_sound()
         return self.path
 
     def abort(self) -> None:
         """Stop writing and delete the unfinished file."""
         self._gif_frames = []
+        self._close_sound()
         if self._container is not None:
             try:
                 self._container.close()
@@ -193,6 +212,10 @@ class VideoWriter:
                 pass
             self._container = None
         self.tmp_path.unlink(missing_ok=True)
+
+    def _close_sound(self) -> None:
+        if hasattr(self._sound, "close"):  # a track read from a file
+            self._sound.close()
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -227,17 +250,18 @@ def write_label_video(predictions: Iterable[tuple[int, np.ndarray, np.ndarray]],
     """A multi-class model's predictions of a user's video, written as they arrive, so memory does not
     grow with the video's length: each frame's class ids as a palette PNG
     ``predictions/<video>/<frame>.png`` and ``colour(rgb, ids)`` as one overlay video
-    ``overlays/<video>.mp4`` (at the source's frame rate; ``fps`` for frame folders).
+    ``overlays/<video>.mp4`` (at the source's frame rate; ``fps`` for frame folders), which plays the
+    video file's sound (``source.sound()``; re-encoded as AAC, mono).
 
     ``predictions``: (frame index, class ids [H, W] uint8, the frame's RGB [H, W, 3]) in frame order;
     ``source``: the frame source they come from (its ``name``, ``frame_name``, ``fps`` and length).
-    Returns the overlay video's path and codec, the share of pixels of each class predicted, and the
-    speed (:class:`utils.logger.Throughput`).
+    Returns the overlay video's path and codec, its sound's codec (None: no sound), the share of pixels
+    of each class predicted, and the speed (:class:`utils.logger.Throughput`).
     """
     name = source.name
     counts = np.zeros(num_classes, np.int64)
     speed = Throughput(len(source), name, print)
-    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", source.fps or fps) as video:
+    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", source.fps or fps, sound=source.sound()) as video:
         with BackgroundWorker(depth=16, name="writer") as writer:  # one thread: the video's frames stay in order
             for i, ids, rgb in predictions:
                 counts += np.bincount(ids.ravel(), minlength=num_classes)[:num_classes]
@@ -247,4 +271,5 @@ def write_label_video(predictions: Iterable[tuple[int, np.ndarray, np.ndarray]],
                 speed.update()
     shares = counts / max(1, counts.sum())
     return {"name": name, "overlay_video": str(video.path), "overlay_codec": video.codec,
+            "overlay_sound": video.sound_codec,
             "class_shares": {int(c): float(shares[c]) for c in np.flatnonzero(shares)}, **speed.close()}
