@@ -27,6 +27,7 @@ from datasets.transforms import to_tensor
 from datasets.video import image_size, list_frame_files, open_image, require_same_size
 from utils.background import background_iter
 from utils.cli import UserError
+from utils.visualize import AAC_RATES
 
 SizeSpec = tuple[int, int] | Callable[[int, int], tuple[int, int]] | None
 Item = tuple[Tensor, np.ndarray | None]
@@ -226,16 +227,17 @@ class VideoFile:
 
 class SoundTrack:
     """The first sound track of a video file, for an overlay video to play along: mono float32 samples
-    at the track's rate, decoded as they are read, sample 0 at the video's first frame (earlier sound
-    dropped, a later start preceded by silence). Reads go forward and keep no sound before the latest
-    start, so memory does not grow with the video's length; a track that stops decoding ends there."""
+    at the track's rate (the nearest one AAC takes, above it where there is one), decoded as they are
+    read, sample 0 at the video's first frame (earlier sound dropped, a later start preceded by
+    silence). Reads go forward and keep no sound before the latest start, so memory does not grow
+    with the video's length; a track that stops decoding ends there."""
 
     def __init__(self, path: str | Path) -> None:
         av = _av()
         self._container = av.open(str(path))
         audio = self._container.streams.audio[0]
         video = self._container.streams.video[0] if self._container.streams.video else None
-        self.rate = int(audio.rate)
+        self.rate = min((r for r in AAC_RATES if r >= audio.rate), default=max(AAC_RATES))
         self._video_start = float(video.start_time * video.time_base) \
             if video is not None and video.start_time is not None else 0.0
         self._frames = self._container.decode(audio)

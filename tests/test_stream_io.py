@@ -406,24 +406,29 @@ def test_video_writer_plays_the_sound_along_and_cuts_it_where_the_frames_end(tmp
         assert not c.streams.audio
 
     for name, bad, why in [("a.gif", (sound, 16000), "a GIF has no sound track"),
-                           ("b.mp4", (np.stack([sound, sound]), 16000), "mono samples")]:
+                           ("b.mp4", (np.stack([sound, sound]), 16000), "mono samples"),
+                           ("c.mp4", (sound, 7000), "a sample rate AAC takes")]:
         with pytest.raises(ValueError, match=why):
             VideoWriter(tmp_path / name, sound=bad)
 
 
-def encode_voiced(path, frames, sound, rate=22050, fps=10):
-    """``frames`` (H.264) and the mono ``sound`` as a stereo AAC track, written with plain PyAV."""
+def encode_voiced(path, frames, sound, rate=22050, fps=10, codec="aac"):
+    """``frames`` (H.264) and the mono ``sound`` as a stereo track (AAC, or 16-bit PCM: ``pcm_s16le``,
+    any rate, for a .mkv), written with plain PyAV."""
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w") as c:
         video = c.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-        audio = c.add_stream("aac", rate=rate, layout="stereo")
+        audio = c.add_stream(codec, rate=rate, layout="stereo")
         for f in frames:
             c.mux(video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         c.mux(video.encode(None))
         for a in range(0, len(sound), 1024):
-            piece = av.AudioFrame.from_ndarray(np.stack([sound[a:a + 1024]] * 2).astype(np.float32), format="fltp",
-                                               layout="stereo")
+            stereo = np.stack([sound[a:a + 1024]] * 2)
+            piece = av.AudioFrame.from_ndarray(stereo.astype(np.float32), format="fltp", layout="stereo") \
+                if codec == "aac" else \
+                av.AudioFrame.from_ndarray((stereo.T.reshape(1, -1) * 32767).astype(np.int16), format="s16",
+                                           layout="stereo")
             piece.sample_rate, piece.pts = rate, a
             c.mux(audio.encode(piece))
         c.mux(audio.encode(None))
@@ -459,6 +464,16 @@ def test_a_video_files_sound_is_read_as_needed_and_plays_in_its_overlay(tmp_path
     assert _dominant_hz(back[round(0.63 * rate):round(0.78 * rate)], rate) == pytest.approx(1000, abs=30)
 
     assert VideoFile(mp4).sound() is None and open_video(png_dir, None).sound() is None
+
+    # a rate AAC does not take (7 kHz PCM): the track is read at the next one up, 7350 Hz
+    odd = encode_voiced(tmp_path / "odd.mkv", square_frames(10), _tone(1.0, 440, 7000), rate=7000,
+                        codec="pcm_s16le")
+    with VideoWriter(tmp_path / "odd.mp4", fps=10, sound=VideoFile(odd).sound()) as writer:
+        for f in square_frames(10):
+            writer.write(f)
+    codec, back_rate, seconds, back = read_sound(tmp_path / "odd.mp4")
+    assert (codec, back_rate) == ("aac", 7350) and seconds == pytest.approx(1.0, abs=0.15)
+    assert _dominant_hz(back[735:], 7350) == pytest.approx(440, abs=10)
 
 
 def test_video_writer_gif_and_write_video(tmp_path):

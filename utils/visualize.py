@@ -46,6 +46,9 @@ def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return out
 
 
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)  # Hz
+
+
 class _Samples:
     """Sound held in memory (mono samples, rate), read as :class:`datasets.stream.SoundTrack` is."""
 
@@ -86,8 +89,9 @@ class VideoWriter:
         self.sound_codec: str | None = None
         self.is_gif = self.path.suffix.lower() == ".gif"
         if isinstance(sound, tuple):
-            if np.ndim(sound[0]) != 1 or not sound[1] > 0:
-                raise ValueError(f"VideoWriter {self.path}: sound is (mono samples [n], sample rate > 0)")
+            if np.ndim(sound[0]) != 1 or sound[1] not in AAC_RATES:
+                raise ValueError(f"VideoWriter {self.path}: sound is (mono samples [n], a sample rate AAC takes: "
+                                 f"{', '.join(map(str, AAC_RATES))} Hz)")
             sound = _Samples(*sound)
         if sound is not None and self.is_gif:
             raise ValueError(f"VideoWriter {self.path}: a GIF has no sound track")
