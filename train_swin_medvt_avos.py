@@ -337,6 +337,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
         validate = bool(val_seqs) and ((epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1)
         if validate:  # every process scores its share of the sequences; all get the whole result
+            du.broadcast_buffers(model)  # with rank 0's BatchNorm statistics, as the other trainers
             record["val_miou"] = evaluate_davis(model, val_seqs, device, args.val_size, args.num_frames,
                                                 args.val_flip, amp_dtype, logger)["miou"]
         scheduler.step()

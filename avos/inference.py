@@ -247,7 +247,7 @@ class OverlayWriter:
 
     def close(self) -> Path | None:
         if self.video is None:
-            if self.sound is not None and hasattr(self.sound, "close"):
+            if self.sound is not None:
                 self.sound.close()
             return None
         return self.video.close()

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from datasets.stream import ImageFiles
 from datasets.transforms import test_size
 from models.predictor import VideoPredictor
-from utils.distributed import broadcast_buffers, gather_in_order, is_main_process, shard
+from utils.distributed import gather_in_order, is_main_process, shard
 from utils.metrics import jaccard
 
 
@@ -32,11 +32,10 @@ def evaluate_davis(model: nn.Module, sequences: Sequence, device: torch.device, 
     thresholded at > 0.5 and compared with the GT (> 0). Returns ``{"miou": mean over sequences
     of per-sequence mean J, "per_sequence": {name: mean J}}``. Leaves the model in eval mode.
 
-    Under torchrun every process must call it: each scores every world-size-th sequence with rank 0's
-    buffers (BatchNorm statistics), and all get the whole result, in the order of ``sequences``: the
-    numbers of one process.
+    Under torchrun every process must call it (with rank 0's buffers: the trainer broadcasts them):
+    each scores every world-size-th sequence, and all get the whole result, in the order of
+    ``sequences``: the numbers of one process.
     """
-    broadcast_buffers(model)
     predictor = VideoPredictor(model, "centre", clip_len, flip=flip, flip_merge="mean", amp_dtype=amp_dtype)
     mine: dict[int, float] = {}
     for i in tqdm(shard(len(sequences)), desc="val", disable=not is_main_process(), dynamic_ncols=True, leave=False):

@@ -235,6 +235,9 @@ class SoundTrack:
     def __init__(self, path: str | Path) -> None:
         av = _av()
         self._container = av.open(str(path))
+        if not self._container.streams.audio or self._container.streams.audio[0].codec_context is None:
+            self._container.close()
+            raise LookupError(f"{path} has no sound track FFmpeg can decode")
         audio = self._container.streams.audio[0]
         video = self._container.streams.video[0] if self._container.streams.video else None
         self.rate = min((r for r in AAC_RATES if r >= audio.rate), default=max(AAC_RATES))
@@ -251,11 +254,8 @@ class SoundTrack:
     def of(cls, path: str | Path) -> SoundTrack | None:
         """``path``'s first sound track, or None when it has none that FFmpeg can decode."""
         try:
-            with _av().open(str(path)) as container:
-                if not container.streams.audio or container.streams.audio[0].codec_context is None:
-                    return None
             return cls(path)
-        except _decode_errors():
+        except _decode_errors():  # LookupError among them: no track
             return None
 
     def read(self, start: int, stop: int) -> np.ndarray:

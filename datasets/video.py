@@ -85,12 +85,12 @@ def list_frame_files(folder: str | Path, flag: str = "--video") -> list[Path]:
 def require_same_size(files: Sequence[str | Path], source: str) -> None:
     """Refuse frame files of different sizes (headers only, :func:`image_size`): every output would
     silently take the first frame's size."""
-    sizes, names = [image_size(p) for p in files], files
+    sizes = [image_size(p) for p in files]
     odd = [i for i, s in enumerate(sizes) if s != sizes[0]]
     if odd:
         w, h = sizes[0]
-        examples = ", ".join(f"{Path(names[i]).name} is {sizes[i][0]}x{sizes[i][1]}" for i in odd[:3])
-        raise UserError(f"{source}: frames differ in size: {Path(names[0]).name} is {w}x{h} but {examples}"
+        examples = ", ".join(f"{Path(files[i]).name} is {sizes[i][0]}x{sizes[i][1]}" for i in odd[:3])
+        raise UserError(f"{source}: frames differ in size: {Path(files[0]).name} is {w}x{h} but {examples}"
                         f"{' …' if len(odd) > 3 else ''} ({len(odd)} of {len(sizes)} frames); resize them to "
                         "one size first")
 

@@ -58,6 +58,9 @@ class _Samples:
     def read(self, start: int, stop: int) -> np.ndarray:
         return self.samples[start:stop]
 
+    def close(self) -> None:
+        pass  # nothing to release
+
 
 class VideoWriter:
     """Writes RGB uint8 frames to a video as they arrive; ``.gif`` through Pillow, else PyAV.
@@ -218,7 +221,7 @@ class VideoWriter:
         self.tmp_path.unlink(missing_ok=True)
 
     def _close_sound(self) -> None:
-        if hasattr(self._sound, "close"):  # a track read from a file
+        if self._sound is not None:
             self._sound.close()
 
     def __enter__(self) -> VideoWriter:
