@@ -207,10 +207,6 @@ def load_onnx(path: str | Path) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------- frames
-def mean_or_nan(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")
-
-
 def to_uint8_png(prob: np.ndarray) -> np.ndarray:
     """Probability → uint8 probability·255, truncated as the original's ``astype(np.uint8)``."""
     return (prob.astype(np.float32) * 255).astype(np.uint8)
@@ -387,7 +383,7 @@ def run_youtube_objects(model, sequences: Sequence[VideoSequence], protocol: Pro
     rows = {}
     for seq in sequences:
         ious = per_seq[seq.name]
-        rows[seq.name] = {"class": seq.meta.get("class", seq.name.split("/")[0]), "IoU": mean_or_nan(ious),
+        rows[seq.name] = {"class": seq.meta.get("class", seq.name.split("/")[0]), "IoU": metrics.mean_or_nan(ious),
                           "n_frames": len(ious)}
         if not ious:
             logger.warning("%s has no ground-truth masks; it is left out of the class means", seq.name)
@@ -462,9 +458,9 @@ def evaluate_moca(pred_dir: Path, sequences: Sequence[VideoSequence]) -> dict:
             ious.append(iou)
             by_motion.setdefault(box.motion, []).append(iou)
         per_video[seq.name] = ious
-        row = {"All_motion_IoU": mean_or_nan(ious)}
+        row = {"All_motion_IoU": metrics.mean_or_nan(ious)}
         for key, label in (("0", "Locomotion"), ("1", "Deformation"), ("2", "Static")):
-            row[f"{label}_IoU"] = mean_or_nan(by_motion[key])
+            row[f"{label}_IoU"] = metrics.mean_or_nan(by_motion[key])
             row[f"{label.lower()}_num"] = len(by_motion[key])
         for t in metrics.MOCA_THRESHOLDS:
             row[f"All_motion_S_{t:.1f}"] = int(sum(v > t for v in ious))

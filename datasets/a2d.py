@@ -46,11 +46,10 @@ from torch.utils.data import Dataset
 from utils.cli import UserError
 
 from .path_config import DatasetNotFoundError, dataset_root, require
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from .video import open_image
 
 NUM_CLASSES = 80
-IGNORE_INDEX = 255
 CLIP_SIZE = (320, 480)
 ACTORS = {1: "adult", 2: "baby", 3: "ball", 4: "bird", 5: "car", 6: "cat", 7: "dog"}
 ACTIONS = {1: "climbing", 2: "crawling", 3: "eating", 4: "flying", 5: "jumping", 6: "rolling", 7: "running",

@@ -41,10 +41,9 @@ from utils.cli import UserError
 
 from .audio import AudioError, wav_to_clip_examples
 from .path_config import dataset_root, require
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .video import open_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TASKS = {"s4": ("Single-source", "s4_meta_data.csv", "s4_data"),
          "ms3": ("Multi-sources", "ms3_meta_data.csv", "ms3_data")}
 NUM_FRAMES = 5

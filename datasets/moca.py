@@ -33,7 +33,6 @@ from utils.cli import UserError
 from .path_config import dataset_root, require
 from .video import VideoSequence
 
-MOTIONS = {"0": "locomotion", "1": "deformation", "2": "static"}
 DEFAULT_LIST = "val_seqs.txt"
 DEFAULT_CSV = "annotations.csv"
 

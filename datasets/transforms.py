@@ -21,6 +21,7 @@ from .video import open_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255  # label of void / unsupervised pixels in the multi-class loaders (A2D, VSPW)
 
 
 def test_size(h: int, w: int, short: int, max_ratio: float = 1.8) -> tuple[int, int]:

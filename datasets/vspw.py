@@ -34,10 +34,9 @@ from utils.cli import UserError
 from utils.clips import clamped_clip
 
 from .path_config import dataset_root, require
-from .transforms import to_tensor
+from .transforms import IGNORE_INDEX, to_tensor
 from .video import VideoSequence, image_size, open_image, require_same_size
 
-IGNORE_INDEX = 255
 NUM_CLASSES = 124
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -116,14 +116,14 @@ def run_stages(stages: nn.ModuleList, feats: list[Tensor], pos: list[Tensor], ma
     through ``cross_scale`` when there is one."""
     outs = []
     for i, (x, p, m) in enumerate(zip(feats, pos, masks)):
-        tokens, p_tok, m_tok = _tokens(x), _tokens(p), None if m is None else m.flatten(1)
+        tokens, p_tok, m_tok = flatten_tokens(x), flatten_tokens(p), None if m is None else m.flatten(1)
         if i == 1 and cross_scale is not None:
             deep, pos_deep = outs[0], pos[0]
             if deep.shape[-2:] != x.shape[-2:]:  # ResNet: the 1/32 output goes onto the 1/16 grid
                 deep = F.interpolate(deep.flatten(0, 1), size=x.shape[-2:], mode="bilinear",
                                      align_corners=False).unflatten(0, x.shape[:2])
                 pos_deep = p
-            tokens = cross_scale(_tokens(deep), tokens, _tokens(pos_deep), p_tok, m_tok)
+            tokens = cross_scale(flatten_tokens(deep), tokens, flatten_tokens(pos_deep), p_tok, m_tok)
         for layer in stages[i]:
             if grad_checkpointing and torch.is_grad_enabled():
                 tokens = checkpoint(layer, tokens, p_tok, m_tok, use_reentrant=False)
@@ -154,6 +154,6 @@ class MultiscaleEncoder(nn.Module):
         return run_stages(self.stages, feats, pos, masks, self.cross_scale, self.grad_checkpointing)
 
 
-def _tokens(x: Tensor) -> Tensor:
+def flatten_tokens(x: Tensor) -> Tensor:
     """[B, T, C, h, w] → [B, T·h·w, C] (time-major, then row, then column)."""
     return x.permute(0, 1, 3, 4, 2).flatten(1, 3)

@@ -12,6 +12,9 @@ on ``aux_pred_masks`` (the 3D head's logits before label propagation) are added 
 ``aux_weight`` (0.5 in the original):
 
     loss = focal(main) + dice(main) + aux_weight · (focal(aux) + dice(aux))
+
+The multi-class tasks (A2D, VSS) share :class:`ClassCriterion`: per-pixel classification of every
+frame, the pixels labelled ``ignore_index`` left out.
 """
 from __future__ import annotations
 
@@ -61,9 +64,6 @@ def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-IGNORE_INDEX = 255  # void pixels in the multi-class tasks' labels
-
-
 def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """[B, K, T, h, w] → [B, K, T, *size] (bilinear per frame)."""
     if tuple(logits.shape[-2:]) == tuple(size):
@@ -73,8 +73,7 @@ def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return x.view(b, k, t, *size)
 
 
-def softmax_focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
-                       ignore_index: int = IGNORE_INDEX) -> Tensor:
+def softmax_focal_loss(logits: Tensor, target: Tensor, gamma: float, ignore_index: int) -> Tensor:
     """Mean over non-ignored pixels of −(1 − p_t)^γ log p_t; logits [B, K, …], target [B, …]."""
     valid = target != ignore_index
     logp = F.log_softmax(logits.float(), dim=1)
@@ -122,4 +121,45 @@ class AVOSCriterion(nn.Module):
             losses.update(loss_focal_aux=focal_aux, loss_dice_aux=dice_aux)
             total = total + w_aux * (focal_aux + dice_aux)
         losses["loss"] = total
+        return losses
+
+
+class ClassCriterion(nn.Module):
+    """``criterion(outputs, masks)`` → ``{"loss_mask", ["loss_aux"], "loss"}`` for multi-class logits.
+
+    ``pred_masks`` [B, K, T, h, w] are upsampled bilinearly (align_corners False, as the authors'
+    criteria) to the label size of ``masks`` [B, T, H, W] (long class ids) and scored by
+    cross-entropy (``loss="ce"``) or the softmax focal loss (``"focal"``, γ = ``gamma``, no α), each
+    the mean over the pixels not labelled ``ignore_index``. With label propagation the
+    pre-propagation logits (``aux_pred_masks``, when they are another tensor) add ``aux_weight`` ×
+    the same loss; give 0 for a model without it. ``mask_coef`` weights the main term and
+    ``epoch_scale`` (set by a trainer each epoch; 1 keeps it) multiplies the total.
+    """
+
+    def __init__(self, ignore_index: int, loss: str = "ce", aux_weight: float = 0.5, gamma: float = 2.0,
+                 mask_coef: float = 1.0) -> None:
+        super().__init__()
+        if loss not in ("ce", "focal"):
+            raise ValueError(f"loss must be 'ce' or 'focal', not {loss!r}")
+        self.ignore_index, self.loss, self.aux_weight, self.gamma = ignore_index, loss, aux_weight, gamma
+        self.mask_coef, self.epoch_scale = mask_coef, 1.0
+
+    def pixel_loss(self, logits: Tensor, masks: Tensor) -> Tensor:
+        if logits.dim() != 5:
+            raise ValueError(f"expected multi-class logits [B, K, T, h, w], got {tuple(logits.shape)}")
+        logits = upsample_logits(logits, tuple(masks.shape[-2:]))  # class axis 1, as both losses expect
+        if self.loss == "focal":
+            return softmax_focal_loss(logits, masks, self.gamma, self.ignore_index)
+        valid = masks != self.ignore_index
+        total = F.cross_entropy(logits.float(), masks, ignore_index=self.ignore_index, reduction="sum")
+        return total / valid.sum().clamp(min=1)
+
+    def forward(self, outputs: dict[str, Tensor], masks: Tensor) -> dict[str, Tensor]:
+        losses = {"loss_mask": self.pixel_loss(outputs["pred_masks"], masks)}
+        total = self.mask_coef * losses["loss_mask"]
+        aux = outputs.get("aux_pred_masks")
+        if self.aux_weight > 0 and aux is not None and aux is not outputs["pred_masks"]:
+            losses["loss_aux"] = self.pixel_loss(aux, masks)
+            total = total + self.aux_weight * losses["loss_aux"]
+        losses["loss"] = total * self.epoch_scale
         return losses

@@ -19,17 +19,12 @@ from torch import Tensor, nn
 
 from .backbone import build_backbone
 from .config import MedVTConfig
-from .encoder import MultiscaleEncoder
+from .encoder import MultiscaleEncoder, flatten_tokens
 from .heads import SegHead3D
 from .label_propagation import LabelPropagator
 from .pixel_decoder import FPNPixelDecoder
 from .position_encoding import PositionEmbeddingSine3D
 from .query_decoder import ObjectAttentionMap, QueryDecoder
-
-
-def _tokens(x: Tensor) -> Tensor:
-    """[B, T, C, h, w] → [B, T·h·w, C] (time-major, then row, then column)."""
-    return x.permute(0, 1, 3, 4, 2).flatten(1, 3)
 
 
 class MEDVT(nn.Module):
@@ -117,7 +112,7 @@ class MEDVT(nn.Module):
             mem = [(enc[0] if self.cfg.variant == "2024train" else pix[0], 3), (pix[1], 2), (pix[2], 1)]
         mem = mem[:self.cfg.query_decoder_scales]  # the original's --query_decoder_scales (deepest first)
         key_masks = [None if masks[i] is None else masks[i].flatten(1) for _, i in mem]
-        queries = self.query_decoder([_tokens(m) for m, _ in mem], [_tokens(pos[i]) for _, i in mem],
+        queries = self.query_decoder([flatten_tokens(m) for m, _ in mem], [flatten_tokens(pos[i]) for _, i in mem],
                                      key_masks, t)  # [B, T, d]
 
         hr = pix[3]

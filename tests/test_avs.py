@@ -15,7 +15,7 @@ from PIL import Image
 from avs.losses import AVSCriterion, masked_av_loss
 from avs.metrics import f_score, f_score_curve, mask_iou
 from datasets.audio import waveform_to_examples
-from datasets.avsbench import AVSBenchDataset, AVSDataError, avsbench_clips, make_synthetic_avsbench
+from datasets.avsbench import AVSBenchDataset, AVSDataError, avsbench_clips, load_log_mel, make_synthetic_avsbench
 from models.audio import VGGish
 from models.avs import build_avs_model
 from models.avs_config import AVS_CONFIGS, get_avs_config
@@ -61,7 +61,7 @@ def test_equal_to_original_logits(full_model, fixture):
     (tests/fixtures/avs/README.md). Ours in float64 must agree within 1e-4 (measured: < 1e-6);
     in float32 within 2e-3 (this 149 M-parameter stack amplifies float32 rounding to 3-5e-4;
     the original's own float32 run differs from its float64 run by as much)."""
-    ref = torch.load(FIX / fixture)["pred_masks"]  # [1, 5, h, w]
+    ref = torch.load(FIX / fixture, weights_only=True)["pred_masks"]  # [1, 5, h, w]
     sd = {n: deterministic_value(n, s) for n, s, _ in read_key_list(FIX / "medvtpp_keys.tsv")}
     model = full_model
     model.load_state_dict(convert_original_avs_state_dict(sd), strict=True)
@@ -126,7 +126,7 @@ def _fixture_wave() -> np.ndarray:
 
 
 def test_log_mel_equals_the_original():
-    ref = torch.load(FIX / "logmel_sine440_noise_seed0.pt")["log_mel"].numpy()
+    ref = torch.load(FIX / "logmel_sine440_noise_seed0.pt", weights_only=True)["log_mel"].numpy()
     ours = waveform_to_examples(_fixture_wave(), 16000)
     assert ours.shape == ref.shape == (3, 96, 64)
     assert np.abs(ours - ref).max() < 1e-5
@@ -222,13 +222,13 @@ def test_preprocess_script_writes_the_pickles(avs_root, tmp_path):
     root = tmp_path / "pp"
     shutil.copytree(avs_root, root)
     clips = avsbench_clips(root, "ms3", "test")
-    before = [pickle.load(open(c.log_mel, "rb")) for c in clips]
+    before = [load_log_mel(c.log_mel) for c in clips]
     for c in clips:
         c.log_mel.unlink()
     res = preprocess(["--task", "ms3", "--avsbench_root", str(root), "--splits", "test"])
     assert res["written"] == 2 and not res["skipped"]
     for c, b in zip(clips, before):
-        assert torch.allclose(pickle.load(open(c.log_mel, "rb")), b, atol=1e-5)
+        assert torch.allclose(load_log_mel(c.log_mel), b, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------

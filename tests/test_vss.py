@@ -23,7 +23,8 @@ from datasets.vspw import (VSPWClips, VSPWTrainTransform, build_vspw_train_datas
 from models import build_model, get_config
 from utils.cli import UserError
 from vss.config import vss_config
-from vss.losses import VSSCriterion, softmax_focal_loss
+from models.losses import softmax_focal_loss
+from vss.losses import VSSCriterion
 from vss.metrics import VSPWEvaluator, confusion_matrix, mean_iou, window_consistency
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +188,7 @@ def test_loss_ignores_void_and_is_finite_on_all_void():
     up = up.view(1, 3, 2, 8, 8)
     ref = torch.nn.functional.cross_entropy(up, masks, ignore_index=255)
     assert out["loss"].item() == pytest.approx(ref.item(), rel=1e-5)
-    assert softmax_focal_loss(up, masks, gamma=0.0).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert softmax_focal_loss(up, masks, gamma=0.0, ignore_index=255).item() == pytest.approx(ref.item(), rel=1e-5)
     assert VSSCriterion(loss="focal")({"pred_masks": logits}, torch.full_like(masks, 255))["loss"].item() == 0.0
 
 

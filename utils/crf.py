@@ -146,9 +146,3 @@ def run_jobs(jobs: list[tuple[Path, Path, Path]], params: DenseCRFParams = Dense
         return (refine_frame(job, params) for job in jobs)
     return executor.map(refine_frame, jobs, repeat(params, len(jobs)), chunksize=chunksize)
 
-
-def refine_sequence(logits_seq_dir: str | Path, images_seq_dir: str | Path, out_seq_dir: str | Path,
-                    params: DenseCRFParams = DenseCRFParams(), executor: Executor | None = None) -> list[Path]:
-    """Refine every ``<frame>.png`` of one sequence, writing ``out_seq_dir/<frame>.png`` (0/255)."""
-    jobs = sequence_jobs(Path(logits_seq_dir), Path(images_seq_dir), Path(out_seq_dir))
-    return list(run_jobs(jobs, params, executor))

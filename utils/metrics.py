@@ -157,7 +157,7 @@ def evaluate_sequence(pairs: Sequence[tuple[Path, Path]], threshold: int = 0,
     f_mean, f_recall, f_decay = db_statistics(f_values[keep])
     return {"J_mean": j_mean, "J_recall": j_recall, "J_decay": j_decay, "F_mean": f_mean,
             "F_recall": f_recall, "F_decay": f_decay, "JF_mean": (j_mean + f_mean) / 2,
-            "mIoU_all_frames": _mean(j_values)}
+            "mIoU_all_frames": mean_or_nan(j_values)}
 
 
 def evaluate_sequences(pred_dir: str | Path, gt_dir: str | Path, sequences: Sequence[str] | None = None,
@@ -189,12 +189,13 @@ def evaluate_sequences(pred_dir: str | Path, gt_dir: str | Path, sequences: Sequ
                                       drop_first_last, bound_th) for seq in sequences}
     results: dict = {"sequences": per_seq}
     for key in ("J_mean", "F_mean", "JF_mean", "J_recall", "F_recall", "J_decay", "F_decay"):
-        results[key] = _mean([s[key] for s in per_seq.values()])
-    results["mIoU"] = _mean([s["mIoU_all_frames"] for s in per_seq.values()])
+        results[key] = mean_or_nan([s[key] for s in per_seq.values()])
+    results["mIoU"] = mean_or_nan([s["mIoU_all_frames"] for s in per_seq.values()])
     return results
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean_or_nan(values: Sequence[float]) -> float:
+    """The mean, or NaN for no values (a sequence or class with nothing scored)."""
     return float(np.mean(values)) if len(values) else math.nan
 
 
@@ -213,9 +214,9 @@ def youtube_objects_miou(per_sequence_ious: Mapping[str, Sequence[float]]) -> di
         parts = Path(key).parts
         video = parts[2] if len(parts) > 2 and parts[1] == "data" else key
         pooled.setdefault(parts[0], {}).setdefault(video, []).extend(ious)
-    classes = {cls: _mean([_mean(v) for v in videos.values() if v])
+    classes = {cls: mean_or_nan([mean_or_nan(v) for v in videos.values() if v])
                for cls, videos in sorted(pooled.items())}
-    return {"classes": classes, "mIoU": _mean(list(classes.values()))}
+    return {"classes": classes, "mIoU": mean_or_nan(list(classes.values()))}
 
 
 # --------------------------------------------------------------------------- MoCA
@@ -282,11 +283,11 @@ def moca_summary(per_video_ious: Mapping[str, Sequence[float]],
     Success rate at t = fraction of all annotated frames (pooled over videos) with IoU > t.
     Videos without annotated frames are skipped.
     """
-    videos = {v: _mean(ious) for v, ious in sorted(per_video_ious.items()) if len(ious)}
+    videos = {v: mean_or_nan(ious) for v, ious in sorted(per_video_ious.items()) if len(ious)}
     all_ious = np.concatenate([np.asarray(v, dtype=np.float64) for v in per_video_ious.values()] or [[]])
     success = {f"{t:.1f}": float(np.mean(all_ious > t)) if all_ious.size else math.nan
                for t in thresholds}
-    return {"videos": videos, "mean_iou": _mean(list(videos.values())),
+    return {"videos": videos, "mean_iou": mean_or_nan(list(videos.values())),
             "success_rates": success, "n_frames": int(all_ious.size)}
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
 from datasets.video import VideoSequence
+from datasets.vspw import NUM_CLASSES as VSPW_NUM_CLASSES
 from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
 from models import MEDVT, MedVTConfig, build_model, load_model
 from models.convert import read_checkpoint
@@ -25,7 +26,7 @@ from utils.cli import UserError
 from utils.distributed import gather_in_order, gather_throughput, is_main_process, shard
 from utils.logger import Throughput
 from utils.visualize import save_label_png, write_label_video
-from vss.config import VSPW_NUM_CLASSES, vss_config
+from vss.config import vss_config
 from vss.metrics import VSPWEvaluator
 
 DEFAULT_CLIP_LEN = 6  # the AVOS training clip, which VSS training keeps

@@ -19,7 +19,6 @@ from __future__ import annotations
 from models.config import MODEL_CONFIGS, MedVTConfig, get_config
 from utils.cli import UserError
 
-VSPW_NUM_CLASSES = 124
 DEFAULT_CONFIG = "medvt_swinb_vss"
 
 

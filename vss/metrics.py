@@ -29,6 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from datasets.vspw import NUM_CLASSES
+
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """[K, K] int64 counts (rows = ground truth, columns = prediction) over pixels with 0 ≤ gt < K."""
@@ -117,7 +119,7 @@ class VSPWEvaluator:
     defaults to ``gt_classes``).
     """
 
-    def __init__(self, num_classes: int = 124, vc_lengths: Sequence[int] = (8, 16)) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES, vc_lengths: Sequence[int] = (8, 16)) -> None:
         self.num_classes, self.vc_lengths = num_classes, tuple(vc_lengths)
         self.conf = np.zeros((num_classes, num_classes), np.int64)
         self.windows: dict[int, list[float]] = {n: [] for n in self.vc_lengths}
