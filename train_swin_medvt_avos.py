@@ -46,14 +46,15 @@ from avos.validation import evaluate_davis
 from datasets.path_config import DatasetNotFoundError, add_path_args, dataset_root, require
 from models import build_model, get_config
 from models.config import MODEL_CONFIGS, MedVTConfig, preset_name
-from models.convert import CheckpointMismatchError, init_from_checkpoint, init_from_vistr_coco
+from models.convert import CheckpointMismatchError
 from models.losses import AVOSCriterion
+from models.registry import init_weights
 from utils import distributed as du
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
                               read_resume_checkpoint, resume_path, resume_training, run_summary, seed_everything,
                               stretch_schedule, tensorboard_writer)
 from utils.cli import (HelpFormatter, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
-                       positive_float, positive_int, random_seed, require_file, run_main)
+                       positive_float, positive_int, random_seed, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.logger import DeferredLog, epoch_line
 from utils.optim import LR_GROUPS, PolyLR, param_groups
@@ -293,17 +294,8 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         resume_ckpt = read_resume_checkpoint(resume_from, args, cfg, check=same_lr_groups(resume_from, args),
                                              init_flags=INIT_FLAGS)
     else:
-        if args.swin_pretrained:
-            from models.backbone import load_swin_pretrained
-            missing = load_swin_pretrained(model.backbone, str(require_file(args.swin_pretrained, "--swin_pretrained")))
-            early.info(f"backbone from {args.swin_pretrained} ({len(missing)} entries left at init)")
-        if args.vistr_coco:
-            loaded = init_from_vistr_coco(model, require_file(args.vistr_coco, "--vistr_coco"))
-            early.info(f"{len(loaded)} tensors from {args.vistr_coco}")
-        if args.init_from:
-            loaded, kept = init_from_checkpoint(model, require_file(args.init_from, "--init_from"))
-            early.info(f"{len(loaded)} tensors from {args.init_from}; {len(kept)} kept at their initial values"
-                       + (f": {', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}" if kept else ""))
+        init_weights(model, early, ("--swin_pretrained", args.swin_pretrained), ("--vistr_coco", args.vistr_coco),
+                     args.init_from)
 
     logger = open_run(out, args, info, early, input_paths(args), name="medvt.train")
     writer = tensorboard_writer(args, info)

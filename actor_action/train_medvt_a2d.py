@@ -47,8 +47,7 @@ from actor_action.losses import A2DCriterion
 from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root
 from datasets.path_config import add_path_args, dataset_root
 from models import build_model
-from models.backbone import load_swin_pretrained
-from models.convert import init_from_checkpoint, init_from_vistr_coco
+from models.registry import init_weights
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
                               open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
                               seed_everything, stretch_schedule, tensorboard_writer)
@@ -124,21 +123,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_debug_flag(p)
     return p
-
-
-def _init_weights(model, args, logger) -> None:
-    if args.swin_b_pretrained_path:
-        if model.cfg.backbone != "swin":
-            raise UserError("--swin_b_pretrained_path is for --backbone swinB")
-        load_swin_pretrained(model.backbone, args.swin_b_pretrained_path)
-        logger.info(f"backbone initialised from {args.swin_b_pretrained_path}")
-    if args.resnet101_coco_weights_path:
-        n = len(init_from_vistr_coco(model, args.resnet101_coco_weights_path))
-        logger.info(f"{n} tensors from {args.resnet101_coco_weights_path} (FFN matrices sliced to "
-                    f"{model.cfg.dim_feedforward})")
-    if args.init_from:
-        loaded, skipped = init_from_checkpoint(model, args.init_from)
-        logger.info(f"{len(loaded)}/{len(loaded) + len(skipped)} tensors from {args.init_from}")
 
 
 def set_backbone_lr(optimizer, epoch: int, lr_backbone: float) -> None:
@@ -250,7 +234,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     root = a2d_root(args.a2d_root)  # fail early, naming the flag and variable
     cfg = model_config(args)
     model = build_model(cfg)
-    _init_weights(model, args, early)
+    init_weights(model, early, ("--swin_b_pretrained_path", args.swin_b_pretrained_path),
+                 ("--resnet101_coco_weights_path", args.resnet101_coco_weights_path), args.init_from)
     model.to(device)
     check_frame_size(model, device, {"--clip_size": tuple(args.clip_size)},
                      f"--model {args.model}" if args.model else f"--backbone {args.backbone}")

@@ -13,6 +13,9 @@ MED-VT presets (:data:`models.config.MODEL_CONFIGS`: AVOS, A2D, VSS, ``tiny``) a
 
 The weights are converted from the authors' names when needed and loaded strictly: a mismatch
 names the missing, unexpected and mis-shaped keys, and non-finite weights are refused.
+
+:func:`init_weights` gives a new MED-VT training run its initial weights (the pretrained files of
+the original recipes, or any MED-VT checkpoint), the same in the AVOS, VSS and A2D trainers.
 """
 from __future__ import annotations
 
@@ -24,14 +27,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from utils.cli import UserError
+from utils.cli import UserError, require_file
 
 from .avs import MEDVTPlusPlus
 from .avs_config import AVS_CONFIGS, AVSConfig, get_avs_config
 from .avs_convert import avs_state_dict
 from .config import MODEL_CONFIGS, MedVTConfig, preset_name
-from .convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict,
-                      load_state_dict_strict, read_checkpoint)
+from .backbone import load_swin_pretrained
+from .convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict, init_from_checkpoint,
+                      init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
 from .medvt import MEDVT
 
 ModelConfig = MedVTConfig | AVSConfig
@@ -214,3 +218,26 @@ def load_model(path: str | Path, preset: str | ModelConfig | None = None, device
         raise CheckpointMismatchError(f"{', '.join(changed)}: the weights of {path} do not fit the model these "
                                       f"flags make; leave them out\n{e}") from None
     return LoadedModel(model.to(device).eval(), cfg, reason, ckpt)
+
+
+def init_weights(model: MEDVT, log, swin: tuple[str, str | None], vistr: tuple[str, str | None],
+                 init_from: str | None) -> None:
+    """A new run's initial weights, in the original recipes' order: a Video Swin Kinetics file into
+    the backbone, VisTR's COCO transformer, then any MED-VT checkpoint (``--init_from``: every entry
+    whose name and shape fit). ``swin`` and ``vistr`` are (flag, path or None): each task names its
+    flags, and a missing or misplaced file is refused by that name. What each file gave goes to
+    ``log`` (a logger or :class:`utils.logger.DeferredLog`)."""
+    flag, path = swin
+    if path:
+        if model.cfg.backbone != "swin":
+            raise UserError(f"{flag} is a Video Swin file, but this model's backbone is {model.cfg.backbone}")
+        missing = load_swin_pretrained(model.backbone, str(require_file(path, flag)))
+        log.info(f"backbone from {path} ({len(missing)} entries left at init)")
+    flag, path = vistr
+    if path:
+        loaded = init_from_vistr_coco(model, require_file(path, flag))
+        log.info(f"{len(loaded)} tensors from {path} (FFN matrices sliced to {model.cfg.dim_feedforward})")
+    if init_from:
+        loaded, kept = init_from_checkpoint(model, init_from)
+        log.info(f"{len(loaded)} tensors from {init_from}; {len(kept)} kept at their initial values"
+                 + (f": {', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}" if kept else ""))

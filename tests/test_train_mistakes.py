@@ -182,6 +182,32 @@ def test_other_scripts_check_initial_weights_before_creating_the_folder(tmp_path
         assert not out.exists(), name
 
 
+
+def test_each_trainer_names_its_own_flag_for_a_missing_or_misplaced_pretrained_file(tmp_path):
+    """AVOS, VSS and A2D share one initialiser (models.registry.init_weights): a missing pretrained
+    file is named by the trainer's own flag (not --model_path), and a Video Swin file for a ResNet
+    model is refused, both before the output folder exists."""
+    vspw, a2d, missing = tmp_path / "vspw", tmp_path / "a2d", str(tmp_path / "none.pth")
+    (vspw / "data").mkdir(parents=True)
+    (a2d / "Release" / "Annotations" / "mat").mkdir(parents=True)
+    (a2d / "Release" / "videoset.csv").write_text("")
+    (a2d / "frames").mkdir()
+    vss = ["--model", "tiny", "--num_classes", "3", "--vspw_root", str(vspw)]
+    runs = {"vss_swin": (train_medvt_vss.main, [*vss, "--swin_pretrained", missing], "--swin_pretrained: file"),
+            "vss_vistr": (train_medvt_vss.main, [*vss, "--vistr_coco", missing], "--vistr_coco: file"),
+            "a2d_vistr": (train_medvt_a2d.main, ["--model", "tiny", "--a2d_root", str(a2d),
+                                                 "--resnet101_coco_weights_path", missing],
+                          "--resnet101_coco_weights_path: file"),
+            "a2d_resnet": (train_medvt_a2d.main, ["--backbone", "resnet101", "--a2d_root", str(a2d),
+                                                  "--swin_b_pretrained_path", missing],
+                           "--swin_b_pretrained_path is a Video Swin file, but this model's backbone is resnet101")}
+    for name, (main, argv, text) in runs.items():
+        out = tmp_path / f"out_{name}"
+        with pytest.raises(USER_ERRORS, match=text):
+            main([*argv, "--device", "cpu", "--num_workers", "0", "--output_dir", str(out)])
+        assert not out.exists(), name
+
+
 # ------------------------------------------------------------------- Findings 7, 13: flag values
 @pytest.mark.parametrize("flag", ["--val_size", "--train_size"])
 def test_frame_size_below_the_model_minimum_is_refused_before_training(davis, tmp_path, flag):  # noqa: F811

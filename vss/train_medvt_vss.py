@@ -42,9 +42,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from datasets.path_config import add_path_args, dataset_root
 from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_root, vspw_sequences
 from models import build_model
-from models.backbone import load_swin_pretrained
+from models.registry import init_weights
 from models.config import preset_name
-from models.convert import init_from_checkpoint, init_from_vistr_coco
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
                               open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
                               seed_everything, stretch_schedule, tensorboard_writer)
@@ -182,15 +181,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     seed_everything(args.seed + info.rank)
     cfg = vss_config(args.model, args.num_classes)
     model = build_model(cfg)
-    if args.swin_pretrained:
-        load_swin_pretrained(model.backbone, args.swin_pretrained)
-        early.info(f"backbone initialised from {args.swin_pretrained}")
-    if args.vistr_coco:
-        early.info(f"{len(init_from_vistr_coco(model, args.vistr_coco))} transformer tensors from {args.vistr_coco}")
-    if args.init_from:
-        loaded, skipped = init_from_checkpoint(model, args.init_from)
-        early.info(f"{len(loaded)} tensors from {args.init_from}; kept initial values for {len(skipped)}: "
-                   f"{', '.join(skipped[:8])}{' …' if len(skipped) > 8 else ''}")
+    init_weights(model, early, ("--swin_pretrained", args.swin_pretrained), ("--vistr_coco", args.vistr_coco),
+                 args.init_from)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
