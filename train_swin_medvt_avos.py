@@ -36,7 +36,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,8 +55,8 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               stretch_schedule, tensorboard_writer)
 from utils.cli import (HelpFormatter, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
-from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
-from utils.logger import DeferredLog, epoch_line
+from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, run_epochs, train_one_epoch
+from utils.logger import DeferredLog
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 
 BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos",
@@ -320,25 +320,19 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         check_not_finished(start_epoch, args.epochs, logger)
     train_model = du.wrap_ddp(model, info, args.find_unused_parameters)
 
-    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.time()
-        sampler.set_epoch(epoch)
+    def train_epoch(epoch: int) -> dict:
         stats = train_one_epoch(train_model, criterion, loader, optimizer, device, epoch, args.clip_max_norm,
                                 amp_dtype, args.steps_per_epoch, logger, scaler, args.log_every)
-        record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
-        validate = bool(val_seqs) and ((epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1)
-        if validate:  # every process scores its share of the sequences; all get the whole result
-            du.broadcast_buffers(model)  # with rank 0's BatchNorm statistics, as the other trainers
-            record["val_miou"] = evaluate_davis(model, val_seqs, device, args.val_size, args.num_frames,
-                                                args.val_flip, amp_dtype, logger)["miou"]
-        scheduler.step()
-        is_best = validate and record["val_miou"] > best["miou"]
-        if is_best:
-            best = {"miou": record["val_miou"], "epoch": epoch}
-        history.append(record)
-        logger.info(epoch_line(epoch, args.epochs, time.time() - t0, record, best))
-        close_epoch(out, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best, history, writer)
+        return {f"train_{k}": v for k, v in stats.items()}
+
+    def validate(epoch: int) -> dict:  # every process scores its share of the sequences; all get the result
+        du.broadcast_buffers(model)  # with rank 0's BatchNorm statistics
+        return {"val_miou": evaluate_davis(model, val_seqs, device, args.val_size, args.num_frames, args.val_flip,
+                                           amp_dtype, logger)["miou"]}
+
+    close = partial(close_epoch, out, info, args, cfg, model, optimizer, scheduler, scaler, writer)
+    best = run_epochs(start_epoch, args.epochs, args.stop_after, sampler, train_epoch, validate if val_seqs else None,
+                      args.val_every, ("val_miou", "miou"), best, history, scheduler.step, close, logger)
     if writer is not None:
         writer.close()
     return run_summary(history, best, out)

@@ -34,8 +34,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -54,8 +54,8 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, broadcast_buffers, run_distributed, wrap_ddp
-from utils.engine import check_frame_size, epoch_steps, train_one_epoch
-from utils.logger import DeferredLog, epoch_line
+from utils.engine import check_frame_size, epoch_steps, run_epochs, train_one_epoch
+from utils.logger import DeferredLog
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
 
@@ -112,7 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="stop each epoch after N steps")
     g.add_argument("--seed", type=random_seed, default=42, help="random seed (each process adds its rank)")
     g = p.add_argument_group("validation, checkpoints, output")
-    g.add_argument("--val_every", type=non_negative_int, default=1, help="evaluate every N epochs (0 = never)")
+    g.add_argument("--val_every", type=non_negative_int, default=1,
+                   help="evaluate every N epochs and after the last (0 = never)")
     g.add_argument("--val_split", default="test", choices=("train", "test"),
                    help="split scored after each epoch and used to pick checkpoint_best.pth (original: test)")
     g.add_argument("--val_items", type=non_negative_int, default=0,
@@ -273,28 +274,23 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     logger.info(f"A2D training: {cfg.num_classes} classes, lprop_mode {cfg.lprop_mode}, query_decoder_scales "
                 f"{cfg.query_decoder_scales}; {len(dataset)} videos, {epoch_steps(loader, args.steps_per_epoch)} "
                 f"steps/epoch/process on {device}")
-    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.time()
-        sampler.set_epoch(epoch)
+    def train_epoch(epoch: int) -> dict:
         if not args.use_lr_warmup:  # the original's warm-up starts every group at 0 instead
             set_backbone_lr(optimizer, epoch, args.lr_backbone)
         criterion.epoch_scale = 1.0 if args.no_loss_decay else math.exp(-epoch / 10)
-        stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, args.clip_max_norm,
-                                max_steps=args.steps_per_epoch, logger=logger)
-        scheduler.step()
-        row = {"epoch": epoch, **stats}
-        if val_set is not None and (epoch + 1) % args.val_every == 0:
-            broadcast_buffers(model_without_ddp)  # every process scores its share with rank 0's statistics
-            summary, _, _ = evaluate_a2d(model_without_ddp, val_set, device, max_items=args.val_items)
-            row.update({k: summary[k] for k in ("miou_original", "class_miou")})
-            logger.info(f"epoch {epoch} {args.val_split}: {format_summary(summary)}")
-            if summary["miou_original"] > best["miou_original"]:
-                best = {"miou_original": float(summary["miou_original"]), "epoch": epoch}
-        history.append(row)
-        logger.info(epoch_line(epoch, args.epochs, time.time() - t0, row, best))
-        close_epoch(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, None,
-                    epoch, best, history, writer)
+        return train_one_epoch(model, criterion, loader, optimizer, device, epoch, args.clip_max_norm,
+                               max_steps=args.steps_per_epoch, logger=logger)
+
+    def validate(epoch: int) -> dict:
+        broadcast_buffers(model_without_ddp)  # every process scores its share with rank 0's statistics
+        summary, _, _ = evaluate_a2d(model_without_ddp, val_set, device, max_items=args.val_items)
+        logger.info(f"epoch {epoch} {args.val_split}: {format_summary(summary)}")
+        return {k: summary[k] for k in ("miou_original", "class_miou")}
+
+    close = partial(close_epoch, out, info, args, cfg, model_without_ddp, optimizer, scheduler, None, writer)
+    best = run_epochs(start_epoch, args.epochs, args.stop_after, sampler, train_epoch,
+                      validate if val_set is not None else None, args.val_every, ("miou_original", "miou_original"),
+                      best, history, scheduler.step, close, logger)
     if writer is not None:
         writer.close()
     return run_summary(history, best, out)

@@ -48,8 +48,8 @@ bidirectional fusion)::
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -67,8 +67,8 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               seed_everything, tensorboard_writer)
 from utils.cli import (HelpFormatter, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
                        random_seed, run_main)
-from utils.engine import train_one_epoch
-from utils.logger import DeferredLog, epoch_line
+from utils.engine import run_epochs, train_one_epoch
+from utils.logger import DeferredLog
 from utils.optim import param_groups
 
 TASK_DEFAULTS = {
@@ -289,30 +289,23 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     # gradient on any process keep grad None, so AdamW skips them as in one process.
     train_model = du.wrap_ddp(model, info, find_unused_parameters=True)
 
-    end_epoch = args.max_epoches if args.stop_after is None else min(args.max_epoches, start_epoch + args.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.time()
-        sampler.set_epoch(epoch)
+    def train_epoch(epoch: int) -> dict:
         schedule.apply(epoch)
         # No gradient clipping in the original AVS recipe (clip_max_norm 0). A non-finite loss stops
         # every process at the same step (utils.engine.NonFiniteLossError).
-        stats = train_one_epoch(train_model, criterion, train_loader, optimizer, device, epoch, clip_max_norm=0.0,
-                                max_steps=args.steps_per_epoch, logger=logger,
-                                compute_losses=avs_losses(vggish, criterion, device))
+        return train_one_epoch(train_model, criterion, train_loader, optimizer, device, epoch, clip_max_norm=0.0,
+                               max_steps=args.steps_per_epoch, logger=logger,
+                               compute_losses=avs_losses(vggish, criterion, device))
+
+    def validate(epoch: int) -> dict:
         du.broadcast_buffers(model)  # each process scores its share of the val batches with rank 0's statistics
         val = evaluate(model, vggish, val_set, args.val_batch_size, device, max_batches=args.val_max_batches,
                        num_workers=args.num_workers, desc=f"val {epoch}")
-        schedule.step()
-        stats.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], val_miou=val["miou"], val_fscore=val["fscore"])
-        history.append(stats)
-        is_best = val["miou"] > best["miou"]
-        if is_best:
-            best = {"miou": val["miou"], "epoch": epoch}
-        logger.info(epoch_line(epoch, args.max_epoches, time.time() - t0, stats, best))
-        if is_best:
-            logger.info(f"new best val mIoU {val['miou']:.4f} → {out / 'checkpoint_best.pth'}")
-        close_epoch(out, is_best, info, args, model.cfg, model, optimizer, schedule, None, epoch, best, history,
-                    writer)
+        return {"val_miou": val["miou"], "val_fscore": val["fscore"]}
+
+    close = partial(close_epoch, out, info, args, model.cfg, model, optimizer, schedule, None, writer)
+    best = run_epochs(start_epoch, args.max_epoches, args.stop_after, sampler, train_epoch, validate, 1,
+                      ("val_miou", "miou"), best, history, schedule.step, close, logger)
     if writer is not None:
         writer.close()
     return run_summary(history, best, out)

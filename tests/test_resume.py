@@ -23,6 +23,7 @@ from utils.checkpoint import (capture_rng, close_epoch, restore_rng, resume_trai
                               save_training, seed_everything, tensorboard_writer, training_state)
 from utils.cli import UserError
 from utils.distributed import DistInfo
+from utils.engine import run_epochs
 from utils.optim import PolyLR
 from vss import train_medvt_vss
 
@@ -141,6 +142,39 @@ def test_save_training_writes_every_process_rng_as_a_list(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_run_epochs_validates_when_due_and_after_the_last_epoch_and_keeps_the_best():
+    """The one epoch loop of the four trainers: with --val_every 2 over 5 epochs validation runs after
+    epochs 1, 3 and 4 (the last, also in VSS and A2D, which skipped it before); the schedule steps
+    after validation; the best keeps the best dict's own key; stop_after ends early."""
+    calls, closed = [], []
+
+    class Sampler:
+        def set_epoch(self, epoch):
+            calls.append(("sampler", epoch))
+
+    scores = {1: 0.3, 3: 0.2, 4: 0.5}
+
+    def validate(epoch):
+        calls.append(("val", epoch))
+        return {"val_miou": scores[epoch]}
+
+    history: list[dict] = []
+    best = run_epochs(0, 5, None, Sampler(), lambda e: {"loss": 1.0 / (e + 1)}, validate, 2, ("val_miou", "miou"),
+                      {"miou": -1.0, "epoch": -1}, history, lambda: calls.append(("step",)),
+                      lambda epoch, is_best, best, history: closed.append((epoch, is_best, dict(best), len(history))),
+                      logging.getLogger("test"))
+    assert [c[1] for c in calls if c[0] == "val"] == [1, 3, 4]
+    assert calls[:4] == [("sampler", 0), ("step",), ("sampler", 1), ("val", 1)] and calls[4] == ("step",)
+    assert best == {"miou": 0.5, "epoch": 4}
+    assert [(e, b) for e, b, _, _ in closed] == [(0, False), (1, True), (2, False), (3, False), (4, True)]
+    assert closed[3][2] == {"miou": 0.3, "epoch": 1} and closed[4][3] == 5
+    assert history[1] == {"epoch": 1, "loss": 0.5, "val_miou": 0.3} and "val_miou" not in history[2]
+    history = []  # a resumed run: epochs 3.. with stop_after 1 trains epoch 3 only; no validate: never
+    run_epochs(3, 5, 1, Sampler(), lambda e: {}, None, 2, ("val_miou", "miou"), {"miou": -1.0, "epoch": -1}, history,
+               lambda: None, lambda *a: None, logging.getLogger("test"))
+    assert history == [{"epoch": 3}]
+
+
 def test_close_epoch_writes_history_json_and_the_epochs_scalars(tmp_path, fake_tensorboard):
     """Every task's epoch end: the checkpoint holds the history, history.json is that history, and
     --tensorboard's writer gets the epoch's numbers (not its epoch, flags or names), flushed."""
@@ -149,8 +183,8 @@ def test_close_epoch_writes_history_json_and_the_epochs_scalars(tmp_path, fake_t
                                            "split": "val"}]
     info = DistInfo(0, 1, 0, CPU)
     writer = tensorboard_writer(_args(tensorboard=True, output_dir=str(tmp_path)), info)
-    close_epoch(tmp_path, False, info, _args(), model.cfg, model, optimizer, scheduler, None, 1,
-                {"miou": 0.5, "epoch": 1}, history, writer)
+    close_epoch(tmp_path, info, _args(), model.cfg, model, optimizer, scheduler, None, writer, 1, False,
+                {"miou": 0.5, "epoch": 1}, history)
     assert json.loads((tmp_path / "history.json").read_text()) == history
     assert read_checkpoint(tmp_path / "checkpoint_last.pth")["history"] == history
     [tb] = fake_tensorboard

@@ -356,9 +356,10 @@ def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, 
     return save_last_and_best(state, out_dir, is_best)
 
 
-def close_epoch(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, args, cfg, model, optimizer,
-                scheduler, scaler, epoch: int, best: dict, history: list[dict], writer=None) -> dict[str, str]:
-    """The end of a training epoch, the same in every task: :func:`save_training` with the run's
+def close_epoch(out_dir: str | os.PathLike, info: du.DistInfo, args, cfg, model, optimizer, scheduler, scaler, writer,
+                epoch: int, is_best: bool, best: dict, history: list[dict]) -> dict[str, str]:
+    """The end of a training epoch, the same in every task (a trainer binds the run's parts with
+    ``functools.partial`` for :func:`utils.engine.run_epochs`): :func:`save_training` with the run's
     ``history`` (every process's RNG; rank 0 writes), then rank 0 rewrites ``history.json`` and gives
     the epoch's numbers (``history[-1]``) to ``writer`` (:func:`tensorboard_writer`), and every process
     waits for it. Returns the written checkpoint paths ({} on the other ranks)."""

@@ -3,6 +3,8 @@
 * :func:`train_one_epoch` — forward, loss, backward, gradient clipping and an optimiser step per
   batch; the loss terms are averaged over processes every step so that a non-finite loss stops
   every rank at the same step (:class:`NonFiniteLossError`, naming the sequences involved).
+* :func:`run_epochs` — the epochs of a run, the same in every trainer: train, validate when due,
+  step the schedule, keep the best epoch, log its line and close it (checkpoints, ``history.json``).
 
 The tasks' validation lives with each task (``avos.validation``, ``vss.common``, ...).
 """
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from utils.checkpoint import capture_rng, restore_rng
 from utils.cli import UserError
 from utils.distributed import is_dist, is_main_process
-from utils.logger import format_metrics
+from utils.logger import epoch_line, format_metrics
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -240,3 +242,33 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     stats["steps"] = steps
     stats["step_time"] = (time.perf_counter() - t0) / max(steps, 1)
     return stats
+
+
+def run_epochs(start: int, epochs: int, stop_after: int | None, sampler, train_epoch: Callable[[int], dict],
+               validate: Callable[[int], dict] | None, val_every: int, score: tuple[str, str], best: dict,
+               history: list[dict], step_schedule: Callable[[], None],
+               close_epoch: Callable[[int, bool, dict, list[dict]], object], logger: logging.Logger) -> dict:
+    """Train epochs ``start`` .. ``epochs`` − 1 (at most ``stop_after`` of them); returns the best.
+
+    Each epoch: the sampler's epoch is set, ``train_epoch(epoch)`` gives the row of training numbers,
+    ``validate(epoch)`` adds its numbers every ``val_every`` epochs and after the last one (0 or None:
+    never), the schedule steps, and ``score`` = (the row's key, the best dict's key: the names
+    checkpoints of earlier runs keep) decides whether this epoch is the best. The row is appended to
+    ``history`` (in place), its line logged, and ``close_epoch(epoch, is_best, best, history)``
+    writes what the epoch leaves behind (:func:`utils.checkpoint.close_epoch`)."""
+    row_key, best_key = score
+    end = epochs if stop_after is None else min(epochs, start + stop_after)
+    for epoch in range(start, end):
+        t0 = time.time()
+        sampler.set_epoch(epoch)
+        row = {"epoch": epoch, **train_epoch(epoch)}
+        if validate is not None and val_every > 0 and ((epoch + 1) % val_every == 0 or epoch == epochs - 1):
+            row.update(validate(epoch))
+        step_schedule()
+        is_best = row_key in row and row[row_key] > best[best_key]
+        if is_best:
+            best = {best_key: float(row[row_key]), "epoch": epoch}
+        history.append(row)
+        logger.info(epoch_line(epoch, epochs, time.time() - t0, row, best))
+        close_epoch(epoch, is_best, best, history)
+    return best

@@ -32,8 +32,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -50,8 +50,8 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
 from utils.cli import (HelpFormatter, add_debug_flag, clip_frames, non_negative_float, non_negative_int, positive_float,
                        positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, broadcast_buffers, run_distributed, wrap_ddp
-from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
-from utils.logger import DeferredLog, epoch_line
+from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, run_epochs, train_one_epoch
+from utils.logger import DeferredLog
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 from vss.common import evaluate_videos, format_summary
@@ -120,7 +120,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=random_seed, default=42, help="random seed (each process adds its rank)")
 
     g = p.add_argument_group("validation, checkpoints, output")
-    g.add_argument("--val_every", type=non_negative_int, default=1, help="validate every N epochs (0 = never)")
+    g.add_argument("--val_every", type=non_negative_int, default=1,
+                   help="validate every N epochs and after the last (0 = never)")
     g.add_argument("--val_split", default="val", help="split list used for validation")
     g.add_argument("--val_videos", type=non_negative_int, default=0,
                    help="validate on the first N videos only (0 = all)")
@@ -222,32 +223,26 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     logger.info(f"VSS training: {args.model} ({cfg.num_classes} classes), {len(loader.dataset)} clips, "
                 f"{epoch_steps(loader, args.steps_per_epoch)} steps/epoch/process, {info.world_size} process(es) "
                 f"on {device}")
-    stats: dict = {}
-    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.time()
-        sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, args.clip_max_norm, amp_dtype,
-                                args.steps_per_epoch, logger, scaler)
-        scheduler.step()
-        row = {"epoch": epoch, **stats}
-        if val_videos and (epoch + 1) % args.val_every == 0:
-            model_without_ddp.eval()
-            broadcast_buffers(model_without_ddp)  # every process scores its share with rank 0's statistics
-            # validation autocasts in bf16 only (an fp16 run validates in float32, as before)
-            summary = evaluate_videos(model_without_ddp, val_videos, device, save_predictions=False,
-                                      val_size=args.val_size or None, clip_len=args.num_frames,
-                                      amp_dtype=amp_dtype if amp_dtype is torch.bfloat16 else None)
-            if info.is_main:
-                write_results(summary, out, f"val_epoch{epoch:03d}")
-            row.update({k: summary[k] for k in ("mIoU", "mVC8", "mVC16")})
-            logger.info(f"epoch {epoch} val: {format_summary(summary)}")
-            if summary["mIoU"] > best["mIoU"]:
-                best = {"mIoU": float(summary["mIoU"]), "epoch": epoch}
-        history.append(row)
-        logger.info(epoch_line(epoch, args.epochs, time.time() - t0, row, best))
-        close_epoch(out, best["epoch"] == epoch, info, args, cfg, model_without_ddp, optimizer, scheduler, scaler,
-                    epoch, best, history, writer)
+    def train_epoch(epoch: int) -> dict:
+        return train_one_epoch(model, criterion, loader, optimizer, device, epoch, args.clip_max_norm, amp_dtype,
+                               args.steps_per_epoch, logger, scaler)
+
+    def validate(epoch: int) -> dict:
+        model_without_ddp.eval()
+        broadcast_buffers(model_without_ddp)  # every process scores its share with rank 0's statistics
+        # validation autocasts in bf16 only (an fp16 run validates in float32, as before)
+        summary = evaluate_videos(model_without_ddp, val_videos, device, save_predictions=False,
+                                  val_size=args.val_size or None, clip_len=args.num_frames,
+                                  amp_dtype=amp_dtype if amp_dtype is torch.bfloat16 else None)
+        if info.is_main:
+            write_results(summary, out, f"val_epoch{epoch:03d}")
+        logger.info(f"epoch {epoch} val: {format_summary(summary)}")
+        return {k: summary[k] for k in ("mIoU", "mVC8", "mVC16")}
+
+    close = partial(close_epoch, out, info, args, cfg, model_without_ddp, optimizer, scheduler, scaler, writer)
+    best = run_epochs(start_epoch, args.epochs, args.stop_after, sampler, train_epoch,
+                      validate if val_videos else None, args.val_every, ("mIoU", "mIoU"), best, history,
+                      scheduler.step, close, logger)
     if writer is not None:
         writer.close()
     return run_summary(history, best, out)
