@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
-import math
 from pathlib import Path
 
 import torch
@@ -69,7 +68,7 @@ from utils.cli import (HelpFormatter, UserError, non_negative_float, non_negativ
                        random_seed, run_main)
 from utils.engine import run_epochs, train_one_epoch
 from utils.logger import DeferredLog
-from utils.optim import param_groups
+from utils.optim import cosine_lr, param_groups, poly_lr
 
 TASK_DEFAULTS = {
     "s4": dict(train_im_size=384, val_im_size=384, val_batch_size=4, max_epoches=50, lambda_1=0.0),
@@ -145,10 +144,10 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 def epoch_lr(args, base: float, epoch: int) -> float:
     """lr used during ``epoch`` (0-based): the scheduler was stepped once before it (original order)."""
     step = epoch + 1
-    if args.task == "s4":  # CosineAnnealingLR(T_max = epochs), eta_min 0
-        return base * (1 + math.cos(math.pi * step / args.max_epoches)) / 2
-    n = max(args.max_epoches - 1, 1)  # torch_poly_lr_decay, max_decay_steps = epochs - 1
-    return (base - args.end_lr) * (1 - min(step, n) / n) ** args.poly_power + args.end_lr
+    if args.task == "s4":  # CosineAnnealingLR(T_max = epochs)
+        return cosine_lr(base, step, args.max_epoches)
+    # torch_poly_lr_decay, max_decay_steps = epochs - 1
+    return poly_lr(base, args.end_lr, step, max(args.max_epoches - 1, 1), args.poly_power)
 
 
 def init_weights(model, args, logger) -> None:

@@ -46,6 +46,16 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float, mode: str = "o
     return [g for g in groups if g["params"]]
 
 
+def poly_lr(base: float, end_lr: float, step: int, max_steps: int, power: float) -> float:
+    """Polynomial decay from ``base`` at step 0 to ``end_lr`` at ``max_steps`` (and after)."""
+    return (base - end_lr) * (1 - min(step, max_steps) / max_steps) ** power + end_lr
+
+
+def cosine_lr(base: float, step: int, steps: int) -> float:
+    """Cosine decay from ``base`` at step 0 to 0 at ``steps`` (``CosineAnnealingLR``, eta_min 0)."""
+    return base * (1 + math.cos(math.pi * step / steps)) / 2
+
+
 class PolyLR(LRScheduler):
     """Polynomial decay from each group's base lr to ``end_lr`` over ``max_steps`` steps (then constant)."""
 
@@ -60,8 +70,7 @@ class PolyLR(LRScheduler):
         return [self.lr_at(base, self.last_epoch) for base in self.base_lrs]
 
     def lr_at(self, base: float, step: int) -> float:
-        step = min(max(step, 0), self.max_steps)
-        return (base - self.end_lr) * (1 - step / self.max_steps) ** self.power + self.end_lr
+        return poly_lr(base, self.end_lr, max(step, 0), self.max_steps, self.power)
 
 
 DECAYS = ("poly", "step", "cosine")
@@ -100,8 +109,7 @@ class WarmupDecayLR(LRScheduler):
             return base * max(k, 0) / w
         step = 0 if k == w + 1 else k - w
         if self.decay == "poly":
-            max_steps = max(self.epochs - 1 - w, 1)
-            return (base - self.end_lr) * (1 - min(step, max_steps) / max_steps) ** self.power + self.end_lr
+            return poly_lr(base, self.end_lr, step, max(self.epochs - 1 - w, 1), self.power)
         if self.decay == "step":
             return base * self.gamma ** (step // self.step_size)
-        return base * (1 + math.cos(math.pi * step / max(self.epochs - w, 1))) / 2
+        return cosine_lr(base, step, max(self.epochs - w, 1))
