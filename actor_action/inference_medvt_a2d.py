@@ -75,8 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_path_args(g, ["a2d"])
     g.add_argument("--video", type=Path, default=None, metavar="PATH",
                    help="segment this video instead of an A2D split: a video file (decoded with PyAV/FFmpeg) or a "
-                        "folder of image frames (sorted by name); writes palette PNGs, an overlay video and "
-                        "summary.json, no metrics")
+                        "folder of image frames (in natural order: frame2 before frame10); writes palette PNGs, an "
+                        "overlay video and summary.json, no metrics")
     g.add_argument("--split", default="test", choices=("train", "test"), help="videoset.csv split to evaluate")
     g.add_argument("--num_frames", type=positive_int, default=6,
                    help="clip length: around each annotated frame (with --video: consecutive clips)")

@@ -2,7 +2,8 @@
 exported natively and equals torchvision, a part that cannot be traced is named, and
 ``inference_swin_medvt_avos.py --runtime onnx`` writes the masks the PyTorch run writes.
 
-The full-size presets take one and a half to three minutes each to export on two CPU cores, so by
+The full-size presets take one and a half to three minutes each to export at the test sizes below
+(232×264 for Swin, 64×96 for the others) on two CPU cores, so by
 default the suite exports the two test presets, ``tiny`` (Swin, deformable convolution, encoder,
 decoder and label propagation: the code every MED-VT preset shares) and ``avs_tiny`` (MED-VT++'s
 PVT, audio input and fusion). ``MEDVT_ONNX_PRESETS=all`` adds the five full-size presets
@@ -34,7 +35,7 @@ from models.onnx_export import (InputSizeError, OnnxModel, UnexportableError, ch
 from models.onnx_export import export_onnx as export
 from utils.cli import UserError
 
-# CI's 15 minutes take no full-size preset (ResNet-101 alone is about 1.5 minutes, Swin-B about 2.5).
+# CI's 15 minutes take no full-size preset (at SIZES, ResNet-101 alone exports in about 1.5 minutes, Swin-B 2.5).
 DEFAULT_PRESETS = ["tiny", "avs_tiny"]
 ALL_PRESETS = DEFAULT_PRESETS + ["medvt_r101_avos", "medvt_swinb_avos", "medvt_swinb_avos_2024", "medvt_r101_a2d",
                                  "medvtpp_s4"]

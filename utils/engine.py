@@ -39,7 +39,7 @@ def add_inference_amp_flag(parser) -> None:
     """``--amp [bf16|fp16|none]`` of the inference scripts; a bare ``--amp`` (their older switch) is bf16."""
     parser.add_argument("--amp", nargs="?", const="bf16", default="none", choices=sorted(AMP_DTYPES),
                         help="autocast dtype: bf16 (a bare --amp), fp16, or none = float32 (default); meant for "
-                             "CUDA, runs slowly on CPU")
+                             "CUDA; on a CPU without bf16/fp16 matrix units (AMX) slower than float32")
 
 
 def add_runtime_flags(parser) -> None:
@@ -48,8 +48,9 @@ def add_runtime_flags(parser) -> None:
                         help="run the model in PyTorch, or run --onnx_path (written by export_onnx.py) in ONNX "
                              "Runtime on the CPU (default torch)")
     parser.add_argument("--onnx_path", type=Path, default=None, metavar="FILE",
-                        help="the exported model for --runtime onnx; a file exported at 225 pixels or more takes "
-                             "every input size from 225 on (so multi-scale works), a smaller export only its own size")
+                        help="the exported model for --runtime onnx; a Video Swin model exported at 225 pixels or more "
+                             "takes every input size from 225 on (ResNet-101 and PVTv2 from 64), a smaller Swin "
+                             "export only its own size; the file records its range")
 
 
 def check_runtime_flags(parser, args) -> None:

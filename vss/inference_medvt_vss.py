@@ -71,7 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "PNGs, an overlay video and summary.json, no metrics")
     p.add_argument("--val_size", type=non_negative_int, default=480,
                    help="shorter side fed to the model; 0 = frame size")
-    p.add_argument("--max_size", type=positive_int, default=None, help="cap on the longer side fed to the model")
+    p.add_argument("--max_size", type=positive_int, default=None,
+                   help="cap on the longer side fed to the model (none if not given)")
     p.add_argument("--clip_len", type=clip_frames, default=None,
                    help="frames per forward; default the clip length the checkpoint was trained on (--num_frames of "
                         "vss/train_medvt_vss.py), the ONNX file's, or else 6")
