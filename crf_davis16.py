@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     # Every input is checked first, so a missing frame or annotation stops before any CRF work.
     jobs = check_inputs(args, sequences, images_dir, gt_dir)
     print(f"{len(sequences)} sequences, {len(jobs)} frames from {args.logits_dir}")
-    with incomplete_marker(args.out_dir):  # left in place by an error or Ctrl-C
+    with incomplete_marker(args.out_dir, flag="OUT_DIR"):  # left in place by an error or Ctrl-C
         return refine_and_score(args, jobs, sequences, gt_dir)
 
 

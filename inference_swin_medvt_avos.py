@@ -82,7 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", type=Path, default=None,
                    help="where outputs go: a new or empty folder (see --overwrite), outside the dataset and "
                         "--video; default a new folder "
-                        "<model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<unix time>")
+                        "<model folder>/infer_<dataset><size><msc|ssc>lpp_mode<m>_sc<s>_<unix time> "
+                        "(infer_video_<video name>_<size>... with --video)")
     add_overwrite_flag(p)
     p.add_argument("--model_version", default="auto", choices=["auto", *VARIANTS],
                    help="which original forward a Swin-B checkpoint needs: cvpr23 (555a462), 2024train (the 2024 "
@@ -97,7 +98,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also write overlay/<seq>/<frame>.png and one overlay video per sequence")
     p.add_argument("--overlay_format", default="mp4", choices=["mp4", "gif"],
                    help="container of the overlay videos (default mp4)")
-    p.add_argument("--fps", type=positive_int, default=10, help="frame rate of the overlay videos (default 10)")
+    p.add_argument("--fps", type=positive_int, default=10,
+                   help="frame rate of the overlay videos of frame folders (a dataset's, or a --video folder); a "
+                        "--video file's overlay keeps the file's own timing (default 10)")
     add_inference_amp_flag(p)
     add_runtime_flags(p)
     p.add_argument("--device", default=None,
@@ -168,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_runtime_flags(parser, args)
     if args.video is not None:
         refuse_unused(parser, args, DATASET_ONLY, "to a dataset run, not to --video", argv)
+        if args.video.is_file():  # a video file's overlay keeps its own timing
+            refuse_unused(parser, args, ["fps"], f"to frame folders; --video {args.video} has its own frame rate",
+                          argv)
     one_process_only("--video" if args.video else "--runtime onnx" if args.runtime == "onnx" else None,
                      "a dataset's sequences")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
@@ -218,7 +224,8 @@ def run_tasks(args: argparse.Namespace, argv: list[str] | None, model, info, pro
     datasets, tasks, device = list(sequences), list(protocols), proc.device
     out_dir = args.output_dir
     if out_dir is None:  # a new folder per run: running twice never mixes two runs (rank 0's name in every process)
-        label = "all" if len(tasks) > 1 else tasks[0]
+        # with the video's name, as in VSS: infer_video_<name>_473ssclpp_mode..._<unix time>
+        label = "all" if len(tasks) > 1 else f"video_{video.name}_" if video else tasks[0]
         size = protocols[tasks[0]].val_size
         out_dir = default_run_folder(inf.run_name(label, size, args.msc, info.config), args.model_path,
                                      input_paths(args, datasets), args.overwrite)

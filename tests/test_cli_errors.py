@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _layouts(tmp: Path) -> dict:
     """Minimal dataset folders that pass each script's root check, and bad files."""
     (tmp / "junk.pth").write_text("101 not a checkpoint\n")
+    (tmp / "clip.mp4").write_bytes(b"not decoded: --fps is refused first")
     a2d = tmp / "a2d"
     (a2d / "Release" / "Annotations" / "mat").mkdir(parents=True)
     (a2d / "frames").mkdir()
@@ -65,6 +66,9 @@ CASES = {
     "avos_inference_missing_video": ("inference_swin_medvt_avos.py", ["--model_path", "{tmp}/junk.pth", "--video",
                                                                       "{tmp}/no_such_dir", "--device", "cpu"],
                                      ["no_such_dir", "--video"]),
+    "avos_inference_fps_for_a_video_file": ("inference_swin_medvt_avos.py", ["--model_path", "{tmp}/junk.pth",
+                                                                             "--video", "{tmp}/clip.mp4", "--fps", "5"],
+                                            ["--fps", "clip.mp4", "own frame rate"]),
     "crf_missing_logits": ("crf_davis16.py", ["{tmp}/no_logits", "{tmp}/crf_out"], ["no_logits"]),
     "crf_output_is_input": ("crf_davis16.py", ["{logits}", "{logits}", "--images_dir", "{tmp}"],
                             ["overlaps", "logits"]),

@@ -108,6 +108,26 @@ def test_script_missing_image_or_images_dir(tmp_path):
         crf_davis16.main([str(logits), str(tmp_path / "out"), "--images_dir", str(tmp_path / "elsewhere")])
 
 
+def test_images_dir_frames_with_the_suffixes_of_video_folders_in_any_case(tmp_path):
+    """--images_dir of 00000.JPG frames (as cameras name them) failed: "no RGB frame for 00000: expected
+    .../00000.jpg"; the CRF takes the suffixes of a --video frame folder (datasets.video.IMAGE_SUFFIXES)."""
+    logits = write_davis(tmp_path / "DAVIS", sequences=("seq-a",), n_frames=3)
+    images = tmp_path / "DAVIS" / "JPEGImages" / "480p"
+    frames = sorted((images / "seq-a").iterdir())
+    frames[0].rename(frames[0].with_suffix(".JPG"))
+    Image.open(frames[1]).save(frames[1].with_suffix(".BMP"))
+    frames[1].unlink()
+    Image.open(frames[2]).save(frames[2].with_suffix(".webp"))
+    frames[2].unlink()
+    jobs = crf.sequence_jobs(logits / "seq-a", images / "seq-a", tmp_path / "out" / "seq-a")
+    assert [image.name for _, image, _ in jobs] == ["00000.JPG", "00001.BMP", "00002.webp"]
+    crf_davis16.main([str(logits), str(tmp_path / "out"), "--images_dir", str(images), "--workers", "1"])
+    assert sorted(p.name for p in (tmp_path / "out" / "seq-a").glob("*.png")) == ["00000.png", "00001.png",
+                                                                                 "00002.png"]
+    Image.open(images / "seq-a" / "00000.JPG").save(images / "seq-a" / "00000.png")  # .jpg before .png
+    assert crf.sequence_jobs(logits / "seq-a", images / "seq-a", tmp_path / "o")[0][1].name == "00000.JPG"
+
+
 def test_workers_are_capped_at_frames_and_cores(tmp_path, monkeypatch):
     """--workers 1000 forked 1000 processes for a handful of frames; more than frames or cores only wait."""
     logits = write_davis(tmp_path / "DAVIS", sequences=("seq-a",), n_frames=2)

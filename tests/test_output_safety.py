@@ -109,6 +109,25 @@ def test_avos_video_folder_as_output_and_default_folder_per_run(setup, tmp_path)
     assert "--overwrite" in help_text and "unix time" in help_text
 
 
+def test_avos_video_runs_in_one_second_get_their_own_default_folders(setup, tmp_path, monkeypatch):  # noqa: F811
+    """Two --video runs in the same second collided: the second stopped with "the default output folder
+    ... already holds files". The folder now names the video, as VSS's does, and a taken name gets _2."""
+    from types import SimpleNamespace
+
+    from utils import cli
+
+    monkeypatch.setattr(cli, "time", SimpleNamespace(time=lambda: 1700000000.7))  # every run in one second
+    ckpt = tmp_path / "model.pth"
+    ckpt.write_bytes(setup["ckpt"].read_bytes())
+    frames = setup["davis"] / "JPEGImages" / "480p" / "synth-val-00"
+    for _ in range(2):
+        avos_script.main(["--model_path", str(ckpt), "--video", str(frames), "--val_size", "48", "--device", "cpu"])
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert len(runs) == 2 and runs[0].startswith("infer_video_synth-val-00_48ssc"), runs
+    assert runs[0].endswith("_1700000000") and runs[1] == runs[0] + "_2"
+    assert all((tmp_path / r / "summary.json").is_file() for r in runs)
+
+
 def test_avos_inference_names_an_onnx_path_that_is_not_onnx(setup, tmp_path):  # noqa: F811
     bad = tmp_path / "random.onnx"
     bad.write_bytes(os.urandom(512))
@@ -222,6 +241,37 @@ def test_crf_refuses_an_earlier_run_and_a_file(tmp_path):
     a_file.write_text("x")
     assert "OUT_DIR" in refused(lambda: run(a_file), "is a file")
     refused(lambda: run(tmp_path / "DAVIS" / "Annotations" / "480p" / "crf"), "overlaps --gt_dir")
+
+
+def test_crf_names_an_output_folder_under_a_file_or_one_the_os_refuses(tmp_path, monkeypatch):
+    """A file as a parent of OUT_DIR was reported as "not writable", and an OS refusal to create the
+    folder (/sys, /proc, a read-only disk) as a bare "[Errno 1] Operation not permitted: '/sys/x'"."""
+    import errno
+
+    logits = write_davis(tmp_path / "DAVIS", sequences=("seq-a",), n_frames=2)
+
+    def run(out: Path):
+        return crf_davis16.main([str(logits), str(out), "--davis16_root", str(tmp_path / "DAVIS"), "--workers", "1"])
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    text = refused(lambda: run(a_file / "sub"), "OUT_DIR")
+    assert text == f"OUT_DIR {a_file / 'sub'}: {a_file} is a file, not a folder; choose another folder"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # ro/ cannot be created (a read-only disk): the message names it
+        if self.name == "ro":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    out = tmp_path / "ro" / "crf"
+    text = refused(lambda: run(out), "OUT_DIR")
+    assert text == f"OUT_DIR {out}: cannot create this folder ({tmp_path / 'ro'}): {os.strerror(errno.EROFS)}; " \
+                   "choose another folder"
+    monkeypatch.setattr(Path, "mkdir", real_mkdir)
+    if Path("/proc/self").is_dir():  # a real refusal: ENOENT for root, not writable for other users
+        assert refused(lambda: run(Path("/proc/medvt_out")), "^OUT_DIR /proc/medvt_out[: ]")
 
 
 @pytest.mark.parametrize("mistake", ["missing_gt_folder", "missing_logits_frame", "empty_sequence", "text_png",

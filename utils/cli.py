@@ -192,6 +192,8 @@ def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path
         raise UserError(f"{named} is a file, not a folder; give a folder (it is created if missing)")
     require_separate(out, flag, inputs)
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():  # a/b where a is a file: not a matter of permissions
+        raise UserError(f"{named}: {existing} is a file, not a folder; choose another folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{named} cannot be written: {existing} is not writable for this user; "
                         f"{f'pass {flag} to write elsewhere' if default else 'choose another folder'}")
@@ -204,8 +206,14 @@ def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path
 def new_run_folder(name: str, beside: str | Path | None = None) -> Path:
     """The default output folder of an inference run: ``<name>_<unix time>`` next to ``beside`` (the
     checkpoint or exported file: its results stay with the model), else under ``runs/``. A new folder
-    per run, so running twice never mixes two runs."""
-    return (Path(beside).parent if beside else Path("runs")) / f"{name}_{int(time.time())}"
+    per run, so running twice never mixes two runs: when that name is taken (another run started in the
+    same second), the first free ``<name>_<unix time>_2``, ``_3``, ... (the name is ours to choose)."""
+    first = (Path(beside).parent if beside else Path("runs")) / f"{name}_{int(time.time())}"
+    out, n = first, 1
+    while out.exists():
+        n += 1
+        out = first.parent / f"{first.name}_{n}"
+    return out
 
 
 def check_output_file(output: str | Path, flag: str, inputs: dict[str, str | Path | None],
@@ -226,12 +234,17 @@ def check_output_file(output: str | Path, flag: str, inputs: dict[str, str | Pat
 
 
 @contextmanager
-def incomplete_marker(out_dir: str | Path, log: str | None = None) -> Iterator[Path]:
-    """Create ``out_dir`` with an ``INCOMPLETE`` file in it for the body's duration: the file is removed
-    when the body ends well and left in place by an error or Ctrl-C, so partial outputs say so (and
-    name the run's ``log`` file, if it writes one)."""
+def incomplete_marker(out_dir: str | Path, log: str | None = None, flag: str = "--output_dir") -> Iterator[Path]:
+    """Create ``out_dir`` (given by ``flag``, or chosen for it) with an ``INCOMPLETE`` file in it for the
+    body's duration: the file is removed when the body ends well and left in place by an error or Ctrl-C,
+    so partial outputs say so (and name the run's ``log`` file, if it writes one)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # what check_output_dir's permission test cannot see: /sys, /proc, a full or read-only disk
+        failed = f" ({e.filename})" if e.filename and Path(e.filename) != out else ""
+        raise UserError(f"{flag} {out_dir}: cannot create this folder{failed}: {e.strerror or e}; "
+                        "choose another folder") from e
     marker = out / "INCOMPLETE"
     marker.write_text(f"this run did not finish: its outputs are partial{f' (see {log})' if log else ''}\n")
     yield out

@@ -18,10 +18,8 @@ import pydensecrf.densecrf as dcrf
 from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 
-from datasets.video import image_header, image_size, open_image
+from datasets.video import IMAGE_SUFFIXES, image_header, image_size, open_image
 from utils.cli import UserError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True)
@@ -82,13 +80,17 @@ def dense_crf(image_rgb: np.ndarray, prob: np.ndarray, params: DenseCRFParams = 
 
 
 # --------------------------------------------------------------------------- files
-def find_image(images_seq_dir: Path, stem: str) -> Path:
-    """The RGB frame named ``stem`` (.jpg, .jpeg or .png); a clear error if there is none."""
-    for ext in IMAGE_EXTENSIONS:
-        candidate = images_seq_dir / f"{stem}{ext}"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no RGB frame for {stem}: expected {images_seq_dir / (stem + '.jpg')}")
+def rgb_frames(images_seq_dir: Path) -> dict[str, Path]:
+    """The RGB frames of one sequence folder by stem, with the suffixes a --video frame folder takes
+    (:data:`datasets.video.IMAGE_SUFFIXES`) in any case, so that 00000.JPG is found; of two frames of
+    one stem, the suffix listed first wins (.jpg before .png). Empty if the folder does not exist."""
+    if not images_seq_dir.is_dir():
+        return {}
+    files = [p for p in images_seq_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    frames: dict[str, Path] = {}
+    for p in sorted(files, key=lambda p: (IMAGE_SUFFIXES.index(p.suffix.lower()), p.name)):  # same order every run
+        frames.setdefault(p.stem, p)
+    return frames
 
 
 def sequence_jobs(logits_seq_dir: Path, images_seq_dir: Path, out_seq_dir: Path) -> list[tuple[Path, Path, Path]]:
@@ -96,8 +98,14 @@ def sequence_jobs(logits_seq_dir: Path, images_seq_dir: Path, out_seq_dir: Path)
     logits_seq_dir, images_seq_dir, out_seq_dir = Path(logits_seq_dir), Path(images_seq_dir), Path(out_seq_dir)
     if not logits_seq_dir.is_dir():
         raise FileNotFoundError(f"logits folder {logits_seq_dir} does not exist")
-    return [(png, find_image(images_seq_dir, png.stem), out_seq_dir / png.name)
-            for png in sorted(logits_seq_dir.glob("*.png"))]
+    frames = rgb_frames(images_seq_dir)  # listed once: a lookup per frame would read the folder per frame
+    jobs = []
+    for png in sorted(logits_seq_dir.glob("*.png")):
+        if png.stem not in frames:
+            raise FileNotFoundError(f"no RGB frame for {png.stem}: expected {images_seq_dir / png.stem}.jpg (or "
+                                    f"{'/'.join(IMAGE_SUFFIXES[1:])}, in any case)")
+        jobs.append((png, frames[png.stem], out_seq_dir / png.name))
+    return jobs
 
 
 # PIL modes of 8-bit images: the probability·255 PNGs inference writes are "L".
