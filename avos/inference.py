@@ -225,9 +225,10 @@ class OverlayWriter:
     frames arrive (the video under a temporary name until :meth:`close`)."""
 
     def __init__(self, out_dir: Path, fmt: str = "mp4", fps: float = 10, save_frames: bool = True,
-                 sound=None) -> None:
+                 sound=None, times=None) -> None:
         self.out_dir, self.fmt, self.fps, self.save_frames = out_dir, fmt, fps, save_frames
         self.sound = sound  # a source's sound track to play along (VideoWriter's ``sound``; not for GIFs)
+        self.times = times  # a video file's frame times (VideoWriter's ``times``)
         self.video: VideoWriter | None = None
 
     def add(self, rgb: np.ndarray, mask: np.ndarray, name: str) -> None:
@@ -238,7 +239,7 @@ class OverlayWriter:
             save_png(image, self.out_dir / f"{name}.png")
         if self.video is None:
             self.video = VideoWriter(self.out_dir.with_name(f"{self.out_dir.name}.{self.fmt}"), self.fps,
-                                     sound=self.sound)
+                                     sound=self.sound, times=self.times)
         self.video.write(image)
 
     def close(self) -> Path | None:
@@ -495,7 +496,7 @@ def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
         logger.warning(cut_short_warning(source))
     fps = source.fps or opts.fps
     overlays = OverlayWriter(opts.out_dir / "overlay" / name, opts.overlay_format, fps, save_frames=opts.save_overlay,
-                             sound=source.sound() if opts.overlay_format != "gif" else None)
+                             sound=source.sound() if opts.overlay_format != "gif" else None, times=source.times)
     area = [0.0]
 
     def handle(i: int, prob: np.ndarray, rgb: np.ndarray) -> None:

@@ -4,7 +4,9 @@ A *frame source* has ``len()`` (known before iterating), ``iter()`` yielding ``(
 from frame 0 (each ``iter()`` starts over), ``tail(k)`` (the last ``min(k, N)`` frames, which the
 wrap-around clips of a video's first frames need), ``frame_name(i)`` and the attributes ``name``,
 ``frame_hw`` (original H, W), ``size_hw`` (model input h, w) and ``fps`` (None for image files), and
-``sound()``: the video's sound track for an overlay to play (:class:`SoundTrack`; None for image files).
+``sound()``: the video's sound track for an overlay to play (:class:`SoundTrack`; None for image files);
+a video file also has ``times``, each frame's presentation time in seconds from frame 0 (None if the
+file has none), so that an overlay of a variable-frame-rate video keeps its timing.
 ``tensor`` is the ImageNet-normalised [3, h, w] frame, computed exactly as
 :func:`datasets.transforms.load_frames` does; ``payload`` is the original-size HxWx3 uint8 RGB frame
 when the source was built with ``keep_rgb=True`` (for overlays), else None.
@@ -12,6 +14,9 @@ when the source was built with ``keep_rgb=True`` (for overlays), else None.
 No source holds more than a few frames: a long video never sits in memory whole.
 :func:`open_video` turns a user's ``--video`` (a file or a folder of frames) into a source and
 checks it first, so that an unreadable input fails with one line naming it before any output.
+A user's frames are turned upright as a player shows them: a video file's rotation (a phone's
+display matrix) and a frame file's EXIF orientation are applied when a frame is read, so masks,
+``frame_hw`` and overlays are those of the upright frame.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from datasets.transforms import to_tensor
@@ -64,24 +69,36 @@ def _item(img: Image.Image, size_hw: tuple[int, int] | None, keep_rgb: bool) -> 
     return to_tensor(img), rgb
 
 
+def _exif_orientation(path: Path) -> int:
+    """A frame file's EXIF orientation (1 = upright; 5-8 turn it a quarter), from its header only."""
+    with Image.open(path) as im:
+        return int(im.getexif().get(0x0112, 1) or 1)
+
+
 def _reason(error: Exception) -> str:
     """FFmpeg's own words ("Invalid data found when processing input") without errno and path."""
     return getattr(error, "strerror", None) or f"{type(error).__name__}: {error}"
 
 
 class ImageFiles:
-    """Frames from image files, read one at a time (``open_image``, so errors name the file)."""
+    """Frames from image files, read one at a time (``open_image``, so errors name the file).
+    ``upright``: turn each frame as its EXIF orientation says (a user's photos; dataset frames, whose
+    annotations are as stored, are read as stored)."""
 
     fps = None
+    times = None
 
     def __init__(self, files: Sequence[Path], size_hw: SizeSpec = None, keep_rgb: bool = False,
-                 name: str = "") -> None:
+                 name: str = "", upright: bool = False) -> None:
         if not files:
             raise ValueError("ImageFiles: no files")
         self.files = [Path(p) for p in files]
         self.keep_rgb = keep_rgb
+        self.upright = upright
         self.name = name or self.files[0].parent.name
         w, h = image_size(self.files[0])
+        if upright and _exif_orientation(self.files[0]) >= 5:  # a quarter turn: width and height swap
+            w, h = h, w
         self.frame_hw = (h, w)
         self._resize_to = _resolve_size(size_hw, h, w)  # None: no resize, as load_frames(files, None)
         self.size_hw = self._resize_to or self.frame_hw
@@ -91,6 +108,8 @@ class ImageFiles:
 
     def _read(self, path: Path) -> Item:
         img = open_image(path, "RGB")
+        if self.upright:  # open_image's RGB conversion keeps the EXIF tags (not a 16-bit frame's)
+            img = ImageOps.exif_transpose(img)
         if img.size != self.frame_hw[::-1]:  # its prediction would silently take the first frame's size
             raise UserError(f"frame {path} is {img.size[0]}x{img.size[1]} but frame {self.files[0].name} of the same "
                             f"video is {self.frame_hw[1]}x{self.frame_hw[0]}; the frames of a video must have one "
@@ -126,8 +145,10 @@ class VideoFile:
         self.name = self.path.stem
         self._what = f"{flag} {self.path}"
         self._tail: deque = deque(maxlen=max(0, tail_keep))
-        self.frame_hw: tuple[int, int] | None = None
+        self._coded_hw: tuple[int, int] | None = None  # as stored, before the rotation
+        self._turns = 0  # quarter turns counter-clockwise (np.rot90) that make a frame upright
         self._n = 0
+        times: list[float | None] = []
         try:
             with _av().open(str(self.path)) as container:
                 stream = self._video_stream(container)
@@ -135,10 +156,14 @@ class VideoFile:
                 self.fps = float(rate) if rate else None
                 listed = stream.frames  # the container's count (0 = not recorded): checked, not trusted
                 for frame in self._decode(container, stream):
+                    if self._n == 0:  # the display matrix (a phone's portrait video): the frame's rotation
+                        self._turns = round((frame.rotation or 0) / 90) % 4
                     self._n += 1
+                    times.append(frame.time)
                     # VideoFrames are reference-counted FFmpeg buffers: holding a few is cheap,
                     # and only the ones tail() asks for get converted to RGB.
                     self._tail.append(frame)
+                lasts = _stream_seconds(container, stream)
         except UserError:
             raise
         except _decode_errors() as e:
@@ -149,6 +174,13 @@ class VideoFile:
         # Fewer frames than the container lists: a file cut short whose index came first (a partial
         # download of a "faststart" mp4) decodes without an error up to where its data ends.
         self.listed_frames = listed if listed > self._n else None
+        self.times = _frame_times(times)
+        # Decoded frames that end well before the container says the video does: a file cut short
+        # or damaged (an mkv or webm keeps its duration in its header, and decodes what is left).
+        decoded = None if self.times is None else self.times[-1] * (self._n / (self._n - 1) if self._n > 1 else 1)
+        self.listed_seconds = lasts if lasts and decoded is not None and decoded < 0.9 * lasts - 0.5 else None
+        h, w = self._coded_hw
+        self.frame_hw = (w, h) if self._turns % 2 else (h, w)
         self._resize_to = _resolve_size(size_hw, *self.frame_hw)
         self.size_hw = self._resize_to or self.frame_hw
 
@@ -171,15 +203,18 @@ class VideoFile:
         """Decoded frames, checking that every frame has the first frame's size."""
         for i, frame in enumerate(container.decode(stream)):
             hw = (frame.height, frame.width)
-            if self.frame_hw is None:
-                self.frame_hw = hw
-            elif hw != self.frame_hw:
-                raise UserError(f"{self._what}: frames differ in size: frame 0 is {self.frame_hw[1]}x"
-                                f"{self.frame_hw[0]} but frame {i} is {hw[1]}x{hw[0]}; resize them to one size first")
+            if self._coded_hw is None:
+                self._coded_hw = hw
+            elif hw != self._coded_hw:
+                raise UserError(f"{self._what}: frames differ in size: frame 0 is {self._coded_hw[1]}x"
+                                f"{self._coded_hw[0]} but frame {i} is {hw[1]}x{hw[0]}; resize them to one size first")
             yield frame
 
     def _item(self, frame) -> Item:
-        return _item(Image.fromarray(frame.to_ndarray(format="rgb24")), self._resize_to, self.keep_rgb)
+        rgb = frame.to_ndarray(format="rgb24")
+        if self._turns:
+            rgb = np.ascontiguousarray(np.rot90(rgb, self._turns))
+        return _item(Image.fromarray(rgb), self._resize_to, self.keep_rgb)
 
     def _frames(self) -> Iterator:
         """A new decoding pass; errors become UserError naming the file."""
@@ -223,6 +258,28 @@ class VideoFile:
 
     def sound(self) -> SoundTrack | None:
         return SoundTrack.of(self.path)
+
+
+def _frame_times(times: list[float | None]) -> np.ndarray | None:
+    """Presentation times from frame 0 (seconds, 8 bytes a frame), if every frame has one and they increase."""
+    if any(t is None for t in times) or any(b <= a for a, b in zip(times, times[1:])):
+        return None
+    return np.asarray(times, np.float64) - times[0]
+
+
+def _stream_seconds(container, stream) -> float | None:
+    """How long the container says the video stream lasts (its own duration, else the file's): what a
+    file that decodes completely reaches; None where neither is recorded."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION", "")  # Matroska's per-track tag, e.g. "00:00:06.000000000"
+    if tag.count(":") == 2:
+        h, m, sec = tag.split(":")
+        try:
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            pass
+    return container.duration / 1e6 if container.duration else None
 
 
 class SoundTrack:
@@ -316,7 +373,8 @@ def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag
             raise MissingInputError(str(e)) from None
         # Headers only: a size mismatch is found without decoding the frames.
         require_same_size(files, f"{flag} {path}")
-        source = ImageFiles(files, size_hw, keep_rgb, name=path.resolve().name)  # `.` has no name of its own
+        # `.` has no name of its own; a user's frames are turned as a viewer shows them
+        source = ImageFiles(files, size_hw, keep_rgb, name=path.resolve().name, upright=True)
     else:
         if path.stat().st_size == 0:
             raise UserError(f"{flag} {path} is an empty file (0 bytes)")
@@ -330,13 +388,19 @@ def open_video(path: str | Path, size_hw: SizeSpec, keep_rgb: bool = False, flag
 
 
 def cut_short_warning(source) -> str | None:
-    """The warning for a video file whose container lists more frames than could be decoded (a
-    partial download of a "faststart" mp4 decodes without an error up to where its data ends)."""
-    listed, n = getattr(source, "listed_frames", None), len(source)
-    if not listed:
+    """The warning for a video file whose container lists more frames, or a longer duration, than could
+    be decoded (a partial download of a "faststart" mp4, or of an mkv, decodes without an error up to
+    where its data ends)."""
+    listed, seconds, n = getattr(source, "listed_frames", None), getattr(source, "listed_seconds", None), len(source)
+    if listed:
+        said = f"its container lists {listed} frames but only the first {n} could be decoded"
+    elif seconds:
+        said = (f"its container says it lasts {seconds:.1f} s but the {n} frames decoded end at "
+                f"{source.times[-1]:.1f} s")
+    else:
         return None
-    return (f"video {source.name}: its container lists {listed} frames but only the first {n} could be decoded: "
-            f"the file may be cut short (a partial download?); the outputs cover those {n} frames")
+    return (f"video {source.name}: {said}: the file may be cut short or damaged (a partial download?); the "
+            f"outputs cover those {n} frames")
 
 
 class Prefetch:

@@ -4,6 +4,7 @@ import gc
 import threading
 import time
 import weakref
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -136,9 +137,10 @@ def test_video_file_keeps_no_frames(mp4):
         del t, rgb
         # frames two steps back are already freed (by reference counting): nothing holds them
         assert all(r() is None for r in refs[:-2]), f"frame {i}: earlier frames still alive"
-    # and the source holds no per-frame list: at most tail_keep frames
+    # and the source holds no per-frame list: at most tail_keep frames (and an array of frame times)
     sizes = [len(v) for v in vars(src).values() if isinstance(v, (list, tuple, dict, set)) or hasattr(v, "maxlen")]
     assert max(sizes, default=0) <= 4
+    assert src.times.dtype == np.float64 and src.times.shape == (len(src),)
 
 
 def test_video_file_cut_short_after_its_index_says_so(tmp_path):
@@ -510,3 +512,121 @@ def test_inference_script_refuses_bad_videos_before_writing_anything(tmp_path, m
                          "--output_dir", str(out)])
         assert str(path) in str(info.value) and words in str(info.value), (what, str(info.value))
         assert not out.exists(), what
+
+
+# ------------------------------------------------------------------ upright frames, frame times, cut mkv
+def _portrait(h=64, w=48):
+    """An upright portrait frame: white top quarter, dark elsewhere, a grey left strip (top and left tell)."""
+    f = np.full((h, w, 3), 30, np.uint8)
+    f[: h // 4] = 255
+    f[:, : w // 6] = 128
+    return f
+
+
+def _rotate_display(path):
+    """Set the mp4's track matrix to a phone's portrait one (a = 0, b = 1, c = -1, d = 0: players turn
+    the stored frame a quarter clockwise), as an iPhone writes it."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"tkhd") - 4  # the box starts with its size
+    # after the size and name: version/flags, 5 words (times, id, reserved, duration), 8 reserved, 4 shorts
+    matrix = at + 8 + 4 + 4 * 5 + 8 + 2 * 4
+    data[matrix:matrix + 36] = np.array([0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30], ">i4").tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_rotated_phone_video_and_exif_rotated_frames_are_read_upright(tmp_path):
+    """A portrait video stored sideways (its frames turned a quarter counter-clockwise, the display matrix
+    saying turn them back) and a folder of JPEGs with EXIF orientation 6 (the same): both give the upright
+    portrait frame, its size as frame_hw, so masks and overlays are those of the frame a player shows."""
+    up = _portrait()
+    stored = np.ascontiguousarray(np.rot90(up, 1))  # what the sensor wrote: 64 wide, 48 high
+    video = _rotate_display(encode(tmp_path / "phone.mp4", [stored] * 4))
+    with av.open(str(video)) as c:
+        assert next(c.decode(video=0)).rotation == -90  # PyAV reads the matrix back: a quarter clockwise
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    for i in range(3):
+        Image.fromarray(stored).save(folder / f"{i}.jpg", quality=95, exif=exif.tobytes())
+    for source in (open_video(video, None, keep_rgb=True), open_video(folder, None, keep_rgb=True)):
+        assert source.frame_hw == (64, 48), source
+        _, rgb = next(iter(source))
+        assert rgb.shape == (64, 48, 3)
+        assert rgb[:16].mean() > 200 and rgb[20:, 10:].mean() < 60 and 100 < rgb[20:, :6].mean() < 160
+        assert source.size_hw == (64, 48) and next(iter(source))[0].shape == (3, 64, 48)
+    flat = ImageFiles(sorted(folder.iterdir()))  # a dataset's frames are read as stored
+    assert flat.frame_hw == (48, 64)
+
+
+def _vfr(path, times, size=(48, 64)):
+    """Frames at the given presentation times (seconds), plain PyAV, ms clock; frame i has grey level 8i."""
+    h, w = size
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=20)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 8 * i, np.uint8), format="rgb24")
+            f.pts, f.time_base = round(t * 1000), Fraction(1, 1000)
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    return path
+
+
+def test_a_variable_frame_rate_video_keeps_its_frame_times_and_sound_in_its_overlay(tmp_path):
+    """20 frames 50 ms apart, then 10 frames 200 ms apart (a phone's variable rate): the source gives each
+    frame's time; VideoWriter keeps them in the file and plays the sound up to the last frame's end, so
+    the sound at 2.0 s plays with the frame shown at 2.0 s (frame 25), not 0.75 s later."""
+    times = [0.05 * i for i in range(20)] + [1.0 + 0.2 * i for i in range(10)]
+    source = open_video(_vfr(tmp_path / "vfr.mkv", times), None, keep_rgb=True)
+    assert len(source) == 30 and source.times == pytest.approx(times, abs=1e-3)
+    beep = np.concatenate([_tone(2.0, 440), _tone(1.2, 1000)])  # 1000 Hz from 2.0 s on
+    out = tmp_path / "overlay.mp4"
+    with VideoWriter(out, source.fps, sound=(beep, 16000), times=source.times) as writer:
+        for _, rgb in source:
+            writer.write(rgb)
+    with av.open(str(out)) as c:
+        written = [f.time for f in c.decode(video=0)]
+    assert written == pytest.approx(times, abs=1e-3)
+    _, rate, seconds, samples = read_sound(out)
+    assert rate == 16000 and seconds == pytest.approx(2.8 + 2.8 / 29, abs=0.03)  # the last frame's end
+    assert _dominant_hz(samples[int(2.1 * rate):int(2.6 * rate)]) == pytest.approx(1000, abs=20)
+    assert _dominant_hz(samples[int(1.2 * rate):int(1.9 * rate)]) == pytest.approx(440, abs=20)
+    assert ImageFiles.times is None  # frame folders: frame i at i / fps
+
+
+def test_an_mkv_cut_short_is_warned_about_and_a_whole_one_is_not(tmp_path):
+    """An mkv (or webm) keeps its duration in its header and decodes what is left of a partial download
+    without an error: the frames decoded ending well before that duration is warned about."""
+    noise = np.random.default_rng(0)
+    frames = [noise.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(60)]
+    whole = encode(tmp_path / "whole.mkv", frames, rate=10)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert cut_short_warning(open_video(whole, None, warn=None)) is None
+    short = open_video(cut, None, warn=None)
+    assert 2 <= len(short) < 40
+    assert f"says it lasts 6.0 s but the {len(short)} frames decoded end at" in cut_short_warning(short)
+
+
+def test_gif_delays_add_up_to_the_video_and_none_is_too_short_for_a_browser(tmp_path):
+    """GIF delays are whole centiseconds and browsers show one under 2 cs as 10 cs: a 60 fps overlay
+    drops frames due sooner (two of every three kept), a 29.97 fps one alternates 30 and 40 ms, and each GIF
+    lasts as long as its video, instead of playing 6x slow or 11 % fast."""
+    from utils.visualize import gif_timing
+
+    keep, delays = gif_timing([i / 60 for i in range(60)], 1.0)
+    assert min(delays) >= 20 and sum(delays) == 1000 and len(keep) == 40  # two frames of every three
+    keep, delays = gif_timing([i * 1001 / 30000 for i in range(30)], 30 * 1001 / 30000)
+    assert len(keep) == 30 and set(delays) == {30, 40} and sum(delays) == 1000
+    with VideoWriter(tmp_path / "fast.gif", fps=60) as writer:
+        for f in square_frames(15):
+            writer.write(f)
+    with Image.open(tmp_path / "fast.gif") as im:
+        shown = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            shown.append(im.info["duration"])
+    assert min(shown) >= 20 and sum(shown) == 250

@@ -49,6 +49,26 @@ def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
 AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)  # Hz
 
 
+PTS_TIME_BASE = Fraction(1, 90000)
+
+
+def gif_timing(starts: Sequence[float], end: float) -> tuple[list[int], list[int]]:
+    """(the frames a GIF keeps, their delays in ms) for frames starting at ``starts`` (seconds) and
+    ending at ``end``. A GIF delay is whole centiseconds and browsers show one under 2 cs as 10 cs, so
+    each kept frame starts at its own time rounded to the centisecond, at least 2 cs after the one
+    before; a frame due sooner is dropped (a 60 fps video keeps two frames of three). The delays add up to
+    the video's length, so a 29.97 fps overlay alternates 30 and 40 ms instead of running fast."""
+    keep: list[int] = []
+    marks: list[int] = []
+    for i, t in enumerate(starts):
+        cs = round(t * 100)
+        if not marks or cs >= marks[-1] + 2:
+            keep.append(i)
+            marks.append(cs)
+    marks.append(max(round(end * 100), marks[-1] + 2))
+    return keep, [10 * (b - a) for a, b in zip(marks, marks[1:])]
+
+
 class _Samples:
     """Sound held in memory (mono samples, rate), read as :class:`datasets.stream.SoundTrack` is."""
 
@@ -80,12 +100,17 @@ class VideoWriter:
     play along (not for GIFs): AAC, muxed as the frames arrive, sample 0 at frame 0, cut where the
     last frame ends; ``sound_codec`` is "aac", or None when this FFmpeg has no AAC encoder (the video
     is then written without its sound).
+
+    ``times``: each frame's presentation time in seconds from frame 0 (a variable-frame-rate source's
+    ``times``), kept in the file (and in a GIF's delays, to the centisecond) so that the frames and the
+    sound play when the source's did; without it frame i is at i / ``fps``.
     """
 
     def __init__(self, path: str | Path, fps: float = 10, codec: str = "auto",
-                 sound: tuple[np.ndarray, int] | None = None) -> None:
+                 sound: tuple[np.ndarray, int] | None = None, times: Sequence[float] | None = None) -> None:
         self.path = Path(path)
         self.fps = fps
+        self.times = None if times is None else np.asarray(times, np.float64)
         self.requested_codec = codec
         self.frames_written = 0
         self.codec: str | None = None
@@ -122,6 +147,8 @@ class VideoWriter:
         # one extra row/column copying its edge (see write), invisible at the border.
         stream.width, stream.height = w + w % 2, h + h % 2
         stream.pix_fmt = "yuv420p"
+        if self.times is not None:  # each frame's own time, in MPEG's 90 kHz clock
+            stream.codec_context.time_base = PTS_TIME_BASE
         if name == "mpeg4":  # its default 200 kbit/s smears the masks; about 0.2 bit per pixel
             stream.bit_rate = max(1_000_000, int(0.2 * stream.width * stream.height * float(rate)))
         self._stream = stream
@@ -155,6 +182,8 @@ class VideoWriter:
             import av  # imported by _open already: a lookup
 
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            if self.times is not None:
+                frame.pts, frame.time_base = round(self.start(self.frames_written) / PTS_TIME_BASE), PTS_TIME_BASE
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
         self.frames_written += 1
@@ -167,7 +196,7 @@ class VideoWriter:
         import av
 
         rate = self._sound.rate
-        end = round(self.frames_written * rate / self.fps)
+        end = round(self.start(self.frames_written) * rate)
         size = self._audio.codec_context.frame_size or 1024  # 0 until the first encode opens it: AAC's 1024
         while self._samples_written < end and (last or end - self._samples_written >= size):
             a = self._samples_written
@@ -190,9 +219,11 @@ class VideoWriter:
             raise ValueError(f"no frames to write to {self.path}")
         try:
             if self.is_gif:
-                images = self._gif_frames
+                keep, durations = gif_timing([self.start(i) for i in range(self.frames_written)],
+                                             self.start(self.frames_written))
+                images = [self._gif_frames[i] for i in keep]
                 images[0].save(self.tmp_path, format="GIF", save_all=True, append_images=images[1:],
-                               duration=int(1000 / self.fps), loop=0)
+                               duration=durations, loop=0)
                 self._gif_frames = []
             elif self._container is not None:
                 for packet in self._stream.encode(None):  # flush the encoder's delayed frames
@@ -207,6 +238,16 @@ class VideoWriter:
             raise
         self._close_sound()
         return self.path
+
+    def start(self, i: int) -> float:
+        """When frame ``i`` starts, in seconds from frame 0; ``i`` = the number of frames: when the
+        last one ends (a variable-rate video's last frame lasts its mean frame time)."""
+        if self.times is None:
+            return i / self.fps
+        if i < len(self.times):
+            return float(self.times[i])
+        last, n = float(self.times[-1]), len(self.times)
+        return last + (i - n + 1) * (last / (n - 1) if n > 1 else 1 / self.fps)
 
     def abort(self) -> None:
         """Stop writing and delete the unfinished file."""
@@ -257,7 +298,7 @@ def write_label_video(predictions: Iterable[tuple[int, np.ndarray, np.ndarray]],
     """A multi-class model's predictions of a user's video, written as they arrive, so memory does not
     grow with the video's length: each frame's class ids as a palette PNG
     ``predictions/<video>/<frame>.png`` and ``colour(rgb, ids)`` as one overlay video
-    ``overlays/<video>.mp4`` (at the source's frame rate; ``fps`` for frame folders), which plays the
+    ``overlays/<video>.mp4`` (at the source's frame times; ``fps`` for frame folders), which plays the
     video file's sound (``source.sound()``; re-encoded as AAC, mono).
 
     ``predictions``: (frame index, class ids [H, W] uint8, the frame's RGB [H, W, 3]) in frame order;
@@ -268,7 +309,8 @@ def write_label_video(predictions: Iterable[tuple[int, np.ndarray, np.ndarray]],
     name = source.name
     counts = np.zeros(num_classes, np.int64)
     speed = Throughput(len(source), name, print)
-    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", source.fps or fps, sound=source.sound()) as video:
+    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", source.fps or fps, sound=source.sound(),
+                     times=source.times) as video:
         with BackgroundWorker(depth=16, name="writer") as writer:  # one thread: the video's frames stay in order
             for i, ids, rgb in predictions:
                 counts += np.bincount(ids.ravel(), minlength=num_classes)[:num_classes]
