@@ -25,6 +25,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+import torch
 
 from avos import inference as inf
 from datasets import path_config
@@ -200,7 +201,23 @@ def main(argv: list[str] | None = None) -> dict:
         # The model is built before the output folder exists: weights that do not fit leave nothing behind.
         model = inference_model(args, ckpt, info, protocols, proc.device)
         del ckpt
+        if video is not None:
+            check_video_size(model, video, protocols["video"], args, proc.device)
         return run_tasks(args, argv, model, info, protocols, sequences, video, proc)
+
+
+def check_video_size(model, video, protocol, args: argparse.Namespace, device) -> None:
+    """A --video whose frames, at the smallest of the protocol's scales, are too small for the model or
+    outside the ONNX file's sizes: refused before the output folder exists (a dataset's sizes vary by
+    sequence and are refused when they are met)."""
+    h, w = video.size_hw
+    sizes = sorted({(int(h * s), int(w * s)) for s in protocol.scales})  # as the predictor resizes them
+    if args.runtime == "onnx":
+        for size in sizes:
+            model.check(args.num_frames, *size)
+        return
+    with frames_too_small(f"--val_size {protocol.val_size}", "use a larger --val_size"), torch.no_grad():
+        model(torch.zeros(1, 2, 3, *sizes[0], device=device))
 
 
 def inference_model(args: argparse.Namespace, ckpt: dict, info, protocols: dict, device):

@@ -26,6 +26,7 @@ from torchvision.ops import DeformConv2d
 
 import export_onnx
 import inference_swin_medvt_avos as infer_script
+from datasets.davis16 import davis16_sequences
 from datasets.synthetic import make_synthetic_davis
 from models import build_model
 from models.avs import build_avs_model
@@ -221,6 +222,13 @@ def test_runtime_onnx_writes_the_pytorch_masks(tiny_file, tmp_path, capsys):
         infer_script.main(common + ["--runtime", "onnx", "--onnx_path", str(onnx_path), "--num_frames", "4",
                                     "--output_dir", str(tmp_path / "four")])
     assert not (tmp_path / "four").exists()
+    # a --video below the file's floor: refused before its output folder exists (it came at the first forward)
+    frames = davis16_sequences(davis, "val")[0].frames[0].parent
+    with pytest.raises(InputSizeError, match="height and width from 225"):
+        infer_script.main(["--model_path", str(ckpt), "--video", str(frames), "--val_size", "200", "--runtime",
+                           "onnx", "--onnx_path", str(onnx_path), "--device", "cpu", "--output_dir",
+                           str(tmp_path / "small_video")])
+    assert not (tmp_path / "small_video").exists()
     # a checkpoint of other weights than the file's (the run ran; its results named this checkpoint)
     assert OnnxModel(onnx_path).weights == weights_fingerprint(tiny_file[0].state_dict())
     torch.manual_seed(1)
