@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.config import MedVTConfig
+from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict, read_checkpoint
 from utils import distributed as du
 from utils.cli import UserError, check_output_dir, positive_int
 from utils.logger import DeferredLog, log_run_start, setup_logger
@@ -405,8 +407,6 @@ def read_resume_checkpoint(path: str | os.PathLike, args: argparse.Namespace, cf
     config than ``cfg``, the script's ``check``, other training settings), without a model or
     optimiser. Returns the checkpoint, for ``resume_training(..., ckpt=)``. ``init_flags`` names the
     script's flags that start a new run from weights (said when the file holds weights only)."""
-    from models.convert import read_checkpoint
-
     ckpt = read_checkpoint(path)
     _check_training_checkpoint(path, ckpt, cfg, read_config, init_flags)
     if check is not None:
@@ -417,9 +417,6 @@ def read_resume_checkpoint(path: str | os.PathLike, args: argparse.Namespace, cf
 
 def _check_training_checkpoint(path, ckpt: dict, cfg, read_config, init_flags: str) -> None:
     """Refuse a checkpoint of another model config, then one that is not a training checkpoint."""
-    from models.config import MedVTConfig
-    from models.convert import CheckpointMismatchError
-
     if isinstance(ckpt.get("config"), dict):
         _check_config(path, ckpt["config"], cfg, read_config or MedVTConfig.from_dict)
     missing = [k for k in TRAINING_KEYS if k not in ckpt]
@@ -456,8 +453,6 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
     ``init_flags``, the script's flags that initialise a new run. ``ckpt``: the file as
     :func:`read_resume_checkpoint` read and checked it already (neither read nor checked again).
     """
-    from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict
-
     if ckpt is None:
         ckpt = read_resume_checkpoint(path, args, model.cfg, free=free, added=added, read_config=read_config,
                                       check=check, init_flags=init_flags)
@@ -505,8 +500,6 @@ def restore_own_rng(rng, info: du.DistInfo, logger, reseed: int) -> None:
 
 def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object]) -> None:
     """Refuse a checkpoint whose recorded model config differs from ``cfg`` (the model the flags build)."""
-    from models.convert import CheckpointMismatchError
-
     try:
         then = read_config(saved)
     except CheckpointMismatchError:
