@@ -20,7 +20,8 @@ memory depends on the frame rate and size, not on the video's length.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,14 +50,24 @@ class Clip(NamedTuple):
     start_s: float
 
 
-def plan_blocks(n: int, fps: float, t: int) -> list[tuple[range, list[Clip]]]:
-    """The blocks of a video of ``n`` frames at ``fps``: (the frames each predicts, its clips)."""
-    duration = n / fps
+def plan_blocks(n: int, fps: float, t: int, times: Sequence[float] | None = None) -> list[tuple[range, list[Clip]]]:
+    """The blocks of a video of ``n`` frames at ``fps``: (the frames each predicts, its clips). ``times``:
+    each frame's time in seconds (a variable-frame-rate video's :attr:`VideoFile.times`); else i / fps."""
+    if times is None:
+        at = [i / fps for i in range(n)]
+        duration = n / fps
 
-    def nearest(s: float) -> int:
-        return min(n - 1, max(0, round(s * fps)))
+        def nearest(s: float) -> int:
+            return min(n - 1, max(0, round(s * fps)))
+    else:
+        at = [float(x) for x in times]
+        duration = at[-1] + (at[-1] / (n - 1) if n > 1 else 1 / fps)  # the last frame lasts the mean frame time
 
-    block_of = [int(i / fps // t) for i in range(n)]
+        def nearest(s: float) -> int:
+            j = bisect_left(at, s)  # at[j - 1] < s <= at[j]: the nearer of the two
+            return min((k for k in (j - 1, j) if 0 <= k < n), key=lambda k: abs(at[k] - s))
+
+    block_of = [int(a // t) for a in at]
     blocks, first = [], 0
     while first < n:
         end = first
@@ -67,8 +78,8 @@ def plan_blocks(n: int, fps: float, t: int) -> list[tuple[range, list[Clip]]]:
             start = max(0.0, duration - t)
         clips: dict[tuple[int, ...], Clip] = {}
         for i in range(first, end):
-            pos = min(t - 1, int(i / fps - start))
-            s = i / fps - pos
+            pos = min(t - 1, int(at[i] - start))
+            s = at[i] - pos
             frames = tuple(i if k == pos else nearest(s + k) for k in range(t))  # i itself, whatever the rounding
             clips.setdefault(frames, Clip(frames, {}, s)).keep[i] = pos
         blocks.append((range(first, end), list(clips.values())))
@@ -115,7 +126,8 @@ def open_user_video(path: Path, wav: Path | None, fps: float | None, im_size: in
         raise UserError(f"--video {path} is a folder of frames, which has no sound: give it with --wav")
     samples = read_mono_16k(wav) if wav is not None else read_soundtrack(path)
     sound = SoundTrack(samples, f"--wav {wav}" if wav is not None else f"--video {path}")
-    check_lengths(len(source) / rate, sound.seconds, "--fps and --wav" if wav is not None and fps else
+    video_s = len(source) / rate if source.times is None else source.times[-1] * len(source) / (len(source) - 1)
+    check_lengths(video_s, sound.seconds, "--fps and --wav" if wav is not None and fps else
                   "--wav" if wav is not None else f"--video {path}")
     return source, sound, rate
 
@@ -167,10 +179,11 @@ def segment_video(model: torch.nn.Module, vggish: torch.nn.Module, source: Image
     video ``overlays/<video>.mp4`` with the sound the model heard (16 kHz mono), written as predictions
     arrive; returns the figures of the run."""
     name = source.name
-    blocks = plan_blocks(len(source), fps, model.cfg.max_frames)
+    blocks = plan_blocks(len(source), fps, model.cfg.max_frames, source.times)
     speed = Throughput(len(source), name, print)
     with_object, area = 0, 0.0
-    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", fps, sound=(sound.samples, SAMPLE_RATE)) as video:
+    with VideoWriter(output_dir / "overlays" / f"{name}.mp4", fps, sound=(sound.samples, SAMPLE_RATE),
+                     times=source.times) as video:
         with BackgroundWorker(depth=16, name="writer") as writer:  # one thread: the video's frames stay in order
             for i, mask, rgb in predict_video(model, vggish, source, sound, blocks, device):
                 with_object += bool(mask.any())

@@ -426,6 +426,16 @@ def test_video_blocks_cover_every_frame_once_in_clips_one_second_apart():
     assert sum(len(c) for _, c in plan_blocks(250, 25, 5)) == 50  # n / T forwards at an integer frame rate
     last = plan_blocks(23, 1, 5)[-1]
     assert list(last[0]) == [20, 21, 22] and last[1][0].frames == (18, 19, 20, 21, 22)  # moved back to the end
+    # a variable frame rate (a phone's): 2 s at 20 frames/s, then 6 s at 5: clips are a second apart in
+    # time, not in frame count (at the mean rate, 11.25 frames, the first clips would span 0.6 s)
+    times = [0.05 * i for i in range(40)] + [2.0 + 0.2 * i for i in range(30)]
+    blocks = plan_blocks(len(times), 70 / 8, 5, times)
+    assert [i for emit, _ in blocks for i in emit] == list(range(70))
+    assert sorted(i for _, clips in blocks for c in clips for i in c.keep) == list(range(70))
+    for _, clips in blocks:
+        for c in clips:
+            assert all(c.frames[p] == i for i, p in c.keep.items()) and len(set(c.frames)) == 5
+            assert np.all(np.abs(np.diff([times[f] for f in c.frames]) - 1) <= 0.2 + 1e-9)
 
 
 def test_video_input_equals_the_avsbench_clip_and_reads_a_sound_track(avs_root, tmp_path, capsys):
