@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from models import PRESETS, CheckpointMismatchError, build_model, load_model, read_checkpoint
+from models import PRESETS, CheckpointMismatchError, build_model, read_checkpoint
 from models.config import VARIANTS, preset_name
+from models.registry import load_weights, resolve_config
 from models.onnx_export import (OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names,
                                 min_dynamic_size)
 from utils.cli import HelpFormatter, UserError, add_debug_flag, check_output_file, random_seed, run_main
@@ -35,8 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkpoint: the authors' file or one of ours (read with the project's safe loader)")
     p.add_argument("--config", default=None, type=preset_name, choices=list(PRESETS),
                    help="preset to build; alone it exports fresh weights, with --model_path it names the model of a "
-                        "file that records none (the authors'; ours record their config); without it, an AVOS "
-                        "checkpoint is resolved as in inference")
+                        "file that records none (the authors'; ours record their config, of any task); without "
+                        "it, an authors' AVOS checkpoint is resolved as in inference")
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --output if it exists (never --model_path: the checkpoint is an input)")
@@ -63,13 +64,17 @@ def load(args: argparse.Namespace) -> torch.nn.Module:
     torch.manual_seed(args.seed)
     if args.model_path is None:
         return build_model(args.config).eval()
-    if args.config is not None:  # either family; the file's own config wins over the name
-        loaded = load_model(args.model_path, preset=args.config)
-        print(f"model: config from {loaded.reason}")
-        return loaded.model
+    ckpt = read_checkpoint(args.model_path)
+    saved = ckpt.get("config")
+    avos = not isinstance(saved, dict) or ("audio_dim" not in saved and saved.get("num_classes", 1) == 1)
+    if args.config is not None or not avos:  # either family (our VSS, A2D, MED-VT++ files): the file's config wins
+        cfg, reason = resolve_config(ckpt, args.config)
+        model = build_model(cfg)
+        load_weights(model, ckpt, cfg, str(args.model_path))
+        print(f"model: config from {reason}")
+        return model.eval()
     from avos import inference as inf  # an AVOS checkpoint: the inference script's model choice
 
-    ckpt = read_checkpoint(args.model_path)
     info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, source=f"--model_path {args.model_path}")
     print(f"model: {info.config_name} ({info.reason})")
     return inf.build_from_checkpoint(ckpt, info, str(args.model_path))
