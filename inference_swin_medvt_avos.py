@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     inf.setup_logging()  # messages before out.log exists (the model tried, when its weights do not fit) reach stdout
     check_device(args.device)  # a mistaken --device: before anything is read
-    check_runtime_flags(parser, args)
+    check_runtime_flags(parser, args, ("amp",), argv)
     if args.video is not None:
         refuse_unused(parser, args, DATASET_ONLY, "to a dataset run, not to --video", argv)
         if args.video.is_file():  # a video file's overlay keeps its own timing

@@ -167,9 +167,13 @@ def test_non_finite_loss_stop_is_written_to_the_log(tmp_path):
     log.addHandler(handler)
     bad = {"frames": torch.full((1, 2, 3, 4, 4), float("nan")), "masks": torch.ones(1, 2, 4, 4), "name": ["seq-x"]}
     model = Echo()
-    with pytest.raises(NonFiniteLossError):
+    with pytest.raises(NonFiniteLossError) as e:
         train_one_epoch(model, AVOSCriterion(), [bad], torch.optim.SGD(model.parameters(), lr=0.1),
                         torch.device("cpu"), epoch=0, logger=log)
+    assert "try a lower --lr, or check" in str(e.value)  # no --amp hint for a run without autocast (A2D has none)
+    with pytest.raises(NonFiniteLossError, match="try a lower --lr, --amp none, or check"):
+        train_one_epoch(model, AVOSCriterion(), [bad], torch.optim.SGD(model.parameters(), lr=0.1),
+                        torch.device("cpu"), epoch=0, amp_dtype=torch.bfloat16, logger=log)
     handler.close()
     log.removeHandler(handler)
     assert "non-finite loss at epoch 0, step 0" in (tmp_path / "train.log").read_text()

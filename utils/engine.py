@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.checkpoint import capture_rng, restore_rng
-from utils.cli import UserError
+from utils.cli import UserError, refuse_unused
 from utils.distributed import is_dist, is_main_process
 from utils.logger import epoch_line, format_metrics
 
@@ -53,8 +53,15 @@ def add_runtime_flags(parser) -> None:
                              "export only its own size; the file records its range")
 
 
-def check_runtime_flags(parser, args) -> None:
-    """One-line errors for ``--runtime onnx`` without a readable ``--onnx_path``."""
+def check_runtime_flags(parser, args, torch_only: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
+    """One-line errors for ``--runtime onnx`` without a readable ``--onnx_path``, for an ``--onnx_path``
+    that would not run (no ``--runtime onnx``), and for the flags ``torch_only`` (dests) of the PyTorch
+    model, which the exported file replaces (:func:`utils.cli.refuse_unused`)."""
+    if args.runtime == "torch" and args.onnx_path is not None:
+        parser.error(f"--onnx_path {args.onnx_path} runs with --runtime onnx only; add it, or leave --onnx_path out")
+    if args.runtime == "onnx":
+        refuse_unused(parser, args, torch_only, "to the PyTorch model, not to --runtime onnx (the file is the model)",
+                      argv)
     if args.runtime == "onnx" and args.onnx_path is None:
         parser.error("--runtime onnx needs --onnx_path FILE (written by export_onnx.py)")
     if args.runtime == "onnx" and not args.onnx_path.is_file():
@@ -209,7 +216,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
                 error = NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}, step {step}: {format_metrics(values)}; "
                     f"batch sequences {list(batch['name'])} (centre frames {centre}). "
-                    "Training stopped (as the original); try a lower --lr, --amp none, or check these sequences.")
+                    f"Training stopped (as the original); try a lower --lr{', --amp none' if amp_dtype else ''}, "
+                    "or check these sequences.")
                 bar.close()
                 if logger is not None:  # also in train.log, which is where a long run is read afterwards
                     logger.error(str(error))

@@ -113,7 +113,7 @@ def split_videos(args: argparse.Namespace) -> list:
 def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    check_runtime_flags(parser, args)
+    check_runtime_flags(parser, args, ("random_weights", "amp", "model", "num_classes"), argv)
     if args.random_weights and args.model_path:
         parser.error("--random_weights and --model_path contradict each other: pass one of them")
     if args.video is not None:
