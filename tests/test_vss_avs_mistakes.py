@@ -33,6 +33,22 @@ def test_label_beyond_num_classes_names_the_class_and_flag():
         VSSCriterion()({"pred_masks": logits}, masks)
 
 
+
+def test_validation_masks_of_a_class_beyond_num_classes_are_refused_not_left_out(tmp_path):
+    """The VSPW scores count only ids below K: a model of 2 classes scored on masks holding ids up to 4
+    got an inflated mIoU over 2 classes. Refused before the video is predicted, naming the flag."""
+    from vss import inference_medvt_vss
+
+    # the fourth video's square is raw label 4 (class id 3) on raw label 2 (id 1)
+    root = write_vspw(tmp_path / "VSPW", {"a": ("train", 1), "b": ("train", 1), "c": ("train", 1),
+                                          "d_val": ("val", 3)})
+    with pytest.raises(UserError, match=r"VSPW video d_val: its masks hold class id 3 \(raw label 4\), but the "
+                                        r"model has 2 classes.*--num_classes"):
+        inference_medvt_vss.main(["--random_weights", "--model", "tiny", "--num_classes", "2", "--vspw_root",
+                                  str(root), "--val_size", "48", "--device", "cpu", "--output_dir",
+                                  str(tmp_path / "out")])
+
+
 # N2 ------------------------------------------------------------------------------------
 def test_training_mask_of_another_size_than_its_frame_names_both(tmp_path):
     root = _vspw(tmp_path / "vspw")

@@ -15,6 +15,7 @@ from PIL import Image
 
 from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
 from datasets.video import VideoSequence
+from datasets.transforms import IGNORE_INDEX
 from datasets.vspw import NUM_CLASSES as VSPW_NUM_CLASSES
 from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
 from models import MEDVT, MedVTConfig, build_model, load_model
@@ -93,6 +94,17 @@ def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[in
     return preds
 
 
+def check_classes(gt: np.ndarray, num_classes: int, video: str) -> None:
+    """Ground truth with a class the model does not have would be left out of the scores (the VSPW
+    evaluator counts only ids below K), inflating them: refused, as training refuses such a mask."""
+    bad = gt[(gt >= num_classes) & (gt != IGNORE_INDEX)]
+    if bad.size:
+        k = int(bad.max())
+        raise UserError(f"VSPW video {video}: its masks hold class id {k} (raw label {k + 1}), but the model has "
+                        f"{num_classes} classes, so those pixels would be left out of the scores; check "
+                        f"--num_classes (VSPW has {VSPW_NUM_CLASSES})")
+
+
 def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device: torch.device,
                     output_dir: Path | None = None, save_predictions: bool = True, save_overlays: bool = False,
                     progress: bool = True, **predict_kwargs) -> dict:
@@ -119,6 +131,8 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
             if any(m is not None for m in video.masks):
                 raw = np.stack([read_raw_mask(m, (h0, w0)) for m in video.masks])
                 h0, w0 = raw.shape[1:]
+                gt = raw_to_class(raw)
+                check_classes(gt, evaluator.num_classes, video.name)
             preds = np.zeros((video.num_frames, h0, w0), np.uint8) if raw is not None else None
             for f, labels, _ in video_predictions(model, video, (h0, w0), device, **predict_kwargs):
                 if preds is not None:
@@ -128,7 +142,7 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
                 speed.update()
             if raw is not None:
                 # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
-                mine[i] = (video.name, evaluator.score_video(raw_to_class(raw), preds, raw))
+                mine[i] = (video.name, evaluator.score_video(gt, preds, raw))
     gather_throughput(speed.close(), print if progress else (lambda _line: None))
     shares = gather_in_order(mine)
     for name, share in shares:
