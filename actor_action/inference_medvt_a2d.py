@@ -56,9 +56,9 @@ from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d,
 from actor_action.metrics import NAN_POLICIES, PROTOCOLS
 from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map
 from datasets.path_config import add_path_args, dataset_root
-from models import MedVTConfig, build_model, read_checkpoint
+from models import CheckpointMismatchError, MedVTConfig, build_model, read_checkpoint
 from models.registry import load_weights
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
+from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames,
                        incomplete_marker, non_negative_int, positive_int, refuse_unused, require_file,
                        run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
@@ -78,7 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "folder of image frames (in natural order: frame2 before frame10); writes palette PNGs, an "
                         "overlay video and summary.json, no metrics")
     g.add_argument("--split", default="test", choices=("train", "test"), help="videoset.csv split to evaluate")
-    g.add_argument("--num_frames", type=positive_int, default=6,
+    g.add_argument("--num_frames", type=clip_frames, default=6,
                    help="clip length: around each annotated frame (with --video: consecutive clips)")
     g.add_argument("--clip_size", type=positive_int, nargs=2, default=list(CLIP_SIZE), metavar=("H", "W"),
                    help="clip resize (the original: 320 480, aspect ratio not kept)")
@@ -183,7 +183,15 @@ def load_a2d_model(args: argparse.Namespace, device: torch.device) -> tuple[torc
     source = ("the checkpoint's own config" if saved_classes is not None
               else f"preset {args.model or BACKBONE_PRESETS[args.backbone]}")
     model = build_model(cfg)
-    load_weights(model, ckpt, cfg, args.model_path)
+    try:
+        load_weights(model, ckpt, cfg, args.model_path)
+    except CheckpointMismatchError:
+        given = [f"--{k} {getattr(args, k)}" for k in ("num_classes", "lprop_mode", "lprop_scale",
+                                                       "query_decoder_scales") if getattr(args, k, None) is not None]
+        if not given:
+            raise
+        raise CheckpointMismatchError(f"{', '.join(given)}: the weights of --model_path {args.model_path} do not fit "
+                                      "the model these flags make; leave them out") from None
     model.to(device)
     check_frame_size(model, device, {"--clip_size": tuple(args.clip_size)}, f"the model of {args.model_path}")
     return model, cfg, source

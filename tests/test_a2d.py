@@ -19,7 +19,7 @@ from checkpoint_asserts import assert_epoch_lines
 from datasets.a2d import (IGNORE_INDEX, VALID_IDS, A2DDataset, a2d_root, class_name, clip_frame_ids, make_synthetic_a2d,
                           read_annotation, read_videoset)
 from datasets.path_config import DatasetNotFoundError
-from models import build_model, convert_original_state_dict
+from models import CheckpointMismatchError, build_model, convert_original_state_dict
 from models.convert import load_state_dict_strict, read_checkpoint
 from tests.model_weights import deterministic_value, read_key_list
 
@@ -219,6 +219,13 @@ def test_train_step_then_inference_with_metrics_and_overlays(a2d_dir, tmp_path, 
     assert len(list((inf / "viz" / "pred_overlay").rglob("*.png"))) == 6
     assert len(list((inf / "viz" / "gt_overlay").rglob("*.png"))) == 6
     assert Image.open(next((inf / "viz" / "color_mask").rglob("*.png"))).size == (64, 48)
+    # a model flag whose model the weights do not fit is named in one line (it was the key mismatch list)
+    with pytest.raises(CheckpointMismatchError, match=r"^--num_classes 81: the weights of --model_path .* do not "
+                                                      r"fit the model these flags make; leave them out$"):
+        inference_medvt_a2d.main(common[2:] + ["--model_path", str(out / "checkpoint_last.pth"), "--num_classes",
+                                               "81", "--output_dir", str(tmp_path / "inf81")])
+    with pytest.raises(SystemExit):  # a clip of one frame: refused as in VSS (the model attends across frames)
+        inference_medvt_a2d.main(common[2:] + ["--model_path", str(out / "checkpoint_last.pth"), "--num_frames", "1"])
 
 
 def test_inference_reads_query_decoder_scales_from_original_args():
