@@ -461,3 +461,33 @@ def test_a2d_annotations_that_are_not_matlab_files_are_found_before_training(tmp
             with pytest.raises(UserError, match=f"annotation {bad} is not a MATLAB file"):
                 A2DDataset(root, split)
         bad.write_bytes(good)
+
+
+def test_a_run_stopped_by_an_error_or_ctrl_c_says_so_at_the_end_of_its_log(tmp_path, monkeypatch):
+    """train.log of a run stopped by a user error found mid-run (a damaged frame) or by Ctrl-C just
+    ended; the error boundary now appends why, once (a non-finite loss, logged where it was found, is
+    not repeated)."""
+    from utils.cli import UserError, run_main
+    from utils.logger import setup_logger
+
+    monkeypatch.setattr(sys, "argv", ["train_x.py"])
+
+    def stop_with(error, log_it=False):
+        def main():
+            log = setup_logger(tmp_path, name="medvt.test_stop")
+            log.info("epoch 0 step 1")
+            if log_it:
+                log.error(str(error))
+            raise error
+        with pytest.raises(SystemExit) as e:
+            run_main(main)
+        for h in list(logging.getLogger("medvt.test_stop").handlers):
+            h.close()
+        return e.value.code, (tmp_path / "train.log").read_text().splitlines()[-1]
+
+    code, last = stop_with(UserError("frame 00003.jpg: not a readable image"))
+    assert code == 2 and last.endswith("ERROR stopped: error: frame 00003.jpg: not a readable image")
+    code, last = stop_with(KeyboardInterrupt())
+    assert code == 130 and last.endswith("ERROR stopped: interrupted (Ctrl-C or SIGINT)")
+    code, last = stop_with(NonFiniteLossError("non-finite loss at epoch 0, step 1"), log_it=True)
+    assert code == 2 and last.endswith("ERROR non-finite loss at epoch 0, step 1")  # not written twice

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from utils.logger import log_stop
+
 
 class UserError(Exception):
     """An error caused by the input (path, file, flag); its message says which and what to do."""
@@ -72,12 +74,14 @@ def run_main(main: Callable[[], object], prog: str | None = None) -> None:
     except KeyboardInterrupt:
         if debug:
             raise
+        log_stop("interrupted (Ctrl-C or SIGINT)")
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     except USER_ERRORS as e:
         if debug:
             traceback.print_exc()
         _release_frames(e)
+        log_stop(f"error: {error_message(e)}")
         print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
         _error_exit(2)
     except Exception as e:

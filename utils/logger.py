@@ -41,6 +41,25 @@ def setup_logger(output_dir: str | Path | None, main_process: bool = True, name:
     return logger
 
 
+def log_stop(line: str) -> None:
+    """Append why a run stopped (its error line, an interruption) to the log files of this process's
+    ``medvt`` loggers (``train.log``), which would otherwise just end there: a log read after a long run
+    says what stopped it. A line that already ends a file (the non-finite loss, logged where it was
+    found) is not written again."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if not name.startswith("medvt") or not isinstance(logger, logging.Logger):
+            continue
+        for handler in logger.handlers:
+            if not isinstance(handler, logging.FileHandler):
+                continue
+            path = Path(handler.baseFilename)
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 4096))
+                if f.read().decode("utf-8", "replace").rstrip().endswith(line.split(": ", 1)[-1]):
+                    continue
+            handler.emit(logging.LogRecord(name, logging.ERROR, "", 0, f"stopped: {line}", None, None))
+
+
 def log_run_start(logger: logging.Logger, args) -> None:
     """A run's first line in train.log: a marker and every argument. A folder's log holds every attempt
     (a resumed run, or a new start after one that failed before its first checkpoint), appended in
