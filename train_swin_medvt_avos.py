@@ -146,8 +146,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_size", type=positive_int, default=360, help="shorter side of DAVIS val frames")
     g.add_argument("--val_flip", action=argparse.BooleanOptionalAction, default=True,
                    help="average with the mirrored clip during validation (the original: on)")
-    g.add_argument("--val_every", type=positive_int, default=1, metavar="K",
-                   help="validate every K epochs (and after the last)")
+    g.add_argument("--val_every", type=non_negative_int, default=1, metavar="K",
+                   help="validate every K epochs and after the last (0 = never, as --no_val)")
     g.add_argument("--no_val", action="store_true", help="skip validation (checkpoint_best.pth is not written)")
 
     g = p.add_argument_group("run")
@@ -278,7 +278,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
 
     loader, sampler = build_train_loader(args, info)
     val_seqs = []
-    if not args.no_val:
+    if not args.no_val and args.val_every > 0:  # the DAVIS val index is read only when it is used
         from datasets.davis16 import davis16_sequences
         val_seqs = davis16_sequences(args.davis16_root, "val", args.davis16_val_seqs_file)
         warn_trained_val_sequences(args, [s.name for s in val_seqs], early)

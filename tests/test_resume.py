@@ -88,8 +88,9 @@ def test_each_rank_takes_back_its_own_rng_from_the_list(tmp_path, rank, caplog):
     expected = [_rng_of(100), _rng_of(200)]
     path = _checkpoint(tmp_path / "c.pth", expected, history=[{"epoch": 0}, {"epoch": 1}, {"epoch": 2}])
     seed_everything(0)
+    out = tmp_path / "run"  # rank 0 rewrites its history.json from the checkpoint's history
     with caplog.at_level(logging.INFO, logger=LOG.name):
-        (start, best, extra), model, scheduler = _resume(path, DistInfo(rank, 2, rank, CPU))
+        (start, best, extra), model, scheduler = _resume(path, DistInfo(rank, 2, rank, CPU), _args(output_dir=str(out)))
     got = _draws()
     restore_rng(expected[rank])
     assert got == _draws()  # this process's state, not the other one's
@@ -99,6 +100,7 @@ def test_each_rank_takes_back_its_own_rng_from_the_list(tmp_path, rank, caplog):
     assert [h["epoch"] for h in extra["history"]] == [0, 1, 2] and extra["args"].lr == 1e-3
     assert "different number of processes" not in caplog.text
     assert "resumed from" in caplog.text and "epoch 2 done, best val miou 0.2500 (epoch 1)" in caplog.text
+    assert (json.loads((out / "history.json").read_text()) == extra["history"]) if rank == 0 else not out.exists()
 
 
 def test_old_single_rng_state_goes_to_rank_0(tmp_path, caplog):
@@ -203,7 +205,8 @@ def test_refusals_changed_settings_config_and_weights_only(tmp_path, caplog):
     assert start == 3
     with pytest.raises(UserError, match="note"):
         _resume(path, info, _args(note="b"))
-    with pytest.raises(CheckpointMismatchError, match=r"another model config: num_classes 3 \(the run used 1\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"another task: its model has 1 classes, this script's model "
+                                                      r"has 3"):
         model, optimizer, scheduler = _parts(get_config("tiny").replace(num_classes=3))
         resume_training(path, _args(), model, optimizer, scheduler, None, info, LOG, best={"miou": -1.0, "epoch": -1})
     with pytest.raises(CheckpointMismatchError, match="refused by the script"):
@@ -340,7 +343,7 @@ def test_read_resume_checkpoint_refuses_before_any_model_is_built(tmp_path):
     cfg = get_config("tiny")
     with pytest.raises(UserError, match=r"--resume .*weights.pth is not a training checkpoint.*use --init_from"):
         read_resume_checkpoint(weights, _args(), cfg, init_flags="--init_from")
-    with pytest.raises(CheckpointMismatchError, match="another model config: num_classes 3"):
+    with pytest.raises(CheckpointMismatchError, match="another task: its model has 1 classes"):
         read_resume_checkpoint(path, _args(), cfg.replace(num_classes=3))
     with pytest.raises(UserError, match=r"--lr 0.5 \(the run used 0.001\)"):
         read_resume_checkpoint(path, _args(lr=0.5), cfg)

@@ -66,13 +66,15 @@ def test_resume_into_a_new_folder_continues_a_copy(davis, run_a, tmp_path):  # n
 
 
 def test_resume_of_a_plain_state_dict_is_refused_naming_the_init_flags(davis, run_b, tmp_path):  # noqa: F811
-    plain = run_b / "weights.pth"  # in the run's own folder: only the file itself is wrong
+    plain = run_b / "weights.pth"  # in the run's own folder, beside its checkpoint_last.pth
     torch.save({"model": build_model("tiny").state_dict()}, plain)
     before = snapshot(run_b)
-    for out in (run_b, tmp_path / "new"):
-        with pytest.raises(UserError, match=r"--resume .*weights.pth is not a training checkpoint of this script.*"
-                                            r"--swin_pretrained"):
-            avos_train.main(base_args(davis, out, "--epochs", "2", *QUICK[2:], "--resume", str(plain)))
+    # there any file but checkpoint_last.pth is refused first (it would rewind the run), without reading it
+    with pytest.raises(UserError, match=r"--resume .*weights.pth is not the latest checkpoint of the run"):
+        avos_train.main(base_args(davis, run_b, "--epochs", "2", *QUICK[2:], "--resume", str(plain)))
+    with pytest.raises(UserError, match=r"--resume .*weights.pth is not a training checkpoint of this script.*"
+                                        r"--swin_pretrained"):
+        avos_train.main(base_args(davis, tmp_path / "new", "--epochs", "2", *QUICK[2:], "--resume", str(plain)))
     assert snapshot(run_b) == before and not (tmp_path / "new").exists()
 
 
@@ -151,7 +153,7 @@ def test_bad_initial_weights_or_resume_file_leave_no_output_folder(davis, run_a,
     cases = {"swin": (["--swin_pretrained", str(junk)], "junk.pth"),
              "vistr": (["--vistr_coco", str(junk)], "junk.pth"),
              "missing": (["--swin_pretrained", str(tmp_path / "none.pth")], "--swin_pretrained"),
-             "other_model": (["--resume", str(other_model)], "another model config")}
+             "other_model": (["--resume", str(other_model)], "checkpoint of another task: its model has 80 classes")}
     for name, (extra, text) in cases.items():
         out = tmp_path / f"out_{name}"
         with pytest.raises(USER_ERRORS, match=text):  # a missing file: FileNotFoundError, also one line
@@ -266,3 +268,10 @@ def test_command_line_prints_one_line_and_exits_2(davis, run_b, tmp_path):  # no
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "--resume auto and --overwrite" in r.stderr and snapshot(run_b) == before
+
+
+def test_avos_val_every_0_means_never_as_in_the_other_trainers(davis, tmp_path):  # noqa: F811
+    """--val_every 0 is "never" in VSS and A2D; AVOS refused it ("not a positive integer")."""
+    res = avos_train.main(base_args(davis, tmp_path / "out", "--epochs", "1", "--steps_per_epoch", "1",
+                                    "--val_every", "0"))
+    assert "val_miou" not in res["history"][0] and not (tmp_path / "out" / "checkpoint_best.pth").exists()

@@ -8,7 +8,8 @@ only tensors, primitives, lists/tuples/dicts and the Namespace, so
 :func:`models.convert.read_checkpoint` (``weights_only=True``) can read it back.
 
 The training scripts share one resume policy: :func:`save_training` writes the state after each
-epoch (every process's RNG gathered first) and :func:`resume_training` takes it back.
+epoch (every process's RNG gathered first; ``checkpoint_last.pth`` last, as the epoch's commit point)
+and :func:`resume_training` takes it back.
 
 :func:`save_checkpoint` never leaves a half-written file at the target path: it writes a
 temporary file in the same folder, flushes it to disk and renames it over the target
@@ -197,7 +198,9 @@ def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: 
     * a folder that holds a run, without ``--resume`` or ``--overwrite``;
     * a folder that holds a run, with a ``--resume`` file that is not that run's own checkpoint
       (continuing run A there would replace run B's checkpoints and mix their metrics), or with
-      ``--resume auto`` and no ``checkpoint_last.pth`` to continue from.
+      ``--resume auto`` and no ``checkpoint_last.pth`` to continue from;
+    * a ``--resume`` file of the folder other than its ``checkpoint_last.pth`` (e.g. checkpoint_best.pth)
+      while that exists: continuing it would rewind the run, overwriting its later epochs.
 
     Resuming into a new or empty folder is allowed: a copy of the run continues there."""
     out = Path(output_dir)
@@ -234,6 +237,14 @@ def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: 
                         f"{', '.join(found)}): continuing it there would replace that run's checkpoints and mix "
                         f"their metrics. Continue the run in its own folder (--output_dir {Path(resume).parent}), "
                         "or give an empty --output_dir to continue a copy of it there")
+    last = out / "checkpoint_last.pth"
+    if last.is_file() and Path(resume).resolve() != last.resolve():
+        # e.g. checkpoint_best.pth: continuing it here would overwrite checkpoint_last.pth (a later epoch)
+        # and the later epochs' history, rewinding the run without a word
+        raise UserError(f"--resume {resume} is not the latest checkpoint of the run in --output_dir {out}, "
+                        f"which is {last}: continuing from it there would overwrite {last.name} and the history "
+                        f"of the epochs after it. Resume {last} (or --resume auto), or continue from {resume} "
+                        "in another --output_dir")
     return out
 
 
@@ -287,7 +298,8 @@ def tensorboard_writer(args: argparse.Namespace, info: du.DistInfo):
 
 # Flags that say where a run reads and writes and how it is watched, not what it computes: they
 # may change on --resume. So may paths (a data set moved to another disk), and --epochs, which
-# stretch_schedule applies. Any other difference is refused (check_resume_args).
+# stretch_schedule applies. Any other difference is refused (check_resume_args). A changed worker count
+# is allowed but warned about (resume_training): the augmentation draws then differ.
 RESUME_FREE = {"resume", "overwrite", "output_dir", "device", "num_workers", "workers", "log_every", "val_every",
                "no_val", "val_size", "val_flip", "val_videos", "stop_after", "debug", "tensorboard", "deterministic",
                "find_unused_parameters", "grad_checkpointing", "epochs", "max_epoches", "swin_pretrained", "vistr_coco",
@@ -335,12 +347,26 @@ def training_state(args, cfg, model, optimizer, scheduler, scaler, epoch: int, b
 
 
 def save_last_and_best(state: dict, out_dir: str | os.PathLike, is_best: bool) -> dict[str, str]:
-    """Write ``checkpoint_last.pth`` and, when ``is_best``, ``checkpoint_best.pth`` (both atomic)."""
+    """Write, when ``is_best``, ``checkpoint_best.pth`` and then ``checkpoint_last.pth`` (both atomic).
+
+    ``checkpoint_last.pth`` is the epoch's commit point, so it comes last: a process killed before it
+    leaves the previous epoch's, and ``--resume`` repeats the epoch, rewriting checkpoint_best.pth. In
+    the other order a kill in between left a last checkpoint whose best epoch had no (or a stale)
+    checkpoint_best.pth, and after the last epoch nothing would ever write it."""
     out_dir = Path(out_dir)
-    paths = {"checkpoint_last": str(save_checkpoint(state, out_dir / "checkpoint_last.pth"))}
+    paths = {}
     if is_best:
         paths["checkpoint_best"] = str(save_checkpoint(state, out_dir / "checkpoint_best.pth"))
+    paths["checkpoint_last"] = str(save_checkpoint(state, out_dir / "checkpoint_last.pth"))
     return paths
+
+
+def write_history(out_dir: str | os.PathLike, history: list[dict]) -> Path:
+    """Write ``<out_dir>/history.json``: the run's epochs as its checkpoint records them."""
+    path = Path(out_dir) / "history.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(history), indent=2) + "\n")
+    return path
 
 
 def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, args, cfg, model, optimizer,
@@ -348,8 +374,9 @@ def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, 
     """Save the state after ``epoch`` (:func:`training_state`; ``extra`` adds entries such as ``history``).
 
     Every process calls it (it gathers every process's RNG state, in rank order, so that
-    :func:`resume_training` gives each its own back); rank 0 alone writes ``checkpoint_last.pth`` and,
-    when ``is_best``, ``checkpoint_best.pth``. Returns the written paths ({} on the other ranks).
+    :func:`resume_training` gives each its own back); rank 0 alone writes, when ``is_best``,
+    ``checkpoint_best.pth`` and then ``checkpoint_last.pth`` (:func:`save_last_and_best`). Returns the
+    written paths ({} on the other ranks).
     """
     rng = du.all_gather_object(capture_rng())
     if not info.is_main:
@@ -364,11 +391,13 @@ def close_epoch(out_dir: str | os.PathLike, info: du.DistInfo, args, cfg, model,
     ``functools.partial`` for :func:`utils.engine.run_epochs`): :func:`save_training` with the run's
     ``history`` (every process's RNG; rank 0 writes), then rank 0 rewrites ``history.json`` and gives
     the epoch's numbers (``history[-1]``) to ``writer`` (:func:`tensorboard_writer`), and every process
-    waits for it. Returns the written checkpoint paths ({} on the other ranks)."""
+    waits for it. A process killed after the checkpoints but before ``history.json`` leaves it an
+    epoch behind: :func:`resume_training` rewrites it from the checkpoint. Returns the written
+    checkpoint paths ({} on the other ranks)."""
     paths = save_training(out_dir, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best,
                           history=history)
     if info.is_main:
-        (Path(out_dir) / "history.json").write_text(json.dumps(jsonable(history), indent=2) + "\n")
+        write_history(out_dir, history)
         if writer is not None:
             for key, value in history[-1].items():
                 if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -408,17 +437,18 @@ def read_resume_checkpoint(path: str | os.PathLike, args: argparse.Namespace, cf
     optimiser. Returns the checkpoint, for ``resume_training(..., ckpt=)``. ``init_flags`` names the
     script's flags that start a new run from weights (said when the file holds weights only)."""
     ckpt = read_checkpoint(path)
-    _check_training_checkpoint(path, ckpt, cfg, read_config, init_flags)
+    _check_training_checkpoint(path, ckpt, cfg, read_config, init_flags, classes_flag=hasattr(args, "num_classes"))
     if check is not None:
         check(ckpt)
     check_resume_args(path, ckpt.get("args"), args, free, added)
     return ckpt
 
 
-def _check_training_checkpoint(path, ckpt: dict, cfg, read_config, init_flags: str) -> None:
-    """Refuse a checkpoint of another model config, then one that is not a training checkpoint."""
+def _check_training_checkpoint(path, ckpt: dict, cfg, read_config, init_flags: str, classes_flag: bool = False) -> None:
+    """Refuse a checkpoint of another model config, then one that is not a training checkpoint
+    (``classes_flag``: the script has a --num_classes flag)."""
     if isinstance(ckpt.get("config"), dict):
-        _check_config(path, ckpt["config"], cfg, read_config or MedVTConfig.from_dict)
+        _check_config(path, ckpt["config"], cfg, read_config or MedVTConfig.from_dict, classes_flag)
     missing = [k for k in TRAINING_KEYS if k not in ckpt]
     if missing:
         how = f"use {init_flags}" if init_flags else "use the script's initialisation flags"
@@ -448,6 +478,11 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
     saved (one state) gives its RNG to rank 0. A schedule whose length follows a flag that may change
     (``--epochs``) is stretched by the caller afterwards (:func:`stretch_schedule`).
 
+    Rank 0 then rewrites ``<args.output_dir>/history.json`` from the checkpoint's ``history`` (repairing
+    a kill between the two files), says where the best epoch's weights are when the run continues as a
+    copy in another folder, and warns when the worker count differs from the run's (allowed, but the
+    augmentations then differ).
+
     ``best``: the best-so-far dict of a run that has none yet (its keys name the script's metric).
     A file that is not a training checkpoint (no optimiser, epoch, ...) is refused, naming
     ``init_flags``, the script's flags that initialise a new run. ``ckpt``: the file as
@@ -473,7 +508,40 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
     score = (f"best val {metric} {best[metric]:.4f} (epoch {best['epoch']})"
              if metric is not None and best.get("epoch", -1) >= 0 else "no best val score yet")
     logger.info(f"resumed from {path}: epoch {epoch} done, {score}")
+    out = getattr(args, "output_dir", None)
+    if info.is_main and out is not None:
+        if isinstance(ckpt.get("history"), list):
+            # The checkpoint is the epoch's commit point: a process killed after it but before history.json
+            # left that file an epoch behind (also when nothing is left to train and no epoch rewrites it).
+            write_history(out, ckpt["history"])
+        if best.get("epoch", -1) >= 0 and Path(path).resolve().parent != Path(out).resolve():
+            logger.warning(_best_of_copy(Path(path), epoch, int(best["epoch"]), Path(out)))
+        _warn_other_workers(ckpt.get("args"), args, logger)
     return epoch + 1, best, {k: v for k, v in ckpt.items() if k not in _RESTORED}
+
+
+def _best_of_copy(path: Path, epoch: int, best_epoch: int, out: Path) -> str:
+    """Where the best epoch's weights are when a run continues as a copy in another folder: the new
+    folder gets a checkpoint_best.pth only when one of its own epochs scores better."""
+    source_best = path.parent / "checkpoint_best.pth"
+    if source_best.is_file():
+        where = f"are in {source_best}"
+    elif best_epoch == epoch:
+        where = f"are in {path}, the file resumed"
+    else:
+        where = f"are not in {path.parent} (it has no checkpoint_best.pth)"
+    return (f"continuing a copy of the run of {path.parent}: its best epoch {best_epoch}'s weights {where}; "
+            f"--output_dir {out} gets its own checkpoint_best.pth only when a later epoch scores better")
+
+
+def _warn_other_workers(saved, args: argparse.Namespace, logger) -> None:
+    """A changed worker count may resume (RESUME_FREE) but reseeds the augmentation draws: say so."""
+    for name in ("num_workers", "workers"):
+        then, now = getattr(saved, name, None), getattr(args, name, None)
+        if then is not None and now is not None and then != now:
+            logger.warning(f"--{name} {now} differs from the run's ({then}): the data loader's random augmentations "
+                           "come out differently, so the resumed run does not repeat an uninterrupted one bit for "
+                           f"bit; resume with --{name} {then} for that")
 
 
 def restore_own_rng(rng, info: du.DistInfo, logger, reseed: int) -> None:
@@ -498,8 +566,10 @@ def restore_own_rng(rng, info: du.DistInfo, logger, reseed: int) -> None:
         seed_everything(reseed)
 
 
-def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object]) -> None:
-    """Refuse a checkpoint whose recorded model config differs from ``cfg`` (the model the flags build)."""
+def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object], classes_flag: bool = False) -> None:
+    """Refuse a checkpoint whose recorded model config differs from ``cfg`` (the model the flags build);
+    one with another class count as a checkpoint of another task (``classes_flag``: the script has a
+    --num_classes flag, which a run of its own task may have set otherwise)."""
     try:
         then = read_config(saved)
     except CheckpointMismatchError:
@@ -510,6 +580,13 @@ def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object])
         raise CheckpointMismatchError(f"{path}: its model config cannot be read ({e})") from None
     if then != cfg:
         a, b = then.to_dict(), cfg.to_dict()
+        if "num_classes" in a and "num_classes" in b and a["num_classes"] != b["num_classes"]:
+            # Another class count is another task's model (AVOS 1, VSS K, A2D 80): asking for "the same model
+            # flags" would send an AVOS user looking for a --num_classes flag that does not exist.
+            same_task = f"; if it is a run of this task, pass --num_classes {a['num_classes']}" if classes_flag else ""
+            raise CheckpointMismatchError(
+                f"--resume {path} is a checkpoint of another task: its model has {a['num_classes']} classes, this "
+                f"script's model has {b['num_classes']}. Resume it with the training script of its task{same_task}")
         diff = [f"{k} {b[k]} (the run used {a[k]})" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
         raise CheckpointMismatchError(f"{path} was trained with another model config: {'; '.join(diff)}. Pass the "
                                       "same model flags as that run")
