@@ -37,8 +37,8 @@ from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
 from models.registry import model_state_dict
-from utils.cli import (HelpFormatter, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames,
-                       positive_float, positive_int, refuse_unused, run_main)
+from utils.cli import (HelpFormatter, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag, check_output_dir,
+                       clip_frames, positive_float, positive_int, refuse_fps_for_a_video_file, refuse_unused, run_main)
 from utils.distributed import (DistInfo, check_device, default_run_folder, one_process_only, process_group,
                                shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
@@ -99,9 +99,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also write overlay/<seq>/<frame>.png and one overlay video per sequence")
     p.add_argument("--overlay_format", default="mp4", choices=["mp4", "gif"],
                    help="container of the overlay videos (default mp4)")
-    p.add_argument("--fps", type=positive_int, default=10,
-                   help="frame rate of the overlay videos of frame folders (a dataset's, or a --video folder); a "
-                        "--video file's overlay keeps the file's own timing (default 10)")
+    add_overlay_fps_flag(p, "a dataset's sequences or a --video folder")
     add_inference_amp_flag(p)
     add_runtime_flags(p)
     p.add_argument("--device", default=None,
@@ -172,9 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_runtime_flags(parser, args, ("amp",), argv)
     if args.video is not None:
         refuse_unused(parser, args, DATASET_ONLY, "to a dataset run, not to --video", argv)
-        if args.video.is_file():  # a video file's overlay keeps its own timing
-            refuse_unused(parser, args, ["fps"], f"to frame folders; --video {args.video} has its own frame rate",
-                          argv)
+        refuse_fps_for_a_video_file(parser, args, argv)
     one_process_only("--video" if args.video else "--runtime onnx" if args.runtime == "onnx" else None,
                      "a dataset's sequences")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])

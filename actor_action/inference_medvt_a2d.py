@@ -58,9 +58,9 @@ from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_nam
 from datasets.path_config import add_path_args, dataset_root
 from models import CheckpointMismatchError, MedVTConfig, build_model, read_checkpoint
 from models.registry import load_weights
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir, clip_frames,
-                       incomplete_marker, non_negative_int, positive_int, refuse_unused, require_file,
-                       run_main)
+from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
+                       check_output_dir, clip_frames, incomplete_marker, non_negative_int, positive_int,
+                       refuse_fps_for_a_video_file, refuse_unused, require_file, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 from utils.metrics import jsonable
@@ -77,6 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="segment this video instead of an A2D split: a video file (decoded with PyAV/FFmpeg) or a "
                         "folder of image frames (in natural order: frame2 before frame10); writes palette PNGs, an "
                         "overlay video and summary.json, no metrics")
+    add_overlay_fps_flag(g)
     g.add_argument("--split", default="test", choices=("train", "test"), help="videoset.csv split to evaluate")
     g.add_argument("--num_frames", type=clip_frames, default=6,
                    help="clip length: around each annotated frame (with --video: consecutive clips)")
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
         refuse_unused(parser, args, SPLIT_ONLY, "to an A2D split, not to --video (which always writes its predictions "
                       "and an overlay video)", argv)
         one_process_only("--video", "a split's annotated frames")
+        refuse_fps_for_a_video_file(parser, args, argv)
+    else:
+        refuse_unused(parser, args, ["fps"], "to --video (a folder of frames)", argv)
     inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root) if args.video is None else None,
               "--color_map": args.color_map, "--model_path": args.model_path, "--video": args.video}
     # The output folder is checked before anything is read, so a mistake there costs nothing; without
@@ -147,7 +151,8 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, root:
         print(f"{video.name}: {len(video)} frames, clips of {args.num_frames} at {args.clip_size[0]}x"
               f"{args.clip_size[1]}; {described}")
         with incomplete_marker(out):  # left in place by an error or Ctrl-C: the outputs are partial
-            result = segment_video(model, video, device, out, args.num_frames, palette, names, AMP_DTYPES[args.amp])
+            result = segment_video(model, video, device, out, args.num_frames, palette, names, AMP_DTYPES[args.amp],
+                                   fps=args.fps)
             result["settings"] = {"num_frames": args.num_frames, "clip_size": list(args.clip_size), "amp": args.amp}
             (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
         print(f"{format_shares(result)}\nwrote {out / 'predictions' / video.name}/*.png and the overlay video "

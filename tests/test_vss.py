@@ -379,7 +379,8 @@ def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_
     inference_medvt_vss.main(common + ["--vspw_root", str(vspw), "--split", "val", "--output_dir",
                                        str(tmp_path / "split")])
     frames = vspw / "data" / "3_val_a" / "origin"
-    res = inference_medvt_vss.main(common + ["--video", str(frames), "--output_dir", str(tmp_path / "folder")])
+    res = inference_medvt_vss.main(common + ["--video", str(frames), "--fps", "5", "--output_dir",
+                                             str(tmp_path / "folder")])
     split_pngs = sorted((tmp_path / "split" / "predictions" / "3_val_a").glob("*.png"))
     video_pngs = sorted((tmp_path / "folder" / "predictions" / "origin").glob("*.png"))
     assert [p.name for p in video_pngs] == [p.name for p in split_pngs] and len(video_pngs) == 11
@@ -389,8 +390,8 @@ def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_
     assert res["frames"] == 11 and abs(sum(res["class_shares"].values()) - 1) < 1e-6
     assert res["settings"]["clip_len"] == 4 and res["settings"]["window"] == "chunk" and res["settings"]["flip"]
     assert json.loads((tmp_path / "folder" / "summary.json").read_text())["overlay_video"] == res["overlay_video"]
-    with av.open(res["overlay_video"]) as container:
-        assert sum(1 for _ in container.decode(video=0)) == 11
+    with av.open(res["overlay_video"]) as container:  # a folder's frames at --fps (it was always 10)
+        assert sum(1 for _ in container.decode(video=0)) == 11 and container.streams.video[0].average_rate == 5
     # a video file: one PNG per decoded frame, named by frame number; the overlay plays its sound
     from tests.test_stream_io import _dominant_hz, _tone, encode_voiced, read_sound
 

@@ -166,6 +166,20 @@ def refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, des
         parser.error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {applies_to}")
 
 
+def add_overlay_fps_flag(parser, frames_of: str = "a --video folder") -> None:
+    """``--fps``: the frame rate of overlay videos made from frame files, which have none of their own."""
+    parser.add_argument("--fps", type=positive_float, default=10,
+                        help=f"frame rate of the overlay video of {frames_of} of frames; a --video file's overlay "
+                             "keeps the file's own timing (default 10)")
+
+
+def refuse_fps_for_a_video_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                                argv: Sequence[str] | None = None) -> None:
+    """``--fps`` given with a --video file, whose overlay keeps the file's own frame times: refused, not ignored."""
+    if args.video is not None and Path(args.video).is_file():
+        refuse_unused(parser, args, ["fps"], f"to frame folders; --video {args.video} has its own frame rate", argv)
+
+
 def add_overwrite_flag(parser, output: str = "--output_dir") -> None:
     """``--overwrite`` of a script whose outputs go into a folder checked by :func:`check_output_dir`."""
     parser.add_argument("--overwrite", action="store_true",

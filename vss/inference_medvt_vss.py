@@ -39,9 +39,9 @@ from datasets.path_config import add_path_args, dataset_root
 from datasets.stream import require_video
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
-                       clip_frames, non_negative_int, positive_int, refuse_unused,
-                       run_main)
+from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
+                       check_output_dir, clip_frames, non_negative_int, positive_int, refuse_fps_for_a_video_file,
+                       refuse_unused, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, autocast, check_runtime_flags,
                           frames_too_small)
@@ -69,6 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="segment this video instead of a VSPW split: a video file (decoded with PyAV/FFmpeg) or a "
                         "folder of frames (natural order); streamed, so any length fits in memory; writes palette "
                         "PNGs, an overlay video and summary.json, no metrics")
+    add_overlay_fps_flag(p)
     p.add_argument("--val_size", type=non_negative_int, default=480,
                    help="shorter side fed to the model; 0 = frame size")
     p.add_argument("--max_size", type=positive_int, default=None,
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
         refuse_unused(parser, args, ("vspw_root", "split", "videos", "save_overlays", "no_save_predictions"),
                       "to a VSPW split, not to --video (which always writes its predictions and an overlay video)",
                       argv)
+    if args.video is None:
+        refuse_unused(parser, args, ["fps"], "to --video (a folder of frames)", argv)
+    refuse_fps_for_a_video_file(parser, args, argv)
     one_process_only("--video" if args.video else "--runtime onnx" if args.runtime == "onnx" else None,
                      "a split's videos")
     # The output folder is checked before anything is read, so a mistake there costs nothing.
@@ -162,7 +166,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, videos: list
     # left in place by an error or Ctrl-C: the outputs are partial
     with shared_run_folder(out), frames_too_small(sizes, remedy):
         if video is not None:
-            result = segment_video(model, video, device, out, **settings)
+            result = segment_video(model, video, device, out, fps=args.fps, **settings)
             (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
         else:
             summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
