@@ -73,6 +73,8 @@ class AVSCriterion(nn.Module):
     uses the predicted frames named by ``mask_frames`` (S4 train: frame 0; MS3: all 5).
     ``masked_av`` adds ``lambda_1`` × the masked-AV loss over ``stages``: KL / Euclidean as
     :func:`masked_av_loss`; for S4 with neither, the AVSBench cosine loss (``--sa_loss_flag``).
+    NaN logits (a diverged run) give a NaN ``bce`` and ``loss``, not BCELoss's error, so that
+    :func:`utils.engine.train_one_epoch` stops the run in one line naming the epoch and step.
     """
 
     def __init__(self, task: str = "s4", masked_av: bool = False, stages: list[int] | None = None,
@@ -88,7 +90,11 @@ class AVSCriterion(nn.Module):
         pred = outputs["pred_masks"]  # [B, T, H, W]
         picked = torch.gather(pred, 1, mask_frames[:, :, None, None].expand(-1, -1, *pred.shape[-2:]))
         # sigmoid then BCELoss as the original (BCELoss clamps log at -100)
-        bce = F.binary_cross_entropy(torch.sigmoid(picked.float()), masks.float())
+        probs = torch.sigmoid(picked.float())
+        if torch.isfinite(probs).all():
+            bce = F.binary_cross_entropy(probs, masks.float())
+        else:  # NaN logits (a diverged run): BCE would raise; a NaN loss, with the same keys on every process,
+            bce = probs.new_full((), float("nan"))  # lets utils.engine stop training in one line naming the step
         av = pred.new_zeros(())
         if self.masked_av:
             logits = pred.flatten(0, 1).unsqueeze(1).float()

@@ -40,7 +40,7 @@ from models import load_model
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
 from utils.cli import (HelpFormatter, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
-                       non_negative_int, positive_float, positive_int, refuse_unused, run_main)
+                       new_run_folder, non_negative_int, positive_float, positive_int, refuse_unused, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import jsonable
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     # read; without --output_dir every run gets a new folder, so running twice never mixes two runs.
     if args.output_dir:
         check_output_dir(args.output_dir, "--output_dir", inputs, args.overwrite)
+    else:  # where the default folder goes (beside --model_path) is checked now; run_folder names it later
+        check_output_dir(new_run_folder("avs_video" if args.video else "avs_test", args.model_path), "--output_dir",
+                         inputs, args.overwrite, default=True)
     size = args.test_im_size or NATIVE_SIZE
     # A video and its sound are read through once now: a file that cannot be decoded stops at once.
     video, sound, fps = open_user_video(args.video, args.wav, args.fps, size) if args.video else (None, None, None)
@@ -121,8 +124,6 @@ def main(argv: list[str] | None = None) -> dict:
 def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, sound, fps) -> dict:
     """The run once its flags and inputs are checked: the models, the output folder, the predictions."""
     device, size = proc.device, args.test_im_size or NATIVE_SIZE
-    out = Path(args.output_dir) if args.output_dir else \
-        default_run_folder(f"avs_video_{video.name}" if video else "avs_test", args.model_path, inputs, args.overwrite)
     torch.manual_seed(0)  # a random VGGish (--allow_random_vggish) is the same in every process and run
     vggish = build_frozen_vggish(args.vggish_weights, args.allow_random_vggish).to(device)
     model, reason = load_avs_model(args, device)
@@ -130,6 +131,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, sound
     if video is not None:
         print(f"{video.name}: {len(video)} frames at {fps:g} frames/s, {sound.seconds:.1f} s of sound; "
               f"{model.cfg.name} ({reason}) on {device}")
+        out = run_folder(args, inputs, video)
         with incomplete_marker(out):  # left in place by an error or Ctrl-C: the outputs are partial
             result = segment_video(model, vggish, video, sound, fps, device, out)
             result["settings"] = {"task": args.task, "test_im_size": size, "weights": str(args.model_path)}
@@ -147,6 +149,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, sound
                         f"{len(partly.frames)} frames, and evaluation needs one per frame; evaluate --split val "
                         "or test")
     check_clips(ds, clips)
+    out = run_folder(args, inputs, None)
     # what is still read lazily (e.g. wavs) may fail mid-run: the folder says so
     with shared_run_folder(out):
         logger = setup_logger(out, proc.is_main, name="medvt.avs.test", filename="test.log")
@@ -162,6 +165,17 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, sound
         if proc.is_main:
             (out / "results.json").write_text(json.dumps(jsonable(res), indent=2))
     return res
+
+
+def run_folder(args: argparse.Namespace, inputs: dict, video) -> Path:
+    """--output_dir, else a new folder ``avs_test_<unix time>`` or ``avs_video_<video>_<unix time>`` beside
+    --model_path. Named right before it is created: a name taken by then (another run started in the same
+    second) gets ``_2``, ``_3`` (utils.cli.new_run_folder); named before VGGish and the model load, two
+    runs could both take one name and write in one folder."""
+    if args.output_dir:
+        return Path(args.output_dir)
+    return default_run_folder(f"avs_video_{video.name}" if video else "avs_test", args.model_path, inputs,
+                              args.overwrite)
 
 
 def load_avs_model(args: argparse.Namespace, device: torch.device) -> tuple[MEDVTPlusPlus, str]:

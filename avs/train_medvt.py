@@ -15,8 +15,9 @@ init              PVTv2 ImageNet + xavier            the best S4 model (--load_s
 
 Both: AdamW, lr 1e-4, ``backbone.*`` 1e-5, weight decay 1e-4, no augmentation, no gradient
 clipping, the schedule stepped at the *start* of each epoch (epoch e runs at step e + 1, so the
-last epoch of S4 has lr 0), seed 123, VGGish frozen (eval, no grad). After each epoch the val
-split is scored (mIoU) and the best model is saved as ``checkpoint_best.pth``.
+last epoch of S4 has lr 0), seed 123, VGGish frozen (eval, no grad). Every ``--val_every`` epochs
+(default 1) and after the last the val split is scored (mIoU) and the best model is saved as
+``checkpoint_best.pth`` (``--val_every 0``: never, and no ``checkpoint_best.pth``).
 
 Checkpoints and resuming (the policy of ``train_swin_medvt_avos.py``): ``checkpoint_last.pth`` is
 written atomically after every epoch with the model, optimiser, schedule position, epoch, best
@@ -98,6 +99,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", default=123, type=random_seed, help="random seed (original: 123)")
     g.add_argument("--steps_per_epoch", default=None, type=positive_int, help="cap on steps per epoch (smoke tests)")
     g.add_argument("--val_max_batches", default=None, type=positive_int, help="cap on validation batches (smoke tests)")
+    g.add_argument("--val_every", default=1, type=non_negative_int, metavar="N",
+                   help="validate every N epochs and after the last (0 = never)")
     loss = p.add_argument_group("loss")
     loss.add_argument("--masked_av_flag", action="store_true", help="add the masked audio-visual matching loss (MS3)")
     loss.add_argument("--masked_av_stages", default=[0, 1, 2, 3], nargs="+", type=int, choices=STAGES,
@@ -303,7 +306,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         return {"val_miou": val["miou"], "val_fscore": val["fscore"]}
 
     close = partial(close_epoch, out, info, args, model.cfg, model, optimizer, schedule, None, writer)
-    best = run_epochs(start_epoch, args.max_epoches, args.stop_after, sampler, train_epoch, validate, 1,
+    best = run_epochs(start_epoch, args.max_epoches, args.stop_after, sampler, train_epoch, validate, args.val_every,
                       ("val_miou", "miou"), best, history, schedule.step, close, logger)
     if writer is not None:
         writer.close()

@@ -134,14 +134,18 @@ def open_user_video(path: Path, wav: Path | None, fps: float | None, im_size: in
 
 def check_lengths(video_s: float, sound_s: float, given: str) -> None:
     """The video and its sound should last about as long: more than 1 s and twice apart is a mistake
-    (a wrong --fps or another video's --wav) and refused; more than 1 s apart is warned about (the
-    frames past the sound's end reuse its last example)."""
+    (a wrong --fps or another video's --wav) and refused; more than 1 s apart is warned about, saying
+    what happens to the part of the longer one: frames past the sound's end reuse its last example;
+    sound past the last frame is not used (the model hears the last frame's 0.96 s example at most, the
+    overlay stops with the video)."""
     if abs(video_s - sound_s) <= 1.0:
         return
     line = f"the video lasts {video_s:.1f} s but its sound {sound_s:.1f} s ({given})"
     if max(video_s, sound_s) > 2 * min(video_s, sound_s):
         raise UserError(f"{line}: they should be the same clip; check {given}")
-    print(f"warning: {line}; frames past the sound's end get its last 0.96 s")
+    tail = "frames past the sound's end get its last 0.96 s" if video_s > sound_s else \
+        "the sound past the last frame is not used"
+    print(f"warning: {line}; {tail}")
 
 
 @torch.no_grad()

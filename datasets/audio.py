@@ -113,23 +113,33 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
 def read_soundtrack(path: str | Path, flag: str = "--video") -> np.ndarray:
     """The sound track of a video file (PyAV/FFmpeg), mixed to mono and resampled to 16 kHz by FFmpeg
-    as 16-bit samples → [n] float64 in [-1, 1), scaled as :func:`read_wav` scales a wav's."""
+    as 16-bit samples → [n] float64 in [-1, 1), scaled as :func:`read_wav` scales a wav's. Sample 0 is
+    at the video's first frame, as in the overlay's sound (:class:`datasets.stream.SoundTrack`): sound
+    before it is dropped, a track that starts later is preceded by silence. Without that, a track
+    starting 0.5 s after the frames would be heard 0.5 s early by every frame."""
     import av  # only for video files
 
+    from datasets.stream import SoundTrack  # here: it brings OpenCV, which the AVSBench loaders need not
+
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise AudioError(f"{flag} {path} has no sound track; MED-VT++ segments what makes the sound: "
-                                 "give the audio with --wav")
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(container.streams.audio[0])
-                      for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]  # the resampler's tail
-    except AudioError:
-        raise
+        track = SoundTrack(path, rate=SAMPLE_RATE, sample_format="s16", strict=True)
+    except LookupError:  # no track FFmpeg can decode
+        raise AudioError(f"{flag} {path} has no sound track; MED-VT++ segments what makes the sound: "
+                         "give the audio with --wav") from None
     except (av.FFmpegError, OSError, ValueError) as e:
         raise AudioError(f"{flag} {path}: its sound track cannot be decoded ({e})") from None
-    return np.concatenate(chunks or [np.zeros(0, np.int16)]).astype(np.float64) / 32768.0
+    # SoundTrack keeps only what is not yet read: short reads keep its copying linear in the length
+    chunks, done, step = [], 0, 8192
+    try:
+        while not chunks or len(chunks[-1]) == step:  # a short read: the track's end
+            chunks.append(track.read(done, done + step))
+            done += len(chunks[-1])
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise AudioError(f"{flag} {path}: its sound track cannot be decoded ({e})") from None
+    finally:
+        track.close()
+    # float32 holds the int16 values exactly: the same numbers as scaling the int16 samples themselves
+    return np.concatenate(chunks).astype(np.float64) / 32768.0
 
 
 def read_mono_16k(path: str | Path) -> np.ndarray:

@@ -287,9 +287,14 @@ class SoundTrack:
     at the track's rate (the nearest one AAC takes, above it where there is one), decoded as they are
     read, sample 0 at the video's first frame (earlier sound dropped, a later start preceded by
     silence). Reads go forward and keep no sound before the latest start, so memory does not grow
-    with the video's length; a track that stops decoding ends there."""
+    with the video's length; a track that stops decoding ends there.
 
-    def __init__(self, path: str | Path) -> None:
+    What MED-VT++ hears instead (:func:`datasets.audio.read_soundtrack`): ``rate`` 16000, ``sample_format``
+    "s16" (FFmpeg's 16-bit samples, held exactly as float32) and ``strict``: a decoding error is raised,
+    since the model's sound must not end early without a word."""
+
+    def __init__(self, path: str | Path, rate: int | None = None, sample_format: str = "flt",
+                 strict: bool = False) -> None:
         av = _av()
         self._container = av.open(str(path))
         if not self._container.streams.audio or self._container.streams.audio[0].codec_context is None:
@@ -297,11 +302,12 @@ class SoundTrack:
             raise LookupError(f"{path} has no sound track FFmpeg can decode")
         audio = self._container.streams.audio[0]
         video = self._container.streams.video[0] if self._container.streams.video else None
-        self.rate = min((r for r in AAC_RATES if r >= audio.rate), default=max(AAC_RATES))
+        self.rate = rate or min((r for r in AAC_RATES if r >= audio.rate), default=max(AAC_RATES))
+        self.strict = strict
         self._video_start = float(video.start_time * video.time_base) \
             if video is not None and video.start_time is not None else 0.0
         self._frames = self._container.decode(audio)
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+        self._resampler = av.AudioResampler(format=sample_format, layout="mono", rate=self.rate)
         self._buffer = np.zeros(0, np.float32)
         self._first = 0  # the sample number of _buffer[0]
         self._skip: int | None = None  # samples to drop before sample 0, known at the first decoded frame
@@ -329,6 +335,9 @@ class SoundTrack:
         except StopIteration:
             frame = None
         except _decode_errors():  # a damaged track: the sound ends here, the overlay goes on
+            if self.strict:
+                self.close()
+                raise
             frame = None
         if frame is not None and self._skip is None:
             offset = round(((frame.time or 0.0) - self._video_start) * self.rate)

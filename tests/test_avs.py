@@ -525,3 +525,118 @@ def test_video_input_equals_the_avsbench_clip_and_reads_a_sound_track(avs_root, 
     with pytest.raises(SystemExit):
         test_medvt.main(common + ["--wav", str(clip.wav)])
     assert "--wav and --fps describe a --video" in capsys.readouterr().err
+
+
+def test_sound_track_starting_after_the_first_frame_is_aligned_with_it(tmp_path, monkeypatch):
+    """A file whose sound starts 0.5 s after its first frame (the audio frames' pts, as a camera or an
+    editor writes them): its sound is read with 0.5 s of silence first, so a tone starting 1 s into the
+    track lands 1.5 s after the first frame, where the overlay (datasets.stream.SoundTrack) plays it;
+    read ignoring the timestamps it landed at 1.0 s, heard 0.48 s early. A track starting with the
+    frames reads exactly as before (the same samples as decoding without alignment)."""
+    import av
+
+    from datasets.audio import read_soundtrack
+
+    rate, fps = 44100, 10
+    t = np.arange(3 * rate) / rate
+    tone = np.where(t >= 1.0, 0.3 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)
+    frames = [np.full((32, 32, 3), 100, np.uint8)] * 40
+    from datasets import stream
+    from datasets.audio import AudioError
+
+    def write(path: Path, sound_start: float) -> Path:
+        with av.open(str(path), "w") as c:
+            v = c.add_stream("libx264", rate=fps)
+            v.height = v.width = 32
+            v.pix_fmt = "yuv420p"
+            a = c.add_stream("aac", rate=rate)
+            a.layout = "mono"
+            for f in frames:
+                c.mux(v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            c.mux(v.encode(None))
+            for k in range(0, len(tone), 1024):
+                frame = av.AudioFrame.from_ndarray(tone[None, k:k + 1024], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = rate, k + round(sound_start * rate)  # pts in 1 / rate
+                c.mux(a.encode(frame))
+            c.mux(a.encode(None))
+        return path
+
+    def onset_s(x: np.ndarray) -> float:
+        return int(np.argmax(np.abs(x) > 0.05)) / 16000
+
+    late = read_soundtrack(write(tmp_path / "late.mp4", 0.5))
+    assert onset_s(late) == pytest.approx(1.5, abs=0.01) and not np.any(late[:int(0.45 * 16000)])
+    on_time = write(tmp_path / "on_time.mp4", 0.0)
+    x = read_soundtrack(on_time)
+    assert onset_s(x) == pytest.approx(1.0, abs=0.01) and len(x) == pytest.approx(3 * 16000, abs=1024)
+    with av.open(str(on_time)) as c:  # decoded without alignment, as before: the very same samples
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        plain = [f.to_ndarray().reshape(-1) for frame in [*c.decode(audio=0), None] for f in resampler.resample(frame)]
+    assert np.array_equal(x, np.concatenate(plain) / 32768.0)
+
+    # A track that stops decoding part way: the overlay's SoundTrack ends it there quietly, but the model's
+    # sound is refused rather than cut short.
+    init = stream.SoundTrack.__init__
+
+    def damaged(frames):
+        for i, f in enumerate(frames):
+            if i == 5:  # as FFmpeg's InvalidDataError, a ValueError
+                raise ValueError("damaged packet")
+            yield f
+
+    def damaged_after_5_frames(self, path, **kw):
+        init(self, path, **kw)
+        self._frames = damaged(self._frames)
+
+    monkeypatch.setattr(stream.SoundTrack, "__init__", damaged_after_5_frames)
+    with pytest.raises(AudioError, match=r"on_time.mp4: its sound track cannot be decoded \(damaged packet\)"):
+        read_soundtrack(on_time)
+
+
+def test_length_warning_says_which_part_is_not_covered(capsys):
+    """More than 1 s apart (under twice): frames past the sound's end reuse its last example; sound past
+    the last frame is not used (there are no frames past the sound's end then)."""
+    from avs.video import check_lengths
+
+    check_lengths(10.0, 7.0, "--wav")
+    assert capsys.readouterr().out.strip() == ("warning: the video lasts 10.0 s but its sound 7.0 s (--wav); "
+                                               "frames past the sound's end get its last 0.96 s")
+    check_lengths(7.0, 10.0, "--video a.mp4")
+    assert capsys.readouterr().out.strip() == ("warning: the video lasts 7.0 s but its sound 10.0 s (--video a.mp4); "
+                                               "the sound past the last frame is not used")
+    check_lengths(7.0, 7.9, "--wav")
+    assert capsys.readouterr().out == ""
+
+
+def test_default_output_folder_is_named_when_it_is_created(avs_root, tmp_path, monkeypatch):
+    """Two runs without --output_dir started in the same second: each takes the folder name when it
+    creates the folder (after VGGish and the model load), so a run whose folder appeared meanwhile gets
+    ``_2`` (utils.cli.new_run_folder) instead of writing into the other's folder and removing its
+    INCOMPLETE marker (or failing on it)."""
+    import types
+
+    import utils.cli
+    from avs import test_medvt
+
+    torch.manual_seed(0)
+    model = build_avs_model("avs_tiny")
+    ckpt = tmp_path / "weights" / "avs.pth"
+    ckpt.parent.mkdir()
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
+    monkeypatch.setattr(utils.cli, "time", types.SimpleNamespace(time=lambda: 1_000_000_000.0))  # one second
+    other = ckpt.parent / "avs_test_1000000000"
+    load = test_medvt.load_avs_model
+
+    def load_while_another_run_starts(*a):
+        other.mkdir()  # the other run, started in the same second, creates its folder now
+        (other / "INCOMPLETE").write_text("the other run\n")
+        return load(*a)
+
+    monkeypatch.setattr(test_medvt, "load_avs_model", load_while_another_run_starts)
+    res = test_medvt.main(["--task", "s4", "--config", "avs_tiny", "--allow_random_vggish", "--device", "cpu",
+                           "--num_workers", "0", "--avsbench_root", str(avs_root), "--weights", str(ckpt), "--split",
+                           "val", "--test_im_size", "32", "--test_batch_size", "1", "--max_batches", "1"])
+    assert res["num_clips"] == 1
+    ours = ckpt.parent / "avs_test_1000000000_2"
+    assert sorted(p.name for p in ours.iterdir()) == ["results.json", "test.log"]
+    assert [p.name for p in other.iterdir()] == ["INCOMPLETE"]  # the other run's folder untouched

@@ -3,6 +3,8 @@ and two processes under torchrun (Gloo, CPU); tiny model on a synthetic AVSBench
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -104,6 +106,57 @@ def test_non_finite_loss_stops_at_the_step(avs_root, tmp_path, monkeypatch):
         train_script.main(base_args(avs_root, tmp_path / "nan"))
     assert not (tmp_path / "nan" / "checkpoint_last.pth").exists()
     assert "non-finite loss at epoch 0, step 1" in (tmp_path / "nan" / "train.log").read_text()
+
+
+def test_diverging_run_stops_in_one_line_naming_the_step(avs_root, tmp_path, monkeypatch, capsys):
+    """A learning rate that makes the logits NaN: the criterion's BCE would raise ("all elements of input
+    should be between 0 and 1"), a traceback; it returns a NaN bce instead, so the engine's check stops
+    the run in one line (exit 2) naming the epoch and step, also written to train.log."""
+    out = tmp_path / "diverged"
+    monkeypatch.setattr(sys, "argv", ["train_medvt.py", *base_args(avs_root, out, "--lr", "1e8", "--lr_backbone",
+                                                                    "1e8")])
+    with pytest.raises(SystemExit) as e:
+        run_main(train_script.main)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and re.search(r"non-finite loss at epoch 0, step \d+: .*bce nan", err), err
+    assert re.search(r"non-finite loss at epoch 0, step \d+", (out / "train.log").read_text())
+    assert not (out / "checkpoint_last.pth").exists()
+
+
+def test_criterion_returns_nan_bce_for_nan_logits_with_the_same_keys():
+    """Every process returns the same keys (the engine reduces them over processes); finite logits keep
+    their loss, and logits of ±inf (probabilities 0 and 1) are finite probabilities, still scored."""
+    crit = train_script.AVSCriterion("s4")
+    pred = torch.zeros(1, 5, 2, 2)
+    frames, gt = torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, 2, 2)
+    ok = crit({"pred_masks": pred}, gt, frames)
+    pred[0, 0, 0, 0] = float("nan")
+    bad = crit({"pred_masks": pred}, gt, frames)
+    assert set(bad) == set(ok) == {"loss", "bce", "av"}
+    assert bad["bce"].isnan() and bad["loss"].isnan() and bad["av"].item() == 0
+    assert ok["bce"].item() == pytest.approx(math.log(2))
+    pred[0, 0, 0, 0] = float("inf")
+    assert crit({"pred_masks": pred}, gt, frames)["bce"].isfinite()
+
+
+def test_val_every(avs_root, tmp_path):
+    """--max_epoches 3 --val_every 2 validates after epochs 1 and 2 (due, and the last) only, as the other
+    trainers; --val_every 0 never (no checkpoint_best.pth); it may change on --resume (RESUME_FREE), and
+    the resumed run equals the uninterrupted one."""
+    full = tmp_path / "full"
+    train_script.main(base_args(avs_root, full, "--max_epoches", "3", "--val_every", "2"))
+    rows = json.loads((full / "history.json").read_text())
+    assert [h["epoch"] for h in rows] == [0, 1, 2]
+    assert ["val_miou" in h for h in rows] == [False, True, True]
+    assert (full / "checkpoint_best.pth").is_file()
+    part = tmp_path / "part"
+    train_script.main(base_args(avs_root, part, "--max_epoches", "3", "--val_every", "0", "--stop_after", "1"))
+    assert "val_miou" not in json.loads((part / "history.json").read_text())[0]
+    assert not (part / "checkpoint_best.pth").exists()
+    train_script.main(base_args(avs_root, part, "--max_epoches", "3", "--val_every", "2", "--resume", "auto"))
+    drop = lambda hs: [{k: v for k, v in h.items() if k != "step_time"} for h in hs]  # noqa: E731
+    assert drop(json.loads((part / "history.json").read_text())) == drop(rows)
 
 
 def test_torchrun_two_processes_and_resume(avs_root, tmp_path, deterministic):
