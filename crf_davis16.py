@@ -28,7 +28,7 @@ from tqdm import tqdm
 from datasets import path_config
 from datasets.video import image_size
 from utils import crf
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
                        incomplete_marker, positive_int, run_main)
 from utils.metrics import evaluate_sequences, jsonable, sequence_frames
 
@@ -36,9 +36,8 @@ SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Refine DAVIS-16 probability maps with a fully connected CRF and evaluate them.",
-        formatter_class=HelpFormatter)
+    parser = ArgumentParser(
+        description="Refine DAVIS-16 probability maps with a fully connected CRF and evaluate them.")
     parser.add_argument("logits_dir", metavar="LOGITS_DIR", type=Path,
                         help="folder of <seq>/<frame>.png probability maps (uint8, probability*255); "
                              "every sub-folder is a sequence")

@@ -25,13 +25,12 @@ from models.config import VARIANTS, preset_name
 from models.registry import load_weights, resolve_config
 from models.onnx_export import (OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names,
                                 min_dynamic_size)
-from utils.cli import HelpFormatter, UserError, add_debug_flag, check_output_file, random_seed, run_main
+from utils.cli import ArgumentParser, UserError, add_debug_flag, check_output_file, random_seed, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Export a MED-VT model to ONNX (opset 19, DeformConv native), validate "
-                                            "it with onnx.checker and compare ONNX Runtime with PyTorch once.",
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(description="Export a MED-VT model to ONNX (opset 19, DeformConv native), validate "
+                                            "it with onnx.checker and compare ONNX Runtime with PyTorch once.")
     p.add_argument("--model_path", type=Path, default=None,
                    help="checkpoint: the authors' file or one of ours (read with the project's safe loader)")
     p.add_argument("--config", default=None, type=preset_name, choices=list(PRESETS),

@@ -37,8 +37,9 @@ from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
 from models.registry import model_state_dict
-from utils.cli import (HelpFormatter, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag, check_output_dir,
-                       clip_frames, positive_float, positive_int, refuse_fps_for_a_video_file, refuse_unused, run_main)
+from utils.cli import (ArgumentParser, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
+                       check_output_dir, clip_frames, positive_float, positive_int, refuse_fps_for_a_video_file,
+                       refuse_unused, run_main)
 from utils.distributed import (DistInfo, check_device, default_run_folder, one_process_only, process_group,
                                shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
@@ -46,11 +47,10 @@ from utils.metrics import jsonable
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Segment the primary moving object in videos with a MED-VT checkpoint, using the original "
                     "test protocol (every frame the centre of its own wrap-around clip, optional flip and "
-                    "multi-scale), write probability maps, binary masks, overlays and metrics.",
-        formatter_class=HelpFormatter)
+                    "multi-scale), write probability maps, binary masks, overlays and metrics.")
     p.add_argument("--model_path", required=True, type=Path,
                    help="checkpoint: the authors' file (Swin-B or ResNet-101) or one saved by train_swin_medvt_avos.py")
     p.add_argument("--dataset", default="davis", choices=["davis", "ytbo", "moca", "all"],

@@ -53,7 +53,7 @@ from utils import distributed as du
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
                               read_resume_checkpoint, resume_path, resume_training, run_summary, seed_everything,
                               stretch_schedule, tensorboard_writer)
-from utils.cli import (HelpFormatter, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
+from utils.cli import (ArgumentParser, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, run_epochs, train_one_epoch
 from utils.logger import DeferredLog
@@ -74,7 +74,7 @@ INIT_FLAGS = "--init_from (a MED-VT checkpoint, e.g. the authors' release), or -
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="swinB", choices=sorted(BACKBONE_CONFIGS), metavar="{swinB,resnet101}",
                    help="swinB → config medvt_swinb_avos, resnet101 → medvt_r101_avos, with the original's "

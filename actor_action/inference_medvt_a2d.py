@@ -58,7 +58,7 @@ from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_nam
 from datasets.path_config import add_path_args, dataset_root
 from models import CheckpointMismatchError, MedVTConfig, build_model, read_checkpoint
 from models.registry import load_weights
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, incomplete_marker, non_negative_int, positive_int,
                        refuse_fps_for_a_video_file, refuse_unused, require_file, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
@@ -67,7 +67,7 @@ from utils.metrics import jsonable
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     add_model_args(p)
     p.add_argument("--model_path", required=True, metavar="PATH",
                    help="checkpoint: the authors' A2D release or ours (train_medvt_a2d.py)")

@@ -51,7 +51,7 @@ from models.registry import init_weights
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
                               open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
                               seed_everything, stretch_schedule, tensorboard_writer)
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, broadcast_buffers, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, epoch_steps, run_epochs, train_one_epoch
@@ -60,7 +60,7 @@ from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     add_model_args(p)
     g = p.add_argument_group("initialisation")
     g.add_argument("--swin_pretrained", "--swin_b_pretrained_path", dest="swin_b_pretrained_path", default=None,

@@ -24,11 +24,11 @@ from tqdm import tqdm
 from datasets.audio import AudioError, wav_to_clip_examples
 from datasets.avsbench import NUM_FRAMES, avsbench_clips
 from datasets.path_config import add_path_args
-from utils.cli import HelpFormatter, add_debug_flag, run_main
+from utils.cli import ArgumentParser, add_debug_flag, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--task", choices=("s4", "ms3"), default="s4", help="AVSBench setting")
     add_path_args(p, ["avsbench"])
     p.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to process")

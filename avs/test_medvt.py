@@ -39,7 +39,7 @@ from datasets.video import image_size
 from models import load_model
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
-from utils.cli import (HelpFormatter, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
+from utils.cli import (ArgumentParser, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
                        new_run_folder, non_negative_int, positive_float, positive_int, refuse_unused, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.logger import format_metrics, setup_logger
@@ -47,7 +47,7 @@ from utils.metrics import jsonable
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     add_model_args(p)
     add_path_args(p, ["avsbench"])
     p.add_argument("--model_path", "--weights", dest="model_path", required=True, metavar="PATH",

@@ -65,7 +65,7 @@ from utils import distributed as du
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
                               open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
                               seed_everything, tensorboard_writer)
-from utils.cli import (HelpFormatter, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
+from utils.cli import (ArgumentParser, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
                        random_seed, run_main)
 from utils.engine import run_epochs, train_one_epoch
 from utils.logger import DeferredLog
@@ -78,7 +78,7 @@ TASK_DEFAULTS = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     add_model_args(p)
     add_path_args(p, ["avsbench"])
     g = p.add_argument_group("recipe (None = the task's default, see the table above)")

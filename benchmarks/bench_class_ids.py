@@ -24,11 +24,11 @@ import torch
 
 from benchmarks.common import PeakMemory, machine_info
 from models.predictor import VideoPredictor
-from utils.cli import HelpFormatter, positive_int
+from utils.cli import ArgumentParser, positive_int
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--classes", type=positive_int, default=124, help="classes K (VSPW 124, A2D 80)")
     p.add_argument("--size", type=positive_int, nargs=2, default=[1080, 1920], metavar=("H", "W"),
                    help="frame size the class ids are written at")

@@ -30,12 +30,12 @@ import torch
 from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops, latency_stats, machine_info,
                                parse_checked, report, setup, throughput, time_runs)
 from models import MODEL_CONFIGS, build_model
-from utils.cli import HelpFormatter
+from utils.cli import ArgumentParser
 from utils.engine import autocast
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     add_common_args(p, default_size=473)
     return p
 

@@ -28,7 +28,7 @@ import torch
 
 from models import MODEL_CONFIGS, build_model
 from models.config import preset_name
-from utils.cli import HelpFormatter
+from utils.cli import ArgumentParser
 
 
 def peak_rss_mib() -> float:
@@ -91,7 +91,7 @@ def top_ops(profile: str, n: int = 10) -> list[tuple[str, float, float]]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="medvt_swinb_avos", type=preset_name, choices=sorted(MODEL_CONFIGS),
                    help="model preset (fresh weights)")
     p.add_argument("--frames", type=int, default=6, help="frames per clip")

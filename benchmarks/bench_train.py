@@ -27,12 +27,12 @@ from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops,
                                parse_checked, report, setup, throughput, time_runs)
 from models import MODEL_CONFIGS, build_model
 from models.losses import AVOSCriterion
-from utils.cli import HelpFormatter
+from utils.cli import ArgumentParser
 from utils.engine import autocast
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     add_common_args(p, default_size=360)
     p.add_argument("--grad_checkpointing", action="store_true",
                    help="recompute backbone and encoder activations in backward (less memory, more time)")

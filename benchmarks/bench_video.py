@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine_info
-from utils.cli import HelpFormatter
+from utils.cli import ArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--config", default="tiny", help="model preset for parts 1-3 (random weights)")
     p.add_argument("--val_size", type=int, default=473, help="shorter side fed to the model (the README's 473)")
     p.add_argument("--num_frames", type=int, default=6, help="clip length T")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.cli import HelpFormatter
+from utils.cli import ArgumentParser
 
 
 def compare(a_dir: Path, b_dir: Path) -> dict:
@@ -53,7 +53,7 @@ def compare(a_dir: Path, b_dir: Path) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("reference", type=Path, help="folder of reference masks (e.g. the float32 run's bin_mask/)")
     p.add_argument("other", type=Path, help="folder of masks to compare (e.g. the bf16 run's bin_mask/)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")

@@ -25,7 +25,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from utils.cli import HelpFormatter
+from utils.cli import ArgumentParser
 
 DISTUTILS_STUB = '''"""Stub of the removed stdlib ``distutils`` (written by benchmarks/extract_original.py)."""
 from . import util  # noqa: F401
@@ -67,7 +67,7 @@ def extract(mirror: Path, commit: str, out: Path) -> Path:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mirror", type=Path, required=True, help="git dir of a rkyuca/medvt mirror")
     p.add_argument("--commit", default="555a462", help="commit to extract (default: the CVPR'23 code)")
     p.add_argument("--out", type=Path, default=Path(".orig"), help="output folder (git-ignored)")

@@ -48,7 +48,7 @@ import torch
 
 from benchmarks.common import cpu_model, peak_tflops
 from benchmarks.gpu_jobs import JOBS, original_unavailable
-from utils.cli import (HelpFormatter, UserError, add_overwrite_flag, check_output_dir, positive_float, positive_int,
+from utils.cli import (ArgumentParser, UserError, add_overwrite_flag, check_output_dir, positive_float, positive_int,
                        run_main)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,7 +305,7 @@ def targets(jobs: dict, comparison: dict) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="where to measure")
     p.add_argument("--out", required=True, help="folder for suite.json, suite.md, suite.log and the logits: new "
                                                 "or empty (see --overwrite)")

@@ -139,8 +139,8 @@ def test_bad_input_gives_one_clear_error(results, case):
     res = results[case]
     assert res.returncode != 0, res.stdout[-2000:]
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    last = res.stderr.strip().splitlines()[-1]
-    assert "error: " in last, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: " in lines[0], res.stderr[-3000:]  # one line, argparse's usage errors too
     for text in CASES[case][2]:
         assert text in res.stderr, (text, res.stderr[-3000:])
 

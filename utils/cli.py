@@ -46,6 +46,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Every script's parser: :class:`HelpFormatter` by default, and a usage mistake (an unknown flag, a
+    value of the wrong kind, :func:`refuse_unused`) as one line, as every other mistake is, instead of
+    argparse's usage block followed by the error: ``prog: error: message (see --help)``, status 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     """``--debug``: read by :func:`run_main` from the command line; added so that --help lists it."""
     parser.add_argument("--debug", action="store_true",

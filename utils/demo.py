@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from datasets.synthetic import make_synthetic_davis
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, check_output_dir, positive_float, positive_int,
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, check_output_dir, positive_float, positive_int,
                        random_seed, run_main)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--output_dir", type=Path, default=Path("demo_output"),
                    help="where everything is written: a new or empty folder (see --overwrite) (default demo_output)")
     p.add_argument("--overwrite", action="store_true",

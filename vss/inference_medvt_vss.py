@@ -39,7 +39,7 @@ from datasets.path_config import add_path_args, dataset_root
 from datasets.stream import require_video
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
-from utils.cli import (HelpFormatter, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, non_negative_int, positive_int, refuse_fps_for_a_video_file,
                        refuse_unused, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
@@ -52,7 +52,7 @@ from vss.config import DEFAULT_CONFIG, config_names
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model_path", default=None,
                    help="checkpoint to evaluate (one written by vss/train_medvt_vss.py records its model config); "
                         "required unless --random_weights or --runtime onnx (given with it, it must be the checkpoint "
