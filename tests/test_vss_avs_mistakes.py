@@ -108,6 +108,10 @@ def test_interrupted_vss_inference_leaves_the_incomplete_marker(tmp_path, monkey
     assert len(list((out / "predictions" / "2_val_a").glob("*.png"))) == 2
 
     monkeypatch.setattr(common, "_write_frame", write)
+    # running again into it: the refusal says the folder holds a run that did not finish
+    with pytest.raises(UserError, match=r"infer already holds the partial outputs of a run that did not finish "
+                                        r"\(its INCOMPLETE marker\); choose a new folder, or pass --overwrite"):
+        inference_medvt_vss.main(_infer_argv(root, out))
     done = tmp_path / "done"
     assert "mIoU" in inference_medvt_vss.main(_infer_argv(root, done))
     assert not (done / "INCOMPLETE").exists() and (done / "results.json").is_file()

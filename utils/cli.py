@@ -230,7 +230,9 @@ def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path
                         f"{f'pass {flag} to write elsewhere' if default else 'choose another folder'}")
     if not overwrite and out.is_dir() and any(out.iterdir()):
         remedy = f"pass {flag}" if default else "choose a new folder, or pass --overwrite to write over them"
-        raise UserError(f"{named} already holds files (an earlier run?); {remedy}")
+        what = ("the partial outputs of a run that did not finish (its INCOMPLETE marker)"
+                if (out / "INCOMPLETE").is_file() else "files (an earlier run?)")
+        raise UserError(f"{named} already holds {what}; {remedy}")
     return out
 
 
