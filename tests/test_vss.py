@@ -239,6 +239,9 @@ def test_train_resume_then_inference_writes_colored_predictions_and_results(vspw
                                      "--vspw_root", str(vspw), "--split", "test", "--val_size", "48",
                                      "--device", "cpu", "--output_dir", str(test_out)]) == {}
     assert len(list((test_out / "predictions" / "4_test_a").glob("*.png"))) == 3
+    record = json.loads((test_out / "summary.json").read_text())  # what made them: it wrote nothing else
+    assert record["split"] == "test" and record["videos"] == ["4_test_a"] and record["metrics"] is None
+    assert record["settings"]["val_size"] == 48 and record["model"]
 
 
 def test_torchrun_shares_validation_and_scores_as_one_process(tmp_path, deterministic):
@@ -285,7 +288,9 @@ def test_torchrun_shares_validation_and_scores_as_one_process(tmp_path, determin
     pngs = sorted(p.relative_to(single) for p in single.rglob("*.png"))
     assert len(pngs) == 31 and sorted(p.relative_to(two) for p in two.rglob("*.png")) == pngs
     assert all((two / p).read_bytes() == (single / p).read_bytes() for p in pngs)
-    assert sorted(p.name for p in two.iterdir()) == ["predictions", "results.csv", "results.json"]  # no INCOMPLETE
+    # no INCOMPLETE; the summary written once, by rank 0, as one process writes it
+    assert sorted(p.name for p in two.iterdir()) == ["predictions", "results.csv", "results.json", "summary.json"]
+    assert (two / "summary.json").read_text() == (single / "summary.json").read_text()
 
 
 def test_chunk_clips_cover_every_frame_once_inside_the_video():

@@ -173,6 +173,11 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, videos: list
                                       save_overlays=args.save_overlays, **settings)
             if summary and proc.is_main:
                 json_path, csv_path = write_results(summary, out, "results")
+            if proc.is_main:  # what made the outputs, also for a split without ground truth (test)
+                record = {"split": args.split, "videos": [v.name for v in videos], "model": str(source),
+                          "settings": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in settings.items()},
+                          "metrics": "results.json" if summary else None}
+                (out / "summary.json").write_text(json.dumps(jsonable(record), indent=2) + "\n")
     if video is not None:
         print(f"wrote {out / 'predictions' / video.name}/*.png and the overlay video {result['overlay_video']}")
         return result
