@@ -36,9 +36,10 @@ from datasets.video import require_same_size
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
+from models.predictor import scaled_hw
 from models.registry import model_state_dict
 from utils.cli import (ArgumentParser, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
-                       check_output_dir, clip_frames, positive_float, positive_int, refuse_fps_for_a_video_file,
+                       check_output_dir, clip_frames, positive_float, positive_int, check_overlay_fps,
                        refuse_unused, run_main)
 from utils.distributed import (DistInfo, check_device, default_run_folder, one_process_only, process_group,
                                shared_run_folder)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_runtime_flags(parser, args, ("amp",), argv)
     if args.video is not None:
         refuse_unused(parser, args, DATASET_ONLY, "to a dataset run, not to --video", argv)
-        refuse_fps_for_a_video_file(parser, args, argv)
+        check_overlay_fps(parser, args, argv, datasets_too=True)
     one_process_only("--video" if args.video else "--runtime onnx" if args.runtime == "onnx" else None,
                      "a dataset's sequences")
     datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
@@ -207,7 +208,7 @@ def check_video_size(model, video, protocol, args: argparse.Namespace, device) -
     outside the ONNX file's sizes: refused before the output folder exists (a dataset's sizes vary by
     sequence and are refused when they are met)."""
     h, w = video.size_hw
-    sizes = sorted({(int(h * s), int(w * s)) for s in protocol.scales})  # as the predictor resizes them
+    sizes = sorted({scaled_hw(h, w, s) for s in protocol.scales})
     if args.runtime == "onnx":
         for size in sizes:
             model.check(args.num_frames, *size)

@@ -60,7 +60,7 @@ from models import CheckpointMismatchError, MedVTConfig, build_model, read_check
 from models.registry import load_weights
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, incomplete_marker, non_negative_int, positive_int,
-                       refuse_fps_for_a_video_file, refuse_unused, require_file, run_main)
+                       check_overlay_fps, refuse_unused, require_file, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 from utils.metrics import jsonable
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         refuse_unused(parser, args, SPLIT_ONLY, "to an A2D split, not to --video (which always writes its predictions "
                       "and an overlay video)", argv)
         one_process_only("--video", "a split's annotated frames")
-        refuse_fps_for_a_video_file(parser, args, argv)
-    else:
-        refuse_unused(parser, args, ["fps"], "to --video (a folder of frames)", argv)
+    check_overlay_fps(parser, args, argv)
     inputs = {"--a2d_root": dataset_root("a2d", args.a2d_root) if args.video is None else None,
               "--color_map": args.color_map, "--model_path": args.model_path, "--video": args.video}
     # The output folder is checked before anything is read, so a mistake there costs nothing; without

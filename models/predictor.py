@@ -106,6 +106,11 @@ class Window:
         return batch * self.clip_len
 
 
+def scaled_hw(h: int, w: int, scale: float) -> tuple[int, int]:
+    """The input size of an (h, w) clip at ``scale`` (multi-scale test), as the original truncates it."""
+    return int(h * scale), int(w * scale)
+
+
 class VideoPredictor:
     """Args:
         model: a MED-VT model (``pred_masks`` [B, T, h, w] binary or [B, K, T, h, w]).
@@ -169,7 +174,7 @@ class VideoPredictor:
         for s in self.scales:
             xs = x
             if s != 1:
-                xs = F.interpolate(x.flatten(0, 1), size=(int(h * s), int(w * s)), mode="bilinear",
+                xs = F.interpolate(x.flatten(0, 1), size=scaled_hw(h, w, s), mode="bilinear",
                                    align_corners=False).unflatten(0, x.shape[:2])
             ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
             with ctx:

@@ -186,11 +186,15 @@ def add_overlay_fps_flag(parser, frames_of: str = "a --video folder") -> None:
                              "keeps the file's own timing (default 10)")
 
 
-def refuse_fps_for_a_video_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                                argv: Sequence[str] | None = None) -> None:
-    """``--fps`` given with a --video file, whose overlay keeps the file's own frame times: refused, not ignored."""
+def check_overlay_fps(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None = None,
+                      datasets_too: bool = False) -> None:
+    """``--fps`` where it does nothing is refused, not ignored: with a --video file, whose overlay keeps the
+    file's own frame times, and (unless ``datasets_too``: AVOS overlays a dataset's sequences) in a run
+    on a dataset split, which writes no overlay video."""
     if args.video is not None and Path(args.video).is_file():
         refuse_unused(parser, args, ["fps"], f"to frame folders; --video {args.video} has its own frame rate", argv)
+    elif args.video is None and not datasets_too:
+        refuse_unused(parser, args, ["fps"], "to --video (a folder of frames)", argv)
 
 
 def add_overwrite_flag(parser, output: str = "--output_dir") -> None:

@@ -40,7 +40,7 @@ from datasets.stream import require_video
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
-                       check_output_dir, clip_frames, non_negative_int, positive_int, refuse_fps_for_a_video_file,
+                       check_output_dir, clip_frames, non_negative_int, positive_int, check_overlay_fps,
                        refuse_unused, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, autocast, check_runtime_flags,
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         refuse_unused(parser, args, ("vspw_root", "split", "videos", "save_overlays", "no_save_predictions"),
                       "to a VSPW split, not to --video (which always writes its predictions and an overlay video)",
                       argv)
-    if args.video is None:
-        refuse_unused(parser, args, ["fps"], "to --video (a folder of frames)", argv)
-    refuse_fps_for_a_video_file(parser, args, argv)
+    check_overlay_fps(parser, args, argv)
     one_process_only("--video" if args.video else "--runtime onnx" if args.runtime == "onnx" else None,
                      "a split's videos")
     # The output folder is checked before anything is read, so a mistake there costs nothing.
