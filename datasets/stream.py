@@ -14,9 +14,9 @@ when the source was built with ``keep_rgb=True`` (for overlays), else None.
 No source holds more than a few frames: a long video never sits in memory whole.
 :func:`open_video` turns a user's ``--video`` (a file or a folder of frames) into a source and
 checks it first, so that an unreadable input fails with one line naming it before any output.
-A user's frames are turned upright as a player shows them: a video file's rotation (a phone's
-display matrix) and a frame file's EXIF orientation are applied when a frame is read, so masks,
-``frame_hw`` and overlays are those of the upright frame.
+A user's frames are shown as a player shows them: a video file's rotation (a phone's display
+matrix) and a frame file's EXIF orientation turn them upright, and a video's non-square pixels
+(sample aspect ratio) are made square, so masks, ``frame_hw`` and overlays are those of that frame.
 """
 from __future__ import annotations
 
@@ -154,6 +154,7 @@ class VideoFile:
                 stream = self._video_stream(container)
                 rate = stream.average_rate or stream.guessed_rate
                 self.fps = float(rate) if rate else None
+                sar = stream.sample_aspect_ratio  # non-square pixels (DV, HDV, DVD): None or 0 when unset
                 listed = stream.frames  # the container's count (0 = not recorded): checked, not trusted
                 for frame in self._decode(container, stream):
                     if self._n == 0:  # the display matrix (a phone's portrait video): the frame's rotation
@@ -180,6 +181,8 @@ class VideoFile:
         decoded = None if self.times is None else self.times[-1] * (self._n / (self._n - 1) if self._n > 1 else 1)
         self.listed_seconds = lasts if lasts and decoded is not None and decoded < 0.9 * lasts - 0.5 else None
         h, w = self._coded_hw
+        if sar and sar != 1:  # shown as a player does: the stored width stretched by the pixel's aspect
+            w = max(1, round(w * sar))
         self.frame_hw = (w, h) if self._turns % 2 else (h, w)
         self._resize_to = _resolve_size(size_hw, *self.frame_hw)
         self.size_hw = self._resize_to or self.frame_hw
@@ -214,7 +217,14 @@ class VideoFile:
         rgb = frame.to_ndarray(format="rgb24")
         if self._turns:
             rgb = np.ascontiguousarray(np.rot90(rgb, self._turns))
-        return _item(Image.fromarray(rgb), self._resize_to, self.keep_rgb)
+        img = Image.fromarray(rgb)
+        shown = self.frame_hw[::-1]
+        if img.size == shown:
+            return _item(img, self._resize_to, self.keep_rgb)
+        # Non-square pixels: the model input is resized once, from the stored frame; the overlay's
+        # frame is the one a player shows.
+        tensor, _ = _item(img, self.size_hw, False)
+        return tensor, np.asarray(img.resize(shown, Image.BILINEAR)) if self.keep_rgb else None
 
     def _frames(self) -> Iterator:
         """A new decoding pass; errors become UserError naming the file."""

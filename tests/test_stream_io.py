@@ -35,12 +35,15 @@ def square_frames(n=N, h=H, w=W):
     return frames
 
 
-def encode(path, frames, codec="libx264", fmt=None, rate=10):
-    """Write ``frames`` with plain PyAV (independent of the VideoWriter under test)."""
+def encode(path, frames, codec="libx264", fmt=None, rate=10, sar=None):
+    """Write ``frames`` with plain PyAV (independent of the VideoWriter under test); ``sar``: the pixels'
+    aspect ratio (a Fraction), as DV or HDV record it."""
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w", format=fmt) as c:
         s = c.add_stream(codec, rate=rate)
         s.width, s.height = w, h
+        if sar is not None:
+            s.codec_context.sample_aspect_ratio = sar
         s.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         for f in frames:
             c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
@@ -558,6 +561,24 @@ def test_a_rotated_phone_video_and_exif_rotated_frames_are_read_upright(tmp_path
         assert source.size_hw == (64, 48) and next(iter(source))[0].shape == (3, 64, 48)
     flat = ImageFiles(sorted(folder.iterdir()))  # a dataset's frames are read as stored
     assert flat.frame_hw == (48, 64)
+
+
+def test_a_video_with_non_square_pixels_is_read_as_a_player_shows_it(tmp_path):
+    """HDV-style pixels 4/3 wide: a 96x48 stored frame is shown 128x48, so frame_hw, the overlay's frame and
+    the masks are 128 wide; the model input is the stored frame resized once to the model size (not the
+    shown frame resized again). With the display matrix too, the stretch follows the stored width."""
+    stored = _portrait(48, 96)  # white top quarter, grey left sixth (16 stored columns)
+    wide = encode(tmp_path / "hdv.mp4", [stored] * 3, sar=Fraction(4, 3))
+    source = open_video(wide, lambda h, w: (h // 2, w // 2), keep_rgb=True)
+    assert source.frame_hw == (48, 128) and source.size_hw == (24, 64)
+    tensor, rgb = next(iter(source))
+    assert rgb.shape == (48, 128, 3) and 100 < rgb[20:, :19].mean() < 160 and rgb[20:, 24:].mean() < 60
+    decoded = read_back(wide)[1][0]
+    assert torch.equal(tensor, to_tensor(Image.fromarray(decoded).resize((64, 24), Image.BILINEAR)))
+    assert len(source.tail(2)) == 2 and source.tail(1)[0][1].shape == (48, 128, 3)
+    phone = _rotate_display(encode(tmp_path / "turned.mp4", [stored] * 3, sar=Fraction(4, 3)))
+    assert open_video(phone, None).frame_hw == (128, 48)
+    assert open_video(encode(tmp_path / "square.mp4", [stored] * 3, sar=Fraction(1, 1)), None).frame_hw == (48, 96)
 
 
 def _vfr(path, times, size=(48, 64)):
