@@ -41,8 +41,8 @@ from models.registry import model_state_dict
 from utils.cli import (ArgumentParser, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, positive_float, positive_int, check_overlay_fps,
                        refuse_unused, run_main)
-from utils.distributed import (DistInfo, check_device, default_run_folder, one_process_only, process_group,
-                               shared_run_folder)
+from utils.distributed import (DistInfo, add_device_flag, check_device, default_run_folder, one_process_only,
+                               process_group, shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import jsonable
 
@@ -103,8 +103,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_overlay_fps_flag(p, "a dataset's sequences or a --video folder")
     add_inference_amp_flag(p)
     add_runtime_flags(p)
-    p.add_argument("--device", default=None,
-                   help="torch device, e.g. cuda, cuda:1, cpu (default cuda if available, else cpu)")
+    add_device_flag(p)
     p.add_argument("--davis16_split", default="val", choices=["train", "val"],
                    help="DAVIS-16 split to evaluate (default val)")
     p.add_argument("--davis16_seqs_file", type=Path, default=None,

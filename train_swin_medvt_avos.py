@@ -154,8 +154,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--output_dir", default="runs/medvt_avos", help="checkpoints, train.log and history.json")
     add_run_args(g)
     g.add_argument("--seed", type=random_seed, default=42, help="random seed (each process uses seed + rank)")
-    g.add_argument("--device", default=du.default_device(),
-                   help="cuda or cpu (torchrun: the local rank's GPU); default cuda if available, else cpu")
+    du.add_device_flag(g)
     g.add_argument("--find_unused_parameters", action="store_true", help="DDP option, for modified models")
     g.add_argument("--log_every", type=positive_int, default=50, help="log the running losses every N steps")
     add_debug_flag(p)

@@ -61,7 +61,8 @@ from models.registry import load_weights
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, incomplete_marker, non_negative_int, positive_int,
                        check_overlay_fps, refuse_unused, require_file, run_main)
-from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
+from utils.distributed import (DistInfo, add_device_flag, default_run_folder, one_process_only, process_group,
+                               shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 from utils.metrics import jsonable
 
@@ -104,7 +105,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--color_map", default=None, metavar="PATH",
                    help="the original's color_map.txt for names and colours (default: <a2d_root>/color_map.txt "
                         "if present, else a built-in palette)")
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_device_flag(g)
     add_inference_amp_flag(g)
     add_debug_flag(p)
     return p

@@ -19,11 +19,11 @@
   that) is scored as :mod:`actor_action.inference_medvt_a2d` does.
 
 Checkpoints hold ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``, ``config``, so
-the inference script rebuilds the model from the file. ``--resume auto`` continues a run (the policy
-of ``train_swin_medvt_avos.py``: optimizer, schedule, best score, history and every process's RNG;
-other training settings than the run's are refused); a run stopped with ``--stop_after`` and resumed
-continues as the uninterrupted one (bit for bit with deterministic kernels: ``--deterministic``,
-on by default on CPU).
+the inference script rebuilds the model from the file. ``--resume auto`` continues a run (every
+trainer's policy, ``utils.checkpoint.resume_training``: optimizer, schedule, best score, history and
+every process's RNG; other training settings than the run's are refused); a run stopped with
+``--stop_after`` and resumed continues as the uninterrupted one (bit for bit with deterministic
+kernels: ``--deterministic``, on by default on CPU).
 
 Example::
 
@@ -53,7 +53,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               seed_everything, stretch_schedule, tensorboard_writer)
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
-from utils.distributed import DistInfo, broadcast_buffers, run_distributed, wrap_ddp
+from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, epoch_steps, run_epochs, train_one_epoch
 from utils.logger import DeferredLog
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
@@ -121,7 +121,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--output_dir", default="runs/medvt_a2d",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
     add_run_args(g)
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_device_flag(g)
     add_debug_flag(p)
     return p
 

@@ -53,6 +53,7 @@ from PIL import Image
 from datasets.stream import ImageFiles, Prefetch, cut_short_warning, open_video
 from datasets.transforms import test_size
 from datasets.video import VideoSequence, image_size
+from datasets.youtube_objects import MASK_THRESHOLD
 from models import MedVTConfig, build_model, get_config, infer_model_version
 from models.config import VARIANTS
 from models.predictor import VideoPredictor, Window
@@ -67,7 +68,6 @@ from utils.visualize import VideoWriter, overlay
 logger = logging.getLogger("medvt.inference")
 
 DATASETS = ("davis", "ytbo", "moca")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 # ------------------------------------------------------------------------------------- protocol
@@ -364,7 +364,7 @@ def run_davis(model, sequences: Sequence[VideoSequence], protocol: Protocol, opt
 
 
 def run_youtube_objects(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts: RunOptions,
-                        mask_threshold: int = 80) -> dict:
+                        mask_threshold: int = MASK_THRESHOLD) -> dict:
     """YouTube-Objects: predict frames with a GT mask; IoU against GT ≥ ``mask_threshold``.
 
     Score = mean over classes of the mean over the class's videos (shots pooled) of the frame IoUs.

@@ -15,7 +15,7 @@ from models.avs import MEDVTPlusPlus, build_avs_model
 from models.avs_config import AVS_CONFIGS, get_avs_config
 from models.predictor import VideoPredictor
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int
-from utils.distributed import gather_in_order, is_main_process, shard
+from utils.distributed import add_device_flag, gather_in_order, is_main_process, shard
 from utils.engine import check_frame_size
 
 from .metrics import BatchAverage, f_score, mask_iou
@@ -30,7 +30,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", default=None, choices=sorted(AVS_CONFIGS),
                    help="named model config (default: medvtpp_s4 / medvtpp_ms3 by --task; avs_tiny for smoke tests)")
     g.add_argument("--visual_backbone", default="pvt", choices=("pvt",),
-                   help="visual backbone; only PVTv2 (the released model) is implemented")
+                   help="visual backbone, kept for the original's command lines: only PVTv2 (the released model) "
+                        "exists")
     g.add_argument("--mm_context", default="bidir", choices=("bidir", "tpavi"),
                    help="audio-visual fusion: bidirectional cross-attention (the released model) or AVSBench's "
                         "TPAVI on --tpavi_stages (the original MS3 code's alternative)")
@@ -53,7 +54,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="resample wavs that are not 16 kHz (scipy polyphase; the original uses resampy) "
                         "instead of raising an error")
     g.add_argument("--allow_silent", action="store_true", help="accept all-zero wavs instead of raising an error")
-    g.add_argument("--device", default=None, help="cuda / cpu / cuda:N (default: cuda if available)")
+    add_device_flag(g)
     g.add_argument("--num_workers", default=2, type=non_negative_int, help="data-loading worker processes")
     add_debug_flag(p)
 

@@ -19,7 +19,7 @@ last epoch of S4 has lr 0), seed 123, VGGish frozen (eval, no grad). Every ``--v
 (default 1) and after the last the val split is scored (mIoU) and the best model is saved as
 ``checkpoint_best.pth`` (``--val_every 0``: never, and no ``checkpoint_best.pth``).
 
-Checkpoints and resuming (the policy of ``train_swin_medvt_avos.py``): ``checkpoint_last.pth`` is
+Checkpoints and resuming (every trainer's policy, ``utils.checkpoint.resume_training``): ``checkpoint_last.pth`` is
 written atomically after every epoch with the model, optimiser, schedule position, epoch, best
 score, history and the RNG state of every process; ``--resume PATH|auto`` continues such a run
 exactly (a run stopped with ``--stop_after`` and resumed equals the uninterrupted one bit for bit
@@ -82,7 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_path_args(p, ["avsbench"])
     g = p.add_argument_group("recipe (None = the task's default, see the table above)")
-    g.add_argument("--session_name", default=None, help="run name used in the log (default: the task)")
+    g.add_argument("--session_name", default=None,
+                   help="kept for the original's command lines; not used (a run is named by --output_dir)")
     g.add_argument("--output_dir", default="runs/avs_train", help="checkpoints, log and history")
     add_run_args(g, epochs_flag="--max_epoches")
     g.add_argument("--train_im_size", default=None, type=non_negative_int, help="square training size (0 = native 224)")
@@ -153,7 +154,9 @@ def epoch_lr(args, base: float, epoch: int) -> float:
     return poly_lr(base, args.end_lr, step, max(args.max_epoches - 1, 1), args.poly_power)
 
 
-def init_weights(model, args, logger) -> None:
+def init_avs_weights(model, args, logger) -> None:
+    """A new MED-VT++ run's initial weights: PVTv2's ImageNet file, then a trained S4 model or --weights
+    (models.registry.init_weights is MED-VT's)."""
     if args.pvtv2_pretrained_path:
         n = load_pvt_pretrained(model, args.pvtv2_pretrained_path)
         logger.info(f"PVTv2 ImageNet weights: {n} tensors from {args.pvtv2_pretrained_path}")
@@ -248,7 +251,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     model, vggish = build_model_and_audio(args, device)
     check_im_size(model, device, {"--train_im_size": args.train_im_size, "--val_im_size": args.val_im_size})
     if resume_from is None:
-        init_weights(model, args, early)
+        init_avs_weights(model, args, early)
     criterion = AVSCriterion(task=args.task, masked_av=args.masked_av_flag, stages=list(args.masked_av_stages),
                              lambda_1=args.lambda_1, kl=args.kl_flag, euclidean=args.euclidean_flag,
                              norm_fea=args.norm_fea_flag, threshold=args.threshold_flag, pooling=args.mask_pooling_type)

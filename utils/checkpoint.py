@@ -300,7 +300,7 @@ def tensorboard_writer(args: argparse.Namespace, info: du.DistInfo):
 # may change on --resume. So may paths (a data set moved to another disk), and --epochs, which
 # stretch_schedule applies. Any other difference is refused (check_resume_args). A changed worker count
 # is allowed but warned about (resume_training): the augmentation draws then differ.
-RESUME_FREE = {"resume", "overwrite", "output_dir", "device", "num_workers", "workers", "log_every", "val_every",
+RESUME_FREE = {"resume", "overwrite", "output_dir", "device", "num_workers", "log_every", "val_every",
                "no_val", "val_size", "val_flip", "val_videos", "stop_after", "debug", "tensorboard", "deterministic",
                "find_unused_parameters", "grad_checkpointing", "epochs", "max_epoches", "swin_pretrained", "vistr_coco",
                "init_from", "dist_timeout"}
@@ -536,12 +536,11 @@ def _best_of_copy(path: Path, epoch: int, best_epoch: int, out: Path) -> str:
 
 def _warn_other_workers(saved, args: argparse.Namespace, logger) -> None:
     """A changed worker count may resume (RESUME_FREE) but reseeds the augmentation draws: say so."""
-    for name in ("num_workers", "workers"):
-        then, now = getattr(saved, name, None), getattr(args, name, None)
-        if then is not None and now is not None and then != now:
-            logger.warning(f"--{name} {now} differs from the run's ({then}): the data loader's random augmentations "
-                           "come out differently, so the resumed run does not repeat an uninterrupted one bit for "
-                           f"bit; resume with --{name} {then} for that")
+    then, now = getattr(saved, "num_workers", None), getattr(args, "num_workers", None)
+    if then is not None and now is not None and then != now:
+        logger.warning(f"--num_workers {now} differs from the run's ({then}): the data loader's random augmentations "
+                       "come out differently, so the resumed run does not repeat an uninterrupted one bit for "
+                       f"bit; resume with --num_workers {then} for that")
 
 
 def restore_own_rng(rng, info: du.DistInfo, logger, reseed: int) -> None:

@@ -6,8 +6,8 @@ a bug should keep its traceback. :func:`run_main` draws that line: the exception
 :data:`USER_ERRORS` print ``<script>: error: <message>`` on stderr and exit 2 (as argparse does),
 anything else propagates. ``--debug`` or ``MEDVT_DEBUG=1`` shows the traceback of every error.
 
-This module imports only the standard library, so any layer (models, datasets, utils) can raise
-:class:`UserError` subclasses without import cycles.
+This module imports only the standard library and :mod:`utils.logger`, so any layer (models,
+datasets, utils) can raise :class:`UserError` subclasses without import cycles.
 """
 from __future__ import annotations
 

@@ -56,11 +56,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def add_device_flag(parser) -> None:
+    """``--device`` of every script: None (not given) means CUDA if there is a GPU, else the CPU; under
+    torchrun each process takes its local rank's GPU (:func:`process_group`)."""
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available, else cpu; under torchrun the local "
+                             "rank's GPU)")
+
+
 def check_device(device_arg: str | None) -> torch.device:
     """``--device`` as a torch.device, or a :class:`~utils.cli.UserError` naming the flag: an unknown
     device name, CUDA without a visible GPU, or a GPU index beyond those visible."""
-    from utils.cli import UserError
-
     try:
         device = torch.device(device_arg or default_device())
     except (RuntimeError, ValueError):

@@ -42,7 +42,8 @@ from models.config import preset_name
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, non_negative_int, positive_int, check_overlay_fps,
                        refuse_unused, run_main)
-from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
+from utils.distributed import (DistInfo, add_device_flag, default_run_folder, one_process_only, process_group,
+                               shared_run_folder)
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, autocast, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import jsonable, write_results
@@ -85,8 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="average the softmax with that of the mirrored clip")
     add_inference_amp_flag(p)
     add_runtime_flags(p)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_device_flag(p)
     p.add_argument("--output_dir", default=None,
                    help="where predictions/<video>/<frame>.png and results.{json,csv} (or, with --video, "
                         "summary.json) go: a new or empty folder (see --overwrite), outside --vspw_root and --video; "

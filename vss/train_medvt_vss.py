@@ -17,8 +17,9 @@ labels (every choice is listed in the README, "Video semantic segmentation"):
 
 Checkpoints are written atomically and hold the model config, so ``vss/inference_medvt_vss.py``
 rebuilds the model from the file alone. ``--resume auto`` continues from
-``<output_dir>/checkpoint_last.pth`` (the policy of ``train_swin_medvt_avos.py``: optimizer, schedule, best
-score and every process's RNG; other training settings than the run's are refused); a run stopped
+``<output_dir>/checkpoint_last.pth`` (every trainer's policy, ``utils.checkpoint.resume_training``:
+optimizer, schedule, best score and every process's RNG; other training settings than the run's are
+refused); a run stopped
 with ``--stop_after`` and resumed continues as the uninterrupted one (bit for bit with deterministic
 kernels: ``--deterministic``, on by default on CPU).
 
@@ -49,7 +50,7 @@ from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, ch
                               seed_everything, stretch_schedule, tensorboard_writer)
 from utils.cli import (ArgumentParser, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
-from utils.distributed import DistInfo, broadcast_buffers, run_distributed, wrap_ddp
+from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_distributed, wrap_ddp
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, run_epochs, train_one_epoch
 from utils.logger import DeferredLog
 from utils.metrics import write_results
@@ -131,8 +132,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--output_dir", default="runs/medvt_vss",
                    help="checkpoint_last.pth, checkpoint_best.pth, train.log, history.json")
     add_run_args(g)
-    g.add_argument("--device", default=None,
-                   help="cpu, cuda or cuda:N (default: cuda if available; the local rank's GPU under torchrun)")
+    add_device_flag(g)
     add_debug_flag(p)
     return p
 
