@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -30,7 +29,7 @@ from datasets.video import image_size
 from utils import crf
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
                        incomplete_marker, positive_int, run_main)
-from utils.metrics import evaluate_sequences, jsonable, sequence_frames
+from utils.metrics import evaluate_sequences, sequence_frames, write_json
 
 SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
 
@@ -164,7 +163,7 @@ def refine_and_score(args: argparse.Namespace, jobs: list[tuple[Path, Path, Path
     for name, results in (("before CRF", metrics["before_crf"]), ("after CRF", metrics["after_crf"])):
         print(summary_line(name, results))
     out_path = args.out_dir / "metrics.json"
-    out_path.write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
+    write_json(out_path, metrics)
     print(f"metrics written to {out_path}")
     return metrics
 

@@ -19,7 +19,6 @@ The protocol, output files and metrics are described in :mod:`avos.inference`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from contextlib import nullcontext
@@ -44,7 +43,7 @@ from utils.cli import (ArgumentParser, add_debug_flag, add_overlay_fps_flag, add
 from utils.distributed import (DistInfo, add_device_flag, check_device, default_run_folder, one_process_only,
                                process_group, shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
-from utils.metrics import jsonable
+from utils.metrics import write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -273,7 +272,7 @@ def run_tasks(args: argparse.Namespace, argv: list[str] | None, model, info, pro
                     inf.run_video(model, video, protocol, opts)
             results[task]["output_dir"] = str(sub)
         if proc.is_main:
-            (out_dir / "summary.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
+            write_json(out_dir / "summary.json", results)
         return results
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from models.predictor import VideoPredictor, Window
 from models.registry import saved_arg_changes, saved_args
 from utils.cli import positive_float, positive_int
 from utils.distributed import all_gather_object, gather_in_order, is_main_process, shard
+from utils.metrics import write_json
 from utils.visualize import label_image, write_label_video
 
 BACKBONE_PRESETS = {"swinB": "medvt_swinb_a2d", "resnet101": "medvt_r101_a2d"}
@@ -151,8 +150,7 @@ def _save_viz(viz_dir: Path, dataset: A2DDataset, item: dict, pred: np.ndarray, 
 
 def write_tables(out: Path, summary: dict, metric: OriginalA2DMetric, cm: ConfusionMatrix, names: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
-                                                  for k, v in summary.items()}, indent=2) + "\n")
+    write_json(out / "results.json", summary)
     with open(out / "per_video.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["video", "score", "frames"])

@@ -45,7 +45,6 @@ the scores are gathered in the frames' order, so the numbers are one process's, 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +63,7 @@ from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fp
 from utils.distributed import (DistInfo, add_device_flag, default_run_folder, one_process_only, process_group,
                                shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
-from utils.metrics import jsonable
+from utils.metrics import write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -153,7 +152,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, root:
             result = segment_video(model, video, device, out, args.num_frames, palette, names, AMP_DTYPES[args.amp],
                                    fps=args.fps)
             result["settings"] = {"num_frames": args.num_frames, "clip_size": list(args.clip_size), "amp": args.amp}
-            (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+            write_json(out / "summary.json", result)
         print(f"{format_shares(result)}\nwrote {out / 'predictions' / video.name}/*.png and the overlay video "
               f"{result['overlay_video']}")
         return result

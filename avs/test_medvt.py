@@ -26,7 +26,6 @@ process's, and rank 0 writes them.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -43,7 +42,7 @@ from utils.cli import (ArgumentParser, UserError, add_overwrite_flag, check_outp
                        new_run_folder, non_negative_int, positive_float, positive_int, refuse_unused, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.logger import format_metrics, setup_logger
-from utils.metrics import jsonable
+from utils.metrics import write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -135,7 +134,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, sound
         with incomplete_marker(out):  # left in place by an error or Ctrl-C: the outputs are partial
             result = segment_video(model, vggish, video, sound, fps, device, out)
             result["settings"] = {"task": args.task, "test_im_size": size, "weights": str(args.model_path)}
-            (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+            write_json(out / "summary.json", result)
         sound_note = "with its sound" if result["overlay_sound"] else "without sound (this FFmpeg has no AAC encoder)"
         print(f"a sounding object in {100 * result['frames_with_a_source']:.1f}% of the frames; wrote "
               f"{out / 'masks' / video.name}/*.png and the overlay video {result['overlay_video']} {sound_note}")
@@ -163,7 +162,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, sound
         logger.info(f"{args.task} {args.split}: {format_metrics({'mIoU': res['miou'], 'F': res['fscore']})} "
                     f"({res['num_clips']} clips)")
         if proc.is_main:
-            (out / "results.json").write_text(json.dumps(jsonable(res), indent=2))
+            write_json(out / "results.json", res)
     return res
 
 

@@ -268,3 +268,22 @@ def test_torchrun_shares_the_sequences_out_and_scores_as_one_process(data, tmp_p
         assert 0 < int(rank0) < shared["frames"], (rank0, shared["frames"])
         assert f"2 processes: {shared['frames']} frames in " in r.stdout
         assert not (two / "INCOMPLETE").exists() and "rank 0 scores them" in (two / "out.log").read_text()
+
+
+def test_write_json_replaces_a_record_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A summary or history.json is rewritten through a temporary file: a write that fails half-way (a full
+    disk, a kill) leaves the former record, not a truncated one; NaN and numpy numbers are written as JSON."""
+    path = tmp_path / "summary.json"
+    metrics.write_json(path, {"J": np.float32(0.5), "F": float("nan"), "frames": np.int64(3)})
+    assert json.loads(path.read_text()) == {"J": 0.5, "F": None, "frames": 3}
+    real = Path.write_text
+
+    def half_then_full_disk(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError):
+        metrics.write_json(path, {"J": 0.9})
+    monkeypatch.undo()
+    assert json.loads(path.read_text())["J"] == 0.5 and [p.name for p in tmp_path.iterdir()] == ["summary.json"]

@@ -26,7 +26,6 @@ data, model and initial weights, every mistake is reported before the output fol
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -44,7 +43,7 @@ from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_
 from utils import distributed as du
 from utils.cli import UserError, check_output_dir, positive_int
 from utils.logger import DeferredLog, log_run_start, setup_logger
-from utils.metrics import jsonable
+from utils.metrics import write_json
 
 # Files a training run leaves in its --output_dir; any of them means the folder holds a run (metrics.jsonl:
 # what AVOS runs wrote before history.json).
@@ -365,8 +364,7 @@ def write_history(out_dir: str | os.PathLike, history: list[dict]) -> Path:
     """Write ``<out_dir>/history.json``: the run's epochs as its checkpoint records them."""
     path = Path(out_dir) / "history.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(history), indent=2) + "\n")
-    return path
+    return write_json(path, history)
 
 
 def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, args, cfg, model, optimizer,

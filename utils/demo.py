@@ -28,6 +28,7 @@ from pathlib import Path
 from datasets.synthetic import make_synthetic_davis
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, check_output_dir, positive_float, positive_int,
                        random_seed, run_main)
+from utils.metrics import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if metrics["before_crf"]:
         metrics.update(metrics["before_crf"])
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     print(f"\n=== demo done in {metrics['total_seconds']} s; {out / 'metrics.json'}:")
     print(json.dumps(metrics, indent=2))
     print(f"overlays: {infer_dir / 'overlay'}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -301,7 +302,7 @@ def write_results(results: Mapping, out_dir: str | Path, name: str) -> tuple[Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / f"{name}.json", out_dir / f"{name}.csv"
-    json_path.write_text(json.dumps(jsonable(results), indent=2) + "\n")
+    write_json(json_path, results)
     rows = [{"sequence": seq, **vals} for seq, vals in results.get("sequences", {}).items()]
     overall = {k: v for k, v in results.items() if isinstance(v, (int, float, np.floating))}
     rows.append({"sequence": "Overall", **overall})
@@ -312,6 +313,20 @@ def write_results(results: Mapping, out_dir: str | Path, name: str) -> tuple[Pat
         for row in rows:
             writer.writerow({k: "" if v is None else v for k, v in jsonable(row).items()})
     return json_path, csv_path
+
+
+def write_json(path: str | Path, value: object) -> Path:
+    """Write ``jsonable(value)`` as indented JSON, whole or not at all: through a temporary file in the
+    same folder, renamed over ``path`` (a run stopped mid-write leaves the former file, not half of it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(json.dumps(jsonable(value), indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def jsonable(value: object) -> object:

@@ -30,7 +30,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -46,7 +45,7 @@ from utils.distributed import (DistInfo, add_device_flag, default_run_folder, on
                                shared_run_folder)
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, autocast, check_runtime_flags,
                           frames_too_small)
-from utils.metrics import jsonable, write_results
+from utils.metrics import write_json, write_results
 from vss.common import (build_from_args, evaluate_videos, format_summary, onnx_from_args, open_user_video,
                         segment_video)
 from vss.config import DEFAULT_CONFIG, config_names
@@ -165,7 +164,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, videos: list
     with shared_run_folder(out), frames_too_small(sizes, remedy):
         if video is not None:
             result = segment_video(model, video, device, out, fps=args.fps, **settings)
-            (out / "summary.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+            write_json(out / "summary.json", result)
         else:
             summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
                                       save_overlays=args.save_overlays, **settings)
@@ -175,7 +174,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, videos: list
                 record = {"split": args.split, "videos": [v.name for v in videos], "model": str(source),
                           "settings": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in settings.items()},
                           "metrics": "results.json" if summary else None}
-                (out / "summary.json").write_text(json.dumps(jsonable(record), indent=2) + "\n")
+                write_json(out / "summary.json", record)
     if video is not None:
         print(f"wrote {out / 'predictions' / video.name}/*.png and the overlay video {result['overlay_video']}")
         return result
