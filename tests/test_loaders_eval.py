@@ -287,3 +287,26 @@ def test_write_json_replaces_a_record_whole_or_not_at_all(tmp_path, monkeypatch)
         metrics.write_json(path, {"J": 0.9})
     monkeypatch.undo()
     assert json.loads(path.read_text())["J"] == 0.5 and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_davis_masks_in_colour_or_truncated_are_read_as_masks_or_named(tmp_path):
+    """Annotations saved as RGB with the object in green scored J = 0 (the first channel only was read);
+    grey masks stored as RGB, palette and L masks read as before; a truncated annotation is one line
+    naming it (it was PIL's traceback, after every prediction had been written)."""
+    square = np.zeros((24, 32), np.uint8)
+    square[6:18, 8:24] = 255
+    for name, gt in {"green": np.stack([0 * square, square, 0 * square], -1),
+                     "grey_rgb": np.stack([square] * 3, -1), "grey": square}.items():
+        for root, image in (("pred", square), ("gt", gt)):
+            for i in range(3):
+                (tmp_path / root / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(tmp_path / root / name / f"{i:05d}.png")
+    palette = Image.fromarray((square > 0).astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, 0, 0, 1] + [0] * 762)  # index 1 is a colour almost black: still the object
+    palette.save(tmp_path / "gt" / "grey" / "00001.png")
+    results = metrics.evaluate_sequences(tmp_path / "pred", tmp_path / "gt", drop_first_last=False)
+    assert {s: v["J_mean"] for s, v in results["sequences"].items()} == {"green": 1.0, "grey_rgb": 1.0, "grey": 1.0}
+    cut = tmp_path / "gt" / "grey" / "00002.png"
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    with pytest.raises(UserError, match=r"00002\.png: not a readable image"):
+        metrics.evaluate_sequences(tmp_path / "pred", tmp_path / "gt", drop_first_last=False)

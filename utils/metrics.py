@@ -23,7 +23,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+
+from datasets.video import open_image
+from utils.cli import UserError
 
 MOCA_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -122,10 +124,13 @@ def db_statistics(per_frame_values: Iterable[float]) -> tuple[float, float, floa
 
 # --------------------------------------------------------------------------- DAVIS folders
 def read_mask(path: Path, threshold: int = 0) -> np.ndarray:
-    """Boolean mask from a PNG: pixel value > ``threshold`` (first channel of colour images)."""
-    array = np.asarray(Image.open(path))
+    """Boolean mask from a PNG: pixel value > ``threshold`` (a palette PNG's index). A colour PNG is read
+    by its brightest channel, so that an object drawn in any colour on black counts (the first channel
+    alone gave a green object J = 0); grey masks stored as RGB read as their grey value, as before.
+    Decoded completely (:func:`datasets.video.open_image`): a truncated file is named, not a traceback."""
+    array = np.asarray(open_image(path))
     if array.ndim == 3:
-        array = array[..., 0]
+        array = array[..., :3].max(axis=-1) if array.shape[-1] >= 3 else array[..., 0]  # not alpha (RGBA, LA)
     return array > threshold
 
 
@@ -149,7 +154,7 @@ def evaluate_sequence(pairs: Sequence[tuple[Path, Path]], threshold: int = 0,
     for pred_path, gt_path in pairs:
         pred, gt = read_mask(pred_path, threshold), read_mask(gt_path)
         if pred.shape != gt.shape:
-            raise ValueError(f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {gt_path} "
+            raise UserError(f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {gt_path} "
                              f"is {gt.shape[1]}x{gt.shape[0]}")
         j_values.append(jaccard(pred, gt))
         f_values.append(f_measure(pred, gt, bound_th))
