@@ -354,3 +354,15 @@ def test_demo_refuses_a_folder_holding_files_unless_overwrite(tmp_path):
     demo.prepare_output_dir(out, overwrite=True)
     assert sorted(os.listdir(out)) == [demo.DEMO_MARK, "notes.txt"]
     assert "--overwrite" in (ROOT / "Makefile").read_text().split("demo: setup", 1)[1].splitlines()[1]
+
+
+def test_a_symbolic_link_loop_as_output_or_input_folder_is_one_line(tmp_path):
+    """An output folder or input root that is a link to itself: the overlap check raised RuntimeError
+    "Symlink loop" (Path.resolve); now the folder's own one-line error comes where it is used."""
+    from utils.cli import UserError, check_output_dir
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(UserError, match=r"--output_dir .*loop"):
+        check_output_dir(loop, "--output_dir", {"--video": tmp_path / "clip.mp4"})
+    assert check_output_dir(tmp_path / "out", "--output_dir", {"--davis16_root": loop}) == tmp_path / "out"

@@ -147,11 +147,13 @@ def lost_peer(error: BaseException) -> bool:
 def require_separate(output: str | Path, output_flag: str, inputs: dict[str, str | Path | None]) -> None:
     """Refuse an output folder that is, contains or lies inside an input folder: writing there would
     overwrite the inputs (or add folders a later run would read as inputs)."""
-    out = Path(output).resolve()
+    # realpath, not Path.resolve: a symbolic link loop stays a path (its own error comes where it is
+    # used), where resolve raised RuntimeError "Symlink loop".
+    out = Path(os.path.realpath(output))
     for flag, path in inputs.items():
         if path is None:
             continue
-        p = Path(path).resolve()
+        p = Path(os.path.realpath(path))
         if out == p or out.is_relative_to(p) or p.is_relative_to(out):
             raise UserError(f"{output_flag} {output} overlaps {flag} {path}: the outputs would overwrite or mix "
                             "with the inputs; choose an output folder outside it")
@@ -225,6 +227,9 @@ def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path
     named = f"the default output folder {output} (no {flag} given)" if default else f"{flag} {output}"
     if out.exists() and not out.is_dir():
         raise UserError(f"{named} is a file, not a folder; give a folder (it is created if missing)")
+    if out.is_symlink() and not out.exists():  # mkdir would say "File exists"
+        raise UserError(f"{named} is a symbolic link that leads nowhere (a loop, or a missing target); "
+                        "choose another folder")
     require_separate(out, flag, inputs)
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir():  # a/b where a is a file: not a matter of permissions
