@@ -20,6 +20,7 @@ matrix) and a frame file's EXIF orientation turn them upright, and a video's non
 """
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -193,8 +194,8 @@ class VideoFile:
         if fmt.startswith("image2") or fmt.endswith("_pipe"):
             raise UserError(f"{self._what} is an image ({fmt}), not a video; "
                             "give a video file or a folder of frames")
-        if not container.streams.video:
-            raise UserError(f"{self._what} has no video stream")
+        if not container.streams.video:  # also an mp4 cut short before its index (FFmpeg finds no streams)
+            raise UserError(f"{self._what} has no video stream (a sound-only file, or one cut short or damaged?)")
         stream = container.streams.video[0]
         if stream.codec_context is None:  # FFmpeg has no decoder for this codec
             raise UserError(f"{self._what}: no decoder for its video codec; convert it to H.264 mp4 "
@@ -376,6 +377,8 @@ def require_video(path: str | Path, flag: str = "--video") -> Path:
     path = Path(path)
     if not path.exists():
         raise MissingInputError(f"{flag} {path} does not exist (give a video file or a folder of frames)")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):  # not "convert it to H.264"
+        raise UserError(f"{flag} {path} cannot be read: permission denied for this user")
     return path
 
 

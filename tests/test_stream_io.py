@@ -225,6 +225,18 @@ def test_unreadable_inputs_are_one_line_user_errors(tmp_path, mp4):
     assert len(open_video(cases["one frame"][0], None, min_frames=1)) == 1
 
 
+def test_a_video_cut_before_its_index_or_unreadable_is_named_for_what_it_is(tmp_path, mp4, monkeypatch):
+    """An mp4 cut short before its index (moov at the end: FFmpeg finds no streams) said only "has no video
+    stream"; a file this user may not read was "not a video that can be decoded; convert it to H.264"."""
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(mp4.read_bytes()[: mp4.stat().st_size * 2 // 3])
+    with pytest.raises(UserError, match=r"cut\.mp4 has no video stream \(a sound-only file, or one cut short"):
+        open_video(cut, None)
+    monkeypatch.setattr("datasets.stream.os.access", lambda path, mode: False)  # as a user without read permission
+    with pytest.raises(UserError, match=r"--video .*clip\.mp4 cannot be read: permission denied"):
+        open_video(mp4, None)
+
+
 def test_empty_folder(tmp_path):
     with pytest.raises(UserError, match="--clip .* has no"):
         open_video(tmp_path, None, flag="--clip")
