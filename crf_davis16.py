@@ -86,6 +86,9 @@ def resolve_images_dir(args: argparse.Namespace) -> Path:
 def resolve_gt_dir(args: argparse.Namespace) -> Path | None:
     """Explicit --gt_dir must exist; the default is used only if present (metrics are optional)."""
     if args.gt_dir is not None:
+        if args.gt_dir.is_file():
+            raise NotADirectoryError(f"--gt_dir {args.gt_dir} is a file; give the folder of <sequence>/<frame>.png "
+                                     "annotations")
         if not args.gt_dir.is_dir():
             raise FileNotFoundError(f"ground-truth folder {args.gt_dir} (given by --gt_dir) does not exist")
         return args.gt_dir

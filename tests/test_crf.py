@@ -139,3 +139,15 @@ def test_workers_are_capped_at_frames_and_cores(tmp_path, monkeypatch):
         crf_davis16.main([str(logits), str(tmp_path / "out"), "--davis16_root", str(tmp_path / "DAVIS"),
                           "--workers", "1000"])
     assert started == [2]
+
+
+def test_gt_dir_given_a_file_is_called_a_file(tmp_path):
+    """--gt_dir naming a file said the folder "does not exist"."""
+    import argparse
+
+    notes = tmp_path / "val.txt"
+    notes.write_text("blackswan\n")
+    with pytest.raises(NotADirectoryError, match=r"--gt_dir .*val\.txt is a file"):
+        crf_davis16.resolve_gt_dir(argparse.Namespace(gt_dir=notes))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        crf_davis16.resolve_gt_dir(argparse.Namespace(gt_dir=tmp_path / "none"))
