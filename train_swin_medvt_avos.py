@@ -268,7 +268,9 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     weights) before the output folder is created or changed, so a mistake leaves nothing behind."""
     out = Path(args.output_dir)
     resume_from = resume_path(args.resume, out)
-    torch.backends.cudnn.benchmark = False  # as the original: reproducible kernels
+    # As the original AVOS trainer (the other tasks' originals leave cuDNN's defaults, and so do ours, to
+    # compute what they compute on CUDA): reproducible convolution kernels.
+    torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     seed_everything(args.seed + info.rank)
     device = info.device
