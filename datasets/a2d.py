@@ -31,6 +31,8 @@ annotated frame, as the original (which supervises only ``pred[:, gt_index]``).
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -45,9 +47,9 @@ from torch.utils.data import Dataset
 
 from utils.cli import UserError
 
-from .path_config import DatasetNotFoundError, dataset_root, require
+from .path_config import DatasetNotFoundError, check_listed_name, dataset_root, read_text_file, require
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
-from .video import open_image
+from .video import check_pixel_count, image_size, open_image
 
 NUM_CLASSES = 80
 CLIP_SIZE = (320, 480)
@@ -85,11 +87,7 @@ def read_color_map(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     path = require(path, "a2d", "color_map.txt: a header line, then 'name id _ R G B' per line", is_file=True)
     names = [class_name(i) for i in range(NUM_CLASSES)]
     pal = np.zeros((NUM_CLASSES, 3), np.uint8)
-    try:
-        lines = Path(path).read_text().splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"a2d: colour map {path} is not a text file (expected a header line, then "
-                        "'name id _ R G B' per line)") from None
+    lines = read_text_file(path, "a2d: colour map").splitlines()
     for n, line in enumerate(lines[1:], 2):
         tok = line.split()
         if len(tok) >= 6:
@@ -143,18 +141,19 @@ def read_videoset(csv_path: str | os.PathLike, split: str) -> list[A2DVideo]:
         raise ValueError(f"a2d split must be 'train' or 'test', not {split!r}")
     drop = 1 if split == "train" else 0
     videos = []
-    with open(csv_path, newline="") as f:
-        for n, row in enumerate(csv.reader(f), 1):
-            if not row:
-                continue
-            if len(row) < 9:
-                raise DatasetNotFoundError(f"a2d: {csv_path} line {n} has {len(row)} columns, expected 9 "
-                                           "(id, label, start, end, height, width, #frames, #annotated, usage)")
-            where = f"{csv_path} line {n}"
-            label, height, width, frames, annotated, usage = (
-                _int_field(row[k], where, VIDEOSET_COLUMNS[k]) for k in (1, 4, 5, 6, 7, -1))
-            if usage != drop:
-                videos.append(A2DVideo(row[0], label, height, width, frames, annotated))
+    text = read_text_file(csv_path, "a2d: video list")
+    for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+        if not row:
+            continue
+        if len(row) < 9:
+            raise DatasetNotFoundError(f"a2d: {csv_path} line {n} has {len(row)} columns, expected 9 "
+                                       "(id, label, start, end, height, width, #frames, #annotated, usage)")
+        where = f"{csv_path} line {n}"
+        check_listed_name(row[0], f"a2d: {where}")
+        label, height, width, frames, annotated, usage = (
+            _int_field(row[k], where, VIDEOSET_COLUMNS[k]) for k in (1, 4, 5, 6, 7, -1))
+        if usage != drop:
+            videos.append(A2DVideo(row[0], label, height, width, frames, annotated))
     return videos
 
 
@@ -163,7 +162,16 @@ def annotated_frames(gt_dir: Path) -> list[int]:
     if not gt_dir.is_dir():
         raise DatasetNotFoundError(f"a2d: annotation folder {gt_dir} is missing (expected <fid>.mat files; "
                                    "set the root with --a2d_root or MEDVT_A2D_ROOT)")
-    return sorted(int(p.stem) for p in gt_dir.iterdir() if p.suffix == ".mat")
+    frames = []
+    for p in gt_dir.iterdir():
+        # Hidden files are left out, as frame folders' (macOS writes ._<name> metadata beside each file).
+        if p.suffix != ".mat" or p.name.startswith("."):
+            continue
+        if not (p.stem.isascii() and p.stem.isdigit()):  # a copy such as "00003 copy.mat" names no frame
+            raise UserError(f"a2d: annotation {p} is not named by a frame number (<fid>.mat, e.g. 00005.mat); "
+                            f"move it out of {gt_dir}")
+        frames.append(int(p.stem))
+    return sorted(frames)
 
 
 def check_mat_header(path: str | os.PathLike) -> bytes:
@@ -180,8 +188,32 @@ def check_mat_header(path: str | os.PathLike) -> bytes:
     return head
 
 
-def read_annotation(path: str | os.PathLike) -> np.ndarray:
-    """The ``reS_id`` label map of one annotation file as int64 [H, W].
+# MATLAB classes of a numeric label map (a logical one reads as 0/1 ids); char, cell, struct, sparse, ... are not one.
+NUMERIC_MATLAB_CLASSES = {"double", "single", "logical", *(f"{u}int{b}" for u in ("", "u") for b in (8, 16, 32, 64))}
+
+
+def _check_label_map(path: Path, shape: tuple[int, ...], matlab_class: str | None, numeric: bool,
+                     size_hw: tuple[int, int] | None) -> None:
+    """Refuse, from the file's declarations and before its data is read, a ``reS_id`` that is no H×W
+    numeric map, that has not the shape of ``size_hw`` (its frame's height and width), or that is larger than any
+    frame may be: a 2 KB file can declare a chunked 40000×40000 map, which reading would allocate."""
+    if (matlab_class is not None and matlab_class not in NUMERIC_MATLAB_CLASSES) or not numeric:
+        raise UserError(f"a2d: annotation {path}: 'reS_id' is a MATLAB {matlab_class or 'non-numeric'} array, "
+                        "not a numeric label map; replace it with the dataset's original")
+    if len(shape) != 2:
+        raise UserError(f"a2d: annotation {path}: 'reS_id' has shape {tuple(shape)}, not a 2-D label map (H×W)")
+    h, w = (int(n) for n in shape)
+    # The prediction is resized to the label map for scoring, so frames extracted at another resolution
+    # are scored as before; a map of another shape (a 2x2 map for a 48x64 video) would score it squashed.
+    if size_hw is not None and (min(h, w) < 1 or abs(math.log((w / h) / (size_hw[1] / size_hw[0]))) > 0.05):
+        raise UserError(f"a2d: annotation {path} is {w}x{h} but its video's frames are {size_hw[1]}x{size_hw[0]}, "
+                        "another shape; a label map must be its frame's (replace it with the dataset's original)")
+    check_pixel_count(w, h, f"a2d: annotation {path}")
+
+
+def read_annotation(path: str | os.PathLike, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """The ``reS_id`` label map of one annotation file as int64 [H, W]; ``size_hw``: the size it must have
+    (its frame's), checked with its type before the data is read (:func:`_check_label_map`).
 
     A2D ships MATLAB v7.3 (HDF5) files, read with ``h5py`` and transposed (HDF5 stores MATLAB's
     column-major arrays with reversed axes); older MATLAB v5 files are read with scipy.
@@ -197,11 +229,22 @@ def read_annotation(path: str | os.PathLike) -> np.ndarray:
     try:
         if hdf5:
             with h5py.File(path, "r") as f:
-                arr = np.asarray(f["reS_id"]).T
+                data = f["reS_id"]
+                if not isinstance(data, h5py.Dataset):  # a MATLAB struct is an HDF5 group
+                    raise UserError(f"a2d: annotation {path}: 'reS_id' is a MATLAB struct, not a numeric label map")
+                matlab_class = data.attrs.get("MATLAB_class")
+                _check_label_map(path, data.shape[::-1],
+                                 matlab_class.decode() if isinstance(matlab_class, bytes) else matlab_class,
+                                 data.dtype.kind in "fiub", size_hw)
+                arr = np.asarray(data).T
         else:
-            from scipy.io import loadmat
+            from scipy.io import loadmat, whosmat
 
-            arr = loadmat(path)["reS_id"]
+            declared = {name: (shape, cls) for name, shape, cls in whosmat(path)}
+            _check_label_map(path, *declared["reS_id"], True, size_hw)
+            arr = loadmat(path, variable_names=["reS_id"])["reS_id"]
+    except UserError:  # ours, already naming the file (an ImageReadError is an OSError too)
+        raise
     except KeyError:
         raise UserError(f"a2d: annotation {path} has no 'reS_id' label map") from None
     except (OSError, ValueError, TypeError) as e:  # truncated or not a MATLAB file
@@ -293,8 +336,10 @@ class A2DDataset(Dataset):
         else:
             video, g = self.items[i]
         ids, idx = clip_frame_ids(g, video.num_frames, self.num_frames, self.end_window)
-        frames = load_clip([self.frame_root / video.vid / f"{k:05d}.png" for k in ids], self.size)
-        label = torch.from_numpy(read_annotation(self.gt_root / video.vid / f"{g:05d}.mat"))
+        paths = [self.frame_root / video.vid / f"{k:05d}.png" for k in ids]
+        frames = load_clip(paths, self.size)
+        w, h = image_size(paths[0])  # the frames' size (one per clip, load_clip checked): the label map's too
+        label = torch.from_numpy(read_annotation(self.gt_root / video.vid / f"{g:05d}.mat", (h, w)))
         if self.split == "train" and self.size is not None:
             label = F.interpolate(label[None, None].float(), size=self.size, mode="nearest")[0, 0].long()
         masks = torch.full((len(ids), *label.shape), IGNORE_INDEX, dtype=torch.long)

@@ -25,6 +25,11 @@ NUM_MEL_BINS = 64
 MEL_MIN_HZ, MEL_MAX_HZ = 125.0, 7500.0
 LOG_OFFSET = 0.01
 EXAMPLE_FRAMES = 96    # 0.96 s of 10 ms frames; the hop between examples is the same
+# The sample rates a wav may declare. Resampling from r Hz to 16 kHz makes a filter of about
+# 16000 / gcd(r, 16000) taps per output sample: a 400 KB file whose header says 1 Hz would need
+# 24 GiB, one saying 0 Hz cannot be resampled at all. Real recordings lie between telephone
+# audio (8 kHz) and studio masters (384 kHz).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
 
 
 class AudioError(UserError, ValueError):
@@ -96,6 +101,9 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         with wave.open(str(path), "rb") as f:
             width, ch, sr, n = f.getsampwidth(), f.getnchannels(), f.getframerate(), f.getnframes()
+            if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:  # from the header, before the samples are read
+                raise AudioError(f"{path}: the header declares a sample rate of {sr} Hz, outside "
+                                 f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz; the file is damaged or not a recording")
             raw = f.readframes(n)
     except (wave.Error, EOFError) as e:
         why = str(e) or ("the file is empty" if path.stat().st_size == 0 else "no RIFF/WAVE header")

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from utils.cli import UserError
 
 from .audio import AudioError, wav_to_clip_examples
-from .path_config import dataset_root, require
+from .path_config import check_listed_name, dataset_root, read_text_file, require
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .video import open_image
 
@@ -84,9 +84,8 @@ def read_metadata(csv_path: Path, need_category: bool = False) -> list[dict]:
 
     ``need_category`` (S4): every row must have a category in column 2 (0-based), as the original
     reads it by position; without it the clip's folder cannot be found."""
-    with open(csv_path, newline="") as f:
-        reader = csv.reader(f)
-        rows = [(reader.line_num, r) for r in reader]
+    reader = csv.reader(io.StringIO(read_text_file(csv_path, "avsbench: metadata", AVSDataError), newline=""))
+    rows = [(reader.line_num, r) for r in reader]
     if not rows or "split" not in rows[0][1]:
         raise AVSDataError(f"{csv_path}: expected a header with a 'split' column")
     head = rows[0][1]
@@ -102,7 +101,13 @@ def read_metadata(csv_path: Path, need_category: bool = False) -> list[dict]:
         if len(r) <= max(si, 2 if need_category else 0):
             raise AVSDataError(f"{csv_path} line {n}: {len(r)} columns, expected the {len(head)} of the header "
                                f"({', '.join(head)})")
-        out.append({"name": r[0], "category": r[2] if len(r) > 2 and si != 2 else None, "split": r[si]})
+        category = r[2] if len(r) > 2 and si != 2 else None
+        # Both name folders of the inputs and of the outputs (pred_masks/<category>/<name>); MS3's column 2
+        # is no category (avsbench_clips does not read it)
+        check_listed_name(r[0], f"{csv_path} line {n}", AVSDataError)
+        if need_category:
+            check_listed_name(category, f"{csv_path} line {n} (category)", AVSDataError)
+        out.append({"name": r[0], "category": category, "split": r[si]})
     return out
 
 
@@ -174,10 +179,19 @@ def load_log_mel(path: Path, num_frames: int = NUM_FRAMES) -> torch.Tensor:
                            "avs/preprocess_audio.py --overwrite, or read the wavs with --audio wav") from None
     if not isinstance(x, (torch.Tensor, np.ndarray)):
         raise AVSDataError(f"{path}: holds a {type(x).__name__}, expected a log-mel tensor [T, 1, 96, 64]")
+    # Real numbers only: strings and objects fail in the conversion, complex values would lose their
+    # imaginary part and booleans become 0/1 without a word.
+    real = not (x.is_complex() or x.dtype == torch.bool) if torch.is_tensor(x) else x.dtype.kind in "fiu"
+    if not real:
+        raise AVSDataError(f"{path}: holds an array of {x.dtype}, expected a real-valued log-mel tensor "
+                           "[T, 1, 96, 64]; recreate it with avs/preprocess_audio.py --overwrite")
     x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x.detach()).float()
     if tuple(x.shape) != (num_frames, 1, 96, 64):
         raise AVSDataError(f"{path}: log-mel of shape {tuple(x.shape)}, expected ({num_frames}, 1, 96, 64): "
                            "one 0.96 s example per video frame")
+    if not torch.isfinite(x).all():  # NaN or inf would reach the model and end in a clean-looking mIoU of 0
+        raise AVSDataError(f"{path}: the log-mel holds {int((~torch.isfinite(x)).sum())} NaN or infinite values; "
+                           "recreate it with avs/preprocess_audio.py --overwrite, or read the wavs with --audio wav")
     return x
 
 

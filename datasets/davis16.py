@@ -14,7 +14,7 @@ from pathlib import Path
 
 from utils.cli import UserError
 
-from .path_config import dataset_root, require
+from .path_config import check_listed_name, dataset_root, read_text_file, require
 from .video import Sample, VideoSequence
 
 DAVIS16_SPLITS = {
@@ -31,12 +31,12 @@ DAVIS16_SPLITS = {
 def read_sequence_list(path: Path) -> list[str]:
     """Sequence names from a list file: plain names, or DAVIS-2016 ``/JPEGImages/480p/<seq>/…`` lines."""
     names = []
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(read_text_file(path, "davis16: sequence list").splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         first = line.split()[0]
-        name = Path(first).parent.name if "/" in first else first
+        name = check_listed_name(Path(first).parent.name if "/" in first else first, f"davis16: {path} line {n}")
         if name not in names:
             names.append(name)
     return names

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from utils.cli import UserError
 
-from .path_config import dataset_root, require
+from .path_config import check_listed_name, dataset_root, read_text_file, require
 from .video import VideoSequence
 
 DEFAULT_LIST = "val_seqs.txt"
@@ -61,10 +62,9 @@ def read_annotations(csv_path: str | Path) -> dict[str, dict[str, MocaBox]]:
 
     A malformed row raises :class:`MocaDataError` naming the file and line."""
     csv_path = Path(csv_path)
-    with csv_path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        next(reader, None)  # the header
-        rows = [(reader.line_num, r) for r in reader if r]
+    reader = csv.reader(io.StringIO(read_text_file(csv_path, "moca: annotation file", MocaDataError), newline=""))
+    next(reader, None)  # the header
+    rows = [(reader.line_num, r) for r in reader if r]
     rows.sort(key=lambda nr: nr[1][1] if len(nr[1]) > 1 else "")
     out: dict[str, dict[str, MocaBox]] = {}
     previous_motion = None
@@ -113,7 +113,9 @@ def moca_sequences(root: str | Path | None = None, list_file: str | Path | None 
     if names is None:
         list_path = require(Path(list_file) if list_file else root / DEFAULT_LIST, "moca",
                             "the video list (set it with --moca_list)", is_file=True)
-        names = [n.strip() for n in list_path.read_text().splitlines() if n.strip()]
+        lines = read_text_file(list_path, "moca: video list", MocaDataError).splitlines()
+        names = [check_listed_name(n.strip(), f"moca: {list_path} line {k}", MocaDataError)
+                 for k, n in enumerate(lines, 1) if n.strip()]
     annotations = read_annotations(csv_path)
     sequences = []
     for name in names:

@@ -9,13 +9,20 @@ Every dataset has one root directory. It is resolved, first match wins, from:
 Nothing here is an absolute path of anybody's machine. A missing folder stops with
 :class:`DatasetNotFoundError`, whose message names the path, what was expected there, and
 the flag and variable that set it.
+
+A dataset's list and metadata files are the user's, not ours: :func:`read_text_file` reads them
+(a binary file is named, not a UnicodeDecodeError), and every name listed there that becomes a path
+passes :func:`check_listed_name` (an absolute path or ``..`` would put outputs outside the output
+folder, over the dataset itself).
 """
 from __future__ import annotations
 
 import argparse
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from utils.cli import UserError
 
 
 @dataclass(frozen=True)
@@ -94,3 +101,44 @@ def add_path_args(parser: argparse.ArgumentParser, names: list[str]) -> None:
             help=f"root of {name} (expects {spec.expected}); default ${env_name(name)} "
             f"or $MEDVT_DATA_ROOT/{spec.subdir}",
         )
+
+
+def read_text_file(path: str | os.PathLike, what: str, error: type[UserError] = UserError) -> str:
+    """The text of a dataset's list or metadata file ``path`` (``what`` says which, e.g. "vspw: split
+    list"), decoded as UTF-8 (a leading byte-order mark dropped) without newline translation, so that
+    ``csv.reader(io.StringIO(text, newline=""))`` reads it as ``open(path, newline="")`` would. A file
+    that is not text (an image or archive under the list's name) raises ``error`` naming it: decoding
+    would fail with a traceback, and NUL bytes would reach a path as "embedded null byte"."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not a text file (byte {data[e.start]:#04x} at offset {e.start} is not "
+                    "UTF-8); replace it with the original file") from None
+    if "\x00" in text:
+        raise error(f"{what} {path} is not a text file (a NUL byte at character {text.index(chr(0))}); "
+                    "replace it with the original file")
+    return text
+
+
+def check_listed_name(name: str, where: str, error: type[UserError] = UserError, nested: bool = False) -> str:
+    """``name`` read from a dataset file (``where``: the file and line), returned unchanged when it is
+    safe as a path under the dataset root and under an output folder: not empty, not absolute, no
+    ``.``/``..`` component, and (unless ``nested``: a relative folder such as YouTube-Objects'
+    ``frames/<class>/...``) no path separator at all. Outputs are written at ``<output>/<name>/...``:
+    an absolute name or ``..`` would put them anywhere, over the dataset's own frames too. Both
+    separators count, so that a list means the same on Windows."""
+    parts = name.replace("\\", "/").split("/")
+    if not name.strip():
+        why = "is empty"
+    elif PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        why = "is an absolute path"
+    elif any(p in (".", "..") for p in parts):
+        why = "has a '.' or '..' component"
+    elif not nested and len(parts) > 1:
+        why = "contains a path separator ('/' or '\\')"
+    else:
+        return name
+    kind = "a relative folder under the dataset root" if nested else "one plain folder name"
+    raise error(f"{where}: listed name {name!r} {why}; it names the folders of the inputs and outputs, so it "
+                f"must be {kind} (outputs would otherwise be written outside the output folder)")

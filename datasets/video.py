@@ -21,10 +21,22 @@ from utils.cli import UserError
 from utils.clips import wraparound_clip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# The most pixels a frame, mask or label map may have: an 8K frame has 33 million. PIL's own limit
+# (179 million) lets a 300 KB PNG of 10000x10000 through, which costs gigabytes once decoded,
+# converted and resized; a larger image is refused from its header, before any decoding.
+MAX_PIXELS = 40_000_000
 
 
 class ImageReadError(UserError, OSError):
     """An image file that cannot be decoded (truncated, corrupt, not an image); names the path."""
+
+
+def check_pixel_count(width: int, height: int, what: str) -> None:
+    """Refuse an image or label map (``what`` names it) of more than :data:`MAX_PIXELS` pixels."""
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(f"{what} is {width}x{height} ({width * height / 1e6:.0f} million pixels), more than "
+                             f"the {MAX_PIXELS // 1_000_000} million accepted (an 8K frame has 33 million); "
+                             "resize it first")
 
 
 def open_image(path: str | Path, mode: str | None = None) -> Image.Image:
@@ -32,12 +44,13 @@ def open_image(path: str | Path, mode: str | None = None) -> Image.Image:
     ``load()`` here a truncated file would fail later, inside a transform, without its name."""
     try:
         with Image.open(path) as im:
+            check_pixel_count(*im.size, str(path))
             im.load()
             if mode == "RGB" and im.mode.startswith("I"):  # a 16-bit grey frame: PIL's convert clips it at 255
                 scaled = np.clip(np.asarray(im, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8)
                 return Image.fromarray(scaled).convert(mode)
             return im.convert(mode) if mode else im.copy()
-    except FileNotFoundError:
+    except (FileNotFoundError, ImageReadError):
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{path}: not a readable image (truncated or corrupt? {e})") from None
@@ -52,8 +65,9 @@ def image_header(path: str | Path) -> tuple[tuple[int, int], str]:
     """((width, height), PIL mode) from the image header only; a file that is not an image is named."""
     try:
         with Image.open(path) as im:
+            check_pixel_count(*im.size, str(path))
             return im.size, im.mode
-    except FileNotFoundError:
+    except (FileNotFoundError, ImageReadError):
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from utils.cli import UserError
 from utils.clips import clamped_clip
 
-from .path_config import dataset_root, require
+from .path_config import check_listed_name, dataset_root, read_text_file, require
 from .transforms import IGNORE_INDEX, to_tensor
 from .video import VideoSequence, image_size, open_image, require_same_size
 
@@ -51,7 +51,9 @@ def vspw_root(override: str | os.PathLike | None = None) -> Path:
 def read_split(root: Path, split: str) -> list[str]:
     """Video names listed in ``<root>/<split>.txt`` (blank lines skipped)."""
     path = require(root / f"{split}.txt", "vspw", f"the {split} split list, one video name per line", is_file=True)
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = read_text_file(path, "vspw: split list").splitlines()
+    names = [check_listed_name(line.strip(), f"vspw: {path} line {n}") for n, line in enumerate(lines, 1)
+             if line.strip()]
     if not names:
         raise UserError(f"vspw: split list {path} names no video")
     return names
@@ -114,6 +116,12 @@ def read_raw_mask(path: Path | None, size_hw: tuple[int, int]) -> np.ndarray:
         return np.full(size_hw, IGNORE_INDEX, dtype=np.uint8)
     mask = np.asarray(open_image(path))  # L and P modes both give the label values
     if mask.ndim == 3:  # saved as RGB by some tool: the label is in every channel
+        # unless it is a colour rendering of the labels, whose red channel is no label (it read as {0, 128}:
+        # every pixel ignored and a mIoU of nan, without an error)
+        if mask.shape[-1] >= 3 and not (np.array_equal(mask[..., 0], mask[..., 1])
+                                        and np.array_equal(mask[..., 0], mask[..., 2])):
+            raise UserError(f"vspw: mask {path} is a colour image (its R, G and B channels differ): labels are "
+                            "the pixel values of a grey or palette PNG (mode L or P), not colours")
         mask = mask[..., 0]
     return mask.astype(np.uint8)
 

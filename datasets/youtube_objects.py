@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
-from .path_config import dataset_root, require
+from .path_config import check_listed_name, dataset_root, read_text_file, require
 from .video import VideoSequence
 
 # JPEG masks: grey ≥ 80 is foreground (original ``th_mask = 80``), i.e. read_mask(threshold=79).
@@ -33,7 +33,9 @@ _FRAME_NUMBER = re.compile(r"(\d+)")
 
 def read_list(path: Path) -> list[str]:
     """Relative sequence folders from the list file (blank lines and surrounding slashes ignored)."""
-    return [line.strip().strip("/") for line in path.read_text().splitlines() if line.strip()]
+    lines = read_text_file(path, "youtube_objects: sequence list").splitlines()
+    return [check_listed_name(line.strip().strip("/"), f"youtube_objects: {path} line {n}", nested=True)
+            for n, line in enumerate(lines, 1) if line.strip()]
 
 
 def mask_folder(rel: str) -> PurePosixPath:
