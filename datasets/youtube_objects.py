@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
+from utils.cli import UserError
+
 from .path_config import check_listed_name, dataset_root, read_text_file, require
 from .video import VideoSequence
 
@@ -42,7 +44,7 @@ def mask_folder(rel: str) -> PurePosixPath:
     """``frames/<class>/…/<shot>`` → ``youtube_masks/<class>/…/<shot>/labels``."""
     parts = list(PurePosixPath(rel).parts)
     if "frames" not in parts:
-        raise ValueError(f"youtube_objects: listed folder {rel!r} has no 'frames' component "
+        raise UserError(f"youtube_objects: listed folder {rel!r} has no 'frames' component "
                          "(expected frames/<class>/data/<vid>/shots/<shot>)")
     parts[parts.index("frames")] = "youtube_masks"
     return PurePosixPath(*parts, "labels")
@@ -59,7 +61,7 @@ def mask_file_name(frame: Path) -> str:
     """``frame0012.jpg`` → ``00012.jpg`` (the frame number, zero-padded to 5)."""
     digits = _FRAME_NUMBER.findall(frame.stem)
     if not digits:
-        raise ValueError(f"youtube_objects: cannot read a frame number from {frame.name}")
+        raise UserError(f"youtube_objects: cannot read a frame number from {frame}")
     return f"{int(digits[-1]):05d}.jpg"
 
 

@@ -51,6 +51,17 @@ def test_youtube_objects_folders_may_nest_but_not_climb():
         check_listed_name("frames/../../AE", "val_seqs.txt line 1", nested=True)
 
 
+def test_youtube_objects_folder_without_frames_or_frame_numbers_is_one_line():
+    """A listed folder outside frames/ or a frame file without a number raised ValueError (a traceback)."""
+    from datasets.youtube_objects import mask_file_name, mask_folder
+
+    with pytest.raises(UserError, match=r"listed folder 'masks/aeroplane' has no 'frames' component"):
+        mask_folder("masks/aeroplane")
+    with pytest.raises(UserError, match=r"cannot read a frame number from .*cover\.jpg"):
+        mask_file_name(Path("frames/aeroplane/cover.jpg"))
+    assert mask_file_name(Path("frame0012.jpg")) == "00012.jpg"
+
+
 def _write_lists(tmp_path: Path, bad: str) -> dict:
     """Each loader's list file naming ``bad`` on its second line; returns {loader: callable}."""
     (tmp_path / "val.txt").write_text(f"good\n{bad}\n")
