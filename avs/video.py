@@ -94,7 +94,7 @@ class SoundTrack:
     def __init__(self, samples: np.ndarray, what: str) -> None:
         if not np.any(samples):
             raise AudioError(f"{what}: the sound is silent (all samples zero); MED-VT++ needs the sound")
-        self.samples = samples.astype(np.float32)  # 64 kB a second: an hour's fits in memory, as its log-mel does
+        self.samples = np.asarray(samples, np.float32)  # 64 kB a second: an hour's fits in memory, as its log-mel
         self.log_mel = log_mel_spectrogram(samples).astype(np.float32)
         if len(self.log_mel) < EXAMPLE_FRAMES:
             raise AudioError(f"{what}: the sound lasts {len(samples) / SAMPLE_RATE:.2f} s, shorter than one "
