@@ -66,49 +66,94 @@ def pixel_accuracy(conf: np.ndarray) -> float:
     return float(np.trace(conf) / total) if total else math.nan
 
 
-def _run_lengths(labels: np.ndarray) -> np.ndarray:
-    """[N, H, W] → per frame and pixel, how many consecutive frames from there keep the same label."""
-    runs = np.ones(labels.shape, dtype=np.uint16 if len(labels) < 2**16 else np.int64)
-    for i in range(len(labels) - 2, -1, -1):
-        same = labels[i] == labels[i + 1]
-        runs[i][same] += runs[i + 1][same]
-    return runs
+class WindowConsistency:
+    """VC_n of one video's windows for each n in ``vc_lengths``, taken a frame at a time (:meth:`add`, in
+    temporal order), with per-class (common, consistent) pixel counts: ``self.vc[n]`` is ``(values,
+    common_per_class, consistent_per_class)``. It holds the last frame's labels and two run-length
+    frames, never the video (scoring a 1000-frame 480p video from stacked masks held about 10 GB).
+
+    A window i..i+n-1 is constant at a pixel iff its label has been the same for the n frames up to
+    i+n-1 (a run length counted forwards): the pixels of the official pairwise comparisons with frame
+    i. ``total_frames`` is the video's length, since the official script skips the window ending at
+    the last frame (``range(len - n)``): ``max(total - n, 0)`` values, NaN where a window has no
+    common pixel (0/0 there). A common pixel's class (``gt_class``, values ≥ ``num_classes`` left out
+    of the counts) is the same in every frame of its window.
+    """
+
+    def __init__(self, total_frames: int, vc_lengths: Sequence[int], num_classes: int = 0) -> None:
+        self.total, self.num_classes, self.frames = total_frames, num_classes, 0
+        self.cap = max(vc_lengths, default=1)  # a run only needs counting up to the longest window
+        self.vc = {n: ([], np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)) for n in vc_lengths}
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # the previous frame's (labels, prediction)
+        self._runs: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _run(self, x: np.ndarray, last: np.ndarray | None, run: np.ndarray | None) -> np.ndarray:
+        if run is None:
+            return np.ones(x.shape, np.uint8)
+        return np.where(x == last, np.minimum(run + 1, self.cap), 1).astype(np.uint8)
+
+    def add(self, labels: np.ndarray, pred: np.ndarray, gt_class: np.ndarray | None = None) -> None:
+        """Frame ``self.frames``: the labels VC compares (the raw mask), the prediction, the classes."""
+        if self.frames >= self.total:
+            raise ValueError(f"more frames than the video's {self.total}")
+        last, runs = self._last or (None, None), self._runs or (None, None)
+        self._runs = (self._run(labels, last[0], runs[0]), self._run(pred, last[1], runs[1]))
+        self._last = (labels, pred)
+        j, self.frames = self.frames, self.frames + 1
+        for n, (values, common_c, consistent_c) in self.vc.items():
+            if not n - 1 <= j < self.total - 1:  # no window ends here, or it is the skipped last one
+                continue
+            common = self._runs[0] >= n
+            consistent = common & (self._runs[1] >= n)
+            n_common = int(common.sum())
+            values.append(int(consistent.sum()) / n_common if n_common else math.nan)
+            if gt_class is not None and self.num_classes:
+                cls = np.asarray(gt_class).astype(np.int64)
+                keep = cls < self.num_classes
+                common_c += np.bincount(cls[common & keep], minlength=self.num_classes)[:self.num_classes]
+                consistent_c += np.bincount(cls[consistent & keep], minlength=self.num_classes)[:self.num_classes]
 
 
 def window_consistency(gts: np.ndarray, preds: np.ndarray, n: int,
-                       gt_classes: np.ndarray | None = None, num_classes: int = 0, _runs=None):
-    """Per-window VC_n of one video, plus per-class (common, consistent) pixel counts.
-
-    Args:
-        gts, preds: [N, H, W] label stacks (frames in temporal order).
-        gt_classes: optional [N, H, W] class ids used only to split pixels by class (values ≥
-            ``num_classes`` are left out of the class counts); a window's pixel has the class of
-            the window's first frame (the same in all n frames, by definition of "common").
-    Returns:
-        (values, common_per_class, consistent_per_class): ``values`` has ``max(N - n, 0)`` floats,
-        NaN where a window has no common pixel (0/0 in the official script).
-    """
+                       gt_classes: np.ndarray | None = None, num_classes: int = 0):
+    """:class:`WindowConsistency`'s ``(values, common_per_class, consistent_per_class)`` for one video
+    given as [N, H, W] stacks (frames in temporal order); ``gt_classes`` optional, as there."""
     gts, preds = np.asarray(gts), np.asarray(preds)
     if gts.shape != preds.shape:
         raise ValueError(f"ground truth {gts.shape} and predictions {preds.shape} differ in shape")
-    common_c = np.zeros(num_classes, np.int64)
-    consistent_c = np.zeros(num_classes, np.int64)
-    if len(gts) <= n:
-        return [], common_c, consistent_c
-    # A window i..i+n-1 is constant at a pixel iff the run starting at i is at least n long: the
-    # same set as the official pairwise comparisons with frame i, in one pass over the video.
-    gt_runs, pred_runs = _runs if _runs is not None else (_run_lengths(gts), _run_lengths(preds))
-    common = gt_runs[: len(gts) - n] >= n
-    consistent = common & (pred_runs[: len(gts) - n] >= n)
-    n_common = common.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = (consistent.sum(axis=(1, 2)) / n_common).tolist()
-    if gt_classes is not None and num_classes:
-        cls = np.asarray(gt_classes)[: len(gts) - n].astype(np.int64)
-        keep = cls < num_classes
-        common_c += np.bincount(cls[common & keep], minlength=num_classes)[:num_classes]
-        consistent_c += np.bincount(cls[consistent & keep], minlength=num_classes)[:num_classes]
-    return values, common_c, consistent_c
+    vc = WindowConsistency(len(gts), (n,), num_classes)
+    for i in range(len(gts)):
+        vc.add(gts[i], preds[i], None if gt_classes is None else gt_classes[i])
+    return vc.vc[n]
+
+
+class VideoScore:
+    """One video's share of the VSPW scores (:meth:`VSPWEvaluator.add` takes :meth:`share`), taken a
+    frame at a time: the confusion matrix and :class:`WindowConsistency`."""
+
+    def __init__(self, total_frames: int, num_classes: int = NUM_CLASSES, vc_lengths: Sequence[int] = (8, 16)):
+        self.num_classes = num_classes
+        self.conf = np.zeros((num_classes, num_classes), np.int64)
+        self.consistency = WindowConsistency(total_frames, vc_lengths, num_classes)
+
+    def add_frame(self, gt_class: np.ndarray, pred: np.ndarray, raw: np.ndarray | None = None) -> None:
+        """The next frame's classes (0..K-1, 255 ignore), predicted classes and, for VC, the labels as
+        the official script compares them (the raw mask; default the classes)."""
+        gt_class, pred = np.asarray(gt_class), np.asarray(pred)
+        labels = gt_class if raw is None else np.asarray(raw)
+        if not gt_class.shape == pred.shape == labels.shape:
+            raise ValueError(f"ground truth {labels.shape} and prediction {pred.shape} differ in shape")
+        self.conf += confusion_matrix(gt_class, pred, self.num_classes)
+        self.consistency.add(labels, pred, gt_class)
+
+    def share(self) -> dict:
+        frames, total = self.consistency.frames, self.consistency.total
+        if frames != total:
+            raise ValueError(f"{frames} of the video's {total} frames were scored")
+        row = {"frames": total, "mIoU": mean_iou(self.conf), "pixel_acc": pixel_accuracy(self.conf)}
+        for n, (values, _, _) in self.consistency.vc.items():
+            row[f"VC{n}"] = _nanmean(values)
+        return {"conf": self.conf, "vc": self.consistency.vc, "row": row}
 
 
 class VSPWEvaluator:
@@ -132,20 +177,19 @@ class VSPWEvaluator:
         """Score one video and add it (:meth:`score_video`, then :meth:`add`); returns its row."""
         return self.add(name, self.score_video(gt_classes, preds, raw_gts))
 
+    def video_score(self, total_frames: int) -> VideoScore:
+        """A video's share, to fill a frame at a time as predictions arrive (:meth:`add` takes its
+        ``share()``). Sharded validation scores videos in several processes and adds the shares in the
+        videos' order, so the means equal one process's to the last bit."""
+        return VideoScore(total_frames, self.num_classes, self.vc_lengths)
+
     def score_video(self, gt_classes: np.ndarray, preds: np.ndarray, raw_gts: np.ndarray | None = None) -> dict:
-        """One video's share of the scores, not yet added: its confusion matrix, its windows' VC_n and
-        per-class counts, and its row. Sharded validation scores videos in several processes and adds
-        the shares in the videos' order, so the means equal one process's to the last bit."""
+        """:meth:`video_score` of a video given as [N, H, W] stacks."""
         gt_classes, preds = np.asarray(gt_classes), np.asarray(preds)
-        conf = confusion_matrix(gt_classes, preds, self.num_classes)
-        share: dict = {"conf": conf, "vc": {},
-                       "row": {"frames": int(len(preds)), "mIoU": mean_iou(conf), "pixel_acc": pixel_accuracy(conf)}}
-        vc_gts = gt_classes if raw_gts is None else np.asarray(raw_gts)
-        runs = (_run_lengths(vc_gts), _run_lengths(preds)) if len(preds) > min(self.vc_lengths, default=0) else None
-        for n in self.vc_lengths:
-            share["vc"][n] = window_consistency(vc_gts, preds, n, gt_classes, self.num_classes, runs)
-            share["row"][f"VC{n}"] = _nanmean(share["vc"][n][0])
-        return share
+        score = self.video_score(len(preds))
+        for i in range(len(preds)):
+            score.add_frame(gt_classes[i], preds[i], None if raw_gts is None else raw_gts[i])
+        return score.share()
 
     def add(self, name: str, share: dict) -> dict[str, float]:
         """Add a video's :meth:`score_video` share; returns its row."""
