@@ -501,6 +501,14 @@ def test_video_writer_gif_and_write_video(tmp_path):
     assert writer.codec == "gif"
     with Image.open(tmp_path / "x.gif") as im:
         assert im.n_frames == 6 and im.size == (W, H)
+    # Frames are held quantised (a byte a pixel, not three) and the file is the one Pillow writes from RGB.
+    Image.fromarray(frames[0]).save(tmp_path / "rgb.gif", save_all=True, duration=[200] * 6, loop=0,
+                                    append_images=[Image.fromarray(f) for f in frames[1:]])
+    assert (tmp_path / "x.gif").read_bytes() == (tmp_path / "rgb.gif").read_bytes()
+    held = VideoWriter(tmp_path / "held.gif", fps=5)
+    held.write(frames[0])
+    assert held._gif_frames[0].mode == "P"
+    held.abort()
     assert write_video(frames, tmp_path / "v" / "y.mp4", 10) == tmp_path / "v" / "y.mp4"
     assert len(read_back(tmp_path / "v" / "y.mp4")[1]) == 6
     assert write_video(frames, str(tmp_path / "y.gif")) == Path(tmp_path / "y.gif")

@@ -86,8 +86,8 @@ class VideoWriter:
     """Writes RGB uint8 frames to a video as they arrive; ``.gif`` through Pillow, else PyAV.
 
     PyAV (mp4/mkv/mov): H.264 (``libx264``, yuv420p) when FFmpeg has it, else MPEG-4 part 2
-    (``codec="auto"``); or the FFmpeg encoder named by ``codec``. GIF keeps every frame until
-    ``close`` (Pillow writes a GIF in one go), so it is for short clips only.
+    (``codec="auto"``); or the FFmpeg encoder named by ``codec``. GIF keeps every frame (in
+    256 colours, a byte a pixel) until ``close`` (Pillow writes a GIF in one go), so it is for short clips only.
 
     The file is written under a temporary name in the same folder (``.<name>.partial<suffix>``)
     and renamed to ``path`` by ``close``; ``abort`` deletes it. An interrupted run therefore never
@@ -175,7 +175,9 @@ class VideoWriter:
             raise ValueError(f"VideoWriter {self.path}: frame {self.frames_written} is {w}x{h}, "
                              f"the first was {self._size[1]}x{self._size[0]}")
         if self.is_gif:
-            self._gif_frames.append(Image.fromarray(rgb))
+            # Quantised now, as Pillow's GIF writer would at the end (the same bytes): one byte a pixel
+            # held until close instead of three, and the quantising spread over the run.
+            self._gif_frames.append(Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE))
         else:
             if h % 2 or w % 2:
                 rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
