@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 from torch import Tensor
+from tqdm import tqdm
 
 from datasets.transforms import to_tensor
 from datasets.video import image_size, list_frame_files, open_image, require_same_size
@@ -157,14 +158,18 @@ class VideoFile:
                 self.fps = float(rate) if rate else None
                 sar = stream.sample_aspect_ratio  # non-square pixels (DV, HDV, DVD): None or 0 when unset
                 listed = stream.frames  # the container's count (0 = not recorded): checked, not trusted
-                for frame in self._decode(container, stream):
-                    if self._n == 0:  # the display matrix (a phone's portrait video): the frame's rotation
-                        self._turns = round((frame.rotation or 0) / 90) % 4
-                    self._n += 1
-                    times.append(frame.time)
-                    # VideoFrames are reference-counted FFmpeg buffers: holding a few is cheap,
-                    # and only the ones tail() asks for get converted to RGB.
-                    self._tail.append(frame)
+                # An hour of 720p takes minutes to count: a bar, shown only when it takes more than 2 s.
+                with tqdm(total=listed or None, desc=f"reading {self.name}", unit="frame", delay=2, leave=False,
+                          dynamic_ncols=True) as counting:
+                    for frame in self._decode(container, stream):
+                        if self._n == 0:  # the display matrix (a phone's portrait video): the frame's rotation
+                            self._turns = round((frame.rotation or 0) / 90) % 4
+                        self._n += 1
+                        times.append(frame.time)
+                        # VideoFrames are reference-counted FFmpeg buffers: holding a few is cheap,
+                        # and only the ones tail() asks for get converted to RGB.
+                        self._tail.append(frame)
+                        counting.update()
                 lasts = _stream_seconds(container, stream)
         except UserError:
             raise

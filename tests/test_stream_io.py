@@ -237,6 +237,29 @@ def test_a_video_cut_before_its_index_or_unreadable_is_named_for_what_it_is(tmp_
         open_video(mp4, None)
 
 
+def test_counting_a_video_files_frames_shows_a_bar_when_it_takes_long(mp4, monkeypatch):
+    """Opening a video file decodes it once to count its frames (minutes for an hour of 720p), under a
+    progress bar that tqdm shows after 2 s; it counts every frame against the container's count."""
+    seen = {}
+
+    class Bar:
+        def __init__(self, **kwargs):
+            seen.update(kwargs, n=0)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            seen["closed"] = True
+
+        def update(self, k=1):
+            seen["n"] += k
+
+    monkeypatch.setattr("datasets.stream.tqdm", Bar)
+    source = open_video(mp4, None)
+    assert seen["n"] == len(source) == seen["total"] and seen["delay"] == 2 and seen["closed"]
+
+
 def test_empty_folder(tmp_path):
     with pytest.raises(UserError, match="--clip .* has no"):
         open_video(tmp_path, None, flag="--clip")
