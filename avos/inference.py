@@ -54,10 +54,10 @@ from datasets.stream import ImageFiles, Prefetch, cut_short_warning, open_video
 from datasets.transforms import test_size
 from datasets.video import VideoSequence, image_size
 from datasets.youtube_objects import MASK_THRESHOLD
-from models import MedVTConfig, build_model, get_config, infer_model_version
+from models import MedVTConfig, get_config, infer_model_version
 from models.config import VARIANTS
 from models.predictor import VideoPredictor, Window
-from models.registry import load_weights
+from models.registry import build_loaded
 from utils import metrics
 from utils.background import BackgroundWorker
 from utils.cli import UserError
@@ -192,10 +192,9 @@ def log_model_choice(info: ModelInfo) -> None:
 
 def build_from_checkpoint(ckpt: dict, info: ModelInfo, source: str = "checkpoint",
                           device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build ``info.config`` and load the checkpoint's weights strictly (errors list bad keys)."""
-    model = build_model(info.config)
-    load_weights(model, ckpt, info.config, source)
-    return model.to(device).eval()
+    """Build ``info.config`` and load the checkpoint's weights strictly (errors list bad keys; they are
+    compared before the model is allocated: :func:`models.registry.build_loaded`)."""
+    return build_loaded(ckpt, info.config, source).to(device).eval()
 
 
 def load_onnx(path: str | Path) -> torch.nn.Module:

@@ -87,8 +87,8 @@ def load_avs_checkpoint(model: MEDVTPlusPlus, path) -> dict:
 def load_pvt_pretrained(model: MEDVTPlusPlus, path) -> int:
     """Load PVTv2 ImageNet weights (original ``pvt_v2_b5.pth`` names or timm names) into the
     backbone; the classification head is ignored. Returns the number of tensors loaded."""
-    sd = read_checkpoint(path)
-    sd = sd.get("model", sd.get("state_dict", sd)) if isinstance(sd, dict) else sd
+    ckpt = read_checkpoint(path)
+    sd = checkpoint_state_dict(ckpt, str(path), entry="model" if "model" in ckpt else "state_dict")
     own = model.backbone.body.state_dict()
     out = {}
     for k, v in sd.items():

@@ -30,7 +30,7 @@ from torchvision.models.video.swin_transformer import (PatchEmbed3d, PatchMergin
 from torchvision.ops import FrozenBatchNorm2d
 
 from .config import MedVTConfig, SwinConfig
-from .convert import CheckpointMismatchError, check_finite, read_checkpoint
+from .convert import CheckpointMismatchError, check_finite, checkpoint_state_dict, read_checkpoint
 
 
 class SDPAWindowAttention3d(ShiftedWindowAttention3d):
@@ -221,9 +221,11 @@ def convert_video_swin_kinetics(state_dict: dict[str, Tensor]) -> dict[str, Tens
     from the checkpoint's final norm (norms 0/1 take its first 256/512 entries).
     """
     sd = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    if not sd:
-        raise CheckpointMismatchError("no 'backbone.*' entries: not a Video Swin (mmaction) checkpoint "
-                                      "(--swin_pretrained expects swin_base_patch244_window877_kinetics400_22k.pth)")
+    missing = [f"backbone.{k}" for k in ("patch_embed.proj.weight", "norm.weight", "norm.bias") if k not in sd]
+    if missing:
+        what = "'backbone.*' entries" if not sd else f"entries {', '.join(missing)}"
+        raise CheckpointMismatchError(f"no {what}: not a Video Swin (mmaction) checkpoint (expected: "
+                                      "swin_base_patch244_window877_kinetics400_22k.pth)")
     w = sd["patch_embed.proj.weight"]
     if w.dim() == 5 and w.shape[2] > 1:
         sd["patch_embed.proj.weight"] = w[:, :, :1].contiguous()
@@ -255,15 +257,23 @@ def _swin_name(name: str) -> str:
 
 def load_swin_pretrained(backbone: VideoSwinBackbone, path: str) -> list[str]:
     """Load a local Video Swin Kinetics checkpoint into ``backbone``; returns keys left unset."""
-    ckpt = read_checkpoint(path)
+    sd = checkpoint_state_dict(read_checkpoint(path), str(path), entry="state_dict")  # names, dense tensors
     try:
-        sd = convert_video_swin_kinetics(ckpt.get("state_dict", ckpt))
+        sd = convert_video_swin_kinetics(sd)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"{path}: {e}") from None
     check_finite(sd, str(path))
     sd = {k: v for k, v in sd.items() if "relative_position_index" not in k}
+    own = backbone.state_dict()
+    unexpected = [k for k in sd if k not in own]
+    if unexpected:
+        raise CheckpointMismatchError(f"{path} is not a Video Swin-B checkpoint: unexpected keys {unexpected[:10]}")
+    # load_state_dict(strict=False) skips missing keys but not mis-shaped ones (a file of another width)
+    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+              if v.shape != own[k].shape]
+    if shapes:
+        raise CheckpointMismatchError(f"{path} is a Video Swin checkpoint of another size than this backbone "
+                                      f"(embed_dim {backbone.out_dims[0] // 2}): {len(shapes)} shape mismatches, e.g. "
+                                      f"{'; '.join(shapes[:3])}")
     result = backbone.load_state_dict(sd, strict=False)
-    if result.unexpected_keys:
-        raise CheckpointMismatchError(f"{path} is not a Video Swin-B checkpoint: unexpected keys "
-                                      f"{result.unexpected_keys[:10]}")
     return [k for k in result.missing_keys if "relative_position_index" not in k]

@@ -19,6 +19,8 @@ presets reproduce the original code's graphs (``../shared/spec/avos.md``):
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
 
@@ -48,6 +50,92 @@ class SwinConfig:
 # project gave them (still read from saved configs and accepted wherever a variant is given).
 VARIANTS: tuple[str, ...] = ("cvpr23", "2024train", "2024")
 VARIANT_ALIASES: dict[str, str] = {"v1": "cvpr23", "v2": "2024train", "v3": "2024"}
+
+
+# A config read from a file (a checkpoint's ``config``) is checked field by field before anything is
+# built from it: a damaged or hostile file must be refused in one line naming the field, not build a
+# 76.8 GB model (dim_feedforward 4e8) or fail deep inside a constructor. The bounds are far above every
+# preset of both families (Swin-B: widths <= 2048, 18 blocks a stage, 32 heads; VSS: 124 classes;
+# MED-VT++: 384 queries), so that no real model is refused.
+MAX_WIDTH = 65536
+MAX_LAYERS = 64
+MAX_HEADS = 1024
+MAX_CLASSES = 100_000
+MAX_QUERIES = 65536
+
+FieldCheck = Callable[[str, object], object]  # (field name, value read) -> the value to build with
+
+
+def config_error(name: str, value: object, expected: str) -> UserError:
+    """The one-line refusal of a config field read from a file (the caller prefixes the file)."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return UserError(f"the checkpoint's model config is damaged: {name} is {shown}, expected {expected}")
+
+
+def whole(lo: int, hi: int) -> FieldCheck:
+    """An int (not a bool, not a float) in [lo, hi]."""
+    def check(name, v):
+        if type(v) is not int or not lo <= v <= hi:
+            raise config_error(name, v, f"an integer from {lo} to {hi}")
+        return v
+    return check
+
+
+def real(lo: float, hi: float, lo_open: bool = False) -> FieldCheck:
+    """A finite int or float in [lo, hi] (``lo_open``: above lo); kept as read, so that a config equals
+    the one that was saved."""
+    def check(name, v):
+        if not (type(v) in (int, float) and math.isfinite(v) and v <= hi and (v > lo if lo_open else v >= lo)):
+            raise config_error(name, v, f"a number in {'(' if lo_open else '['}{lo}, {hi}]")
+        return v
+    return check
+
+
+def whole_tuple(length: int, lo: int, hi: int) -> FieldCheck:
+    """A list or tuple of ``length`` ints in [lo, hi], as a tuple (to_dict() and JSON give lists)."""
+    def check(name, v):
+        if (not isinstance(v, (list, tuple)) or len(v) != length
+                or any(type(x) is not int or not lo <= x <= hi for x in v)):
+            raise config_error(name, v, f"{length} integers from {lo} to {hi}")
+        return tuple(v)
+    return check
+
+
+def one_of(*options) -> FieldCheck:
+    def check(name, v):
+        # type as well as value: True == 1 would otherwise pass for lprop_mode 1
+        if not any(type(v) is type(o) and v == o for o in options):
+            raise config_error(name, v, f"one of {', '.join(map(repr, options))}")
+        return v
+    return check
+
+
+def flag(name, v):
+    if type(v) is not bool:
+        raise config_error(name, v, "True or False")
+    return v
+
+
+def read_fields(d: dict, checks: dict[str, FieldCheck], prefix: str = "") -> dict:
+    """``d``'s fields, each passed through its check (every field of the config has one)."""
+    return {k: checks[k](prefix + k, v) for k, v in d.items()}
+
+
+def unknown_fields(d: dict, cls) -> list[str]:
+    """``d``'s keys that are not fields of the dataclass ``cls`` (as text: a file may hold any key)."""
+    return sorted(str(k) for k in set(d) - {f.name for f in fields(cls)})
+
+
+def require_divisible(name: str, value: int, by: int, why: str) -> None:
+    if value % by:
+        raise config_error(name, value, f"a multiple of {by} ({why})")
+
+
+def check_d_model(d_model: int) -> None:
+    """The model width both families need: 3 sine position axes of sin/cos pairs (a multiple of 6) and
+    the pixel decoder's 8 norm groups."""
+    require_divisible("d_model", d_model, 24, "3 position axes of sin/cos pairs, and 8 norm groups")
 
 
 @dataclass(frozen=True)
@@ -120,18 +208,59 @@ class MedVTConfig:
         if "audio_dim" in d:
             raise UserError("the checkpoint holds a MED-VT++ (audio-visual) model, not a MED-VT one: "
                             "use the AVSBench scripts in avs/")
-        unknown = sorted(set(d) - {f.name for f in fields(MedVTConfig)})
+        unknown = unknown_fields(d, MedVTConfig)
         if unknown or not isinstance(d.get("swin"), dict):
             raise UserError(f"the checkpoint's model config is not a MED-VT config (unknown fields {unknown} or no "
                             "'swin' section): a file of another project?")
-        d = dict(d)
-        swin = SwinConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("swin").items()})
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return MedVTConfig(swin=swin, **d)
+        unknown = unknown_fields(d["swin"], SwinConfig)
+        if unknown:
+            raise UserError(f"the checkpoint's model config is damaged: unknown swin fields {unknown}")
+        # Every field is checked (type and range); fields a config of an earlier version lacks keep their defaults.
+        swin = SwinConfig(**read_fields(d["swin"], _SWIN_CHECKS, "swin."))
+        cfg = MedVTConfig(swin=swin, **read_fields({k: v for k, v in d.items() if k != "swin"}, _CHECKS))
+        cfg._check_consistent()
+        return cfg
+
+    def _check_consistent(self) -> None:
+        """The constraints between fields that the modules rely on (checked for a config read from a
+        file; each would otherwise fail deep in a constructor or in the forward)."""
+        d = self.d_model
+        check_d_model(d)
+        if d % self.nheads:
+            raise config_error("nheads", self.nheads, f"a divisor of d_model {d} (the attention heads split it)")
+        for i, heads in enumerate(self.swin.num_heads):  # stage i of Video Swin is embed_dim·2^i wide
+            if (self.swin.embed_dim << i) % heads:
+                raise config_error(f"swin.num_heads[{i}]", heads, f"a divisor of its stage's width "
+                                                                  f"{self.swin.embed_dim << i} (swin.embed_dim·2^{i})")
+        for i, width in enumerate(self.head_dims):
+            require_divisible(f"head_dims[{i}]", width, 4, "the head's norms have 4 groups")
+        if self.lprop_mode:
+            require_divisible("label_enc_dims[3]", self.label_enc_dims[3], 4, "the label decoder's norm has 4 groups")
+        if not self.encoder_cross_layer and self.encoder_style != "swin":
+            raise UserError("the checkpoint's model config is damaged: encoder_cross_layer False exists only with "
+                            "encoder_style 'swin'")
 
     def replace(self, **changes) -> MedVTConfig:
         return replace(self, **changes)
 
+
+_SWIN_CHECKS: dict[str, FieldCheck] = {
+    "embed_dim": whole(1, MAX_WIDTH), "depths": whole_tuple(4, 1, MAX_LAYERS),
+    "num_heads": whole_tuple(4, 1, MAX_HEADS), "window_size": whole_tuple(3, 1, 1024),
+    "patch_size": whole_tuple(3, 1, 64), "drop_path": real(0, 1),
+}
+_CHECKS: dict[str, FieldCheck] = {
+    "backbone": one_of("swin", "resnet101"), "d_model": whole(1, MAX_WIDTH), "nheads": whole(1, MAX_HEADS),
+    "dim_feedforward": whole(1, MAX_WIDTH), "dropout": real(0, 1), "enc_layers": whole_tuple(2, 1, MAX_LAYERS),
+    "encoder_cross_layer": flag, "cross_scale_ff": whole(0, MAX_WIDTH), "encoder_style": one_of("swin", "resnet"),
+    "dec_layers": whole(1, MAX_LAYERS), "num_queries": whole(1, MAX_QUERIES),
+    "variant": one_of(*VARIANTS, *VARIANT_ALIASES), "query_decoder_scales": whole(1, 3),
+    "head_dims": whole_tuple(3, 1, MAX_WIDTH), "num_classes": whole(1, MAX_CLASSES), "lprop_mode": one_of(0, 1, 2),
+    "lprop_scale": real(0, 64, lo_open=True), "lprop_key_dim": whole(1, MAX_WIDTH),
+    "label_enc_dims": whole_tuple(4, 1, MAX_WIDTH),
+}
+assert set(_SWIN_CHECKS) == {f.name for f in fields(SwinConfig)}, "a SwinConfig field without its check"
+assert set(_CHECKS) == {f.name for f in fields(MedVTConfig)} - {"swin"}, "a MedVTConfig field without its check"
 
 _SWINB = MedVTConfig()
 

@@ -144,10 +144,11 @@ def check_finite(state_dict: dict[str, Tensor], source: str = "checkpoint", limi
             "the run that saved it diverged, use an earlier checkpoint")
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """Load strictly; on mismatch raise an error naming missing, unexpected and mis-shaped keys,
-    and refuse non-finite weights (:func:`check_finite`)."""
-    own = model.state_dict()
+def check_fits(own: dict[str, Tensor], state_dict: dict[str, Tensor], source: str = "checkpoint",
+               model_name: str = "model") -> None:
+    """Raise an error naming the missing, unexpected and mis-shaped keys (and integer / floating-point
+    mix-ups) when ``state_dict`` does not fit ``own``, a model's state dict: also one built on the meta
+    device, so that a file is compared with the model its config makes before that is allocated."""
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
@@ -156,7 +157,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], sour
     kinds = sorted(f"{k}: checkpoint {state_dict[k].dtype} vs model {own[k].dtype}" for k in set(own) & set(state_dict)
                    if own[k].is_floating_point() != state_dict[k].is_floating_point())
     if missing or unexpected or shapes or kinds:
-        lines = [f"{source} does not fit the model ({type(model).__name__}):"]
+        lines = [f"{source} does not fit the model ({model_name}):"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {_describe(missing)}")
         if unexpected:
@@ -166,6 +167,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], sour
         if kinds:
             lines.append(f"  integer / floating-point mismatches ({len(kinds)}): {_describe(kinds)}")
         raise CheckpointMismatchError("\n".join(lines))
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Load strictly; on mismatch raise an error naming missing, unexpected and mis-shaped keys
+    (:func:`check_fits`), and refuse non-finite weights (:func:`check_finite`)."""
+    check_fits(model.state_dict(), state_dict, source, type(model).__name__)
     check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
 
@@ -211,15 +218,33 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def checkpoint_state_dict(ckpt: dict, source: str = "the checkpoint") -> dict[str, Tensor]:
-    """The model weights inside a checkpoint dict (``model`` entry, or the dict itself); ``source``
-    names the file in the error."""
-    sd = ckpt.get("model", ckpt)
+def check_tensor_dict(sd: dict, source: str) -> None:
+    """Refuse a state dict whose keys are not names or whose tensors hold no plain values: a sparse,
+    quantised or nested tensor, or one on the meta device (no data), which the name conversion, the
+    finiteness check and ``load_state_dict`` are not made for (they would fail deep inside, or copy
+    nothing). Every tensor ``torch.save`` writes of a model is a dense (strided) one with its data."""
+    names = [k for k in sd if not isinstance(k, str)]
+    if names:
+        raise CheckpointMismatchError(f"{source} is damaged: its state dict has keys that are not parameter names "
+                                      f"(e.g. {names[0]!r} of type {type(names[0]).__name__})")
+    for k, v in sd.items():
+        kind = ("sparse" if v.layout != torch.strided else "on the meta device (it holds no values)" if v.is_meta
+                else "quantised" if v.is_quantized else "nested" if v.is_nested else None)
+        if kind:
+            raise CheckpointMismatchError(f"{source} is damaged: its tensor {k} is {kind}, not the dense tensor of "
+                                          "values a model's state dict holds")
+
+
+def checkpoint_state_dict(ckpt: dict, source: str = "the checkpoint", entry: str = "model") -> dict[str, Tensor]:
+    """The model weights inside a checkpoint dict (its ``entry``, or the dict itself), names and dense
+    tensors (:func:`check_tensor_dict`); ``source`` names the file in the error."""
+    sd = ckpt.get(entry, ckpt)
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         entries = ", ".join(sorted(map(str, ckpt))[:6]) or "none"
         hint = (" (a PyTorch Lightning checkpoint? re-save its 'state_dict' under 'model')"
-                if "state_dict" in ckpt else "")
-        raise CheckpointMismatchError(f"{source} has no 'model' state dict of tensors (its entries: {entries}){hint}")
+                if entry == "model" and "state_dict" in ckpt else "")
+        raise CheckpointMismatchError(f"{source} has no '{entry}' state dict of tensors (its entries: {entries}){hint}")
+    check_tensor_dict(sd, source)
     return sd
 
 

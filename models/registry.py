@@ -20,6 +20,7 @@ the original recipes, or any MED-VT checkpoint), the same in the AVOS, VSS and A
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -34,8 +35,8 @@ from .avs_config import AVS_CONFIGS, AVSConfig, get_avs_config
 from .avs_convert import avs_state_dict
 from .config import MODEL_CONFIGS, MedVTConfig, preset_name
 from .backbone import load_swin_pretrained
-from .convert import (CheckpointMismatchError, checkpoint_state_dict, convert_original_state_dict, init_from_checkpoint,
-                      init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
+from .convert import (CheckpointMismatchError, check_fits, checkpoint_state_dict, convert_original_state_dict,
+                      init_from_checkpoint, init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
 from .medvt import MEDVT
 
 ModelConfig = MedVTConfig | AVSConfig
@@ -83,25 +84,48 @@ def saved_args(ckpt: dict) -> dict:
 
 
 def saved_arg_changes(ckpt: dict, cfg: ModelConfig) -> dict:
-    """Config fields set by the original's saved training arguments (``ckpt["args"]``)."""
+    """Config fields set by the original's saved training arguments (``ckpt["args"]``), checked as a
+    config read from a file is (:meth:`MedVTConfig.from_dict`): a file's arguments are untrusted too."""
     saved = saved_args(ckpt)
-    table = SAVED_ARG_FIELDS[type(cfg)]
-    return {k: t(saved[k]) for k, t in table.items() if saved.get(k) is not None and t(saved[k]) != getattr(cfg, k)}
+    changes = {}
+    for k, t in SAVED_ARG_FIELDS[type(cfg)].items():
+        if saved.get(k) is None:
+            continue
+        try:
+            value = t(saved[k])
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"the checkpoint's saved training argument {k} is {saved[k]!r:.60}, not a "
+                            f"{t.__name__}") from None
+        if value != getattr(cfg, k):
+            changes[k] = value
+    if changes:
+        try:
+            config_from_dict({**cfg.to_dict(), **changes})  # refuses what no model should be built with
+        except UserError as e:
+            raise UserError(f"{e} (set by its saved training arguments {', '.join(changes)})") from None
+    return changes
 
 
-def resolve_config(ckpt: dict, preset: str | ModelConfig | None = None, **overrides) -> tuple[ModelConfig, str]:
-    """(config, a sentence saying how it was decided) for a checkpoint dict; see the module docstring."""
+def resolve_config(ckpt: dict, preset: str | ModelConfig | None = None, *, source: str | None = None,
+                   **overrides) -> tuple[ModelConfig, str]:
+    """(config, a sentence saying how it was decided) for a checkpoint dict; see the module docstring.
+    ``source`` (the file, or its flag and path) prefixes the refusal of a damaged config or saved arguments."""
     own = ckpt.get("config")
-    if isinstance(own, dict):
-        cfg, reason = config_from_dict(own), "the checkpoint's own config"
-    elif preset is not None:
-        cfg = get_preset(preset) if isinstance(preset, str) else preset
-        name = preset if isinstance(preset, str) else getattr(cfg, "name", type(cfg).__name__)
-        changes = saved_arg_changes(ckpt, cfg)
-        reason = f"preset {name}" + (f" with the original's saved arguments {changes}" if changes else "")
-        cfg = replace(cfg, **changes)
-    else:
-        raise UserError("the checkpoint records no model config (an authors' file?): name its preset")
+    try:
+        if isinstance(own, dict):
+            cfg, reason = config_from_dict(own), "the checkpoint's own config"
+        elif preset is not None:
+            cfg = get_preset(preset) if isinstance(preset, str) else preset
+            name = preset if isinstance(preset, str) else getattr(cfg, "name", type(cfg).__name__)
+            changes = saved_arg_changes(ckpt, cfg)
+            reason = f"preset {name}" + (f" with the original's saved arguments {changes}" if changes else "")
+            cfg = replace(cfg, **changes)
+        else:
+            raise UserError("the checkpoint records no model config (an authors' file?): name its preset")
+    except UserError as e:
+        if source is None:
+            raise
+        raise UserError(f"{source}: {e}") from None
     known = {f.name for f in fields(cfg)}
     unknown = sorted(k for k, v in overrides.items() if v is not None and k not in known)
     if unknown:
@@ -120,11 +144,17 @@ def model_state_dict(ckpt: dict, cfg: ModelConfig, source: str = "the checkpoint
 
 
 @functools.lru_cache(maxsize=32)
-def _meta_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The names and shapes of ``cfg``'s weights, built on the meta device (no memory, no initialisation);
+def _meta_state(cfg: ModelConfig) -> dict[str, Tensor]:
+    """``cfg``'s state dict built on the meta device (names, shapes and dtypes; no memory, no initialisation);
     kept per config (configs are frozen), since every preset is built for each file checked."""
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+        return build_model(cfg).state_dict()
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of ``cfg``'s weights (:func:`_meta_state`)."""
+    return {k: tuple(v.shape) for k, v in _meta_state(cfg).items()}
 
 
 def _class_count(own: dict[str, tuple], shapes: dict[str, tuple], num_classes: int | None) -> int | None:
@@ -180,17 +210,36 @@ def bare_state_dict_error(ckpt: dict, source: str) -> CheckpointMismatchError | 
         "from models.registry), and give that file")
 
 
-def load_weights(model: nn.Module, ckpt: dict, cfg: ModelConfig, source: str) -> None:
-    """Load a checkpoint dict's weights into ``model`` (built from ``cfg``) strictly, renamed from the
-    authors' names when needed; a state dict saved without its config that fits another preset gets
-    :func:`bare_state_dict_error`'s advice instead of the list of keys."""
+def _fitting_state_dict(own: dict[str, Tensor], ckpt: dict, cfg: ModelConfig, source: str) -> dict[str, Tensor]:
+    """The checkpoint's weights in our names, refused unless they fit ``own`` (the state dict of ``cfg``'s
+    model, real or on the meta device): the list of keys, or for a state dict saved without its config that
+    fits another preset :func:`bare_state_dict_error`'s advice."""
+    sd = model_state_dict(ckpt, cfg, source)
     try:
-        load_state_dict_strict(model, model_state_dict(ckpt, cfg, source), source=source)
+        check_fits(own, sd, source, (MEDVTPlusPlus if isinstance(cfg, AVSConfig) else MEDVT).__name__)
     except CheckpointMismatchError:
         bare = bare_state_dict_error(ckpt, source)
         if bare is not None:
             raise bare from None
         raise
+    return sd
+
+
+def load_weights(model: nn.Module, ckpt: dict, cfg: ModelConfig, source: str) -> None:
+    """Load a checkpoint dict's weights into ``model`` (built from ``cfg``) strictly, renamed from the
+    authors' names when needed (:func:`_fitting_state_dict` says what does not fit)."""
+    load_state_dict_strict(model, _fitting_state_dict(model.state_dict(), ckpt, cfg, source), source=source)
+
+
+def build_loaded(ckpt: dict, cfg: ModelConfig, source: str) -> nn.Module:
+    """``cfg``'s model with the checkpoint's weights. They are compared with the model built on the meta
+    device first, so a file whose config asks for other sizes than its weights have (damaged, or made to
+    exhaust memory: a 4e8-wide FFN is 76.8 GB) is refused by its keys and shapes before anything is
+    allocated; then the model is built and loaded strictly (:func:`load_weights`)."""
+    _fitting_state_dict(_meta_state(cfg), ckpt, cfg, source)
+    model = build_model(cfg)
+    load_weights(model, ckpt, cfg, source)
+    return model
 
 
 @dataclass
@@ -205,10 +254,9 @@ def load_model(path: str | Path, preset: str | ModelConfig | None = None, device
                **overrides) -> LoadedModel:
     """Read ``path`` safely, decide its config (:func:`resolve_config`), build and load it strictly."""
     ckpt = read_checkpoint(path)
-    cfg, reason = resolve_config(ckpt, preset, **overrides)
-    model = build_model(cfg)
+    cfg, reason = resolve_config(ckpt, preset, source=str(path), **overrides)
     try:
-        load_weights(model, ckpt, cfg, str(path))
+        model = build_loaded(ckpt, cfg, str(path))
     except CheckpointMismatchError as e:
         recorded, _ = resolve_config(ckpt, preset)
         changed = [f"--{k} {v} (the file's model has {getattr(recorded, k)})" for k, v in overrides.items()
@@ -218,6 +266,16 @@ def load_model(path: str | Path, preset: str | ModelConfig | None = None, device
         raise CheckpointMismatchError(f"{', '.join(changed)}: the weights of {path} do not fit the model these "
                                       f"flags make; leave them out\n{e}") from None
     return LoadedModel(model.to(device).eval(), cfg, reason, ckpt)
+
+
+@contextlib.contextmanager
+def _named_by(flag: str):
+    """A refused file of an initial-weights flag is named by the flag too (the refusals name its path;
+    each task has its own flag for the same file)."""
+    try:
+        yield
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{flag} {e}") from None
 
 
 def init_weights(model: MEDVT, log, swin: tuple[str, str | None], vistr: tuple[str, str | None],
@@ -231,11 +289,13 @@ def init_weights(model: MEDVT, log, swin: tuple[str, str | None], vistr: tuple[s
     if path:
         if model.cfg.backbone != "swin":
             raise UserError(f"{flag} is a Video Swin file, but this model's backbone is {model.cfg.backbone}")
-        missing = load_swin_pretrained(model.backbone, str(require_file(path, flag)))
+        with _named_by(flag):
+            missing = load_swin_pretrained(model.backbone, str(require_file(path, flag)))
         log.info(f"backbone from {path} ({len(missing)} entries left at init)")
     flag, path = vistr
     if path:
-        loaded = init_from_vistr_coco(model, require_file(path, flag))
+        with _named_by(flag):
+            loaded = init_from_vistr_coco(model, require_file(path, flag))
         log.info(f"{len(loaded)} tensors from {path} (FFN matrices sliced to {model.cfg.dim_feedforward})")
     if init_from:
         loaded, kept = init_from_checkpoint(model, init_from)
