@@ -55,8 +55,8 @@ from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d,
 from actor_action.metrics import NAN_POLICIES, PROTOCOLS
 from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map
 from datasets.path_config import add_path_args, dataset_root
-from models import CheckpointMismatchError, MedVTConfig, build_model, read_checkpoint
-from models.registry import load_weights
+from models import CheckpointMismatchError, MedVTConfig, read_checkpoint
+from models.registry import build_loaded
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, incomplete_marker, non_negative_int, positive_int,
                        check_overlay_fps, refuse_unused, require_file, run_main)
@@ -185,9 +185,8 @@ def load_a2d_model(args: argparse.Namespace, device: torch.device) -> tuple[torc
     # Name what was actually built: our checkpoints carry their own config, whatever --backbone says.
     source = ("the checkpoint's own config" if saved_classes is not None
               else f"preset {args.model or BACKBONE_PRESETS[args.backbone]}")
-    model = build_model(cfg)
     try:
-        load_weights(model, ckpt, cfg, args.model_path)
+        model = build_loaded(ckpt, cfg, str(args.model_path))
     except CheckpointMismatchError:
         given = [f"--{k} {getattr(args, k)}" for k in ("num_classes", "lprop_mode", "lprop_scale",
                                                        "query_decoder_scales") if getattr(args, k, None) is not None]
