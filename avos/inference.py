@@ -248,6 +248,28 @@ class OverlayWriter:
             return None
         return self.video.close()
 
+    def abort(self) -> None:
+        """A run stopped: the unfinished video is deleted (an mp4 cut short has no index, so no player
+        opens it; the frames' PNGs stay) and the sound track closed. Harmless after :meth:`close`."""
+        if self.video is not None:
+            self.video.abort()
+        elif self.sound is not None:
+            self.sound.close()
+
+
+@contextmanager
+def _aborted_on_error() -> Iterator[Callable[[OverlayWriter], OverlayWriter]]:
+    """``opened(writer)`` registers an overlay writer; if the block fails (or is interrupted), every one
+    registered is aborted after it, once the writer thread that fills them has stopped (so enter this
+    before the BackgroundWorker): no unfinished ``.partial`` video is left behind."""
+    writers: list[OverlayWriter] = []
+    try:
+        yield lambda w: writers.append(w) or w
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+
 
 # ------------------------------------------------------------------------------------- runs
 @dataclass
@@ -318,14 +340,14 @@ def predict_dense(model: torch.nn.Module, sequences: Sequence[VideoSequence], pr
     mine = [sequences[i] for i in shard(len(sequences))]  # under torchrun: every N-th sequence
     progress = Throughput(sum(counts[seq.name] for seq in mine), protocol.dataset, logger.info,
                           disable=not is_main_process())
-    with BackgroundWorker(depth=16, name="writer") as writer:
+    with _aborted_on_error() as opened, BackgroundWorker(depth=16, name="writer") as writer:
         for seq in mine:
             if not counts[seq.name]:
                 continue
             progress.bar.set_postfix_str(seq.name)
             source = sequence_source(seq, protocol, keep_rgb=opts.save_overlay)
             orig = source.frame_hw
-            overlays = OverlayWriter(opts.out_dir / "overlay" / seq.name, opts.overlay_format, opts.fps)
+            overlays = opened(OverlayWriter(opts.out_dir / "overlay" / seq.name, opts.overlay_format, opts.fps))
 
             def handle(i: int, prob: np.ndarray, rgb, seq=seq, overlays=overlays) -> None:
                 stem = seq.frames[i].stem
@@ -407,13 +429,13 @@ def run_moca(model, sequences: Sequence[VideoSequence], protocol: Protocol, opts
     mine = [sequences[i] for i in shard(len(sequences))]  # under torchrun: every N-th sequence
     progress = Throughput(sum(len(seq.meta["annotated"]) for seq in mine), "moca", logger.info,
                           disable=not is_main_process())
-    with BackgroundWorker(depth=16, name="writer") as writer:
+    with _aborted_on_error() as opened, BackgroundWorker(depth=16, name="writer") as writer:
         for seq in mine:
             if not seq.meta["annotated"]:
                 continue
             progress.bar.set_postfix_str(seq.name)
             source = sequence_source(seq, protocol, keep_rgb=opts.save_overlay)
-            overlays = OverlayWriter(opts.out_dir / "overlay" / seq.name, opts.overlay_format, opts.fps)
+            overlays = opened(OverlayWriter(opts.out_dir / "overlay" / seq.name, opts.overlay_format, opts.fps))
 
             def handle(i: int, prob: np.ndarray, rgb, seq=seq, overlays=overlays) -> None:
                 fg = protocol.binarize(prob)
@@ -507,9 +529,11 @@ def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
         area[0] += float(fg.mean())
 
     progress = Throughput(n, name, logger.info)
-    with BackgroundWorker(depth=16, name="writer") as writer:
-        stream_predictions(predictor, source, (h, w), None, handle, writer, progress, opts.prefetch)
-    video_path = overlays.close()
+    with _aborted_on_error() as opened:
+        opened(overlays)
+        with BackgroundWorker(depth=16, name="writer") as writer:
+            stream_predictions(predictor, source, (h, w), None, handle, writer, progress, opts.prefetch)
+        video_path = overlays.close()
     speed = progress.close()
     logger.info("wrote masks to %s and the overlay video %s (%s, %s)", opts.out_dir / "bin_mask" / name,
                 video_path, opts.overlay_format, overlays.video.codec if overlays.video else "-")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +270,19 @@ def test_a_run_that_fails_midway_is_marked_incomplete(setup, tmp_path, monkeypat
         run(setup, out, "--save_overlay")
     assert "see out.log" in (out / "INCOMPLETE").read_text() and not (out / "summary.json").exists()
     assert not list((out / "overlay").glob("*.mp4")) if (out / "overlay").exists() else True
+    # nor an unfinished video under its temporary name (an mp4 cut short, which no player opens)
+    assert not [p.name for p in out.rglob("*") if "partial" in p.name]
+    # A video long enough for the encoder to have written part of the overlay when the 150th PNG fails
+    frames = sorted(next((setup["davis"] / "JPEGImages" / "480p").iterdir()).iterdir())
+    long = tmp_path / "long"
+    long.mkdir()
+    for i in range(80):
+        shutil.copy(frames[i % len(frames)], long / f"{i:05d}.jpg")
+    calls[0] = -146
+    with pytest.raises(OSError, match="could not write"):
+        script.main(["--model_path", str(setup["ckpt"]), "--video", str(long), "--val_size", "48",
+                     "--output_dir", str(tmp_path / "video"), "--device", "cpu", "--window", "chunk"])
+    assert not [p.name for p in (tmp_path / "video").rglob("*") if "partial" in p.name]
     monkeypatch.setattr(inf, "save_png", real)
     run(setup, tmp_path / "out2", "--save_overlay")
     assert not (tmp_path / "out2" / "INCOMPLETE").exists() and (tmp_path / "out2" / "summary.json").is_file()
