@@ -60,9 +60,9 @@ from models.predictor import VideoPredictor, Window
 from models.registry import build_loaded
 from utils import metrics
 from utils.background import BackgroundWorker
-from utils.cli import UserError
+from utils.cli import UserError, stop_line
 from utils.distributed import gather_in_order, gather_throughput, is_main_process, shard
-from utils.logger import Throughput
+from utils.logger import Throughput, log_stop
 from utils.visualize import VideoWriter, overlay
 
 logger = logging.getLogger("medvt.inference")
@@ -589,6 +589,9 @@ def log_file(path: Path) -> Iterator[Path]:
     logger.addHandler(handler)
     try:
         yield path
+    except (KeyboardInterrupt, Exception) as e:  # out.log says why it ends (the INCOMPLETE marker points to it)
+        log_stop(stop_line(e))
+        raise
     finally:
         logger.removeHandler(handler)
         handler.close()

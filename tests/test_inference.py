@@ -269,6 +269,7 @@ def test_a_run_that_fails_midway_is_marked_incomplete(setup, tmp_path, monkeypat
     with pytest.raises(OSError, match="could not write"):
         run(setup, out, "--save_overlay")
     assert "see out.log" in (out / "INCOMPLETE").read_text() and not (out / "summary.json").exists()
+    assert "stopped: error: could not write" in (out / "out.log").read_text().splitlines()[-1]  # why it ends there
     assert not list((out / "overlay").glob("*.mp4")) if (out / "overlay").exists() else True
     # nor an unfinished video under its temporary name (an mp4 cut short, which no player opens)
     assert not [p.name for p in out.rglob("*") if "partial" in p.name]

@@ -78,23 +78,31 @@ def error_message(error: BaseException) -> str:
     return text.strip() or type(error).__name__
 
 
+def stop_line(error: BaseException) -> str:
+    """What a log's last line says about why a run stopped (:func:`utils.logger.log_stop`): an
+    interruption, or a user's mistake by its one-line message."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C or SIGINT)"
+    return f"error: {error_message(error)}"
+
+
 def run_main(main: Callable[[], object], prog: str | None = None) -> None:
     """Call ``main()`` (the script's, reading ``sys.argv``) inside the error boundary; never returns."""
     prog = prog or Path(sys.argv[0]).name
     debug = debug_enabled(sys.argv[1:])
     try:
         main()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        log_stop("interrupted (Ctrl-C or SIGINT)")
+        log_stop(stop_line(e))
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     except USER_ERRORS as e:
         if debug:
             traceback.print_exc()
         _release_frames(e)
-        log_stop(f"error: {error_message(e)}")
+        log_stop(stop_line(e))
         print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
         _error_exit(2)
     except Exception as e:
