@@ -23,14 +23,16 @@ import torch
 from models import PRESETS, CheckpointMismatchError, build_model, read_checkpoint
 from models.config import VARIANTS, preset_name
 from models.registry import load_weights, resolve_config
-from models.onnx_export import (OPSET, OnnxModel, UnexportableError, check_onnx, export_onnx, input_names,
+from models.onnx_export import (MAX_OPSET, OPSET, OnnxModel, UnexportableError, export_onnx, input_names,
                                 min_dynamic_size)
-from utils.cli import ArgumentParser, UserError, add_debug_flag, check_output_file, random_seed, run_main
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, check_output_file, clip_frames, positive_int,
+                       random_seed, run_main)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Export a MED-VT model to ONNX (opset 19, DeformConv native), validate "
-                                            "it with onnx.checker and compare ONNX Runtime with PyTorch once.")
+                                   "it with onnx.checker and ONNX Runtime, and compare ONNX Runtime with PyTorch "
+                                   "once; --output is written only once the file passes these checks.")
     p.add_argument("--model_path", type=Path, default=None,
                    help="checkpoint: the authors' file or one of ours (read with the project's safe loader)")
     p.add_argument("--config", default=None, type=preset_name, choices=list(PRESETS),
@@ -40,29 +42,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --output if it exists (never --model_path: the checkpoint is an input)")
-    p.add_argument("--num_frames", type=int, default=None, help="clip length T (default 6; MED-VT++ 5)")
+    p.add_argument("--num_frames", type=clip_frames, default=None, help="clip length T (default 6; MED-VT++ 5)")
     p.add_argument("--height", type=int, default=473,
                    help="height of the example clip traced (default 473); at or above the model's floor (225 for "
                         "Swin, 64 otherwise) the file takes any height from the floor on, below it only this one")
     p.add_argument("--width", type=int, default=473, help="width of the example clip, as --height (default 473)")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, 18 or later (default {OPSET})")
+    p.add_argument("--opset", type=int, default=OPSET, choices=range(OPSET, MAX_OPSET + 1), metavar="N",
+                   help=f"ONNX opset, {OPSET} (DeformConv's first) to {MAX_OPSET} (the highest the exporter "
+                        f"converts to) (default {OPSET})")
     p.add_argument("--model_version", default="auto", choices=["auto", *VARIANTS],
                    help="forward of an authors' Swin-B checkpoint, as in inference_swin_medvt_avos.py (default auto)")
     p.add_argument("--backbone", default="swinB", choices=["swinB", "resnet101"],
                    help="backbone of an authors' AVOS checkpoint (default swinB)")
-    p.add_argument("--threads", type=int, default=0, help="threads of ONNX Runtime and PyTorch for the check "
-                                                         "(default: their defaults)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="threads of ONNX Runtime and PyTorch for the check (default: their defaults)")
     p.add_argument("--seed", type=random_seed, default=0,
                    help="seed of the fresh weights and the check's input (default 0)")
     add_debug_flag(p)
     return p
 
 
-def load(args: argparse.Namespace) -> torch.nn.Module:
-    """The model named by the flags, in eval mode on the CPU."""
+def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
+    """The model named by the flags, in eval mode on the CPU, and its checkpoint ({} for fresh weights)."""
     torch.manual_seed(args.seed)
     if args.model_path is None:
-        return build_model(args.config).eval()
+        return build_model(args.config).eval(), {}
     ckpt = read_checkpoint(args.model_path)
     saved = ckpt.get("config")
     avos = not isinstance(saved, dict) or ("audio_dim" not in saved and saved.get("num_classes", 1) == 1)
@@ -71,12 +75,28 @@ def load(args: argparse.Namespace) -> torch.nn.Module:
         model = build_model(cfg)
         load_weights(model, ckpt, cfg, str(args.model_path))
         print(f"model: config from {reason}")
-        return model.eval()
+        return model.eval(), ckpt
     from avos import inference as inf  # an AVOS checkpoint: the inference script's model choice
 
     info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, source=f"--model_path {args.model_path}")
     print(f"model: {info.config_name} ({info.reason})")
-    return inf.build_from_checkpoint(ckpt, info, str(args.model_path))
+    return inf.build_from_checkpoint(ckpt, info, str(args.model_path)), ckpt
+
+
+def model_task(model: torch.nn.Module, ckpt: dict) -> str:
+    """The task recorded in the file (:data:`models.onnx_export.TASKS`), so that inference can refuse a file
+    of another task in words: by the same rules as the inference scripts' refusal of such checkpoints."""
+    from datasets.a2d import NUM_CLASSES as A2D_CLASSES
+    from vss.common import trained_for_vspw
+
+    if input_names(model) == ["frames", "audio"]:
+        return "avs"
+    classes = model.cfg.num_classes
+    if classes == 1:
+        return "avos"
+    if trained_for_vspw(classes, ckpt):
+        return "vss"
+    return "a2d" if classes == A2D_CLASSES else "other"
 
 
 def example_inputs(model: torch.nn.Module, batch: int, t: int, h: int, w: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -101,19 +121,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model = load(args)
-        t = args.num_frames or getattr(model.cfg, "max_frames", 6)  # MED-VT++: its audio positions
-        if t < 2:
-            parser.error("--num_frames must be at least 2 (the model attends across the frames of a clip)")
+        model, ckpt = load(args)
+        task = model_task(model, ckpt)
+        del ckpt
+        t = args.num_frames if args.num_frames is not None else getattr(model.cfg, "max_frames", 6)  # MED-VT++: audio
         example = example_inputs(model, 2, t, args.height, args.width, args.seed)
         floor = min_dynamic_size(model)
         dims = (f"batch, height and width (from {floor}) dynamic" if min(args.height, args.width) >= floor else
                 f"batch dynamic, height and width fixed (dynamic from {floor} on)")
-        print(f"exporting {type(model).__name__} for {' + '.join(input_names(model))} "
+        print(f"exporting {type(model).__name__} ({task.upper()}) for {' + '.join(input_names(model))} "
               f"[B, {t}, 3, {args.height}, {args.width}], {dims}, opset {args.opset} → {args.output}")
-        times = export_onnx(model, example, args.output, args.opset)
-        check_onnx(args.output)
-        session = OnnxModel(args.output, args.threads)
+        times = export_onnx(model, example, args.output, args.opset, task)
+        session = OnnxModel(args.output, args.threads or 0, flag="--output")
         print(f"export: trace {times['trace_s']:.1f} s, ONNX conversion {times['convert_s']:.1f} s; "
               f"onnx.checker passed{' (weights in external data)' if times['external_data'] else ''}; "
               f"the file takes {session.describe()}")
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "checkpoint of another model family? Name its preset with --config") from e
         raise UserError(str(e)) from e
     report = {**reports[0], "max_abs_diff": max(r["max_abs_diff"] for r in reports), "checked_sizes": sizes}
-    return {**times, **report, "output": str(args.output)}
+    return {**times, **report, "output": str(args.output), "task": task}
 
 
 def compare(model: torch.nn.Module, session: OnnxModel, example: tuple[torch.Tensor, ...]) -> dict:

@@ -19,6 +19,7 @@ The protocol, output files and metrics are described in :mod:`avos.inference`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from contextlib import nullcontext
@@ -35,9 +36,10 @@ from datasets.video import require_same_size
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
+from models.onnx_export import runtime_record
 from models.predictor import scaled_hw
 from models.registry import model_state_dict
-from utils.cli import (ArgumentParser, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, positive_float, positive_int, check_overlay_fps,
                        refuse_unused, run_main)
 from utils.distributed import (DistInfo, add_device_flag, check_device, default_run_folder, one_process_only,
@@ -182,8 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     sequences = {ds: load_sequences(args, ds) for ds in datasets}
 
     ckpt = read_checkpoint(args.model_path)
-    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, args.lprop_scale,
-                                       f"--model_path {args.model_path}")
+    onnx_model = load_onnx_model(args) if args.runtime == "onnx" else None
+    info = model_info(args, ckpt, onnx_model)
     tasks = datasets or ["video"]
     protocols = {ds: inf.make_protocol(ds, info.config, info.version,
                                        None if args.dataset == "all" else args.val_size, args.msc, args.flip)
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not proc.is_main:
             inf.logger.setLevel(logging.WARNING)
         # The model is built before the output folder exists: weights that do not fit leave nothing behind.
-        model = inference_model(args, ckpt, info, protocols, proc.device)
+        model = inference_model(args, ckpt, info, protocols, proc.device, onnx_model)
         del ckpt
         if video is not None:
             check_video_size(model, video, protocols["video"], args, proc.device)
@@ -215,10 +217,42 @@ def check_video_size(model, video, protocol, args: argparse.Namespace, device) -
         model(torch.zeros(1, 2, 3, *sizes[0], device=device))
 
 
-def inference_model(args: argparse.Namespace, ckpt: dict, info, protocols: dict, device):
+def load_onnx_model(args: argparse.Namespace):
+    """--onnx_path, refused when it records another task than AVOS (a file exported before tasks were
+    recorded meets the checks that follow: clip length, weights)."""
+    model = inf.load_onnx(args.onnx_path)
+    model.check_task("avos", "inference_swin_medvt_avos.py")
+    return model
+
+
+def model_info(args: argparse.Namespace, ckpt: dict, onnx_model) -> inf.ModelInfo:
+    """The model that runs, and why: the checkpoint's with --model_version / --lprop_scale, or with
+    --runtime onnx the forward and lprop_scale the file was exported with, which its graph holds (the
+    flags cannot change them: one that differs is refused). A file exported before these were recorded
+    is described by the flags, as before."""
+    source = f"--model_path {args.model_path}"
+    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, args.lprop_scale, source)
+    if onnx_model is None or onnx_model.variant is None:
+        return info
+    variant, scale = onnx_model.variant, onnx_model.lprop_scale
+    if args.model_version not in ("auto", variant):
+        raise UserError(f"--model_version {args.model_version}: {onnx_model.named} was exported with the {variant} "
+                        f"forward, which its graph holds; leave out --model_version, or export the checkpoint again "
+                        f"with export_onnx.py --model_version {args.model_version}")
+    if args.lprop_scale is not None and args.lprop_scale != scale:
+        raise UserError(f"--lprop_scale {args.lprop_scale}: {onnx_model.named} was exported with lprop_scale {scale}, "
+                        "which its graph holds; leave out --lprop_scale, or run the checkpoint with --runtime torch")
+    if (info.version, info.config.lprop_scale) == (variant, scale):
+        return info
+    ran = inf.resolve_model_config(ckpt, variant, args.backbone, scale, source)
+    return dataclasses.replace(ran, reason=f"{info.reason}; the ONNX file's forward {variant} and lprop_scale "
+                                           f"{scale}, recorded at export")
+
+
+def inference_model(args: argparse.Namespace, ckpt: dict, info, protocols: dict, device, onnx_model=None):
     """The PyTorch model of the checkpoint on ``device``, or the checked ONNX file of --runtime onnx."""
-    if args.runtime == "onnx":
-        model = inf.load_onnx(args.onnx_path)
+    if onnx_model is not None:
+        model = onnx_model
         model.check_clip_length(args.num_frames, "--num_frames")
         model.check_scales(max(len(p.scales) for p in protocols.values()), "--msc")
         model.check_weights(model_state_dict(ckpt, info.config, str(args.model_path)), args.model_path)
@@ -248,7 +282,11 @@ def run_tasks(args: argparse.Namespace, argv: list[str] | None, model, info, pro
         log.info("command: python %s %s", Path(__file__).name, " ".join(sys.argv[1:] if argv is None else argv))
         inf.log_model_choice(info)
         if args.runtime == "onnx":
-            log.info("runtime: ONNX Runtime (CPU) with %s (%s)", args.onnx_path, model.describe())
+            log.info("runtime: ONNX Runtime (CPU) with %s (%s, %s)", args.onnx_path, model.what(), model.describe())
+            if model.variant is None:
+                log.warning("%s records no forward or lprop_scale (exported before they were recorded): the model "
+                            "line above gives the checkpoint's and the flags', which the file may not hold; export "
+                            "it again to have them checked", args.onnx_path)
         log.info("device: %s%s; output: %s", device, f", {args.amp} autocast" if args.amp != "none" else "", out_dir)
         if proc.distributed:
             log.info("%d processes, each predicting 1 sequence in %d; rank 0 scores them", proc.world_size,
@@ -260,7 +298,8 @@ def run_tasks(args: argparse.Namespace, argv: list[str] | None, model, info, pro
             log.warning("--amp %s on %s: autocast is meant for CUDA and is slow here", args.amp, device)
         results: dict = {"output_dir": str(out_dir),
                          "model": {"config": info.config_name, "version": info.version, "reason": info.reason,
-                                   "variant": info.config.variant, "lprop_scale": info.config.lprop_scale}}
+                                   "variant": info.config.variant, "lprop_scale": info.config.lprop_scale},
+                         **runtime_record(args.runtime, model)}
         for task in tasks:
             protocol = protocols[task]
             sub = out_dir / inf.run_name(task, protocol.val_size, args.msc, info.config) if len(tasks) > 1 else out_dir

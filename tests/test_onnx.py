@@ -12,6 +12,7 @@ PVT, audio input and fusion). ``MEDVT_ONNX_PRESETS=all`` adds the five full-size
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -199,6 +200,9 @@ def test_runtime_onnx_writes_the_pytorch_masks(tiny_file, tmp_path, capsys):
     from the one file): masks with IoU ≥ 0.999, probabilities ±1/255."""
     _, ckpt, onnx_path, res = tiny_file
     assert res["dynamic_size"] and len(res["checked_sizes"]) == 2 and res["max_abs_diff"] <= 1e-4
+    # the file records its task and its model's config (forward, lprop_scale, ...), which inference checks
+    session = OnnxModel(onnx_path)
+    assert (res["task"], session.task, session.config) == ("avos", "avos", tiny_file[0].cfg)
     davis = make_synthetic_davis(tmp_path / "DAVIS", num_train=0, num_val=2, num_frames=6, size_hw=(300, 400))
     common = ["--model_path", str(ckpt), "--davis16_root", str(davis), "--val_size", "300", "--flip", "--msc",
               "--window", "chunk", "--device", "cpu"]
@@ -206,6 +210,10 @@ def test_runtime_onnx_writes_the_pytorch_masks(tiny_file, tmp_path, capsys):
     infer_script.main(common + ["--output_dir", str(tmp_path / "onnx"), "--runtime", "onnx", "--onnx_path",
                                 str(onnx_path)])
     assert _iou(tmp_path / "torch" / "bin_mask", tmp_path / "onnx" / "bin_mask") >= 0.999
+    ran = {d: json.loads((tmp_path / d / "summary.json").read_text()) for d in ("torch", "onnx")}
+    assert (ran["torch"]["runtime"], ran["torch"]["onnx_path"]) == ("torch", None)
+    assert (ran["onnx"]["runtime"], ran["onnx"]["onnx_path"]) == ("onnx", str(onnx_path))
+    assert ran["onnx"]["onnx"]["variant"] == ran["onnx"]["model"]["variant"] == "cvpr23"
     for f in sorted((tmp_path / "torch" / "logits").rglob("*.png")):
         a = np.asarray(Image.open(f)).astype(int)
         b = np.asarray(Image.open(tmp_path / "onnx" / "logits" / f.relative_to(tmp_path / "torch" / "logits")))
@@ -261,6 +269,7 @@ def test_vss_runtime_onnx_writes_the_pytorch_labels(tiny_file, tmp_path):
     assert not res["dynamic_size"] and res["max_abs_diff"] <= 1e-4
     session = OnnxModel(onnx_path)
     assert not session.dynamic_size and session.describe() == "clips of 4 frames, 48x60 only"
+    assert (res["task"], session.task, session.num_classes) == ("vss", "vss", 5)  # trained on VSPW (--vspw_root)
     # several scales (AVOS --msc) cannot run on a one-size file: refused at load, not at the second scale
     with pytest.raises(InputSizeError, match=r"--msc feeds 7 input sizes per frame, but --onnx_path .*48x60 only"):
         session.check_scales(7, "--msc")
@@ -282,12 +291,13 @@ def test_vss_runtime_onnx_writes_the_pytorch_labels(tiny_file, tmp_path):
         b = np.asarray(Image.open(tmp_path / "onnx" / f.relative_to(tmp_path / "torch")))
         assert (a == b).mean() >= 0.999
     assert onnx_run["mIoU"] == pytest.approx(torch_run["mIoU"], abs=1e-3)
-    # before any output: another clip length, and a binary (AVOS) file, which failed mid-run as a ValueError
+    # before any output: another clip length, and an AVOS file (by its recorded task; one that records none is
+    # refused by its class count: tests/test_onnx_mistakes.py), which failed mid-run as a ValueError
     plain = ["--vspw_root", str(root), "--val_size", "48", "--device", "cpu"]
     with pytest.raises(InputSizeError, match=r"--clip_len 6: --onnx_path .*vss\.onnx takes clips of 4 frames"):
         inference_medvt_vss.main(plain + ["--clip_len", "6", "--runtime", "onnx", "--onnx_path", str(onnx_path),
                                           "--output_dir", str(tmp_path / "six")])
-    with pytest.raises(UserError, match=r"holds a model of 1 class \(an AVOS export\?\); VSS needs a multi-class"):
+    with pytest.raises(UserError, match=r"tiny\.onnx is an AVOS export \(binary masks\), but vss/inference_medvt_vss"):
         inference_medvt_vss.main(plain + ["--clip_len", "6", "--runtime", "onnx", "--onnx_path", str(tiny_file[2]),
                                           "--output_dir", str(tmp_path / "avos")])
     # a --video whose input size the one-size file does not take: refused before the folder is made

@@ -179,11 +179,17 @@ def _write_frame(output_dir: Path, video: VideoSequence, i: int, labels: np.ndar
         Image.fromarray(overlay_colors(frame, labels)).save(path, quality=90)
 
 
+def trained_for_vspw(num_classes: int, ckpt: dict) -> bool:
+    """Whether a checkpoint is a VSS model: VSPW's 124 classes, or trained by vss/train_medvt_vss.py
+    (our VSS runs record --vspw_root; a run on a subset of classes has fewer). ``export_onnx.py`` records
+    the same answer in the file (task ``vss``), which ``--runtime onnx`` checks as this checks the checkpoint."""
+    return num_classes == VSPW_NUM_CLASSES or "vspw_root" in saved_args(ckpt)
+
+
 def check_vss_checkpoint(ckpt: dict, cfg: MedVTConfig, args: argparse.Namespace) -> None:
     """Refuse a checkpoint of another task (e.g. A2D's 80 classes) before it is scored on VSPW's
-    124: its class ids would be read as VSPW's without a word. Our VSS runs record --vspw_root."""
-    trained_on_vspw = "vspw_root" in saved_args(ckpt)
-    if cfg.num_classes != VSPW_NUM_CLASSES and not trained_on_vspw and args.num_classes is None:
+    124: its class ids would be read as VSPW's without a word."""
+    if not trained_for_vspw(cfg.num_classes, ckpt) and args.num_classes is None:
         task = "an AVOS (binary)" if cfg.num_classes == 1 else f"a {cfg.num_classes}-class"
         raise UserError(f"--model_path {args.model_path} holds {task} model not trained by "
                         f"vss/train_medvt_vss.py, but VSPW has {VSPW_NUM_CLASSES} classes; give a VSS checkpoint")
@@ -227,15 +233,18 @@ def onnx_from_args(args: argparse.Namespace) -> tuple[torch.nn.Module, int]:
     from models.onnx_export import OnnxModel
 
     model = OnnxModel(args.onnx_path)
-    model.check_clip_length(args.clip_len or model.frames, "--clip_len")
-    if model.num_classes < 2:
+    # a file of another task is refused as its checkpoint is (check_vss_checkpoint, by the task recorded at
+    # export); a file that records none, by its class count only
+    model.check_task("vss", "vss/inference_medvt_vss.py")
+    if model.task is None and model.num_classes < 2:
         raise UserError(f"--onnx_path {args.onnx_path} holds a model of {model.num_classes} class (an AVOS "
                         "export?); VSS needs a multi-class one: export a VSS checkpoint with export_onnx.py")
+    model.check_clip_length(args.clip_len or model.frames, "--clip_len")
     if args.model_path:
         ckpt = read_checkpoint(args.model_path)
         cfg, _ = resolve_config(ckpt, vss_config(args.model, args.num_classes))
         model.check_weights(model_state_dict(ckpt, cfg, str(args.model_path)), args.model_path)
-    print(f"runtime: ONNX Runtime (CPU) with {args.onnx_path} ({model.describe()})")
+    print(f"runtime: ONNX Runtime (CPU) with {args.onnx_path} ({model.what()}, {model.describe()})")
     return model, model.frames
 
 

@@ -38,6 +38,7 @@ from datasets.path_config import add_path_args, dataset_root
 from datasets.stream import require_video
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
+from models.onnx_export import runtime_record
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, non_negative_int, positive_int, check_overlay_fps,
                        refuse_unused, run_main)
@@ -160,10 +161,11 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, videos: list
                                  source, inputs, args.overwrite)
     settings = {"val_size": args.val_size, "max_size": args.max_size, "clip_len": clip_len, "window": args.window,
                 "flip": args.flip, "amp_dtype": AMP_DTYPES[args.amp], "batch_clips": args.batch_clips}
+    ran = runtime_record(args.runtime, model)
     # left in place by an error or Ctrl-C: the outputs are partial
     with shared_run_folder(out), frames_too_small(sizes, remedy):
         if video is not None:
-            result = segment_video(model, video, device, out, fps=args.fps, **settings)
+            result = {**segment_video(model, video, device, out, fps=args.fps, **settings), **ran}
             write_json(out / "summary.json", result)
         else:
             summary = evaluate_videos(model, videos, device, out, save_predictions=not args.no_save_predictions,
@@ -171,7 +173,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, videos: list
             if summary and proc.is_main:
                 json_path, csv_path = write_results(summary, out, "results")
             if proc.is_main:  # what made the outputs, also for a split without ground truth (test)
-                record = {"split": args.split, "videos": [v.name for v in videos], "model": str(source),
+                record = {"split": args.split, "videos": [v.name for v in videos], "model": str(source), **ran,
                           "settings": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in settings.items()},
                           "metrics": "results.json" if summary else None}
                 write_json(out / "summary.json", record)
