@@ -71,7 +71,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     saved = ckpt.get("config")
     avos = not isinstance(saved, dict) or ("audio_dim" not in saved and saved.get("num_classes", 1) == 1)
     if args.config is not None or not avos:  # either family (our VSS, A2D, MED-VT++ files): the file's config wins
-        cfg, reason = resolve_config(ckpt, args.config)
+        cfg, reason = resolve_config(ckpt, args.config, source=f"--model_path {args.model_path}")
         model = build_model(cfg)
         load_weights(model, ckpt, cfg, str(args.model_path))
         print(f"model: config from {reason}")

@@ -72,6 +72,8 @@ CASES = {
     "avos_inference_amp_for_onnx": ("inference_swin_medvt_avos.py", ["--model_path", "{tmp}/junk.pth", "--runtime",
                                                                      "onnx", "--onnx_path", "{tmp}/junk.pth", "--amp",
                                                                      "bf16"], ["--amp", "--runtime onnx"]),
+    "vss_inference_onnx_path_a_folder": ("vss/inference_medvt_vss.py", ["--runtime", "onnx", "--onnx_path", "{tmp}"],
+                                         ["--onnx_path", "is a folder, not a file"]),
     "vss_inference_onnx_path_without_runtime": ("vss/inference_medvt_vss.py", ["--random_weights", "--onnx_path",
                                                                                "{tmp}/junk.pth"],
                                                 ["--onnx_path", "junk.pth", "--runtime onnx"]),

@@ -64,6 +64,8 @@ def check_runtime_flags(parser, args, torch_only: Sequence[str] = (), argv: Sequ
                       argv)
     if args.runtime == "onnx" and args.onnx_path is None:
         parser.error("--runtime onnx needs --onnx_path FILE (written by export_onnx.py)")
+    if args.runtime == "onnx" and args.onnx_path.is_dir():
+        parser.error(f"--onnx_path {args.onnx_path} is a folder, not a file")
     if args.runtime == "onnx" and not args.onnx_path.is_file():
         parser.error(f"--onnx_path {args.onnx_path} does not exist")
 

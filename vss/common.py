@@ -242,7 +242,8 @@ def onnx_from_args(args: argparse.Namespace) -> tuple[torch.nn.Module, int]:
     model.check_clip_length(args.clip_len or model.frames, "--clip_len")
     if args.model_path:
         ckpt = read_checkpoint(args.model_path)
-        cfg, _ = resolve_config(ckpt, vss_config(args.model, args.num_classes))
+        cfg, _ = resolve_config(ckpt, vss_config(args.model, args.num_classes),
+                                source=f"--model_path {args.model_path}")
         model.check_weights(model_state_dict(ckpt, cfg, str(args.model_path)), args.model_path)
     print(f"runtime: ONNX Runtime (CPU) with {args.onnx_path} ({model.what()}, {model.describe()})")
     return model, model.frames
