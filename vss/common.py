@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
-from datasets.video import VideoSequence
+from datasets.video import VideoSequence, image_size
 from datasets.transforms import IGNORE_INDEX
 from datasets.vspw import NUM_CLASSES as VSPW_NUM_CLASSES
 from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
@@ -126,23 +126,26 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
         for i in indices:
             video = videos[i]
             speed.bar.set_postfix_str(video.name)
-            w0, h0 = Image.open(video.frames[0]).size
-            raw = None
-            if any(m is not None for m in video.masks):
-                raw = np.stack([read_raw_mask(m, (h0, w0)) for m in video.masks])
-                h0, w0 = raw.shape[1:]
-                gt = raw_to_class(raw)
-                check_classes(gt, evaluator.num_classes, video.name)
-            preds = np.zeros((video.num_frames, h0, w0), np.uint8) if raw is not None else None
+            annotated = [m for m in video.masks if m is not None]
+            # Predicted at the masks' size, else the frames'; scored a frame at a time as predictions
+            # arrive (vss.metrics.VideoScore): no stack of the video's masks or predictions is held.
+            w0, h0 = image_size(annotated[0] if annotated else video.frames[0])
+            score = evaluator.video_score(video.num_frames) if annotated else None
             for f, labels, _ in video_predictions(model, video, (h0, w0), device, **predict_kwargs):
-                if preds is not None:
-                    preds[f] = labels
+                if score is not None:
+                    raw = read_raw_mask(video.masks[f], (h0, w0))
+                    if raw.shape != (h0, w0):
+                        raise UserError(f"VSPW video {video.name}: mask {video.masks[f]} is {raw.shape[1]}x"
+                                        f"{raw.shape[0]}, but its first is {w0}x{h0}; a video's masks have one size")
+                    gt = raw_to_class(raw)
+                    check_classes(gt, evaluator.num_classes, video.name)
+                    # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
+                    score.add_frame(gt, labels, raw)
                 if output_dir is not None:
                     writer.submit(_write_frame, output_dir, video, f, labels, save_predictions, save_overlays)
                 speed.update()
-            if raw is not None:
-                # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
-                mine[i] = (video.name, evaluator.score_video(gt, preds, raw))
+            if score is not None:
+                mine[i] = (video.name, score.share())
     gather_throughput(speed.close(), print if progress else (lambda _line: None))
     shares = gather_in_order(mine)
     for name, share in shares:
