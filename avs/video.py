@@ -156,22 +156,25 @@ def predict_video(model: torch.nn.Module, vggish: torch.nn.Module, source: Image
     ``blocks`` (:func:`plan_blocks`) say."""
     t = model.cfg.max_frames
     predictor = VideoPredictor(model, "chunk", t, activation="sigmoid")
-    held: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+    # The clips of a block reach up to 5 s ahead: only their model-size inputs are held, and each emitted
+    # frame's RGB comes from a second pass over the source, in step (held full-size, 5 s of 1080p60 was 2 GB).
+    held: dict[int, torch.Tensor] = {}
     frames = enumerate(iter(source))
+    shown = iter(source)
     read = 0
     for b, (emit, clips) in enumerate(blocks):
         last = max(f for c in clips for f in c.frames)
         while read <= last:
-            i, item = next(frames)
-            held[i], read = item, i + 1
+            i, (x, _) = next(frames)
+            held[i], read = x, i + 1
         masks: dict[int, torch.Tensor] = {}
         for clip in clips:
-            x = torch.stack([held[f][0] for f in clip.frames])[None]
+            x = torch.stack([held[f] for f in clip.frames])[None]
             audio = vggish(sound.examples(clip.start_s, t).to(device))[None]  # [1, T, 128]
             for f, probs in predictor.predict_clips(x, [clip.keep], lambda _f: source.frame_hw, inputs=(audio,)):
                 masks[f] = probs[0] > 0.5
         for i in emit:
-            yield i, masks.pop(i).numpy(), held[i][1]
+            yield i, masks.pop(i).numpy(), next(shown)[1]
         keep_from = min((f for c in blocks[b + 1][1] for f in c.frames), default=read) if b + 1 < len(blocks) else read
         for f in [f for f in held if f < keep_from]:
             del held[f]
