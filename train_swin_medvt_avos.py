@@ -51,13 +51,14 @@ from models.losses import AVOSCriterion
 from models.registry import init_weights
 from utils import distributed as du
 from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
-                              read_resume_checkpoint, resume_path, resume_training, run_summary, seed_everything,
-                              stretch_schedule, tensorboard_writer)
+                              read_resume_checkpoint, resume_path, resume_training, run_summary, stretch_schedule,
+                              tensorboard_writer)
 from utils.cli import (ArgumentParser, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, run_epochs, train_one_epoch
 from utils.logger import DeferredLog
 from utils.optim import LR_GROUPS, PolyLR, param_groups
+from utils.rng import seed_everything
 
 BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos",
                     "tiny": "tiny"}  # "tiny" names a config, not a backbone: kept for older commands and runs

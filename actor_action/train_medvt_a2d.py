@@ -48,15 +48,16 @@ from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root
 from datasets.path_config import add_path_args, dataset_root
 from models import build_model
 from models.registry import init_weights
-from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
-                              open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
-                              seed_everything, stretch_schedule, tensorboard_writer)
+from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
+                              read_resume_checkpoint, resume_path, resume_training, run_summary, stretch_schedule,
+                              tensorboard_writer)
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, epoch_steps, run_epochs, train_one_epoch
 from utils.logger import DeferredLog
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
+from utils.rng import seed_everything
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -62,14 +62,14 @@ from datasets.path_config import add_path_args, dataset_root
 from models.avs_config import get_avs_config
 from models.avs_convert import load_avs_checkpoint, load_pvt_pretrained
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
-                              open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
-                              seed_everything, tensorboard_writer)
+from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
+                              read_resume_checkpoint, resume_path, resume_training, run_summary, tensorboard_writer)
 from utils.cli import (ArgumentParser, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
                        random_seed, run_main)
 from utils.engine import run_epochs, train_one_epoch
 from utils.logger import DeferredLog
 from utils.optim import cosine_lr, param_groups, poly_lr
+from utils.rng import seed_everything
 
 TASK_DEFAULTS = {
     "s4": dict(train_im_size=384, val_im_size=384, val_batch_size=4, max_epoches=50, lambda_1=0.0),

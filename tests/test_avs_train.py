@@ -165,7 +165,7 @@ def test_torchrun_two_processes_and_resume(avs_root, tmp_path, deterministic):
     one per process) with exactly the scores of one process, then --resume auto under torchrun."""
     from avs.common import build_model_and_audio, evaluate
     from datasets.avsbench import AVSBenchDataset
-    from utils.checkpoint import seed_everything
+    from utils.rng import seed_everything
 
     out = tmp_path / "ddp"
     argv = [*base_args(avs_root, out), "--val_max_batches", "2", "--val_batch_size", "1"]

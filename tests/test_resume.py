@@ -19,12 +19,13 @@ from models import get_config
 from models.convert import CheckpointMismatchError, read_checkpoint
 from tests.test_vss import _train_argv as vss_argv
 from tests.test_vss import write_vspw
-from utils.checkpoint import (capture_rng, close_epoch, restore_rng, resume_training, run_summary, save_checkpoint,
-                              save_training, seed_everything, tensorboard_writer, training_state)
+from utils.checkpoint import (close_epoch, resume_training, run_summary, save_checkpoint, save_training,
+                              tensorboard_writer, training_state)
 from utils.cli import UserError
 from utils.distributed import DistInfo
 from utils.engine import run_epochs
 from utils.optim import PolyLR
+from utils.rng import capture_rng, restore_rng, seed_everything
 from vss import train_medvt_vss
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,11 +16,12 @@ from datasets.path_config import DatasetNotFoundError
 from datasets.synthetic import make_synthetic_davis
 from datasets.ytvos import ytvos_train_samples
 from models import CheckpointMismatchError, MedVTConfig, build_model, load_checkpoint, read_checkpoint
-from utils.checkpoint import capture_rng, restore_rng, save_checkpoint
+from utils.checkpoint import save_checkpoint
 from utils.cli import UserError
 from utils.metrics import jsonable
 from utils.engine import NonFiniteLossError, train_one_epoch
 from utils.optim import PolyLR, param_groups
+from utils.rng import capture_rng, restore_rng
 
 ROOT = Path(__file__).resolve().parents[1]
 

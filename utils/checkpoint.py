@@ -1,8 +1,8 @@
-"""Training checkpoints: atomic saving and the random-number-generator state.
+"""Training checkpoints: atomic saving, and the one resume policy of the training scripts.
 
 A checkpoint is a dict with the keys ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``
 (argparse.Namespace with str, not Path, values), ``config`` (``MedVTConfig.to_dict()``), ``rng``
-(one :func:`capture_rng` per process, in rank order; files written before hold rank 0's only) and
+(one :func:`utils.rng.capture_rng` per process, in rank order; files written before hold rank 0's only) and
 ``best``; optionally ``scaler`` (fp16 GradScaler) and what a script adds (``history``). It holds
 only tensors, primitives, lists/tuples/dicts and the Namespace, so
 :func:`models.convert.read_checkpoint` (``weights_only=True``) can read it back.
@@ -26,17 +26,14 @@ data, model and initial weights, every mistake is reported before the output fol
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import random
 import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.config import MedVTConfig
@@ -45,6 +42,8 @@ from utils import distributed as du
 from utils.cli import UserError, check_output_dir, positive_int
 from utils.logger import DeferredLog, log_run_start, setup_logger
 from utils.metrics import write_json
+from utils.resume_checks import check_kinds, check_training_state, damaged, load_optimizer, loading
+from utils.rng import capture_rng, restore_rng, seed_everything
 
 # Files a training run leaves in its --output_dir; any of them means the folder holds a run (metrics.jsonl:
 # what AVOS runs wrote before history.json).
@@ -454,108 +453,7 @@ def _check_training_checkpoint(path, ckpt: dict, cfg, read_config, init_flags: s
         raise CheckpointMismatchError(
             f"--resume {path} is not a training checkpoint of this script (it has no {', '.join(missing)}): "
             f"--resume continues a run that this script saved; to start a new run from these weights, {how}")
-    _check_training_state(path, ckpt)
-
-
-# Far above any run's epoch count, and small enough for the reseed of restore_own_rng (below 2**32).
-MAX_EPOCH = 1_000_000
-
-
-def _damaged(path, entry: str, what: str) -> CheckpointMismatchError:
-    return CheckpointMismatchError(f"--resume {path} is damaged: its '{entry}' entry {what}")
-
-
-def _is_number(v) -> bool:
-    return type(v) in (int, float)
-
-
-def _check_training_state(path, ckpt: dict) -> None:
-    """Refuse entries that are not what :func:`training_state` writes, before anything is created: a
-    damaged or hand-edited file would otherwise fail mid-resume (a KeyError of the optimiser, a format
-    error of the best score) or, worse, train on (epoch -5 trained epochs -4, -3, ...)."""
-    epoch = ckpt["epoch"]
-    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
-        raise _damaged(path, "epoch", f"is {epoch!r:.60}, not the number of an epoch (0 to {MAX_EPOCH})")
-    opt = ckpt["optimizer"]
-    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
-            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])):
-        raise _damaged(path, "optimizer", "is not an optimiser's state (a dict of 'state' and 'param_groups')")
-    for entry in ("lr_scheduler", "scaler"):
-        if entry in ckpt and not isinstance(ckpt[entry], dict):
-            raise _damaged(path, entry, f"is a {type(ckpt[entry]).__name__}, not a state dict")
-    best = ckpt.get("best")
-    if best:  # None or {} (files without a best yet): the script's own start
-        if not (isinstance(best, dict) and all(isinstance(k, str) and _is_number(v) for k, v in best.items())
-                and type(best.get("epoch", -1)) is int and -1 <= best.get("epoch", -1) <= epoch):
-            raise _damaged(path, "best", f"is {best!r:.80}, not a best score (metric numbers and the epoch, from -1 "
-                                         f"to the file's epoch {epoch}, that scored them)")
-    history = ckpt.get("history")
-    if history is not None and not (isinstance(history, list) and all(
-            isinstance(row, dict) and all(isinstance(k, str) for k in row) for row in history)):
-        raise _damaged(path, "history", "is not a list of per-epoch rows (dicts)")
-    rng = ckpt.get("rng")
-    for state in (rng if isinstance(rng, list) else [] if rng is None else [rng]):
-        try:
-            check_rng_state(state)
-        except (*_LOAD_ERRORS, OverflowError) as e:
-            raise _damaged(path, "rng", f"holds a state the random number generators do not take ({e})") from None
-
-
-def _kind(value):
-    """What a saved state value is, as far as loading it may differ from this run's: a number (int and
-    float alike), a sequence of its length and kinds, a tensor, a dict, or its type's name."""
-    if _is_number(value):
-        return "number"
-    if isinstance(value, (list, tuple)):
-        return (len(value), *map(_kind, value))
-    return "tensor" if isinstance(value, torch.Tensor) else "dict" if isinstance(value, dict) else type(value).__name__
-
-
-def _check_kinds(path, entry: str, saved: dict, own: dict) -> None:
-    """Refuse saved state values of another kind than this run's object holds under the same name (a
-    text for a learning rate, a list of another length); a name only one side has, or a None on
-    either side, is left alone (torch versions add, drop and default them differently)."""
-    for k in sorted(set(saved) & set(own), key=str):
-        if saved[k] is not None and own[k] is not None and _kind(saved[k]) != _kind(own[k]):
-            raise _damaged(path, entry, f"holds {k} = {saved[k]!r:.60}, where this run has {own[k]!r:.60}")
-
-
-# What a ``load_state_dict`` (or the RNG restore) raises for a state that is not what it saves.
-_LOAD_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError)
-
-
-@contextlib.contextmanager
-def _loading(path, entry: str):
-    """A saved state that its object's ``load_state_dict`` refuses is named with the file and entry
-    (what the checks before loading cannot see)."""
-    try:
-        yield
-    except _LOAD_ERRORS as e:
-        raise _damaged(path, entry, f"does not fit this run ({type(e).__name__}: {str(e)[:200]})") from None
-
-
-def _load_optimizer(path, optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict(state)``, refusing groups of another count or kind of values and
-    per-parameter state of another shape than the parameter (each would fail at the first step). The
-    trainers' AdamW (as SGD and Adam) keeps per parameter scalars (its step) and tensors of its shape."""
-    for saved, own in zip(state["param_groups"], optimizer.param_groups):
-        _check_kinds(path, "optimizer", {k: v for k, v in saved.items() if k != "params"},
-                     {k: v for k, v in own.items() if k != "params"})
-    try:
-        optimizer.load_state_dict(state)
-    except ValueError as e:  # torch's refusal of groups of another count or size
-        raise CheckpointMismatchError(f"{path}: optimizer state does not fit ({e}); were its parameter groups "
-                                      "made with other settings?") from None
-    except _LOAD_ERRORS as e:
-        raise _damaged(path, "optimizer", f"does not fit this run ({type(e).__name__}: {str(e)[:200]})") from None
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for name, v in optimizer.state.get(p, {}).items():
-                ok = v is None or _is_number(v) or isinstance(v, torch.Tensor) and v.shape in (torch.Size(), p.shape)
-                if not ok:
-                    shown = f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else f"value {v!r:.40}"
-                    raise _damaged(path, "optimizer", f"holds {name} of {shown} for a parameter of shape "
-                                                      f"{tuple(p.shape)}")
+    check_training_state(path, ckpt)
 
 
 def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, optimizer, scheduler, scaler,
@@ -593,22 +491,22 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
         ckpt = read_resume_checkpoint(path, args, model.cfg, free=free, added=added, read_config=read_config,
                                       check=check, init_flags=init_flags)
     load_state_dict_strict(model, checkpoint_state_dict(ckpt, str(path)), source=str(path))
-    _load_optimizer(path, optimizer, ckpt["optimizer"])
+    load_optimizer(path, optimizer, ckpt["optimizer"])
     if scheduler is not None:
-        _check_kinds(path, "lr_scheduler", ckpt["lr_scheduler"], scheduler.state_dict())
-        with _loading(path, "lr_scheduler"):
+        check_kinds(path, "lr_scheduler", ckpt["lr_scheduler"], scheduler.state_dict())
+        with loading(path, "lr_scheduler"):
             scheduler.load_state_dict(ckpt["lr_scheduler"])
     if scaler is not None and "scaler" in ckpt:
-        with _loading(path, "scaler"):
+        with loading(path, "scaler"):
             scaler.load_state_dict(ckpt["scaler"])
     epoch = ckpt["epoch"]
     reseed = 1000 * (epoch + 1) + info.rank + getattr(args, "seed", 42)
-    with _loading(path, "rng"):
+    with loading(path, "rng"):
         restore_own_rng(ckpt.get("rng"), info, logger, reseed=reseed)
     saved_best = ckpt.get("best") or best
     lacking = [k for k in best if k not in saved_best]
     if lacking:  # another script's metric: this one's comparisons would fail at the end of the first epoch
-        raise _damaged(path, "best", f"has no {', '.join(lacking)} (it holds {', '.join(saved_best)}): a checkpoint "
+        raise damaged(path, "best", f"has no {', '.join(lacking)} (it holds {', '.join(saved_best)}): a checkpoint "
                                      "of another script?")
     best = dict(saved_best)
     metric = next((k for k in best if k != "epoch"), None)
@@ -702,61 +600,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def capture_rng() -> dict:
-    """The state of every RNG training draws from (Python, NumPy, torch CPU and CUDA).
-
-    Stored as tensors / ints / lists so that ``weights_only`` loading accepts it.
-    """
-    py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": [py_version, list(py_state), py_gauss],
-        "numpy": [np_name, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos), int(np_has_gauss),
-                  float(np_gauss)],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def check_rng_state(state) -> None:
-    """Raise (TypeError, ValueError, KeyError, ...) unless :func:`restore_rng` takes ``state``: it is tried
-    on this process's generators, which are then put back as they were. The CUDA states are only checked
-    to be byte tensors, not set: that would start CUDA on every device, from every process."""
-    if not isinstance(state, dict):
-        raise TypeError(f"a {type(state).__name__}, not a dict of generator states")
-    cuda = state.get("cuda", [])
-    if not (isinstance(cuda, (list, tuple))
-            and all(isinstance(c, torch.Tensor) and c.dtype == torch.uint8 and c.dim() == 1 for c in cuda)):
-        raise TypeError("its CUDA states are not byte tensors")
-    now = capture_rng()
-    try:
-        restore_rng({k: v for k, v in state.items() if k != "cuda"})
-    finally:
-        restore_rng(now)
-
-
-def restore_rng(state: dict) -> None:
-    """Inverse of :func:`capture_rng`."""
-    py_version, py_state, py_gauss = state["python"]
-    random.setstate((py_version, tuple(py_state), py_gauss))
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
-    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:  # different GPU count: restore what matches
-            for i, s in enumerate(cuda[: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(s, i)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) as the original (seed = 42 + rank)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.checkpoint import capture_rng, restore_rng
 from utils.cli import UserError, refuse_unused
 from utils.distributed import is_dist, is_main_process
 from utils.logger import epoch_line, format_metrics
+from utils.rng import capture_rng, restore_rng
 
 
 class NonFiniteLossError(UserError, RuntimeError):

@@ -45,9 +45,9 @@ from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_roo
 from models import build_model
 from models.registry import init_weights
 from models.config import preset_name
-from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch,
-                              open_run, read_resume_checkpoint, resume_path, resume_training, run_summary,
-                              seed_everything, stretch_schedule, tensorboard_writer)
+from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
+                              read_resume_checkpoint, resume_path, resume_training, run_summary, stretch_schedule,
+                              tensorboard_writer)
 from utils.cli import (ArgumentParser, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_distributed, wrap_ddp
@@ -55,6 +55,7 @@ from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, run_epochs, 
 from utils.logger import DeferredLog
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
+from utils.rng import seed_everything
 from vss.common import evaluate_videos, format_summary
 from vss.config import DEFAULT_CONFIG, config_names, vss_config
 from vss.losses import VSSCriterion
