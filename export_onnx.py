@@ -22,7 +22,7 @@ import torch
 
 from models import PRESETS, CheckpointMismatchError, build_model, read_checkpoint
 from models.config import VARIANTS, preset_name
-from models.registry import load_weights, resolve_config
+from models.registry import build_loaded, resolve_config
 from models.onnx_export import (MAX_OPSET, OPSET, OnnxModel, UnexportableError, export_onnx, input_names,
                                 min_dynamic_size)
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, check_output_file, clip_frames, positive_int,
@@ -72,8 +72,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     avos = not isinstance(saved, dict) or ("audio_dim" not in saved and saved.get("num_classes", 1) == 1)
     if args.config is not None or not avos:  # either family (our VSS, A2D, MED-VT++ files): the file's config wins
         cfg, reason = resolve_config(ckpt, args.config, source=f"--model_path {args.model_path}")
-        model = build_model(cfg)
-        load_weights(model, ckpt, cfg, str(args.model_path))
+        model = build_loaded(ckpt, cfg, str(args.model_path))
         print(f"model: config from {reason}")
         return model.eval(), ckpt
     from avos import inference as inf  # an AVOS checkpoint: the inference script's model choice
