@@ -68,7 +68,7 @@ def vspw_sequences(root: Path, split: str, need_masks: bool | None = None,
     named now, before training or evaluation starts, not when it is first read (after an epoch, for
     the validation split). A frame without a mask file is kept, all void (as in :func:`read_raw_mask`).
     ``one_size``: the frames of a video must have one size, and (with ``need_masks``) its masks too
-    (evaluation stacks them); training clips are checked when read instead (:class:`VSPWClips`), so a
+    (evaluation predicts at their size); training clips are checked when read instead (:class:`VSPWClips`), so a
     bad frame or mask costs only its clips.
     """
     need_masks = split != "test" if need_masks is None else need_masks
@@ -93,7 +93,7 @@ def vspw_sequences(root: Path, split: str, need_masks: bool | None = None,
                 if m is not None:
                     size = image_size(m)  # raises ImageReadError naming the file
                     first = first or (m, size)
-                    # Evaluation stacks a video's masks; masks of two sizes would fail there unnamed.
+                    # Evaluation predicts a video at its masks' size: masks of two sizes would fail there.
                     if one_size and size != first[1]:
                         raise UserError(f"vspw: mask {m} is {size[0]}x{size[1]} but mask {first[0].name} of the same "
                                         f"video {name} is {first[1][0]}x{first[1][1]}; all masks of a video "

@@ -134,7 +134,7 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
             for f, labels, _ in video_predictions(model, video, (h0, w0), device, **predict_kwargs):
                 if score is not None:
                     raw = read_raw_mask(video.masks[f], (h0, w0))
-                    if raw.shape != (h0, w0):
+                    if raw.shape != (h0, w0):  # vspw_sequences checks this only where masks are required
                         raise UserError(f"VSPW video {video.name}: mask {video.masks[f]} is {raw.shape[1]}x"
                                         f"{raw.shape[0]}, but its first is {w0}x{h0}; a video's masks have one size")
                     gt = raw_to_class(raw)

@@ -88,9 +88,10 @@ class WindowConsistency:
         self._runs: tuple[np.ndarray, np.ndarray] | None = None
 
     def _run(self, x: np.ndarray, last: np.ndarray | None, run: np.ndarray | None) -> np.ndarray:
+        dtype = np.uint8 if self.cap < 255 else np.int64  # counts stop at the cap
         if run is None:
-            return np.ones(x.shape, np.uint8)
-        return np.where(x == last, np.minimum(run + 1, self.cap), 1).astype(np.uint8)
+            return np.ones(x.shape, dtype)
+        return np.where(x == last, np.minimum(run + 1, self.cap), 1).astype(dtype)
 
     def add(self, labels: np.ndarray, pred: np.ndarray, gt_class: np.ndarray | None = None) -> None:
         """Frame ``self.frames``: the labels VC compares (the raw mask), the prediction, the classes."""
