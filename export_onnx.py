@@ -23,6 +23,7 @@ import torch
 from models import PRESETS, CheckpointMismatchError, build_model, read_checkpoint
 from models.config import VARIANTS, preset_name
 from models.registry import build_loaded, resolve_config
+from models.tasks import checkpoint_task
 from models.onnx_export import (MAX_OPSET, OPSET, OnnxModel, UnexportableError, export_onnx, input_names,
                                 min_dynamic_size)
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, check_output_file, clip_frames, positive_int,
@@ -68,8 +69,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     if args.model_path is None:
         return build_model(args.config).eval(), {}
     ckpt = read_checkpoint(args.model_path)
-    saved = ckpt.get("config")
-    avos = not isinstance(saved, dict) or ("audio_dim" not in saved and saved.get("num_classes", 1) == 1)
+    avos = checkpoint_task(ckpt, f"--model_path {args.model_path}") in (None, "avos")  # None: an authors' file
     if args.config is not None or not avos:  # either family (our VSS, A2D, MED-VT++ files): the file's config wins
         cfg, reason = resolve_config(ckpt, args.config, source=f"--model_path {args.model_path}")
         model = build_loaded(ckpt, cfg, str(args.model_path))
@@ -82,20 +82,10 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     return inf.build_from_checkpoint(ckpt, info, str(args.model_path)), ckpt
 
 
-def model_task(model: torch.nn.Module, ckpt: dict) -> str:
-    """The task recorded in the file (:data:`models.onnx_export.TASKS`), so that inference can refuse a file
-    of another task in words: by the same rules as the inference scripts' refusal of such checkpoints."""
-    from datasets.a2d import NUM_CLASSES as A2D_CLASSES
-    from vss.common import trained_for_vspw
-
-    if input_names(model) == ["frames", "audio"]:
-        return "avs"
-    classes = model.cfg.num_classes
-    if classes == 1:
-        return "avos"
-    if trained_for_vspw(classes, ckpt):
-        return "vss"
-    return "a2d" if classes == A2D_CLASSES else "other"
+def model_task(model: torch.nn.Module, ckpt: dict, source: str) -> str:
+    """The task the file records (:mod:`models.tasks`, the inference scripts' rule for checkpoints), so that
+    inference can refuse a file of another task in words: the checkpoint's, read with the config built."""
+    return checkpoint_task({**ckpt, "config": model.cfg.to_dict()}, source)
 
 
 def example_inputs(model: torch.nn.Module, batch: int, t: int, h: int, w: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -121,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     try:
         model, ckpt = load(args)
-        task = model_task(model, ckpt)
+        task = model_task(model, ckpt, f"--model_path {args.model_path}")
         del ckpt
         t = args.num_frames if args.num_frames is not None else getattr(model.cfg, "max_frames", 6)  # MED-VT++: audio
         example = example_inputs(model, 2, t, args.height, args.width, args.seed)

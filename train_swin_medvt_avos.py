@@ -36,7 +36,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -50,15 +49,13 @@ from models.convert import CheckpointMismatchError
 from models.losses import AVOSCriterion
 from models.registry import init_weights
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
-                              read_resume_checkpoint, resume_path, resume_training, run_summary, stretch_schedule,
-                              tensorboard_writer)
+from utils.checkpoint import add_run_args, check_end_lr, check_run_dir, stretch_schedule
 from utils.cli import (ArgumentParser, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
-from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, run_epochs, train_one_epoch
-from utils.logger import DeferredLog
+from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 from utils.rng import seed_everything
+from utils.training import RunSpec, TrainingRun
 
 BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos",
                     "tiny": "tiny"}  # "tiny" names a config, not a backbone: kept for older commands and runs
@@ -72,6 +69,7 @@ BACKBONE_DEFAULTS = {
 AVOS_CONFIGS = tuple(name for name, cfg in MODEL_CONFIGS.items() if cfg.num_classes == 1)
 # The flags that start a new run from weights (named when --resume is given a file of weights only).
 INIT_FLAGS = "--init_from (a MED-VT checkpoint, e.g. the authors' release), or --swin_pretrained / --vistr_coco"
+SPEC = RunSpec(task="avos", log_name="medvt.train", metric="miou", row_key="val_miou", init_flags=INIT_FLAGS)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -215,21 +213,6 @@ def same_lr_groups(path, args: argparse.Namespace):
     return check
 
 
-def resume(path: Path, ckpt: dict, args: argparse.Namespace, model, optimizer, scheduler, scaler,
-           info: du.DistInfo, logger) -> tuple[int, dict, list]:
-    """Restore a run (utils.checkpoint.resume_training) from ``ckpt``, the file ``path`` as
-    :func:`utils.checkpoint.read_resume_checkpoint` checked it; returns (first epoch to train,
-    best-so-far dict, history: [] from a file written before it held one). A changed --epochs
-    stretches the schedule. A file of weights only (e.g. the
-    authors' release) was refused there: it initialises a new run through --swin_pretrained /
-    --vistr_coco or --init_from, not --resume."""
-    start_epoch, best, extra = resume_training(path, args, model, optimizer, scheduler, scaler, info, logger,
-                                               best={"miou": -1.0, "epoch": -1}, check=same_lr_groups(path, args),
-                                               ckpt=ckpt, init_flags=INIT_FLAGS)
-    stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
-    return start_epoch, best, list(extra.get("history", []))
-
-
 def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
     """What the run reads, by flag: --output_dir must stay apart from all of it."""
     paths = {"--davis16_root": dataset_root("davis16", args.davis16_root), "--swin_pretrained": args.swin_pretrained,
@@ -267,8 +250,7 @@ def warn_trained_val_sequences(args: argparse.Namespace, val_names: list[str], l
 def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     """Everything the run reads is checked (data, model config, frame sizes, --resume file, initial
     weights) before the output folder is created or changed, so a mistake leaves nothing behind."""
-    out = Path(args.output_dir)
-    resume_from = resume_path(args.resume, out)
+    run = TrainingRun(SPEC, args, info, input_paths(args))
     # As the original AVOS trainer (the other tasks' originals leave cuDNN's defaults, and so do ours, to
     # compute what they compute on CUDA): reproducible convolution kernels.
     torch.backends.cudnn.benchmark = False
@@ -276,14 +258,13 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     seed_everything(args.seed + info.rank)
     device = info.device
     amp_dtype = AMP_DTYPES[args.amp]
-    early = DeferredLog()  # messages of the checks below, logged once train.log exists
 
     loader, sampler = build_train_loader(args, info)
     val_seqs = []
     if not args.no_val and args.val_every > 0:  # the DAVIS val index is read only when it is used
         from datasets.davis16 import davis16_sequences
         val_seqs = davis16_sequences(args.davis16_root, "val", args.davis16_val_seqs_file)
-        warn_trained_val_sequences(args, [s.name for s in val_seqs], early)
+        warn_trained_val_sequences(args, [s.name for s in val_seqs], run.early)
 
     cfg = model_config(args)
     model = build_model(cfg).to(device)
@@ -292,16 +273,12 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
                      f"--model_config {args.model_config}")
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    resume_ckpt = None
-    if resume_from is not None:
-        resume_ckpt = read_resume_checkpoint(resume_from, args, cfg, check=same_lr_groups(resume_from, args),
-                                             init_flags=INIT_FLAGS)
-    else:
-        init_weights(model, early, ("--swin_pretrained", args.swin_pretrained), ("--vistr_coco", args.vistr_coco),
-                     args.init_from)
+    if run.resume_from is None:
+        init_weights(model, run.early, ("--swin_pretrained", args.swin_pretrained),
+                     ("--vistr_coco", args.vistr_coco), args.init_from)
+    run.read_resume(cfg, check=same_lr_groups(run.resume_from, args))
 
-    logger = open_run(out, args, info, early, input_paths(args), name="medvt.train")
-    writer = tensorboard_writer(args, info)
+    logger = run.open()
     logger.info(f"{len(loader.dataset)} training clips ({epoch_steps(loader, args.steps_per_epoch)} "
                 f"steps/epoch/process, {info.world_size} process(es)); {len(val_seqs)} val sequences")
     groups = param_groups(model, args.lr, args.lr_backbone, args.lr_groups)
@@ -314,13 +291,8 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
                        "CPUs without native bf16/fp16 matrix units")
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     criterion = AVOSCriterion(aux_weight=args.aux_loss)
-
-    start_epoch, best, history = 0, {"miou": -1.0, "epoch": -1}, []
-    if resume_from is not None:
-        start_epoch, best, history = resume(resume_from, resume_ckpt, args, model, optimizer, scheduler, scaler, info,
-                                            logger)
-        resume_ckpt = None  # free it
-        check_not_finished(start_epoch, args.epochs, logger)
+    if run.restore(model, optimizer, scheduler, scaler) is not None:  # a changed --epochs stretches the decay
+        stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
     train_model = du.wrap_ddp(model, info, args.find_unused_parameters)
 
     def train_epoch(epoch: int) -> dict:
@@ -333,12 +305,8 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
         return {"val_miou": evaluate_davis(model, val_seqs, device, args.val_size, args.num_frames, args.val_flip,
                                            amp_dtype, logger)["miou"]}
 
-    close = partial(close_epoch, out, info, args, cfg, model, optimizer, scheduler, scaler, writer)
-    best = run_epochs(start_epoch, args.epochs, args.stop_after, sampler, train_epoch, validate if val_seqs else None,
-                      args.val_every, ("val_miou", "miou"), best, history, scheduler.step, close, logger)
-    if writer is not None:
-        writer.close()
-    return run_summary(history, best, out)
+    return run.fit((cfg, model, optimizer, scheduler, scaler), sampler, train_epoch, validate if val_seqs else None,
+                   scheduler.step)
 
 
 if __name__ == "__main__":

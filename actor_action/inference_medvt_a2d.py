@@ -57,6 +57,7 @@ from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_nam
 from datasets.path_config import add_path_args, dataset_root
 from models import CheckpointMismatchError, MedVTConfig, read_checkpoint
 from models.registry import build_loaded
+from models.tasks import TASKS, check_task
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, incomplete_marker, non_negative_int, positive_int,
                        check_overlay_fps, refuse_unused, require_file, run_main)
@@ -173,17 +174,13 @@ def load_a2d_model(args: argparse.Namespace, device: torch.device) -> tuple[torc
     """The model of --model_path (its own config, else the --backbone preset with the original's saved
     arguments), checked to take --clip_size; returns (model, config, where the config came from)."""
     ckpt = read_checkpoint(args.model_path)
-    saved_classes = ckpt["config"].get("num_classes") if isinstance(ckpt.get("config"), dict) else None
-    if saved_classes not in (None, NUM_CLASSES) and args.num_classes is None:
-        task = "an AVOS (binary)" if saved_classes == 1 else f"a {saved_classes}-class"
-        raise UserError(f"--model_path {args.model_path} holds {task} model, but A2D inference expects "
-                        f"{NUM_CLASSES} classes; give an A2D checkpoint (train_medvt_a2d.py or the authors')")
+    check_task(ckpt, "a2d", f"--model_path {args.model_path}", TASKS["a2d"].infer, args.num_classes is not None)
     try:
         cfg = model_config(args, ckpt, inference=True)
     except UserError as e:  # e.g. a MED-VT++ (AVS) checkpoint: name the file
         raise UserError(f"--model_path {args.model_path}: {e}") from None
     # Name what was actually built: our checkpoints carry their own config, whatever --backbone says.
-    source = ("the checkpoint's own config" if saved_classes is not None
+    source = ("the checkpoint's own config" if isinstance(ckpt.get("config"), dict)
               else f"preset {args.model or BACKBONE_PRESETS[args.backbone]}")
     try:
         model = build_loaded(ckpt, cfg, str(args.model_path))

@@ -34,7 +34,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-from functools import partial
 import math
 from pathlib import Path
 
@@ -48,16 +47,14 @@ from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root
 from datasets.path_config import add_path_args, dataset_root
 from models import build_model
 from models.registry import init_weights
-from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
-                              read_resume_checkpoint, resume_path, resume_training, run_summary, stretch_schedule,
-                              tensorboard_writer)
+from utils.checkpoint import add_run_args, check_end_lr, check_run_dir, stretch_schedule
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_distributed, wrap_ddp
-from utils.engine import check_frame_size, epoch_steps, run_epochs, train_one_epoch
-from utils.logger import DeferredLog
+from utils.engine import check_frame_size, epoch_steps, train_one_epoch
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 from utils.rng import seed_everything
+from utils.training import RunSpec, TrainingRun
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -173,6 +170,8 @@ def follow_epochs(scheduler, args, run_epochs: int, logger) -> None:
 
 # The flags that start a new run from weights (named when --resume is given a file of weights only).
 INIT_FLAGS = "--init_from (any MED-VT checkpoint), or --swin_pretrained / --resnet101_coco_weights_path"
+SPEC = RunSpec(task="a2d", log_name="medvt.a2d", metric="miou_original", row_key="miou_original",
+               init_flags=INIT_FLAGS, floor=-math.inf, added=SCHEDULE_BEFORE_FLAGS)
 
 
 def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
@@ -229,14 +228,13 @@ def main(argv: list[str] | None = None) -> dict:
 def train(args: argparse.Namespace, info: DistInfo) -> dict:
     """Everything the run reads (initial weights, data, the --resume file) is checked before the output
     folder is created or changed, so a mistake leaves nothing behind."""
-    out, device = Path(args.output_dir), info.device
-    ckpt_path = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
-    early = DeferredLog()  # messages of the checks below, logged once train.log exists
+    run = TrainingRun(SPEC, args, info, input_paths(args))
+    device = info.device
     seed_everything(args.seed + info.rank)
     root = a2d_root(args.a2d_root)  # fail early, naming the flag and variable
     cfg = model_config(args)
     model = build_model(cfg)
-    init_weights(model, early, ("--swin_b_pretrained_path", args.swin_b_pretrained_path),
+    init_weights(model, run.early, ("--swin_b_pretrained_path", args.swin_b_pretrained_path),
                  ("--resnet101_coco_weights_path", args.resnet101_coco_weights_path), args.init_from)
     model.to(device)
     check_frame_size(model, device, {"--clip_size": tuple(args.clip_size)},
@@ -254,24 +252,12 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
                         collate_fn=_collate)
     val_set = A2DDataset(root, args.val_split, args.num_frames, tuple(args.clip_size), args.end_window) \
         if args.val_every > 0 else None
-    resume_ckpt = None
-    if ckpt_path is not None:
-        resume_ckpt = read_resume_checkpoint(ckpt_path, args, cfg, added=SCHEDULE_BEFORE_FLAGS,
-                                             check=same_schedule_length(args), init_flags=INIT_FLAGS)
+    run.read_resume(cfg, check=same_schedule_length(args))
 
-    logger = open_run(out, args, info, early, input_paths(args), name="medvt.a2d")
-    writer = tensorboard_writer(args, info)
-    start_epoch, best, history = 0, {"miou_original": -math.inf, "epoch": -1}, []
-    if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
-        start_epoch, best, extra = resume_training(ckpt_path, args, model_without_ddp, optimizer, scheduler, None,
-                                                   info, logger, best=best,
-                                                   added=SCHEDULE_BEFORE_FLAGS, ckpt=resume_ckpt,
-                                                   init_flags=INIT_FLAGS)
-        resume_ckpt = None  # free it
+    logger = run.open()
+    extra = run.restore(model_without_ddp, optimizer, scheduler, None)
+    if extra is not None:  # a changed --epochs: the decay follows the new length
         follow_epochs(scheduler, args, getattr(extra.get("args"), "epochs", args.epochs), logger)
-        history = list(extra.get("history", []))
-        check_not_finished(start_epoch, args.epochs, logger)
-
     logger.info(f"A2D training: {cfg.num_classes} classes, lprop_mode {cfg.lprop_mode}, query_decoder_scales "
                 f"{cfg.query_decoder_scales}; {len(dataset)} videos, {epoch_steps(loader, args.steps_per_epoch)} "
                 f"steps/epoch/process on {device}")
@@ -288,13 +274,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
         logger.info(f"epoch {epoch} {args.val_split}: {format_summary(summary)}")
         return {k: summary[k] for k in ("miou_original", "class_miou")}
 
-    close = partial(close_epoch, out, info, args, cfg, model_without_ddp, optimizer, scheduler, None, writer)
-    best = run_epochs(start_epoch, args.epochs, args.stop_after, sampler, train_epoch,
-                      validate if val_set is not None else None, args.val_every, ("miou_original", "miou_original"),
-                      best, history, scheduler.step, close, logger)
-    if writer is not None:
-        writer.close()
-    return run_summary(history, best, out)
+    return run.fit((cfg, model_without_ddp, optimizer, scheduler, None), sampler, train_epoch,
+                   validate if val_set is not None else None, scheduler.step)
 
 
 def _collate(items: list[dict]) -> dict:

@@ -58,6 +58,7 @@ from models import MedVTConfig, get_config, infer_model_version
 from models.config import VARIANTS
 from models.predictor import VideoPredictor, Window
 from models.registry import build_loaded
+from models.tasks import TASKS, check_task
 from utils import metrics
 from utils.background import BackgroundWorker
 from utils.cli import UserError, stop_line
@@ -153,14 +154,12 @@ def resolve_model_config(ckpt: dict, model_version: str = "auto", backbone: str 
         raise UserError(f"--model_version must be auto, {', '.join(VARIANTS)}, not {model_version!r}")
     if backbone not in ("swinB", "resnet101"):
         raise UserError(f"--backbone must be swinB or resnet101, not {backbone!r}")
+    check_task(ckpt, "avos", source, TASKS["avos"].infer)
     if isinstance(ckpt.get("config"), dict):
         try:
             cfg = MedVTConfig.from_dict(ckpt["config"])
         except UserError as e:
             raise UserError(f"{source}: {e}") from None
-        if cfg.num_classes != 1:
-            raise UserError(f"{source} holds a {cfg.num_classes}-class model (A2D: 80, VSS: 124); AVOS "
-                            "inference needs a binary (1-class) MED-VT checkpoint")
         name, reason = "checkpoint config", "the checkpoint records its model config"
         if model_version != "auto" and cfg.backbone == "swin" and model_version != cfg.variant:
             cfg = cfg.replace(variant=model_version)

@@ -35,9 +35,10 @@ from avs.video import open_user_video, segment_video
 from datasets.avsbench import NATIVE_SIZE, AVSBenchDataset, load_log_mel
 from datasets.path_config import add_path_args, dataset_root
 from datasets.video import image_size
-from models import load_model
+from models import load_model, read_checkpoint
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
+from models.tasks import TASKS, check_task
 from utils.cli import (ArgumentParser, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
                        new_run_folder, non_negative_int, positive_float, positive_int, refuse_unused, run_main)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
@@ -179,12 +180,10 @@ def run_folder(args: argparse.Namespace, inputs: dict, video) -> Path:
 
 def load_avs_model(args: argparse.Namespace, device: torch.device) -> tuple[MEDVTPlusPlus, str]:
     """The MED-VT++ of --model_path (ours record their model; the model flags describe an authors'
-    release) and where its config came from; any other model is refused by name."""
-    loaded = load_model(args.model_path, preset=model_config(args), device=device)
-    if not isinstance(loaded.model, MEDVTPlusPlus):
-        raise UserError(f"--model_path {args.model_path} is not a MED-VT++ (AVS) checkpoint: it holds "
-                        f"{type(loaded.model).__name__}; give one written by avs/train_medvt.py or the authors' "
-                        "S4/MS3 release")
+    release) and where its config came from; another task's model is refused by name (models.tasks)."""
+    ckpt = read_checkpoint(args.model_path)
+    check_task(ckpt, "avs", f"--model_path {args.model_path}", TASKS["avs"].infer)
+    loaded = load_model(args.model_path, preset=model_config(args), device=device, checkpoint=ckpt)
     return loaded.model, loaded.reason
 
 

@@ -49,7 +49,6 @@ bidirectional fusion)::
 from __future__ import annotations
 
 import argparse
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -62,14 +61,13 @@ from datasets.path_config import add_path_args, dataset_root
 from models.avs_config import get_avs_config
 from models.avs_convert import load_avs_checkpoint, load_pvt_pretrained
 from utils import distributed as du
-from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
-                              read_resume_checkpoint, resume_path, resume_training, run_summary, tensorboard_writer)
+from utils.checkpoint import add_run_args, check_end_lr, check_run_dir
 from utils.cli import (ArgumentParser, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
                        random_seed, run_main)
-from utils.engine import run_epochs, train_one_epoch
-from utils.logger import DeferredLog
+from utils.engine import train_one_epoch
 from utils.optim import cosine_lr, param_groups, poly_lr
 from utils.rng import seed_everything
+from utils.training import RunSpec, TrainingRun
 
 TASK_DEFAULTS = {
     "s4": dict(train_im_size=384, val_im_size=384, val_batch_size=4, max_epoches=50, lambda_1=0.0),
@@ -200,24 +198,8 @@ AVS_RESUME_FREE = ("session_name", "vggish_weights", "weights")
 
 # The flags that start a new run from weights (named when --resume is given a file of weights only).
 INIT_FLAGS = "--weights (any MED-VT++ checkpoint), --load_s4_params --trained_s4_model_path, or --pvtv2_pretrained_path"
-
-
-def resume(path: Path, ckpt: dict, args: argparse.Namespace, model, optimizer, schedule: EpochSchedule,
-           info: du.DistInfo, logger) -> tuple[int, dict, list]:
-    """Restore a run (utils.checkpoint.resume_training) from ``ckpt``, the file ``path`` as
-    :func:`utils.checkpoint.read_resume_checkpoint` checked it; returns (first epoch to train,
-    best-so-far, history). This script adds: the AVS_RESUME_FREE flags, and a changed --max_epoches is
-    reported (the schedule then follows the new length). A file of weights only (e.g. the authors'
-    release) was refused there: it initialises a new run through --weights, not --resume."""
-    start_epoch, best, extra = resume_training(path, args, model, optimizer, schedule, None, info, logger,
-                                               best={"miou": -1.0, "epoch": -1}, free=AVS_RESUME_FREE,
-                                               read_config=get_avs_config, ckpt=ckpt, init_flags=INIT_FLAGS)
-    saved_epochs = getattr(extra.get("args"), "max_epoches", args.max_epoches)
-    if saved_epochs != args.max_epoches:
-        logger.warning(f"--max_epoches {args.max_epoches} differs from the checkpoint's run ({saved_epochs}): "
-                       f"from epoch {start_epoch} on the learning rate follows the schedule of {args.max_epoches} "
-                       "epochs")
-    return start_epoch, best, list(extra.get("history", []))
+SPEC = RunSpec(task="avs", log_name="medvt.avs.train", metric="miou", row_key="val_miou", init_flags=INIT_FLAGS,
+               epochs_flag="--max_epoches", free=AVS_RESUME_FREE, read_config=get_avs_config)
 
 
 def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
@@ -243,15 +225,13 @@ def main(argv: list[str] | None = None) -> dict:
 def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     """Everything the run reads (model, initial weights, data, the --resume file) is checked before the
     output folder is created or changed, so a mistake leaves nothing behind."""
-    out = Path(args.output_dir)
-    resume_from = resume_path(args.resume, out)
+    run = TrainingRun(SPEC, args, info, input_paths(args))
     device = info.device
-    early = DeferredLog()  # messages of the checks below, logged once train.log exists
     seed_everything(args.seed)  # the same initial model (and random VGGish) on every process
     model, vggish = build_model_and_audio(args, device)
     check_im_size(model, device, {"--train_im_size": args.train_im_size, "--val_im_size": args.val_im_size})
-    if resume_from is None:
-        init_avs_weights(model, args, early)
+    if run.resume_from is None:
+        init_avs_weights(model, args, run.early)
     criterion = AVSCriterion(task=args.task, masked_av=args.masked_av_flag, stages=list(args.masked_av_stages),
                              lambda_1=args.lambda_1, kl=args.kl_flag, euclidean=args.euclidean_flag,
                              norm_fea=args.norm_fea_flag, threshold=args.threshold_flag, pooling=args.mask_pooling_type)
@@ -263,13 +243,9 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     kw = dict(audio=args.audio, allow_resample=args.allow_resample, allow_silent=args.allow_silent)
     train_set = AVSBenchDataset(args.avsbench_root, args.task, "train", args.train_im_size or None, **kw)
     val_set = AVSBenchDataset(args.avsbench_root, args.task, "val", args.val_im_size or None, **kw)
-    resume_ckpt = None
-    if resume_from is not None:
-        resume_ckpt = read_resume_checkpoint(resume_from, args, model.cfg, free=AVS_RESUME_FREE,
-                                             read_config=get_avs_config, init_flags=INIT_FLAGS)
+    run.read_resume(model.cfg)
 
-    logger = open_run(out, args, info, early, input_paths(args), name="medvt.avs.train")
-    writer = tensorboard_writer(args, info)
+    logger = run.open()
     # One sampler for one or many processes: the order is a function of (seed, epoch) only, so there
     # is no sampler state to checkpoint and a resumed run sees the same batches.
     sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -279,13 +255,14 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     logger.info(f"MED-VT++ {args.task}: {model.cfg.name}, {sum(p.numel() for p in model.parameters()):,} parameters; "
                 f"{len(train_set)} train / {len(val_set)} val clips on {device}, {info.world_size} process(es)")
 
-    start_epoch, best, history = 0, {"miou": -1.0, "epoch": -1}, []
-    if resume_from is not None:
-        start_epoch, best, history = resume(resume_from, resume_ckpt, args, model, optimizer, schedule, info,
-                                            logger)
-        resume_ckpt = None  # free it
-        check_not_finished(start_epoch, args.max_epoches, logger, "--max_epoches")
-    if start_epoch == 0:  # a new run
+    extra = run.restore(model, optimizer, schedule, None)
+    if extra is not None:
+        saved_epochs = getattr(extra.get("args"), "max_epoches", args.max_epoches)
+        if saved_epochs != args.max_epoches:  # the schedule is a function of the epoch: it follows the new length
+            logger.warning(f"--max_epoches {args.max_epoches} differs from the checkpoint's run ({saved_epochs}): "
+                           f"from epoch {run.start_epoch} on the learning rate follows the schedule of "
+                           f"{args.max_epoches} epochs")
+    if run.start_epoch == 0:  # a new run
         seed_everything(args.seed + info.rank)  # training draws (dropout, workers) differ per process
     # find_unused_parameters: without the masked-AV loss (S4), or with it on some stages only, the audio
     # outputs of the fusion get no gradient, and without the flag DDP stops at the next step ("Expected to
@@ -308,12 +285,7 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
                        num_workers=args.num_workers, desc=f"val {epoch}")
         return {"val_miou": val["miou"], "val_fscore": val["fscore"]}
 
-    close = partial(close_epoch, out, info, args, model.cfg, model, optimizer, schedule, None, writer)
-    best = run_epochs(start_epoch, args.max_epoches, args.stop_after, sampler, train_epoch, validate, args.val_every,
-                      ("val_miou", "miou"), best, history, schedule.step, close, logger)
-    if writer is not None:
-        writer.close()
-    return run_summary(history, best, out)
+    return run.fit((model.cfg, model, optimizer, schedule, None), sampler, train_epoch, validate, schedule.step)
 
 
 def avs_losses(vggish: torch.nn.Module, criterion: torch.nn.Module, device: torch.device):

@@ -41,6 +41,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from utils.cli import UserError, require_file
 
+from . import tasks
+
 OPSET = 19  # DeformConv (the pixel decoder's deformable convolution) exists from opset 19 on
 # torch.onnx builds the graph at opset 18 and converts it with onnxscript's version converter, which goes
 # up to 25 (onnxscript >= 0.7, requirements.txt); above that it keeps opset 18 with newer ops in it (an
@@ -48,9 +50,10 @@ OPSET = 19  # DeformConv (the pixel decoder's deformable convolution) exists fro
 MAX_OPSET = 25
 TWO_GB = 2 ** 31
 
-# What a file is for: the inference script that runs it (AVOS, VSS), or the user's own code (A2D, AVS);
-# "other": a multi-class MED-VT of no known task (neither VSPW's nor A2D's).
-TASKS = ("avos", "vss", "a2d", "avs", "other")
+# What a file is for (models.tasks): the inference script that runs it (AVOS, VSS), or the user's own code
+# (A2D, AVS); "other": a multi-class MED-VT of no known task (neither VSPW's nor A2D's).
+TASKS = (*tasks.TASKS, tasks.OTHER)
+RUNS_ONNX = ("avos", "vss")  # the tasks whose inference script takes --runtime onnx
 # The metadata every file written by export_onnx records (older files lack the task and config).
 REQUIRED_METADATA = ("frames", "min_height", "min_width", "max_height", "max_width")
 
@@ -366,8 +369,7 @@ class OnnxModel(nn.Module):
         """Refuse a file whose recorded task is not ``task`` (the one ``script`` runs), naming what it is;
         a file exported before tasks were recorded passes (the caller's older checks apply)."""
         if self.task is not None and self.task != task:
-            own = ("run it with vss/inference_medvt_vss.py" if self.task == "vss" else
-                   "run it with inference_swin_medvt_avos.py" if self.task == "avos" else
+            own = (f"run it with {tasks.TASKS[self.task].infer}" if self.task in RUNS_ONNX else
                    "no script here runs it: it is for ONNX Runtime in your own code (README, ONNX export)")
             article = "an" if task[0] in "aeio" else "a"
             raise UserError(f"{self.named} is {self.what()}, but {script} runs {task.upper()} exports; {own}, "

@@ -250,10 +250,11 @@ class LoadedModel:
     checkpoint: dict  # the file's dict (its "args", "epoch", ...)
 
 
-def load_model(path: str | Path, preset: str | ModelConfig | None = None, device: str | torch.device = "cpu",
-               **overrides) -> LoadedModel:
-    """Read ``path`` safely, decide its config (:func:`resolve_config`), build and load it strictly."""
-    ckpt = read_checkpoint(path)
+def load_model(path: str | Path, preset: str | ModelConfig | None = None, device: str | torch.device = "cpu", *,
+               checkpoint: dict | None = None, **overrides) -> LoadedModel:
+    """Read ``path`` safely (``checkpoint``: the caller has read it already), decide its config
+    (:func:`resolve_config`), build and load it strictly."""
+    ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
     cfg, reason = resolve_config(ckpt, preset, source=str(path), **overrides)
     try:
         model = build_loaded(ckpt, cfg, str(path))

@@ -207,7 +207,7 @@ def test_train_step_then_inference_with_metrics_and_overlays(a2d_dir, tmp_path, 
     assert res["epochs_done"] == 1 and math.isfinite(res["loss"]) and res["loss_aux"] > 0
     assert 0.0 <= res["miou_original"] <= 1.0 or math.isnan(res["miou_original"])
     ckpt = read_checkpoint(out / "checkpoint_last.pth")
-    assert ckpt["config"]["num_classes"] == 80 and ckpt["config"]["lprop_mode"] == 2
+    assert ckpt["config"]["num_classes"] == 80 and ckpt["config"]["lprop_mode"] == 2 and ckpt["task"] == "a2d"
     assert res["history"][0]["lr"] == pytest.approx(1e-4)  # non-backbone group during epoch 0
 
     inf = tmp_path / "inf"

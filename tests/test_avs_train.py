@@ -172,7 +172,7 @@ def test_torchrun_two_processes_and_resume(avs_root, tmp_path, deterministic):
     r = run_torchrun(ROOT / "avs" / "train_medvt.py", [*argv, "--stop_after", "1"])
     assert "2 process(es)" in r.stdout
     ckpt = read_checkpoint(out / "checkpoint_last.pth")
-    assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2  # one RNG state per process
+    assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2 and ckpt["task"] == "avs"  # one RNG state per process
     assert ckpt["history"][0]["steps"] == 2 and (out / "checkpoint_best.pth").is_file()
 
     args = train_script.resolve_defaults(train_script.get_args_parser().parse_args(argv))

@@ -238,13 +238,14 @@ def test_a_checkpoint_of_the_other_model_family_is_named(s4_case, tmp_path):
 
     root, avs_ckpt = s4_case
     a2d = make_synthetic_a2d(tmp_path / "a2d", num_train=1, num_test=1, num_frames=8, size_hw=(32, 32))
-    with pytest.raises(UserError, match=r"--model_path .*avs\.pth: the checkpoint holds a MED-VT\+\+ \(audio-visual\)"):
+    with pytest.raises(UserError, match=r"--model_path .*avs\.pth holds an AVS model .*with avs/test_medvt\.py$"):
         inference_medvt_a2d.main(["--a2d_root", str(a2d), "--model_path", str(avs_ckpt), "--device", "cpu",
                                   "--output_dir", str(tmp_path / "a2d_out")])
     cfg = get_config("tiny")
     medvt = tmp_path / "medvt.pth"
     torch.save({"model": build_model(cfg).state_dict(), "config": cfg.to_dict(), "epoch": 0}, medvt)
-    with pytest.raises(UserError, match=r"--resume .*medvt\.pth: the checkpoint holds a MED-VT \(video-only\) model"):
+    with pytest.raises(UserError, match=r"--resume .*medvt\.pth holds an AVOS model .*avs/train_medvt\.py is for AVS "
+                                        r"models; run it with train_swin_medvt_avos\.py$"):
         train_medvt.main(["--task", "s4", "--config", "avs_tiny", "--allow_random_vggish", "--device", "cpu",
                           "--num_workers", "0", "--avsbench_root", str(root), "--output_dir", str(tmp_path / "run"),
                           "--train_im_size", "32", "--val_im_size", "32", "--resume", str(medvt)])

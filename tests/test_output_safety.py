@@ -211,7 +211,8 @@ def test_avs_test_refuses_an_earlier_run_input_folders_and_an_avos_checkpoint(av
     check_bad_folders(run, tmp_path, avs_root / "s4")
     avos_out = tmp_path / "avos"
     text = refused(lambda: run(avos_out, model=setup["ckpt"]), "--model_path")
-    assert "not a MED-VT++ (AVS) checkpoint" in text
+    assert "holds an AVOS model (binary masks), but avs/test_medvt.py is for AVS models; run it with " \
+           "inference_swin_medvt_avos.py" in text
     assert not avos_out.exists()  # the folder is made only once every input is read
     # without --output_dir: a new folder next to the checkpoint, as AVOS and VSS inference do
     ckpt = tmp_path / "models" / avs_ckpt.name

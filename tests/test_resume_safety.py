@@ -169,6 +169,21 @@ def test_resume_of_another_tasks_checkpoint_says_so(davis, full_run, tmp_path): 
     assert "model flags" not in str(e.value) and not out.exists()
 
 
+def test_checkpoints_record_their_task_and_resume_refuses_another_by_its_trainer(davis, full_run, tmp_path):  # noqa: F811
+    """utils.training records the trainer's task (models.tasks) in every checkpoint; --resume of a file
+    that records another task names that task's trainer, before anything is created."""
+    ckpt = read_checkpoint(full_run / "checkpoint_last.pth")
+    assert ckpt["task"] == "avos"
+    vss = tmp_path / "vss_run.pth"
+    save_checkpoint({**ckpt, "task": "vss"}, vss)  # the same model: only the record says VSS
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=rf"^--resume {vss} holds a VSS model \(1 class\), but "
+                                        r"train_swin_medvt_avos\.py is for AVOS models; run it with "
+                                        r"vss/train_medvt_vss\.py$"):
+        avos_train.main(base_args(davis, out, *TWO, "--resume", str(vss)))
+    assert not out.exists()
+
+
 def test_another_class_count_names_num_classes_where_the_script_has_it(tmp_path):
     """A script with --num_classes (VSS) may be given a run of its own task with another count."""
     path = _ckpt(tmp_path / "c.pth")

@@ -211,6 +211,7 @@ def test_train_resume_then_inference_writes_colored_predictions_and_results(vspw
     assert 0 <= stats["history"][0]["mIoU"] <= 1 and stats["best"]["epoch"] == 0  # validated on 3_val_a
     ckpt = read_checkpoint(train_out / "checkpoint_last.pth")  # weights_only: plain types only
     assert ckpt["epoch"] == 0 and ckpt["config"]["num_classes"] == K and ckpt["args"].model == "tiny"
+    assert ckpt["task"] == "vss"  # models.tasks: what inference and --resume of other tasks refuse by name
     assert (train_out / "checkpoint_best.pth").is_file() and (train_out / "val_epoch000.csv").is_file()
     assert not list(train_out.glob(".*.tmp"))  # atomic save leaves no temporary file
 
@@ -426,7 +427,7 @@ def test_video_input_writes_the_split_run_labels_and_an_overlay_video(vspw, tmp_
 
     avs = build_avs_model("avs_tiny")
     torch.save({"model": avs.state_dict(), "config": avs.cfg.to_dict()}, tmp_path / "avs.pth")
-    with pytest.raises(UserError, match="avs.pth holds a MEDVTPlusPlus .*give a VSS checkpoint"):
+    with pytest.raises(UserError, match=r"avs.pth holds an AVS model .*run it with avs/test_medvt\.py$"):
         inference_medvt_vss.main(["--model_path", str(tmp_path / "avs.pth"), "--video", str(mp4), "--device", "cpu",
                                   "--output_dir", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()

@@ -3,7 +3,8 @@
 A checkpoint is a dict with the keys ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``
 (argparse.Namespace with str, not Path, values), ``config`` (``MedVTConfig.to_dict()``), ``rng``
 (one :func:`utils.rng.capture_rng` per process, in rank order; files written before hold rank 0's only) and
-``best``; optionally ``scaler`` (fp16 GradScaler) and what a script adds (``history``). It holds
+``best``; optionally ``scaler`` (fp16 GradScaler) and what a script adds (``history``; ``task``, the
+:mod:`models.tasks` key, from :class:`utils.training.TrainingRun`). It holds
 only tensors, primitives, lists/tuples/dicts and the Namespace, so
 :func:`models.convert.read_checkpoint` (``weights_only=True``) can read it back.
 
@@ -38,6 +39,7 @@ import torch
 
 from models.config import MedVTConfig
 from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict, read_checkpoint
+from models.tasks import TASKS, check_task
 from utils import distributed as du
 from utils.cli import UserError, check_output_dir, positive_int
 from utils.logger import DeferredLog, log_run_start, setup_logger
@@ -384,16 +386,18 @@ def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, 
 
 
 def close_epoch(out_dir: str | os.PathLike, info: du.DistInfo, args, cfg, model, optimizer, scheduler, scaler, writer,
-                epoch: int, is_best: bool, best: dict, history: list[dict]) -> dict[str, str]:
+                epoch: int, is_best: bool, best: dict, history: list[dict], *, task: str | None = None
+                ) -> dict[str, str]:
     """The end of a training epoch, the same in every task (a trainer binds the run's parts with
     ``functools.partial`` for :func:`utils.engine.run_epochs`): :func:`save_training` with the run's
-    ``history`` (every process's RNG; rank 0 writes), then rank 0 rewrites ``history.json`` and gives
+    ``history`` and ``task`` (every process's RNG; rank 0 writes), then rank 0 rewrites ``history.json`` and gives
     the epoch's numbers (``history[-1]``) to ``writer`` (:func:`tensorboard_writer`), and every process
     waits for it. A process killed after the checkpoints but before ``history.json`` leaves it an
     epoch behind: :func:`resume_training` rewrites it from the checkpoint. Returns the written
     checkpoint paths ({} on the other ranks)."""
+    recorded = {"task": task} if task is not None else {}
     paths = save_training(out_dir, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best,
-                          history=history)
+                          history=history, **recorded)
     if info.is_main:
         write_history(out_dir, history)
         if writer is not None:
@@ -428,13 +432,18 @@ _RESTORED = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "best", "r
 def read_resume_checkpoint(path: str | os.PathLike, args: argparse.Namespace, cfg, *, free: Iterable[str] = (),
                            added: Mapping[str, object] | None = None,
                            read_config: Callable[[dict], object] | None = None,
-                           check: Callable[[dict], None] | None = None, init_flags: str = "") -> dict:
+                           check: Callable[[dict], None] | None = None, init_flags: str = "",
+                           task: str | None = None) -> dict:
     """Read and check the ``--resume`` file before anything is created: the refusals of
-    :func:`resume_training` (a file that is not a training checkpoint of this script, another model
-    config than ``cfg``, the script's ``check``, other training settings), without a model or
-    optimiser. Returns the checkpoint, for ``resume_training(..., ckpt=)``. ``init_flags`` names the
-    script's flags that start a new run from weights (said when the file holds weights only)."""
+    :func:`resume_training` (a model of another ``task`` than the script's, named with its trainer; a file
+    that is not a training checkpoint of this script, another model config than ``cfg``, the script's
+    ``check``, other training settings), without a model or optimiser. Returns the checkpoint, for
+    ``resume_training(..., ckpt=)``. ``init_flags`` names the script's flags that start a new run from
+    weights (said when the file holds weights only)."""
     ckpt = read_checkpoint(path)
+    if task is not None:
+        classes_given = (args.num_classes is not None) if hasattr(args, "num_classes") else None
+        check_task(ckpt, task, f"--resume {path}", TASKS[task].train, classes_given)
     _check_training_checkpoint(path, ckpt, cfg, read_config, init_flags, classes_flag=hasattr(args, "num_classes"))
     if check is not None:
         check(ckpt)
@@ -461,7 +470,7 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
                     added: Mapping[str, object] | None = None,
                     read_config: Callable[[dict], object] | None = None,
                     check: Callable[[dict], None] | None = None,
-                    ckpt: dict | None = None, init_flags: str = "") -> tuple[int, dict, dict]:
+                    ckpt: dict | None = None, init_flags: str = "", task: str | None = None) -> tuple[int, dict, dict]:
     """Continue the run saved in ``path`` by :func:`save_training`: the one resume policy of the
     training scripts. Returns (first epoch to train, best so far, the checkpoint's other entries:
     ``history``, ``args``, ``config``, ...).
@@ -489,7 +498,7 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
     """
     if ckpt is None:
         ckpt = read_resume_checkpoint(path, args, model.cfg, free=free, added=added, read_config=read_config,
-                                      check=check, init_flags=init_flags)
+                                      check=check, init_flags=init_flags, task=task)
     load_state_dict_strict(model, checkpoint_state_dict(ckpt, str(path)), source=str(path))
     load_optimizer(path, optimizer, ckpt["optimizer"])
     if scheduler is not None:

@@ -18,10 +18,11 @@ from datasets.video import VideoSequence, image_size
 from datasets.transforms import IGNORE_INDEX
 from datasets.vspw import NUM_CLASSES as VSPW_NUM_CLASSES
 from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
-from models import MEDVT, MedVTConfig, build_model, load_model
+from models import build_model, load_model
 from models.convert import read_checkpoint
 from models.predictor import VideoPredictor, Window
 from models.registry import model_state_dict, resolve_config, saved_args
+from models.tasks import TASKS, check_task
 from utils.background import BackgroundWorker
 from utils.cli import UserError
 from utils.distributed import gather_in_order, gather_throughput, is_main_process, shard
@@ -182,22 +183,6 @@ def _write_frame(output_dir: Path, video: VideoSequence, i: int, labels: np.ndar
         Image.fromarray(overlay_colors(frame, labels)).save(path, quality=90)
 
 
-def trained_for_vspw(num_classes: int, ckpt: dict) -> bool:
-    """Whether a checkpoint is a VSS model: VSPW's 124 classes, or trained by vss/train_medvt_vss.py
-    (our VSS runs record --vspw_root; a run on a subset of classes has fewer). ``export_onnx.py`` records
-    the same answer in the file (task ``vss``), which ``--runtime onnx`` checks as this checks the checkpoint."""
-    return num_classes == VSPW_NUM_CLASSES or "vspw_root" in saved_args(ckpt)
-
-
-def check_vss_checkpoint(ckpt: dict, cfg: MedVTConfig, args: argparse.Namespace) -> None:
-    """Refuse a checkpoint of another task (e.g. A2D's 80 classes) before it is scored on VSPW's
-    124: its class ids would be read as VSPW's without a word."""
-    if not trained_for_vspw(cfg.num_classes, ckpt) and args.num_classes is None:
-        task = "an AVOS (binary)" if cfg.num_classes == 1 else f"a {cfg.num_classes}-class"
-        raise UserError(f"--model_path {args.model_path} holds {task} model not trained by "
-                        f"vss/train_medvt_vss.py, but VSPW has {VSPW_NUM_CLASSES} classes; give a VSS checkpoint")
-
-
 def clip_length(given: int | None, ckpt: dict) -> int:
     """Frames per forward: ``--clip_len`` if given, else the clip length the checkpoint was trained on
     (its saved ``--num_frames``), else 6. A given length other than the trained one is warned about."""
@@ -214,12 +199,11 @@ def build_from_args(args: argparse.Namespace, device: torch.device) -> tuple[tor
     """The model of --model_path (its recorded config, else --model / --num_classes), or with
     --random_weights a fresh one; and the clip length to run it on (:func:`clip_length`)."""
     if args.model_path:
+        # another task's file (e.g. A2D's 80 classes) is refused before its class ids are read as VSPW's
+        ckpt = read_checkpoint(args.model_path)
+        check_task(ckpt, "vss", f"--model_path {args.model_path}", TASKS["vss"].infer, args.num_classes is not None)
         loaded = load_model(args.model_path, preset=vss_config(args.model, args.num_classes), device=device,
-                            num_classes=args.num_classes)
-        if not isinstance(loaded.model, MEDVT):  # e.g. a MED-VT++ (AVS) checkpoint
-            raise UserError(f"--model_path {args.model_path} holds a {type(loaded.model).__name__} (not MED-VT), "
-                            "an audio-visual model; give a VSS checkpoint")
-        check_vss_checkpoint(loaded.checkpoint, loaded.config, args)
+                            checkpoint=ckpt, num_classes=args.num_classes)
         if is_main_process():
             print(f"loaded {args.model_path}: config from {loaded.reason}")
         return loaded.model, clip_length(args.clip_len, loaded.checkpoint)
@@ -236,9 +220,9 @@ def onnx_from_args(args: argparse.Namespace) -> tuple[torch.nn.Module, int]:
     from models.onnx_export import OnnxModel
 
     model = OnnxModel(args.onnx_path)
-    # a file of another task is refused as its checkpoint is (check_vss_checkpoint, by the task recorded at
-    # export); a file that records none, by its class count only
-    model.check_task("vss", "vss/inference_medvt_vss.py")
+    # a file of another task is refused as its checkpoint is (models.tasks, by the task recorded at export);
+    # a file that records none, by its class count only
+    model.check_task("vss", TASKS["vss"].infer)
     if model.task is None and model.num_classes < 2:
         raise UserError(f"--onnx_path {args.onnx_path} holds a model of {model.num_classes} class (an AVOS "
                         "export?); VSS needs a multi-class one: export a VSS checkpoint with export_onnx.py")

@@ -33,7 +33,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-from functools import partial
 import math
 from pathlib import Path
 
@@ -45,17 +44,15 @@ from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_roo
 from models import build_model
 from models.registry import init_weights
 from models.config import preset_name
-from utils.checkpoint import (add_run_args, check_end_lr, check_not_finished, check_run_dir, close_epoch, open_run,
-                              read_resume_checkpoint, resume_path, resume_training, run_summary, stretch_schedule,
-                              tensorboard_writer)
+from utils.checkpoint import add_run_args, check_end_lr, check_run_dir, stretch_schedule
 from utils.cli import (ArgumentParser, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_distributed, wrap_ddp
-from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, run_epochs, train_one_epoch
-from utils.logger import DeferredLog
+from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 from utils.rng import seed_everything
+from utils.training import RunSpec, TrainingRun
 from vss.common import evaluate_videos, format_summary
 from vss.config import DEFAULT_CONFIG, config_names, vss_config
 from vss.losses import VSSCriterion
@@ -155,6 +152,8 @@ def build_loader(args: argparse.Namespace, rank: int, world_size: int) -> tuple[
 
 # The flags that start a new run from weights (named when --resume is given a file of weights only).
 INIT_FLAGS = "--init_from (any MED-VT checkpoint), or --swin_pretrained / --vistr_coco"
+SPEC = RunSpec(task="vss", log_name="medvt.vss", metric="mIoU", row_key="mIoU", init_flags=INIT_FLAGS,
+               floor=-math.inf)
 
 
 def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
@@ -178,13 +177,12 @@ def main(argv: list[str] | None = None) -> dict:
 def train(args: argparse.Namespace, info: DistInfo) -> dict:
     """Everything the run reads (initial weights, data, the --resume file) is checked before the output
     folder is created or changed, so a mistake leaves nothing behind."""
+    run = TrainingRun(SPEC, args, info, input_paths(args))
     out, device = Path(args.output_dir), info.device
-    ckpt_path = resume_path(args.resume, out)  # a --resume file that does not exist: before any work
-    early = DeferredLog()  # messages of the checks below, logged once train.log exists
     seed_everything(args.seed + info.rank)
     cfg = vss_config(args.model, args.num_classes)
     model = build_model(cfg)
-    init_weights(model, early, ("--swin_pretrained", args.swin_pretrained), ("--vistr_coco", args.vistr_coco),
+    init_weights(model, run.early, ("--swin_pretrained", args.swin_pretrained), ("--vistr_coco", args.vistr_coco),
                  args.init_from)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -206,22 +204,11 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     if args.val_every > 0:
         val_videos = vspw_sequences(vspw_root(args.vspw_root), args.val_split, need_masks=True)
         val_videos = val_videos[: args.val_videos] if args.val_videos > 0 else val_videos
-    resume_ckpt = None
-    if ckpt_path is not None:
-        resume_ckpt = read_resume_checkpoint(ckpt_path, args, cfg, init_flags=INIT_FLAGS)
+    run.read_resume(cfg)
 
-    logger = open_run(out, args, info, early, input_paths(args), name="medvt.vss")
-    writer = tensorboard_writer(args, info)
-    start_epoch, best, history = 0, {"mIoU": -math.inf, "epoch": -1}, []
-    if ckpt_path is not None:  # the shared policy (utils.checkpoint); --init_from only initialises a new run
-        start_epoch, best, extra = resume_training(ckpt_path, args, model_without_ddp, optimizer, scheduler, scaler,
-                                                   info, logger, best=best, ckpt=resume_ckpt,
-                                                   init_flags=INIT_FLAGS)
-        resume_ckpt = None  # free it
+    logger = run.open()
+    if run.restore(model_without_ddp, optimizer, scheduler, scaler) is not None:  # a changed --epochs stretches it
         stretch_schedule(scheduler, args.epochs - 1, args.epochs, logger)
-        history = list(extra.get("history", []))
-        check_not_finished(start_epoch, args.epochs, logger)
-
     logger.info(f"VSS training: {args.model} ({cfg.num_classes} classes), {len(loader.dataset)} clips, "
                 f"{epoch_steps(loader, args.steps_per_epoch)} steps/epoch/process, {info.world_size} process(es) "
                 f"on {device}")
@@ -241,13 +228,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
         logger.info(f"epoch {epoch} val: {format_summary(summary)}")
         return {k: summary[k] for k in ("mIoU", "mVC8", "mVC16")}
 
-    close = partial(close_epoch, out, info, args, cfg, model_without_ddp, optimizer, scheduler, scaler, writer)
-    best = run_epochs(start_epoch, args.epochs, args.stop_after, sampler, train_epoch,
-                      validate if val_videos else None, args.val_every, ("mIoU", "mIoU"), best, history,
-                      scheduler.step, close, logger)
-    if writer is not None:
-        writer.close()
-    return run_summary(history, best, out)
+    return run.fit((cfg, model_without_ddp, optimizer, scheduler, scaler), sampler, train_epoch,
+                   validate if val_videos else None, scheduler.step)
 
 
 if __name__ == "__main__":
