@@ -125,7 +125,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def load_sequences(args: argparse.Namespace, dataset: str) -> list:
     """The dataset's sequences (errors name the root flag when something is missing)."""
     if dataset == "davis":
-        seqs = davis16_sequences(args.davis16_root, args.davis16_split, args.davis16_seqs_file, args.sequences)
+        seqs = davis16_sequences(args.davis16_root, args.davis16_split, args.davis16_seqs_file, args.sequences,
+                                 subset="--sequences NAME ... or --davis16_seqs_file")
     elif dataset == "ytbo":
         seqs = youtube_objects_sequences(args.youtube_objects_root, args.youtube_objects_list)
     else:

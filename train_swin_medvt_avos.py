@@ -263,7 +263,8 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
     val_seqs = []
     if not args.no_val and args.val_every > 0:  # the DAVIS val index is read only when it is used
         from datasets.davis16 import davis16_sequences
-        val_seqs = davis16_sequences(args.davis16_root, "val", args.davis16_val_seqs_file)
+        val_seqs = davis16_sequences(args.davis16_root, "val", args.davis16_val_seqs_file,
+                                     subset="--davis16_val_seqs_file")
         warn_trained_val_sequences(args, [s.name for s in val_seqs], run.early)
 
     cfg = model_config(args)

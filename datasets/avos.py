@@ -16,7 +16,8 @@ from .video import ClipDataset
 def build_avos_train_dataset(davis_root: str | Path | None, ytvos_root: str | Path | None = None,
                              num_frames: int = 6, train_size: int = 360, transform: Callable | None = None,
                              seqs_file: str | Path | None = None) -> ClipDataset:
-    samples = davis16_train_samples(davis16_sequences(davis_root, "train", seqs_file))
+    davis = davis16_sequences(davis_root, "train", seqs_file, subset="--davis16_train_seqs_file")
+    samples = davis16_train_samples(davis)
     if ytvos_root is not None:
         from .ytvos import ytvos_train_samples
 

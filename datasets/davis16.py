@@ -14,7 +14,7 @@ from pathlib import Path
 
 from utils.cli import UserError
 
-from .path_config import check_listed_name, dataset_root, read_text_file, require
+from .path_config import DatasetNotFoundError, check_listed_name, dataset_root, read_text_file, require
 from .video import Sample, VideoSequence
 
 DAVIS16_SPLITS = {
@@ -43,34 +43,51 @@ def read_sequence_list(path: Path) -> list[str]:
 
 
 def split_sequences(root: Path, split: str, seqs_file: str | Path | None = None) -> list[str]:
+    """The names of a split's sequences (see the module docstring: :func:`split_list` says where from)."""
+    source = split_list(root, split, seqs_file)
+    return list(DAVIS16_SPLITS[split]) if source is None else read_sequence_list(source)
+
+
+def split_list(root: Path, split: str, seqs_file: str | Path | None = None) -> Path | None:
+    """The list file that names a split's sequences, or None for the standard list."""
     if seqs_file is not None:  # a flag of its own (--davis16_*seqs_file): not a matter of the dataset root
         if not Path(seqs_file).is_file():
             raise FileNotFoundError(f"the DAVIS-16 {split} sequence list {seqs_file} does not exist (a text file, "
                                     "one sequence per line; without it the split's standard list is used)")
-        return read_sequence_list(Path(seqs_file))
+        return Path(seqs_file)
     for candidate in (root / "ImageSets" / "2016" / f"{split}.txt", root / "ImageSets" / "480p" / f"{split}.txt"):
         if candidate.is_file():
-            return read_sequence_list(candidate)
-    return list(DAVIS16_SPLITS[split])
+            return candidate
+    return None
 
 
 def davis16_sequences(root: str | Path | None, split: str = "val", seqs_file: str | Path | None = None,
-                      only: Collection[str] | None = None) -> list[VideoSequence]:
+                      only: Collection[str] | None = None, subset: str = "--davis16_seqs_file"
+                      ) -> list[VideoSequence]:
     """The sequences of a DAVIS-2016 split (those named in ``only``, when given: the others need not be
-    on disk); missing folders raise errors naming ``--davis16_root``."""
+    on disk); a missing dataset folder raises an error naming ``--davis16_root``, a listed sequence
+    missing from a copy that has the others one naming the list and ``subset`` (the caller's flags
+    that choose fewer sequences)."""
     if split not in DAVIS16_SPLITS:
         raise ValueError(f"DAVIS-16 split must be 'train' or 'val', not {split!r}")
     root = require(dataset_root("davis16", root), "davis16")
     images = require(root / "JPEGImages" / "480p", "davis16", "JPEGImages/480p/<seq>/*.jpg")
     annotations = require(root / "Annotations" / "480p", "davis16", "Annotations/480p/<seq>/*.png")
     sequences = []
-    names = split_sequences(root, split, seqs_file)
+    source = split_list(root, split, seqs_file)
+    names = list(DAVIS16_SPLITS[split]) if source is None else read_sequence_list(source)
     if only:
         unknown = [n for n in only if n not in names]
         if unknown:
             raise UserError(f"--sequences: {', '.join(unknown)} not in the DAVIS-16 {split} split ({len(names)} "
                             f"sequences: {', '.join(names[:30])}{' …' if len(names) > 30 else ''})")
         names = [n for n in names if n in only]
+    absent = [n for n in names if not (annotations / n).is_dir()]
+    if absent and len(absent) < len(names):  # the root is right: a partial copy (every one absent: the root)
+        listed = f"listed in {source}" if source else f"in the standard DAVIS-16 {split} list"
+        raise DatasetNotFoundError(
+            f"davis16: {len(absent)} of the {len(names)} sequences {listed} are not in {annotations} (e.g. "
+            f"{absent[0]}): a partial copy of DAVIS? Choose the sequences you have with {subset}")
     for name in names:
         gt = sorted(require(annotations / name, "davis16", f"annotations of sequence {name}").glob("*.png"))
         if not gt:

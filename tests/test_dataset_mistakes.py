@@ -162,3 +162,34 @@ def test_complete_wav_still_reads(tmp_path):
     _wav(tmp_path / "ok.wav")
     x, sr = read_wav(tmp_path / "ok.wav")
     assert sr == 16000 and x.shape == (1600,)
+
+
+# DAVIS-2016: a partial copy ------------------------------------------------------------------
+def test_davis_partial_copy_names_the_list_and_the_flags_that_choose_fewer(tmp_path):
+    """A copy with some of the listed sequences (e.g. two of the 20 val ones): the root is right, so the
+    message names the list and the flags that choose the sequences there are, not --davis16_root."""
+    import shutil
+
+    import torch
+
+    import inference_swin_medvt_avos as infer
+    from datasets.davis16 import davis16_sequences
+    from models import build_model
+    from datasets.path_config import DatasetNotFoundError
+
+    root = make_synthetic_davis(tmp_path / "DAVIS", num_train=1, num_val=3, num_frames=2, size_hw=(32, 48))
+    shutil.rmtree(root / "Annotations" / "480p" / "synth-val-01")
+    model = build_model("tiny")
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
+    with pytest.raises(DatasetNotFoundError, match=r"^davis16: 1 of the 3 sequences listed in .*ImageSets/2016/"
+                                                   r"val\.txt are not in .*Annotations/480p \(e\.g\. synth-val-01\): "
+                                                   r"a partial copy of DAVIS\? Choose the sequences you have with "
+                                                   r"--sequences NAME \.\.\. or --davis16_seqs_file$"):
+        infer.main(["--model_path", str(ckpt), "--dataset", "davis", "--davis16_root", str(root), "--val_size", "32",
+                    "--device", "cpu", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    assert [s.name for s in davis16_sequences(root, "val", only=["synth-val-00", "synth-val-02"])] == \
+        ["synth-val-00", "synth-val-02"]  # the sequences there are, chosen
+    with pytest.raises(DatasetNotFoundError, match=r"--davis16_root PATH"):  # none of them: the root is wrong
+        davis16_sequences(tmp_path, "val")
