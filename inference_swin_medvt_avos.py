@@ -32,11 +32,12 @@ from datasets import path_config
 from datasets.davis16 import davis16_sequences
 from datasets.moca import moca_sequences
 from datasets.stream import require_video
-from datasets.video import require_same_size
+from datasets.transforms import test_size
+from datasets.video import image_size, require_same_size
 from datasets.youtube_objects import youtube_objects_sequences
 from models import read_checkpoint
 from models.config import VARIANTS
-from models.onnx_export import runtime_record
+from models.onnx_export import InputSizeError, runtime_record
 from models.predictor import scaled_hw
 from models.registry import model_state_dict
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
@@ -199,23 +200,50 @@ def main(argv: list[str] | None = None) -> dict:
         # The model is built before the output folder exists: weights that do not fit leave nothing behind.
         model = inference_model(args, ckpt, info, protocols, proc.device, onnx_model)
         del ckpt
-        if video is not None:
-            check_video_size(model, video, protocols["video"], args, proc.device)
+        for task in tasks:  # frames the model cannot take: refused before the output folder exists
+            check_input_sizes(model, frame_sizes(task, video, sequences.get(task, [])), protocols[task], args,
+                              proc.device)
         return run_tasks(args, argv, model, info, protocols, sequences, video, proc)
 
 
-def check_video_size(model, video, protocol, args: argparse.Namespace, device) -> None:
-    """A --video whose frames, at the smallest of the protocol's scales, are too small for the model or
-    outside the ONNX file's sizes: refused before the output folder exists (a dataset's sizes vary by
-    sequence and are refused when they are met)."""
-    h, w = video.size_hw
-    sizes = sorted({scaled_hw(h, w, s) for s in protocol.scales})
+def frame_sizes(task: str, video, seqs: list) -> dict[str, tuple[int, int]]:
+    """The frame sizes (h, w) of a run, each named by the first sequence that has it (or the --video),
+    from the frames' headers (a sequence's frames have one size: load_sequences)."""
+    if task == "video":
+        return {f"--video {video.name}": video.frame_hw}
+    named: dict[tuple[int, int], str] = {}
+    for seq in seqs:
+        w, h = image_size(seq.frames[0])
+        named.setdefault((h, w), f"sequence {seq.name}")
+    return {what: hw for hw, what in named.items()}
+
+
+def check_input_sizes(model, frames_hw: dict[str, tuple[int, int]], protocol, args: argparse.Namespace,
+                      device) -> None:
+    """Refuse, before the output folder exists, a run whose frames (``frames_hw``: what → the frames' size, for
+    a dataset each size its sequences have) the model cannot take at the protocol's size and scales: too
+    small for the PyTorch model (one forward pass of two frames at the smallest input), or outside the ONNX
+    file's sizes (arithmetic only; the message gives the smallest --val_size that fits)."""
+    def inputs(val_size: int, h: int, w: int) -> list[tuple[int, int]]:
+        rh, rw = test_size(h, w, val_size, protocol.max_ratio)
+        return sorted({scaled_hw(rh, rw, s) for s in protocol.scales})
+
+    given = f"--val_size {protocol.val_size}" + (" with --msc" if len(protocol.scales) > 1 else "")
     if args.runtime == "onnx":
-        for size in sizes:
-            model.check(args.num_frames, *size)
+        for what, (h, w) in frames_hw.items():
+            for size in inputs(protocol.val_size, h, w):
+                if model.fits(args.num_frames, *size):
+                    continue
+                larger = next((v for v in range(protocol.val_size + 1, 4 * protocol.val_size)
+                               if all(model.fits(args.num_frames, *x) for x in inputs(v, h, w))), None)
+                if larger is None:
+                    model.check(args.num_frames, *size)  # the file's own advice (export it again at this size)
+                raise InputSizeError(f"{given}: {what} ({h}x{w}) is fed to the model at {size[0]}x{size[1]}, but "
+                                     f"{model.named} takes {model.describe()}; pass --val_size {larger} or more")
         return
-    with frames_too_small(f"--val_size {protocol.val_size}", "use a larger --val_size"), torch.no_grad():
-        model(torch.zeros(1, 2, 3, *sizes[0], device=device))
+    smallest = min((x for h, w in frames_hw.values() for x in inputs(protocol.val_size, h, w)), key=min)
+    with frames_too_small(given, "use a larger --val_size"), torch.no_grad():
+        model(torch.zeros(1, 2, 3, *smallest, device=device))
 
 
 def load_onnx_model(args: argparse.Namespace):

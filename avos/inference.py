@@ -509,8 +509,9 @@ def run_video(model, source, protocol: Protocol, opts: RunOptions) -> dict:
     predictor = make_predictor(model, protocol, opts)
     logger.info("protocol %s; window %s of %d frames, %d clip(s) per forward", protocol.describe(), opts.window,
                 opts.num_frames, opts.batch_clips)
-    logger.info("video %s: %d frames of %dx%d%s, run at %dx%d", name, n, w, h,
-                f" at {source.fps:.3g} fps" if source.fps else "", source.size_hw[1], source.size_hw[0])
+    rate = f" at {source.fps:.2f}".rstrip("0").rstrip(".") + " fps" if source.fps else ""  # 29.97, not 30
+    logger.info("video %s: %d frames of %dx%d%s, run at %dx%d", name, n, w, h, rate, source.size_hw[1],
+                source.size_hw[0])
     listed = getattr(source, "listed_frames", None)  # video files only
     if cut_short_warning(source):
         logger.warning(cut_short_warning(source))

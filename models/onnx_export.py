@@ -413,9 +413,13 @@ class OnnxModel(nn.Module):
                                  f"{self.describe()}; leave out {flag}, or export a file that takes any size "
                                  "(export_onnx.py --height/--width of 225 or more)")
 
-    def check(self, t: int, h: int, w: int) -> None:
+    def fits(self, t: int, h: int, w: int) -> bool:
+        """Whether the file takes a clip of ``t`` frames at ``h`` x ``w``."""
         inside = all(lo <= n and (hi == 0 or n <= hi) for n, lo, hi in zip((h, w), self.min_size, self.max_size))
-        if t != self.frames or not inside:
+        return t == self.frames and inside
+
+    def check(self, t: int, h: int, w: int) -> None:
+        if not self.fits(t, h, w):
             again = ("export it again at this size (export_onnx.py --num_frames/--height/--width)"
                      if not self.dynamic_size or t != self.frames else "use a larger input size")
             raise InputSizeError(f"{self.path} takes {self.describe()}; got a clip of {t} frames at {h}x{w}: {again}")

@@ -323,7 +323,8 @@ def test_too_small_val_size_and_empty_annotation_are_named(setup, tmp_path):
 
     with pytest.raises(UserError, match=r"--val_size 8 is too small for this model"):
         run(setup, tmp_path / "small", "--val_size", "8")
-    # a --video's size is known up front: refused before its output folder exists
+    assert not (tmp_path / "small").exists()  # the sequences' sizes are read from their headers up front
+    # so is a --video's: refused before its output folder exists
     with pytest.raises(UserError, match=r"--val_size 8 is too small for this model .*; use a larger --val_size"):
         script.main(["--model_path", str(setup["ckpt"]), "--video", str(davis16_sequences(setup["davis"], "val")[0]
                                                                           .frames[0].parent),

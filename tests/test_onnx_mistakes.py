@@ -125,6 +125,24 @@ def test_avos_script_refuses_a_foreign_file_before_any_output(tiny_ckpt, frames_
     assert not out.exists()
 
 
+def test_avos_dataset_run_refuses_sizes_the_file_does_not_take_before_any_output(tiny_ckpt, tmp_path):
+    """A dataset run's sizes are known from its frames' headers: a --val_size whose smallest --msc scale is
+    below the file's floor was refused only when the first sequence reached the model, leaving a partial
+    folder, in a message naming no flag. Now before any output, with the smallest --val_size that fits."""
+    from datasets.synthetic import make_synthetic_davis
+
+    root = make_synthetic_davis(tmp_path / "DAVIS", num_train=1, num_val=2, num_frames=6, size_hw=(48, 80))
+    onnx_file = medvt_like(tmp_path / "f.onnx", min_height="96", min_width="96")
+    argv = ["--model_path", str(tiny_ckpt), "--dataset", "davis", "--davis16_root", str(root), "--msc",
+            "--runtime", "onnx", "--onnx_path", str(onnx_file), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(UserError, match=r"^--val_size 100 with --msc: sequence synth-val-00 \(48x80\) is fed to the "
+                                        r"model at 75x124, but .*f\.onnx takes .*; pass --val_size 128 or more$"):
+        avos_script.main([*argv, "--val_size", "100"])
+    assert not (tmp_path / "out").exists()
+    avos_script.main([*argv, "--val_size", "128"])  # the size it gave runs
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
 @pytest.mark.parametrize("task,classes,audio,says", [
     ("vss", 124, False, "is a VSS export (124 classes), but inference_swin_medvt_avos.py runs AVOS exports; run it "
                         "with vss/inference_medvt_vss.py"),
