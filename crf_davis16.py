@@ -80,7 +80,13 @@ def resolve_images_dir(args: argparse.Namespace) -> Path:
             raise FileNotFoundError(f"images folder {args.images_dir} (given by --images_dir) does not exist")
         return args.images_dir
     root = path_config.dataset_root("davis16", args.davis16_root)
-    return path_config.require(root / "JPEGImages" / "480p", "davis16", "RGB frames JPEGImages/480p/<seq>/*.jpg")
+    try:
+        return path_config.require(root / "JPEGImages" / "480p", "davis16", "RGB frames JPEGImages/480p/<seq>/*.jpg")
+    except path_config.DatasetNotFoundError as e:  # e.g. the probability maps of a --video run of one's own
+        raise path_config.DatasetNotFoundError(
+            f"{e} For predictions of other frames (a --video of your own), give --images_dir: a folder of "
+            "<seq>/<frame>.jpg or .png named as the probability maps (a video file's frames: ffmpeg -i VIDEO "
+            "-start_number 0 DIR/<seq>/%05d.png)") from None
 
 
 def resolve_gt_dir(args: argparse.Namespace) -> Path | None:

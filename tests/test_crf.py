@@ -106,6 +106,10 @@ def test_script_missing_image_or_images_dir(tmp_path):
                           "--workers", "1"])
     with pytest.raises(FileNotFoundError, match="elsewhere"):
         crf_davis16.main([str(logits), str(tmp_path / "out"), "--images_dir", str(tmp_path / "elsewhere")])
+    # the probability maps of a --video run, without DAVIS: the message says how to give the video's frames
+    with pytest.raises(FileNotFoundError, match=r"JPEGImages/480p .* For predictions of other frames \(a --video of "
+                                                r"your own\), give --images_dir: .*-start_number 0"):
+        crf_davis16.main([str(logits), str(tmp_path / "out"), "--davis16_root", str(tmp_path / "no_davis")])
 
 
 def test_images_dir_frames_with_the_suffixes_of_video_folders_in_any_case(tmp_path):
