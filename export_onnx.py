@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
             reports.append(compare(model, session, clip))
             r = reports[-1]
             print(f"ONNX Runtime vs PyTorch, clip [{clip[0].shape[0]}, {t}, 3, {h}, {w}]: max |Δ| "
-                  f"{r['max_abs_diff']:.3g}; PyTorch {r['torch_s']:.3f} s, ONNX Runtime {r['onnx_s']:.3f} s")
+                  f"{r['max_abs_diff']:.3g}; one call each (the first includes warm-up; benchmarks/bench_onnx.py "
+                  f"times them): PyTorch {r['torch_s']:.3f} s, ONNX Runtime {r['onnx_s']:.3f} s")
     except (ValueError, KeyError, CheckpointMismatchError, UnexportableError) as e:
         # One line through run_main (exit status 2, as every script); a missing file is already one.
         if isinstance(e, KeyError) and args.model_path is not None:

@@ -24,3 +24,20 @@ def test_demo_pipeline_writes_metrics_and_overlays(tmp_path, monkeypatch):
     assert len(list((out / "inference" / "logits" / "synth-val-00").glob("*.png"))) == 6
     assert len(list((out / "crf" / "synth-val-00").glob("*.png"))) == 6
     assert list((out / "inference" / "overlay").glob("synth-val-00.*"))  # the per-video mp4/GIF
+
+
+def test_a_step_stopped_by_a_signal_is_said_so(monkeypatch):
+    """A step killed by SIGTERM printed nothing, yet the demo said "(its message is above)"."""
+    import signal
+    import subprocess
+
+    import pytest
+
+    from utils.cli import UserError
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, -signal.SIGTERM))
+    with pytest.raises(UserError, match=r"^the demo stopped: train\.py was stopped by SIGTERM$"):
+        demo.run("train.py", [])
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 2))
+    with pytest.raises(UserError, match=r"exited with status 2 \(its message is above\)$"):
+        demo.run("train.py", [])

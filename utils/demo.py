@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -60,7 +61,7 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__)
+    p = ArgumentParser(prog="python -m utils.demo", description=__doc__)
     p.add_argument("--output_dir", type=Path, default=Path("demo_output"),
                    help="where everything is written: a new or empty folder (see --overwrite) (default demo_output)")
     p.add_argument("--overwrite", action="store_true",
@@ -96,6 +97,8 @@ def run(script: str, argv: list[str], threads: int | None = None) -> None:
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=env)
+    if done.returncode < 0:  # killed by a signal (Ctrl-C, a scheduler's SIGTERM): the step printed nothing
+        raise UserError(f"the demo stopped: {script} was stopped by {signal.Signals(-done.returncode).name}")
     if done.returncode:
         raise UserError(f"the demo stopped: {script} exited with status {done.returncode} (its message is above)")
     print(f"=== {script} took {time.perf_counter() - t0:.1f} s", flush=True)
