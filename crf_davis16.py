@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -132,10 +133,27 @@ def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
     else:
         # One frame per task: a frame's CRF takes about a second, far more than sending it, and the
         # bar (and its time estimate) moves with every frame instead of in chunks.
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in crf.run_jobs(jobs, executor=pool):
-                progress.update()
+        with ProcessPoolExecutor(max_workers=workers, initializer=_end_with_parent) as pool:
+            try:
+                for _ in crf.run_jobs(jobs, executor=pool):
+                    progress.update()
+            except BaseException:  # an error, Ctrl-C, SIGTERM: stop at the frames in flight, not after all of them
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     progress.close()
+
+
+def _end_with_parent() -> None:
+    """A worker's start (Linux): it gets SIGTERM when the parent dies, so one killed with ``kill -9``
+    leaves no workers blocked forever on their task queue; SIGTERM ends it outright (the parent's
+    handler, inherited, would raise in its queue's lock and leave it hanging there)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the workers end with the pool, as before
+        pass
 
 
 def summary_line(name: str, results: dict) -> str:

@@ -19,7 +19,7 @@ from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
 from models.config import MODEL_CONFIGS, MedVTConfig, get_config, preset_name
 from models.predictor import VideoPredictor, Window
 from models.registry import saved_arg_changes, saved_args
-from utils.cli import positive_float, positive_int
+from utils.cli import positive_float, positive_int, writing
 from utils.distributed import all_gather_object, gather_in_order, is_main_process, shard
 from utils.metrics import write_json
 from utils.visualize import label_image, write_label_video
@@ -145,7 +145,8 @@ def _save_viz(viz_dir: Path, dataset: A2DDataset, item: dict, pred: np.ndarray, 
     for sub, img in pictures:
         path = viz_dir / sub / vid / f"{fid}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path)
+        with writing(path):
+            img.save(path)
 
 
 def write_tables(out: Path, summary: dict, metric: OriginalA2DMetric, cm: ConfusionMatrix, names: list[str]) -> None:

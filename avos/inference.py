@@ -61,7 +61,7 @@ from models.registry import build_loaded
 from models.tasks import TASKS, check_task
 from utils import metrics
 from utils.background import BackgroundWorker
-from utils.cli import UserError, stop_line
+from utils.cli import UserError, stop_line, writing
 from utils.distributed import gather_in_order, gather_throughput, is_main_process, shard
 from utils.logger import Throughput, log_stop
 from utils.visualize import VideoWriter, overlay
@@ -211,11 +211,16 @@ def to_uint8_png(prob: np.ndarray) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    """uint8 HxW or HxWx3 RGB → PNG (OpenCV's encoder: about 3× Pillow's speed at its default level)."""
+    """uint8 HxW or HxWx3 RGB → PNG (OpenCV's encoder: about 3× Pillow's speed at its default level).
+    Encoded in memory and written by Python: ``cv2.imwrite`` reported success for a file cut short by a
+    full disk, so a run could end well with unreadable PNGs; a failed write now raises, naming the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    if not cv2.imwrite(str(path), np.ascontiguousarray(image)):
-        raise OSError(f"could not write {path}")
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image))
+    if not ok:
+        raise ValueError(f"OpenCV could not encode {path} (an array of shape {array.shape}, {array.dtype})")
+    with writing(path):
+        path.write_bytes(encoded.tobytes())
 
 
 class OverlayWriter:

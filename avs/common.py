@@ -14,7 +14,7 @@ from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus, build_avs_model
 from models.avs_config import AVS_CONFIGS, get_avs_config
 from models.predictor import VideoPredictor
-from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int
+from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, writing
 from utils.distributed import add_device_flag, gather_in_order, is_main_process, shard
 from utils.engine import check_frame_size
 
@@ -104,7 +104,8 @@ def save_pred_masks(logits: torch.Tensor, out_dir: Path, categories: list[str], 
         d = out_dir / c / n if c else out_dir / n
         d.mkdir(parents=True, exist_ok=True)
         for i, f in enumerate(m):
-            Image.fromarray(f).convert("P").save(d / f"{n}_{i}.png")
+            with writing(d / f"{n}_{i}.png"):
+                Image.fromarray(f).convert("P").save(d / f"{n}_{i}.png")
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from utils.cli import UserError, require_file
+from utils.cli import UserError, require_file, writing
 
 from . import tasks
 
@@ -207,9 +207,12 @@ def export_onnx(model: nn.Module, example: tuple[Tensor, ...], path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written and checked in a folder of its own beside ``path`` (same file system: the move is a rename),
     # under its final name, so that external data keeps its relative name <name>.data.
+    for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by an export that was killed (kill -9)
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
-        onnx_program.save(str(work / path.name), external_data=external)
+        with writing(path):
+            onnx_program.save(str(work / path.name), external_data=external)
         try:
             check_written(work / path.name)
         except ExportCheckError as e:

@@ -88,6 +88,38 @@ def test_a_kill_between_the_files_of_an_epoch_is_repaired_by_resume(davis, full_
     assert [h["epoch"] for h in history] == [0, 1] and "val_miou" in history[1]
 
 
+def test_a_kill_between_the_first_epochs_files_resumes_from_its_best(davis, tmp_path, monkeypatch):  # noqa: F811
+    """Stopped after epoch 0's checkpoint_best.pth, before its checkpoint_last.pth: --resume auto said "no
+    checkpoint_last.pth to continue it from" and a plain rerun "pass --resume auto", so a job script that
+    always passes --resume auto could not go on. checkpoint_best.pth holds epoch 0's whole state: the run
+    continues from it, as the uninterrupted one."""
+    every = ("--epochs", "2", "--steps_per_epoch", "1", "--val_every", "1")  # epoch 0 validated: its best
+    full = tmp_path / "full"
+    avos_train.main(base_args(davis, full, *every))
+    out = tmp_path / "run"
+    real_save = checkpoint.save_checkpoint
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        raise Killed
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        avos_train.main(base_args(davis, out, *every))
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_best.pth", "train.log"]
+    with pytest.raises(UserError, match="pass --resume auto to continue it"):
+        avos_train.main(base_args(davis, out, *every))
+    res = avos_train.main(base_args(davis, out, *every, "--resume", "auto"))
+    assert res["epochs_done"] == 2 and f"resumed from {out / 'checkpoint_best.pth'}: epoch 0 done" in \
+        (out / "train.log").read_text()
+    _assert_same_weights(out / "checkpoint_last.pth", full / "checkpoint_last.pth")
+    def numbers(run):  # the epochs' numbers, but their timing
+        return [{k: v for k, v in row.items() if k != "train_step_time"}
+                for row in json.loads((run / "history.json").read_text())]
+    assert numbers(out) == numbers(full)
+
+
 # --------------------------------------------------- 2: --resume of another file of the run's own folder
 def test_resume_of_checkpoint_best_beside_checkpoint_last_is_refused_naming_both(davis, full_run,  # noqa: F811
                                                                                 tmp_path):

@@ -41,7 +41,7 @@ from models.config import MedVTConfig
 from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict, read_checkpoint
 from models.tasks import TASKS, check_task
 from utils import distributed as du
-from utils.cli import UserError, check_output_dir, positive_int
+from utils.cli import UserError, check_output_dir, positive_int, writing
 from utils.logger import DeferredLog, log_run_start, setup_logger
 from utils.metrics import write_json
 from utils.resume_checks import check_kinds, check_training_state, damaged, load_optimizer, loading
@@ -116,7 +116,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
+        with writing(path), os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
@@ -140,15 +140,27 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 
 
 def resume_path(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint ``--resume`` names: ``auto`` = ``<output_dir>/checkpoint_last.pth`` if it exists."""
+    """The checkpoint ``--resume`` names: ``auto`` = ``<output_dir>/checkpoint_last.pth`` if it exists, else
+    the ``checkpoint_best.pth`` of a run stopped while its first epoch was saved (:func:`first_epoch_only`)."""
     if resume == "auto":
         path = Path(output_dir) / "checkpoint_last.pth"
+        if first_epoch_only(output_dir):
+            return Path(output_dir) / "checkpoint_best.pth"
         return path if path.is_file() else None
     if resume and Path(resume).is_dir():
         raise IsADirectoryError(f"--resume {resume} is a folder, not a checkpoint file (give its checkpoint_last.pth)")
     if resume and not Path(resume).is_file():
         raise FileNotFoundError(f"--resume {resume}: checkpoint file not found")
     return Path(resume) if resume else None
+
+
+def first_epoch_only(output_dir: str | os.PathLike) -> bool:
+    """Whether ``output_dir`` holds a run stopped between its first epoch's two checkpoints: its
+    ``checkpoint_best.pth`` (the whole state after epoch 0, as checkpoint_last.pth would have held it)
+    but neither ``checkpoint_last.pth`` nor the ``history.json`` written after it."""
+    out = Path(output_dir)
+    return (out / "checkpoint_best.pth").is_file() and not any((out / name).exists() for name in
+                                                               ("checkpoint_last.pth", "history.json", "metrics.jsonl"))
 
 
 def run_files(output_dir: str | os.PathLike) -> list[str]:
@@ -229,7 +241,7 @@ def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: 
         how = "pass --resume auto to continue it, " if can_resume else ""
         raise UserError(f"{held}: {how}--overwrite to replace it, or choose another --output_dir")
     if resume == "auto":
-        if not (out / "checkpoint_last.pth").is_file():
+        if not (out / "checkpoint_last.pth").is_file() and not first_epoch_only(out):
             raise UserError(f"--resume auto: {held} but no checkpoint_last.pth to continue it from; pass --overwrite "
                             "to replace it, or choose another --output_dir")
         return out
@@ -381,6 +393,9 @@ def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, 
     rng = du.all_gather_object(capture_rng())
     if not info.is_main:
         return {}
+    if not Path(out_dir).is_dir():  # save_checkpoint would make a new, empty one: the run's log and files are gone
+        raise UserError(f"--output_dir {out_dir} disappeared during the run (deleted or moved?): stopped at the end "
+                        f"of epoch {epoch} without saving it")
     state = training_state(args, cfg, model, optimizer, scheduler, scaler, epoch, best, rng, **extra)
     return save_last_and_best(state, out_dir, is_best)
 

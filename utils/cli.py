@@ -12,8 +12,11 @@ datasets, utils) can raise :class:`UserError` subclasses without import cycles.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +33,43 @@ class UserError(Exception):
 # What a user's input can cause; the messages of these already name the file (OSError subclasses
 # carry the path, ours name it explicitly). argparse errors exit by themselves (SystemExit).
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# What the machine can run short of while a run writes (a full disk or quota, a file size limit, a disk
+# remounted read-only): one line naming the file (:func:`writing` adds it where the writer does not).
+FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large (a file size limit?)",
+        errno.EDQUOT: "disk quota exceeded", errno.EROFS: "the file system is read-only"}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a job scheduler ending a job): stopped as Ctrl-C stops a run, so
+    the same clean-up runs (temporary files removed, INCOMPLETE markers kept, the log's last line)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def machine_error(error: BaseException) -> OSError | None:
+    """The :data:`FULL` error ``error`` is or was raised from (torch.save wraps it in a RuntimeError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in FULL:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in the OSError of a writer that does not (PIL and json say only "[Errno 28] No space
+    left on device"; torch.save raises a RuntimeError from it)."""
+    try:
+        yield
+    except Exception as e:
+        cause = e if isinstance(e, OSError) else machine_error(e)
+        if cause is None or cause.filename is not None or cause.errno is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from None
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -81,23 +121,35 @@ def error_message(error: BaseException) -> str:
 def stop_line(error: BaseException) -> str:
     """What a log's last line says about why a run stopped (:func:`utils.logger.log_stop`): an
     interruption, or a user's mistake by its one-line message."""
+    if isinstance(error, Terminated):
+        return "terminated (SIGTERM)"
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (Ctrl-C or SIGINT)"
     return f"error: {error_message(error)}"
+
+
+def full_message(error: OSError) -> str:
+    """A :data:`FULL` error in one line: what ran short, and the file being written."""
+    where = f" writing {error.filename}" if error.filename else ""
+    return f"{FULL[error.errno]}{where} ([Errno {error.errno}]); free space or choose another output folder"
 
 
 def run_main(main: Callable[[], object], prog: str | None = None) -> None:
     """Call ``main()`` (the script's, reading ``sys.argv``) inside the error boundary; never returns."""
     prog = prog or Path(sys.argv[0]).name
     debug = debug_enabled(sys.argv[1:])
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
     except KeyboardInterrupt as e:
         if debug:
             raise
+        _release_frames(e)
         log_stop(stop_line(e))
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        terminated = isinstance(e, Terminated)
+        print(f"{prog}: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        sys.exit(143 if terminated else 130)
     except USER_ERRORS as e:
         if debug:
             traceback.print_exc()
@@ -106,6 +158,12 @@ def run_main(main: Callable[[], object], prog: str | None = None) -> None:
         print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
         _error_exit(2)
     except Exception as e:
+        full = machine_error(e)
+        if full is not None and not debug:
+            _release_frames(e)
+            log_stop(f"error: {full_message(full)}")
+            print(f"{prog}: error: {full_message(full)}", file=sys.stderr)
+            _error_exit(1)
         if debug or not lost_peer(e):
             raise
         print(f"{prog}: error: rank {os.environ.get('RANK', '?')}: another process of this run stopped (its error "
@@ -278,6 +336,9 @@ def check_output_file(output: str | Path, flag: str, inputs: dict[str, str | Pat
             raise UserError(f"{flag} {output} is the input {in_flag}: writing it would destroy the input")
     if not out.parent.is_dir():
         raise UserError(f"{flag} {output}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):  # found before the work, not when writing its result
+        raise UserError(f"{flag} {output} cannot be written: {out.parent} is not writable for this user; choose "
+                        "another folder")
     if out.exists() and not overwrite:
         raise UserError(f"{flag} {output} already exists; pass --overwrite to replace it, or choose another name")
     return out

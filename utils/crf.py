@@ -19,7 +19,7 @@ from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 
 from datasets.video import IMAGE_SUFFIXES, image_header, image_size, open_image
-from utils.cli import UserError
+from utils.cli import UserError, writing
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,8 @@ def refine_frame(job: tuple[Path, Path, Path], params: DenseCRFParams = DenseCRF
                          f"is {image.shape[1]}x{image.shape[0]}")
     labels = dense_crf(image, prob, params)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(labels * 255).save(out_path)
+    with writing(out_path):
+        Image.fromarray(labels * 255).save(out_path)
     return out_path
 
 

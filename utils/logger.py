@@ -53,10 +53,13 @@ def log_stop(line: str) -> None:
             if not isinstance(handler, logging.FileHandler):
                 continue
             path = Path(handler.baseFilename)
-            with open(path, "rb") as f:
-                f.seek(max(0, path.stat().st_size - 4096))
-                if f.read().decode("utf-8", "replace").rstrip().endswith(line.split(": ", 1)[-1]):
-                    continue
+            try:
+                with open(path, "rb") as f:
+                    f.seek(max(0, path.stat().st_size - 4096))
+                    if f.read().decode("utf-8", "replace").rstrip().endswith(line.split(": ", 1)[-1]):
+                        continue
+            except OSError:  # the log (or its folder) was deleted or cannot be read: the line goes to stderr only
+                continue
             handler.emit(logging.LogRecord(name, logging.ERROR, "", 0, f"stopped: {line}", None, None))
 
 

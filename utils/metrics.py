@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from datasets.video import open_image
-from utils.cli import UserError
+from utils.cli import UserError, writing
 
 MOCA_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -326,7 +326,8 @@ def write_json(path: str | Path, value: object) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        tmp.write_text(json.dumps(jsonable(value), indent=2) + "\n")
+        with writing(path):
+            tmp.write_text(json.dumps(jsonable(value), indent=2) + "\n")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from utils.background import BackgroundWorker
+from utils.cli import writing
 from utils.logger import Throughput
 
 # One colour per class id (1-based); the binary task uses the first.
@@ -291,7 +292,8 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -
 def save_label_png(ids: np.ndarray, palette: np.ndarray, path: Path) -> None:
     """Class ids [H, W] → ``path``, a palette PNG (:func:`label_image`), its folder made if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    label_image(ids, palette).save(path)
+    with writing(path):
+        label_image(ids, palette).save(path)
 
 
 def write_label_video(predictions: Iterable[tuple[int, np.ndarray, np.ndarray]], source, output_dir: Path,

@@ -1,0 +1,190 @@
+"""A run stopped from outside (SIGTERM, kill -9) or by the machine (a full disk, a file size limit, its
+folder deleted): one line that says what happened and names the file, no process left behind, no file
+that looks complete but is not. The signals and limits are real: each case runs in a child process."""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python(code: str, *, limit: int | None = None, **kw) -> subprocess.Popen:
+    """``python -c code`` from the repository root; ``limit``: a file size limit in bytes (RLIMIT_FSIZE, with
+    SIGXFSZ ignored, so that a write past it fails with EFBIG as on a full disk)."""
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=limited if limit else None, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return found
+
+
+def wait_for(test, seconds: float = 30) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if test():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ------------------------------------------------------------------------------------ SIGTERM
+def test_sigterm_stops_a_script_as_ctrl_c_does_and_its_log_says_so(tmp_path):
+    """SIGTERM (kill, timeout, a scheduler) ended every script with no message and no line in its log."""
+    code = f"""
+import logging, os, signal, time
+from utils.cli import run_main
+from utils.logger import setup_logger
+def main():
+    setup_logger({str(tmp_path)!r}, name="medvt.sigterm").info("started")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+run_main(main, prog="script.py")
+"""
+    code, _, err = finish(python(code))
+    assert code == 143 and err.strip().splitlines()[-1] == "script.py: terminated (SIGTERM)", err
+    assert (tmp_path / "train.log").read_text().strip().splitlines()[-1].endswith("ERROR stopped: terminated (SIGTERM)")
+
+
+def test_sigterm_to_the_demo_ends_its_running_step(tmp_path):
+    """The demo died at once, and the step it ran (training) went on to the end under PID 1."""
+    child = tmp_path / "child.pid"
+    code = f"""
+from utils import demo
+from utils.cli import run_main
+run_main(lambda: demo.run("-c", ["import os, time; open({str(child)!r}, 'w').write(str(os.getpid())); time.sleep(60)"]))
+"""
+    proc = python(code)
+    assert wait_for(lambda: child.is_file() and child.read_text().strip()), "the step did not start"
+    step = int(child.read_text())
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert code == 143 and "terminated (SIGTERM)" in err
+    assert wait_for(lambda: not alive(step), 10), "the demo's step outlived it"
+
+
+def test_crf_workers_end_with_a_killed_parent(tmp_path):
+    """crf_davis16.py --workers 2 killed with kill -9: its workers stayed, blocked, for good."""
+    logits, images = tmp_path / "logits" / "seq", tmp_path / "images" / "seq"
+    logits.mkdir(parents=True)
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        Image.fromarray(rng.integers(0, 255, (120, 160), dtype=np.uint8)).save(logits / f"{i:05d}.png")
+        Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(images / f"{i:05d}.jpg")
+    proc = subprocess.Popen([sys.executable, "crf_davis16.py", str(tmp_path / "logits"), str(tmp_path / "out"),
+                             "--images_dir", str(tmp_path / "images"), "--workers", "2"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(children(proc.pid)) >= 2, 60), "the workers did not start"
+        workers = children(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert wait_for(lambda: not any(alive(w) for w in workers), 15), "workers outlived their parent"
+
+
+# ------------------------------------------------------------------ a full disk, a size limit
+WRITERS = {
+    "png": ("from avos.inference import save_png; import numpy as np; "
+            "save_png(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8), OUT / 'a.png')",
+            "a.png"),
+    "label_png": ("from utils.visualize import save_label_png; import numpy as np; "
+                  "save_label_png(np.random.default_rng(0).integers(0, 9, (300, 300)), "
+                  "np.random.default_rng(1).integers(0, 255, (256, 3), dtype=np.uint8), OUT / 'l.png')", "l.png"),
+    "json": ("from utils.metrics import write_json; write_json(OUT / 'r.json', list(range(20000)))", "r.json"),
+    "checkpoint": ("import torch; from utils.checkpoint import save_checkpoint; "
+                   "save_checkpoint({'model': {'w': torch.zeros(100000)}}, OUT / 'checkpoint_last.pth')",
+                   "checkpoint_last.pth"),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_a_write_past_a_size_limit_is_one_line_naming_the_file(writer, tmp_path):
+    """A full disk or a file size limit: a traceback (from torch.save two, chained) that named no file;
+    OpenCV's imwrite even reported success for a PNG cut short, and the run ended well."""
+    write, name = WRITERS[writer]
+    code = f"from pathlib import Path\nfrom utils.cli import run_main\nOUT = Path({str(tmp_path)!r})\n" \
+           f"def main():\n    {write}\nrun_main(main, prog='w')"
+    code, _, err = finish(python(code, limit=4096))
+    assert code == 1 and err.strip() == f"w: error: file too large (a file size limit?) writing {tmp_path / name} " \
+                                        "([Errno 27]); free space or choose another output folder", err
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+# ------------------------------------------------------------------ the folders of a run
+def test_a_run_folder_deleted_mid_run_stops_the_run(tmp_path):
+    """save_checkpoint made the deleted folder again, and the run ended well with its log and best gone."""
+    from models import build_model
+    from utils.checkpoint import save_training
+    from utils.cli import UserError
+    from utils.distributed import DistInfo
+    from utils.optim import PolyLR
+
+    model = build_model("tiny")
+    optimizer = torch.optim.AdamW(model.parameters())
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    with pytest.raises(UserError, match=r"--output_dir .*gone disappeared during the run \(deleted or moved\?\): "
+                                        r"stopped at the end of epoch 3 without saving it"):
+        save_training(tmp_path / "gone", False, info, None, model.cfg, model, optimizer,
+                      PolyLR(optimizer, max_steps=2), None, 3, {"miou": -1.0, "epoch": -1})
+    assert not (tmp_path / "gone").exists()
+
+
+def test_the_stop_line_of_a_deleted_log_does_not_hide_the_error(tmp_path):
+    """log_stop read the log it appends to: with it deleted, the error boundary raised FileNotFoundError."""
+    import shutil
+
+    from utils.logger import log_stop, setup_logger
+
+    setup_logger(tmp_path / "run", name="medvt.deleted").info("started")
+    shutil.rmtree(tmp_path / "run")
+    log_stop("interrupted (Ctrl-C or SIGINT)")
+
+
+def test_an_output_file_in_a_folder_this_user_cannot_write_is_refused_first(tmp_path, monkeypatch):
+    """export_onnx.py --output there failed after the whole export, naming its temporary folder. (As root
+    every folder is writable, so the permission test is made to say no.)"""
+    from utils.cli import UserError, check_output_file
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(UserError, match=rf"^--output {tmp_path / 'm.onnx'} cannot be written: {tmp_path} is not "
+                                        "writable for this user; choose another folder$"):
+        check_output_file(tmp_path / "m.onnx", "--output", {})
