@@ -40,6 +40,7 @@ from models.config import VARIANTS
 from models.onnx_export import InputSizeError, runtime_record
 from models.predictor import scaled_hw
 from models.registry import model_state_dict
+from models.tasks import TASKS
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, positive_float, positive_int, check_overlay_fps,
                        refuse_unused, run_main)
@@ -250,7 +251,7 @@ def load_onnx_model(args: argparse.Namespace):
     """--onnx_path, refused when it records another task than AVOS (a file exported before tasks were
     recorded meets the checks that follow: clip length, weights)."""
     model = inf.load_onnx(args.onnx_path)
-    model.check_task("avos", "inference_swin_medvt_avos.py")
+    model.check_task("avos", TASKS["avos"].infer)
     return model
 
 

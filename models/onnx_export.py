@@ -374,9 +374,9 @@ class OnnxModel(nn.Module):
         if self.task is not None and self.task != task:
             own = (f"run it with {tasks.TASKS[self.task].infer}" if self.task in RUNS_ONNX else
                    "no script here runs it: it is for ONNX Runtime in your own code (README, ONNX export)")
-            article = "an" if task[0] in "aeio" else "a"
             raise UserError(f"{self.named} is {self.what()}, but {script} runs {task.upper()} exports; {own}, "
-                            f"or give a file exported from {article} {task.upper()} checkpoint with export_onnx.py")
+                            f"or give a file exported from {tasks.article(task)} {task.upper()} checkpoint with "
+                            "export_onnx.py")
 
     def record(self) -> dict:
         """What the file records, for a run's summary: the settings that ran, whatever the flags said."""

@@ -191,8 +191,8 @@ def test_where_the_best_of_a_copy_is_said_in_each_case(tmp_path, caplog):
 def test_resume_of_another_tasks_checkpoint_says_so(davis, full_run, tmp_path):  # noqa: F811
     """A VSS run (tiny, --num_classes 5) given to the AVOS trainer, which has no --num_classes flag."""
     vss = tmp_path / "vss_run.pth"
-    save_checkpoint({**read_checkpoint(full_run / "checkpoint_last.pth"),
-                     "config": get_config("tiny").replace(num_classes=5).to_dict()}, vss)
+    ckpt = {k: v for k, v in read_checkpoint(full_run / "checkpoint_last.pth").items() if k != "task"}  # as before
+    save_checkpoint({**ckpt, "config": get_config("tiny").replace(num_classes=5).to_dict()}, vss)  # tasks were kept
     out = tmp_path / "out"
     with pytest.raises(CheckpointMismatchError, match=rf"--resume {vss} is a checkpoint of another task: its model "
                                                       r"has 5 classes, this script's model has 1\. Resume it with "
@@ -225,6 +225,13 @@ def test_another_class_count_names_num_classes_where_the_script_has_it(tmp_path)
         read_resume_checkpoint(path, argparse.Namespace(lr=1e-3, num_classes=3), cfg)
     with pytest.raises(CheckpointMismatchError, match=r"another model config: lprop_key_dim 8 \(the run used 32\)"):
         read_resume_checkpoint(path, argparse.Namespace(lr=1e-3), get_config("tiny").replace(lprop_key_dim=8))
+    # a file known to be of this task (recorded, or by the trainer's data flag): no talk of another task
+    a2d_run = save_checkpoint({**read_checkpoint(path), "config": get_config("tiny").replace(num_classes=5).to_dict(),
+                               "task": "a2d"}, tmp_path / "a2d.pth")
+    with pytest.raises(CheckpointMismatchError, match=rf"^--resume {a2d_run} is a run of this task with 5 classes, "
+                                                      r"this script's model has 80: pass --num_classes 5$"):
+        read_resume_checkpoint(a2d_run, argparse.Namespace(lr=1e-3, num_classes=None),
+                               get_config("tiny").replace(num_classes=80), task="a2d")
 
 
 # ---------------------------------------------------------------- 5: another --num_workers

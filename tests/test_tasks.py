@@ -29,9 +29,22 @@ def _config(name: str = "tiny", **changes) -> dict:
     ({"config": _config(num_classes=5)}, OTHER),
     ({"config": {**_config(), "num_classes": "5"}}, None),  # damaged: refused where the config is read
     ({"config": _config(num_classes=80), "task": "vss"}, "vss"),  # what the file records wins
+    ({"config": _config(num_classes=124), "args": argparse.Namespace(a2d_root="a")}, "a2d"),  # the trainer's data
+    ({"config": _config(num_classes=80), "args": argparse.Namespace(vspw_root="v")}, "vss"),
+    ({"config": _config(num_classes=5), "args": argparse.Namespace(davis16_root="d")}, "avos"),
 ])
 def test_checkpoint_task(ckpt, task):
     assert checkpoint_task(ckpt) == task
+
+
+@pytest.mark.parametrize("ckpt, says", [
+    ({"task": "avs", "config": _config()}, "records the task avs, but holds a model of 1 class"),
+    ({"task": "vss", "config": _config("avs_tiny")}, "records the task vss, but holds an AVS model of 1 class"),
+    ({"task": "avos", "config": _config(num_classes=3)}, "records the task avos, but holds a model of 3 classes")])
+def test_a_recorded_task_its_model_contradicts_is_refused(ckpt, says):
+    with pytest.raises(UserError, match=rf"^f\.pth {says} \(a damaged file\?\)$"):
+        checkpoint_task(ckpt, "f.pth")
+    checkpoint_task({"task": "a2d", "config": _config(num_classes=1)})  # an A2D run may have one class
 
 
 @pytest.mark.parametrize("recorded", ["segmentation", 3, ["avos"]])
@@ -52,14 +65,31 @@ def test_check_task_names_what_the_file_holds_and_the_script_for_it():
                                         r"actor_action/train_medvt_a2d\.py$"):  # a trainer names the trainer
         check_task(a2d, "avos", "--resume a.pth", TASKS["avos"].train)
     other = {"config": _config(num_classes=5)}
-    with pytest.raises(UserError, match=r"holds a 5-class model of no known task, .*pass --num_classes 5$"):
+    with pytest.raises(UserError, match=r"holds a 5-class model of no known task, .*if it is an A2D model, pass "
+                                        r"--num_classes 5$"):
         check_task(other, "a2d", "--model_path o.pth", TASKS["a2d"].infer, classes_given=False)
     check_task(other, "a2d", "--model_path o.pth", TASKS["a2d"].infer, classes_given=True)  # taken as A2D's
     with pytest.raises(UserError, match=r"no known task, .*; give an AVOS checkpoint$"):  # AVOS: no such flag
         check_task(other, "avos", "--model_path o.pth", TASKS["avos"].infer)
     for task in TASKS:  # its own task, or an authors' file that records nothing, passes
-        check_task({"config": {}, "task": task}, task, "f", TASKS[task].infer)
+        check_task({"task": task}, task, "f", TASKS[task].infer)
         check_task({"model": {}}, task, "f", TASKS[task].infer)
+    with pytest.raises(UserError, match=r"^f holds a VSS model, but"):  # no count to give: none said
+        check_task({"task": "vss"}, "a2d", "f", TASKS["a2d"].infer)
+
+
+def test_an_authors_file_is_read_by_the_config_its_arguments_make(tmp_path):
+    """VSS inference refused an authors' A2D release (no config; its saved arguments say 80 classes) by the
+    config it resolved; read by the file alone, it has no task, and passed."""
+    from models.registry import resolve_config
+    from vss.config import vss_config
+
+    authors = {"model": {}, "args": argparse.Namespace(num_classes=80, lprop_mode=0)}
+    resolved, _ = resolve_config(authors, vss_config("medvt_swinb_vss", None))
+    with pytest.raises(UserError, match=r"^--model_path a\.pth holds an A2D model \(80 classes\), but "
+                                        r"vss/inference_medvt_vss\.py is for VSS models"):
+        check_task(authors, "vss", "--model_path a.pth", TASKS["vss"].infer, False, resolved)
+    check_task(authors, "vss", "--model_path a.pth", TASKS["vss"].infer, False)  # without it: no task known
 
 
 def _save(path, task: str | None = None, **changes):
@@ -90,6 +120,10 @@ def test_every_inference_entry_refuses_another_tasks_checkpoint_before_building_
         load_a2d_model(argparse.Namespace(model_path=vss, num_classes=80), CPU)  # --num_classes does not hide it
     with pytest.raises(UserError, match=r"a2d\.pth holds an A2D model .*run it with actor_action/inference_medvt_a2d"):
         build_from_args(argparse.Namespace(model_path=a2d, num_classes=80, model="tiny"), CPU)
+    authors = tmp_path / "authors_a2d.pth"  # no config; its saved arguments make --model's preset A2D's
+    torch.save({"model": {}, "args": argparse.Namespace(num_classes=80, lprop_mode=0)}, authors)
+    with pytest.raises(UserError, match=r"authors_a2d\.pth holds an A2D model \(80 classes\)"):
+        build_from_args(argparse.Namespace(model_path=authors, num_classes=None, model="medvt_swinb_vss"), CPU)
     with pytest.raises(UserError, match=r"avos\.pth holds an AVOS model .*avs/test_medvt\.py is for AVS models"):
         load_avs_model(argparse.Namespace(model_path=avos), CPU)
     with pytest.raises(UserError, match=r"^--model_path x holds a VSS model .*run it with vss/inference_medvt_vss"):

@@ -39,7 +39,7 @@ import torch
 
 from models.config import MedVTConfig
 from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict, read_checkpoint
-from models.tasks import TASKS, check_task
+from models.tasks import TASKS, check_task, checkpoint_task
 from utils import distributed as du
 from utils.cli import UserError, check_output_dir, positive_int, writing
 from utils.logger import DeferredLog, log_run_start, setup_logger
@@ -403,8 +403,8 @@ def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, 
 def close_epoch(out_dir: str | os.PathLike, info: du.DistInfo, args, cfg, model, optimizer, scheduler, scaler, writer,
                 epoch: int, is_best: bool, best: dict, history: list[dict], *, task: str | None = None
                 ) -> dict[str, str]:
-    """The end of a training epoch, the same in every task (a trainer binds the run's parts with
-    ``functools.partial`` for :func:`utils.engine.run_epochs`): :func:`save_training` with the run's
+    """The end of a training epoch, the same in every task (:meth:`utils.training.TrainingRun.fit` binds
+    the run's parts for :func:`utils.engine.run_epochs`): :func:`save_training` with the run's
     ``history`` and ``task`` (every process's RNG; rank 0 writes), then rank 0 rewrites ``history.json`` and gives
     the epoch's numbers (``history[-1]``) to ``writer`` (:func:`tensorboard_writer`), and every process
     waits for it. A process killed after the checkpoints but before ``history.json`` leaves it an
@@ -459,18 +459,21 @@ def read_resume_checkpoint(path: str | os.PathLike, args: argparse.Namespace, cf
     if task is not None:
         classes_given = (args.num_classes is not None) if hasattr(args, "num_classes") else None
         check_task(ckpt, task, f"--resume {path}", TASKS[task].train, classes_given)
-    _check_training_checkpoint(path, ckpt, cfg, read_config, init_flags, classes_flag=hasattr(args, "num_classes"))
+    _check_training_checkpoint(path, ckpt, cfg, read_config, init_flags, classes_flag=hasattr(args, "num_classes"),
+                               same_task=task is not None and checkpoint_task(ckpt) == task)
     if check is not None:
         check(ckpt)
     check_resume_args(path, ckpt.get("args"), args, free, added)
     return ckpt
 
 
-def _check_training_checkpoint(path, ckpt: dict, cfg, read_config, init_flags: str, classes_flag: bool = False) -> None:
+def _check_training_checkpoint(path, ckpt: dict, cfg, read_config, init_flags: str, classes_flag: bool = False,
+                               same_task: bool = False) -> None:
     """Refuse a checkpoint of another model config, then one that is not a training checkpoint
-    (``classes_flag``: the script has a --num_classes flag), then one whose entries are damaged."""
+    (``classes_flag``: the script has a --num_classes flag; ``same_task``: the file is known to be of the
+    script's task), then one whose entries are damaged."""
     if isinstance(ckpt.get("config"), dict):
-        _check_config(path, ckpt["config"], cfg, read_config or MedVTConfig.from_dict, classes_flag)
+        _check_config(path, ckpt["config"], cfg, read_config or MedVTConfig.from_dict, classes_flag, same_task)
     missing = [k for k in TRAINING_KEYS if k not in ckpt]
     if missing:
         how = f"use {init_flags}" if init_flags else "use the script's initialisation flags"
@@ -594,10 +597,12 @@ def restore_own_rng(rng, info: du.DistInfo, logger, reseed: int) -> None:
         seed_everything(reseed)
 
 
-def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object], classes_flag: bool = False) -> None:
+def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object], classes_flag: bool = False,
+                  same_task: bool = False) -> None:
     """Refuse a checkpoint whose recorded model config differs from ``cfg`` (the model the flags build);
     one with another class count as a checkpoint of another task (``classes_flag``: the script has a
-    --num_classes flag, which a run of its own task may have set otherwise)."""
+    --num_classes flag, which a run of its own task may have set otherwise), or, when it is known to be
+    of this task (``same_task``), as a run with another --num_classes."""
     try:
         then = read_config(saved)
     except CheckpointMismatchError:
@@ -608,6 +613,10 @@ def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object],
         raise CheckpointMismatchError(f"{path}: its model config cannot be read ({e})") from None
     if then != cfg:
         a, b = then.to_dict(), cfg.to_dict()
+        if same_task and classes_flag and a.get("num_classes") != b.get("num_classes"):
+            raise CheckpointMismatchError(f"--resume {path} is a run of this task with {a['num_classes']} classes, "
+                                          f"this script's model has {b['num_classes']}: pass --num_classes "
+                                          f"{a['num_classes']}")
         if "num_classes" in a and "num_classes" in b and a["num_classes"] != b["num_classes"]:
             # Another class count is another task's model (AVOS 1, VSS K, A2D 80): asking for "the same model
             # flags" would send an AVOS user looking for a --num_classes flag that does not exist.

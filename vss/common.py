@@ -199,11 +199,14 @@ def build_from_args(args: argparse.Namespace, device: torch.device) -> tuple[tor
     """The model of --model_path (its recorded config, else --model / --num_classes), or with
     --random_weights a fresh one; and the clip length to run it on (:func:`clip_length`)."""
     if args.model_path:
-        # another task's file (e.g. A2D's 80 classes) is refused before its class ids are read as VSPW's
-        ckpt = read_checkpoint(args.model_path)
-        check_task(ckpt, "vss", f"--model_path {args.model_path}", TASKS["vss"].infer, args.num_classes is not None)
-        loaded = load_model(args.model_path, preset=vss_config(args.model, args.num_classes), device=device,
-                            checkpoint=ckpt, num_classes=args.num_classes)
+        # another task's file (e.g. A2D's 80 classes) is refused before its class ids are read as VSPW's; an
+        # authors' file (no config) by the config its saved arguments make of --model
+        ckpt, preset, source = read_checkpoint(args.model_path), vss_config(args.model, args.num_classes), \
+            f"--model_path {args.model_path}"
+        resolved, _ = resolve_config(ckpt, preset, source=source, num_classes=args.num_classes)
+        check_task(ckpt, "vss", source, TASKS["vss"].infer, args.num_classes is not None, resolved)
+        loaded = load_model(args.model_path, preset=preset, device=device, checkpoint=ckpt,
+                            num_classes=args.num_classes)
         if is_main_process():
             print(f"loaded {args.model_path}: config from {loaded.reason}")
         return loaded.model, clip_length(args.clip_len, loaded.checkpoint)
