@@ -188,3 +188,24 @@ def test_an_output_file_in_a_folder_this_user_cannot_write_is_refused_first(tmp_
     with pytest.raises(UserError, match=rf"^--output {tmp_path / 'm.onnx'} cannot be written: {tmp_path} is not "
                                         "writable for this user; choose another folder$"):
         check_output_file(tmp_path / "m.onnx", "--output", {})
+
+
+def test_a_stopped_trainer_says_how_to_continue(tmp_path):
+    """Every trainer: Ctrl-C or SIGTERM ends with how to continue (its output folder's last epoch)."""
+    code = """
+import os, signal, sys
+sys.argv = ["train_swin_medvt_avos.py", "--help"]
+import train_swin_medvt_avos as t
+t.main = lambda: os.kill(os.getpid(), signal.SIGINT)
+t.run_main(t.main, resume=t.RESUME_HINT)
+"""
+    code, _, err = finish(python(code))
+    assert code == 130 and err.strip().splitlines()[-1] == \
+        "train_swin_medvt_avos.py: interrupted; to continue, run the same command with --resume auto", err
+    import train_swin_medvt_avos
+    from actor_action import train_medvt_a2d
+    from avs import train_medvt
+    from vss import train_medvt_vss
+
+    for module in (train_swin_medvt_avos, train_medvt_vss, train_medvt_a2d, train_medvt):
+        assert "run_main(main, resume=RESUME_HINT)" in Path(module.__file__).read_text()

@@ -134,12 +134,22 @@ def full_message(error: OSError) -> str:
     return f"{FULL[error.errno]}{where} ([Errno {error.errno}]); free space or choose another output folder"
 
 
-def run_main(main: Callable[[], object], prog: str | None = None) -> None:
-    """Call ``main()`` (the script's, reading ``sys.argv``) inside the error boundary; never returns."""
+def run_main(main: Callable[[], object], prog: str | None = None, resume: str | None = None) -> None:
+    """Call ``main()`` (the script's, reading ``sys.argv``) inside the error boundary; never returns.
+    ``resume``: how a stopped run continues (the trainers: the same command with --resume auto), said
+    after an interruption. SIGTERM is handled as Ctrl-C (:class:`Terminated`) while ``main`` runs."""
     prog = prog or Path(sys.argv[0]).name
     debug = debug_enabled(sys.argv[1:])
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+    own = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if own else None
+    try:
+        _boundary(main, prog, debug, resume)
+    finally:  # back as it was (a test calling this in-process keeps its own handling)
+        if own:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _boundary(main: Callable[[], object], prog: str, debug: bool, resume: str | None) -> None:
     try:
         main()
     except KeyboardInterrupt as e:
@@ -148,7 +158,8 @@ def run_main(main: Callable[[], object], prog: str | None = None) -> None:
         _release_frames(e)
         log_stop(stop_line(e))
         terminated = isinstance(e, Terminated)
-        print(f"{prog}: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        how = f"; {resume}" if resume else ""
+        print(f"{prog}: {'terminated (SIGTERM)' if terminated else 'interrupted'}{how}", file=sys.stderr)
         sys.exit(143 if terminated else 130)
     except USER_ERRORS as e:
         if debug:

@@ -31,6 +31,10 @@ from utils.engine import run_epochs
 from utils.logger import DeferredLog
 
 
+# What a trainer says when it is stopped (utils.cli.run_main): a run continues from its last epoch.
+RESUME_HINT = "to continue, run the same command with --resume auto"
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """What a trainer's run is, besides its flags."""
