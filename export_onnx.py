@@ -75,7 +75,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
         model = build_loaded(ckpt, cfg, str(args.model_path))
         print(f"model: config from {reason}")
         return model.eval(), ckpt
-    from avos import inference as inf  # an AVOS checkpoint: the inference script's model choice
+    from avos import model as inf  # an AVOS checkpoint: the inference script's model choice
 
     info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, source=f"--model_path {args.model_path}")
     print(f"model: {info.config_name} ({info.reason})")

@@ -14,7 +14,7 @@ Examples (the original README's settings)::
 Under torchrun each process (one per GPU) predicts every N-th sequence of a dataset and writes its files;
 rank 0 then scores them all, as one process would, and writes the logs and results.
 
-The protocol, output files and metrics are described in :mod:`avos.inference`.
+The protocol is described in :mod:`avos.protocol`, the output files and metrics in :mod:`avos.inference`.
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from avos import inference as inf
+from avos import model as avos_model
+from avos import protocol as avos_protocol
 from datasets import path_config
 from datasets.davis16 import davis16_sequences
 from datasets.moca import moca_sequences
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_overlay_fps(parser, args, argv, datasets_too=True)
     one_process_only("--video" if args.video else "--runtime onnx" if args.runtime == "onnx" else None,
                      "a dataset's sequences")
-    datasets = [] if args.video else (list(inf.DATASETS) if args.dataset == "all" else [args.dataset])
+    datasets = [] if args.video else (list(avos_protocol.DATASETS) if args.dataset == "all" else [args.dataset])
     if args.video is not None:  # before the checkpoint is read
         require_video(args.video)
     # The output folder is checked before anything is read, so a mistake there costs nothing.
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     onnx_model = load_onnx_model(args) if args.runtime == "onnx" else None
     info = model_info(args, ckpt, onnx_model)
     tasks = datasets or ["video"]
-    protocols = {ds: inf.make_protocol(ds, info.config, info.version,
+    protocols = {ds: avos_protocol.make_protocol(ds, info.config, info.version,
                                        None if args.dataset == "all" else args.val_size, args.msc, args.flip)
                  for ds in tasks}
     # A video is read through once now, so a file that cannot be decoded stops before any output exists.
@@ -250,18 +252,18 @@ def check_input_sizes(model, frames_hw: dict[str, tuple[int, int]], protocol, ar
 def load_onnx_model(args: argparse.Namespace):
     """--onnx_path, refused when it records another task than AVOS (a file exported before tasks were
     recorded meets the checks that follow: clip length, weights)."""
-    model = inf.load_onnx(args.onnx_path)
+    model = avos_model.load_onnx(args.onnx_path)
     model.check_task("avos", TASKS["avos"].infer)
     return model
 
 
-def model_info(args: argparse.Namespace, ckpt: dict, onnx_model) -> inf.ModelInfo:
+def model_info(args: argparse.Namespace, ckpt: dict, onnx_model) -> avos_model.ModelInfo:
     """The model that runs, and why: the checkpoint's with --model_version / --lprop_scale, or with
     --runtime onnx the forward and lprop_scale the file was exported with, which its graph holds (the
     flags cannot change them: one that differs is refused). A file exported before these were recorded
     is described by the flags, as before."""
     source = f"--model_path {args.model_path}"
-    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, args.lprop_scale, source)
+    info = avos_model.resolve_model_config(ckpt, args.model_version, args.backbone, args.lprop_scale, source)
     if onnx_model is None or onnx_model.variant is None:
         return info
     variant, scale = onnx_model.variant, onnx_model.lprop_scale
@@ -274,7 +276,7 @@ def model_info(args: argparse.Namespace, ckpt: dict, onnx_model) -> inf.ModelInf
                         "which its graph holds; leave out --lprop_scale, or run the checkpoint with --runtime torch")
     if (info.version, info.config.lprop_scale) == (variant, scale):
         return info
-    ran = inf.resolve_model_config(ckpt, variant, args.backbone, scale, source)
+    ran = avos_model.resolve_model_config(ckpt, variant, args.backbone, scale, source)
     return dataclasses.replace(ran, reason=f"{info.reason}; the ONNX file's forward {variant} and lprop_scale "
                                            f"{scale}, recorded at export")
 
@@ -288,9 +290,9 @@ def inference_model(args: argparse.Namespace, ckpt: dict, info, protocols: dict,
         model.check_weights(model_state_dict(ckpt, info.config, str(args.model_path)), args.model_path)
         return model
     try:
-        return inf.build_from_checkpoint(ckpt, info, str(args.model_path), device)
+        return avos_model.build_from_checkpoint(ckpt, info, str(args.model_path), device)
     except Exception:
-        inf.log_model_choice(info)  # the model that was tried explains a key mismatch
+        avos_model.log_model_choice(info)  # the model that was tried explains a key mismatch
         raise
 
 
@@ -303,14 +305,14 @@ def run_tasks(args: argparse.Namespace, argv: list[str] | None, model, info, pro
         # with the video's name, as in VSS: infer_video_<name>_473ssclpp_mode..._<unix time>
         label = "all" if len(tasks) > 1 else f"video_{video.name}_" if video else tasks[0]
         size = protocols[tasks[0]].val_size
-        out_dir = default_run_folder(inf.run_name(label, size, args.msc, info.config), args.model_path,
+        out_dir = default_run_folder(avos_protocol.run_name(label, size, args.msc, info.config), args.model_path,
                                      input_paths(args, datasets), args.overwrite)
     # Until the run ends well, a marker says the outputs are partial (an error or Ctrl-C leaves it in place).
     with shared_run_folder(out_dir, log="out.log"), \
             inf.log_file(out_dir / "out.log") if proc.is_main else nullcontext():
         log = inf.logger
         log.info("command: python %s %s", Path(__file__).name, " ".join(sys.argv[1:] if argv is None else argv))
-        inf.log_model_choice(info)
+        avos_model.log_model_choice(info)
         if args.runtime == "onnx":
             log.info("runtime: ONNX Runtime (CPU) with %s (%s, %s)", args.onnx_path, model.what(), model.describe())
             if model.variant is None:
@@ -332,7 +334,8 @@ def run_tasks(args: argparse.Namespace, argv: list[str] | None, model, info, pro
                          **runtime_record(args.runtime, model)}
         for task in tasks:
             protocol = protocols[task]
-            sub = out_dir / inf.run_name(task, protocol.val_size, args.msc, info.config) if len(tasks) > 1 else out_dir
+            sub = (out_dir / avos_protocol.run_name(task, protocol.val_size, args.msc, info.config) if len(tasks) > 1
+                   else out_dir)
             opts = inf.RunOptions(sub, args.num_frames, args.save_overlay, args.overlay_format, args.fps,
                                   AMP_DTYPES[args.amp], args.window, args.batch_clips)
             run = {"davis": inf.run_davis, "ytbo": inf.run_youtube_objects, "moca": inf.run_moca}.get(task)

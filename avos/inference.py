@@ -4,22 +4,11 @@ One run = one model + one dataset (DAVIS-16 val, YouTube-Objects, MoCA) or one u
 Frames stream through :class:`models.predictor.VideoPredictor` (``--window centre``: every frame the
 centre of its own wrap-around clip, as the original; ``chunk``: one forward per clip, every frame
 kept; scales averaged, flip merged), read a few frames ahead in a background thread and written in
-another as predictions arrive, so memory does not grow with a video's length. This module picks
-the per-dataset protocol, writes the files and computes the metrics:
+another as predictions arrive, so memory does not grow with a video's length. This module writes
+the files and computes the metrics.
 
-========  =========  ==================================  ============  ===========
-dataset   val size   scales with ``--msc``               flip merge    foreground
-========  =========  ==================================  ============  ===========
-davis     473        0.75 0.8 0.9 1 1.1 1.2 1.3          mean          p > 0.5
-ytbo      360        0.95 1 1.05 1.1 1.15                max           p ≥ 0.5
-moca      473        CVPR'23: none; 2024: 0.9 … 1.1      max           p > 0.5
-video     473        as davis                            mean          p > 0.5
-========  =========  ==================================  ============  ===========
-
-ResNet-101 on DAVIS uses 0.75 0.8 0.9 1 1.1 1.15 and, with ``--msc``, caps the longer input side
-at 1.65·val_size instead of 1.8·val_size (the original's ``davis_msc_scales`` and
-``davis_input_max_sc``). Logits are resized to the output size (DAVIS and YouTube-Objects: the
-ground-truth size; MoCA: the resized input size; a video: its frame size) before the sigmoid.
+The per-dataset settings (size, scales, flip merge, foreground) are :mod:`avos.protocol`'s; the model a
+checkpoint needs is :mod:`avos.model`'s.
 
 Outputs under the run folder:
 
@@ -42,7 +31,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -50,15 +39,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from avos.protocol import Protocol
 from datasets.stream import ImageFiles, Prefetch, cut_short_warning, open_video
 from datasets.transforms import test_size
 from datasets.video import VideoSequence, image_size
 from datasets.youtube_objects import MASK_THRESHOLD
-from models import MedVTConfig, get_config, infer_model_version
-from models.config import VARIANTS
 from models.predictor import VideoPredictor, Window
-from models.registry import build_loaded
-from models.tasks import TASKS, check_task
 from utils import metrics
 from utils.background import BackgroundWorker
 from utils.cli import UserError, stop_line, writing
@@ -67,141 +53,6 @@ from utils.logger import Throughput, log_stop
 from utils.visualize import VideoWriter, overlay
 
 logger = logging.getLogger("medvt.inference")
-
-DATASETS = ("davis", "ytbo", "moca")
-
-
-# ------------------------------------------------------------------------------------- protocol
-@dataclass(frozen=True)
-class Protocol:
-    """How one dataset is evaluated (spec avos §6.1)."""
-
-    dataset: str
-    val_size: int
-    scales: tuple[float, ...]
-    flip: bool
-    flip_merge: str  # "mean" | "max"
-    inclusive: bool  # foreground is p ≥ 0.5 (YouTube-Objects) instead of p > 0.5
-    max_ratio: float = 1.8
-    notes: tuple[str, ...] = field(default=())
-
-    def binarize(self, prob: np.ndarray) -> np.ndarray:
-        """[H, W] probability → bool foreground."""
-        return prob >= 0.5 if self.inclusive else prob > 0.5
-
-    def describe(self) -> str:
-        return (f"{self.dataset}: val_size {self.val_size} (longer side ≤ {self.max_ratio}·size), "
-                f"scales {list(self.scales)}, flip {'on (' + self.flip_merge + ')' if self.flip else 'off'}, "
-                f"foreground p {'≥' if self.inclusive else '>'} 0.5")
-
-
-DEFAULT_VAL_SIZE = {"davis": 473, "ytbo": 360, "moca": 473, "video": 473}
-MSC_SCALES = {
-    "davis": (0.75, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3),
-    "ytbo": (0.95, 1.0, 1.05, 1.1, 1.15),
-    "moca": (0.9, 0.95, 1.0, 1.05, 1.1),  # HEAD only; 555a462 forces msc off on MoCA
-    "video": (0.75, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3),
-}
-RESNET_DAVIS_SCALES = (0.75, 0.8, 0.9, 1.0, 1.1, 1.15)
-RESNET_DAVIS_MAX_RATIO = 1.65
-
-
-def make_protocol(dataset: str, cfg: MedVTConfig, version: str, val_size: int | None = None,
-                  msc: bool = False, flip: bool = False) -> Protocol:
-    """The original's settings for ``dataset`` ("davis", "ytbo", "moca" or "video")."""
-    size = DEFAULT_VAL_SIZE[dataset] if val_size is None else val_size
-    notes = []
-    scales: tuple[float, ...] = (1.0,)
-    max_ratio = 1.8
-    if msc:
-        if dataset == "moca" and version == "cvpr23":
-            notes.append("--msc ignored on MoCA: the CVPR'23 code forces single scale there "
-                         "(the 2024 code uses 0.9…1.1)")
-        elif dataset in ("davis", "video") and cfg.backbone == "resnet101":
-            scales, max_ratio = RESNET_DAVIS_SCALES, RESNET_DAVIS_MAX_RATIO
-        else:
-            scales = MSC_SCALES[dataset]
-    merge = "max" if dataset in ("ytbo", "moca") else "mean"
-    return Protocol(dataset, size, scales, flip, merge, inclusive=dataset == "ytbo", max_ratio=max_ratio,
-                    notes=tuple(notes))
-
-
-def run_name(dataset: str, val_size: int, msc: bool, cfg: MedVTConfig) -> str:
-    """The original's output folder name, without its unix-time suffix."""
-    return f"infer_{dataset}{val_size}{'msc' if msc else 'ssc'}lpp_mode{cfg.lprop_mode}_sc{cfg.lprop_scale:.2f}"
-
-
-# ------------------------------------------------------------------------------------- model
-@dataclass
-class ModelInfo:
-    config_name: str
-    version: str  # the forward: a variant name, "cvpr23" | "2024train" | "2024" (models.config.MedVTConfig)
-    reason: str
-    config: MedVTConfig
-
-
-def resolve_model_config(ckpt: dict, model_version: str = "auto", backbone: str = "swinB",
-                         lprop_scale: float | None = None, source: str = "the checkpoint") -> ModelInfo:
-    """Which model a checkpoint needs, and why.
-
-    Our checkpoints carry ``config`` (``MedVTConfig.to_dict()``) and are rebuilt from it. The
-    authors' files are Swin-B or ResNet-101 by ``backbone``; for Swin-B, ``model_version``
-    "auto" reads the saved training arguments (:func:`models.convert.infer_model_version`).
-    An explicit variant (:data:`models.config.VARIANTS`: ``cvpr23``, ``2024train``, ``2024``)
-    always wins (Swin only: it selects the forward). ``source`` names the file in errors.
-    """
-    if model_version not in ("auto", *VARIANTS):
-        raise UserError(f"--model_version must be auto, {', '.join(VARIANTS)}, not {model_version!r}")
-    if backbone not in ("swinB", "resnet101"):
-        raise UserError(f"--backbone must be swinB or resnet101, not {backbone!r}")
-    check_task(ckpt, "avos", source, TASKS["avos"].infer)
-    if isinstance(ckpt.get("config"), dict):
-        try:
-            cfg = MedVTConfig.from_dict(ckpt["config"])
-        except UserError as e:
-            raise UserError(f"{source}: {e}") from None
-        name, reason = "checkpoint config", "the checkpoint records its model config"
-        if model_version != "auto" and cfg.backbone == "swin" and model_version != cfg.variant:
-            cfg = cfg.replace(variant=model_version)
-            reason += f"; --model_version {model_version} sets the forward"
-        version = cfg.variant
-    elif backbone == "resnet101":
-        if model_version not in ("auto", "cvpr23"):
-            raise UserError(f"--model_version {model_version} exists only for the Swin-B model (--backbone swinB)")
-        name, version, reason = "medvt_r101_avos", "cvpr23", "--backbone resnet101 (the CVPR'23 ResNet-101 model)"
-        cfg = get_config(name)
-    else:
-        if model_version == "auto":
-            version, why = infer_model_version(ckpt)
-            reason = f"--model_version auto: {why}"
-        else:
-            version, reason = model_version, f"--model_version {model_version}"
-        name = "medvt_swinb_avos" if version == "cvpr23" else f"medvt_swinb_avos_{version}"
-        cfg = get_config(name)
-    if lprop_scale is not None and lprop_scale != cfg.lprop_scale:
-        cfg = cfg.replace(lprop_scale=float(lprop_scale))
-        reason += f"; --lprop_scale {lprop_scale}"
-    return ModelInfo(name, version, reason, cfg)
-
-
-def log_model_choice(info: ModelInfo) -> None:
-    logger.info("model: %s, forward %s, lprop_scale %.2f — %s", info.config_name, info.version,
-                info.config.lprop_scale, info.reason)
-
-
-def build_from_checkpoint(ckpt: dict, info: ModelInfo, source: str = "checkpoint",
-                          device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build ``info.config`` and load the checkpoint's weights strictly (errors list bad keys; they are
-    compared before the model is allocated: :func:`models.registry.build_loaded`)."""
-    return build_loaded(ckpt, info.config, source).to(device).eval()
-
-
-def load_onnx(path: str | Path) -> torch.nn.Module:
-    """An exported model (``export_onnx.py``) as an ONNX Runtime session with the model's contract
-    (``frames`` → ``{"pred_masks"}``), so the same predictor runs it."""
-    from models.onnx_export import OnnxModel
-
-    return OnnxModel(path)
 
 
 # ------------------------------------------------------------------------------------- frames

@@ -18,6 +18,8 @@ from PIL import Image
 
 import inference_swin_medvt_avos as script
 from avos import inference as inf
+from avos import model as avos_model
+from avos import protocol as avos_protocol
 from datasets.davis16 import davis16_sequences
 from datasets.path_config import DatasetNotFoundError
 from datasets.synthetic import make_synthetic_davis
@@ -121,18 +123,18 @@ def test_davis_flip_and_msc_run(setup, tmp_path):
 
 def test_protocol_table():
     swin, r101 = get_config("medvt_swinb_avos"), get_config("medvt_r101_avos")
-    p = inf.make_protocol("ytbo", swin, "cvpr23", msc=True, flip=True)
+    p = avos_protocol.make_protocol("ytbo", swin, "cvpr23", msc=True, flip=True)
     assert (p.val_size, p.scales, p.flip_merge, p.inclusive) == (360, (0.95, 1.0, 1.05, 1.1, 1.15), "max", True)
-    assert inf.make_protocol("moca", swin, "cvpr23", msc=True).scales == (1.0,)  # CVPR'23: msc off on MoCA
-    assert inf.make_protocol("moca", swin, "2024", msc=True).scales == (0.9, 0.95, 1.0, 1.05, 1.1)
-    p = inf.make_protocol("davis", r101, "cvpr23", msc=True)
+    assert avos_protocol.make_protocol("moca", swin, "cvpr23", msc=True).scales == (1.0,)  # CVPR'23: msc off on MoCA
+    assert avos_protocol.make_protocol("moca", swin, "2024", msc=True).scales == (0.9, 0.95, 1.0, 1.05, 1.1)
+    p = avos_protocol.make_protocol("davis", r101, "cvpr23", msc=True)
     assert (p.scales, p.max_ratio) == ((0.75, 0.8, 0.9, 1.0, 1.1, 1.15), 1.65)
-    assert inf.make_protocol("davis", r101, "cvpr23").max_ratio == 1.8
-    p = inf.make_protocol("davis", swin, "cvpr23", val_size=473)
+    assert avos_protocol.make_protocol("davis", r101, "cvpr23").max_ratio == 1.8
+    p = avos_protocol.make_protocol("davis", swin, "cvpr23", val_size=473)
     assert (p.flip_merge, p.inclusive) == ("mean", False)
     assert test_size(480, 854, p.val_size, p.max_ratio) == (473, 841)
     prob = np.array([0.5, 0.50001])
-    assert inf.make_protocol("ytbo", swin, "cvpr23").binarize(prob).tolist() == [True, True]
+    assert avos_protocol.make_protocol("ytbo", swin, "cvpr23").binarize(prob).tolist() == [True, True]
     assert p.binarize(prob).tolist() == [False, True]
 
 
@@ -198,18 +200,18 @@ def test_video_refuses_the_flags_of_a_dataset_run(capsys):
 
 
 def test_model_version_auto_reads_checkpoint_arguments():
-    info = inf.resolve_model_config({"model": {}, "args": argparse.Namespace(use_flow=0, lr=1e-4)})
+    info = avos_model.resolve_model_config({"model": {}, "args": argparse.Namespace(use_flow=0, lr=1e-4)})
     assert (info.config_name, info.version, info.config.variant) == ("medvt_swinb_avos_2024", "2024", "2024")
     assert "use_flow" in info.reason
-    info = inf.resolve_model_config({"model": {}, "args": argparse.Namespace(lr=1e-4)})
+    info = avos_model.resolve_model_config({"model": {}, "args": argparse.Namespace(lr=1e-4)})
     assert (info.config_name, info.version) == ("medvt_swinb_avos", "cvpr23")
-    info = inf.resolve_model_config({"model": {}, "args": argparse.Namespace(use_flow=0)}, "cvpr23")
+    info = avos_model.resolve_model_config({"model": {}, "args": argparse.Namespace(use_flow=0)}, "cvpr23")
     assert info.config_name == "medvt_swinb_avos"  # an explicit flag wins
-    info = inf.resolve_model_config({"model": {}}, backbone="resnet101", lprop_scale=7.2)
+    info = avos_model.resolve_model_config({"model": {}}, backbone="resnet101", lprop_scale=7.2)
     assert (info.config_name, info.config.lprop_scale) == ("medvt_r101_avos", 7.2)
     ours = {"model": {}, "config": get_config("tiny").to_dict(), "args": argparse.Namespace(use_flow=0)}
-    assert inf.resolve_model_config(ours).config == get_config("tiny")  # our config wins over the args
-    assert inf.resolve_model_config(ours, "2024").config.variant == "2024"
+    assert avos_model.resolve_model_config(ours).config == get_config("tiny")  # our config wins over the args
+    assert avos_model.resolve_model_config(ours, "2024").config.variant == "2024"
 
 
 def test_auto_2024_checkpoint_end_to_end_reports_model_and_key_errors(setup, tmp_path, capsys):

@@ -284,7 +284,7 @@ def test_a_bare_state_dict_is_told_which_preset_it_fits_and_how_to_save_it(tmp_p
     hundreds of missing and mis-shaped keys with no word on what to do."""
     import re
 
-    from avos import inference as inf
+    from avos import model as inf
     from models import load_model
     from models.convert import CheckpointMismatchError, read_checkpoint
     from models.registry import get_preset

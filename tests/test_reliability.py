@@ -352,7 +352,7 @@ def test_video_folder_is_read_in_natural_order_and_mixed_sizes_are_refused(tmp_p
 
 # --------------------------------------------------------------------------- checkpoints of another task
 def test_avos_inference_refuses_a_checkpoint_of_another_task():
-    from avos.inference import resolve_model_config
+    from avos.model import resolve_model_config
     from models import build_model
     from utils.cli import UserError
 

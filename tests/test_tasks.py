@@ -103,7 +103,7 @@ def test_every_inference_entry_refuses_another_tasks_checkpoint_before_building_
     task is refused in words, naming the script for it, before a model is built."""
     import models.registry as registry
     from actor_action.inference_medvt_a2d import load_a2d_model
-    from avos.inference import resolve_model_config
+    from avos.model import resolve_model_config
     from avs.test_medvt import load_avs_model
     from models.convert import read_checkpoint
     from vss.common import build_from_args

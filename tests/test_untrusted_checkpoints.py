@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from avos import inference as inf
+from avos import model as inf
 from models import build_model, get_config, load_model
 from models.avs_config import AVS_CONFIGS, get_avs_config
 from models.config import MedVTConfig

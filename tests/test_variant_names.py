@@ -12,7 +12,7 @@ import torch
 import export_onnx
 import inference_swin_medvt_avos as avos_infer
 from actor_action import inference_medvt_a2d as a2d_infer
-from avos import inference as inf
+from avos import model as inf
 from models import build_model, get_config, get_preset
 from models.config import PRESET_ALIASES, VARIANT_ALIASES, VARIANTS, MedVTConfig
 from utils.cli import UserError
