@@ -136,7 +136,7 @@ def test_workers_are_capped_at_frames_and_cores(tmp_path, monkeypatch):
     """--workers 1000 forked 1000 processes for a handful of frames; more than frames or cores only wait."""
     logits = write_davis(tmp_path / "DAVIS", sequences=("seq-a",), n_frames=2)
     started = []
-    monkeypatch.setattr(crf_davis16, "ProcessPoolExecutor", lambda max_workers: started.append(max_workers)
+    monkeypatch.setattr(crf_davis16, "ProcessPoolExecutor", lambda max_workers, **kw: started.append(max_workers)
                         or pytest.fail("stop here"))
     monkeypatch.setattr(crf_davis16.os, "cpu_count", lambda: 8)
     with pytest.raises(pytest.fail.Exception):

@@ -149,11 +149,13 @@ def test_bad_initial_weights_or_resume_file_leave_no_output_folder(davis, run_a,
     junk.write_bytes(b"not a checkpoint" * 8)
     other_model = tmp_path / "a2d_run.pth"  # a training checkpoint of another model config (e.g. an A2D run)
     ckpt = read_checkpoint(run_a / "checkpoint_last.pth")
-    save_checkpoint({**ckpt, "config": get_config("medvt_swinb_a2d").to_dict()}, other_model)
+    save_checkpoint({**ckpt, "config": get_config("medvt_swinb_a2d").to_dict(), "task": "a2d"}, other_model)
     cases = {"swin": (["--swin_pretrained", str(junk)], "junk.pth"),
              "vistr": (["--vistr_coco", str(junk)], "junk.pth"),
              "missing": (["--swin_pretrained", str(tmp_path / "none.pth")], "--swin_pretrained"),
-             "other_model": (["--resume", str(other_model)], "checkpoint of another task: its model has 80 classes")}
+             "other_model": (["--resume", str(other_model)], r"holds an A2D model \(80 classes\), but "
+                                                             r"train_swin_medvt_avos\.py is for AVOS models; run it "
+                                                             r"with actor_action/train_medvt_a2d\.py")}
     for name, (extra, text) in cases.items():
         out = tmp_path / f"out_{name}"
         with pytest.raises(USER_ERRORS, match=text):  # a missing file: FileNotFoundError, also one line

@@ -159,9 +159,9 @@ def test_end_lr_above_lr_is_refused_naming_both(davis, tmp_path, script):  # noq
 def test_resume_of_an_avs_checkpoint_names_the_file_and_flag(davis, run_a, tmp_path):  # noqa: F811
     ckpt = read_checkpoint(run_a / "checkpoint_last.pth")
     avs = tmp_path / "avs_run.pth"
-    save_checkpoint({**ckpt, "config": {**ckpt["config"], "audio_dim": 128}}, avs)
+    save_checkpoint({**ckpt, "config": {**ckpt["config"], "audio_dim": 128}, "task": "avs"}, avs)
     out = tmp_path / "out"
-    with pytest.raises(UserError, match=r"--resume .*avs_run.pth: the checkpoint holds a MED-VT\+\+"):
+    with pytest.raises(UserError, match=r"--resume .*avs_run.pth holds an AVS model .*run it with avs/train_medvt"):
         avos_train.main(base_args(davis, out, *QUICK, "--resume", str(avs)))
     assert not out.exists()
 
