@@ -50,6 +50,7 @@ from utils.distributed import (DistInfo, add_device_flag, check_device, default_
                                process_group, shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import write_json
+from utils.visualize import check_gif_size
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -206,7 +207,20 @@ def main(argv: list[str] | None = None) -> dict:
         for task in tasks:  # frames the model cannot take: refused before the output folder exists
             check_input_sizes(model, frame_sizes(task, video, sequences.get(task, [])), protocols[task], args,
                               proc.device)
+        check_gif_overlays(args, video, sequences)
         return run_tasks(args, argv, model, info, protocols, sequences, video, proc)
+
+
+def check_gif_overlays(args: argparse.Namespace, video, sequences: dict) -> None:
+    """A GIF overlay holds its frames until it is written: one too long for memory is refused up front."""
+    if args.overlay_format != "gif":
+        return
+    if video is not None:  # a video's overlay is always written
+        check_gif_size(len(video), *video.frame_hw, f"--video {video.name}")
+    elif args.save_overlay:
+        for seq in (seq for seqs in sequences.values() for seq in seqs):
+            w, h = image_size(seq.frames[0])
+            check_gif_size(seq.num_frames, h, w, f"sequence {seq.name}")
 
 
 def frame_sizes(task: str, video, seqs: list) -> dict[str, tuple[int, int]]:

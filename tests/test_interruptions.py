@@ -209,3 +209,27 @@ t.run_main(t.main, resume=t.RESUME_HINT)
 
     for module in (train_swin_medvt_avos, train_medvt_vss, train_medvt_a2d, train_medvt):
         assert "run_main(main, resume=RESUME_HINT)" in Path(module.__file__).read_text()
+
+
+def test_a_gif_overlay_too_long_for_memory_is_refused_before_any_output(tmp_path, monkeypatch):
+    """A GIF holds its frames until it is written: an hour of 720p asked ~100 GB at the end of the run."""
+    import inference_swin_medvt_avos as script
+    import utils.visualize
+    from models import build_model
+    from utils.cli import UserError
+
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for i in range(6):
+        Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(frames / f"{i:05d}.png")
+    model = build_model("tiny")
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, tmp_path / "tiny.pth")
+    monkeypatch.setattr(utils.visualize, "GIF_MAX_BYTES", 6 * 64 * 80 - 1)
+    argv = ["--model_path", str(tmp_path / "tiny.pth"), "--video", str(frames), "--val_size", "64", "--device", "cpu"]
+    with pytest.raises(UserError, match=r"^--overlay_format gif: --video clip has 6 frames of 80x64, which a GIF holds "
+                                        r"in memory until it is written .*; use mp4"):
+        script.main([*argv, "--overlay_format", "gif", "--output_dir", str(tmp_path / "gif")])
+    assert not (tmp_path / "gif").exists()
+    monkeypatch.setattr(utils.visualize, "GIF_MAX_BYTES", 6 * 64 * 80)
+    script.main([*argv, "--overlay_format", "gif", "--output_dir", str(tmp_path / "gif")])
+    assert (tmp_path / "gif" / "overlay" / "clip.gif").is_file()

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from utils.background import BackgroundWorker
-from utils.cli import writing
+from utils.cli import UserError, writing
 from utils.logger import Throughput
 
 # One colour per class id (1-based); the binary task uses the first.
@@ -51,6 +51,18 @@ AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000,
 
 
 PTS_TIME_BASE = Fraction(1, 90000)
+# A GIF's frames are held until it is written (a byte a pixel): a longer video is refused up front.
+GIF_MAX_BYTES = 2 ** 30
+
+
+def check_gif_size(frames: int, h: int, w: int, what: str) -> None:
+    """Refuse a GIF overlay of ``what`` (``frames`` frames of ``h`` x ``w``) that would hold more than
+    :data:`GIF_MAX_BYTES` until it is written: mp4 is written as the frames arrive."""
+    need = frames * h * w
+    if need > GIF_MAX_BYTES:
+        raise UserError(f"--overlay_format gif: {what} has {frames} frames of {w}x{h}, which a GIF holds in memory "
+                        f"until it is written ({need / 2 ** 30:.1f} GiB, above {GIF_MAX_BYTES / 2 ** 30:.0f} GiB); "
+                        "use mp4 (the default), which is written as the frames arrive")
 
 
 def gif_timing(starts: Sequence[float], end: float) -> tuple[list[int], list[int]]:
