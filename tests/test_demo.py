@@ -35,9 +35,9 @@ def test_a_step_stopped_by_a_signal_is_said_so(monkeypatch):
 
     from utils.cli import UserError
 
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, -signal.SIGTERM))
+    monkeypatch.setattr(demo, "_run_step", lambda command, env: subprocess.CompletedProcess(command, -signal.SIGTERM))
     with pytest.raises(UserError, match=r"^the demo stopped: train\.py was stopped by SIGTERM$"):
         demo.run("train.py", [])
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 2))
+    monkeypatch.setattr(demo, "_run_step", lambda command, env: subprocess.CompletedProcess(command, 2))
     with pytest.raises(UserError, match=r"exited with status 2 \(its message is above\)$"):
         demo.run("train.py", [])

@@ -84,12 +84,15 @@ run_main(main, prog="script.py")
 
 
 def test_sigterm_to_the_demo_ends_its_running_step(tmp_path):
-    """The demo died at once, and the step it ran (training) went on to the end under PID 1."""
-    child = tmp_path / "child.pid"
+    """The demo died at once, and the step it ran (training) went on to the end under PID 1. The step is
+    stopped as it would be on its own (SIGTERM: it cleans up), not killed."""
+    child, ended = tmp_path / "child.pid", tmp_path / "ended"
+    step_code = (f"import os, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (open({str(ended)!r}, 'w'), "
+                 f"sys.exit(143))); open({str(child)!r}, 'w').write(str(os.getpid())); time.sleep(60)")
     code = f"""
 from utils import demo
 from utils.cli import run_main
-run_main(lambda: demo.run("-c", ["import os, time; open({str(child)!r}, 'w').write(str(os.getpid())); time.sleep(60)"]))
+run_main(lambda: demo.run("-c", [{step_code!r}]))
 """
     proc = python(code)
     assert wait_for(lambda: child.is_file() and child.read_text().strip()), "the step did not start"
@@ -98,6 +101,7 @@ run_main(lambda: demo.run("-c", ["import os, time; open({str(child)!r}, 'w').wri
     code, _, err = finish(proc)
     assert code == 143 and "terminated (SIGTERM)" in err
     assert wait_for(lambda: not alive(step), 10), "the demo's step outlived it"
+    assert ended.is_file()  # it got SIGTERM, and ran its clean-up
 
 
 def test_crf_workers_end_with_a_killed_parent(tmp_path):

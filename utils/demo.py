@@ -96,12 +96,27 @@ def run(script: str, argv: list[str], threads: int | None = None) -> None:
     print(f"\n=== {script}: python {shlex.join([str(ROOT / script), *argv])}", flush=True)
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=env)
+    done = _run_step([sys.executable, script, *argv], env)
     if done.returncode < 0:  # killed by a signal (Ctrl-C, a scheduler's SIGTERM): the step printed nothing
         raise UserError(f"the demo stopped: {script} was stopped by {signal.Signals(-done.returncode).name}")
     if done.returncode:
         raise UserError(f"the demo stopped: {script} exited with status {done.returncode} (its message is above)")
     print(f"=== {script} took {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def _run_step(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run one step; when the demo is stopped (Ctrl-C, SIGTERM), the step is stopped as it would be on its
+    own (SIGTERM: its temporary files removed, its log's last line), and killed only if it does not end."""
+    with subprocess.Popen(command, cwd=ROOT, env=env) as step:
+        try:
+            return subprocess.CompletedProcess(command, step.wait())
+        except BaseException:
+            step.terminate()
+            try:
+                step.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                step.kill()
+            raise
 
 
 def main(argv: list[str] | None = None) -> dict:
