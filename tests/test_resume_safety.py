@@ -95,7 +95,9 @@ def test_a_kill_between_the_first_epochs_files_resumes_from_its_best(davis, tmp_
     continues from it, as the uninterrupted one."""
     every = ("--epochs", "2", "--steps_per_epoch", "1", "--val_every", "1")  # epoch 0 validated: its best
     full = tmp_path / "full"
-    avos_train.main(base_args(davis, full, *every))
+    avos_train.main(base_args(davis, full, *every, "--resume", "auto"))  # as a job script would: a new folder
+    assert f"--resume auto: no checkpoint in {full} to continue, so a new run starts" in \
+        (full / "train.log").read_text()
     out = tmp_path / "run"
     real_save = checkpoint.save_checkpoint
 

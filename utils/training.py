@@ -85,6 +85,8 @@ class TrainingRun:
         """Prepare the output folder, open train.log (the checks' messages replayed) and TensorBoard."""
         self.logger = open_run(self.out, self.args, self.info, self.early, self.inputs, name=self.spec.log_name)
         self._writer = tensorboard_writer(self.args, self.info)
+        if self.args.resume == "auto" and self.resume_from is None:
+            self.logger.info(f"--resume auto: no checkpoint in {self.out} to continue, so a new run starts")
         return self.logger
 
     def restore(self, model, optimizer, scheduler, scaler) -> dict | None:
