@@ -133,7 +133,7 @@ def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
     else:
         # One frame per task: a frame's CRF takes about a second, far more than sending it, and the
         # bar (and its time estimate) moves with every frame instead of in chunks.
-        with ProcessPoolExecutor(max_workers=workers, initializer=_end_with_parent) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
             try:
                 for _ in crf.run_jobs(jobs, executor=pool):
                     progress.update()
@@ -143,7 +143,7 @@ def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
     progress.close()
 
 
-def _end_with_parent() -> None:
+def _end_with_parent(parent: int) -> None:
     """A worker's start (Linux): it gets SIGTERM when the parent dies, so one killed with ``kill -9``
     leaves no workers blocked forever on their task queue; SIGTERM ends it outright (the parent's
     handler, inherited, would raise in its queue's lock and leave it hanging there)."""
@@ -153,7 +153,9 @@ def _end_with_parent() -> None:
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the workers end with the pool, as before
-        pass
+        return
+    if os.getppid() != parent:  # the parent died before prctl ran: no signal will come
+        os._exit(1)
 
 
 def summary_line(name: str, results: dict) -> str:

@@ -205,7 +205,8 @@ t.run_main(t.main, resume=t.RESUME_HINT)
 """
     code, _, err = finish(python(code))
     assert code == 130 and err.strip().splitlines()[-1] == \
-        "train_swin_medvt_avos.py: interrupted; to continue, run the same command with --resume auto", err
+        "train_swin_medvt_avos.py: interrupted; to continue, run the same command with --resume auto (without " \
+        "--overwrite)", err
     import train_swin_medvt_avos
     from actor_action import train_medvt_a2d
     from avs import train_medvt
@@ -237,3 +238,34 @@ def test_a_gif_overlay_too_long_for_memory_is_refused_before_any_output(tmp_path
     monkeypatch.setattr(utils.visualize, "GIF_MAX_BYTES", 6 * 64 * 80)
     script.main([*argv, "--overlay_format", "gif", "--output_dir", str(tmp_path / "gif")])
     assert (tmp_path / "gif" / "overlay" / "clip.gif").is_file()
+
+
+def test_an_error_raised_while_stopping_is_reported_as_the_stop():
+    """SIGTERM to a process group kills DataLoader workers too, and the parent raised RuntimeError ("worker
+    killed by signal") while unwinding the stop: two chained tracebacks and status 1."""
+    code = """
+from utils.cli import Terminated, run_main
+def main():
+    try:
+        raise Terminated()
+    finally:
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+run_main(main, prog="p")
+"""
+    code, _, err = finish(python(code))
+    assert code == 143 and err.strip() == "p: terminated (SIGTERM)", err
+
+
+def test_the_stop_line_on_a_full_disk_is_not_a_logging_traceback(tmp_path):
+    """The log on the disk that just filled up: logging printed its own 30-line traceback before the line."""
+    code = f"""
+from utils.cli import UserError, run_main
+from utils.logger import setup_logger
+def main():
+    setup_logger({str(tmp_path)!r}, name="medvt.full").info("x" * 3900)
+    raise OSError(28, "No space left on device", {str(tmp_path / "r.json")!r})
+run_main(main, prog="p")
+"""
+    code, _, err = finish(python(code, limit=4000))
+    assert code == 1 and err.strip() == f"p: error: no space left on the device writing {tmp_path / 'r.json'} " \
+                                        "([Errno 28]); free space or choose another output folder", err

@@ -122,6 +122,20 @@ def test_a_kill_between_the_first_epochs_files_resumes_from_its_best(davis, tmp_
     assert numbers(out) == numbers(full)
 
 
+def test_resume_auto_takes_a_lone_checkpoint_best_only_of_a_first_epoch(davis, full_run, tmp_path):  # noqa: F811
+    """A folder left with a later epoch's checkpoint_best.pth alone (checkpoint_last.pth and history.json
+    deleted) is not continued from it: that would rewind the run without a word."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(full_run / "checkpoint_best.pth", run)  # epoch 1
+    before = snapshot(run)
+    with pytest.raises(UserError, match=r"^--resume auto: --output_dir .* holds checkpoint_best\.pth of epoch 1 but "
+                                        r"no checkpoint_last\.pth or history\.json \(deleted\?\), so it is not "
+                                        r"continued from; pass --overwrite"):
+        avos_train.main(base_args(davis, run, *TWO, "--resume", "auto"))
+    assert snapshot(run) == before
+
+
 # --------------------------------------------------- 2: --resume of another file of the run's own folder
 def test_resume_of_checkpoint_best_beside_checkpoint_last_is_refused_naming_both(davis, full_run,  # noqa: F811
                                                                                 tmp_path):

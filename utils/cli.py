@@ -45,7 +45,21 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame) -> None:
+    # A second SIGTERM (a scheduler, then the demo stopping its step) must not cut the clean-up short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
+
+
+def interruption(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``error`` is, or was raised while handling (a DataLoader worker killed by
+    the same SIGTERM makes the parent raise RuntimeError as it unwinds)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def machine_error(error: BaseException) -> OSError | None:
@@ -145,13 +159,19 @@ def run_main(main: Callable[[], object], prog: str | None = None, resume: str | 
     try:
         _boundary(main, prog, debug, resume)
     finally:  # back as it was (a test calling this in-process keeps its own handling)
-        if own:
+        if own and previous is not None:  # None: a handler not set from Python, which cannot be restored
             signal.signal(signal.SIGTERM, previous)
 
 
 def _boundary(main: Callable[[], object], prog: str, debug: bool, resume: str | None) -> None:
     try:
-        main()
+        try:
+            main()
+        except Exception as e:
+            stop = interruption(e)
+            if stop is None or debug:
+                raise
+            raise stop from None
     except KeyboardInterrupt as e:
         if debug:
             raise

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from datasets.synthetic import make_synthetic_davis
-from utils.cli import (ArgumentParser, UserError, add_debug_flag, check_output_dir, positive_float, positive_int,
-                       random_seed, run_main)
+from utils.cli import (ArgumentParser, Terminated, UserError, add_debug_flag, check_output_dir, positive_float,
+                       positive_int, random_seed, run_main)
 from utils.metrics import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,8 @@ def run(script: str, argv: list[str], threads: int | None = None) -> None:
     t0 = time.perf_counter()
     done = _run_step([sys.executable, script, *argv], env)
     if done.returncode < 0:  # killed by a signal (Ctrl-C, a scheduler's SIGTERM): the step printed nothing
-        raise UserError(f"the demo stopped: {script} was stopped by {signal.Signals(-done.returncode).name}")
+        name = next((s.name for s in signal.Signals if s == -done.returncode), f"signal {-done.returncode}")
+        raise UserError(f"the demo stopped: {script} was stopped by {name}")
     if done.returncode:
         raise UserError(f"the demo stopped: {script} exited with status {done.returncode} (its message is above)")
     print(f"=== {script} took {time.perf_counter() - t0:.1f} s", flush=True)
@@ -110,12 +111,17 @@ def _run_step(command: list[str], env: dict) -> subprocess.CompletedProcess:
     with subprocess.Popen(command, cwd=ROOT, env=env) as step:
         try:
             return subprocess.CompletedProcess(command, step.wait())
-        except BaseException:
-            step.terminate()
-            try:
-                step.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                step.kill()
+        except BaseException as stop:
+            ways = [step.terminate, step.kill]  # each given 30 s
+            if not isinstance(stop, Terminated):  # Ctrl-C in a terminal reached the step too: it may end by itself
+                ways.insert(0, lambda: None)
+            for way in ways:
+                way()
+                try:
+                    step.wait(timeout=30)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
             raise
 
 

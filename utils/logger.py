@@ -58,9 +58,11 @@ def log_stop(line: str) -> None:
                     f.seek(max(0, path.stat().st_size - 4096))
                     if f.read().decode("utf-8", "replace").rstrip().endswith(line.split(": ", 1)[-1]):
                         continue
-            except OSError:  # the log (or its folder) was deleted or cannot be read: the line goes to stderr only
-                continue
-            handler.emit(logging.LogRecord(name, logging.ERROR, "", 0, f"stopped: {line}", None, None))
+                record = logging.LogRecord(name, logging.ERROR, "", 0, f"stopped: {line}", None, None)
+                handler.stream.write(handler.format(record) + handler.terminator)
+                handler.flush()
+            except (OSError, ValueError):  # the log deleted, unreadable, or on the full disk that stopped the run
+                continue  # (emit would print logging's own traceback): the line goes to stderr only
 
 
 def log_run_start(logger: logging.Logger, args) -> None:

@@ -27,12 +27,13 @@ from pathlib import Path
 from utils import distributed as du
 from utils.checkpoint import (check_not_finished, close_epoch, open_run, read_resume_checkpoint, resume_path,
                               resume_training, run_summary, tensorboard_writer)
+from utils.cli import UserError
 from utils.engine import run_epochs
 from utils.logger import DeferredLog
 
 
 # What a trainer says when it is stopped (utils.cli.run_main): a run continues from its last epoch.
-RESUME_HINT = "to continue, run the same command with --resume auto"
+RESUME_HINT = "to continue, run the same command with --resume auto (without --overwrite)"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,17 @@ class TrainingRun:
         (:func:`utils.checkpoint.read_resume_checkpoint`). Nothing has been created yet."""
         if self.resume_from is not None:
             self._ckpt = read_resume_checkpoint(self.resume_from, self.args, cfg, check=check, **self._resume_rules())
+            if self._first_epoch and self._ckpt["epoch"] != 0:  # not a run stopped within its first epoch's files
+                raise UserError(f"--resume auto: --output_dir {self.out} holds checkpoint_best.pth of epoch "
+                                f"{self._ckpt['epoch']} but no checkpoint_last.pth or history.json (deleted?), so "
+                                "it is not continued from; pass --overwrite to replace it, give it as --resume PATH "
+                                "with another --output_dir to continue a copy, or choose another --output_dir")
+
+    @property
+    def _first_epoch(self) -> bool:
+        """The run is continued from its checkpoint_best.pth (:func:`utils.checkpoint.first_epoch_only`)."""
+        return self.args.resume == "auto" and self.resume_from is not None and \
+            self.resume_from.name == "checkpoint_best.pth"
 
     def open(self) -> logging.Logger:
         """Prepare the output folder, open train.log (the checks' messages replayed) and TensorBoard."""
@@ -87,6 +99,9 @@ class TrainingRun:
         self._writer = tensorboard_writer(self.args, self.info)
         if self.args.resume == "auto" and self.resume_from is None:
             self.logger.info(f"--resume auto: no checkpoint in {self.out} to continue, so a new run starts")
+        if self._first_epoch:
+            self.logger.info("--resume auto: the run stopped between its first epoch's checkpoints; continuing from "
+                             "checkpoint_best.pth, which holds that epoch's whole state")
         return self.logger
 
     def restore(self, model, optimizer, scheduler, scaler) -> dict | None:
