@@ -75,19 +75,26 @@ def davis16_sequences(root: str | Path | None, split: str = "val", seqs_file: st
     annotations = require(root / "Annotations" / "480p", "davis16", "Annotations/480p/<seq>/*.png")
     sequences = []
     source = split_list(root, split, seqs_file)
-    names = list(DAVIS16_SPLITS[split]) if source is None else read_sequence_list(source)
+    names = split_sequences(root, split, seqs_file)
+    listed = f"listed in {source}" if source else f"in the standard DAVIS-16 {split} list"
+    absent = [n for n in names if not (annotations / n).is_dir()]
+    partial = 0 < len(absent) < len(names)  # the root is right (every one absent: the root is wrong, said below)
     if only:
         unknown = [n for n in only if n not in names]
         if unknown:
             raise UserError(f"--sequences: {', '.join(unknown)} not in the DAVIS-16 {split} split ({len(names)} "
                             f"sequences: {', '.join(names[:30])}{' …' if len(names) > 30 else ''})")
+        missing = [n for n in only if n in absent]
+        if missing and partial:
+            raise DatasetNotFoundError(f"davis16: --sequences {', '.join(missing)}: not in {annotations}, which holds "
+                                       f"{len(names) - len(absent)} of the {len(names)} sequences {listed} (a partial "
+                                       "copy of DAVIS?); name sequences it holds")
         names = [n for n in names if n in only]
-    absent = [n for n in names if not (annotations / n).is_dir()]
-    if absent and len(absent) < len(names):  # the root is right: a partial copy (every one absent: the root)
-        listed = f"listed in {source}" if source else f"in the standard DAVIS-16 {split} list"
+    elif partial:
         raise DatasetNotFoundError(
-            f"davis16: {len(absent)} of the {len(names)} sequences {listed} are not in {annotations} (e.g. "
-            f"{absent[0]}): a partial copy of DAVIS? Choose the sequences you have with {subset}")
+            f"davis16: {len(absent)} of the {len(names)} sequences {listed} {'is' if len(absent) == 1 else 'are'} not "
+            f"in {annotations} (e.g. {absent[0]}): a partial copy of DAVIS? Choose the sequences you have with "
+            f"{subset}")
     for name in names:
         gt = sorted(require(annotations / name, "davis16", f"annotations of sequence {name}").glob("*.png"))
         if not gt:

@@ -183,7 +183,7 @@ def test_davis_partial_copy_names_the_list_and_the_flags_that_choose_fewer(tmp_p
     ckpt = tmp_path / "tiny.pth"
     torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
     with pytest.raises(DatasetNotFoundError, match=r"^davis16: 1 of the 3 sequences listed in .*ImageSets/2016/"
-                                                   r"val\.txt are not in .*Annotations/480p \(e\.g\. synth-val-01\): "
+                                                   r"val\.txt is not in .*Annotations/480p \(e\.g\. synth-val-01\): "
                                                    r"a partial copy of DAVIS\? Choose the sequences you have with "
                                                    r"--sequences NAME \.\.\. or --davis16_seqs_file$"):
         infer.main(["--model_path", str(ckpt), "--dataset", "davis", "--davis16_root", str(root), "--val_size", "32",
@@ -191,5 +191,9 @@ def test_davis_partial_copy_names_the_list_and_the_flags_that_choose_fewer(tmp_p
     assert not (tmp_path / "out").exists()
     assert [s.name for s in davis16_sequences(root, "val", only=["synth-val-00", "synth-val-02"])] == \
         ["synth-val-00", "synth-val-02"]  # the sequences there are, chosen
+    with pytest.raises(DatasetNotFoundError, match=r"^davis16: --sequences synth-val-01: not in .*Annotations/480p, "
+                                                   r"which holds 2 of the 3 sequences listed in .*val\.txt \(a "
+                                                   r"partial copy of DAVIS\?\); name sequences it holds$"):
+        davis16_sequences(root, "val", only=["synth-val-00", "synth-val-01"])  # one named is absent
     with pytest.raises(DatasetNotFoundError, match=r"--davis16_root PATH"):  # none of them: the root is wrong
         davis16_sequences(tmp_path, "val")
