@@ -25,6 +25,7 @@ record a ``view`` that its own decomposition then rejects; the ONNX graph is the
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -49,6 +50,7 @@ OPSET = 19  # DeformConv (the pixel decoder's deformable convolution) exists fro
 # invalid file). Exports at 19, 20, 22, 23 and 25 were checked against PyTorch.
 MAX_OPSET = 25
 TWO_GB = 2 ** 31
+STALE_S = 3600  # a temporary export folder untouched this long was left by an export that was killed
 
 # What a file is for (models.tasks): the inference script that runs it (AVOS, VSS), or the user's own code
 # (A2D, AVS); "other": a multi-class MED-VT of no known task (neither VSPW's nor A2D's).
@@ -207,8 +209,9 @@ def export_onnx(model: nn.Module, example: tuple[Tensor, ...], path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written and checked in a folder of its own beside ``path`` (same file system: the move is a rename),
     # under its final name, so that external data keeps its relative name <name>.data.
-    for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by an export that was killed (kill -9)
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):  # left by an export that was killed
+        if time.time() - stale.stat().st_mtime > STALE_S:  # a younger one may be another export's, running
+            shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         with writing(path):

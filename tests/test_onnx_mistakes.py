@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +271,12 @@ def test_a_failed_export_leaves_the_earlier_file(tmp_path, monkeypatch, caplog):
 
 
 def test_export_writes_the_task_and_config_of_the_model(tmp_path):
+    old, young = tmp_path / ".m.onnx.killed.partial", tmp_path / ".m.onnx.running.partial"
+    old.mkdir()
+    young.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))  # a killed export's, two hours ago
     export(Toy(), (torch.randn(2, 6, 3, 64, 64),), tmp_path / "m.onnx", task="vss")
+    assert not old.exists() and young.exists()  # the younger one may be another export's, running
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert meta["medvt.task"] == "vss" and meta["medvt.num_classes"] == "1"
     assert json.loads(meta["medvt.config"])["variant"] == "cvpr23"
