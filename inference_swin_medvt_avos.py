@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
         # The model is built before the output folder exists: weights that do not fit leave nothing behind.
         model = inference_model(args, ckpt, info, protocols, proc.device, onnx_model)
         del ckpt
-        for task in tasks:  # frames the model cannot take: refused before the output folder exists
-            check_input_sizes(model, frame_sizes(task, video, sequences.get(task, [])), protocols[task], args,
-                              proc.device)
+        # frames the model cannot take: refused before the output folder exists
+        check_input_sizes(model, [(protocols[task], frame_sizes(task, video, sequences.get(task, [])))
+                                  for task in tasks], args, proc.device)
         check_gif_overlays(args, video, sequences)
         return run_tasks(args, argv, model, info, protocols, sequences, video, proc)
 
@@ -235,32 +235,53 @@ def frame_sizes(task: str, video, seqs: list) -> dict[str, tuple[int, int]]:
     return {what: hw for hw, what in named.items()}
 
 
-def check_input_sizes(model, frames_hw: dict[str, tuple[int, int]], protocol, args: argparse.Namespace,
+# Every preset takes frames whose shorter side is 17 pixels or more (label propagation needs more than one
+# token a frame; ResNet-101: 9): above this side the forward pass that checks it (18-26 s for Swin-B on a
+# 2-core CPU) is not made.
+CHECKED_BELOW = 64
+
+
+def check_input_sizes(model, runs: list[tuple[object, dict[str, tuple[int, int]]]], args: argparse.Namespace,
                       device) -> None:
-    """Refuse, before the output folder exists, a run whose frames (``frames_hw``: what → the frames' size, for
-    a dataset each size its sequences have) the model cannot take at the protocol's size and scales: too
-    small for the PyTorch model (one forward pass of two frames at the smallest input), or outside the ONNX
-    file's sizes (arithmetic only; the message gives the smallest --val_size that fits)."""
-    def inputs(val_size: int, h: int, w: int) -> list[tuple[int, int]]:
+    """Refuse, before the output folder exists, a run whose frames the model cannot take at its protocol's
+    size and scales. ``runs``: (protocol, frame sizes) per dataset or video, each frame size (h, w) named by
+    what has it. Too small for the PyTorch model: one forward pass of two frames at the smallest input of
+    all (when its shorter side is below CHECKED_BELOW); outside the ONNX file's sizes: arithmetic only,
+    naming the smallest --val_size that fits a file that takes any size from a floor."""
+    def inputs(protocol, val_size: int, h: int, w: int) -> list[tuple[int, int]]:
         rh, rw = test_size(h, w, val_size, protocol.max_ratio)
         return sorted({scaled_hw(rh, rw, s) for s in protocol.scales})
 
-    given = f"--val_size {protocol.val_size}" + (" with --msc" if len(protocol.scales) > 1 else "")
+    def given(protocol) -> str:
+        if args.dataset == "all" and not args.video:  # --val_size is not used: each dataset's own size
+            return f"--dataset all ({protocol.dataset} at its size {protocol.val_size})"
+        return f"--val_size {protocol.val_size}" + (" with --msc" if len(protocol.scales) > 1 else "")
+
     if args.runtime == "onnx":
-        for what, (h, w) in frames_hw.items():
-            for size in inputs(protocol.val_size, h, w):
-                if model.fits(args.num_frames, *size):
+        for protocol, frames_hw in runs:
+            for what, (h, w) in frames_hw.items():
+                size = next((x for x in inputs(protocol, protocol.val_size, h, w)
+                             if not model.fits(args.num_frames, *x)), None)
+                if size is None:
                     continue
+                fed = f"{given(protocol)}: {what} ({h}x{w}) is fed to the model at {size[0]}x{size[1]}, but " \
+                      f"{model.named} takes {model.describe()}"
+                if not model.dynamic_size:
+                    raise InputSizeError(f"{fed}; export a file that takes any size (export_onnx.py --height/--width "
+                                         "of 225 or more), or run it with --runtime torch")
                 larger = next((v for v in range(protocol.val_size + 1, 4 * protocol.val_size)
-                               if all(model.fits(args.num_frames, *x) for x in inputs(v, h, w))), None)
+                               if all(model.fits(args.num_frames, *x) for x in inputs(protocol, v, h, w))), None)
                 if larger is None:
-                    model.check(args.num_frames, *size)  # the file's own advice (export it again at this size)
-                raise InputSizeError(f"{given}: {what} ({h}x{w}) is fed to the model at {size[0]}x{size[1]}, but "
-                                     f"{model.named} takes {model.describe()}; pass --val_size {larger} or more")
+                    raise InputSizeError(f"{fed}; its frames are too narrow for the file at any --val_size up to "
+                                         f"{4 * protocol.val_size}: run it with --runtime torch")
+                how = f"run {protocol.dataset} on its own with" if args.dataset == "all" and not args.video else "pass"
+                raise InputSizeError(f"{fed}; {how} --val_size {larger} or more")
         return
-    smallest = min((x for h, w in frames_hw.values() for x in inputs(protocol.val_size, h, w)), key=min)
-    with frames_too_small(given, "use a larger --val_size"), torch.no_grad():
-        model(torch.zeros(1, 2, 3, *smallest, device=device))
+    protocol, smallest = min(((p, x) for p, frames_hw in runs for h, w in frames_hw.values()
+                              for x in inputs(p, p.val_size, h, w)), key=lambda px: min(px[1]))
+    if min(smallest) < CHECKED_BELOW:
+        with frames_too_small(given(protocol), "use a larger --val_size"), torch.no_grad():
+            model(torch.zeros(1, 2, 3, *smallest, device=device))
 
 
 def load_onnx_model(args: argparse.Namespace):

@@ -355,3 +355,35 @@ def test_frame_folders_need_no_pyav(setup, tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "overlay" / "synth-val-00.gif").is_file() and (out / "davis_results.json").is_file()
+
+
+def test_input_sizes_are_checked_by_arithmetic_or_one_small_forward():
+    """A fixed-size ONNX file is not told to take a larger --val_size (no size but its own fits); the
+    PyTorch model is run once, at the smallest input, and only when that is small enough to matter (the
+    check cost a Swin-B forward per dataset on every run: 18-26 s on a 2-core CPU)."""
+    from models.onnx_export import InputSizeError
+
+    cfg = get_config("tiny")
+    args = argparse.Namespace(runtime="onnx", num_frames=6, dataset="davis", video=None)
+
+    class Fixed:
+        named, dynamic_size = "--onnx_path f.onnx", False
+
+        def fits(self, t, h, w):
+            return (h, w) == (64, 64)
+
+        def describe(self):
+            return "clips of 6 frames of 64x64 only"
+
+    with pytest.raises(InputSizeError, match=r"^--val_size 100: sequence a \(48x80\) is fed to the model at 100x166, "
+                                             r"but --onnx_path f\.onnx takes clips of 6 frames of 64x64 only; export "
+                                             r"a file that takes any size"):
+        script.check_input_sizes(Fixed(), [(avos_protocol.make_protocol("davis", cfg, "cvpr23", val_size=100),
+                                            {"sequence a": (48, 80)})], args, torch.device("cpu"))
+    calls = []
+    args.runtime = "torch"
+    for val_size in (100, 20):
+        protocol = avos_protocol.make_protocol("davis", cfg, "cvpr23", val_size=val_size, msc=True)
+        script.check_input_sizes(calls.append, [(protocol, {"sequence a": (480, 854)}),
+                                                (protocol, {"sequence b": (480, 640)})], args, torch.device("cpu"))
+    assert [tuple(x.shape) for x in calls] == [(1, 2, 3, 15, 26)]  # 0.75 × (20, 35): at 100 none was needed
