@@ -87,7 +87,7 @@ def resolve_images_dir(args: argparse.Namespace) -> Path:
         raise path_config.DatasetNotFoundError(
             f"{e} For predictions of other frames (a --video of your own), give --images_dir: a folder of "
             "<seq>/<frame>.jpg or .png named as the probability maps (a video file's frames: ffmpeg -i VIDEO "
-            "-start_number 0 DIR/<seq>/%05d.png)") from None
+            "-fps_mode passthrough -start_number 0 DIR/<seq>/%05d.png)") from None
 
 
 def resolve_gt_dir(args: argparse.Namespace) -> Path | None:

@@ -75,11 +75,12 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
         model = build_loaded(ckpt, cfg, str(args.model_path))
         print(f"model: config from {reason}")
         return model.eval(), ckpt
-    from avos import model as inf  # an AVOS checkpoint: the inference script's model choice
+    from avos import model as avos_model  # an AVOS checkpoint: the inference script's model choice
 
-    info = inf.resolve_model_config(ckpt, args.model_version, args.backbone, source=f"--model_path {args.model_path}")
+    info = avos_model.resolve_model_config(ckpt, args.model_version, args.backbone,
+                                           source=f"--model_path {args.model_path}")
     print(f"model: {info.config_name} ({info.reason})")
-    return inf.build_from_checkpoint(ckpt, info, str(args.model_path)), ckpt
+    return avos_model.build_from_checkpoint(ckpt, info, str(args.model_path)), ckpt
 
 
 def model_task(model: torch.nn.Module, ckpt: dict, source: str) -> str:
