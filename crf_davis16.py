@@ -29,7 +29,7 @@ from datasets import path_config
 from datasets.video import image_size
 from utils import crf
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
-                       incomplete_marker, positive_int, run_main)
+                       end_with_parent, incomplete_marker, positive_int, run_main)
 from utils.metrics import evaluate_sequences, sequence_frames, write_json
 
 SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
@@ -144,18 +144,11 @@ def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
 
 
 def _end_with_parent(parent: int) -> None:
-    """A worker's start (Linux): it gets SIGTERM when the parent dies, so one killed with ``kill -9``
-    leaves no workers blocked forever on their task queue; SIGTERM ends it outright (the parent's
-    handler, inherited, would raise in its queue's lock and leave it hanging there)."""
+    """A worker's start: it gets SIGTERM when the parent dies, so one killed with ``kill -9`` leaves no
+    workers blocked forever on their task queue, and SIGTERM ends it outright (the parent's handler,
+    inherited, would raise in its queue's lock and leave it hanging there)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the workers end with the pool, as before
-        return
-    if os.getppid() != parent:  # the parent died before prctl ran: no signal will come
-        os._exit(1)
+    end_with_parent(parent)
 
 
 def summary_line(name: str, results: dict) -> str:

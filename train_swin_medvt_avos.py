@@ -55,7 +55,7 @@ from utils.cli import (ArgumentParser, add_debug_flag, clip_frames, non_negative
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 from utils.rng import seed_everything
-from utils.training import RESUME_HINT, RunSpec, TrainingRun
+from utils.training import RunSpec, TrainingRun, resume_hint
 
 BACKBONE_CONFIGS = {"swinB": "medvt_swinb_avos", "resnet101": "medvt_r101_avos",
                     "tiny": "tiny"}  # "tiny" names a config, not a backbone: kept for older commands and runs
@@ -311,4 +311,4 @@ def train(args: argparse.Namespace, info: du.DistInfo) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main, resume=RESUME_HINT)
+    run_main(main, resume=resume_hint)

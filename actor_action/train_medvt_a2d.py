@@ -54,7 +54,7 @@ from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_
 from utils.engine import check_frame_size, epoch_steps, train_one_epoch
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
 from utils.rng import seed_everything
-from utils.training import RESUME_HINT, RunSpec, TrainingRun
+from utils.training import RunSpec, TrainingRun, resume_hint
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -286,4 +286,4 @@ def _collate(items: list[dict]) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main, resume=RESUME_HINT)
+    run_main(main, resume=resume_hint)

@@ -67,7 +67,7 @@ from utils.cli import (ArgumentParser, UserError, non_negative_float, non_negati
 from utils.engine import train_one_epoch
 from utils.optim import cosine_lr, param_groups, poly_lr
 from utils.rng import seed_everything
-from utils.training import RESUME_HINT, RunSpec, TrainingRun
+from utils.training import RunSpec, TrainingRun, resume_hint
 
 TASK_DEFAULTS = {
     "s4": dict(train_im_size=384, val_im_size=384, val_batch_size=4, max_epoches=50, lambda_1=0.0),
@@ -298,4 +298,4 @@ def avs_losses(vggish: torch.nn.Module, criterion: torch.nn.Module, device: torc
 
 
 if __name__ == "__main__":
-    run_main(main, resume=RESUME_HINT)
+    run_main(main, resume=resume_hint)

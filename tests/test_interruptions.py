@@ -194,26 +194,33 @@ def test_an_output_file_in_a_folder_this_user_cannot_write_is_refused_first(tmp_
         check_output_file(tmp_path / "m.onnx", "--output", {})
 
 
-def test_a_stopped_trainer_says_how_to_continue(tmp_path):
-    """Every trainer: Ctrl-C or SIGTERM ends with how to continue (its output folder's last epoch)."""
+def test_a_stopped_trainer_says_how_to_continue(tmp_path, monkeypatch):
+    """Every trainer: Ctrl-C or SIGTERM ends with how to continue, from what its folder holds by then: "--resume
+    auto" was said also where it would continue an old run the user was replacing (stopped before --overwrite
+    touched the folder) or start anew (a copy continued in a new folder, stopped before its first epoch)."""
     code = """
 import os, signal, sys
-sys.argv = ["train_swin_medvt_avos.py", "--help"]
+sys.argv = ["train_swin_medvt_avos.py"]
 import train_swin_medvt_avos as t
-t.main = lambda: os.kill(os.getpid(), signal.SIGINT)
-t.run_main(t.main, resume=t.RESUME_HINT)
+t.run_main(lambda: os.kill(os.getpid(), signal.SIGINT), resume=t.resume_hint)
 """
     code, _, err = finish(python(code))
     assert code == 130 and err.strip().splitlines()[-1] == \
-        "train_swin_medvt_avos.py: interrupted; to continue, run the same command with --resume auto (without " \
-        "--overwrite)", err
+        "train_swin_medvt_avos.py: interrupted; nothing was written: run the same command again", err
+    from utils import training
+
+    monkeypatch.setattr(training, "_run_folder", tmp_path)  # opened; no epoch saved (train.log only)
+    (tmp_path / "train.log").write_text("")
+    assert training.resume_hint() == "no epoch was saved: run the same command again"
+    (tmp_path / "checkpoint_last.pth").write_bytes(b"")
+    assert training.resume_hint() == "to continue, run the same command with --resume auto (without --overwrite)"
     import train_swin_medvt_avos
     from actor_action import train_medvt_a2d
     from avs import train_medvt
     from vss import train_medvt_vss
 
     for module in (train_swin_medvt_avos, train_medvt_vss, train_medvt_a2d, train_medvt):
-        assert "run_main(main, resume=RESUME_HINT)" in Path(module.__file__).read_text()
+        assert "run_main(main, resume=resume_hint)" in Path(module.__file__).read_text()
 
 
 def test_a_gif_overlay_too_long_for_memory_is_refused_before_any_output(tmp_path, monkeypatch):
@@ -269,3 +276,32 @@ run_main(main, prog="p")
     code, _, err = finish(python(code, limit=4000))
     assert code == 1 and err.strip() == f"p: error: no space left on the device writing {tmp_path / 'r.json'} " \
                                         "([Errno 28]); free space or choose another output folder", err
+
+
+def test_sighup_stops_as_sigterm_and_other_ranks_leave_the_line_to_rank_0(tmp_path):
+    """SIGHUP (the terminal closed, ssh dropped) killed a run with no line; under torchrun every rank printed
+    the stop line (rank 0's is enough; each log still gets its stop line)."""
+    code = """
+import os, signal
+from utils.cli import run_main
+run_main(lambda: os.kill(os.getpid(), signal.SIGHUP), prog="p")
+"""
+    code_, _, err = finish(python(code))
+    assert code_ == 143 and err.strip() == "p: terminated (SIGHUP)", err
+    code_, _, err = finish(python(code, env={**os.environ, "RANK": "1"}))
+    assert code_ == 143 and err.strip() == "", err
+
+
+def test_a_process_ends_with_its_killed_parent(tmp_path):
+    """kill -9 of a torchrun launcher (or of the demo) left its workers training on, under PID 1, beside the
+    run restarted in the same folder; utils.distributed.run_distributed and the demo's steps arm this."""
+    pid = tmp_path / "child.pid"
+    child = f"import os, time; from utils.cli import end_with_parent; end_with_parent(); " \
+            f"open({str(pid)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = python(f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); "
+                    "time.sleep(60)")
+    assert wait_for(lambda: pid.is_file() and pid.read_text().strip(), 30), "the child did not start"
+    child_pid = int(pid.read_text())
+    parent.kill()
+    parent.wait()
+    assert wait_for(lambda: not alive(child_pid), 10), "the child outlived its parent"

@@ -429,8 +429,8 @@ def test_when_one_process_stops_the_others_say_so_in_one_line(tmp_path):
     (_, err0), (_, err1) = (p.communicate(timeout=120) for p in procs)
     assert procs[0].returncode == 2 and err0 == "train.py: error: frame f/00007.jpg is damaged\n", err0
     assert procs[1].returncode == 1 and "Traceback" not in err1, err1[-3000:]
-    assert err1.strip().splitlines()[-1] == ("train.py: error: rank 1: another process of this run stopped (its "
-                                             "error is above); stopping too")
+    assert err1.strip().splitlines()[-1] == ("train.py: error: rank 1: another process of this run stopped (see its "
+                                             "message, or the launcher's summary if it was killed); stopping too")
 
 
 def test_a2d_annotations_that_are_not_matlab_files_are_found_before_training(tmp_path):

@@ -87,9 +87,9 @@ def _resume(path, info: DistInfo, args=None, **kw):
 @pytest.mark.parametrize("rank", [0, 1])
 def test_each_rank_takes_back_its_own_rng_from_the_list(tmp_path, rank, caplog):
     expected = [_rng_of(100), _rng_of(200)]
-    path = _checkpoint(tmp_path / "c.pth", expected, history=[{"epoch": 0}, {"epoch": 1}, {"epoch": 2}])
+    out = tmp_path / "run"  # rank 0 rewrites the run's history.json from the checkpoint's history
+    path = _checkpoint(out / "c.pth", expected, history=[{"epoch": 0}, {"epoch": 1}, {"epoch": 2}])
     seed_everything(0)
-    out = tmp_path / "run"  # rank 0 rewrites its history.json from the checkpoint's history
     with caplog.at_level(logging.INFO, logger=LOG.name):
         (start, best, extra), model, scheduler = _resume(path, DistInfo(rank, 2, rank, CPU), _args(output_dir=str(out)))
     got = _draws()
@@ -101,7 +101,8 @@ def test_each_rank_takes_back_its_own_rng_from_the_list(tmp_path, rank, caplog):
     assert [h["epoch"] for h in extra["history"]] == [0, 1, 2] and extra["args"].lr == 1e-3
     assert "different number of processes" not in caplog.text
     assert "resumed from" in caplog.text and "epoch 2 done, best val miou 0.2500 (epoch 1)" in caplog.text
-    assert (json.loads((out / "history.json").read_text()) == extra["history"]) if rank == 0 else not out.exists()
+    assert (json.loads((out / "history.json").read_text()) == extra["history"]) if rank == 0 else \
+        not (out / "history.json").exists()
 
 
 def test_old_single_rng_state_goes_to_rank_0(tmp_path, caplog):

@@ -504,10 +504,10 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
     saved (one state) gives its RNG to rank 0. A schedule whose length follows a flag that may change
     (``--epochs``) is stretched by the caller afterwards (:func:`stretch_schedule`).
 
-    Rank 0 then rewrites ``<args.output_dir>/history.json`` from the checkpoint's ``history`` (repairing
-    a kill between the two files), says where the best epoch's weights are when the run continues as a
-    copy in another folder, and warns when the worker count differs from the run's (allowed, but the
-    augmentations then differ).
+    Rank 0 then rewrites ``<args.output_dir>/history.json`` from the checkpoint's ``history`` when it is the
+    run's own folder (repairing a kill between the two files), says where the best epoch's weights are
+    when the run continues as a copy in another folder, and warns when the worker count differs from the
+    run's (allowed, but the augmentations then differ).
 
     ``best``: the best-so-far dict of a run that has none yet (its keys name the script's metric).
     A file that is not a training checkpoint (no optimiser, epoch, ...) is refused, naming
@@ -541,12 +541,15 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
              if metric is not None and best.get("epoch", -1) >= 0 else "no best val score yet")
     logger.info(f"resumed from {path}: epoch {epoch} done, {score}")
     out = getattr(args, "output_dir", None)
+    own_folder = out is not None and Path(path).resolve().parent == Path(out).resolve()
     if info.is_main and out is not None:
-        if isinstance(ckpt.get("history"), list):
+        # Only in the run's own folder: a copy continued elsewhere gets history.json with its first epoch, so
+        # that a stop before it leaves that folder without run files (the same command then starts it again).
+        if isinstance(ckpt.get("history"), list) and own_folder:
             # The checkpoint is the epoch's commit point: a process killed after it but before history.json
             # left that file an epoch behind (also when nothing is left to train and no epoch rewrites it).
             write_history(out, ckpt["history"])
-        if best.get("epoch", -1) >= 0 and Path(path).resolve().parent != Path(out).resolve():
+        if best.get("epoch", -1) >= 0 and not own_folder:
             logger.warning(_best_of_copy(Path(path), epoch, int(best["epoch"]), Path(out)))
         _warn_other_workers(ckpt.get("args"), args, logger)
     return epoch + 1, best, {k: v for k, v in ckpt.items() if k not in _RESTORED}

@@ -40,14 +40,40 @@ FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too larg
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, a job scheduler ending a job): stopped as Ctrl-C stops a run, so
-    the same clean-up runs (temporary files removed, INCOMPLETE markers kept, the log's last line)."""
+    """SIGTERM (``kill``, ``timeout``, a job scheduler ending a job) or SIGHUP (the terminal closed): stopped
+    as Ctrl-C stops a run, so the same clean-up runs (temporary files removed, INCOMPLETE markers kept, the
+    log's last line). ``args[0]``: the signal's name."""
+
+
+# Handled as Ctrl-C while run_main runs (SIGHUP only where it is not ignored, as under nohup).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _terminate(signum, frame) -> None:
-    # A second SIGTERM (a scheduler, then the demo stopping its step) must not cut the clean-up short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated()
+    _quiet()  # a second signal (a scheduler, then the demo stopping its step) must not cut the clean-up short
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _quiet() -> None:
+    """Ignore Ctrl-C and the stop signals from now on (the clean-up and the one line after a stop or error)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def end_with_parent(parent: int | None = None) -> None:
+    """Have this process (Linux) get SIGTERM when its parent dies (a torchrun launcher, the demo or the CRF
+    killed with kill -9), so that it stops rather than running on, orphaned; a parent already gone
+    (``parent``: its pid, where the caller knows it) ends it now. Elsewhere nothing is done."""
+    parent = os.getppid() if parent is None else parent
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl ran: no signal will come
+        os._exit(1)
 
 
 def interruption(error: BaseException) -> KeyboardInterrupt | None:
@@ -136,7 +162,7 @@ def stop_line(error: BaseException) -> str:
     """What a log's last line says about why a run stopped (:func:`utils.logger.log_stop`): an
     interruption, or a user's mistake by its one-line message."""
     if isinstance(error, Terminated):
-        return "terminated (SIGTERM)"
+        return f"terminated ({error.args[0] if error.args else 'SIGTERM'})"
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (Ctrl-C or SIGINT)"
     return f"error: {error_message(error)}"
@@ -148,22 +174,30 @@ def full_message(error: OSError) -> str:
     return f"{FULL[error.errno]}{where} ([Errno {error.errno}]); free space or choose another output folder"
 
 
-def run_main(main: Callable[[], object], prog: str | None = None, resume: str | None = None) -> None:
+def run_main(main: Callable[[], object], prog: str | None = None,
+             resume: str | Callable[[], str | None] | None = None) -> None:
     """Call ``main()`` (the script's, reading ``sys.argv``) inside the error boundary; never returns.
-    ``resume``: how a stopped run continues (the trainers: the same command with --resume auto), said
-    after an interruption. SIGTERM is handled as Ctrl-C (:class:`Terminated`) while ``main`` runs."""
+    ``resume``: how a stopped run continues, said after an interruption (the trainers: a function that
+    looks at the run's folder then). SIGTERM, and SIGHUP unless ignored, are handled as Ctrl-C
+    (:class:`Terminated`) while ``main`` runs; the handlers are put back when it returns."""
     prog = prog or Path(sys.argv[0]).name
     debug = debug_enabled(sys.argv[1:])
     own = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if own else None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)} if own else {}
+    for sig in STOP_SIGNALS if own else ():
+        if previous[sig] is not signal.SIG_IGN:
+            signal.signal(sig, _terminate)
     try:
         _boundary(main, prog, debug, resume)
-    finally:  # back as it was (a test calling this in-process keeps its own handling)
-        if own and previous is not None:  # None: a handler not set from Python, which cannot be restored
-            signal.signal(signal.SIGTERM, previous)
+    finally:  # back as they were (a test calling this in-process keeps its own handling)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be restored
+                signal.signal(sig, handler)
 
 
-def _boundary(main: Callable[[], object], prog: str, debug: bool, resume: str | None) -> None:
+def _boundary(main: Callable[[], object], prog: str, debug: bool, resume) -> None:
+    # Under torchrun every process stops: the line is said once, by rank 0 (each log gets its stop line).
+    say = int(os.environ.get("RANK", "0")) == 0
     try:
         try:
             main()
@@ -175,13 +209,16 @@ def _boundary(main: Callable[[], object], prog: str, debug: bool, resume: str | 
     except KeyboardInterrupt as e:
         if debug:
             raise
+        _quiet()
         _release_frames(e)
         log_stop(stop_line(e))
-        terminated = isinstance(e, Terminated)
-        how = f"; {resume}" if resume else ""
-        print(f"{prog}: {'terminated (SIGTERM)' if terminated else 'interrupted'}{how}", file=sys.stderr)
-        sys.exit(143 if terminated else 130)
+        how = resume() if callable(resume) else resume
+        if say:
+            what = stop_line(e) if isinstance(e, Terminated) else "interrupted"  # "terminated (SIGTERM)"
+            print(f"{prog}: {what}{f'; {how}' if how else ''}", file=sys.stderr)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     except USER_ERRORS as e:
+        _quiet()
         if debug:
             traceback.print_exc()
         _release_frames(e)
@@ -191,14 +228,17 @@ def _boundary(main: Callable[[], object], prog: str, debug: bool, resume: str | 
     except Exception as e:
         full = machine_error(e)
         if full is not None and not debug:
+            _quiet()
             _release_frames(e)
             log_stop(f"error: {full_message(full)}")
             print(f"{prog}: error: {full_message(full)}", file=sys.stderr)
             _error_exit(1)
         if debug or not lost_peer(e):
             raise
-        print(f"{prog}: error: rank {os.environ.get('RANK', '?')}: another process of this run stopped (its error "
-              "is above); stopping too", file=sys.stderr)
+        _quiet()
+        log_stop("error: another process of this run stopped (see its message)")
+        print(f"{prog}: error: rank {os.environ.get('RANK', '?')}: another process of this run stopped (see its "
+              "message, or the launcher's summary if it was killed); stopping too", file=sys.stderr)
         _error_exit(1)
     sys.exit(0)
 

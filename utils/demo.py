@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from datasets.synthetic import make_synthetic_davis
-from utils.cli import (ArgumentParser, Terminated, UserError, add_debug_flag, check_output_dir, positive_float,
-                       positive_int, random_seed, run_main)
+from utils.cli import (ArgumentParser, Terminated, UserError, add_debug_flag, check_output_dir, end_with_parent,
+                       positive_float, positive_int, random_seed, run_main)
 from utils.metrics import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def run(script: str, argv: list[str], threads: int | None = None) -> None:
 def _run_step(command: list[str], env: dict) -> subprocess.CompletedProcess:
     """Run one step; when the demo is stopped (Ctrl-C, SIGTERM), the step is stopped as it would be on its
     own (SIGTERM: its temporary files removed, its log's last line), and killed only if it does not end."""
-    with subprocess.Popen(command, cwd=ROOT, env=env) as step:
+    with subprocess.Popen(command, cwd=ROOT, env=env, preexec_fn=end_with_parent) as step:  # a demo killed: it too
         try:
             return subprocess.CompletedProcess(command, step.wait())
         except BaseException as stop:

@@ -25,15 +25,23 @@ from functools import partial
 from pathlib import Path
 
 from utils import distributed as du
-from utils.checkpoint import (check_not_finished, close_epoch, open_run, read_resume_checkpoint, resume_path,
-                              resume_training, run_summary, tensorboard_writer)
+from utils.checkpoint import (check_not_finished, close_epoch, first_epoch_only, open_run, read_resume_checkpoint,
+                              resume_path, resume_training, run_summary, tensorboard_writer)
 from utils.cli import UserError
 from utils.engine import run_epochs
 from utils.logger import DeferredLog
 
 
-# What a trainer says when it is stopped (utils.cli.run_main): a run continues from its last epoch.
-RESUME_HINT = "to continue, run the same command with --resume auto (without --overwrite)"
+_run_folder: Path | None = None  # this process's run folder, once TrainingRun.open prepared it
+
+
+def resume_hint() -> str:
+    """What a stopped trainer says (:func:`utils.cli.run_main`), from what its folder holds by then."""
+    if _run_folder is None:
+        return "nothing was written: run the same command again"
+    if (_run_folder / "checkpoint_last.pth").is_file() or first_epoch_only(_run_folder):
+        return "to continue, run the same command with --resume auto (without --overwrite)"
+    return "no epoch was saved: run the same command again"
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,8 @@ class TrainingRun:
 
     def __init__(self, spec: RunSpec, args: argparse.Namespace, info: du.DistInfo,
                  inputs: Mapping[str, str | Path | None]) -> None:
+        global _run_folder
+        _run_folder = None  # nothing written yet (a second run in one process)
         self.spec, self.args, self.info, self.inputs = spec, args, info, inputs
         self.out = Path(args.output_dir)
         self.resume_from = resume_path(args.resume, self.out)
@@ -95,7 +105,9 @@ class TrainingRun:
 
     def open(self) -> logging.Logger:
         """Prepare the output folder, open train.log (the checks' messages replayed) and TensorBoard."""
+        global _run_folder
         self.logger = open_run(self.out, self.args, self.info, self.early, self.inputs, name=self.spec.log_name)
+        _run_folder = self.out
         self._writer = tensorboard_writer(self.args, self.info)
         if self.args.resume == "auto" and self.resume_from is None:
             self.logger.info(f"--resume auto: no checkpoint in {self.out} to continue, so a new run starts")

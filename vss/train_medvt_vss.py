@@ -52,7 +52,7 @@ from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_ep
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
 from utils.rng import seed_everything
-from utils.training import RESUME_HINT, RunSpec, TrainingRun
+from utils.training import RunSpec, TrainingRun, resume_hint
 from vss.common import evaluate_videos, format_summary
 from vss.config import DEFAULT_CONFIG, config_names, vss_config
 from vss.losses import VSSCriterion
@@ -233,4 +233,4 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main, resume=RESUME_HINT)
+    run_main(main, resume=resume_hint)
