@@ -50,7 +50,7 @@ def log_stop(line: str) -> None:
         if not name.startswith("medvt") or not isinstance(logger, logging.Logger):
             continue
         for handler in logger.handlers:
-            if not isinstance(handler, logging.FileHandler):
+            if not isinstance(handler, logging.FileHandler) or handler.stream is None:  # None: closed, a run ended
                 continue
             path = Path(handler.baseFilename)
             try:
