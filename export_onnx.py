@@ -14,6 +14,8 @@ model's ``pred_masks``). T is fixed; the batch is dynamic, and so are H and W wh
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 import time
 from pathlib import Path

@@ -18,6 +18,8 @@ The protocol is described in :mod:`avos.protocol`, the output files and metrics 
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 import dataclasses
 import logging

@@ -44,6 +44,8 @@ the scores are gathered in the frames' order, so the numbers are one process's, 
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 from pathlib import Path
 

@@ -14,6 +14,8 @@ Example::
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 import json
 import pickle

@@ -25,6 +25,8 @@ process's, and rank 0 writes them.
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 from pathlib import Path
 

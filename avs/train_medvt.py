@@ -48,6 +48,8 @@ bidirectional fusion)::
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 from pathlib import Path
 

@@ -305,3 +305,34 @@ def test_a_process_ends_with_its_killed_parent(tmp_path):
     parent.kill()
     parent.wait()
     assert wait_for(lambda: not alive(child_pid), 10), "the child outlived its parent"
+
+
+@pytest.mark.parametrize("sig, says", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")])
+def test_a_stop_while_the_script_imports_is_one_line(sig, says):
+    """The first seconds of every script import torch: a Ctrl-C there printed the traceback of whatever was
+    importing (a SIGTERM ended it without a word). utils.startup, imported first by every script, makes it
+    one line. The signal is sent as soon as the script has imported utils.startup (its first import)."""
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "train_swin_medvt_avos.py", "--help"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # -X importtime reports each import as it ends
+        lines.append(line)
+        if line.rstrip().endswith("utils.startup"):
+            break
+    proc.send_signal(sig)
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    printed = [line for line in rest.splitlines() if not line.startswith("import time:")]
+    assert printed == [f"train_swin_medvt_avos.py: {says}"], printed[-20:]
+    assert "torch" not in "".join(lines)  # it was stopped before torch was imported
+
+
+def test_every_script_imports_utils_startup_first():
+    scripts = [p for p in ROOT.glob("**/*.py") if ".venv" not in p.parts and "tests" not in p.parts
+               and "benchmarks" not in p.parts and not {".orig", ".gpu_suite"} & set(p.parts)
+               and 'if __name__ == "__main__":' in p.read_text()]
+    assert len(scripts) >= 12
+    for path in scripts:
+        imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
+        assert imports[:2] == ["from __future__ import annotations", "import utils.startup  # noqa: F401  (first: "
+                               "Ctrl-C while torch imports ends in one line)"], path

@@ -49,7 +49,7 @@ class Terminated(KeyboardInterrupt):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def _terminate(signum, frame) -> None:
+def raise_terminated(signum, frame) -> None:
     _quiet()  # a second signal (a scheduler, then the demo stopping its step) must not cut the clean-up short
     raise Terminated(signal.Signals(signum).name)
 
@@ -186,7 +186,7 @@ def run_main(main: Callable[[], object], prog: str | None = None,
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)} if own else {}
     for sig in STOP_SIGNALS if own else ():
         if previous[sig] is not signal.SIG_IGN:
-            signal.signal(sig, _terminate)
+            signal.signal(sig, raise_terminated)
     try:
         _boundary(main, prog, debug, resume)
     finally:  # back as they were (a test calling this in-process keeps its own handling)

@@ -29,6 +29,8 @@ Examples::
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 from pathlib import Path
 
