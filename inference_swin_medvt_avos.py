@@ -207,13 +207,14 @@ def main(argv: list[str] | None = None) -> dict:
         model = inference_model(args, ckpt, info, protocols, proc.device, onnx_model)
         del ckpt
         # frames the model cannot take: refused before the output folder exists
-        check_input_sizes(model, [(protocols[task], frame_sizes(task, video, sequences.get(task, [])))
+        first_hw = first_frame_sizes([seq for seqs in sequences.values() for seq in seqs])
+        check_input_sizes(model, [(protocols[task], frame_sizes(task, video, sequences.get(task, []), first_hw))
                                   for task in tasks], args, proc.device)
-        check_gif_overlays(args, video, sequences)
+        check_gif_overlays(args, video, sequences, first_hw)
         return run_tasks(args, argv, model, info, protocols, sequences, video, proc)
 
 
-def check_gif_overlays(args: argparse.Namespace, video, sequences: dict) -> None:
+def check_gif_overlays(args: argparse.Namespace, video, sequences: dict, first_hw: dict) -> None:
     """A GIF overlay holds its frames until it is written: one too long for memory is refused up front."""
     if args.overlay_format != "gif":
         return
@@ -221,19 +222,22 @@ def check_gif_overlays(args: argparse.Namespace, video, sequences: dict) -> None
         check_gif_size(len(video), *video.frame_hw, f"--video {video.name}")
     elif args.save_overlay:
         for seq in (seq for seqs in sequences.values() for seq in seqs):
-            w, h = image_size(seq.frames[0])
-            check_gif_size(seq.num_frames, h, w, f"sequence {seq.name}")
+            check_gif_size(seq.num_frames, *first_hw[seq.frames[0]], f"sequence {seq.name}")
 
 
-def frame_sizes(task: str, video, seqs: list) -> dict[str, tuple[int, int]]:
-    """The frame sizes (h, w) of a run, each named by the first sequence that has it (or the --video),
-    from the frames' headers (a sequence's frames have one size: load_sequences)."""
+def first_frame_sizes(seqs: list) -> dict[Path, tuple[int, int]]:
+    """Each sequence's frame size (h, w) by its first frame, from that frame's header (a sequence's frames
+    have one size: load_sequences), read once for the size checks."""
+    return {seq.frames[0]: image_size(seq.frames[0])[::-1] for seq in seqs}
+
+
+def frame_sizes(task: str, video, seqs: list, first_hw: dict) -> dict[str, tuple[int, int]]:
+    """The frame sizes (h, w) of a run, each named by the first sequence that has it (or the --video)."""
     if task == "video":
         return {f"--video {video.name}": video.frame_hw}
     named: dict[tuple[int, int], str] = {}
     for seq in seqs:
-        w, h = image_size(seq.frames[0])
-        named.setdefault((h, w), f"sequence {seq.name}")
+        named.setdefault(first_hw[seq.frames[0]], f"sequence {seq.name}")
     return {what: hw for hw, what in named.items()}
 
 

@@ -44,7 +44,11 @@ def read_sequence_list(path: Path) -> list[str]:
 
 def split_sequences(root: Path, split: str, seqs_file: str | Path | None = None) -> list[str]:
     """The names of a split's sequences (see the module docstring: :func:`split_list` says where from)."""
-    source = split_list(root, split, seqs_file)
+    return _listed(split_list(root, split, seqs_file), split)
+
+
+def _listed(source: Path | None, split: str) -> list[str]:
+    """The names in ``source`` (:func:`split_list`), or the split's standard ones."""
     return list(DAVIS16_SPLITS[split]) if source is None else read_sequence_list(source)
 
 
@@ -75,7 +79,7 @@ def davis16_sequences(root: str | Path | None, split: str = "val", seqs_file: st
     annotations = require(root / "Annotations" / "480p", "davis16", "Annotations/480p/<seq>/*.png")
     sequences = []
     source = split_list(root, split, seqs_file)
-    names = split_sequences(root, split, seqs_file)
+    names = _listed(source, split)
     listed = f"listed in {source}" if source else f"in the standard DAVIS-16 {split} list"
     absent = [n for n in names if not (annotations / n).is_dir()]
     partial = 0 < len(absent) < len(names)  # the root is right (every one absent: the root is wrong, said below)

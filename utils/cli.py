@@ -76,27 +76,24 @@ def end_with_parent(parent: int | None = None) -> None:
         os._exit(1)
 
 
-def interruption(error: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM that ``error`` is, or was raised while handling (a DataLoader worker killed by
-    the same SIGTERM makes the parent raise RuntimeError as it unwinds)."""
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from or while handling, in turn (each once)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, KeyboardInterrupt):
-            return error
+        yield error
         error = error.__cause__ or error.__context__
-    return None
+
+
+def interruption(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``error`` is, or was raised while handling (a DataLoader worker killed by
+    the same SIGTERM makes the parent raise RuntimeError as it unwinds)."""
+    return next((e for e in _chain(error) if isinstance(e, KeyboardInterrupt)), None)
 
 
 def machine_error(error: BaseException) -> OSError | None:
     """The :data:`FULL` error ``error`` is or was raised from (torch.save wraps it in a RuntimeError)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in FULL:
-            return error
-        error = error.__cause__ or error.__context__
-    return None
+    return next((e for e in _chain(error) if isinstance(e, OSError) and e.errno in FULL), None)
 
 
 @contextmanager
@@ -247,11 +244,8 @@ def _release_frames(error: BaseException | None) -> None:
     """Free the locals of the finished frames that ``error``, and the errors it was raised from, came
     through, so that what they held is closed now: a progress bar left open mid-loop would otherwise
     redraw itself when collected at exit, after the error line, which would then not be the last line."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)
-        error = error.__cause__ or error.__context__
+    for e in _chain(error):
+        traceback.clear_frames(e.__traceback__)
 
 
 def _error_exit(code: int) -> None:

@@ -83,14 +83,15 @@ class TrainingRun:
 
     def _resume_rules(self) -> dict:
         s = self.spec
-        return dict(task=s.task, free=s.free, added=s.added, read_config=s.read_config, init_flags=s.init_flags)
+        return dict(free=s.free, added=s.added, read_config=s.read_config, init_flags=s.init_flags)
 
     def read_resume(self, cfg, check: Callable[[dict], None] | None = None) -> None:
         """Read and check the ``--resume`` file, if any, for the model config ``cfg``: a file of another
         task, another config, ``check`` (the script's own refusal) or other training settings are refused
         (:func:`utils.checkpoint.read_resume_checkpoint`). Nothing has been created yet."""
         if self.resume_from is not None:
-            self._ckpt = read_resume_checkpoint(self.resume_from, self.args, cfg, check=check, **self._resume_rules())
+            self._ckpt = read_resume_checkpoint(self.resume_from, self.args, cfg, check=check, task=self.spec.task,
+                                                **self._resume_rules())
             if self._first_epoch and self._ckpt["epoch"] != 0:  # not a run stopped within its first epoch's files
                 raise UserError(f"--resume auto: --output_dir {self.out} holds checkpoint_best.pth of epoch "
                                 f"{self._ckpt['epoch']} but no checkpoint_last.pth or history.json (deleted?), so "
@@ -121,10 +122,9 @@ class TrainingRun:
         (its ``args``, ...), or None for a new run. A run with nothing left to train says so."""
         if self._ckpt is None:
             return None
-        rules = {k: v for k, v in self._resume_rules().items() if k != "task"}
         self.start_epoch, self.best, extra = resume_training(self.resume_from, self.args, model, optimizer, scheduler,
                                                              scaler, self.info, self.logger, best=self.best,
-                                                             ckpt=self._ckpt, **rules)
+                                                             ckpt=self._ckpt, **self._resume_rules())
         self._ckpt = None  # free it
         self.history = list(extra.get("history", []))
         check_not_finished(self.start_epoch, self.epochs, self.logger, self.spec.epochs_flag)
