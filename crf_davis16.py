@@ -25,13 +25,13 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
 
 from datasets import path_config
 from datasets.video import image_size
 from utils import crf
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
                        end_with_parent, incomplete_marker, positive_int, run_main)
+from utils.logger import progress
 from utils.metrics import evaluate_sequences, sequence_frames, write_json
 
 SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
@@ -128,21 +128,21 @@ def check_inputs(args: argparse.Namespace, sequences: list[str], images_dir: Pat
 
 def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
     """Run every frame's CRF, in parallel over frames when ``workers`` > 1."""
-    progress = tqdm(total=len(jobs), desc="CRF", unit="frame")
+    bar = progress(total=len(jobs), desc="CRF", unit="frame", leave=True)
     if workers <= 1:
         for _ in crf.run_jobs(jobs):
-            progress.update()
+            bar.update()
     else:
         # One frame per task: a frame's CRF takes about a second, far more than sending it, and the
         # bar (and its time estimate) moves with every frame instead of in chunks.
         with ProcessPoolExecutor(max_workers=workers, initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
             try:
                 for _ in crf.run_jobs(jobs, executor=pool):
-                    progress.update()
+                    bar.update()
             except BaseException:  # an error, Ctrl-C, SIGTERM: stop at the frames in flight, not after all of them
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    progress.close()
+    bar.close()
 
 
 def _end_with_parent(parent: int) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from actor_action.metrics import ConfusionMatrix, OriginalA2DMetric, frame_score
 from datasets.a2d import NUM_CLASSES, A2DDataset, default_palette
@@ -21,6 +20,7 @@ from models.predictor import VideoPredictor, Window
 from models.registry import saved_arg_changes, saved_args
 from utils.cli import positive_float, positive_int, writing
 from utils.distributed import all_gather_object, gather_in_order, is_main_process, shard
+from utils.logger import progress
 from utils.metrics import write_json
 from utils.visualize import label_image, write_label_video
 
@@ -85,7 +85,7 @@ def evaluate_a2d(model: torch.nn.Module, dataset: A2DDataset, device: torch.devi
     palette = default_palette() if palette is None else palette
     n = len(dataset) if max_items <= 0 else min(max_items, len(dataset))
     scores = {}  # item index → (video, frame, score); under torchrun each process takes its share
-    for i in tqdm(shard(n), desc="A2D eval", dynamic_ncols=True, leave=False, disable=not is_main_process()):
+    for i in progress(shard(n), desc="A2D eval", disable=not is_main_process()):
         item = dataset[i]
         label = item["label"]
         [(_, logits)] = predictor.predict_clips(item["frames"][None], [{0: item["gt_index"]}],

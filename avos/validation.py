@@ -12,12 +12,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from datasets.stream import ImageFiles
 from datasets.transforms import test_size
 from models.predictor import VideoPredictor
 from utils.distributed import gather_in_order, is_main_process, shard
+from utils.logger import progress
 from utils.metrics import jaccard
 
 
@@ -38,7 +38,7 @@ def evaluate_davis(model: nn.Module, sequences: Sequence, device: torch.device, 
     """
     predictor = VideoPredictor(model, "centre", clip_len, flip=flip, flip_merge="mean", amp_dtype=amp_dtype)
     mine: dict[int, float] = {}
-    for i in tqdm(shard(len(sequences)), desc="val", disable=not is_main_process(), dynamic_ncols=True, leave=False):
+    for i in progress(shard(len(sequences)), desc="val", disable=not is_main_process()):
         seq = sequences[i]
         source = ImageFiles(seq.frames, lambda h, w: test_size(h, w, val_size), name=seq.name)
         annotated = [f for f, m in enumerate(seq.masks) if m is not None]

@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus, build_avs_model
@@ -17,6 +16,7 @@ from models.predictor import VideoPredictor
 from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, writing
 from utils.distributed import add_device_flag, gather_in_order, is_main_process, shard
 from utils.engine import check_frame_size
+from utils.logger import progress
 
 from .metrics import BatchAverage, f_score, mask_iou
 
@@ -120,7 +120,7 @@ def evaluate(model: nn.Module, vggish: nn.Module, dataset, batch_size: int, devi
     batches = {k: list(range(starts[k], min(starts[k] + batch_size, len(dataset)))) for k in shard(len(starts))}
     loader = DataLoader(dataset, batch_sampler=list(batches.values()), num_workers=num_workers)
     predictor, scores = None, {}  # batch number → (mIoU, F-score, clips)
-    for k, batch in zip(batches, tqdm(loader, desc=desc, leave=False, disable=not is_main_process())):
+    for k, batch in zip(batches, progress(loader, desc=desc, disable=not is_main_process())):
         frames = batch["frames"]
         b, t = frames.shape[:2]
         if predictor is None:  # a clip is a whole AVSBench video: one chunk, every frame kept, raw logits

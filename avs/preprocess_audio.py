@@ -21,12 +21,12 @@ import json
 import pickle
 import sys
 
-from tqdm import tqdm
 
 from datasets.audio import AudioError, wav_to_clip_examples
 from datasets.avsbench import NUM_FRAMES, avsbench_clips
 from datasets.path_config import add_path_args
 from utils.cli import ArgumentParser, add_debug_flag, run_main
+from utils.logger import progress
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     done, kept, failed = 0, 0, {}
     for split in args.splits:
-        for clip in tqdm(avsbench_clips(args.avsbench_root, args.task, split), desc=f"{args.task} {split}"):
+        clips = avsbench_clips(args.avsbench_root, args.task, split)
+        for clip in progress(clips, desc=f"{args.task} {split}", leave=True):
             if clip.log_mel.is_file() and not args.overwrite:
                 kept += 1
                 continue

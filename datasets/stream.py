@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 from torch import Tensor
-from tqdm import tqdm
 
 from datasets.transforms import to_tensor
 from datasets.video import image_size, list_frame_files, open_image, require_same_size
 from utils.background import background_iter
 from utils.cli import UserError
+from utils.logger import progress
 from utils.visualize import AAC_RATES
 
 SizeSpec = tuple[int, int] | Callable[[int, int], tuple[int, int]] | None
@@ -159,8 +159,7 @@ class VideoFile:
                 sar = stream.sample_aspect_ratio  # non-square pixels (DV, HDV, DVD): None or 0 when unset
                 listed = stream.frames  # the container's count (0 = not recorded): checked, not trusted
                 # An hour of 720p takes minutes to count: a bar, shown only when it takes more than 2 s.
-                with tqdm(total=listed or None, desc=f"reading {self.name}", unit="frame", delay=2, leave=False,
-                          dynamic_ncols=True) as counting:
+                with progress(total=listed or None, desc=f"reading {self.name}", unit="frame", delay=2) as counting:
                     for frame in self._decode(container, stream):
                         if self._n == 0:  # the display matrix (a phone's portrait video): the frame's rotation
                             self._turns = round((frame.rotation or 0) / 90) % 4

@@ -479,3 +479,30 @@ def test_a_run_stopped_by_an_error_or_ctrl_c_says_so_at_the_end_of_its_log(tmp_p
     assert code == 130 and last.endswith("ERROR stopped: interrupted (Ctrl-C or SIGINT)")
     code, last = stop_with(NonFiniteLossError("non-finite loss at epoch 0, step 1"), log_it=True)
     assert code == 2 and last.endswith("ERROR non-finite loss at epoch 0, step 1")  # not written twice
+
+
+def test_progress_bars_redirected_to_a_file_write_a_line_now_and_then(monkeypatch):
+    """A bar on a terminal redraws itself with carriage returns; in a file (``> run.out 2>&1``) each
+    redraw was kept, megabytes in an hour. There a bar now writes whole lines, at most one per
+    FILE_PROGRESS_S, and none for a loop that ends sooner."""
+    import io
+    import time
+
+    import utils.logger as logger_mod
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    def run(stream, steps, pause=0.0):
+        for _ in logger_mod.progress(range(steps), desc="epoch 0", file=stream):
+            time.sleep(pause)
+        return stream.getvalue()
+
+    assert "\r" in run(Terminal(), 50)  # a terminal keeps tqdm's redraws
+    assert run(io.StringIO(), 2000) == ""  # shorter than FILE_PROGRESS_S: nothing written
+    monkeypatch.setattr(logger_mod, "FILE_PROGRESS_S", 0.05)
+    text = run(io.StringIO(), 8, pause=0.02)
+    lines = text.splitlines()
+    assert text and "\r" not in text and text.endswith("\n")
+    assert 1 <= len(lines) <= 6 and all(line.startswith("epoch 0:") for line in lines)

@@ -239,7 +239,7 @@ def test_a_video_cut_before_its_index_or_unreadable_is_named_for_what_it_is(tmp_
 
 def test_counting_a_video_files_frames_shows_a_bar_when_it_takes_long(mp4, monkeypatch):
     """Opening a video file decodes it once to count its frames (minutes for an hour of 720p), under a
-    progress bar that tqdm shows after 2 s; it counts every frame against the container's count."""
+    progress bar shown after 2 s; it counts every frame against the container's count."""
     seen = {}
 
     class Bar:
@@ -255,7 +255,7 @@ def test_counting_a_video_files_frames_shows_a_bar_when_it_takes_long(mp4, monke
         def update(self, k=1):
             seen["n"] += k
 
-    monkeypatch.setattr("datasets.stream.tqdm", Bar)
+    monkeypatch.setattr("datasets.stream.progress", Bar)
     source = open_video(mp4, None)
     assert seen["n"] == len(source) == seen["total"] and seen["delay"] == 2 and seen["closed"]
 

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from utils.cli import UserError, refuse_unused
 from utils.distributed import is_dist, is_main_process
-from utils.logger import epoch_line, format_metrics
+from utils.logger import epoch_line, format_metrics, progress
 from utils.rng import capture_rng, restore_rng
 
 
@@ -197,7 +196,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     sums: dict[str, float] = {}
     steps = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not is_main_process(), dynamic_ncols=True, leave=False)
+    bar = progress(total=total, desc=f"epoch {epoch}", disable=not is_main_process())
     try:  # a closed bar first, so an error message starts on its own line
         for step, batch in enumerate(loader):
             if max_steps is not None and step >= max_steps:

@@ -1,5 +1,6 @@
-"""Readable logs: one ``logging`` logger writing to stdout and ``<output_dir>/train.log``, and the
-frames/s progress bar and summary line of video inference (:class:`Throughput`).
+"""Readable logs: one ``logging`` logger writing to stdout and ``<output_dir>/train.log``, the
+project's progress bars (:func:`progress`), and the frames/s bar and summary line of video inference
+(:class:`Throughput`).
 
 Only the main process prints; other ranks log warnings and errors only, so a multi-process run
 reads like a single one.
@@ -15,6 +16,42 @@ from pathlib import Path
 from tqdm import tqdm
 
 _FMT = "%(asctime)s %(levelname)s %(message)s"
+# Where a bar's stream is a file or a pipe (``> run.out 2>&1``, nohup, a scheduler's log), a redraw every
+# 0.1 s would add megabytes of carriage-return segments to it in an hour: there a bar writes a line at
+# most this often, and none for a loop that ends sooner.
+FILE_PROGRESS_S = 30.0
+
+
+class _Lines:
+    """A stream seen by tqdm where each redraw becomes one line (tqdm starts redraws with a carriage
+    return and clears a closed bar with spaces: neither belongs in a log file)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, s: str) -> None:
+        s = s.replace("\r", "").strip()
+        if s:
+            self.stream.write(s + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(iterable=None, *, total: float | None = None, desc: str | None = None, unit: str = "it",
+             leave: bool = False, delay: float = 0.0, disable: bool = False, file=None) -> tqdm:
+    """The project's progress bar (tqdm): width following the terminal, removed when done unless ``leave``,
+    shown only after ``delay`` seconds; on a stream that is not a terminal, one line per
+    :data:`FILE_PROGRESS_S` seconds instead of redraws."""
+    stream = file if file is not None else sys.stderr
+    kwargs = dict(total=total, desc=desc, unit=unit, leave=leave, delay=delay, disable=disable, dynamic_ncols=True)
+    isatty = getattr(stream, "isatty", None)
+    if stream is not None and not (callable(isatty) and isatty()):
+        kwargs.update(file=_Lines(stream), mininterval=FILE_PROGRESS_S, maxinterval=FILE_PROGRESS_S,
+                      delay=max(delay, FILE_PROGRESS_S), dynamic_ncols=False, ncols=100)
+    elif file is not None:
+        kwargs["file"] = file
+    return tqdm(iterable, **kwargs)
 
 
 def setup_logger(output_dir: str | Path | None, main_process: bool = True, name: str = "medvt.train",
@@ -121,7 +158,7 @@ class Throughput:
     passed to ``log`` (e.g. a logger's ``info``); ``close`` also returns those figures."""
 
     def __init__(self, total: int, desc: str, log: Callable[[str], object] = print, disable: bool = False) -> None:
-        self.bar = tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, disable=disable)
+        self.bar = progress(total=total, desc=desc, unit="frame", leave=True, disable=disable)
         self.log, self.t0, self.frames = log, time.perf_counter(), 0
 
     def update(self, n: int = 1) -> None:
