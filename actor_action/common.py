@@ -45,8 +45,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "saved value, else 1 as the original inference script)")
 
 
-def model_config(args: argparse.Namespace, ckpt: dict | None = None, inference: bool = False) -> MedVTConfig:
-    """The model config: the checkpoint's own (ours) or the preset + the original's saved args, then flags."""
+MODEL_FLAGS = ("num_classes", "lprop_mode", "lprop_scale", "query_decoder_scales")  # config fields set by flags
+
+
+def model_config(args: argparse.Namespace, ckpt: dict | None = None, inference: bool = False,
+                 flags: bool = True) -> MedVTConfig:
+    """The model config: the checkpoint's own (ours) or the preset + the original's saved args, then
+    (``flags``) the model flags given."""
     if ckpt is not None and isinstance(ckpt.get("config"), dict):
         cfg = MedVTConfig.from_dict(ckpt["config"])
     else:
@@ -58,11 +63,10 @@ def model_config(args: argparse.Namespace, ckpt: dict | None = None, inference: 
         if cfg.backbone != "swin":
             changes.pop("query_decoder_scales", None)  # hard-coded 3 in the original ResNet model
         cfg = cfg.replace(**changes)
-    flags = {k: getattr(args, k) for k in ("num_classes", "lprop_mode", "lprop_scale", "query_decoder_scales")
-             if getattr(args, k, None) is not None}
-    if cfg.num_classes == 1 and "num_classes" not in flags:
-        flags["num_classes"] = NUM_CLASSES
-    return cfg.replace(**flags)
+    given = {k: getattr(args, k) for k in MODEL_FLAGS if flags and getattr(args, k, None) is not None}
+    if cfg.num_classes == 1 and "num_classes" not in given:
+        given["num_classes"] = NUM_CLASSES
+    return cfg.replace(**given)
 
 
 def blend(frame: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float = 0.8) -> np.ndarray:

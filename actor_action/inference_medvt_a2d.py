@@ -52,13 +52,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actor_action.common import (BACKBONE_PRESETS, add_model_args, evaluate_a2d, format_shares, format_summary,
-                                 model_config, open_user_video, segment_video, write_tables)
+from actor_action.common import (BACKBONE_PRESETS, MODEL_FLAGS, add_model_args, evaluate_a2d, format_shares,
+                                 format_summary, model_config, open_user_video, segment_video, write_tables)
 from actor_action.metrics import NAN_POLICIES, PROTOCOLS
 from datasets.a2d import CLIP_SIZE, NUM_CLASSES, A2DDataset, a2d_root, class_name, default_palette, read_color_map
 from datasets.path_config import add_path_args, dataset_root
 from models import CheckpointMismatchError, MedVTConfig, read_checkpoint
-from models.registry import build_loaded
+from models.registry import build_loaded, flags_do_not_fit
 from models.tasks import TASKS, check_task
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
                        check_output_dir, clip_frames, incomplete_marker, non_negative_int, positive_int,
@@ -187,12 +187,12 @@ def load_a2d_model(args: argparse.Namespace, device: torch.device) -> tuple[torc
     try:
         model = build_loaded(ckpt, cfg, str(args.model_path))
     except CheckpointMismatchError:
-        given = [f"--{k} {getattr(args, k)}" for k in ("num_classes", "lprop_mode", "lprop_scale",
-                                                       "query_decoder_scales") if getattr(args, k, None) is not None]
-        if not given:
+        recorded = model_config(args, ckpt, inference=True, flags=False)
+        flags = flags_do_not_fit({k: getattr(args, k, None) for k in MODEL_FLAGS}, recorded,
+                                 f"--model_path {args.model_path}")
+        if flags is None:
             raise
-        raise CheckpointMismatchError(f"{', '.join(given)}: the weights of --model_path {args.model_path} do not fit "
-                                      "the model these flags make; leave them out") from None
+        raise flags from None
     model.to(device)
     check_frame_size(model, device, {"--clip_size": tuple(args.clip_size)}, f"the model of {args.model_path}")
     return model, cfg, source

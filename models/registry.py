@@ -258,15 +258,24 @@ def load_model(path: str | Path, preset: str | ModelConfig | None = None, device
     cfg, reason = resolve_config(ckpt, preset, source=str(path), **overrides)
     try:
         model = build_loaded(ckpt, cfg, str(path))
-    except CheckpointMismatchError as e:
-        recorded, _ = resolve_config(ckpt, preset)
-        changed = [f"--{k} {v} (the file's model has {getattr(recorded, k)})" for k, v in overrides.items()
-                   if v is not None and getattr(recorded, k, v) != v]
-        if not changed:
+    except CheckpointMismatchError:
+        flags = flags_do_not_fit(overrides, resolve_config(ckpt, preset)[0], str(path))
+        if flags is None:
             raise
-        raise CheckpointMismatchError(f"{', '.join(changed)}: the weights of {path} do not fit the model these "
-                                      f"flags make; leave them out\n{e}") from None
+        raise flags from None
     return LoadedModel(model.to(device).eval(), cfg, reason, ckpt)
+
+
+def flags_do_not_fit(flags: dict, recorded: ModelConfig, source: str) -> CheckpointMismatchError | None:
+    """For weights that did not fit the model built with ``flags`` (config fields given on the command line;
+    None: not given): the one-line error naming the flags that changed ``recorded`` (the model the file
+    describes without them), since the list of mis-shaped keys does not; None when no flag changed it."""
+    changed = [f"--{k} {v} (the file's model has {getattr(recorded, k)})" for k, v in flags.items()
+               if v is not None and getattr(recorded, k, v) != v]
+    if not changed:
+        return None
+    return CheckpointMismatchError(f"{', '.join(changed)}: the weights of {source} do not fit the model these "
+                                   "flags make; leave them out")
 
 
 @contextlib.contextmanager

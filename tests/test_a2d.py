@@ -220,8 +220,9 @@ def test_train_step_then_inference_with_metrics_and_overlays(a2d_dir, tmp_path, 
     assert len(list((inf / "viz" / "gt_overlay").rglob("*.png"))) == 6
     assert Image.open(next((inf / "viz" / "color_mask").rglob("*.png"))).size == (64, 48)
     # a model flag whose model the weights do not fit is named in one line (it was the key mismatch list)
-    with pytest.raises(CheckpointMismatchError, match=r"^--num_classes 81: the weights of --model_path .* do not "
-                                                      r"fit the model these flags make; leave them out$"):
+    with pytest.raises(CheckpointMismatchError, match=r"^--num_classes 81 \(the file's model has 80\): the weights of "
+                                                      r"--model_path .* do not fit the model these flags make; leave "
+                                                      r"them out$"):
         inference_medvt_a2d.main(common[2:] + ["--model_path", str(out / "checkpoint_last.pth"), "--num_classes",
                                                "81", "--output_dir", str(tmp_path / "inf81")])
     with pytest.raises(SystemExit):  # a clip of one frame: refused as in VSS (the model attends across frames)
