@@ -259,3 +259,34 @@ def test_changed_num_workers_resumes_with_a_warning(tmp_path, caplog):
     text = _resume(path, tmp_path / "run", caplog, num_workers=2)
     assert "WARNING" in text and "--num_workers 2 differs from the run's (0)" in text and "bit for bit" in text
     assert "differs from the run" not in _resume(path, tmp_path / "run", caplog, num_workers=0)
+
+
+def test_a_copy_stopped_between_its_first_epochs_checkpoints_is_told_a_way_that_works(davis, full_run, tmp_path,  # noqa: F811
+                                                                                     monkeypatch):
+    """A run continued in a new folder (from epoch 1 of another) and stopped after its first epoch's
+    checkpoint_best.pth, before checkpoint_last.pth: the stop said "--resume auto", which refuses a lone
+    checkpoint_best.pth of epoch 2 (a plain rerun is refused too). The hint now offers what works."""
+    from utils import training
+
+    copy, real_save = tmp_path / "copy", checkpoint.save_checkpoint
+    start = tmp_path / "start.pth"  # full_run's last epoch, its best score lowered: the copy's epoch 2 is its best
+    save_checkpoint({**read_checkpoint(full_run / "checkpoint_last.pth"), "best": {"miou": -1.0, "epoch": -1}}, start)
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        raise Killed
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    three = ("--epochs", "3", *TWO[2:])
+    with pytest.raises(Killed):
+        avos_train.main(base_args(davis, copy, *three, "--resume", str(start)))
+    monkeypatch.undo()
+    assert sorted(p.name for p in copy.iterdir()) == ["checkpoint_best.pth", "train.log"]
+    hint = training.resume_hint()
+    assert "--resume auto" not in hint and "--resume and another --output_dir" in hint, hint
+    with pytest.raises(UserError, match="holds checkpoint_best.pth of epoch 2"):
+        avos_train.main(base_args(davis, copy, *three, "--resume", "auto"))
+    nxt = tmp_path / "next"  # the way the hint offers: epoch 3 trained after the stopped copy's epoch 2
+    res = avos_train.main(base_args(davis, nxt, "--epochs", "4", *TWO[2:], "--resume",
+                                    str(copy / "checkpoint_best.pth")))
+    assert res["epochs_done"] == 4 and read_checkpoint(nxt / "checkpoint_last.pth")["epoch"] == 3
