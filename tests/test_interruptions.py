@@ -314,8 +314,9 @@ def test_a_process_ends_with_its_killed_parent(tmp_path):
     assert wait_for(lambda: not alive(child_pid), 10), "the child outlived its parent"
 
 
-@pytest.mark.parametrize("sig, says", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")])
-def test_a_stop_while_the_script_imports_is_one_line(sig, says):
+@pytest.mark.parametrize("sig, says, status", [(signal.SIGINT, "interrupted", 130),
+                                               (signal.SIGTERM, "terminated (SIGTERM)", 143)])
+def test_a_stop_while_the_script_imports_is_one_line(sig, says, status):
     """The first seconds of every script import torch: a Ctrl-C there printed the traceback of whatever was
     importing (a SIGTERM ended it without a word). utils.startup, imported first by every script, makes it
     one line. The signal is sent as soon as the script has imported utils.startup (its first import)."""
@@ -331,6 +332,7 @@ def test_a_stop_while_the_script_imports_is_one_line(sig, says):
     proc.wait(timeout=60)
     printed = [line for line in rest.splitlines() if not line.startswith("import time:")]
     assert printed == [f"train_swin_medvt_avos.py: {says}"], printed[-20:]
+    assert proc.returncode == status  # as later in the run (a SIGTERM here exited with status 1)
     assert "torch" not in "".join(lines)  # it was stopped before torch was imported
 
 
@@ -343,3 +345,78 @@ def test_every_script_imports_utils_startup_first():
         imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
         assert imports[:2] == ["from __future__ import annotations", "import utils.startup  # noqa: F401  (first: "
                                "Ctrl-C while torch imports ends in one line)"], path
+
+
+def test_a_second_ctrl_c_or_sigterm_does_not_cut_the_clean_up_short(tmp_path):
+    """Ctrl-C pressed twice (or a scheduler's SIGTERM, then another): the second raised inside the clean-up
+    of the first (a DataLoader's shutdown, temporary files) and, in a script's process, in the interpreter's
+    exit, each with a traceback. The first stop now ignores the signals until the process ends."""
+    done = tmp_path / "cleaned"
+    code = f"""
+import atexit, os, signal, sys
+from utils.cli import handle_stops, run_main
+handle_stops(script=True)  # as utils.startup does where a script is the process
+sys.argv = ["train_x.py"]
+atexit.register(lambda: os.kill(os.getpid(), signal.{{}}))  # the second signal, during the exit
+def main():
+    try:
+        os.kill(os.getpid(), signal.{{}})
+    finally:  # the clean-up: a second signal arrives in the middle of it
+        os.kill(os.getpid(), signal.{{}})
+        open({str(done)!r}, "w").write("done")
+run_main(main)
+"""
+    for sig, status, says in (("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated (SIGTERM)")):
+        done.unlink(missing_ok=True)
+        code_, out, err = finish(python(code.format(sig, sig, sig)))
+        assert (code_, err) == (status, f"train_x.py: {says}\n") and done.read_text() == "done", (code_, err)
+
+
+def test_a_closed_stdout_ends_the_run_quietly_and_keeps_its_log(tmp_path):
+    """`script | head -1`: the first print after the reader left raised BrokenPipeError (a traceback, and
+    another at exit), and every log line after it printed logging's own traceback to stderr. The log file
+    now keeps every line, a print ends the run with status 1 and no message, as a pipe's writer ends."""
+    code = f"""
+import sys
+from utils.cli import run_main
+from utils.logger import setup_logger
+def main():
+    log = setup_logger({str(tmp_path)!r}, name="medvt.pipe")
+    for i in range(20000):
+        log.info(f"line {{i}}")
+    print("the summary")
+sys.argv = ["train_x.py"]
+run_main(main)
+"""
+    proc = python(code)
+    assert proc.stdout.readline().strip().endswith("line 0")
+    proc.stdout.close()  # the reader leaves, as head does
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert (proc.returncode, err) == (1, "")
+    log = (tmp_path / "train.log").read_text().splitlines()
+    assert log[-2].endswith("line 19999") and log[-1].endswith("stopped: error: its standard output was closed "
+                                                               "(the reader of a pipe ended)")
+
+
+def test_a_stop_line_that_cannot_be_printed_still_ends_with_the_stops_status(monkeypatch):
+    """A closed terminal (SIGHUP) takes no stop line: printing it raised EIO, which escaped with status 1;
+    a RANK that is not a number is read as 0, not a traceback."""
+    from utils.cli import run_main
+
+    class Gone:
+        def write(self, text):
+            raise OSError(5, "Input/output error")
+
+        def flush(self):
+            raise OSError(5, "Input/output error")
+
+    def main():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "stderr", Gone())
+    monkeypatch.setattr(sys, "argv", ["train_x.py"])
+    monkeypatch.setenv("RANK", "zero")
+    with pytest.raises(SystemExit) as stop:
+        run_main(main)
+    assert stop.value.code == 130

@@ -495,7 +495,9 @@ def test_progress_bars_redirected_to_a_file_write_a_line_now_and_then(monkeypatc
             return True
 
     def run(stream, steps, pause=0.0):
-        for _ in logger_mod.progress(range(steps), desc="epoch 0", file=stream):
+        bar = logger_mod.progress(range(steps), desc="epoch 0", file=stream)
+        for i in bar:
+            bar.set_postfix(loss=f"{i:.4f}")  # as the trainers do each step (tqdm redraws for it)
             time.sleep(pause)
         return stream.getvalue()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import select
 import signal
 import sys
 import threading
@@ -45,13 +46,34 @@ class Terminated(KeyboardInterrupt):
     log's last line). ``args[0]``: the signal's name."""
 
 
-# Handled as Ctrl-C while run_main runs (SIGHUP only where it is not ignored, as under nohup).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# Handled as Ctrl-C while run_main runs (SIGHUP only where it is not ignored, as under nohup; Windows has none).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_script_process = False  # a script of this repository is the process (utils.startup): run_main keeps the handling
 
 
-def raise_terminated(signum, frame) -> None:
-    _quiet()  # a second signal (a scheduler, then the demo stopping its step) must not cut the clean-up short
+def raise_stop(signum, frame) -> None:
+    """The handler of Ctrl-C and the stop signals: a second one (Ctrl-C pressed again, a scheduler and then the
+    demo stopping its step) must not cut the clean-up short, so they are ignored from the first on."""
+    _quiet()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signal.Signals(signum).name)
+
+
+def handle_stops(script: bool = False) -> dict:
+    """Stop on Ctrl-C, SIGTERM and SIGHUP (each unless ignored, as SIGHUP under nohup) with :func:`raise_stop`;
+    returns the handlers replaced. ``script``: for the whole process (:mod:`utils.startup`), so that
+    :func:`run_main` leaves them in place to the exit instead of putting back what a signal during the
+    interpreter's exit would meet."""
+    global _script_process
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    _script_process = _script_process or script
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, raise_stop)
+    return previous
 
 
 def _quiet() -> None:
@@ -59,6 +81,20 @@ def _quiet() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, *STOP_SIGNALS):
             signal.signal(sig, signal.SIG_IGN)
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer set by a launcher in the environment (torchrun's ``RANK``, ``WORLD_SIZE``); ``default``
+    where it is unset or not a number."""
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (its variables are set)."""
+    return env_int("WORLD_SIZE", 1) > 1 and "RANK" in os.environ
 
 
 def end_with_parent(parent: int | None = None) -> None:
@@ -69,7 +105,7 @@ def end_with_parent(parent: int | None = None) -> None:
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (glibc and musl)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # it died before prctl ran: no signal will come
@@ -176,25 +212,50 @@ def run_main(main: Callable[[], object], prog: str | None = None,
     """Call ``main()`` (the script's, reading ``sys.argv``) inside the error boundary; never returns.
     ``resume``: how a stopped run continues, said after an interruption (the trainers: a function that
     looks at the run's folder then). SIGTERM, and SIGHUP unless ignored, are handled as Ctrl-C
-    (:class:`Terminated`) while ``main`` runs; the handlers are put back when it returns."""
+    (:class:`Terminated`) while ``main`` runs (:func:`handle_stops`); the handlers are put back when it
+    returns, but in a script's own process."""
     prog = prog or Path(sys.argv[0]).name
     debug = debug_enabled(sys.argv[1:])
-    own = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)} if own else {}
-    for sig in STOP_SIGNALS if own else ():
-        if previous[sig] is not signal.SIG_IGN:
-            signal.signal(sig, raise_terminated)
+    previous = handle_stops()
     try:
         _boundary(main, prog, debug, resume)
-    finally:  # back as they were (a test calling this in-process keeps its own handling)
-        for sig, handler in previous.items():
+    finally:
+        _settle_stdout()
+        for sig, handler in () if _script_process else previous.items():  # a test calling this keeps its own
             if handler is not None:  # None: a handler not set from Python, which cannot be restored
                 signal.signal(sig, handler)
 
 
+def stop_message(prog: str, stop: KeyboardInterrupt, how: str | None = None) -> str:
+    """The one line of a run stopped by Ctrl-C or a stop signal (``how``: how to continue)."""
+    what = stop_line(stop) if isinstance(stop, Terminated) else "interrupted"  # "terminated (SIGTERM)"
+    return f"{prog}: {what}{f'; {how}' if how else ''}"
+
+
+def say(line: str) -> None:
+    """Print the boundary's line on stderr, once per run: by rank 0 under torchrun (every process stops;
+    each log gets its stop line). A closed terminal (SIGHUP) or stderr cannot take it: it is dropped."""
+    if env_int("RANK", 0) != 0:
+        return
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _settle_stdout() -> None:
+    """Standard output whose reader went away (``| head``, a closed terminal) would fail again at exit, with
+    a traceback and status 120: what is left of it goes nowhere instead."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def _boundary(main: Callable[[], object], prog: str, debug: bool, resume) -> None:
-    # Under torchrun every process stops: the line is said once, by rank 0 (each log gets its stop line).
-    say = int(os.environ.get("RANK", "0")) == 0
     try:
         try:
             main()
@@ -209,10 +270,7 @@ def _boundary(main: Callable[[], object], prog: str, debug: bool, resume) -> Non
         _quiet()
         _release_frames(e)
         log_stop(stop_line(e))
-        how = resume() if callable(resume) else resume
-        if say:
-            what = stop_line(e) if isinstance(e, Terminated) else "interrupted"  # "terminated (SIGTERM)"
-            print(f"{prog}: {what}{f'; {how}' if how else ''}", file=sys.stderr)
+        say(stop_message(prog, e, resume() if callable(resume) else resume))
         sys.exit(143 if isinstance(e, Terminated) else 130)
     except USER_ERRORS as e:
         _quiet()
@@ -220,7 +278,7 @@ def _boundary(main: Callable[[], object], prog: str, debug: bool, resume) -> Non
             traceback.print_exc()
         _release_frames(e)
         log_stop(stop_line(e))
-        print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
+        say(f"{prog}: error: {error_message(e)}")
         _error_exit(2)
     except Exception as e:
         full = machine_error(e)
@@ -228,7 +286,11 @@ def _boundary(main: Callable[[], object], prog: str, debug: bool, resume) -> Non
             _quiet()
             _release_frames(e)
             log_stop(f"error: {full_message(full)}")
-            print(f"{prog}: error: {full_message(full)}", file=sys.stderr)
+            say(f"{prog}: error: {full_message(full)}")
+            _error_exit(1)
+        if isinstance(e, BrokenPipeError) and not debug and _stdout_closed():
+            _quiet()  # `script | head`: the reader has what it wanted; a pipe's writer ends quietly
+            log_stop("error: its standard output was closed (the reader of a pipe ended)")
             _error_exit(1)
         if debug or not lost_peer(e):
             raise
@@ -238,6 +300,16 @@ def _boundary(main: Callable[[], object], prog: str, debug: bool, resume) -> Non
               "message, or the launcher's summary if it was killed); stopping too", file=sys.stderr)
         _error_exit(1)
     sys.exit(0)
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader ended (poll says so without writing to it)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (a test's capture)
+        return False
 
 
 def _release_frames(error: BaseException | None) -> None:
@@ -254,10 +326,13 @@ def _error_exit(code: int) -> None:
     them, and the process then aborts ("terminate called without an active exception", status -6;
     about one run in eight on a loaded 2-core machine) after its one-line message, as if it had crashed.
     Log handlers flush every record, so only the standard streams need flushing here."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if env_int("WORLD_SIZE", 1) <= 1:
         sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _settle_stdout()
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(code)
 
 
@@ -267,7 +342,7 @@ def lost_peer(error: BaseException) -> bool:
     cause, so this one's traceback would only bury it. Gloo reports the lost connection as a plain
     RuntimeError; NCCL and the store as torch.distributed's DistError family (named by type name:
     this module does not import torch)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if env_int("WORLD_SIZE", 1) <= 1:
         return False
     if any(cls.__name__ == "DistError" for cls in type(error).__mro__):
         return True

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from datasets.synthetic import make_synthetic_davis
@@ -110,7 +111,8 @@ def run(script: str, argv: list[str], threads: int | None = None) -> None:
 def _run_step(command: list[str], env: dict) -> subprocess.CompletedProcess:
     """Run one step; when the demo is stopped (Ctrl-C, SIGTERM), the step is stopped as it would be on its
     own (SIGTERM: its temporary files removed, its log's last line), and killed only if it does not end."""
-    with subprocess.Popen(command, cwd=ROOT, env=env, preexec_fn=end_with_parent) as step:  # a demo killed: it too
+    # a demo killed ends its step too (its pid taken here: the step's parent may be gone by the time it asks)
+    with subprocess.Popen(command, cwd=ROOT, env=env, preexec_fn=partial(end_with_parent, os.getpid())) as step:
         try:
             return subprocess.CompletedProcess(command, step.wait())
         except BaseException as stop:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils.cli import UserError, check_output_dir, end_with_parent, incomplete_marker, new_run_folder
+from utils.cli import UserError, check_output_dir, incomplete_marker, new_run_folder, under_torchrun
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,6 @@ def check_device(device_arg: str | None) -> torch.device:
 
 
 DIST_TIMEOUT_MIN = 60  # the process group's default timeout (--dist_timeout)
-
-
-def under_torchrun() -> bool:
-    """Whether torchrun started this process as one of several (its variables are set)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
 def one_process_only(flag: str | None, shared: str) -> None:
@@ -230,8 +225,6 @@ def run_distributed(train: Callable, args, deterministic: str = "auto"):
     deterministic kernels per ``deterministic`` ("on", "off", or "auto" = on except on CUDA, where
     they are slower), and the previous settings and the group torn down afterwards, whatever happens.
     ``args.dist_timeout`` (minutes, default :data:`DIST_TIMEOUT_MIN`) is the group's timeout."""
-    if under_torchrun():  # a launcher killed with kill -9 would leave its workers training on, orphaned
-        end_with_parent()
     device = str(args.device or default_device())
     on = deterministic == "on" or (deterministic == "auto" and not device.startswith("cuda"))
     if on and device.startswith("cuda"):

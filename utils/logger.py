@@ -38,6 +38,20 @@ class _Lines:
         self.stream.flush()
 
 
+class _FileBar(tqdm):
+    """A bar in a file: a new postfix or description waits for the next timed line (tqdm would write a line
+    for each, as a terminal redraws)."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s="", refresh=True) -> None:
+        super().set_postfix_str(s, refresh=False)
+
+    def set_description(self, desc=None, refresh=True) -> None:
+        super().set_description(desc, refresh=False)
+
+
 def progress(iterable=None, *, total: float | None = None, desc: str | None = None, unit: str = "it",
              leave: bool = False, delay: float = 0.0, disable: bool = False, file=None) -> tqdm:
     """The project's progress bar (tqdm): width following the terminal, removed when done unless ``leave``,
@@ -49,9 +63,19 @@ def progress(iterable=None, *, total: float | None = None, desc: str | None = No
     if stream is not None and not (callable(isatty) and isatty()):
         kwargs.update(file=_Lines(stream), mininterval=FILE_PROGRESS_S, maxinterval=FILE_PROGRESS_S,
                       delay=max(delay, FILE_PROGRESS_S), dynamic_ncols=False, ncols=100)
-    elif file is not None:
+        return _FileBar(iterable, **kwargs)
+    if file is not None:
         kwargs["file"] = file
     return tqdm(iterable, **kwargs)
+
+
+class _Console(logging.StreamHandler):
+    """The log's copy on stdout. Where its reader went away (``script | head``, a closed terminal), the
+    run goes on writing its log file: logging would print its own traceback for every line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], (OSError, ValueError)):  # ValueError: the stream was closed
+            super().handleError(record)
 
 
 def setup_logger(output_dir: str | Path | None, main_process: bool = True, name: str = "medvt.train",
@@ -67,7 +91,7 @@ def setup_logger(output_dir: str | Path | None, main_process: bool = True, name:
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter(_FMT, datefmt="%Y-%m-%d %H:%M:%S")
-    stream = logging.StreamHandler(sys.stdout)
+    stream = _Console(sys.stdout)
     stream.setFormatter(fmt)
     logger.addHandler(stream)
     if output_dir is not None and main_process:
