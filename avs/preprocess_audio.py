@@ -25,7 +25,7 @@ import sys
 from datasets.audio import AudioError, wav_to_clip_examples
 from datasets.avsbench import NUM_FRAMES, avsbench_clips
 from datasets.path_config import add_path_args
-from utils.cli import ArgumentParser, add_debug_flag, run_main
+from utils.cli import ArgumentParser, add_debug_flag, run_main, write_whole
 from utils.logger import progress
 
 
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
                 failed[clip.name] = str(e)
                 continue
             clip.log_mel.parent.mkdir(parents=True, exist_ok=True)
-            with open(clip.log_mel, "wb") as f:
-                pickle.dump(lm, f)
+            write_whole(clip.log_mel, pickle.dumps(lm))  # a file cut short by a stop would be kept as done
             done += 1
     for name, why in failed.items():
         print(f"skipped {name}: {why}", file=sys.stderr)

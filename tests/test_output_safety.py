@@ -367,3 +367,21 @@ def test_a_symbolic_link_loop_as_output_or_input_folder_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"--output_dir .*loop"):
         check_output_dir(loop, "--output_dir", {"--video": tmp_path / "clip.mp4"})
     assert check_output_dir(tmp_path / "out", "--output_dir", {"--davis16_root": loop}) == tmp_path / "out"
+
+
+def test_overwrite_says_that_files_this_run_does_not_write_stay(tmp_path, capsys):
+    """--overwrite into a stopped run's folder: a 300-frame video's predictions beyond a 20-frame one's
+    stayed beside the new run's without a word, the folder looking complete. The run now says so first
+    (the trainers and the demo, which delete their earlier outputs themselves, do not)."""
+    from utils.cli import check_output_dir
+
+    out = tmp_path / "out"
+    (out / "predictions" / "long").mkdir(parents=True)
+    (out / "INCOMPLETE").write_text("")
+    check_output_dir(out, "--output_dir", {}, overwrite=True)
+    assert capsys.readouterr().err == (
+        f"note: --output_dir {out} holds the partial outputs of a run that did not finish (its INCOMPLETE marker): "
+        "--overwrite replaces the files this run writes and deletes none, so any others stay beside them\n")
+    check_output_dir(out, "--output_dir", {}, overwrite=True, deletes=True)
+    check_output_dir(tmp_path / "new", "--output_dir", {}, overwrite=True)
+    assert capsys.readouterr().err == ""

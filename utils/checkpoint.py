@@ -230,7 +230,7 @@ def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: 
         if folders:
             raise UserError(f"--output_dir {out}: {', '.join(folders)} in it is a folder, not a file of a training "
                             "run; move it away or choose another --output_dir")
-    check_output_dir(out, "--output_dir", dict(inputs or {}), overwrite=True)  # a file; overlapping an input
+    check_output_dir(out, "--output_dir", dict(inputs or {}), overwrite=True, deletes=True)  # a file; an input
     found = run_files(out)
     if not found:
         return out

@@ -145,6 +145,22 @@ def writing(path: str | Path) -> Iterator[None]:
         raise OSError(cause.errno, cause.strerror, str(path)) from None
 
 
+def write_whole(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` whole or not at all: through a temporary file in the same folder, renamed
+    over ``path`` (a run stopped mid-write leaves the former file, or none, not half of one that a later
+    run would take as done)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with writing(path):
+            tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every script's ``--help``: the description as written (its examples keep their lines), and each
     option's default appended where its help does not already say it (no "default" in the text), so
@@ -423,12 +439,12 @@ def _no_literal_tilde(output: str | Path, flag: str) -> Path:
 
 
 def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path | None],
-                     overwrite: bool = False, default: bool = False) -> Path:
+                     overwrite: bool = False, default: bool = False, deletes: bool = False) -> Path:
     """Check an output folder before anything is read or written: not a file, apart from every
     input (:func:`require_separate`), one this user can create or write in, and empty or new unless
-    ``overwrite`` (then files of the same name are replaced, nothing is deleted). ``default``: the
-    script chose it (:func:`new_run_folder`), so an error says to pass ``flag`` instead. Returns it as a
-    Path, not yet created."""
+    ``overwrite`` (then files of the same name are replaced, nothing is deleted: said, unless the caller
+    ``deletes`` its earlier outputs itself). ``default``: the script chose it (:func:`new_run_folder`), so an
+    error says to pass ``flag`` instead. Returns it as a Path, not yet created."""
     out = _no_literal_tilde(output, flag)
     named = f"the default output folder {output} (no {flag} given)" if default else f"{flag} {output}"
     if out.exists() and not out.is_dir():
@@ -443,11 +459,15 @@ def check_output_dir(output: str | Path, flag: str, inputs: dict[str, str | Path
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{named} cannot be written: {existing} is not writable for this user; "
                         f"{f'pass {flag} to write elsewhere' if default else 'choose another folder'}")
-    if not overwrite and out.is_dir() and any(out.iterdir()):
-        remedy = f"pass {flag}" if default else "choose a new folder, or pass --overwrite to write over them"
+    if out.is_dir() and any(out.iterdir()):
         what = ("the partial outputs of a run that did not finish (its INCOMPLETE marker)"
                 if (out / "INCOMPLETE").is_file() else "files (an earlier run?)")
-        raise UserError(f"{named} already holds {what}; {remedy}")
+        if not overwrite:
+            remedy = f"pass {flag}" if default else "choose a new folder, or pass --overwrite to write over them"
+            raise UserError(f"{named} already holds {what}; {remedy}")
+        if not deletes:  # e.g. a longer video's frames beyond this one's would look like this run's
+            say(f"note: {named} holds {what}: --overwrite replaces the files this run writes and deletes none, so "
+                "any others stay beside them")
     return out
 
 

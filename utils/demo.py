@@ -49,7 +49,7 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse a file or a folder that holds files unless ``overwrite``; with it, delete the demo's
     own outputs of an earlier run (a link is removed, not followed), and only in a folder that a demo
     marked as its own: a user's folder that happens to hold a data/ or train/ is left alone."""
-    check_output_dir(out, "--output_dir", {}, overwrite)
+    check_output_dir(out, "--output_dir", {}, overwrite, deletes=True)
     if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARK).is_file():
         raise UserError(f"--output_dir {out} holds files that no demo wrote (it has no {DEMO_MARK}); --overwrite "
                         "only replaces an earlier demo: choose a new folder")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ import cv2
 import numpy as np
 
 from datasets.video import open_image
-from utils.cli import UserError, writing
+from utils.cli import UserError, write_whole
 
 MOCA_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -321,18 +320,8 @@ def write_results(results: Mapping, out_dir: str | Path, name: str) -> tuple[Pat
 
 
 def write_json(path: str | Path, value: object) -> Path:
-    """Write ``jsonable(value)`` as indented JSON, whole or not at all: through a temporary file in the
-    same folder, renamed over ``path`` (a run stopped mid-write leaves the former file, not half of it)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with writing(path):
-            tmp.write_text(json.dumps(jsonable(value), indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``jsonable(value)`` as indented JSON, whole or not at all (:func:`utils.cli.write_whole`)."""
+    return write_whole(path, json.dumps(jsonable(value), indent=2) + "\n")
 
 
 def jsonable(value: object) -> object:
