@@ -65,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=positive_float, default=None,
                    help="frame rate of a --video folder of frames (a video file has its own)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate")
-    p.add_argument("--test_im_size", default=384, type=non_negative_int, help="square evaluation size (0 = native 224)")
+    p.add_argument("--test_im_size", default=384, type=non_negative_int,
+                   help="square evaluation size; 0 = each file's own size (AVSBench's: 224x224), one for all")
     p.add_argument("--test_batch_size", default=4, type=positive_int,
                    help="clips per batch; the F-score threshold is chosen per batch, so this matters (original: 4)")
     p.add_argument("--save_pred_mask", action="store_true",
@@ -85,9 +86,15 @@ def check_clips(ds: AVSBenchDataset, clips) -> None:
     header of each frame and mask, and the log-mel pickle (small) where the audio comes from one. A
     damaged or hostile file is then named without leaving a folder behind (wavs are still read in
     the loop, under the INCOMPLETE marker)."""
+    first = None  # at their own size (--test_im_size 0), a batch's frames and masks are stacked: one size
     for clip in clips:
         for path in (*clip.frames, *clip.masks):
-            image_size(path)
+            size = image_size(path)
+            first = first or (path, size)
+            if ds.im_size is None and size != first[1]:
+                raise UserError(f"{path} is {size[0]}x{size[1]}, {first[0]} {first[1][0]}x{first[1][1]}: at "
+                                "--test_im_size 0 every frame and mask must have one size; give a --test_im_size "
+                                "to resize them (the original's is 384)")
         if ds.audio == "log_mel" or (ds.audio == "auto" and clip.log_mel.is_file()):
             load_log_mel(clip.log_mel)
 

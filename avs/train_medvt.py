@@ -61,7 +61,10 @@ from avs.losses import AVSCriterion
 from datasets.avsbench import AVSBenchDataset, task_dir
 from datasets.path_config import add_path_args, dataset_root
 from models.avs_config import get_avs_config
-from models.avs_convert import load_avs_checkpoint, load_pvt_pretrained
+from models.avs_convert import load_pvt_pretrained
+from models.convert import read_checkpoint
+from models.registry import load_weights
+from models.tasks import TASKS, check_task
 from utils import distributed as du
 from utils.checkpoint import add_run_args, check_end_lr, check_run_dir
 from utils.cli import (ArgumentParser, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
@@ -142,6 +145,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--masked_av_flag needs --kl_flag or --euclidean_flag (the original crashes without)")
     if args.load_s4_params and not args.trained_s4_model_path:
         raise UserError("--load_s4_params needs --trained_s4_model_path PATH")
+    if args.trained_s4_model_path and not args.load_s4_params:  # the original reads it only then: no silent skip
+        raise UserError("--trained_s4_model_path is read only with --load_s4_params (the original's pair): add it "
+                        "to start from that S4 model")
     return args
 
 
@@ -165,7 +171,9 @@ def init_avs_weights(model, args, logger) -> None:
     for flag, path in (("--trained_s4_model_path", args.trained_s4_model_path if args.load_s4_params else ""),
                        ("--weights", args.weights)):
         if path:
-            load_avs_checkpoint(model, path)
+            ckpt = read_checkpoint(path)
+            check_task(ckpt, "avs", f"{flag} {path}", TASKS["avs"].train)  # another task's file: said, not keys
+            load_weights(model, ckpt, model.cfg, f"{flag} {path}")
             logger.info(f"initialised from {path} ({flag})")
 
 

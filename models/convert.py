@@ -272,12 +272,13 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
     return ckpt
 
 
-def init_from_checkpoint(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
-    """Start a new run from a MED-VT checkpoint file (the authors' or ours, of any task): copy every
-    entry whose converted name and shape match; return (loaded, kept at their initial values)."""
+def init_from_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> tuple[list[str], list[str]]:
+    """Start a new run from a MED-VT checkpoint file (the authors' or ours, of any task; ``ckpt``: the file,
+    already read): copy every entry whose converted name and shape match; return (loaded, kept at their
+    initial values)."""
     require_file(path, "--init_from")
     try:
-        sd = checkpoint_state_dict(read_checkpoint(path), str(path))
+        sd = checkpoint_state_dict(read_checkpoint(path) if ckpt is None else ckpt, str(path))
     except CheckpointMismatchError as e:
         if str(path) in str(e):
             raise

@@ -308,6 +308,13 @@ def init_weights(model: MEDVT, log, swin: tuple[str, str | None], vistr: tuple[s
             loaded = init_from_vistr_coco(model, require_file(path, flag))
         log.info(f"{len(loaded)} tensors from {path} (FFN matrices sliced to {model.cfg.dim_feedforward})")
     if init_from:
-        loaded, kept = init_from_checkpoint(model, init_from)
+        from .tasks import checkpoint_task  # (models.tasks reads saved_args from this module)
+
+        ckpt = read_checkpoint(require_file(init_from, "--init_from"))
+        if checkpoint_task(ckpt, f"--init_from {init_from}") == "avs":  # some names are shared, nothing else
+            raise CheckpointMismatchError(f"--init_from {init_from} holds an AVS (MED-VT++) model, whose weights "
+                                          "only share some names with MED-VT's; give a MED-VT checkpoint (AVOS, VSS "
+                                          "or A2D)")
+        loaded, kept = init_from_checkpoint(model, init_from, ckpt)
         log.info(f"{len(loaded)} tensors from {init_from}; {len(kept)} kept at their initial values"
                  + (f": {', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}" if kept else ""))

@@ -241,7 +241,41 @@ def test_preprocess_script_writes_the_pickles(avs_root, tmp_path):
     before = [load_log_mel(c.log_mel) for c in clips]
     for c in clips:
         c.log_mel.unlink()
-    res = preprocess(["--task", "ms3", "--avsbench_root", str(root), "--splits", "test"])
+    import builtins
+    import io
+
+    real_open = io.open
+
+    class StoppedMidWrite:  # Ctrl-C (or kill) after half of the first pickle is written
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            self.f.close()
+            raise KeyboardInterrupt
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def opened(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return StoppedMidWrite(f) if "w" in mode and ".pkl" in str(file) else f
+
+    argv = ["--task", "ms3", "--avsbench_root", str(root), "--splits", "test"]
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(builtins, "open", opened)
+        mp.setattr(io, "open", opened)
+        preprocess(argv)
+    # the cut-short pickle was kept, and the next run counted it as done ("kept") and skipped it
+    assert not any(c.log_mel.exists() for c in clips) and not list(root.rglob(".*.partial"))
+    res = preprocess(argv)
     assert res["written"] == 2 and not res["skipped"]
     for c, b in zip(clips, before):
         assert torch.allclose(load_log_mel(c.log_mel), b, atol=1e-5)
@@ -325,6 +359,20 @@ def test_train_then_test_scripts(avs_root, tmp_path):
                        "--steps_per_epoch", "1", "--train_im_size", "64", "--val_im_size", "64",
                        "--val_max_batches", "1", "--weights", str(out / "checkpoint_best.pth")])
     assert res4["history"][0]["av"] == 0 and math.isfinite(res4["history"][0]["loss"])
+    # an S4 model named without --load_s4_params was skipped without a word (the original reads it only then)
+    s4_args = ["--task", "ms3", *common, "--output_dir", str(tmp_path / "ms3"), "--max_epoches", "1"]
+    with pytest.raises(UserError, match=r"^--trained_s4_model_path is read only with --load_s4_params"):
+        train_main(s4_args + ["--trained_s4_model_path", str(tmp_path / "s4" / "checkpoint_best.pth")])
+    # another task's checkpoint as initial weights is named by its task (it was a list of keys)
+    from models import build_model, get_config
+
+    vss = tmp_path / "vss.pth"
+    torch.save({"model": build_model("tiny", num_classes=5).state_dict(),
+                "config": get_config("tiny").replace(num_classes=5).to_dict(), "task": "vss"}, vss)
+    with pytest.raises(UserError, match=rf"^--weights {vss} holds a VSS model .*avs/train_medvt.py is for AVS models; "
+                                        "run it with vss/train_medvt_vss.py$"):
+        train_main(s4_args + ["--weights", str(vss)])
+    assert not (tmp_path / "ms3").exists()
 
 
 def _timm_to_original_pvt(name: str) -> str:

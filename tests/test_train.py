@@ -181,6 +181,15 @@ def test_init_from_weights_only_and_resume_with_wrong_groups(davis, tmp_path):
         (tmp_path / "run" / "train.log").read_text()
     with pytest.raises(CheckpointMismatchError, match="--lr_groups original"):
         train_script.main(args + ["--epochs", "2", "--lr_groups", "intended", "--resume", res["checkpoint_last"]])
+    # a MED-VT++ (AVS) file shares some names only (72 of a tiny model's tensors were taken from one)
+    from models.avs import build_avs_model
+
+    avs = build_avs_model("avs_tiny")
+    torch.save({"model": avs.state_dict(), "config": avs.cfg.to_dict(), "task": "avs"}, tmp_path / "avs.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"^--init_from .*avs\.pth holds an AVS \(MED-VT\+\+\) model"):
+        train_script.main(base_args(davis, tmp_path / "run2", "--epochs", "1", "--init_from",
+                                    str(tmp_path / "avs.pth")))
+    assert not (tmp_path / "run2").exists()
 
 
 def test_resume_refuses_changed_settings_and_applies_more_epochs(davis, tmp_path):

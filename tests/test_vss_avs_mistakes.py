@@ -167,6 +167,25 @@ def test_avs_test_with_a_bad_log_mel_pickle_leaves_no_folder(avs_case, tmp_path,
     assert not out.exists()
 
 
+def test_avs_test_at_the_files_own_size_refuses_files_of_another_size_before_any_output(avs_case, tmp_path):
+    """--test_im_size 0 evaluates each file at its own size: one mask (or frame) of another size stopped the
+    run mid-way with torch.stack's traceback, leaving a partial folder."""
+    from avs.test_medvt import main as test_main
+
+    src, ckpt = avs_case
+    root = tmp_path / "avsb"
+    shutil.copytree(src, root)
+    mask = sorted(root.rglob("gt_masks/test/**/*.png"))[-1]
+    Image.open(mask).resize((64, 64)).save(mask)
+    out = tmp_path / "test"
+    argv = _avs_argv(root, ckpt, out)
+    argv[argv.index("--test_im_size") + 1] = "0"
+    with pytest.raises(UserError, match=rf"^{mask} is 64x64, .* 32x32: at --test_im_size 0 every frame and mask must "
+                                        "have one size; give a --test_im_size"):
+        test_main(argv)
+    assert not out.exists()
+
+
 def test_avs_test_failing_mid_run_leaves_the_incomplete_marker(avs_case, tmp_path, monkeypatch):
     import avs.test_medvt as script
 
