@@ -7,7 +7,9 @@ On disk (the 480p release; the full-size release has the same layout)::
     <root>/data/<video>/mask/<frame>.png      labels (mode L or P), same stem; none for the test split
 
 Raw mask values are 0-124 and 255: 0 = "others" and 255 = void are both ignored, so classes are
-``raw - 1`` in 0..123 with 255 = ignore (the dataset README's recipe, :func:`raw_to_class`).
+``raw - 1`` in 0..123 with 255 = ignore (the dataset README's recipe, :func:`raw_to_class`). A model of
+K classes (``--num_classes``) reads raw labels 1..K; any other value but 0 and 255 is refused
+(:func:`check_raw_labels`), not read as void.
 
 Training clips (:class:`VSPWClips`) follow the AVOS loaders (spec avos §4.4): clip centres at
 positions 0, s, 2s, … of every video (s = ``centre_step``, default the clip length, as for
@@ -35,10 +37,10 @@ from utils.clips import clamped_clip
 
 from .path_config import check_listed_name, dataset_root, read_text_file, require
 from .transforms import IGNORE_INDEX, to_tensor
-from .video import VideoSequence, image_size, open_image, require_same_size
+from .video import VideoSequence, image_size, list_frame_files, open_image, require_same_size
 
 NUM_CLASSES = 124
-FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+RAW_VOID = 255  # the raw "void" value of a mask; raw 0 ("others") is ignored as well
 
 
 def vspw_root(override: str | os.PathLike | None = None) -> Path:
@@ -61,12 +63,12 @@ def read_split(root: Path, split: str) -> list[str]:
 
 def vspw_sequences(root: Path, split: str, need_masks: bool | None = None,
                    one_size: bool = True) -> list[VideoSequence]:
-    """Every video of ``split`` as a :class:`VideoSequence` (frames in name order, mask per frame or None).
+    """Every video of ``split`` as a :class:`VideoSequence` (frames in natural name order, mask per frame or None).
 
-    ``need_masks`` (default: every split but ``test``) makes a video without masks an error naming it,
-    and reads the header of every mask file (:func:`image_size`, no decoding), so a damaged mask is
-    named now, before training or evaluation starts, not when it is first read (after an epoch, for
-    the validation split). A frame without a mask file is kept, all void (as in :func:`read_raw_mask`).
+    ``need_masks`` (default: every split but ``test``) makes a video with a frame without its mask an error
+    naming them (:func:`require_all_masks`), and reads the header of every mask file (:func:`image_size`, no
+    decoding), so a damaged mask is named now, before training or evaluation starts, not when it is first
+    read (after an epoch, for the validation split). Without ``need_masks`` a missing mask is None.
     ``one_size``: the frames of a video must have one size, and (with ``need_masks``) its masks too
     (evaluation predicts at their size); training clips are checked when read instead (:class:`VSPWClips`), so a
     bad frame or mask costs only its clips.
@@ -75,38 +77,65 @@ def vspw_sequences(root: Path, split: str, need_masks: bool | None = None,
     videos = []
     for name in read_split(root, split):
         frame_dir = require(root / "data" / name / "origin", "vspw", f"frames of video {name} listed in {split}.txt")
-        frames = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in FRAME_SUFFIXES
-                        and not p.name.startswith("."))
-        if not frames:
-            raise FileNotFoundError(f"vspw: {frame_dir} has no frames (*.jpg)")
+        # As a --video folder is listed: 2.jpg before 10.jpg (a text sort would shuffle the clips), and two
+        # files of one frame name (00000003.jpg and .png) refused rather than both joining the video.
+        frames = list_frame_files(frame_dir, f"vspw: video {name}")
         if one_size:  # headers only; else the frame would be found (and the run stopped) when its video comes up
             require_same_size(frames, f"vspw: video {name}")
         mask_dir = root / "data" / name / "mask"
         if need_masks:
             require(mask_dir, "vspw", f"masks of video {name} (split {split})")
         masks = [m if m.is_file() else None for m in (mask_dir / f"{p.stem}.png" for p in frames)]
-        if need_masks and all(m is None for m in masks):
-            raise FileNotFoundError(f"vspw: no mask in {mask_dir} matches a frame name of {frame_dir}")
+        video = VideoSequence(name, frames, masks)
         if need_masks:
+            require_all_masks(video, mask_dir)
             first = None
             for m in masks:
-                if m is not None:
-                    size = image_size(m)  # raises ImageReadError naming the file
-                    first = first or (m, size)
-                    # Evaluation predicts a video at its masks' size: masks of two sizes would fail there.
-                    if one_size and size != first[1]:
-                        raise UserError(f"vspw: mask {m} is {size[0]}x{size[1]} but mask {first[0].name} of the same "
-                                        f"video {name} is {first[1][0]}x{first[1][1]}; all masks of a video "
-                                        "must have one size")
-        videos.append(VideoSequence(name, frames, masks))
+                size = image_size(m)  # raises ImageReadError naming the file
+                first = first or (m, size)
+                # Evaluation predicts a video at its masks' size: masks of two sizes would fail there.
+                if one_size and size != first[1]:
+                    raise UserError(f"vspw: mask {m} is {size[0]}x{size[1]} but mask {first[0].name} of the same "
+                                    f"video {name} is {first[1][0]}x{first[1][1]}; all masks of a video "
+                                    "must have one size")
+        videos.append(video)
     return videos
 
 
-def raw_to_class(raw: np.ndarray) -> np.ndarray:
-    """Raw VSPW labels (0 others, 1-124 classes, 255 void) → classes 0..123, 255 = ignore (uint8)."""
+def require_all_masks(video: VideoSequence, mask_dir: Path) -> None:
+    """Refuse a video some of whose frames have no mask in ``mask_dir``: as all void they would drop out
+    of the loss and the scores without a word, while the results still count every frame (as the DAVIS
+    loader refuses a frame without annotation)."""
+    missing = [f"{frame.stem}.png" for frame, mask in zip(video.frames, video.masks) if mask is None]
+    if missing:
+        raise FileNotFoundError(f"vspw: {len(missing)} of {video.num_frames} frames of video {video.name} have no "
+                                f"mask in {mask_dir}, e.g. {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} "
+                                "(an incomplete copy of the dataset?)")
+
+
+def check_raw_labels(raw: np.ndarray, num_classes: int, video: str, path: Path | None) -> None:
+    """Refuse a raw label of mask ``path`` that is no class of the model (1..K) nor "others" (0) nor void:
+    read as void, a 150-class copy's labels 125..150 silently left the loss and the scores."""
+    raw = np.asarray(raw)
+    bad = raw[(raw > num_classes) & (raw != RAW_VOID)]
+    if bad.size:
+        r = int(bad.max())
+        raise UserError(f"VSPW video {video}: its masks hold class id {r - 1} (raw label {r}), but the model has "
+                        f"{num_classes} classes (raw labels 1..{num_classes}; 0 and {RAW_VOID} are ignored), e.g. "
+                        f"mask {path}; check --num_classes (VSPW has {NUM_CLASSES}) or the masks")
+
+
+def raw_to_class(raw: np.ndarray, num_classes: int | None = NUM_CLASSES) -> np.ndarray:
+    """Raw VSPW labels (0 others, 1..K classes, 255 void) → classes 0..K-1, 255 = ignore (uint8), for a
+    model of K = ``num_classes`` classes (VSPW's 124 by default). A label above K is ignored too: refuse
+    it first with :func:`check_raw_labels`. None: every label 1..254 is a class (for a caller whose loss
+    checks the class count, :class:`vss.losses.VSSCriterion`)."""
     raw = np.asarray(raw)
     out = raw.astype(np.int16) - 1
-    out[(raw == 0) | (raw == 255) | (out >= NUM_CLASSES)] = IGNORE_INDEX
+    ignored = (raw == 0) | (raw == RAW_VOID)
+    if num_classes is not None:
+        ignored |= out >= num_classes
+    out[ignored] = IGNORE_INDEX
     return out.astype(np.uint8)
 
 
@@ -188,13 +217,17 @@ class VSPWClips(Dataset):
 
     Item: ``frames`` [T, 3, H, W] normalised, ``masks`` [T, H, W] long (classes 0..K-1, 255 ignore),
     ``name`` (video), ``centre`` (frame index of the clip centre).
+
+    ``num_classes``: the model's K; a mask holding a raw label above it is refused naming the file
+    (:func:`check_raw_labels`). None keeps every raw label 1..254 as a class, for the loss to refuse
+    one the model has not (:class:`vss.losses.VSSCriterion`, which cannot name the file).
     """
 
     def __init__(self, sequences: Sequence[VideoSequence], transform, num_frames: int = 6,
-                 centre_step: int | None = None, frame_stride: int = 1) -> None:
+                 centre_step: int | None = None, frame_stride: int = 1, num_classes: int | None = None) -> None:
         if not sequences:
             raise ValueError("vspw: no training videos")
-        self.sequences, self.transform = list(sequences), transform
+        self.sequences, self.transform, self.num_classes = list(sequences), transform, num_classes
         self.num_frames, self.frame_stride = num_frames, frame_stride
         step = centre_step or num_frames
         self.samples = [(v, c) for v, seq in enumerate(self.sequences) for c in range(0, seq.num_frames, step)]
@@ -213,14 +246,19 @@ class VSPWClips(Dataset):
             if mask.shape != image.size[::-1]:
                 raise UserError(f"{seq.masks[i]} is {mask.shape[1]}x{mask.shape[0]} but its frame {seq.frames[i]} "
                                 f"is {image.size[0]}x{image.size[1]}; a mask must have its frame's size")
-        labels = [raw_to_class(m) for m in raw]
+        if self.num_classes is not None:
+            for i, mask in zip(ids, raw):
+                check_raw_labels(mask, self.num_classes, seq.name, seq.masks[i])
+        labels = [raw_to_class(m, self.num_classes) for m in raw]
         frames, masks = self.transform(images, labels)
         return {"frames": frames, "masks": masks, "name": seq.name, "centre": centre}
 
 
 def build_vspw_train_dataset(root: str | os.PathLike | None = None, split: str = "train", num_frames: int = 6,
                              centre_step: int | None = None, frame_stride: int = 1,
-                             transform: VSPWTrainTransform | None = None) -> VSPWClips:
-    """Clips of ``split`` (default ``train``) under the resolved VSPW root."""
+                             transform: VSPWTrainTransform | None = None,
+                             num_classes: int | None = None) -> VSPWClips:
+    """Clips of ``split`` (default ``train``) under the resolved VSPW root, for a model of ``num_classes``
+    classes (:class:`VSPWClips`)."""
     seqs = vspw_sequences(vspw_root(root), split, need_masks=True, one_size=False)
-    return VSPWClips(seqs, transform or VSPWTrainTransform(), num_frames, centre_step, frame_stride)
+    return VSPWClips(seqs, transform or VSPWTrainTransform(), num_frames, centre_step, frame_stride, num_classes)

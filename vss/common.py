@@ -14,10 +14,8 @@ import torch
 from PIL import Image
 
 from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
-from datasets.video import VideoSequence, image_size
-from datasets.transforms import IGNORE_INDEX
-from datasets.vspw import NUM_CLASSES as VSPW_NUM_CLASSES
-from datasets.vspw import raw_to_class, read_raw_mask, resized_hw
+from datasets.video import VideoSequence, image_size, open_image
+from datasets.vspw import check_raw_labels, raw_to_class, read_raw_mask, require_all_masks, resized_hw
 from models import build_model, load_model
 from models.convert import read_checkpoint
 from models.predictor import VideoPredictor, Window
@@ -59,8 +57,8 @@ PALETTE = vspw_palette()
 def overlay_colors(frame: Path | np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The frame (a file, resized to the labels, or an RGB array of their size) blended with the class
     colours, HxWx3 uint8."""
-    if isinstance(frame, Path):
-        frame = np.asarray(Image.open(frame).convert("RGB").resize(labels.shape[::-1], Image.BILINEAR))
+    if isinstance(frame, Path):  # read as the model reads it: a 16-bit frame rescaled, not clipped to white
+        frame = np.asarray(open_image(frame, "RGB").resize(labels.shape[::-1], Image.BILINEAR))
     return ((1 - alpha) * frame + alpha * PALETTE[labels]).astype(np.uint8)
 
 
@@ -95,17 +93,6 @@ def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[in
     return preds
 
 
-def check_classes(gt: np.ndarray, num_classes: int, video: str) -> None:
-    """Ground truth with a class the model does not have would be left out of the scores (the VSPW
-    evaluator counts only ids below K), inflating them: refused, as training refuses such a mask."""
-    bad = gt[(gt >= num_classes) & (gt != IGNORE_INDEX)]
-    if bad.size:
-        k = int(bad.max())
-        raise UserError(f"VSPW video {video}: its masks hold class id {k} (raw label {k + 1}), but the model has "
-                        f"{num_classes} classes, so those pixels would be left out of the scores; check "
-                        f"--num_classes (VSPW has {VSPW_NUM_CLASSES})")
-
-
 def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device: torch.device,
                     output_dir: Path | None = None, save_predictions: bool = True, save_overlays: bool = False,
                     progress: bool = True, **predict_kwargs) -> dict:
@@ -113,11 +100,16 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
     predictions arrive), return :meth:`VSPWEvaluator.summary`.
 
     Predictions are made at the mask size (where metrics are taken), else at the frame size; a
-    video's predictions are only collected when it has masks (video consistency needs them all).
+    video's predictions are only collected when it has masks (video consistency needs them all), and a video
+    with some but not all of its masks is refused before anything is predicted.
     The summary is ``{}`` when no video has masks. Under torchrun every process must call it: each
     predicts every world-size-th video, and all get the summary of one process predicting them all.
     """
     evaluator = VSPWEvaluator(model.num_classes)  # MEDVT or an ONNX Runtime session (--runtime onnx)
+    for video in videos:  # a partly annotated video would be scored on what is left; refused before any predicting
+        annotated = [m for m in video.masks if m is not None]
+        if annotated:
+            require_all_masks(video, annotated[0].parent)
     mine = {}  # video index → (name, its share of the scores)
     indices = shard(len(videos))
     progress = progress and is_main_process()
@@ -138,8 +130,9 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
                     if raw.shape != (h0, w0):  # vspw_sequences checks this only where masks are required
                         raise UserError(f"VSPW video {video.name}: mask {video.masks[f]} is {raw.shape[1]}x"
                                         f"{raw.shape[0]}, but its first is {w0}x{h0}; a video's masks have one size")
-                    gt = raw_to_class(raw)
-                    check_classes(gt, evaluator.num_classes, video.name)
+                    # a raw label the model has no class for is refused, naming the mask, not read as void
+                    check_raw_labels(raw, evaluator.num_classes, video.name, video.masks[f])
+                    gt = raw_to_class(raw, evaluator.num_classes)
                     # VC compares the raw masks, as the official script does; mIoU uses classes 0..K-1.
                     score.add_frame(gt, labels, raw)
                 if output_dir is not None:

@@ -137,11 +137,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_loader(args: argparse.Namespace, rank: int, world_size: int) -> tuple[DataLoader, DistributedSampler]:
+def build_loader(args: argparse.Namespace, rank: int, world_size: int,
+                 num_classes: int) -> tuple[DataLoader, DistributedSampler]:
     transform = VSPWTrainTransform(args.train_sizes, args.max_size or None, tuple(args.crop),
                                    hflip=0.0 if args.no_hflip else 0.5)
+    # the model's class count maps the masks' labels (a label it does not have is refused naming the mask)
     dataset = build_vspw_train_dataset(args.vspw_root, args.train_split, args.num_frames, args.centre_step,
-                                       args.frame_stride, transform)
+                                       args.frame_stride, transform, num_classes=num_classes)
     # A DistributedSampler also in one process: the shuffle is a function of (seed, epoch), so a
     # resumed run sees the same order as an uninterrupted one.
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed,
@@ -201,7 +203,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     scheduler = PolyLR(optimizer, max_steps=args.epochs - 1, end_lr=args.end_lr, power=args.poly_power)
     amp_dtype = AMP_DTYPES[args.amp]
     scaler = torch.amp.GradScaler(device.type) if amp_dtype is torch.float16 else None
-    loader, sampler = build_loader(args, info.rank, info.world_size)
+    loader, sampler = build_loader(args, info.rank, info.world_size, cfg.num_classes)
     val_videos = []
     if args.val_every > 0:
         val_videos = vspw_sequences(vspw_root(args.vspw_root), args.val_split, need_masks=True)
