@@ -15,6 +15,7 @@ from PIL import Image
 from actor_action.metrics import ConfusionMatrix, OriginalA2DMetric, frame_score
 from datasets.a2d import NUM_CLASSES, A2DDataset, default_palette
 from datasets.stream import ImageFiles, Prefetch, VideoFile, open_video
+from datasets.video import open_image
 from models.config import MODEL_CONFIGS, MedVTConfig, get_config, preset_name
 from models.predictor import VideoPredictor, Window
 from models.registry import saved_arg_changes, saved_args
@@ -140,7 +141,8 @@ def format_shares(result: dict, top: int = 5) -> str:
 def _save_viz(viz_dir: Path, dataset: A2DDataset, item: dict, pred: np.ndarray, gt: np.ndarray,
               palette: np.ndarray, save_gt: bool) -> None:
     vid, fid = item["name"], f"{item['frame']:05d}"
-    frame = Image.open(dataset.frame_root / vid / f"{fid}.png").convert("RGB").resize(pred.shape[::-1], Image.BILINEAR)
+    # open_image as the model's input: PIL's own convert clips a 16-bit frame at 255 (a washed-out overlay)
+    frame = open_image(dataset.frame_root / vid / f"{fid}.png", "RGB").resize(pred.shape[::-1], Image.BILINEAR)
     frame = np.asarray(frame)
     pictures = [("color_mask", label_image(pred, palette)),
                 ("pred_overlay", Image.fromarray(blend(frame, pred, palette)))]

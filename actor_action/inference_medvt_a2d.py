@@ -162,6 +162,8 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, root:
     dataset = A2DDataset(root, args.split, args.num_frames, tuple(args.clip_size), args.end_window)
     say(f"A2D {args.split}: {len(dataset)} annotated frames; {described}"
         + (f"; {proc.world_size} processes, each scoring 1 frame in {proc.world_size}" if proc.distributed else ""))
+    if dataset.shortfall:
+        say(f"warning: {dataset.shortfall}")
     with shared_run_folder(out):  # left in place by an error or Ctrl-C: the outputs are partial
         summary, metric, cm = evaluate_a2d(model, dataset, device, args.nan_policy, args.protocol, args.max_items,
                                            out / "viz" if args.save_pred or args.save_gt_overlay else None,

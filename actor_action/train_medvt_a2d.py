@@ -254,6 +254,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
                         collate_fn=_collate)
     val_set = A2DDataset(root, args.val_split, args.num_frames, tuple(args.clip_size), args.end_window) \
         if args.val_every > 0 else None
+    for shortfall in (data.shortfall for data in (dataset, val_set) if data is not None and data.shortfall):
+        run.early.warning(shortfall)
     run.read_resume(cfg, check=same_schedule_length(args))
 
     logger = run.open()

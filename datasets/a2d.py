@@ -141,6 +141,7 @@ def read_videoset(csv_path: str | os.PathLike, split: str) -> list[A2DVideo]:
         raise ValueError(f"a2d split must be 'train' or 'test', not {split!r}")
     drop = 1 if split == "train" else 0
     videos = []
+    first_line: dict[str, int] = {}
     text = read_text_file(csv_path, "a2d: video list")
     for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
         if not row:
@@ -150,6 +151,12 @@ def read_videoset(csv_path: str | os.PathLike, split: str) -> list[A2DVideo]:
                                        "(id, label, start, end, height, width, #frames, #annotated, usage)")
         where = f"{csv_path} line {n}"
         check_listed_name(row[0], f"a2d: {where}")
+        # The original keeps every row, so a repeated one scores its video's frames twice (or samples it
+        # twice per training epoch, or puts a test video in training); A2D lists each of its videos once.
+        if row[0] in first_line:
+            raise UserError(f"a2d: {where}: video {row[0]} is listed again (first on line {first_line[row[0]]}); "
+                            "delete one of the two rows")
+        first_line[row[0]] = n
         label, height, width, frames, annotated, usage = (
             _int_field(row[k], where, VIDEOSET_COLUMNS[k]) for k in (1, 4, 5, 6, 7, -1))
         if usage != drop:
@@ -172,6 +179,23 @@ def annotated_frames(gt_dir: Path) -> list[int]:
                             f"move it out of {gt_dir}")
         frames.append(int(p.stem))
     return sorted(frames)
+
+
+def annotation_shortfall(video: A2DVideo, frames: list[int], gt_dir: Path, split: str,
+                         csv_path: Path) -> str | None:
+    """Where the folder ``gt_dir`` of a video of ``split`` holds fewer annotations (``frames``) than
+    videoset.csv's #annotated: "<video> (found of listed)", for the run to say (the original lists the
+    folder and never reads #annotated, so deleted files silently shrank the test set and changed its
+    score). Not refused: nothing here confirms that every video of the release has as many files as it
+    lists. A training video with none is refused: training draws one of its frames each epoch, and the
+    empty choice stopped some later epoch with an IndexError."""
+    if split == "train" and not frames:
+        raise UserError(f"a2d: training video {video.vid} has no annotation files (<fid>.mat) in {gt_dir} "
+                        f"({csv_path} lists {video.num_annotated}); restore them from the A2D release, or delete "
+                        "the video's row from videoset.csv to train without it")
+    if len(frames) < video.num_annotated:
+        return f"{video.vid} ({len(frames)} of {video.num_annotated})"
+    return None
 
 
 def check_mat_header(path: str | os.PathLike) -> bytes:
@@ -313,12 +337,19 @@ class A2DDataset(Dataset):
                  size: tuple[int, int] | None = CLIP_SIZE, end_window: str = "clamp", seed: int | None = None) -> None:
         self.root = Path(root)
         self.split, self.num_frames, self.size, self.end_window = split, num_frames, size, end_window
-        self.videos = read_videoset(self.root / "Release" / "videoset.csv", split)
+        csv_path = self.root / "Release" / "videoset.csv"
+        self.videos = read_videoset(csv_path, split)
         if not self.videos:
-            raise DatasetNotFoundError(f"a2d: {self.root / 'Release/videoset.csv'} lists no {split} video")
+            raise DatasetNotFoundError(f"a2d: {csv_path} lists no {split} video")
         self.gt_root = self.root / "Release" / "Annotations" / "mat"
         self.frame_root = self.root / "frames"
         self.annotated = {v.vid: annotated_frames(self.gt_root / v.vid) for v in self.videos}
+        short = [s for v in self.videos
+                 if (s := annotation_shortfall(v, self.annotated[v.vid], self.gt_root / v.vid, split, csv_path))]
+        # what the run says (e.g. in its first lines), or None
+        self.shortfall = (f"{len(short)} {split} videos have fewer annotation files than {csv_path} lists: "
+                          f"{', '.join(short[:5])}{' …' if len(short) > 5 else ''}; they are "
+                          f"{'scored' if split == 'test' else 'used'} on the files found") if short else None
         self.items = [(v, g) for v in self.videos for g in self.annotated[v.vid]]
         for video, g in self.items:  # a damaged file would otherwise surface in some later epoch
             check_mat_header(self.gt_root / video.vid / f"{g:05d}.mat")
@@ -375,7 +406,8 @@ def make_synthetic_a2d(root: str | os.PathLike, num_train: int = 2, num_test: in
                 ids = np.zeros((h, w), np.float64)
                 ids[y:y + 16, x:x + 16] = label
                 savemat(root / "Release" / "Annotations" / "mat" / vid / f"{k:05d}.mat", {"reS_id": ids})
-        rows.append([vid, label, 0, 0, h, w, num_frames, len(annotated), 0 if n < num_train else 1])
+        written = sum(1 <= k <= num_frames for k in annotated)  # #annotated must count the files written
+        rows.append([vid, label, 0, 0, h, w, num_frames, written, 0 if n < num_train else 1])
     with open(root / "Release" / "videoset.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     return root
