@@ -104,6 +104,9 @@ def resample(samples: np.ndarray, sample_rate: int, target: int = SAMPLE_RATE) -
     return resample_poly(np.asarray(samples, dtype=np.float64), target // g, int(sample_rate) // g, axis=0)
 
 
+TO_PCM16 = "ffmpeg -i IN.wav -c:a pcm_s16le OUT.wav"  # any sound file to what read_wav reads
+
+
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """16-bit PCM wav → (samples [n] or [n, ch] float64 in [-1, 1) as int16 / 32768, sample rate)."""
     path = Path(path)
@@ -118,9 +121,12 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
             raw = f.readframes(n)
     except (wave.Error, EOFError) as e:
         why = str(e) or ("the file is empty" if path.stat().st_size == 0 else "no RIFF/WAVE header")
-        raise AudioError(f"{path}: not a readable PCM wav file ({why})") from e
+        # format 3 is float samples, 65534 the "extensible" header many recorders write
+        hint = f"; convert it: {TO_PCM16}" if "unknown format" in why else ""
+        raise AudioError(f"{path}: not a readable PCM wav file ({why}){hint}") from e
     if width != 2:
-        raise AudioError(f"{path}: {8 * width}-bit samples; 16-bit PCM is expected (AVSBench's wavs are)")
+        raise AudioError(f"{path}: {8 * width}-bit samples; 16-bit PCM is expected (AVSBench's wavs are): "
+                         f"convert it: {TO_PCM16}")
     if len(raw) != n * width * ch:  # a cut-short file: fewer bytes than the header's data chunk declares
         raise AudioError(f"{path}: the header declares {n} frames ({n * width * ch} bytes) but the file holds "
                          f"{len(raw)} bytes of audio; the file is cut short, replace it with a complete copy")

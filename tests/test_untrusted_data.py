@@ -157,6 +157,24 @@ def test_ordinary_sample_rates_still_read(tmp_path):
     assert read_mono_16k(tmp_path / "8000.wav").shape == (400,)
 
 
+def test_wavs_of_other_sample_formats_are_refused_with_the_conversion(tmp_path):
+    """A float32 wav said "unknown format: 3", a 24-bit one "24-bit samples": neither said how to fix it."""
+    floats = _wav(tmp_path / "float.wav", 16000)
+    data = bytearray(floats.read_bytes())
+    data[20:22] = struct.pack("<H", 3)  # the fmt chunk's format tag: IEEE float
+    floats.write_bytes(bytes(data))
+    with pytest.raises(AudioError, match=r"float\.wav: not a readable PCM wav file \(unknown format: 3\); convert it: "
+                                         r"ffmpeg -i IN\.wav -c:a pcm_s16le OUT\.wav$"):
+        read_wav(floats)
+    with wave.open(str(tmp_path / "24.wav"), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(3)
+        f.setframerate(16000)
+        f.writeframes(bytes(600))
+    with pytest.raises(AudioError, match=r"24\.wav: 24-bit samples; .*convert it: ffmpeg -i IN\.wav -c:a pcm_s16le"):
+        read_wav(tmp_path / "24.wav")
+
+
 # 4. A2D label maps ------------------------------------------------------------------------------------
 def _matlab_v73(path: Path, write) -> Path:
     """A MATLAB v7.3 file: HDF5 after a 512-byte header; ``write(h5py.File)`` adds its datasets."""
