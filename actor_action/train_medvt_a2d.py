@@ -51,7 +51,7 @@ from models import build_model
 from models.registry import init_weights
 from utils.checkpoint import add_run_args, check_end_lr, check_run_dir, stretch_schedule
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
-                       positive_float, positive_int, random_seed, run_main)
+                       positive_float, positive_int, random_seed, refuse_unused, run_main)
 from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, epoch_steps, train_one_epoch
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
@@ -216,6 +216,8 @@ def check_schedule_length(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    if args.scheduler_type != "step":  # the other decays have no period: the flag would do nothing
+        refuse_unused(parser, args, ("lr_drop",), "to --scheduler_type step only (its period)", argv)
     check_schedule_length(args)
     if args.scheduler_type == "poly":  # the other decays do not use --end_lr
         check_end_lr(args)

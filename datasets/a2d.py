@@ -350,6 +350,11 @@ class A2DDataset(Dataset):
         self.shortfall = (f"{len(short)} {split} videos have fewer annotation files than {csv_path} lists: "
                           f"{', '.join(short[:5])}{' …' if len(short) > 5 else ''}; they are "
                           f"{'scored' if split == 'test' else 'used'} on the files found") if short else None
+        for v in self.videos:  # frames extracted from 0 would be read one off each annotation, then one missing
+            if (self.frame_root / v.vid / "00000.png").is_file():
+                raise UserError(f"a2d: {self.frame_root / v.vid / '00000.png'}: the frames of video {v.vid} are "
+                                "numbered from 0, but A2D's annotations count frames from 1 (<fid>.mat of frame "
+                                "<fid>.png); extract them again numbered from 1 (ffmpeg's -start_number 1)")
         self.items = [(v, g) for v in self.videos for g in self.annotated[v.vid]]
         for video, g in self.items:  # a damaged file would otherwise surface in some later epoch
             check_mat_header(self.gt_root / video.vid / f"{g:05d}.mat")

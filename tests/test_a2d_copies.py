@@ -68,3 +68,14 @@ def test_a_repeated_videoset_row_is_refused_naming_the_file_and_video(a2d):
     csv_path.write_text(csv_path.read_text() + "vid003,46,0,0,48,64,10,3,1\n")
     with pytest.raises(UserError, match=r"videoset\.csv line 5: video vid003 is listed again \(first on line 4\)"):
         A2DDataset(a2d, "test")
+
+
+def test_frames_numbered_from_0_are_refused_when_built(a2d):
+    """Frames extracted with ffmpeg's -start_number 0 were read one frame off their annotations (scored),
+    until the last one was found missing mid-run."""
+    frames = a2d / "frames" / "vid002"
+    for k in range(1, 11):  # 00001..00010 → 00000..00009
+        (frames / f"{k:05d}.png").rename(frames / f"{k - 1:05d}.png")
+    with pytest.raises(UserError, match=r"^a2d: .*vid002/00000\.png: the frames of video vid002 are numbered from 0, "
+                                        r"but A2D's annotations count frames from 1 .*-start_number 1\)$"):
+        A2DDataset(a2d, "test")

@@ -165,3 +165,12 @@ def test_an_epoch_count_the_schedule_has_no_room_for_is_refused(flags, hint):
         train_medvt_a2d.check_schedule_length(_args(*flags))
     train_medvt_a2d.check_schedule_length(_args("--epochs", "3", "--warmup_epochs", "1"))  # a decay of 1 epoch
     train_medvt_a2d.check_schedule_length(_args("--epochs", "1"))  # one epoch at --lr: nothing to decay
+
+
+@pytest.mark.parametrize("schedule", [[], ["--scheduler_type", "cosine"]])
+def test_lr_drop_without_the_step_decay_is_refused(schedule, capsys):
+    """--lr_drop is the step decay's period: with the poly (default) or cosine decay it did nothing, silently."""
+    with pytest.raises(SystemExit) as stop:
+        train_medvt_a2d.main([*schedule, "--lr_drop", "3"])
+    assert stop.value.code == 2
+    assert "--lr_drop applies to --scheduler_type step only (its period)" in capsys.readouterr().err
