@@ -235,12 +235,35 @@ def check_tensor_dict(sd: dict, source: str) -> None:
                                           "values a model's state dict holds")
 
 
+# The pretrained files of the backbones, which a user may give where a MED-VT checkpoint goes (flags
+# swapped): (the prefixes every name has, one that must be there, what the file is, where it goes).
+PRETRAINED_FILES = (
+    (("features.", "embeddings."), "embeddings.", "VGGish's audio weights", "--vggish_weights"),
+    (("backbone.", "cls_head."), "cls_head.", "Video Swin's Kinetics weights",
+     "a trainer's --swin_pretrained (A2D's: --swin_b_pretrained_path)"),
+    (("patch_embed", "block", "norm", "head."), "patch_embed1.", "PVTv2's ImageNet weights",
+     "--pvtv2_pretrained_path of avs/train_medvt.py"),
+)
+
+
+def pretrained_file(sd: object) -> str | None:
+    """What a backbone's pretrained file given as a model checkpoint is, and where it goes; else None."""
+    names = [str(k) for k in sd] if isinstance(sd, dict) else []
+    for prefixes, mark, what, where in PRETRAINED_FILES:
+        if names and all(k.startswith(prefixes) for k in names) and any(k.startswith(mark) for k in names):
+            return f"{what}, not a MED-VT model: they go to {where}"
+    return None
+
+
 def checkpoint_state_dict(ckpt: dict, source: str = "the checkpoint", entry: str = "model") -> dict[str, Tensor]:
     """The model weights inside a checkpoint dict (its ``entry``, or the dict itself), names and dense
     tensors (:func:`check_tensor_dict`); ``source`` names the file in the error."""
     sd = ckpt.get(entry, ckpt)
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         entries = ", ".join(sorted(map(str, ckpt))[:6]) or "none"
+        kind = pretrained_file(ckpt.get("state_dict")) if entry == "model" else None
+        if kind is not None:  # Video Swin's file keeps its weights under "state_dict", as Lightning does
+            raise CheckpointMismatchError(f"{source} holds {kind}")
         hint = (" (a PyTorch Lightning checkpoint? re-save its 'state_dict' under 'model')"
                 if entry == "model" and "state_dict" in ckpt else "")
         raise CheckpointMismatchError(f"{source} has no '{entry}' state dict of tensors (its entries: {entries}){hint}")

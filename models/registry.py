@@ -36,7 +36,8 @@ from .avs_convert import avs_state_dict
 from .config import MODEL_CONFIGS, MedVTConfig, preset_name
 from .backbone import load_swin_pretrained
 from .convert import (CheckpointMismatchError, check_fits, checkpoint_state_dict, convert_original_state_dict,
-                      init_from_checkpoint, init_from_vistr_coco, load_state_dict_strict, read_checkpoint)
+                      init_from_checkpoint, init_from_vistr_coco, load_state_dict_strict, pretrained_file,
+                      read_checkpoint)
 from .medvt import MEDVT
 
 ModelConfig = MedVTConfig | AVSConfig
@@ -218,6 +219,9 @@ def _fitting_state_dict(own: dict[str, Tensor], ckpt: dict, cfg: ModelConfig, so
     try:
         check_fits(own, sd, source, (MEDVTPlusPlus if isinstance(cfg, AVSConfig) else MEDVT).__name__)
     except CheckpointMismatchError:
+        kind = pretrained_file(ckpt.get("model", ckpt))
+        if kind is not None:  # a backbone's file (flags swapped): the list of every key would not say it
+            raise CheckpointMismatchError(f"{source} holds {kind}") from None
         bare = bare_state_dict_error(ckpt, source)
         if bare is not None:
             raise bare from None

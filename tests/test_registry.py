@@ -157,3 +157,27 @@ def test_every_backbone_has_the_same_interface(kind):
     backbone.grad_checkpointing = True  # (with gradients on, where it applies)
     again = backbone(frames)
     assert all(torch.equal(a, b) for a, b in zip(maps, again))
+
+
+def test_a_backbones_pretrained_file_given_as_the_model_says_where_it_goes(tmp_path):
+    """VGGish's, Video Swin's or PVTv2's file given as --model_path (flags swapped) was refused with
+    hundreds of key names (Swin's: "a PyTorch Lightning checkpoint?"); now by what it is and its flag."""
+    from models.audio import VGGish
+
+    t = torch.zeros(2)
+    files = {
+        "vggish.pth": (VGGish().state_dict(),
+                       r"VGGish's audio weights, not a MED-VT model: they go to --vggish_weights"),
+        "swin.pth": ({"meta": {}, "state_dict": {"backbone.patch_embed.proj.weight": t, "backbone.layers.0.w": t,
+                                                 "cls_head.fc_cls.weight": t}},
+                     r"Video Swin's Kinetics weights, not a MED-VT model: they go to a trainer's --swin_pretrained"),
+        "pvt.pth": ({"patch_embed1.proj.weight": t, "block1.0.norm1.weight": t, "norm4.weight": t, "head.weight": t},
+                    r"PVTv2's ImageNet weights, not a MED-VT model: they go to --pvtv2_pretrained_path"),
+    }
+    for name, (content, says) in files.items():
+        torch.save(content, tmp_path / name)
+        for preset in ("tiny", "avs_tiny"):
+            with pytest.raises(CheckpointMismatchError, match=rf"^{tmp_path / name} holds {says}"):
+                load_model(tmp_path / name, preset=preset)
+    torch.save({"model": build_model("tiny").state_dict()}, tmp_path / "medvt.pth")  # a MED-VT file is not one
+    assert load_model(tmp_path / "medvt.pth", preset="tiny").config == get_preset("tiny")
