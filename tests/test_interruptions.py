@@ -210,15 +210,16 @@ t.run_main(lambda: os.kill(os.getpid(), signal.SIGINT), resume=t.resume_hint)
     from utils import training
 
     monkeypatch.setattr(training, "_run_folder", tmp_path)  # opened; no epoch saved (train.log only)
+    monkeypatch.setattr(training, "_folder_start", 0)  # a new run's (an earlier test's run set it)
     (tmp_path / "train.log").write_text("")
     assert training.resume_hint() == "no epoch was saved: run the same command again"
     (tmp_path / "checkpoint_best.pth").write_bytes(b"")  # stopped between its first epoch's two checkpoints
     assert training.resume_hint() == "to continue, run the same command with --resume auto (without --overwrite)"
     # the same, in a copy continued here from epoch 3: --resume auto refuses a lone checkpoint_best.pth of epoch 4
-    monkeypatch.setattr(training, "_run_start", 4)
-    assert training.resume_hint() == (f"its one saved epoch is in {tmp_path / 'checkpoint_best.pth'} only: continue "
-                                      "from it with --resume and another --output_dir, or run the same command again "
-                                      "with --overwrite")
+    monkeypatch.setattr(training, "_folder_start", 4)
+    best = tmp_path / "checkpoint_best.pth"
+    assert training.resume_hint() == (f"its one saved epoch is in {best} only: continue from it with --resume {best} "
+                                      "and another --output_dir")
     (tmp_path / "checkpoint_last.pth").write_bytes(b"")
     assert training.resume_hint() == "to continue, run the same command with --resume auto (without --overwrite)"
     import train_swin_medvt_avos

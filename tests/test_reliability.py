@@ -402,7 +402,7 @@ from utils.distributed import run_distributed
 
 def train(args, info):  # as the training scripts run: the process group set up and torn down around it
     dist.all_reduce(torch.ones(1))  # an epoch under way on both
-    if info.rank == 0:
+    if info.rank == {failing}:
         raise UserError("frame f/00007.jpg is damaged")  # found mid-epoch by one process
     dist.all_reduce(torch.ones(1))  # the others wait for it in a collective
 
@@ -410,9 +410,11 @@ run_main(lambda: run_distributed(train, argparse.Namespace(device="cpu")), prog=
 """
 
 
-def test_when_one_process_stops_the_others_say_so_in_one_line(tmp_path):
-    """Two Gloo processes (as torchrun starts them): rank 0 stops on a user error; rank 1, waiting in a
-    collective, gets Gloo's lost connection and prints one line pointing at rank 0's error, not a traceback."""
+@pytest.mark.parametrize("failing", [0, 1])
+def test_when_one_process_stops_the_others_say_so_in_one_line(tmp_path, failing):
+    """Two Gloo processes (as torchrun starts them): one stops on a user error and says it (rank 1's error was
+    printed nowhere when only rank 0 spoke: it has no log file); the other, waiting in a collective, gets
+    Gloo's lost connection and prints one line pointing at that error, not a traceback."""
     import socket
     import subprocess
 
@@ -420,17 +422,19 @@ def test_when_one_process_stops_the_others_say_so_in_one_line(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     script = tmp_path / "train.py"
-    script.write_text(LOST_PEER_SCRIPT)
+    script.write_text(LOST_PEER_SCRIPT.replace("{failing}", str(failing)))
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.pop("MEDVT_DEBUG", None)
     procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
                               stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    (_, err0), (_, err1) = (p.communicate(timeout=120) for p in procs)
-    assert procs[0].returncode == 2 and err0 == "train.py: error: frame f/00007.jpg is damaged\n", err0
-    assert procs[1].returncode == 1 and "Traceback" not in err1, err1[-3000:]
-    assert err1.strip().splitlines()[-1] == ("train.py: error: rank 1: another process of this run stopped (see its "
-                                             "message, or the launcher's summary if it was killed); stopping too")
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    stopped, other = procs[failing], procs[1 - failing]
+    assert stopped.returncode == 2 and errs[failing] == "train.py: error: frame f/00007.jpg is damaged\n", errs
+    assert other.returncode == 1 and "Traceback" not in errs[1 - failing], errs[1 - failing][-3000:]
+    assert errs[1 - failing].strip().splitlines()[-1] == (
+        f"train.py: error: rank {1 - failing}: another process of this run stopped (see its message, or the "
+        "launcher's summary if it was killed); stopping too")
 
 
 def test_a2d_annotations_that_are_not_matlab_files_are_found_before_training(tmp_path):

@@ -112,6 +112,19 @@ def test_a_kill_between_the_first_epochs_files_resumes_from_its_best(davis, tmp_
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint_best.pth", "train.log"]
     with pytest.raises(UserError, match="pass --resume auto to continue it"):
         avos_train.main(base_args(davis, out, *every))
+    from utils import training
+
+    def die_before_saving(state, path):  # that continuation stopped in epoch 1, before saving it
+        raise Killed
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", die_before_saving)
+    with pytest.raises(Killed):
+        avos_train.main(base_args(davis, out, *every, "--resume", "auto"))
+    monkeypatch.undo()
+    # that continuation wrote history.json as it started: the folder could then be neither continued nor
+    # started again ("holds a training run but no checkpoint_last.pth"), and the hint said to start again
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_best.pth", "train.log"]
+    assert training.resume_hint() == "to continue, run the same command with --resume auto (without --overwrite)"
     res = avos_train.main(base_args(davis, out, *every, "--resume", "auto"))
     assert res["epochs_done"] == 2 and f"resumed from {out / 'checkpoint_best.pth'}: epoch 0 done" in \
         (out / "train.log").read_text()
@@ -283,7 +296,7 @@ def test_a_copy_stopped_between_its_first_epochs_checkpoints_is_told_a_way_that_
     monkeypatch.undo()
     assert sorted(p.name for p in copy.iterdir()) == ["checkpoint_best.pth", "train.log"]
     hint = training.resume_hint()
-    assert "--resume auto" not in hint and "--resume and another --output_dir" in hint, hint
+    assert hint.endswith(f"continue from it with --resume {copy / 'checkpoint_best.pth'} and another --output_dir")
     with pytest.raises(UserError, match="holds checkpoint_best.pth of epoch 2"):
         avos_train.main(base_args(davis, copy, *three, "--resume", "auto"))
     nxt = tmp_path / "next"  # the way the hint offers: epoch 3 trained after the stopped copy's epoch 2

@@ -544,8 +544,9 @@ def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, op
     own_folder = out is not None and Path(path).resolve().parent == Path(out).resolve()
     if info.is_main and out is not None:
         # Only in the run's own folder: a copy continued elsewhere gets history.json with its first epoch, so
-        # that a stop before it leaves that folder without run files (the same command then starts it again).
-        if isinstance(ckpt.get("history"), list) and own_folder:
+        # that a stop before it leaves that folder without run files (the same command then starts it again);
+        # and not beside a lone epoch-0 checkpoint_best.pth, which --resume auto takes only without it.
+        if isinstance(ckpt.get("history"), list) and own_folder and not first_epoch_only(out):
             # The checkpoint is the epoch's commit point: a process killed after it but before history.json
             # left that file an epoch behind (also when nothing is left to train and no epoch rewrites it).
             write_history(out, ckpt["history"])

@@ -248,10 +248,11 @@ def stop_message(prog: str, stop: KeyboardInterrupt, how: str | None = None) -> 
     return f"{prog}: {what}{f'; {how}' if how else ''}"
 
 
-def say(line: str) -> None:
-    """Print the boundary's line on stderr, once per run: by rank 0 under torchrun (every process stops;
-    each log gets its stop line). A closed terminal (SIGHUP) or stderr cannot take it: it is dropped."""
-    if env_int("RANK", 0) != 0:
+def say(line: str, every_rank: bool = False) -> None:
+    """Print the boundary's line on stderr: a stop line or note once per run, by rank 0 under torchrun (every
+    process stops; each log gets its stop line), an error by the process that met it (``every_rank``: only
+    rank 0 writes a log file). A closed terminal (SIGHUP) or stderr cannot take it: it is dropped."""
+    if not every_rank and env_int("RANK", 0) != 0:
         return
     try:
         print(line, file=sys.stderr, flush=True)
@@ -294,7 +295,7 @@ def _boundary(main: Callable[[], object], prog: str, debug: bool, resume) -> Non
             traceback.print_exc()
         _release_frames(e)
         log_stop(stop_line(e))
-        say(f"{prog}: error: {error_message(e)}")
+        say(f"{prog}: error: {error_message(e)}", every_rank=True)
         _error_exit(2)
     except Exception as e:
         full = machine_error(e)
@@ -302,7 +303,7 @@ def _boundary(main: Callable[[], object], prog: str, debug: bool, resume) -> Non
             _quiet()
             _release_frames(e)
             log_stop(f"error: {full_message(full)}")
-            say(f"{prog}: error: {full_message(full)}")
+            say(f"{prog}: error: {full_message(full)}", every_rank=True)
             _error_exit(1)
         if isinstance(e, BrokenPipeError) and not debug and _stdout_closed():
             _quiet()  # `script | head`: the reader has what it wanted; a pipe's writer ends quietly

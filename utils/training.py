@@ -33,7 +33,7 @@ from utils.logger import DeferredLog
 
 
 _run_folder: Path | None = None  # this process's run folder, once TrainingRun.open prepared it
-_run_start = 0  # the first epoch this process trains (a resumed run's, once restored)
+_folder_start = 0  # the first epoch of the run in that folder (a copy continued there: the one after its source's)
 
 
 def resume_hint() -> str:
@@ -41,11 +41,11 @@ def resume_hint() -> str:
     ``--resume auto`` would refuse (:meth:`TrainingRun.read_resume`) is not offered."""
     if _run_folder is None:
         return "nothing was written: run the same command again"
-    if (_run_folder / "checkpoint_last.pth").is_file() or (first_epoch_only(_run_folder) and _run_start == 0):
+    if (_run_folder / "checkpoint_last.pth").is_file() or (first_epoch_only(_run_folder) and _folder_start == 0):
         return "to continue, run the same command with --resume auto (without --overwrite)"
     if first_epoch_only(_run_folder):  # a copy continued here, stopped between its first epoch's checkpoints
-        return (f"its one saved epoch is in {_run_folder / 'checkpoint_best.pth'} only: continue from it with "
-                "--resume and another --output_dir, or run the same command again with --overwrite")
+        best = _run_folder / "checkpoint_best.pth"
+        return f"its one saved epoch is in {best} only: continue from it with --resume {best} and another --output_dir"
     return "no epoch was saved: run the same command again"
 
 
@@ -71,8 +71,8 @@ class TrainingRun:
 
     def __init__(self, spec: RunSpec, args: argparse.Namespace, info: du.DistInfo,
                  inputs: Mapping[str, str | Path | None]) -> None:
-        global _run_folder, _run_start
-        _run_folder, _run_start = None, 0  # nothing written yet (a second run in one process)
+        global _run_folder, _folder_start
+        _run_folder, _folder_start = None, 0  # nothing written yet (a second run in one process)
         self.spec, self.args, self.info, self.inputs = spec, args, info, inputs
         self.out = Path(args.output_dir)
         self.resume_from = resume_path(args.resume, self.out)
@@ -125,14 +125,15 @@ class TrainingRun:
     def restore(self, model, optimizer, scheduler, scaler) -> dict | None:
         """Take back the state of the file :meth:`read_resume` checked; returns the file's other entries
         (its ``args``, ...), or None for a new run. A run with nothing left to train says so."""
-        global _run_start
+        global _folder_start
         if self._ckpt is None:
             return None
         self.start_epoch, self.best, extra = resume_training(self.resume_from, self.args, model, optimizer, scheduler,
                                                              scaler, self.info, self.logger, best=self.best,
                                                              ckpt=self._ckpt, **self._resume_rules())
         self._ckpt = None  # free it
-        _run_start = self.start_epoch
+        own = self.resume_from.parent.resolve() == self.out.resolve()  # (its checkpoint_best.pth of epoch 0 too)
+        _folder_start = 0 if own else self.start_epoch
         self.history = list(extra.get("history", []))
         check_not_finished(self.start_epoch, self.epochs, self.logger, self.spec.epochs_flag)
         return extra
