@@ -92,7 +92,7 @@ def check_clips(ds: AVSBenchDataset, clips) -> None:
             size = image_size(path)
             first = first or (path, size)
             if ds.im_size is None and size != first[1]:
-                raise UserError(f"{path} is {size[0]}x{size[1]}, {first[0]} {first[1][0]}x{first[1][1]}: at "
+                raise UserError(f"{path} is {size[0]}x{size[1]}, {first[0]} is {first[1][0]}x{first[1][1]}: at "
                                 "--test_im_size 0 every frame and mask must have one size; give a --test_im_size "
                                 "to resize them (the original's is 384)")
         if ds.audio == "log_mel" or (ds.audio == "auto" and clip.log_mel.is_file()):

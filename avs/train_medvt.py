@@ -168,7 +168,7 @@ def init_avs_weights(model, args, logger) -> None:
         logger.info(f"PVTv2 ImageNet weights: {n} tensors from {args.pvtv2_pretrained_path}")
     else:
         logger.warning("no --pvtv2_pretrained_path: the PVTv2 backbone starts from random weights")
-    for flag, path in (("--trained_s4_model_path", args.trained_s4_model_path if args.load_s4_params else ""),
+    for flag, path in (("--trained_s4_model_path", args.trained_s4_model_path),
                        ("--weights", args.weights)):
         if path:
             ckpt = read_checkpoint(path)
@@ -216,7 +216,7 @@ def input_paths(args: argparse.Namespace) -> dict[str, str | Path | None]:
     """What the run reads, by flag: --output_dir must stay apart from all of it."""
     return {"--avsbench_root": dataset_root("avsbench", args.avsbench_root),
             "--pvtv2_pretrained_path": args.pvtv2_pretrained_path, "--vggish_weights": args.vggish_weights,
-            "--trained_s4_model_path": args.trained_s4_model_path if args.load_s4_params else None,
+            "--trained_s4_model_path": args.trained_s4_model_path or None,
             "--weights": args.weights or None}
 
 

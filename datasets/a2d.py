@@ -349,7 +349,8 @@ class A2DDataset(Dataset):
         # what the run says (e.g. in its first lines), or None
         self.shortfall = (f"{len(short)} {split} videos have fewer annotation files than {csv_path} lists: "
                           f"{', '.join(short[:5])}{' …' if len(short) > 5 else ''}; they are "
-                          f"{'scored' if split == 'test' else 'used'} on the files found") if short else None
+                          f"{'scored' if split == 'test' else 'used'} on the files found (those with none are "
+                          "left out)") if short else None
         for v in self.videos:  # frames extracted from 0 would be read one off each annotation, then one missing
             if (self.frame_root / v.vid / "00000.png").is_file():
                 raise UserError(f"a2d: {self.frame_root / v.vid / '00000.png'}: the frames of video {v.vid} are "

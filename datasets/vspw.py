@@ -53,9 +53,15 @@ def vspw_root(override: str | os.PathLike | None = None) -> Path:
 def read_split(root: Path, split: str) -> list[str]:
     """Video names listed in ``<root>/<split>.txt`` (blank lines skipped)."""
     path = require(root / f"{split}.txt", "vspw", f"the {split} split list, one video name per line", is_file=True)
-    lines = read_text_file(path, "vspw: split list").splitlines()
-    names = [check_listed_name(line.strip(), f"vspw: {path} line {n}") for n, line in enumerate(lines, 1)
-             if line.strip()]
+    first: dict[str, int] = {}  # a video listed twice was predicted and scored twice, counted once
+    for n, line in enumerate(read_text_file(path, "vspw: split list").splitlines(), 1):
+        if line.strip():
+            name = check_listed_name(line.strip(), f"vspw: {path} line {n}")
+            if name in first:
+                raise UserError(f"vspw: {path} line {n}: video {name} is listed again (first on line {first[name]}); "
+                                "delete one of the two lines")
+            first[name] = n
+    names = list(first)
     if not names:
         raise UserError(f"vspw: split list {path} names no video")
     return names

@@ -29,7 +29,7 @@ def test_missing_annotation_files_of_a_test_video_are_said_not_dropped_silently(
     test = A2DDataset(a2d, "test")
     assert len(test) == 4 and test.shortfall == (
         f"1 test videos have fewer annotation files than {a2d / 'Release/videoset.csv'} lists: vid002 (1 of 3); "
-        "they are scored on the files found")
+        "they are scored on the files found (those with none are left out)")
     assert A2DDataset(a2d, "train").shortfall is None  # the training videos are whole
 
 

@@ -52,7 +52,7 @@ def test_an_output_path_with_a_literal_tilde_is_refused(tmp_path, monkeypatch):
 def test_vss_inference_frames_too_small_end_in_one_last_line(tmp_path):
     """The frame size depends on each video, so it is found at the first forward: the error is one
     line and the last one printed (the progress bar, left open by the error, used to redraw after it),
-    and the folder keeps its INCOMPLETE marker."""
+    and, nothing being written, no folder is left (a lone INCOMPLETE marker made the corrected command refuse it)."""
     root = write_vspw(tmp_path / "vspw", {"2_val_a": ("val", 2)})
     out = tmp_path / "o"
     r = subprocess.run([sys.executable, str(ROOT / "vss" / "inference_medvt_vss.py"), "--model", "tiny",
@@ -63,7 +63,7 @@ def test_vss_inference_frames_too_small_end_in_one_last_line(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert last.startswith("inference_medvt_vss.py: error: --val_size 8 is too small for this model"), r.stderr
-    assert (out / "INCOMPLETE").is_file()
+    assert not out.exists()
 
 
 def test_a2d_inference_refuses_a_clip_size_too_small_before_any_output(tmp_path):

@@ -385,3 +385,23 @@ def test_overwrite_says_that_files_this_run_does_not_write_stay(tmp_path, capsys
     check_output_dir(out, "--output_dir", {}, overwrite=True, deletes=True)
     check_output_dir(tmp_path / "new", "--output_dir", {}, overwrite=True)
     assert capsys.readouterr().err == ""
+
+
+def test_a_run_stopped_before_writing_anything_leaves_its_folder_as_it_found_it(tmp_path):
+    """A refusal met in the run (a damaged first mask) left a folder holding INCOMPLETE alone, which made the
+    corrected command refuse it ("already holds the partial outputs of a run"); partial outputs keep it."""
+    from utils.cli import incomplete_marker
+
+    def run(out, write=False):
+        with pytest.raises(UserError), incomplete_marker(out):
+            if write:
+                (out / "frame.png").write_bytes(b"x")
+            raise UserError("mask 00000.png: not a readable image")
+
+    run(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()  # given empty: stays, empty
+    run(tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []
+    run(tmp_path / "partial", write=True)
+    assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == ["INCOMPLETE", "frame.png"]

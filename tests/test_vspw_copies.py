@@ -136,3 +136,12 @@ def test_overlay_of_a_16_bit_frame_is_rescaled_as_the_model_input(tmp_path):
     grey = np.asarray(open_image(frame, "RGB"))
     assert grey.max() == 117  # 30000 / 257, as the model sees it (not clipped to 255)
     assert np.array_equal(overlay_colors(frame, labels), overlay_colors(grey, labels))
+
+
+def test_a_video_listed_twice_in_a_split_file_is_refused(tmp_path):
+    """val.txt naming a video twice: it was predicted and scored twice (the mIoU changed), counted once."""
+    root = write_vspw(tmp_path / "VSPW", {"a_val": ("val", 3), "b_val": ("val", 3)})
+    (root / "val.txt").write_text("a_val\nb_val\n\na_val\n")
+    with pytest.raises(UserError, match=r"^vspw: .*val\.txt line 4: video a_val is listed again \(first on line 1\); "
+                                        "delete one of the two lines$"):
+        vspw_sequences(root, "val")

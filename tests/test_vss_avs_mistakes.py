@@ -116,12 +116,13 @@ def test_interrupted_vss_inference_leaves_the_incomplete_marker(tmp_path, monkey
     assert "mIoU" in inference_medvt_vss.main(_infer_argv(root, done))
     assert not (done / "INCOMPLETE").exists() and (done / "results.json").is_file()
 
-    # a truncated first mask (its header reads fine) is named, and the folder says the run stopped
+    # a truncated first mask (its header reads fine) is named; nothing was written, so no folder is left (its
+    # lone INCOMPLETE marker made the corrected command refuse it)
     mask = root / "data" / "2_val_a" / "mask" / "00000000.png"
     mask.write_bytes(mask.read_bytes()[:60])
     with pytest.raises(UserError, match=r"00000000\.png: not a readable image"):
         inference_medvt_vss.main(_infer_argv(root, tmp_path / "trunc"))
-    assert (tmp_path / "trunc" / "INCOMPLETE").is_file()
+    assert not (tmp_path / "trunc").exists()
 
 
 # N3 ------------------------------------------------------------------------------------
@@ -243,3 +244,23 @@ def test_a2d_training_refuses_a_clip_size_too_small_before_any_epoch(tmp_path):
                               "12", "--device", "cpu", "--num_workers", "0", "--epochs", "1",
                               "--output_dir", str(out)])
     assert not out.exists()
+
+
+def test_vss_training_goes_on_when_its_stdout_reader_ends(tmp_path):
+    """`train_medvt_vss.py ... | head -1`: the validation's frames/s line was printed, not logged, so the first
+    validation ended the run (stdout closed) before its first checkpoint; the other trainers went on."""
+    import subprocess
+    import sys
+
+    from tests.test_vss import ROOT
+
+    vspw = write_vspw(tmp_path / "VSPW", {"a": ("train", 4), "b": ("val", 4)})
+    out = tmp_path / "run"
+    argv = _train_argv(vspw, out, "--epochs", "1")
+    proc = subprocess.Popen([sys.executable, "vss/train_medvt_vss.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()  # as head -1 does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0 and "Traceback" not in err, err[-2000:]
+    assert (out / "checkpoint_last.pth").is_file() and "epoch 0 val: " in (out / "train.log").read_text()

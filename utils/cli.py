@@ -509,8 +509,11 @@ def check_output_file(output: str | Path, flag: str, inputs: dict[str, str | Pat
 def incomplete_marker(out_dir: str | Path, log: str | None = None, flag: str = "--output_dir") -> Iterator[Path]:
     """Create ``out_dir`` (given by ``flag``, or chosen for it) with an ``INCOMPLETE`` file in it for the
     body's duration: the file is removed when the body ends well and left in place by an error or Ctrl-C,
-    so partial outputs say so (and name the run's ``log`` file, if it writes one)."""
+    so partial outputs say so (and name the run's ``log`` file, if it writes one). A run stopped before
+    writing anything leaves the folder as it found it (absent, or empty), so that the same command can run
+    again without --overwrite."""
     out = Path(out_dir)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # what check_output_dir's permission test cannot see: /sys, /proc, a full or read-only disk
@@ -519,7 +522,17 @@ def incomplete_marker(out_dir: str | Path, log: str | None = None, flag: str = "
                         "choose another folder") from e
     marker = out / "INCOMPLETE"
     marker.write_text(f"this run did not finish: its outputs are partial{f' (see {log})' if log else ''}\n")
-    yield out
+    try:
+        yield out
+    except BaseException:
+        try:
+            if [p.name for p in out.iterdir()] == [marker.name]:  # nothing written: no partial outputs to mark
+                marker.unlink()
+                if created:
+                    out.rmdir()
+        except OSError:  # another process's first file arrived meanwhile, or the folder went: keep what is there
+            pass
+        raise
     marker.unlink()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +95,10 @@ def predict_video(model: torch.nn.Module, video: VideoSequence, out_hw: tuple[in
 
 def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device: torch.device,
                     output_dir: Path | None = None, save_predictions: bool = True, save_overlays: bool = False,
-                    progress: bool = True, **predict_kwargs) -> dict:
+                    progress: bool = True, log: Callable[[str], object] = print, **predict_kwargs) -> dict:
     """Predict ``videos``, write PNGs/overlays under ``output_dir`` (in a background thread, as
-    predictions arrive), return :meth:`VSPWEvaluator.summary`.
+    predictions arrive), return :meth:`VSPWEvaluator.summary`; the frames/s line goes to ``log`` (a
+    trainer's logger: its stdout may be gone, as under ``| head``, while it writes train.log).
 
     Predictions are made at the mask size (where metrics are taken), else at the frame size; a
     video's predictions are only collected when it has masks (video consistency needs them all), and a video
@@ -113,7 +114,7 @@ def evaluate_videos(model: torch.nn.Module, videos: list[VideoSequence], device:
     mine = {}  # video index → (name, its share of the scores)
     indices = shard(len(videos))
     progress = progress and is_main_process()
-    speed = Throughput(sum(videos[i].num_frames for i in indices), "VSPW", print if progress else (lambda _line: None),
+    speed = Throughput(sum(videos[i].num_frames for i in indices), "VSPW", log if progress else (lambda _line: None),
                        disable=not progress)
     with BackgroundWorker(depth=16, name="writer") as writer:
         for i in indices:

@@ -224,7 +224,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
         model_without_ddp.eval()
         broadcast_buffers(model_without_ddp)  # every process scores its share with rank 0's statistics
         # validation autocasts in bf16 only (an fp16 run validates in float32, as before)
-        summary = evaluate_videos(model_without_ddp, val_videos, device, save_predictions=False,
+        summary = evaluate_videos(model_without_ddp, val_videos, device, save_predictions=False, log=logger.info,
                                   val_size=args.val_size or None, clip_len=args.num_frames,
                                   amp_dtype=amp_dtype if amp_dtype is torch.bfloat16 else None)
         if info.is_main:
