@@ -148,7 +148,10 @@ def refine_all(jobs: list[tuple[Path, Path, Path]], workers: int) -> None:
 def _end_with_parent(parent: int) -> None:
     """A worker's start: it gets SIGTERM when the parent dies, so one killed with ``kill -9`` leaves no
     workers blocked forever on their task queue, and SIGTERM ends it outright (the parent's handler,
-    inherited, would raise in its queue's lock and leave it hanging there)."""
+    inherited, would raise in its queue's lock and leave it hanging there). Ctrl-C, which reaches the
+    whole group, is the parent's to handle: it cancels the frames not started and waits for those under
+    way (a second each); in a worker, the inherited handler printed a traceback and ignored SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     end_with_parent(parent)
 

@@ -32,7 +32,7 @@ from utils.cli import UserError, require_file
 
 from .avs import MEDVTPlusPlus
 from .avs_config import AVS_CONFIGS, AVSConfig, get_avs_config
-from .avs_convert import avs_state_dict
+from .avs_convert import avs_state_dict, is_original_avs_state_dict
 from .config import MODEL_CONFIGS, MedVTConfig, preset_name
 from .backbone import load_swin_pretrained
 from .convert import (CheckpointMismatchError, check_fits, checkpoint_state_dict, convert_original_state_dict,
@@ -315,7 +315,11 @@ def init_weights(model: MEDVT, log, swin: tuple[str, str | None], vistr: tuple[s
         from .tasks import checkpoint_task  # (models.tasks reads saved_args from this module)
 
         ckpt = read_checkpoint(require_file(init_from, "--init_from"))
-        if checkpoint_task(ckpt, f"--init_from {init_from}") == "avs":  # some names are shared, nothing else
+        weights = ckpt.get("model", ckpt)
+        avs = checkpoint_task(ckpt, f"--init_from {init_from}") == "avs" or (  # or a bare state dict of one:
+            isinstance(weights, dict) and (is_original_avs_state_dict(weights)  # the authors' names, or ours
+                                           or any(str(k).startswith("av_fusion.") for k in weights)))
+        if avs:  # some names are shared, nothing else
             raise CheckpointMismatchError(f"--init_from {init_from} holds an AVS (MED-VT++) model, whose weights "
                                           "only share some names with MED-VT's; give a MED-VT checkpoint (AVOS, VSS "
                                           "or A2D)")

@@ -104,18 +104,36 @@ run_main(lambda: demo.run("-c", [{step_code!r}]))
     assert ended.is_file()  # it got SIGTERM, and ran its clean-up
 
 
-def test_crf_workers_end_with_a_killed_parent(tmp_path):
-    """crf_davis16.py --workers 2 killed with kill -9: its workers stayed, blocked, for good."""
+def _crf_with_workers(tmp_path, sizes: tuple = ((120, 160),) * 200, **kw) -> subprocess.Popen:
+    """crf_davis16.py --workers 2 on frames of noise of these sizes (200 small ones: a few minutes of work)."""
     logits, images = tmp_path / "logits" / "seq", tmp_path / "images" / "seq"
     logits.mkdir(parents=True)
     images.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for i in range(200):
-        Image.fromarray(rng.integers(0, 255, (120, 160), dtype=np.uint8)).save(logits / f"{i:05d}.png")
-        Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(images / f"{i:05d}.jpg")
-    proc = subprocess.Popen([sys.executable, "crf_davis16.py", str(tmp_path / "logits"), str(tmp_path / "out"),
-                             "--images_dir", str(tmp_path / "images"), "--workers", "2"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for i, hw in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, hw, dtype=np.uint8)).save(logits / f"{i:05d}.png")
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(images / f"{i:05d}.jpg")
+    return subprocess.Popen([sys.executable, "crf_davis16.py", str(tmp_path / "logits"), str(tmp_path / "out"),
+                             "--images_dir", str(tmp_path / "images"), "--workers", "2"], cwd=ROOT, **kw)
+
+
+def test_crf_workers_leave_ctrl_c_to_their_parent(tmp_path):
+    """Ctrl-C reaches the whole process group: each CRF worker printed its own KeyboardInterrupt traceback
+    (and, its inherited handler ignoring SIGTERM from then on, could outlive a parent killed later)."""
+    # a large frame and a small one: one worker busy, the other soon waiting for work (it printed the traceback)
+    proc = _crf_with_workers(tmp_path, ((480, 854), (60, 80)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    assert wait_for(lambda: len(children(proc.pid)) >= 2, 60), "the workers did not start"
+    time.sleep(1)  # frames under way
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130 and err.strip().splitlines()[-1] == "crf_davis16.py: interrupted", err
+    assert "Traceback" not in err, err
+
+
+def test_crf_workers_end_with_a_killed_parent(tmp_path):
+    """crf_davis16.py --workers 2 killed with kill -9: its workers stayed, blocked, for good."""
+    proc = _crf_with_workers(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: len(children(proc.pid)) >= 2, 60), "the workers did not start"
         workers = children(proc.pid)

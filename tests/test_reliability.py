@@ -512,3 +512,9 @@ def test_progress_bars_redirected_to_a_file_write_a_line_now_and_then(monkeypatc
     lines = text.splitlines()
     assert text and "\r" not in text and text.endswith("\n")
     assert 1 <= len(lines) <= 6 and all(line.startswith("epoch 0:") for line in lines)
+    stream = io.StringIO()  # a bar within a bar moves the cursor up: not in a file
+    with logger_mod.progress(total=2, desc="reading", file=stream) as outer:
+        run(stream, 4, pause=0.02)
+        outer.update(2)
+        time.sleep(0.06)
+    assert "\x1b" not in stream.getvalue() and "reading" in stream.getvalue()

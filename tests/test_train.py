@@ -186,10 +186,11 @@ def test_init_from_weights_only_and_resume_with_wrong_groups(davis, tmp_path):
 
     avs = build_avs_model("avs_tiny")
     torch.save({"model": avs.state_dict(), "config": avs.cfg.to_dict(), "task": "avs"}, tmp_path / "avs.pth")
-    with pytest.raises(CheckpointMismatchError, match=r"^--init_from .*avs\.pth holds an AVS \(MED-VT\+\+\) model"):
-        train_script.main(base_args(davis, tmp_path / "run2", "--epochs", "1", "--init_from",
-                                    str(tmp_path / "avs.pth")))
-    assert not (tmp_path / "run2").exists()
+    torch.save(avs.state_dict(), tmp_path / "avs_bare.pth")  # a state dict saved on its own: no task to read
+    for name in ("avs.pth", "avs_bare.pth"):
+        with pytest.raises(CheckpointMismatchError, match=rf"^--init_from .*{name} holds an AVS \(MED-VT\+\+\) model"):
+            train_script.main(base_args(davis, tmp_path / "run2", "--epochs", "1", "--init_from", str(tmp_path / name)))
+        assert not (tmp_path / "run2").exists()
 
 
 def test_resume_refuses_changed_settings_and_applies_more_epochs(davis, tmp_path):

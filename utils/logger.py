@@ -30,7 +30,7 @@ class _Lines:
         self.stream = stream
 
     def write(self, s: str) -> None:
-        s = s.replace("\r", "").strip()
+        s = s.replace("\r", "").replace("\x1b[A", "").strip()  # (a nested bar moves the cursor up)
         if s:
             self.stream.write(s + "\n")
 
