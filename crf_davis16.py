@@ -25,7 +25,6 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-
 from datasets import path_config
 from datasets.video import image_size
 from utils import crf

@@ -21,7 +21,6 @@ import json
 import pickle
 import sys
 
-
 from datasets.audio import AudioError, wav_to_clip_examples
 from datasets.avsbench import NUM_FRAMES, avsbench_clips
 from datasets.path_config import add_path_args

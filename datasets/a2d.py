@@ -47,7 +47,8 @@ from torch.utils.data import Dataset
 
 from utils.cli import UserError
 
-from .path_config import DatasetNotFoundError, check_listed_name, dataset_root, read_text_file, require
+from .path_config import (DatasetNotFoundError, check_listed_name, check_listed_once, dataset_root, read_text_file,
+                          require)
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from .video import check_pixel_count, image_size, open_image
 
@@ -151,12 +152,7 @@ def read_videoset(csv_path: str | os.PathLike, split: str) -> list[A2DVideo]:
                                        "(id, label, start, end, height, width, #frames, #annotated, usage)")
         where = f"{csv_path} line {n}"
         check_listed_name(row[0], f"a2d: {where}")
-        # The original keeps every row, so a repeated one scores its video's frames twice (or samples it
-        # twice per training epoch, or puts a test video in training); A2D lists each of its videos once.
-        if row[0] in first_line:
-            raise UserError(f"a2d: {where}: video {row[0]} is listed again (first on line {first_line[row[0]]}); "
-                            "delete one of the two rows")
-        first_line[row[0]] = n
+        check_listed_once(first_line, row[0], n, f"a2d: {csv_path}", "rows")  # (or a test video in training)
         label, height, width, frames, annotated, usage = (
             _int_field(row[k], where, VIDEOSET_COLUMNS[k]) for k in (1, 4, 5, 6, 7, -1))
         if usage != drop:

@@ -121,6 +121,16 @@ def read_text_file(path: str | os.PathLike, what: str, error: type[UserError] = 
     return text
 
 
+def check_listed_once(seen: dict[str, int], name: str, line: int, where: str, unit: str = "lines") -> None:
+    """Refuse ``name`` at ``line`` of a dataset's list (``where``: the prefix and file) when an earlier line
+    named it (``seen``: name → its line, updated): the original keeps every line, so the video is predicted
+    and scored (or sampled) twice; a dataset lists each once."""
+    if name in seen:
+        raise UserError(f"{where} line {line}: video {name} is listed again (first on line {seen[name]}); delete "
+                        f"one of the two {unit}")
+    seen[name] = line
+
+
 def check_listed_name(name: str, where: str, error: type[UserError] = UserError, nested: bool = False) -> str:
     """``name`` read from a dataset file (``where``: the file and line), returned unchanged when it is
     safe as a path under the dataset root and under an output folder: not empty, not absolute, no

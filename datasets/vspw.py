@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from utils.cli import UserError
 from utils.clips import clamped_clip
 
-from .path_config import check_listed_name, dataset_root, read_text_file, require
+from .path_config import check_listed_name, check_listed_once, dataset_root, read_text_file, require
 from .transforms import IGNORE_INDEX, to_tensor
 from .video import VideoSequence, image_size, list_frame_files, open_image, require_same_size
 
@@ -53,14 +53,10 @@ def vspw_root(override: str | os.PathLike | None = None) -> Path:
 def read_split(root: Path, split: str) -> list[str]:
     """Video names listed in ``<root>/<split>.txt`` (blank lines skipped)."""
     path = require(root / f"{split}.txt", "vspw", f"the {split} split list, one video name per line", is_file=True)
-    first: dict[str, int] = {}  # a video listed twice was predicted and scored twice, counted once
+    first: dict[str, int] = {}
     for n, line in enumerate(read_text_file(path, "vspw: split list").splitlines(), 1):
         if line.strip():
-            name = check_listed_name(line.strip(), f"vspw: {path} line {n}")
-            if name in first:
-                raise UserError(f"vspw: {path} line {n}: video {name} is listed again (first on line {first[name]}); "
-                                "delete one of the two lines")
-            first[name] = n
+            check_listed_once(first, check_listed_name(line.strip(), f"vspw: {path} line {n}"), n, f"vspw: {path}")
     names = list(first)
     if not names:
         raise UserError(f"vspw: split list {path} names no video")

@@ -248,6 +248,12 @@ def stop_message(prog: str, stop: KeyboardInterrupt, how: str | None = None) -> 
     return f"{prog}: {what}{f'; {how}' if how else ''}"
 
 
+def stop_status(stop: KeyboardInterrupt) -> int:
+    """A stopped script's exit status: 130 after Ctrl-C, 143 after SIGTERM or SIGHUP (a shell's 128 + SIGINT's
+    or SIGTERM's number)."""
+    return 143 if isinstance(stop, Terminated) else 130
+
+
 def say(line: str, every_rank: bool = False) -> None:
     """Print the boundary's line on stderr: a stop line or note once per run, by rank 0 under torchrun (every
     process stops; each log gets its stop line), an error by the process that met it (``every_rank``: only
@@ -288,7 +294,7 @@ def _boundary(main: Callable[[], object], prog: str, debug: bool, resume) -> Non
         _release_frames(e)
         log_stop(stop_line(e))
         say(stop_message(prog, e, resume() if callable(resume) else resume))
-        sys.exit(143 if isinstance(e, Terminated) else 130)
+        sys.exit(stop_status(e))
     except USER_ERRORS as e:
         _quiet()
         if debug:

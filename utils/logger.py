@@ -39,17 +39,14 @@ class _Lines:
 
 
 class _FileBar(tqdm):
-    """A bar in a file: a new postfix or description waits for the next timed line (tqdm would write a line
-    for each, as a terminal redraws)."""
+    """A bar in a file: a new postfix waits for the next timed line (tqdm would write a line for each, as a
+    terminal redraws)."""
 
     def set_postfix(self, ordered_dict=None, refresh=True, **kwargs) -> None:
         super().set_postfix(ordered_dict, refresh=False, **kwargs)
 
     def set_postfix_str(self, s="", refresh=True) -> None:
         super().set_postfix_str(s, refresh=False)
-
-    def set_description(self, desc=None, refresh=True) -> None:
-        super().set_description(desc, refresh=False)
 
 
 def progress(iterable=None, *, total: float | None = None, desc: str | None = None, unit: str = "it",

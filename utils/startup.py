@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from utils.cli import Terminated, debug_enabled, end_with_parent, handle_stops, say, stop_message, under_torchrun
+from utils.cli import debug_enabled, end_with_parent, handle_stops, say, stop_message, stop_status, under_torchrun
 
 _default_hook = sys.excepthook
 
@@ -18,7 +18,7 @@ def _one_line(kind, value, tb) -> None:
     """An interruption that escapes before run_main: its line, and the status run_main gives it."""
     if issubclass(kind, KeyboardInterrupt) and not debug_enabled(sys.argv[1:]):
         say(stop_message(Path(sys.argv[0]).name, value))
-        os._exit(143 if isinstance(value, Terminated) else 130)  # nothing to clean up yet
+        os._exit(stop_status(value))  # nothing to clean up yet
     _default_hook(kind, value, tb)
 
 
