@@ -28,10 +28,11 @@ from pathlib import Path
 from datasets import path_config
 from datasets.video import image_size
 from utils import crf
-from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overwrite_flag, check_output_dir,
-                       end_with_parent, incomplete_marker, positive_int, run_main)
+from utils.cli import ArgumentParser, UserError, add_debug_flag, positive_int, run_main
 from utils.logger import progress
 from utils.metrics import evaluate_sequences, sequence_frames, write_json
+from utils.outputs import add_overwrite_flag, check_output_dir, incomplete_marker
+from utils.process import end_with_parent
 
 SUMMARY_KEYS = ("J_mean", "F_mean", "JF_mean", "mIoU")
 

@@ -28,8 +28,8 @@ from models.registry import build_loaded, resolve_config
 from models.tasks import checkpoint_task
 from models.onnx_export import (MAX_OPSET, OPSET, OnnxModel, UnexportableError, export_onnx, input_names,
                                 min_dynamic_size)
-from utils.cli import (ArgumentParser, UserError, add_debug_flag, check_output_file, clip_frames, positive_int,
-                       random_seed, run_main)
+from utils.cli import ArgumentParser, UserError, add_debug_flag, clip_frames, positive_int, random_seed, run_main
+from utils.outputs import check_output_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:

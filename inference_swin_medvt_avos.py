@@ -45,13 +45,13 @@ from models.onnx_export import InputSizeError, runtime_record
 from models.predictor import scaled_hw
 from models.registry import model_state_dict
 from models.tasks import TASKS
-from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
-                       check_output_dir, clip_frames, positive_float, positive_int, check_overlay_fps,
-                       refuse_unused, run_main)
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, check_overlay_fps, clip_frames,
+                       positive_float, positive_int, refuse_unused, run_main)
 from utils.distributed import (DistInfo, add_device_flag, check_device, default_run_folder, one_process_only,
                                process_group, shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, check_runtime_flags, frames_too_small
 from utils.metrics import write_json
+from utils.outputs import add_overwrite_flag, check_output_dir
 from utils.visualize import check_gif_size
 
 

@@ -19,10 +19,11 @@ from datasets.video import open_image
 from models.config import MODEL_CONFIGS, MedVTConfig, get_config, preset_name
 from models.predictor import VideoPredictor, Window
 from models.registry import saved_arg_changes, saved_args
-from utils.cli import positive_float, positive_int, writing
+from utils.cli import positive_float, positive_int
 from utils.distributed import all_gather_object, gather_in_order, is_main_process, shard
 from utils.logger import progress
 from utils.metrics import write_json
+from utils.outputs import writing
 from utils.visualize import label_image, write_label_video
 
 BACKBONE_PRESETS = {"swinB": "medvt_swinb_a2d", "resnet101": "medvt_r101_a2d"}

@@ -60,13 +60,13 @@ from datasets.path_config import add_path_args, dataset_root
 from models import CheckpointMismatchError, MedVTConfig, read_checkpoint
 from models.registry import build_loaded, flags_do_not_fit
 from models.tasks import TASKS, check_task
-from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
-                       check_output_dir, clip_frames, incomplete_marker, non_negative_int, positive_int,
-                       check_overlay_fps, refuse_unused, require_file, run_main)
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, check_overlay_fps, clip_frames,
+                       non_negative_int, positive_int, refuse_unused, require_file, run_main)
 from utils.distributed import (DistInfo, add_device_flag, default_run_folder, one_process_only, process_group,
                                shared_run_folder)
 from utils.engine import AMP_DTYPES, add_inference_amp_flag, check_frame_size
 from utils.metrics import write_json
+from utils.outputs import add_overwrite_flag, check_output_dir, incomplete_marker
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -47,9 +47,10 @@ from datasets.youtube_objects import MASK_THRESHOLD
 from models.predictor import VideoPredictor, Window
 from utils import metrics
 from utils.background import BackgroundWorker
-from utils.cli import UserError, stop_line, writing
+from utils.cli import UserError, stop_line
 from utils.distributed import gather_in_order, gather_throughput, is_main_process, shard
 from utils.logger import Throughput, log_stop
+from utils.outputs import writing
 from utils.visualize import VideoWriter, overlay
 
 logger = logging.getLogger("medvt.inference")

@@ -13,10 +13,11 @@ from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus, build_avs_model
 from models.avs_config import AVS_CONFIGS, get_avs_config
 from models.predictor import VideoPredictor
-from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int, writing
+from utils.cli import UserError, add_debug_flag, non_negative_int, positive_int
 from utils.distributed import add_device_flag, gather_in_order, is_main_process, shard
 from utils.engine import check_frame_size
 from utils.logger import progress
+from utils.outputs import writing
 
 from .metrics import BatchAverage, f_score, mask_iou
 

@@ -24,8 +24,9 @@ import sys
 from datasets.audio import AudioError, wav_to_clip_examples
 from datasets.avsbench import NUM_FRAMES, avsbench_clips
 from datasets.path_config import add_path_args
-from utils.cli import ArgumentParser, add_debug_flag, run_main, write_whole
+from utils.cli import ArgumentParser, add_debug_flag, run_main
 from utils.logger import progress
+from utils.outputs import write_whole
 
 
 def get_args_parser() -> argparse.ArgumentParser:

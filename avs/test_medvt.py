@@ -41,11 +41,11 @@ from models import load_model, read_checkpoint
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
 from models.tasks import TASKS, check_task
-from utils.cli import (ArgumentParser, UserError, add_overwrite_flag, check_output_dir, incomplete_marker,
-                       new_run_folder, non_negative_int, positive_float, positive_int, refuse_unused, run_main)
+from utils.cli import ArgumentParser, UserError, non_negative_int, positive_float, positive_int, refuse_unused, run_main
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import write_json
+from utils.outputs import add_overwrite_flag, check_output_dir, incomplete_marker, new_run_folder
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -179,7 +179,7 @@ def predict(args: argparse.Namespace, proc: DistInfo, inputs: dict, video, sound
 def run_folder(args: argparse.Namespace, inputs: dict, video) -> Path:
     """--output_dir, else a new folder ``avs_test_<unix time>`` or ``avs_video_<video>_<unix time>`` beside
     --model_path. Named right before it is created: a name taken by then (another run started in the same
-    second) gets ``_2``, ``_3`` (utils.cli.new_run_folder); named before VGGish and the model load, two
+    second) gets ``_2``, ``_3`` (utils.outputs.new_run_folder); named before VGGish and the model load, two
     runs could both take one name and write in one folder."""
     if args.output_dir:
         return Path(args.output_dir)

@@ -48,8 +48,8 @@ import torch
 
 from benchmarks.common import cpu_model, peak_tflops
 from benchmarks.gpu_jobs import JOBS, original_unavailable
-from utils.cli import (ArgumentParser, UserError, add_overwrite_flag, check_output_dir, positive_float, positive_int,
-                       run_main)
+from utils.cli import ArgumentParser, UserError, positive_float, positive_int, run_main
+from utils.outputs import add_overwrite_flag, check_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

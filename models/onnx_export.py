@@ -40,7 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from utils.cli import UserError, require_file, writing
+from utils.cli import UserError, require_file
+from utils.outputs import writing
 
 from . import tasks
 

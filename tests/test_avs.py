@@ -675,11 +675,11 @@ def test_length_warning_says_which_part_is_not_covered(capsys):
 def test_default_output_folder_is_named_when_it_is_created(avs_root, tmp_path, monkeypatch):
     """Two runs without --output_dir started in the same second: each takes the folder name when it
     creates the folder (after VGGish and the model load), so a run whose folder appeared meanwhile gets
-    ``_2`` (utils.cli.new_run_folder) instead of writing into the other's folder and removing its
+    ``_2`` (utils.outputs.new_run_folder) instead of writing into the other's folder and removing its
     INCOMPLETE marker (or failing on it)."""
     import types
 
-    import utils.cli
+    import utils.outputs
     from avs import test_medvt
 
     torch.manual_seed(0)
@@ -687,7 +687,7 @@ def test_default_output_folder_is_named_when_it_is_created(avs_root, tmp_path, m
     ckpt = tmp_path / "weights" / "avs.pth"
     ckpt.parent.mkdir()
     torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, ckpt)
-    monkeypatch.setattr(utils.cli, "time", types.SimpleNamespace(time=lambda: 1_000_000_000.0))  # one second
+    monkeypatch.setattr(utils.outputs, "time", types.SimpleNamespace(time=lambda: 1_000_000_000.0))  # one second
     other = ckpt.parent / "avs_test_1000000000"
     load = test_medvt.load_avs_model
 

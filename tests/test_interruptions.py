@@ -204,7 +204,8 @@ def test_the_stop_line_of_a_deleted_log_does_not_hide_the_error(tmp_path):
 def test_an_output_file_in_a_folder_this_user_cannot_write_is_refused_first(tmp_path, monkeypatch):
     """export_onnx.py --output there failed after the whole export, naming its temporary folder. (As root
     every folder is writable, so the permission test is made to say no.)"""
-    from utils.cli import UserError, check_output_file
+    from utils.cli import UserError
+    from utils.outputs import check_output_file
 
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(UserError, match=rf"^--output {tmp_path / 'm.onnx'} cannot be written: {tmp_path} is not "
@@ -277,7 +278,8 @@ def test_an_error_raised_while_stopping_is_reported_as_the_stop():
     """SIGTERM to a process group kills DataLoader workers too, and the parent raised RuntimeError ("worker
     killed by signal") while unwinding the stop: two chained tracebacks and status 1."""
     code = """
-from utils.cli import Terminated, run_main
+from utils.cli import run_main
+from utils.process import Terminated
 def main():
     try:
         raise Terminated()
@@ -322,7 +324,7 @@ def test_a_process_ends_with_its_killed_parent(tmp_path):
     """kill -9 of a torchrun launcher (or of the demo) left its workers training on, under PID 1, beside the
     run restarted in the same folder; utils.distributed.run_distributed and the demo's steps arm this."""
     pid = tmp_path / "child.pid"
-    child = f"import os, time; from utils.cli import end_with_parent; end_with_parent(); " \
+    child = f"import os, time; from utils.process import end_with_parent; end_with_parent(); " \
             f"open({str(pid)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     parent = python(f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); "
                     "time.sleep(60)")
@@ -373,7 +375,8 @@ def test_a_second_ctrl_c_or_sigterm_does_not_cut_the_clean_up_short(tmp_path):
     done = tmp_path / "cleaned"
     code = f"""
 import atexit, os, signal, sys
-from utils.cli import handle_stops, run_main
+from utils.cli import run_main
+from utils.process import handle_stops
 handle_stops(script=True)  # as utils.startup does where a script is the process
 sys.argv = ["train_x.py"]
 atexit.register(lambda: os.kill(os.getpid(), signal.{{}}))  # the second signal, during the exit

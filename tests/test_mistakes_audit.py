@@ -11,7 +11,8 @@ import torch
 from datasets.a2d import make_synthetic_a2d
 from models import build_model, get_config
 from utils.checkpoint import check_run_dir
-from utils.cli import UserError, check_output_dir, check_output_file, random_seed
+from utils.cli import UserError, random_seed
+from utils.outputs import check_output_dir, check_output_file
 from tests.test_vss import ROOT, write_vspw
 from tests.test_vss_avs_mistakes import make_avs_case
 
@@ -331,7 +332,7 @@ def test_an_unwritable_or_taken_default_folder_says_to_pass_output_dir(tmp_path,
     ro = tmp_path / "ro"
     ro.mkdir()
     real = os.access
-    monkeypatch.setattr("utils.cli.os.access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    monkeypatch.setattr("utils.outputs.os.access", lambda p, mode: False if Path(p) == ro else real(p, mode))
     with pytest.raises(UserError, match=r"^the default output folder .*ro/run_1 \(no --output_dir given\) cannot be "
                                         r"written: .*ro is not writable for this user; pass --output_dir"):
         check_output_dir(ro / "run_1", "--output_dir", {}, default=True)

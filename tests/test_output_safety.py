@@ -114,9 +114,9 @@ def test_avos_video_runs_in_one_second_get_their_own_default_folders(setup, tmp_
     ... already holds files". The folder now names the video, as VSS's does, and a taken name gets _2."""
     from types import SimpleNamespace
 
-    from utils import cli
+    from utils import outputs
 
-    monkeypatch.setattr(cli, "time", SimpleNamespace(time=lambda: 1700000000.7))  # every run in one second
+    monkeypatch.setattr(outputs, "time", SimpleNamespace(time=lambda: 1700000000.7))  # every run in one second
     ckpt = tmp_path / "model.pth"
     ckpt.write_bytes(setup["ckpt"].read_bytes())
     frames = setup["davis"] / "JPEGImages" / "480p" / "synth-val-00"
@@ -360,7 +360,8 @@ def test_demo_refuses_a_folder_holding_files_unless_overwrite(tmp_path):
 def test_a_symbolic_link_loop_as_output_or_input_folder_is_one_line(tmp_path):
     """An output folder or input root that is a link to itself: the overlap check raised RuntimeError
     "Symlink loop" (Path.resolve); now the folder's own one-line error comes where it is used."""
-    from utils.cli import UserError, check_output_dir
+    from utils.cli import UserError
+    from utils.outputs import check_output_dir
 
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
@@ -373,7 +374,7 @@ def test_overwrite_says_that_files_this_run_does_not_write_stay(tmp_path, capsys
     """--overwrite into a stopped run's folder: a 300-frame video's predictions beyond a 20-frame one's
     stayed beside the new run's without a word, the folder looking complete. The run now says so first
     (the trainers and the demo, which delete their earlier outputs themselves, do not)."""
-    from utils.cli import check_output_dir
+    from utils.outputs import check_output_dir
 
     out = tmp_path / "out"
     (out / "predictions" / "long").mkdir(parents=True)
@@ -390,7 +391,7 @@ def test_overwrite_says_that_files_this_run_does_not_write_stay(tmp_path, capsys
 def test_a_run_stopped_before_writing_anything_leaves_its_folder_as_it_found_it(tmp_path):
     """A refusal met in the run (a damaged first mask) left a folder holding INCOMPLETE alone, which made the
     corrected command refuse it ("already holds the partial outputs of a run"); partial outputs keep it."""
-    from utils.cli import incomplete_marker
+    from utils.outputs import incomplete_marker
 
     def run(out, write=False):
         with pytest.raises(UserError), incomplete_marker(out):

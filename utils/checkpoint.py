@@ -41,9 +41,10 @@ from models.config import MedVTConfig
 from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict, read_checkpoint
 from models.tasks import TASKS, check_task, checkpoint_task
 from utils import distributed as du
-from utils.cli import UserError, check_output_dir, positive_int, writing
+from utils.cli import UserError, positive_int
 from utils.logger import DeferredLog, log_run_start, setup_logger
 from utils.metrics import write_json
+from utils.outputs import check_output_dir, writing
 from utils.resume_checks import check_kinds, check_training_state, damaged, load_optimizer, loading
 from utils.rng import capture_rng, restore_rng, seed_everything
 
@@ -207,7 +208,7 @@ def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: 
     * a RUN_FILES name that is a folder in ``--output_dir`` (a run could neither continue from nor
       replace it);
     * an ``--output_dir`` that is a file, or that is, contains or lies inside one of ``inputs``
-      (flag → path: data roots, initial weights; :func:`utils.cli.check_output_dir`);
+      (flag → path: data roots, initial weights; :func:`utils.outputs.check_output_dir`);
     * a folder that holds a run, without ``--resume`` or ``--overwrite``;
     * a folder that holds a run, with a ``--resume`` file that is not that run's own checkpoint
       (continuing run A there would replace run B's checkpoints and mix their metrics), or with

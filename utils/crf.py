@@ -19,7 +19,8 @@ from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 
 from datasets.video import IMAGE_SUFFIXES, image_header, image_size, open_image
-from utils.cli import UserError, writing
+from utils.cli import UserError
+from utils.outputs import writing
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ from functools import partial
 from pathlib import Path
 
 from datasets.synthetic import make_synthetic_davis
-from utils.cli import (ArgumentParser, Terminated, UserError, add_debug_flag, check_output_dir, end_with_parent,
-                       positive_float, positive_int, random_seed, run_main)
+from utils.cli import ArgumentParser, UserError, add_debug_flag, positive_float, positive_int, random_seed, run_main
 from utils.metrics import write_json
+from utils.outputs import check_output_dir
+from utils.process import Terminated, end_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils.cli import UserError, check_output_dir, incomplete_marker, new_run_folder, under_torchrun
+from utils.cli import UserError
+from utils.outputs import check_output_dir, incomplete_marker, new_run_folder
+from utils.process import under_torchrun
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ def process_group(device_arg: str | None = None, timeout_min: int = DIST_TIMEOUT
 
 
 def default_run_folder(name: str, beside: str | Path | None, inputs: dict, overwrite: bool = False) -> Path:
-    """The output folder of a run given no ``--output_dir``: :func:`utils.cli.new_run_folder`'s as rank 0
+    """The output folder of a run given no ``--output_dir``: :func:`utils.outputs.new_run_folder`'s as rank 0
     names it (the name holds the time), in every process, checked as ``check_output_dir`` checks."""
     out = broadcast_object(new_run_folder(name, beside))
     return check_output_dir(out, "--output_dir", inputs, overwrite, default=True)
@@ -208,7 +210,7 @@ def default_run_folder(name: str, beside: str | Path | None, inputs: dict, overw
 
 @contextmanager
 def shared_run_folder(out: str | Path, log: str | None = None) -> Iterator[Path]:
-    """:func:`utils.cli.incomplete_marker` for a run of several processes that write in one folder:
+    """:func:`utils.outputs.incomplete_marker` for a run of several processes that write in one folder:
     rank 0 creates it, with its ``INCOMPLETE`` marker, once every process has checked it, and before
     any writes in it; the marker goes once every process has written its share (an error in any
     process leaves it in place). In one process it is ``incomplete_marker`` itself."""

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 
 from datasets.video import open_image
-from utils.cli import UserError, write_whole
+from utils.cli import UserError
+from utils.outputs import write_whole
 
 MOCA_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -320,7 +321,7 @@ def write_results(results: Mapping, out_dir: str | Path, name: str) -> tuple[Pat
 
 
 def write_json(path: str | Path, value: object) -> Path:
-    """Write ``jsonable(value)`` as indented JSON, whole or not at all (:func:`utils.cli.write_whole`)."""
+    """Write ``jsonable(value)`` as indented JSON, whole or not at all (:func:`utils.outputs.write_whole`)."""
     return write_whole(path, json.dumps(jsonable(value), indent=2) + "\n")
 
 

@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from utils.cli import debug_enabled, end_with_parent, handle_stops, say, stop_message, stop_status, under_torchrun
+from utils.cli import debug_enabled, stop_message
+from utils.process import end_with_parent, handle_stops, say, stop_status, under_torchrun
 
 _default_hook = sys.excepthook
 

@@ -12,8 +12,9 @@ import numpy as np
 from PIL import Image
 
 from utils.background import BackgroundWorker
-from utils.cli import UserError, writing
+from utils.cli import UserError
 from utils.logger import Throughput
+from utils.outputs import writing
 
 # One colour per class id (1-based); the binary task uses the first.
 PALETTE = np.array([[255, 64, 64], [64, 160, 255], [80, 220, 80], [255, 200, 40], [200, 80, 255], [40, 220, 220]],

@@ -41,14 +41,14 @@ from datasets.stream import require_video
 from datasets.vspw import vspw_root, vspw_sequences
 from models.config import preset_name
 from models.onnx_export import runtime_record
-from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, add_overwrite_flag,
-                       check_output_dir, clip_frames, non_negative_int, positive_int, check_overlay_fps,
-                       refuse_unused, run_main)
+from utils.cli import (ArgumentParser, UserError, add_debug_flag, add_overlay_fps_flag, check_overlay_fps, clip_frames,
+                       non_negative_int, positive_int, refuse_unused, run_main)
 from utils.distributed import (DistInfo, add_device_flag, default_run_folder, one_process_only, process_group,
                                shared_run_folder)
 from utils.engine import (AMP_DTYPES, add_inference_amp_flag, add_runtime_flags, autocast, check_runtime_flags,
                           frames_too_small)
 from utils.metrics import write_json, write_results
+from utils.outputs import add_overwrite_flag, check_output_dir
 from vss.common import (build_from_args, evaluate_videos, format_summary, onnx_from_args, open_user_video,
                         segment_video)
 from vss.config import DEFAULT_CONFIG, config_names
