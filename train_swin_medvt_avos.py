@@ -51,11 +51,12 @@ from models.convert import CheckpointMismatchError
 from models.losses import AVOSCriterion
 from models.registry import init_weights
 from utils import distributed as du
-from utils.checkpoint import add_run_args, check_end_lr, check_run_dir, stretch_schedule
+from utils.checkpoint import add_run_args, check_end_lr, check_run_dir
 from utils.cli import (ArgumentParser, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.optim import LR_GROUPS, PolyLR, param_groups
+from utils.resume import stretch_schedule
 from utils.rng import seed_everything
 from utils.training import RunSpec, TrainingRun, resume_hint
 

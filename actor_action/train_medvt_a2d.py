@@ -20,7 +20,7 @@
 
 Checkpoints hold ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``, ``config``, so
 the inference script rebuilds the model from the file. ``--resume auto`` continues a run (every
-trainer's policy, ``utils.checkpoint.resume_training``: optimizer, schedule, best score, history and
+trainer's policy, ``utils.resume.resume_training``: optimizer, schedule, best score, history and
 every process's RNG; other training settings than the run's are refused); a run stopped with
 ``--stop_after`` and resumed continues as the uninterrupted one (bit for bit with deterministic
 kernels: ``--deterministic``, on by default on CPU).
@@ -49,12 +49,13 @@ from datasets.a2d import CLIP_SIZE, A2DDataset, a2d_root
 from datasets.path_config import add_path_args, dataset_root
 from models import build_model
 from models.registry import init_weights
-from utils.checkpoint import add_run_args, check_end_lr, check_run_dir, stretch_schedule
+from utils.checkpoint import add_run_args, check_end_lr, check_run_dir
 from utils.cli import (ArgumentParser, UserError, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, refuse_unused, run_main)
 from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_distributed, wrap_ddp
 from utils.engine import check_frame_size, epoch_steps, train_one_epoch
 from utils.optim import DECAYS, PolyLR, WarmupDecayLR, param_groups
+from utils.resume import stretch_schedule
 from utils.rng import seed_everything
 from utils.training import RunSpec, TrainingRun, resume_hint
 

@@ -19,7 +19,7 @@ last epoch of S4 has lr 0), seed 123, VGGish frozen (eval, no grad). Every ``--v
 (default 1) and after the last the val split is scored (mIoU) and the best model is saved as
 ``checkpoint_best.pth`` (``--val_every 0``: never, and no ``checkpoint_best.pth``).
 
-Checkpoints and resuming (every trainer's policy, ``utils.checkpoint.resume_training``): ``checkpoint_last.pth`` is
+Checkpoints and resuming (every trainer's policy, ``utils.resume.resume_training``): ``checkpoint_last.pth`` is
 written atomically after every epoch with the model, optimiser, schedule position, epoch, best
 score, history and the RNG state of every process; ``--resume PATH|auto`` continues such a run
 exactly (a run stopped with ``--stop_after`` and resumed equals the uninterrupted one bit for bit
@@ -201,7 +201,7 @@ class EpochSchedule:
         self.last_epoch = int(state["last_epoch"])
 
 
-# Flags of this script that may change on --resume besides utils.checkpoint.RESUME_FREE: a run name
+# Flags of this script that may change on --resume besides utils.resume.RESUME_FREE: a run name
 # that nothing reads, the (moved) VGGish weights file, and --weights, which only initialises a new run.
 AVS_RESUME_FREE = ("session_name", "vggish_weights", "weights")
 

@@ -376,7 +376,7 @@ def test_dist_timeout_is_the_process_groups_and_may_change_on_resume(monkeypatch
 
     from actor_action import train_medvt_a2d
     from avs import train_medvt
-    from utils.checkpoint import check_resume_args
+    from utils.resume import check_resume_args
     from utils.distributed import run_distributed
     from vss import train_medvt_vss
 

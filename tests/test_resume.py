@@ -1,4 +1,4 @@
-"""The shared resume policy (utils.checkpoint.resume_training / save_training): each process gets its
+"""The shared resume policy (utils.resume.resume_training / save_training): each process gets its
 own RNG state back, old single-state checkpoints still resume, the refusals; and for the VSS and A2D
 scripts, 1 epoch + ``--resume auto`` for 1 more equals 2 epochs in one go (tiny models, CPU)."""
 from __future__ import annotations
@@ -19,12 +19,13 @@ from models import get_config
 from models.convert import CheckpointMismatchError, read_checkpoint
 from tests.test_vss import _train_argv as vss_argv
 from tests.test_vss import write_vspw
-from utils.checkpoint import (close_epoch, resume_training, run_summary, save_checkpoint, save_training,
-                              tensorboard_writer, training_state)
+from utils.checkpoint import (close_epoch, run_summary, save_checkpoint, save_training, tensorboard_writer,
+                              training_state)
 from utils.cli import UserError
 from utils.distributed import DistInfo
 from utils.engine import run_epochs
 from utils.optim import PolyLR
+from utils.resume import resume_training
 from utils.rng import capture_rng, restore_rng, seed_everything
 from vss import train_medvt_vss
 
@@ -322,7 +323,7 @@ def test_a2d_torchrun_saves_and_resumes_every_process_rng(a2d_dir, tmp_path, det
 def test_flags_newer_than_a_checkpoint_are_checked_at_the_value_its_run_had(tmp_path):
     """A2D checkpoints from before --scheduler_type ran the poly decay: resuming one with --scheduler_type
     step would load a poly state into a StepLR, so it is refused; poly (the old behaviour) is accepted."""
-    from utils.checkpoint import check_resume_args
+    from utils.resume import check_resume_args
 
     old_run = argparse.Namespace(lr=1e-4, epochs=10)  # no schedule flags recorded
     now = argparse.Namespace(lr=1e-4, epochs=10, scheduler_type="step", use_lr_warmup=False, lr_drop=5)
@@ -337,7 +338,7 @@ def test_read_resume_checkpoint_refuses_before_any_model_is_built(tmp_path):
     """The early check of --resume (every training script, before the output folder is created): a file of
     weights only names --resume and the script's initialisation flags; another model config and changed
     settings are refused as resume_training refuses them; a good file is returned, for resume_training."""
-    from utils.checkpoint import read_resume_checkpoint
+    from utils.resume import read_resume_checkpoint
 
     path = _checkpoint(tmp_path / "c.pth", [_rng_of(1)])
     weights = tmp_path / "weights.pth"

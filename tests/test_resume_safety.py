@@ -20,11 +20,12 @@ from models import get_config
 from models.convert import CheckpointMismatchError, read_checkpoint
 from tests.test_train import base_args, davis  # noqa: F401  (davis: the module's synthetic DAVIS fixture)
 from tests.test_train_mistakes import snapshot
-from utils.checkpoint import read_resume_checkpoint, resume_training, save_checkpoint, training_state
+from utils.checkpoint import save_checkpoint, training_state
 from utils.cli import UserError
 from utils.distributed import DistInfo
 from utils.metrics import jsonable
 from utils.optim import PolyLR
+from utils.resume import read_resume_checkpoint, resume_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 # Two epochs, validated only after the last (--val_every above --epochs): epoch 1 is then the best.

@@ -16,8 +16,9 @@ from models.config import MedVTConfig
 from models.convert import CheckpointMismatchError, init_from_checkpoint, read_checkpoint
 from models.registry import config_from_dict, init_weights, resolve_config
 from tests.test_resume_safety import _ckpt, _resume
-from utils.checkpoint import read_resume_checkpoint, save_checkpoint
+from utils.checkpoint import save_checkpoint
 from utils.cli import UserError
+from utils.resume import read_resume_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 TINY = get_config("tiny")

@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic saving, and the one resume policy of the training scripts.
+"""Training checkpoints and run folders: atomic saving, what a training run writes each epoch, and which
+folder a run may write in (continuing a run is :mod:`utils.resume`'s).
 
 A checkpoint is a dict with the keys ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args``
 (argparse.Namespace with str, not Path, values), ``config`` (``MedVTConfig.to_dict()``), ``rng``
@@ -10,7 +11,7 @@ only tensors, primitives, lists/tuples/dicts and the Namespace, so
 
 The training scripts share one resume policy: :func:`save_training` writes the state after each
 epoch (every process's RNG gathered first; ``checkpoint_last.pth`` last, as the epoch's commit point)
-and :func:`resume_training` takes it back.
+and :func:`utils.resume.resume_training` takes it back.
 
 :func:`save_checkpoint` never leaves a half-written file at the target path: it writes a
 temporary file in the same folder, flushes it to disk and renames it over the target
@@ -21,7 +22,7 @@ a temporary file left by a killed process is removed by the next save into that 
 metrics: a folder that holds a run is used only with ``--resume`` of that run's own checkpoint
 (continue it) or ``--overwrite`` (delete its files first). Its refusals are
 :func:`check_run_dir`, which has no side effect, so that a script calls it before reading
-anything; with :func:`read_resume_checkpoint` (the ``--resume`` file) and its own checks of the
+anything; with :func:`utils.resume.read_resume_checkpoint` (the ``--resume`` file) and its own checks of the
 data, model and initial weights, every mistake is reported before the output folder is created.
 """
 from __future__ import annotations
@@ -32,21 +33,17 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from models.config import MedVTConfig
-from models.convert import CheckpointMismatchError, checkpoint_state_dict, load_state_dict_strict, read_checkpoint
-from models.tasks import TASKS, check_task, checkpoint_task
 from utils import distributed as du
 from utils.cli import UserError, positive_int
 from utils.logger import DeferredLog, log_run_start, setup_logger
 from utils.metrics import write_json
 from utils.outputs import check_output_dir, writing
-from utils.resume_checks import check_kinds, check_training_state, damaged, load_optimizer, loading
-from utils.rng import capture_rng, restore_rng, seed_everything
+from utils.rng import capture_rng
 
 # Files a training run leaves in its --output_dir; any of them means the folder holds a run (metrics.jsonl:
 # what AVOS runs wrote before history.json).
@@ -310,45 +307,6 @@ def tensorboard_writer(args: argparse.Namespace, info: du.DistInfo):
     return SummaryWriter(str(Path(args.output_dir) / "tb"))
 
 
-# Flags that say where a run reads and writes and how it is watched, not what it computes: they
-# may change on --resume. So may paths (a data set moved to another disk), and --epochs, which
-# stretch_schedule applies. Any other difference is refused (check_resume_args). A changed worker count
-# is allowed but warned about (resume_training): the augmentation draws then differ.
-RESUME_FREE = {"resume", "overwrite", "output_dir", "device", "num_workers", "log_every", "val_every",
-               "no_val", "val_size", "val_flip", "val_videos", "stop_after", "debug", "tensorboard", "deterministic",
-               "find_unused_parameters", "grad_checkpointing", "epochs", "max_epoches", "swin_pretrained", "vistr_coco",
-               "init_from", "dist_timeout"}
-PATH_SUFFIXES = ("_root", "_path", "_dir", "_file", "_list", "_pretrained")
-
-
-def check_resume_args(path: str | os.PathLike, saved: argparse.Namespace | None, args: argparse.Namespace,
-                      free: Iterable[str] = (), added: Mapping[str, object] | None = None) -> None:
-    """Refuse to resume with other training settings than the saved run used (learning rates, sizes,
-    loss weights, seed, ...): the optimiser and schedule state would not match what the log claims.
-    ``saved`` is the checkpoint's ``args`` (None for files of other scripts: nothing to compare);
-    ``free`` names flags of the calling script that may change besides RESUME_FREE; ``added`` gives
-    flags newer than some checkpoints the value those runs had (a file without ``--scheduler_type``
-    ran the poly decay), so that they are checked too."""
-    if not isinstance(saved, argparse.Namespace):
-        return
-    before, now, free = {**(added or {}), **vars(saved)}, vars(plain_args(args)), RESUME_FREE | set(free)
-    changed = [f"--{k} {now[k]} (the run used {before[k]})" for k in sorted(set(before) & set(now))
-               if k not in free and not k.endswith(PATH_SUFFIXES) and before[k] != now[k]]
-    if changed:
-        raise UserError(f"{path}: --resume with other training settings than its run: {'; '.join(changed)}. "
-                        "Resume with the run's settings, or start a new run from its weights (--overwrite or "
-                        "another --output_dir, with the weights as initialisation)")
-
-
-def stretch_schedule(scheduler, max_steps: int, epochs: int, logger) -> None:
-    """``--epochs`` changed on resume: the poly decay continues from where it is to the new end."""
-    max_steps = max(max_steps, 1)
-    if scheduler.max_steps != max_steps:
-        logger.warning(f"--epochs {epochs} differs from the checkpoint's run: the learning rate now decays to "
-                       f"--end_lr by epoch {epochs - 1}")
-        scheduler.max_steps = max_steps
-
-
 def training_state(args, cfg, model, optimizer, scheduler, scaler, epoch: int, best: dict, rng, **extra) -> dict:
     """What a training script saves each epoch: everything ``--resume`` restores (``extra`` adds more)."""
     state = {
@@ -387,7 +345,7 @@ def save_training(out_dir: str | os.PathLike, is_best: bool, info: du.DistInfo, 
     """Save the state after ``epoch`` (:func:`training_state`; ``extra`` adds entries such as ``history``).
 
     Every process calls it (it gathers every process's RNG state, in rank order, so that
-    :func:`resume_training` gives each its own back); rank 0 alone writes, when ``is_best``,
+    :func:`utils.resume.resume_training` gives each its own back); rank 0 alone writes, when ``is_best``,
     ``checkpoint_best.pth`` and then ``checkpoint_last.pth`` (:func:`save_last_and_best`). Returns the
     written paths ({} on the other ranks).
     """
@@ -409,7 +367,7 @@ def close_epoch(out_dir: str | os.PathLike, info: du.DistInfo, args, cfg, model,
     ``history`` and ``task`` (every process's RNG; rank 0 writes), then rank 0 rewrites ``history.json`` and gives
     the epoch's numbers (``history[-1]``) to ``writer`` (:func:`tensorboard_writer`), and every process
     waits for it. A process killed after the checkpoints but before ``history.json`` leaves it an
-    epoch behind: :func:`resume_training` rewrites it from the checkpoint. Returns the written
+    epoch behind: :func:`utils.resume.resume_training` rewrites it from the checkpoint. Returns the written
     checkpoint paths ({} on the other ranks)."""
     recorded = {"task": task} if task is not None else {}
     paths = save_training(out_dir, is_best, info, args, cfg, model, optimizer, scheduler, scaler, epoch, best,
@@ -437,201 +395,6 @@ def run_summary(history: list[dict], best: dict, out_dir: str | os.PathLike) -> 
     if history:
         result.update({k: v for k, v in history[-1].items() if k != "epoch"})
     return result
-
-
-# What a checkpoint of save_training holds at least; a file without these (e.g. the authors' released
-# weights) cannot continue a run, only initialise one (each script's --init_from or pretrained flags).
-TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "config")
-_RESTORED = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "best", "rng")
-
-
-def read_resume_checkpoint(path: str | os.PathLike, args: argparse.Namespace, cfg, *, free: Iterable[str] = (),
-                           added: Mapping[str, object] | None = None,
-                           read_config: Callable[[dict], object] | None = None,
-                           check: Callable[[dict], None] | None = None, init_flags: str = "",
-                           task: str | None = None) -> dict:
-    """Read and check the ``--resume`` file before anything is created: the refusals of
-    :func:`resume_training` (a model of another ``task`` than the script's, named with its trainer; a file
-    that is not a training checkpoint of this script, another model config than ``cfg``, the script's
-    ``check``, other training settings), without a model or optimiser. Returns the checkpoint, for
-    ``resume_training(..., ckpt=)``. ``init_flags`` names the script's flags that start a new run from
-    weights (said when the file holds weights only)."""
-    ckpt = read_checkpoint(path)
-    if task is not None:
-        classes_given = (args.num_classes is not None) if hasattr(args, "num_classes") else None
-        check_task(ckpt, task, f"--resume {path}", TASKS[task].train, classes_given)
-    _check_training_checkpoint(path, ckpt, cfg, read_config, init_flags, classes_flag=hasattr(args, "num_classes"),
-                               same_task=task is not None and checkpoint_task(ckpt) == task)
-    if check is not None:
-        check(ckpt)
-    check_resume_args(path, ckpt.get("args"), args, free, added)
-    return ckpt
-
-
-def _check_training_checkpoint(path, ckpt: dict, cfg, read_config, init_flags: str, classes_flag: bool = False,
-                               same_task: bool = False) -> None:
-    """Refuse a checkpoint of another model config, then one that is not a training checkpoint
-    (``classes_flag``: the script has a --num_classes flag; ``same_task``: the file is known to be of the
-    script's task), then one whose entries are damaged."""
-    if isinstance(ckpt.get("config"), dict):
-        _check_config(path, ckpt["config"], cfg, read_config or MedVTConfig.from_dict, classes_flag, same_task)
-    missing = [k for k in TRAINING_KEYS if k not in ckpt]
-    if missing:
-        how = f"use {init_flags}" if init_flags else "use the script's initialisation flags"
-        raise CheckpointMismatchError(
-            f"--resume {path} is not a training checkpoint of this script (it has no {', '.join(missing)}): "
-            f"--resume continues a run that this script saved; to start a new run from these weights, {how}")
-    check_training_state(path, ckpt)
-
-
-def resume_training(path: str | os.PathLike, args: argparse.Namespace, model, optimizer, scheduler, scaler,
-                    info: du.DistInfo, logger, *, best: dict, free: Iterable[str] = (),
-                    added: Mapping[str, object] | None = None,
-                    read_config: Callable[[dict], object] | None = None,
-                    check: Callable[[dict], None] | None = None,
-                    ckpt: dict | None = None, init_flags: str = "", task: str | None = None) -> tuple[int, dict, dict]:
-    """Continue the run saved in ``path`` by :func:`save_training`: the one resume policy of the
-    training scripts. Returns (first epoch to train, best so far, the checkpoint's other entries:
-    ``history``, ``args``, ``config``, ...).
-
-    In order: the file is read safely (``weights_only``); the model config it records must equal
-    ``model.cfg`` (``read_config`` makes a config of the saved dict; default ``MedVTConfig.from_dict``);
-    ``check(ckpt)`` runs the script's own refusals; settings other than the run's are refused
-    (:func:`check_resume_args`, ``free`` = more flags of the script that may change, ``added`` = values of
-    flags that older checkpoints do not record); then the model
-    (strict), optimiser, ``scheduler`` and ``scaler`` (when not None), epoch and best score are
-    restored, and this process takes back its own RNG state if the run had as many processes (else a
-    warning, and a reseed from seed, epoch and rank). A file written before every process's RNG was
-    saved (one state) gives its RNG to rank 0. A schedule whose length follows a flag that may change
-    (``--epochs``) is stretched by the caller afterwards (:func:`stretch_schedule`).
-
-    Rank 0 then rewrites ``<args.output_dir>/history.json`` from the checkpoint's ``history`` when it is the
-    run's own folder (repairing a kill between the two files), says where the best epoch's weights are
-    when the run continues as a copy in another folder, and warns when the worker count differs from the
-    run's (allowed, but the augmentations then differ).
-
-    ``best``: the best-so-far dict of a run that has none yet (its keys name the script's metric).
-    A file that is not a training checkpoint (no optimiser, epoch, ...) is refused, naming
-    ``init_flags``, the script's flags that initialise a new run. ``ckpt``: the file as
-    :func:`read_resume_checkpoint` read and checked it already (neither read nor checked again).
-    """
-    if ckpt is None:
-        ckpt = read_resume_checkpoint(path, args, model.cfg, free=free, added=added, read_config=read_config,
-                                      check=check, init_flags=init_flags, task=task)
-    load_state_dict_strict(model, checkpoint_state_dict(ckpt, str(path)), source=str(path))
-    load_optimizer(path, optimizer, ckpt["optimizer"])
-    if scheduler is not None:
-        check_kinds(path, "lr_scheduler", ckpt["lr_scheduler"], scheduler.state_dict())
-        with loading(path, "lr_scheduler"):
-            scheduler.load_state_dict(ckpt["lr_scheduler"])
-    if scaler is not None and "scaler" in ckpt:
-        with loading(path, "scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-    epoch = ckpt["epoch"]
-    reseed = 1000 * (epoch + 1) + info.rank + getattr(args, "seed", 42)
-    with loading(path, "rng"):
-        restore_own_rng(ckpt.get("rng"), info, logger, reseed=reseed)
-    saved_best = ckpt.get("best") or best
-    lacking = [k for k in best if k not in saved_best]
-    if lacking:  # another script's metric: this one's comparisons would fail at the end of the first epoch
-        raise damaged(path, "best", f"has no {', '.join(lacking)} (it holds {', '.join(saved_best)}): a checkpoint "
-                                     "of another script?")
-    best = dict(saved_best)
-    metric = next((k for k in best if k != "epoch"), None)
-    score = (f"best val {metric} {best[metric]:.4f} (epoch {best['epoch']})"
-             if metric is not None and best.get("epoch", -1) >= 0 else "no best val score yet")
-    logger.info(f"resumed from {path}: epoch {epoch} done, {score}")
-    out = getattr(args, "output_dir", None)
-    own_folder = out is not None and Path(path).resolve().parent == Path(out).resolve()
-    if info.is_main and out is not None:
-        # Only in the run's own folder: a copy continued elsewhere gets history.json with its first epoch, so
-        # that a stop before it leaves that folder without run files (the same command then starts it again);
-        # and not beside a lone epoch-0 checkpoint_best.pth, which --resume auto takes only without it.
-        if isinstance(ckpt.get("history"), list) and own_folder and not first_epoch_only(out):
-            # The checkpoint is the epoch's commit point: a process killed after it but before history.json
-            # left that file an epoch behind (also when nothing is left to train and no epoch rewrites it).
-            write_history(out, ckpt["history"])
-        if best.get("epoch", -1) >= 0 and not own_folder:
-            logger.warning(_best_of_copy(Path(path), epoch, int(best["epoch"]), Path(out)))
-        _warn_other_workers(ckpt.get("args"), args, logger)
-    return epoch + 1, best, {k: v for k, v in ckpt.items() if k not in _RESTORED}
-
-
-def _best_of_copy(path: Path, epoch: int, best_epoch: int, out: Path) -> str:
-    """Where the best epoch's weights are when a run continues as a copy in another folder: the new
-    folder gets a checkpoint_best.pth only when one of its own epochs scores better."""
-    source_best = path.parent / "checkpoint_best.pth"
-    if source_best.is_file():
-        where = f"are in {source_best}"
-    elif best_epoch == epoch:
-        where = f"are in {path}, the file resumed"
-    else:
-        where = f"are not in {path.parent} (it has no checkpoint_best.pth)"
-    return (f"continuing a copy of the run of {path.parent}: its best epoch {best_epoch}'s weights {where}; "
-            f"--output_dir {out} gets its own checkpoint_best.pth only when a later epoch scores better")
-
-
-def _warn_other_workers(saved, args: argparse.Namespace, logger) -> None:
-    """A changed worker count may resume (RESUME_FREE) but reseeds the augmentation draws: say so."""
-    then, now = getattr(saved, "num_workers", None), getattr(args, "num_workers", None)
-    if then is not None and now is not None and then != now:
-        logger.warning(f"--num_workers {now} differs from the run's ({then}): the data loader's random augmentations "
-                       "come out differently, so the resumed run does not repeat an uninterrupted one bit for "
-                       f"bit; resume with --num_workers {then} for that")
-
-
-def restore_own_rng(rng, info: du.DistInfo, logger, reseed: int) -> None:
-    """Give this process its own RNG state from a checkpoint's ``rng``: a list with one state per
-    process (:func:`save_training`), or one state (files written before: rank 0's). Where there is
-    no state for this process, warn and seed everything with ``reseed`` (which should differ per rank
-    and epoch): the run continues, but not bit-identically."""
-    if isinstance(rng, list) and len(rng) == info.world_size:
-        restore_rng(rng[info.rank])
-    elif isinstance(rng, dict):  # one state, rank 0's
-        if info.world_size > 1:
-            logger.warning("the checkpoint holds the RNG state of rank 0 only (it was written before every "
-                           "process's was saved); the other processes reseed (the run continues, but not "
-                           "bit-identically)")
-        if info.rank == 0:
-            restore_rng(rng)
-        else:
-            seed_everything(reseed)
-    else:
-        logger.warning("the checkpoint's RNG states are missing or for a different number of processes; "
-                       "reseeding (the run continues, but not bit-identically)")
-        seed_everything(reseed)
-
-
-def _check_config(path, saved: dict, cfg, read_config: Callable[[dict], object], classes_flag: bool = False,
-                  same_task: bool = False) -> None:
-    """Refuse a checkpoint whose recorded model config differs from ``cfg`` (the model the flags build);
-    one with another class count as a checkpoint of another task (``classes_flag``: the script has a
-    --num_classes flag, which a run of its own task may have set otherwise), or, when it is known to be
-    of this task (``same_task``), as a run with another --num_classes."""
-    try:
-        then = read_config(saved)
-    except CheckpointMismatchError:
-        raise
-    except UserError as e:  # e.g. a MED-VT++ (AVS) checkpoint given to a MED-VT script: name the file and flag
-        raise CheckpointMismatchError(f"--resume {path}: {e}") from None
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointMismatchError(f"{path}: its model config cannot be read ({e})") from None
-    if then != cfg:
-        a, b = then.to_dict(), cfg.to_dict()
-        if same_task and classes_flag and a.get("num_classes") != b.get("num_classes"):
-            raise CheckpointMismatchError(f"--resume {path} is a run of this task with {a['num_classes']} classes, "
-                                          f"this script's model has {b['num_classes']}: pass --num_classes "
-                                          f"{a['num_classes']}")
-        if "num_classes" in a and "num_classes" in b and a["num_classes"] != b["num_classes"]:
-            # Another class count is another task's model (AVOS 1, VSS K, A2D 80): asking for "the same model
-            # flags" would send an AVOS user looking for a --num_classes flag that does not exist.
-            same_task = f"; if it is a run of this task, pass --num_classes {a['num_classes']}" if classes_flag else ""
-            raise CheckpointMismatchError(
-                f"--resume {path} is a checkpoint of another task: its model has {a['num_classes']} classes, this "
-                f"script's model has {b['num_classes']}. Resume it with the training script of its task{same_task}")
-        diff = [f"{k} {b[k]} (the run used {a[k]})" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
-        raise CheckpointMismatchError(f"{path} was trained with another model config: {'; '.join(diff)}. Pass the "
-                                      "same model flags as that run")
 
 
 def _umask() -> int:

@@ -1,6 +1,7 @@
 """Where a run writes: output folders and files checked before any work (apart from every input, writable,
-new unless ``--overwrite``), files written whole or not at all, and the ``INCOMPLETE`` marker of a run that
-did not finish. Nothing a run writes replaces an input or an earlier run's output unasked.
+new unless ``--overwrite``), files written whole or not at all (and named in a writer's OSError), and the
+``INCOMPLETE`` marker of a run that did not finish. Nothing a run writes replaces an input or an earlier
+run's output unasked.
 """
 from __future__ import annotations
 

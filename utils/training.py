@@ -11,7 +11,7 @@ start a new run from weights, which flags may change on ``--resume``) and then, 
     return run.fit(state, sampler, train_epoch, validate, scheduler.step)
 
 so that every mistake is refused before the output folder is created or changed, a resumed run
-continues as the uninterrupted one (:func:`utils.checkpoint.resume_training`), every epoch is closed
+continues as the uninterrupted one (:func:`utils.resume.resume_training`), every epoch is closed
 the same way (checkpoints recording the task, ``history.json``, TensorBoard) and every trainer returns
 the same summary (:func:`utils.checkpoint.run_summary`).
 """
@@ -25,11 +25,12 @@ from functools import partial
 from pathlib import Path
 
 from utils import distributed as du
-from utils.checkpoint import (check_not_finished, close_epoch, first_epoch_only, open_run, read_resume_checkpoint,
-                              resume_path, resume_training, run_summary, tensorboard_writer)
+from utils.checkpoint import (check_not_finished, close_epoch, first_epoch_only, open_run, resume_path, run_summary,
+                              tensorboard_writer)
 from utils.cli import UserError
 from utils.engine import run_epochs
 from utils.logger import DeferredLog
+from utils.resume import read_resume_checkpoint, resume_training
 
 
 _run_folder: Path | None = None  # this process's run folder, once TrainingRun.open prepared it
@@ -59,7 +60,7 @@ class RunSpec:
     init_flags: str  # the flags that start a new run from weights (named when --resume gets weights only)
     floor: float = -1.0  # the best score of a run that has none yet
     epochs_flag: str = "--epochs"
-    free: tuple[str, ...] = ()  # flags that may change on --resume besides utils.checkpoint.RESUME_FREE
+    free: tuple[str, ...] = ()  # flags that may change on --resume besides utils.resume.RESUME_FREE
     added: Mapping[str, object] | None = None  # values of flags that older checkpoints do not record
     read_config: Callable[[dict], object] | None = None  # a saved config dict → config (default: MED-VT's)
 
@@ -93,7 +94,7 @@ class TrainingRun:
     def read_resume(self, cfg, check: Callable[[dict], None] | None = None) -> None:
         """Read and check the ``--resume`` file, if any, for the model config ``cfg``: a file of another
         task, another config, ``check`` (the script's own refusal) or other training settings are refused
-        (:func:`utils.checkpoint.read_resume_checkpoint`). Nothing has been created yet."""
+        (:func:`utils.resume.read_resume_checkpoint`). Nothing has been created yet."""
         if self.resume_from is not None:
             self._ckpt = read_resume_checkpoint(self.resume_from, self.args, cfg, check=check, task=self.spec.task,
                                                 **self._resume_rules())

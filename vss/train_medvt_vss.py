@@ -17,7 +17,7 @@ labels (every choice is listed in the README, "Video semantic segmentation"):
 
 Checkpoints are written atomically and hold the model config, so ``vss/inference_medvt_vss.py``
 rebuilds the model from the file alone. ``--resume auto`` continues from
-``<output_dir>/checkpoint_last.pth`` (every trainer's policy, ``utils.checkpoint.resume_training``:
+``<output_dir>/checkpoint_last.pth`` (every trainer's policy, ``utils.resume.resume_training``:
 optimizer, schedule, best score and every process's RNG; other training settings than the run's are
 refused); a run stopped
 with ``--stop_after`` and resumed continues as the uninterrupted one (bit for bit with deterministic
@@ -46,13 +46,14 @@ from datasets.vspw import VSPWTrainTransform, build_vspw_train_dataset, vspw_roo
 from models import build_model
 from models.registry import init_weights
 from models.config import preset_name
-from utils.checkpoint import add_run_args, check_end_lr, check_run_dir, stretch_schedule
+from utils.checkpoint import add_run_args, check_end_lr, check_run_dir
 from utils.cli import (ArgumentParser, add_debug_flag, clip_frames, non_negative_float, non_negative_int,
                        positive_float, positive_int, random_seed, run_main)
 from utils.distributed import DistInfo, add_device_flag, broadcast_buffers, run_distributed, wrap_ddp
 from utils.engine import AMP_DTYPES, check_frame_size, epoch_steps, train_one_epoch
 from utils.metrics import write_results
 from utils.optim import LR_GROUPS, PolyLR, param_groups
+from utils.resume import stretch_schedule
 from utils.rng import seed_everything
 from utils.training import RunSpec, TrainingRun, resume_hint
 from vss.common import evaluate_videos, format_summary
