@@ -78,6 +78,32 @@ def test_other_scripts_refuse_init_weights_with_resume(tmp_path, script):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("script", ["avos", "vss", "a2d", "avs"])
+def test_a_missing_initial_weights_file_is_refused_before_the_data_is_read(tmp_path, script):
+    """A mistyped --init_from (--weights) was found only after the data and the model were built (a minute
+    on a large data set, the same on every process); it is now refused with the output folder's checks."""
+    main, argv, flag = OTHER[script] if script != "avos" else (
+        avos_train.main, ["--model_config", "tiny", "--davis16_root", "/nonexistent/davis"], "--init_from")
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match=rf"^{flag}: file .*typo.pth does not exist"):
+        main([*argv, "--device", "cpu", "--output_dir", str(out), flag, str(tmp_path / "typo.pth")])
+    assert not out.exists()
+
+
+def test_a_missing_initial_weights_file_is_no_matter_when_the_run_continues(tmp_path):
+    """--resume auto with --init_from (a job script passing both) continues the folder's run and never reads
+    the initial weights: that their file is gone does not stop it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint({"epoch": 0}, run / "checkpoint_last.pth")
+    missing = {"--init_from": str(tmp_path / "gone.pth")}
+    check_run_dir(run, "auto", False, init=missing)
+    with pytest.raises(FileNotFoundError, match="--init_from: file .*gone.pth does not exist"):
+        check_run_dir(run, None, True, init=missing)  # --overwrite: a new run, from the weights
+    with pytest.raises(FileNotFoundError, match="--init_from: file .*gone.pth does not exist"):
+        check_run_dir(tmp_path / "new", "auto", False, init=missing)  # nothing to continue: a new run
+
+
 # ------------------------------------------------------- N8, N8b: --overwrite deletes what a run wrote
 def test_overwrite_deletes_everything_a_run_wrote_and_nothing_else(tmp_path):
     run = tmp_path / "run"

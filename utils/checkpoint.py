@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from utils import distributed as du
-from utils.cli import UserError, positive_int
+from utils.cli import UserError, positive_int, require_file
 from utils.logger import DeferredLog, log_run_start, setup_logger
 from utils.metrics import write_json
 from utils.outputs import check_output_dir, writing
@@ -213,7 +213,8 @@ def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: 
     * a ``--resume`` file of the folder other than its ``checkpoint_last.pth`` (e.g. checkpoint_best.pth)
       while that exists: continuing it would rewind the run, overwriting its later epochs.
 
-    Resuming into a new or empty folder is allowed: a copy of the run continues there."""
+    Resuming into a new or empty folder is allowed: a copy of the run continues there. The ``init`` files of a
+    run that starts anew must exist (they are read only after the data and the model are built)."""
     out = Path(output_dir)
     if resume and overwrite:
         raise UserError(f"--resume {resume} and --overwrite contradict each other: --resume continues the run, "
@@ -231,10 +232,12 @@ def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: 
     check_output_dir(out, "--output_dir", dict(inputs or {}), overwrite=True, deletes=True)  # a file; an input
     found = run_files(out)
     if not found:
+        _require_init(init)
         return out
     held = f"--output_dir {out} already holds a training run ({', '.join(found)})"
     if not resume:
         if overwrite:
+            _require_init(init)
             return out
         how = "pass --resume auto to continue it, " if can_resume else ""
         raise UserError(f"{held}: {how}--overwrite to replace it, or choose another --output_dir")
@@ -257,6 +260,13 @@ def check_run_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: 
                         f"of the epochs after it. Resume {last} (or --resume auto), or continue from {resume} "
                         "in another --output_dir")
     return out
+
+
+def _require_init(init: Mapping[str, str | os.PathLike | None] | None) -> None:
+    """Each initial-weights file given (flag → path) is a file that exists (:func:`utils.cli.require_file`)."""
+    for flag, path in (init or {}).items():
+        if path:
+            require_file(path, flag)
 
 
 def prepare_output_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool,
