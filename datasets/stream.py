@@ -269,7 +269,9 @@ class VideoFile:
         return [self._item(f) for f in last]
 
     def frame_name(self, i: int) -> str:
-        return f"{i:05d}"
+        """``00000``, ``00001``, ...: five digits (DAVIS's names), more for a video of 100,000 frames or more, so
+        that the names of every frame sort in frame order as text (a file browser, ``ffmpeg -i %06d.png``)."""
+        return f"{i:0{max(5, len(str(self._n - 1)))}d}"
 
     def sound(self) -> SoundTrack | None:
         return SoundTrack.of(self.path)

@@ -132,6 +132,17 @@ def test_video_file_frames(mp4):
     assert np.array_equal(src.tail(1)[0][1], items[-1][1])
 
 
+def test_frame_names_of_a_long_video_sort_in_frame_order(mp4, monkeypatch):
+    """Frames were named %05d whatever the length: a video of 100,000 frames or more (55 min at 30 fps) had
+    100000.png sort before 99999.png. Names get the digits the last frame needs, five at least (DAVIS's)."""
+    src = open_video(mp4, (24, 32))
+    monkeypatch.setattr(src, "_n", 100_001)  # the count the first read made, without decoding 55 minutes
+    names = [src.frame_name(i) for i in (0, 9, 99_999, 100_000)]
+    assert names == ["000000", "000009", "099999", "100000"] and names == sorted(names)
+    monkeypatch.setattr(src, "_n", 100_000)
+    assert src.frame_name(99_999) == "99999"  # up to 100,000 frames: the names as before
+
+
 def test_video_file_keeps_no_frames(mp4):
     src = VideoFile(mp4, None, keep_rgb=True, tail_keep=4)
     refs = []
