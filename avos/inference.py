@@ -49,7 +49,7 @@ from utils import metrics
 from utils.background import BackgroundWorker
 from utils.cli import UserError, stop_line
 from utils.distributed import gather_in_order, gather_throughput, is_main_process, shard
-from utils.logger import Throughput, log_stop
+from utils.logger import ConsoleHandler, Throughput, log_stop
 from utils.outputs import writing
 from utils.visualize import VideoWriter, overlay
 
@@ -414,8 +414,9 @@ def select_sequences(sequences: list[VideoSequence], wanted: Sequence[str] | Non
     return keep
 
 
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is now (it may be replaced, e.g. by pytest's capture)."""
+class _StdoutHandler(ConsoleHandler):
+    """Writes to whatever ``sys.stdout`` is now (it may be replaced, e.g. by pytest's capture); a reader gone
+    away (``| head``) leaves the run going on, its ``out.log`` complete."""
 
     @property
     def stream(self):

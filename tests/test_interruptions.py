@@ -421,6 +421,31 @@ run_main(main)
                                                                "(the reader of a pipe ended)")
 
 
+def test_avos_inference_piped_to_head_goes_on_and_keeps_its_log(tmp_path):
+    """`inference_swin_medvt_avos.py ... | head -1`: its console handler printed logging's traceback to stderr
+    for every line after the reader left (the trainers' did not). It now goes on, as training does, and
+    out.log keeps every line."""
+    code = f"""
+import sys
+from pathlib import Path
+from avos.inference import log_file, logger
+from utils.cli import run_main
+def main():
+    with log_file(Path({str(tmp_path / "out.log")!r})):
+        for i in range(20000):
+            logger.info(f"line {{i}}")
+sys.argv = ["inference_swin_medvt_avos.py"]
+run_main(main)
+"""
+    proc = python(code)
+    assert proc.stdout.readline().strip() == "line 0"
+    proc.stdout.close()  # the reader leaves, as head does
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert (proc.returncode, err) == (0, "")
+    assert (tmp_path / "out.log").read_text().splitlines()[-1].endswith("line 19999")
+
+
 def test_a_stop_line_that_cannot_be_printed_still_ends_with_the_stops_status(monkeypatch):
     """A closed terminal (SIGHUP) takes no stop line: printing it raised EIO, which escaped with status 1;
     a RANK that is not a number is read as 0, not a traceback."""

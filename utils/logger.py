@@ -66,7 +66,7 @@ def progress(iterable=None, *, total: float | None = None, desc: str | None = No
     return tqdm(iterable, **kwargs)
 
 
-class _Console(logging.StreamHandler):
+class ConsoleHandler(logging.StreamHandler):
     """The log's copy on stdout. Where its reader went away (``script | head``, a closed terminal), the
     run goes on writing its log file: logging would print its own traceback for every line."""
 
@@ -88,7 +88,7 @@ def setup_logger(output_dir: str | Path | None, main_process: bool = True, name:
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter(_FMT, datefmt="%Y-%m-%d %H:%M:%S")
-    stream = _Console(sys.stdout)
+    stream = ConsoleHandler(sys.stdout)
     stream.setFormatter(fmt)
     logger.addHandler(stream)
     if output_dir is not None and main_process:
