@@ -41,7 +41,8 @@ from models import load_model, read_checkpoint
 from models.audio import build_frozen_vggish
 from models.avs import MEDVTPlusPlus
 from models.tasks import TASKS, check_task
-from utils.cli import ArgumentParser, UserError, non_negative_int, positive_float, positive_int, refuse_unused, run_main
+from utils.cli import (ArgumentParser, UserError, non_negative_int, positive_float, positive_int, refuse_unused,
+                       require_file, run_main, typed_option)
 from utils.distributed import DistInfo, default_run_folder, one_process_only, process_group, shared_run_folder
 from utils.logger import format_metrics, setup_logger
 from utils.metrics import write_json
@@ -107,6 +108,7 @@ SPLIT_ONLY = ("avsbench_root", "split", "test_batch_size", "save_pred_mask", "ma
 def main(argv: list[str] | None = None) -> dict:
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    args.model_flag = typed_option(parser, "model_path", argv)  # --weights too, the original's name
     if args.video is not None:
         refuse_unused(parser, args, SPLIT_ONLY, "to an AVSBench split, not to --video (whose sound is always "
                       "resampled to 16 kHz and must not be silent)", argv)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--wav and --fps describe a --video; an AVSBench split brings its own audio and frames")
     one_process_only("--video" if args.video else None, "a split's batches")
     inputs = {"--avsbench_root": dataset_root("avsbench", args.avsbench_root) if args.video is None else None,
-              "--vggish_weights": args.vggish_weights, "--model_path": args.model_path, "--video": args.video,
+              "--vggish_weights": args.vggish_weights, args.model_flag: args.model_path, "--video": args.video,
               "--wav": args.wav}
     # The output folder is checked before anything is read, and created only once every input is
     # read; without --output_dir every run gets a new folder, so running twice never mixes two runs.
@@ -190,8 +192,8 @@ def run_folder(args: argparse.Namespace, inputs: dict, video) -> Path:
 def load_avs_model(args: argparse.Namespace, device: torch.device) -> tuple[MEDVTPlusPlus, str]:
     """The MED-VT++ of --model_path (ours record their model; the model flags describe an authors'
     release) and where its config came from; another task's model is refused by name (models.tasks)."""
-    ckpt = read_checkpoint(args.model_path)
-    check_task(ckpt, "avs", f"--model_path {args.model_path}", TASKS["avs"].infer)
+    ckpt = read_checkpoint(require_file(args.model_path, args.model_flag))
+    check_task(ckpt, "avs", f"{args.model_flag} {args.model_path}", TASKS["avs"].infer)
     loaded = load_model(args.model_path, preset=model_config(args), device=device, checkpoint=ckpt)
     return loaded.model, loaded.reason
 

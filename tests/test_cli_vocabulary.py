@@ -46,3 +46,15 @@ def test_avos_training_names_the_test_model_by_config_and_keeps_backbone_tiny():
     assert {k: getattr(new, k) for k in avos_train.BACKBONE_DEFAULTS["tiny"]} == \
         {k: getattr(old, k) for k in avos_train.BACKBONE_DEFAULTS["tiny"]}
     assert "{swinB,resnet101}" in parser.format_help()
+
+
+@pytest.mark.parametrize("argv, flag", [(["--weights", "w.pth"], "--weights"), (["--weights=w.pth"], "--weights"),
+                                        (["--model_path", "w.pth"], "--model_path"),
+                                        (["--weights", "a", "--model_path", "b"], "--model_path")])
+def test_the_avs_model_flag_is_named_as_typed(argv, flag):
+    """avs/test_medvt.py takes the original's --weights for --model_path: its messages named --model_path
+    for a file given as --weights. They now name the flag the user wrote (the last one, which argparse keeps)."""
+    from utils.cli import typed_option
+
+    parser = avs_test.get_args_parser()
+    assert typed_option(parser, "model_path", argv) == flag

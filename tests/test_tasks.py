@@ -124,8 +124,10 @@ def test_every_inference_entry_refuses_another_tasks_checkpoint_before_building_
     torch.save({"model": {}, "args": argparse.Namespace(num_classes=80, lprop_mode=0)}, authors)
     with pytest.raises(UserError, match=r"authors_a2d\.pth holds an A2D model \(80 classes\)"):
         build_from_args(argparse.Namespace(model_path=authors, num_classes=None, model="medvt_swinb_vss"), CPU)
-    with pytest.raises(UserError, match=r"avos\.pth holds an AVOS model .*avs/test_medvt\.py is for AVS models"):
-        load_avs_model(argparse.Namespace(model_path=avos), CPU)
+    with pytest.raises(UserError, match=r"^--weights .*avos\.pth holds an AVOS model .*avs/test_medvt\.py is for AVS "):
+        load_avs_model(argparse.Namespace(model_path=avos, model_flag="--weights"), CPU)  # the flag as typed
+    with pytest.raises(FileNotFoundError, match=r"^--weights: file .*gone\.pth does not exist"):
+        load_avs_model(argparse.Namespace(model_path=tmp_path / "gone.pth", model_flag="--weights"), CPU)
     with pytest.raises(UserError, match=r"^--model_path x holds a VSS model .*run it with vss/inference_medvt_vss"):
         resolve_model_config(read_checkpoint(vss), source="--model_path x")
 

@@ -255,12 +255,23 @@ def refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, des
     """Flags that do nothing in this run (``dests`` written in ``argv``, default the command line, or
     whose values differ from their defaults) are a usage error, not silently ignored: "--save_pred
     applies to an A2D split, not to --video"."""
-    words = sys.argv[1:] if argv is None else list(argv)
-    options = {d: [o for a in parser._actions if a.dest == d for o in a.option_strings] for d in dests}
-    given = [f"--{d}" for d in dests if getattr(args, d) != parser.get_default(d)
-             or any(w == o or w.startswith(o + "=") for w in words for o in options[d])]
+    given = [f"--{d}" for d in dests if getattr(args, d) != parser.get_default(d) or _written(parser, d, argv)]
     if given:
         parser.error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {applies_to}")
+
+
+def _written(parser: argparse.ArgumentParser, dest: str, argv: Sequence[str] | None = None) -> list[str]:
+    """The option strings of ``dest`` that ``argv`` (default: the command line) writes, in its order."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    options = [o for a in parser._actions if a.dest == dest for o in a.option_strings]
+    return [o for w in words for o in options if w == o or w.startswith(o + "=")]
+
+
+def typed_option(parser: argparse.ArgumentParser, dest: str, argv: Sequence[str] | None = None) -> str:
+    """The flag of ``dest`` as the user wrote it (an alias, e.g. AVS's ``--weights`` for ``--model_path``),
+    so that messages name what they typed; else its first option string."""
+    written = _written(parser, dest, argv)
+    return written[-1] if written else next(o for a in parser._actions if a.dest == dest for o in a.option_strings)
 
 
 def add_overlay_fps_flag(parser, frames_of: str = "a --video folder") -> None:
