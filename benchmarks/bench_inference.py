@@ -21,6 +21,8 @@ Examples::
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 import contextlib
 import statistics
@@ -29,9 +31,9 @@ import torch
 
 from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops, latency_stats, machine_info,
                                parse_checked, report, setup, throughput, time_runs)
-from models import MODEL_CONFIGS, build_model
-from utils.cli import ArgumentParser
-from utils.engine import autocast
+from models import build_model
+from utils.cli import ArgumentParser, run_main
+from utils.engine import autocast, frames_too_small
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = parse_checked(get_args_parser(), argv, MODEL_CONFIGS)
+    args = parse_checked(get_args_parser(), argv)
     model = build_model(args.config).eval()
     device, h, w = setup(args, model)
     x = torch.randn(1, args.frames, 3, h, w, device=device)
@@ -51,12 +53,13 @@ def main(argv=None) -> dict:
         with torch.inference_mode(), amp:
             m(x)
 
-    # FLOPs do not depend on the dtype: counted in float32 (the counter and CPU autocast disagree on
-    # one mixed-dtype einsum that runs fine outside the counter)
-    flops = None if args.no_flops else count_flops(lambda: forward(model, contextlib.nullcontext()))
-    run = torch.compile(model) if args.compile else model
     memory = PeakMemory(device)
-    times = time_runs(lambda: forward(run), device, args.warmup, args.iters, memory)
+    with frames_too_small(f"--size {h} {w}", "give a larger --size"):  # torch's error, found at the first forward
+        # FLOPs do not depend on the dtype: counted in float32 (the counter and CPU autocast disagree on
+        # one mixed-dtype einsum that runs fine outside the counter)
+        flops = None if args.no_flops else count_flops(lambda: forward(model, contextlib.nullcontext()))
+        run = torch.compile(model) if args.compile else model
+        times = time_runs(lambda: forward(run), device, args.warmup, args.iters, memory)
     med = statistics.median(times)
     res = {
         "config": args.config, "dtype": args.dtype, "compile": args.compile,
@@ -73,4 +76,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

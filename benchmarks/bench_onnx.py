@@ -12,13 +12,12 @@ Example::
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -26,18 +25,9 @@ from pathlib import Path
 
 import torch
 
-from models import MODEL_CONFIGS, build_model
-from models.config import preset_name
-from utils.cli import ArgumentParser
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set (``VmHWM``: per address space, so it starts afresh at exec,
-    unlike ``ru_maxrss``, which a child inherits from the process that forked it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from benchmarks.common import machine_info, machine_line, peak_rss_mib, preset, run_module
+from models import build_model
+from utils.cli import ArgumentParser, clip_frames, non_negative_int, positive_int, run_main
 
 
 def run_child(args: argparse.Namespace) -> dict:
@@ -92,13 +82,12 @@ def top_ops(profile: str, n: int = 10) -> list[tuple[str, float, float]]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="medvt_swinb_avos", type=preset_name, choices=sorted(MODEL_CONFIGS),
-                   help="model preset (fresh weights)")
-    p.add_argument("--frames", type=int, default=6, help="frames per clip")
-    p.add_argument("--size", type=int, default=473, help="square input side (default 473)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of PyTorch and of ONNX Runtime")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    p.add_argument("--iters", type=int, default=3, help="timed runs")
+    p.add_argument("--config", default="medvt_swinb_avos", type=preset, help="model preset (fresh weights)")
+    p.add_argument("--frames", type=clip_frames, default=6, help="frames per clip")
+    p.add_argument("--size", type=positive_int, default=473, help="square input side (default 473)")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of PyTorch and of ONNX Runtime")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first")
+    p.add_argument("--iters", type=positive_int, default=3, help="timed runs")
     p.add_argument("--onnx_path", default=None,
                    help="an exported file of this config and size (default: export one into a temporary folder)")
     p.add_argument("--profile", action="store_true", help="print ONNX Runtime's top operators")
@@ -107,33 +96,47 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_onnx_file(path: str, frames: int, size: int) -> None:
+    """Refuse an ``--onnx_path`` that is missing, not an export of ours, or not for this clip, before the
+    PyTorch child's minutes of timing."""
+    from models.onnx_export import OnnxModel
+
+    OnnxModel(path, threads=1).check(frames, size, size)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.child:
         print(json.dumps(run_child(args)))
         return
+    if args.onnx_path is not None:
+        check_onnx_file(args.onnx_path, args.frames, args.size)
+    print(machine_line(machine_info()))
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = args.onnx_path
+        # the children run in the repository's root: a relative path would name another file there
+        onnx_path = str(Path(args.onnx_path).absolute()) if args.onnx_path else None
         if onnx_path is None:
             from models.onnx_export import export_onnx
 
             torch.set_num_threads(args.threads)
             torch.manual_seed(0)
             onnx_path = str(Path(tmp) / f"{args.config}.onnx")
+            print(f"exporting {args.config} to ONNX (minutes for Swin-B; --onnx_path takes an exported file) ...",
+                  flush=True)
             t0 = time.perf_counter()
             export_onnx(build_model(args.config).eval(),
                         (torch.randn(2, args.frames, 3, args.size, args.size),), onnx_path)
             print(f"exported {args.config} [B, {args.frames}, 3, {args.size}, {args.size}] in "
                   f"{time.perf_counter() - t0:.0f} s")
         res = {}
-        for child in ("torch", "onnx"):
-            cmd = [sys.executable, __file__, "--child", child, "--onnx_path", onnx_path, "--workdir", tmp,
-                   "--config", args.config, "--frames", str(args.frames), "--size", str(args.size),
-                   "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]
-            out = subprocess.run(cmd + (["--profile"] if args.profile else []), check=True, capture_output=True,
-                                 text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-            res[child] = json.loads(out.stdout.strip().splitlines()[-1])
+        for child, label in (("torch", "PyTorch eager"), ("onnx", "ONNX Runtime")):
+            argv = ["--child", child, "--onnx_path", onnx_path, "--workdir", tmp, "--config", args.config,
+                    "--frames", str(args.frames), "--size", str(args.size), "--threads", str(args.threads),
+                    "--warmup", str(args.warmup), "--iters", str(args.iters)] + (["--profile"] if args.profile else [])
+            out = run_module("benchmarks.bench_onnx", argv, f"{label} ({args.warmup} warm-up + {args.iters} timed)",
+                             args.threads)
+            res[child] = json.loads(out.strip().splitlines()[-1])
         load = os.getloadavg()
         print(f"{args.config}, one {args.frames}x{args.size}x{args.size} clip, {args.threads} threads, {args.warmup} "
               f"warm-up + {args.iters} timed runs; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
@@ -150,4 +153,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,6 +17,8 @@ Run it twice to compare gradient checkpointing of the backbone and encoder::
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 import contextlib
 import statistics
@@ -25,10 +27,10 @@ import torch
 
 from benchmarks.common import (DTYPES, PeakMemory, add_common_args, count_flops, latency_stats, machine_info,
                                parse_checked, report, setup, throughput, time_runs)
-from models import MODEL_CONFIGS, build_model
+from models import build_model
 from models.losses import AVOSCriterion
-from utils.cli import ArgumentParser
-from utils.engine import autocast
+from utils.cli import ArgumentParser, run_main
+from utils.engine import autocast, frames_too_small
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = parse_checked(get_args_parser(), argv, MODEL_CONFIGS)
+    args = parse_checked(get_args_parser(), argv)
     model = build_model(args.config).train()
     device, h, w = setup(args, model)
     criterion = AVOSCriterion()
@@ -61,13 +63,14 @@ def main(argv=None) -> dict:
         opt.step()
 
     flops = None
-    if not args.no_flops:  # model FLOPs: no recomputation, so both settings report the same figure
-        flops = count_flops(lambda: forward_backward(model, contextlib.nullcontext()))  # float32, as inference
-        opt.zero_grad(set_to_none=True)
-    model.set_grad_checkpointing(args.grad_checkpointing)
-    run = torch.compile(model) if args.compile else model
     memory = PeakMemory(device)
-    times = time_runs(lambda: step(run), device, args.warmup, args.iters, memory)
+    with frames_too_small(f"--size {h} {w}", "give a larger --size"):  # torch's error, found at the first forward
+        if not args.no_flops:  # model FLOPs: no recomputation, so both settings report the same figure
+            flops = count_flops(lambda: forward_backward(model, contextlib.nullcontext()))  # float32, as inference
+            opt.zero_grad(set_to_none=True)
+        model.set_grad_checkpointing(args.grad_checkpointing)
+        run = torch.compile(model) if args.compile else model
+        times = time_runs(lambda: step(run), device, args.warmup, args.iters, memory)
     med = statistics.median(times)
     res = {
         "config": args.config, "dtype": args.dtype, "compile": args.compile,
@@ -83,4 +86,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,7 +1,8 @@
 """Streaming video inference: memory against video length, window speed and accuracy, I/O overhead.
 
 Every figure comes from ``inference_swin_medvt_avos.py --video`` (or ``--dataset davis``) run in a
-child process of its own (peak RSS = the child's ``ru_maxrss``), side by side in one run:
+child process of its own (peak RSS = the child's ``VmHWM``, its own peak: ``ru_maxrss`` would include
+this process's, which a child inherits), side by side in one run:
 
 1. **Memory vs length** — synthetic 854x480 H.264 videos of ``--rss_frames`` (default 300 and
    3000) frames, the ``tiny`` model: peak RSS of each run and their ratio (target ≤ 1.1).
@@ -19,39 +20,41 @@ Example (about 15 minutes on a 2-core CPU)::
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_info
-from utils.cli import ArgumentParser
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import (add_json_flags, check_json, machine_info, machine_line, peak_rss_mib, preset,
+                               run_module, write_json)
+from utils.cli import ArgumentParser, UserError, clip_frames, positive_int, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--config", default="tiny", help="model preset for parts 1-3 (random weights)")
-    p.add_argument("--val_size", type=int, default=473, help="shorter side fed to the model (the README's 473)")
-    p.add_argument("--num_frames", type=int, default=6, help="clip length T")
-    p.add_argument("--rss_frames", type=int, nargs="+", default=[300, 3000], help="video lengths for part 1")
+    p.add_argument("--config", default="tiny", type=preset, help="model preset for parts 1-3 (random weights)")
+    p.add_argument("--val_size", type=positive_int, default=473,
+                   help="shorter side fed to the model (the README's 473)")
+    p.add_argument("--num_frames", type=clip_frames, default=6, help="clip length T")
+    p.add_argument("--rss_frames", type=positive_int, nargs="+", default=[300, 3000],
+                   help="video lengths for part 1: two or more different ones (the shortest and the longest "
+                        "are compared)")
     p.add_argument("--rss_window", default="chunk", choices=["centre", "chunk"],
                    help="window of the memory runs (chunk: the 3000-frame run takes minutes, not an hour)")
-    p.add_argument("--rss_val_size", type=int, default=240,
+    p.add_argument("--rss_val_size", type=positive_int, default=240,
                    help="model input size of the memory runs (the video stays 854x480; a small model input "
                         "keeps the run short and makes any per-frame growth stand out more)")
-    p.add_argument("--speed_frames", type=int, default=96, help="video length for parts 2-3")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads in every child")
+    p.add_argument("--speed_frames", type=positive_int, default=96, help="video length for parts 2-3")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads in every child")
     p.add_argument("--demo_dir", type=Path, default=None, help="a `make demo` output folder for part 4")
     p.add_argument("--skip", nargs="*", default=[], choices=["rss", "speed", "accuracy"], help="parts to leave out")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_json_flags(p)
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -59,8 +62,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------- children
 def child(argv_json: str) -> None:
     """Run the inference script in this process; print its result and this process's peak RSS."""
-    import resource
-
     import torch
 
     import inference_swin_medvt_avos as script
@@ -70,28 +71,23 @@ def child(argv_json: str) -> None:
     t0 = time.perf_counter()
     res = script.main(spec["argv"])
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"result": res, "peak_rss_mib": peak, "command_s": wall}, default=str))
+    print(json.dumps({"result": res, "peak_rss_mib": peak_rss_mib(), "command_s": wall}, default=str))
 
 
-def run_child(argv: list[str], threads: int) -> dict:
+def run_child(argv: list[str], threads: int, what: str) -> dict:
+    """``inference_swin_medvt_avos.py argv`` in a child process (:func:`child`); its result and peak RSS."""
     spec = json.dumps({"argv": argv, "threads": threads})
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, __file__, "--_child", spec], cwd=ROOT, env=env, capture_output=True,
-                         text=True)
-    if out.returncode:
-        raise RuntimeError(f"child failed ({out.returncode}): {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = run_module("benchmarks.bench_video", ["--_child", spec], what, threads)
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def model_only(config: str, frames: int, h: int, w: int, threads: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_inference.py"), "--config", config, "--frames",
-           str(frames), "--size", str(h), str(w), "--device", "cpu", "--threads", str(threads), "--no_flops",
-           "--warmup", "2", "--iters", "5"]
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        subprocess.run(cmd + ["--json", f.name], cwd=ROOT, check=True, capture_output=True,
-                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        return json.loads(Path(f.name).read_text())
+def model_only(config: str, frames: int, h: int, w: int, threads: int, tmp: Path) -> dict:
+    result = tmp / "model_only.json"
+    run_module("benchmarks.bench_inference",
+               ["--config", config, "--frames", str(frames), "--size", str(h), str(w), "--device", "cpu", "--threads",
+                str(threads), "--no_flops", "--warmup", "2", "--iters", "5", "--json", str(result)],
+               f"the model alone (bench_inference, {config} at {w}x{h})", threads)
+    return json.loads(result.read_text())
 
 
 # ------------------------------------------------------------------------------------- data
@@ -130,7 +126,7 @@ def part_rss(args, tmp: Path, ckpt: Path) -> dict:
         t0 = time.perf_counter()
         r = run_child(["--model_path", str(ckpt), "--video", str(video), "--val_size", str(args.rss_val_size),
                        "--window", args.rss_window, "--num_frames", str(args.num_frames), "--device", "cpu",
-                       "--output_dir", str(tmp / f"out_rss_{n}")], args.threads)
+                       "--output_dir", str(tmp / f"out_rss_{n}")], args.threads, f"a {n}-frame video")
         rows[n] = {"peak_rss_mib": r["peak_rss_mib"], "frames_per_s": r["result"]["video"]["frames_per_s"],
                    "wall_s": time.perf_counter() - t0, "max_frames_held": r["result"]["video"]["max_frames_held"]}
         print(f"  {n:>5} frames ({args.rss_window}, input {args.rss_val_size}): "
@@ -151,10 +147,10 @@ def part_speed(args, tmp: Path, ckpt: Path) -> dict:
     for window in ("centre", "chunk"):
         r = run_child(["--model_path", str(ckpt), "--video", str(video), "--val_size", str(args.val_size),
                        "--window", window, "--num_frames", str(args.num_frames), "--device", "cpu",
-                       "--output_dir", str(tmp / f"out_{window}")], args.threads)
+                       "--output_dir", str(tmp / f"out_{window}")], args.threads, f"the {window} window")
         res[window] = r["result"]["video"]["frames_per_s"]  # decode, resize, forwards, writing: the frame loop
         command[window] = args.speed_frames / r["command_s"]  # also loading the model and checking the file
-    model = model_only(args.config, args.num_frames, h, w, args.threads)
+    model = model_only(args.config, args.num_frames, h, w, args.threads, tmp)
     clips_per_s = model["clips_per_s"]
     need = {"centre": clips_per_s, "chunk": clips_per_s * args.num_frames}  # model-only frames/s per window
     print(f"  {args.speed_frames} frames at {w}x{h}, {args.config}: model alone {clips_per_s:.3f} clips/s "
@@ -168,18 +164,27 @@ def part_speed(args, tmp: Path, ckpt: Path) -> dict:
             "overhead_ratio": {k: res[k] / need[k] for k in res}, "chunk_over_centre": res["chunk"] / res["centre"]}
 
 
-def part_accuracy(args, tmp: Path) -> dict:
-    ckpt = args.demo_dir / "train" / "checkpoint_best.pth"
-    data = args.demo_dir / "data"
+def demo_inputs(demo_dir: Path) -> tuple[Path, Path]:
+    """The checkpoint and held-out set of a ``make demo`` folder, refused before any part runs."""
+    ckpt, data = demo_dir / "train" / "checkpoint_best.pth", demo_dir / "data"
+    if not demo_dir.is_dir():
+        raise UserError(f"--demo_dir {demo_dir}: {'not a folder' if demo_dir.exists() else 'folder does not exist'}"
+                        " (give the folder make demo writes)")
     if not ckpt.is_file() or not data.is_dir():
-        raise SystemExit(f"--demo_dir {args.demo_dir}: expected train/checkpoint_best.pth and data/ (run make demo)")
+        raise UserError(f"--demo_dir {demo_dir}: expected train/checkpoint_best.pth and data/ in it (run make demo)")
+    return ckpt, data
+
+
+def part_accuracy(args, tmp: Path) -> dict:
+    ckpt, data = demo_inputs(args.demo_dir)
     from utils.demo import SIZE_HW
 
     res = {}
     for window in ("centre", "chunk"):
         r = run_child(["--model_path", str(ckpt), "--dataset", "davis", "--davis16_root", str(data), "--val_size",
                        str(min(SIZE_HW)), "--flip", "--window", window, "--device", "cpu",
-                       "--output_dir", str(tmp / f"out_demo_{window}")], args.threads)
+                       "--output_dir", str(tmp / f"out_demo_{window}")], args.threads,
+                      f"the {window} window on the demo")
         d = r["result"]["davis"]
         res[window] = {"J": d["J_mean"], "F": d["F_mean"], "JF": d["JF_mean"]}
         print(f"  {window:>6}: J {d['J_mean']:.4f}  F {d['F_mean']:.4f}  J&F {d['JF_mean']:.4f}")
@@ -189,15 +194,20 @@ def part_accuracy(args, tmp: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = get_args_parser().parse_args(argv)
-    if args.demo_dir is not None:  # read by child processes that run in the repository
-        args.demo_dir = args.demo_dir.absolute()
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     if args._child:
         child(args._child)
         return {}
+    if "rss" not in args.skip and len(set(args.rss_frames)) < 2:  # one length has no ratio to compare
+        parser.error(f"--rss_frames needs two different video lengths (e.g. 300 3000), not {args.rss_frames}")
+    accuracy = "accuracy" not in args.skip and args.demo_dir is not None
+    if accuracy:  # before parts 1-3, which take minutes
+        args.demo_dir = args.demo_dir.absolute()  # read by child processes that run in the repository
+        demo_inputs(args.demo_dir)
+    check_json(args, {"--demo_dir checkpoint": args.demo_dir / "train" / "checkpoint_best.pth"} if accuracy else {})
     info = machine_info()
-    print(f"machine: {info['cpu']} ({info['cores']} cores; {', '.join(info['extensions']) or 'no AVX'}); "
-          f"load average {' '.join(f'{x:.2f}' for x in info['load_average'])}; torch threads {args.threads}")
+    print(f"{machine_line(info)}; torch threads {args.threads}")
     out: dict = {"machine": info, "config": args.config, "val_size": args.val_size, "clip_len": args.num_frames}
     with tempfile.TemporaryDirectory(prefix="bench_video_") as d:
         tmp = Path(d)
@@ -208,15 +218,13 @@ def main(argv=None) -> dict:
         if "speed" not in args.skip:
             print("2-3. windows and I/O overhead")
             out["speed"] = part_speed(args, tmp, ckpt)
-        if "accuracy" not in args.skip and args.demo_dir is not None:
+        if accuracy:
             print("4. accuracy of each window on the demo's held-out set")
             out["accuracy"] = part_accuracy(args, tmp)
     out["load_average_after"] = list(os.getloadavg())
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
-        print(f"wrote {args.json}")
+    write_json(out, args.json)
     return out
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmark scripts: dtypes, device peaks, peak memory, FLOP counting, timing.
+"""Shared pieces of the benchmark scripts: their common flags and checks, dtypes, device peaks, peak
+memory, FLOP counting, timing, child processes and result files.
 
 Nothing here is used by the models or the tests' numerics; the scripts only print figures.
 """
@@ -11,6 +12,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +21,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from models.config import preset_name
+from models.config import MODEL_CONFIGS, preset_name
+from utils.cli import UserError, clip_frames, non_negative_int, positive_float, positive_int
+from utils.logger import progress
+from utils.outputs import check_output_file, write_whole
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,11 +49,45 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 ]
 
 
+def preset(text: str) -> str:
+    """``--config``: a model preset (a former name too), refused by argparse with the known names."""
+    name = preset_name(text)
+    if name not in MODEL_CONFIGS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model preset; known: {', '.join(MODEL_CONFIGS)}")
+    return name
+
+
+def add_json_flags(p: argparse.ArgumentParser) -> None:
+    """``--json`` and its ``--overwrite``: checked by :func:`check_json` before any measuring."""
+    p.add_argument("--json", default=None,
+                   help="also write the figures to this JSON file (a new file, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+
+
+def check_json(args: argparse.Namespace, files: dict | None = None, folders: dict | None = None) -> None:
+    """Refuse a ``--json`` that cannot be written or would replace something, before minutes of measuring:
+    a folder, one in a missing folder, an existing file without ``--overwrite``, one of the input ``files``,
+    or a file inside one of the input ``folders`` (flag -> path)."""
+    if args.json is None:
+        return
+    check_output_file(args.json, "--json", files or {}, args.overwrite)
+    for flag, folder in (folders or {}).items():
+        if Path(os.path.realpath(args.json)).is_relative_to(os.path.realpath(folder)):
+            raise UserError(f"--json {args.json} is inside {flag} {folder}: it would mix with the inputs, or replace "
+                            "one; write it outside that folder")
+
+
+def check_cuda(p: argparse.ArgumentParser, device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to PyTorch")
+
+
 def add_common_args(p: argparse.ArgumentParser, default_size: int) -> None:
-    p.add_argument("--config", default="medvt_swinb_avos", type=preset_name,
+    p.add_argument("--config", default="medvt_swinb_avos", type=preset,
                    help="model preset (models.config.MODEL_CONFIGS)")
-    p.add_argument("--frames", type=int, default=6, help="frames per clip (T)")
-    p.add_argument("--size", type=int, nargs="+", default=[default_size], help="clip side, or H W")
+    p.add_argument("--frames", type=clip_frames, default=6, help="frames per clip (T, at least 2)")
+    p.add_argument("--size", type=positive_int, nargs="+", default=[default_size], metavar="S",
+                   help="clip size: one value S for S x S, or two values H W")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
                    help="where to run (default: cuda if available)")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
@@ -54,22 +96,22 @@ def add_common_args(p: argparse.ArgumentParser, default_size: int) -> None:
                    help="torch.compile the model first (compile time is in the warm-up)")
     p.add_argument("--channels_last", action="store_true",
                    help="keep the 2-D conv weights in channels-last memory format")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    p.add_argument("--iters", type=int, default=3, help="timed runs")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--peak_tflops", type=float, default=None,
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first")
+    p.add_argument("--iters", type=positive_int, default=3, help="timed runs")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--peak_tflops", type=positive_float, default=None,
                    help="device peak in TFLOP/s for the MFU figure (default: table for known GPUs; none on CPU)")
     p.add_argument("--no_flops", action="store_true", help="skip the FLOP-counting pass")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_json_flags(p)
 
 
-def parse_checked(p: argparse.ArgumentParser, argv: list[str] | None, configs) -> argparse.Namespace:
-    """Parse ``argv`` and refuse settings that cannot run, naming the flag."""
+def parse_checked(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` and refuse settings that cannot run or would overwrite a file, naming the flag."""
     args = p.parse_args(argv)
-    if args.config not in configs:
-        p.error(f"--config {args.config!r} is not one of {sorted(configs)}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is visible to PyTorch")
+    if len(args.size) > 2:
+        p.error(f"--size takes one value (S x S) or two (H W), not {len(args.size)}")
+    check_cuda(p, args.device)
+    check_json(args)
     return args
 
 
@@ -108,6 +150,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def status_mib(field: str) -> float | None:
+    """A size from this process's ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB; None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set: ``VmHWM``, which is per address space and so starts afresh at exec,
+    where ``ru_maxrss`` is inherited by a child from the process that started it (a parent at 600 MiB gives
+    a 12 MiB child 611 MiB). ``ru_maxrss`` only where there is no /proc."""
+    peak = status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def machine_info() -> dict:
     """CPU model, core count, the vector/matrix extensions that matter for torch, and the load average."""
     flags: set[str] = set()
@@ -120,6 +181,12 @@ def machine_info() -> dict:
         pass
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "extensions": [e for e in CPU_EXTENSIONS if e in flags],
             "load_average": list(os.getloadavg())}
+
+
+def machine_line(info: dict) -> str:
+    """:func:`machine_info` in one printed line: CPU figures depend on the CPU's model, extensions and load."""
+    return (f"machine: {info['cpu']} ({info['cores']} cores; {', '.join(info['extensions']) or 'no AVX'}); "
+            f"load average {' '.join(f'{x:.2f}' for x in info['load_average'])}")
 
 
 def device_name(device: torch.device) -> str:
@@ -165,9 +232,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         if self.kind.startswith("VmHWM"):
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
+            return peak_rss_mib()
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -218,7 +283,8 @@ def count_flops(fn: Callable[[], object]) -> int:
 def time_runs(fn: Callable[[], object], device: torch.device, warmup: int, iters: int,
               memory: PeakMemory) -> list[float]:
     """Seconds per call of ``fn`` for ``iters`` calls after ``warmup`` untimed ones; peak memory is
-    reset after the warm-up so it covers the timed calls only (where the platform allows)."""
+    reset after the warm-up so it covers the timed calls only (where the platform allows). A progress
+    bar counts the calls (a Swin-B step on a CPU takes a minute); it is drawn outside the timed span."""
     def once() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -228,10 +294,16 @@ def time_runs(fn: Callable[[], object], device: torch.device, warmup: int, iters
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
-    for _ in range(warmup):
-        once()
-    memory.reset()
-    return [once() for _ in range(iters)]
+    with progress(total=warmup + iters, desc=f"{warmup} warm-up + {iters} timed", unit="run") as bar:
+        for _ in range(warmup):
+            once()
+            bar.update()
+        memory.reset()
+        times = []
+        for _ in range(iters):
+            times.append(once())
+            bar.update()
+    return times
 
 
 def latency_stats(times: list[float], prefix: str) -> dict:
@@ -252,6 +324,26 @@ def set_channels_last(model: torch.nn.Module) -> None:
 def report(res: dict, json_path: str | None) -> None:
     for k, v in res.items():
         print(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    write_json(res, json_path)
+
+
+def write_json(res: dict, json_path: str | None) -> None:
+    """The figures to ``--json`` (checked by :func:`check_json` before the work), whole or not at all."""
     if json_path:
-        Path(json_path).write_text(json.dumps(res, indent=2))
+        write_whole(json_path, json.dumps(res, indent=2, default=str))
         print(f"wrote {json_path}")
+
+
+def run_module(module: str, argv: list[str], what: str, threads: int) -> str:
+    """Run ``python -m module argv`` from the repository root with ``threads`` CPU threads and return its
+    standard output; say first what runs (a child runs for minutes, its output captured). As a module from
+    the root: a script run by its path has its own folder on ``sys.path``, not the root, so the top-level
+    scripts (``inference_swin_medvt_avos``) could not be imported. A failed child is one line naming it,
+    with the last line of its standard error (its own one-line error, or its exception)."""
+    print(f"  running {what} ...", flush=True)
+    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise UserError(f"{what} failed (exit status {proc.returncode}): {last}")
+    return proc.stdout

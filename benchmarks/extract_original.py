@@ -10,22 +10,28 @@ files unmodified) and writes one shim module into ``<out>/shims/``:
   to parse ``--pretrain_settings``; the stub makes the import succeed.
 
 ``benchmarks/original.py`` appends ``<out>/shims`` to the *end* of ``sys.path``, so a real
-``distutils`` (from setuptools) wins where one exists. Idempotent: the target folder is replaced
-on every run.
+``distutils`` (from setuptools) wins where one exists. A ``--out`` that already holds files (an
+earlier extraction) is refused unless ``--overwrite``, which replaces its ``medvt/`` and ``shims/``.
 
     python benchmarks/extract_original.py --mirror MIRROR_GIT_DIR [--commit 555a462] [--out .orig]
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 import io
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, UserError, run_main
+from utils.outputs import check_output_dir
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 DISTUTILS_STUB = '''"""Stub of the removed stdlib ``distutils`` (written by benchmarks/extract_original.py)."""
 from . import util  # noqa: F401
@@ -44,14 +50,31 @@ def strtobool(val: str) -> int:
 '''
 
 
+def check_out(out: Path, mirror: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` whose files :func:`extract` would replace (unless ``overwrite``), and one among the
+    test fixtures, which the tests compare against."""
+    real = Path(os.path.realpath(out))
+    if real == FIXTURES or real.is_relative_to(FIXTURES):
+        raise UserError(f"--out {out} is inside the repository's tests/fixtures; choose another folder (default .orig)")
+    check_output_dir(out, "--out", {"--mirror": mirror}, overwrite, deletes=True)
+
+
 def extract(mirror: Path, commit: str, out: Path) -> Path:
-    """Write ``out/medvt/avos`` and ``out/shims``; return ``out``. Raises SystemExit on a bad mirror/commit."""
+    """Write ``out/medvt/avos`` and ``out/shims``; return ``out``. A bad mirror or commit is a UserError."""
+    if not mirror.is_dir():
+        raise UserError(f"--mirror {mirror}: {'not a folder' if mirror.exists() else 'folder does not exist'} "
+                        "(give the git folder of a rkyuca/medvt mirror)")
     probe = subprocess.run(["git", "-C", str(mirror), "cat-file", "-e", f"{commit}^{{tree}}:avos"],
                            capture_output=True, text=True)
-    if not mirror.exists() or probe.returncode != 0:
-        raise SystemExit(f"extract_original: no avos/ at commit {commit!r} in mirror {str(mirror)!r}")
+    if probe.returncode != 0:
+        raise UserError(f"--mirror {mirror} has no avos/ at --commit {commit} (is it a git folder of rkyuca/medvt, "
+                        "fetched with that commit?)")
     archive = subprocess.run(["git", "-C", str(mirror), "archive", "--format=tar", commit, "avos"],
-                             capture_output=True, check=True).stdout
+                             capture_output=True)
+    if archive.returncode:
+        last = (archive.stderr.decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
+        raise UserError(f"--mirror {mirror}: git archive of --commit {commit} failed: {last}")
+    archive = archive.stdout
     dest = out / "medvt"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -70,15 +93,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mirror", type=Path, required=True, help="git dir of a rkyuca/medvt mirror")
     p.add_argument("--commit", default="555a462", help="commit to extract (default: the CVPR'23 code)")
-    p.add_argument("--out", type=Path, default=Path(".orig"), help="output folder (git-ignored)")
+    p.add_argument("--out", type=Path, default=Path(".orig"),
+                   help="output folder (git-ignored): new or empty (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="extract into an --out that already holds files, replacing its medvt/ and shims/")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
+    check_out(args.out, args.mirror, args.overwrite)
     out = extract(args.mirror, args.commit, args.out)
     print(f"extracted avos/ of {args.commit} into {out / 'medvt'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

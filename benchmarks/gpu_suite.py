@@ -13,6 +13,7 @@ whole measurement is one prepared command that writes ``suite.json`` and ``suite
 Every measurement ("job") runs in its own Python process with its own time limit: an
 out-of-memory, a crash or a slow ``torch.compile`` ends that job alone, its peak memory is its
 own, and the rest of the suite goes on. Jobs run in order of importance until ``--deadline_s``.
+Ctrl-C (or SIGTERM) stops the running jobs and starts no others; the figures so far stay in ``--out``.
 
 Jobs (full sizes; ``--smoke`` shrinks sizes and iterations and uses the ``tiny`` preset):
 
@@ -33,6 +34,8 @@ fp32 (IoU of logits > 0), and the issue's targets as ratios.
 """
 from __future__ import annotations
 
+import utils.startup  # noqa: F401  (first: Ctrl-C while torch imports ends in one line)
+
 import argparse
 import json
 import os
@@ -40,16 +43,18 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import cpu_model, peak_tflops
+from benchmarks.common import cpu_model, peak_tflops, preset
 from benchmarks.gpu_jobs import JOBS, original_unavailable
-from utils.cli import ArgumentParser, UserError, positive_float, positive_int, run_main
-from utils.outputs import add_overwrite_flag, check_output_dir
+from utils.cli import ArgumentParser, UserError, positive_float, positive_int, require_file, run_main
+from utils.outputs import add_overwrite_flag, check_output_dir, write_whole
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,9 +137,75 @@ def environment(device: str) -> dict:
     return env
 
 
-def run_job(job: dict, out: Path, budget_s: float, log, threads: int = 0) -> dict:
-    """Run one job in a child process (with ``threads`` CPU threads, 0 = torch's default); its result,
-    or why there is none."""
+class JobProcesses:
+    """The jobs' child processes, started through :meth:`run` (as ``subprocess.run``): :meth:`stop` kills the
+    running ones and refuses new ones, so that an interrupted suite ends now, not when its running jobs end
+    (a worker thread cannot be interrupted, and the interpreter's exit waits for it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def run(self, cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the suite was stopped before this job started")
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+            self._running.add(proc)
+        try:
+            with proc:
+                try:
+                    stdout, stderr = proc.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    stdout, stderr = proc.communicate()
+                    raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr) from None
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+        return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for proc in self._running:  # kill, not terminate: a job inside a long CUDA call would answer late
+                proc.kill()
+
+
+def run_jobs(start: Callable[[dict], dict], jobs: list[dict], workers: int, record: Callable[[dict, dict], None],
+             stop: Callable[[], None]) -> None:
+    """``start(job)`` for each job, ``workers`` at a time, and ``record(job, result)`` in plan order, each as
+    soon as it and those before it are done. On an error or an interruption (Ctrl-C, SIGTERM), the jobs not
+    started are cancelled and ``stop()`` ends the running ones before it propagates: leaving the pool would
+    otherwise wait for every queued job, minutes of the device's time."""
+    pool = ThreadPoolExecutor(max(1, workers))
+    try:
+        running = [(job, pool.submit(start, job)) for job in jobs]
+        for job, future in running:
+            record(job, future.result())
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop()
+        raise
+    finally:
+        pool.shutdown(wait=True)  # at once after stop(): the running jobs' threads end with their processes
+
+
+def read_result(path: Path) -> dict:
+    """A job's result file; a damaged one (a job killed while writing it, a full disk) is that job's error
+    row, not the suite's end."""
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return {"error": f"damaged result file {path.name}: {e}"}
+    return res if isinstance(res, dict) else {"error": f"damaged result file {path.name}: not a JSON object"}
+
+
+def run_job(job: dict, out: Path, budget_s: float, log, threads: int = 0,
+            processes: JobProcesses | None = None) -> dict:
+    """Run one job in a child process (with ``threads`` CPU threads, 0 = torch's default; started through
+    ``processes``, so that an interrupted suite can stop it); its result, or why there is none."""
     result_file = out / f"job_{re.sub(r'[^a-z0-9]+', '_', job['name'].lower()).strip('_')}.json"
     result_file.unlink(missing_ok=True)
     timeout = max(10.0, min(job["timeout_s"], budget_s))
@@ -144,10 +215,10 @@ def run_job(job: dict, out: Path, budget_s: float, log, threads: int = 0) -> dic
     t0 = time.perf_counter()
     try:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = (processes or JobProcesses()).run(cmd, timeout, cwd=ROOT, env=env)
         log.write(f"\n===== {job['name']} (rc {proc.returncode})\n{proc.stdout}{proc.stderr}")
         if result_file.exists():
-            res = json.loads(result_file.read_text())
+            res = read_result(result_file)
         else:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             res = {"error": f"exit {proc.returncode}: {tail}"}
@@ -172,14 +243,17 @@ def child(job_json: str, result: str) -> None:
 
         traceback.print_exc()
         res = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
-    Path(result).write_text(json.dumps(res, indent=1, default=str))
+    write_whole(result, json.dumps(res, indent=1, default=str))
 
 
 def compare(out: Path) -> dict:
     """max |Δ| ours-fp32 vs the original, and IoU of the bf16 masks vs fp32 (logits > 0)."""
     def load(name: str) -> torch.Tensor | None:
         p = out / f"logits_{name}.pt"
-        return torch.load(p, weights_only=True) if p.exists() else None
+        try:
+            return torch.load(p, weights_only=True) if p.exists() else None
+        except Exception:  # noqa: BLE001  (cut short by a job killed while saving: no comparison, the suite goes on)
+            return None
 
     def iou(a: torch.Tensor, b: torch.Tensor) -> float:
         a, b = a > 0, b > 0
@@ -310,7 +384,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for suite.json, suite.md, suite.log and the logits: new "
                                                 "or empty (see --overwrite)")
     p.add_argument("--smoke", action="store_true", help="every job at tiny sizes (checks the suite itself, on CPU)")
-    p.add_argument("--config", default=None, help="model preset (default medvt_swinb_avos; tiny with --smoke)")
+    p.add_argument("--config", default=None, type=preset,
+                   help="model preset (default medvt_swinb_avos; tiny with --smoke)")
     p.add_argument("--orig_root", default=str(ROOT / ".orig"), help="the extracted original (extract_original.py)")
     p.add_argument("--trained_ckpt", default=None,
                    help="a trained AVOS checkpoint (e.g. make demo's checkpoint_best.pth) for the bf16-vs-fp32 masks")
@@ -334,8 +409,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 def get_args(argv=None) -> argparse.Namespace:
     p = get_args_parser()
     args = p.parse_args(argv)
-    if args._job is None and args.device == "cuda" and not torch.cuda.is_available():
+    if args._job is not None:
+        return args
+    if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to PyTorch (use --device cpu --smoke to check the suite)")
+    # found here, not as a failed (or silently dropped) job after minutes of the device's time
+    if (args.trained_ckpt is None) != (args.trained_data is None):
+        p.error("--trained_ckpt and --trained_data go together (a checkpoint and its held-out set): give both or "
+                "neither")
+    if args.trained_ckpt is not None:
+        require_file(args.trained_ckpt, "--trained_ckpt")
+        if not Path(args.trained_data).is_dir():
+            raise UserError(f"--trained_data {args.trained_data}: "
+                            f"{'not a folder' if Path(args.trained_data).exists() else 'folder does not exist'} "
+                            "(give the DAVIS-format held-out set, make demo's data/ folder)")
     for name in ("trained_ckpt", "trained_data", "orig_root"):  # read by jobs that run in the repository
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).absolute()))
@@ -358,6 +445,8 @@ def main(argv=None) -> dict | None:
     report = {"environment": environment(args.device), "smoke": args.smoke, "no_tf32": args.no_tf32,
               "jobs": {}, "targets": {}}
 
+    processes = JobProcesses()
+
     def start(job: dict, log) -> dict:
         left = args.deadline_s - (time.perf_counter() - t0)
         if left <= 0:
@@ -368,20 +457,22 @@ def main(argv=None) -> dict | None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {job['name']} ...", flush=True)
         # a started job may run a minute past the deadline; jobs at once share the cores, not oversubscribe them
         threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
-        return run_job(job, out, left + 60, log, threads)
+        return run_job(job, out, left + 60, log, threads, processes)
 
-    with open(out / "suite.log", "a") as log, ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        running = [(job, pool.submit(start, job, log)) for job in jobs]
-        for job, future in running:  # recorded in plan order, each as soon as it and those before are done
-            res = future.result()
-            report["jobs"][job["name"]] = res
-            print(f"          {job['name']}: {res.get('error') or 'done'} ({res['wall_s']} s)", flush=True)
-            report["targets"] = targets(report["jobs"], compare(out))
-            (out / "suite.json").write_text(json.dumps(report, indent=1, default=str))
-            (out / "suite.md").write_text(markdown(report))
+    def save() -> None:  # whole files: a run stopped mid-write keeps the previous jobs' figures
+        write_whole(out / "suite.json", json.dumps(report, indent=1, default=str))
+        write_whole(out / "suite.md", markdown(report))
+
+    def record(job: dict, res: dict) -> None:
+        report["jobs"][job["name"]] = res
+        print(f"          {job['name']}: {res.get('error') or 'done'} ({res['wall_s']} s)", flush=True)
+        report["targets"] = targets(report["jobs"], compare(out))
+        save()
+
+    with open(out / "suite.log", "a") as log:
+        run_jobs(lambda job: start(job, log), jobs, args.jobs, record, processes.stop)
     report["total_s"] = round(time.perf_counter() - t0, 1)
-    (out / "suite.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / "suite.md").write_text(markdown(report))
+    save()
     print((out / "suite.md").read_text())
     return report
 

@@ -13,6 +13,7 @@ from models import build_model
 from models.losses import AVOSCriterion
 from models.pixel_decoder import FPNPixelDecoder
 from tests.model_weights import fill_deterministic
+from utils.cli import UserError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The models here take deterministic weights (tests/model_weights.py), not torch's initialisers:
@@ -168,5 +169,5 @@ def test_compare_masks_counts_iou_per_sequence_and_frame(tmp_path):
     assert res["pooled_iou"] == pytest.approx(3 / 6)
     assert res["mean_frame_iou"] == pytest.approx((0.5 + 1 + 0.5) / 3) and res["min_frame_iou"] == 0.5
     (b / "s2" / "00000.png").unlink()
-    with pytest.raises(SystemExit, match="only one folder"):
+    with pytest.raises(UserError, match="only one folder"):
         compare(a, b)
