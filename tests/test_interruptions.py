@@ -359,7 +359,7 @@ def test_a_stop_while_the_script_imports_is_one_line(sig, says, status):
 
 def test_every_script_imports_utils_startup_first():
     scripts = [p for p in ROOT.glob("**/*.py") if ".venv" not in p.parts and "tests" not in p.parts
-               and "benchmarks" not in p.parts and not {".orig", ".gpu_suite"} & set(p.parts)
+               and not {".orig", ".gpu_suite"} & set(p.parts)
                and 'if __name__ == "__main__":' in p.read_text()]
     assert len(scripts) >= 12
     for path in scripts:
@@ -467,3 +467,17 @@ def test_a_stop_line_that_cannot_be_printed_still_ends_with_the_stops_status(mon
     with pytest.raises(SystemExit) as stop:
         run_main(main)
     assert stop.value.code == 130
+
+
+def test_a_test_session_run_from_the_repositorys_environment_keeps_its_own_ctrl_c(tmp_path):
+    """pytest run as .venv/bin/pytest (or python -m pytest from .venv) is a file inside the repository: it was
+    taken for one of its scripts, and after any in-process run_main error Ctrl-C was ignored for the rest of
+    the session. A tool of an environment (pyvenv.cfg, site-packages) is not a script."""
+    from utils.startup import repository_script
+
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    for path, ours in [("train_x.py", True), ("vss/infer.py", True), ("venv/bin/pytest", False),
+                       ("lib/python3.11/site-packages/pytest/__main__.py", False)]:
+        assert repository_script(str(tmp_path / path), root=tmp_path) is ours, path
+    assert not repository_script(str(ROOT / "x.py"), root=tmp_path) and not repository_script(None, root=tmp_path)

@@ -23,8 +23,19 @@ def _one_line(kind, value, tb) -> None:
     _default_hook(kind, value, tb)
 
 
-_main = getattr(sys.modules.get("__main__"), "__file__", None)
-if _main and Path(os.path.realpath(_main)).is_relative_to(Path(__file__).resolve().parents[1]):
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repository_script(main: str | None, root: Path = ROOT) -> bool:
+    """Whether ``main`` (the file Python runs) is a script of this repository under ``root``, not a tool of an
+    environment kept in it (``.venv/bin/pytest``: a test session keeps its own handling of Ctrl-C)."""
+    if not main or not Path(os.path.realpath(main)).is_relative_to(root):
+        return False
+    parts = Path(os.path.realpath(main)).relative_to(root).parts
+    return not (root / parts[0] / "pyvenv.cfg").exists() and not {"site-packages", "dist-packages"} & set(parts)
+
+
+if repository_script(getattr(sys.modules.get("__main__"), "__file__", None)):
     sys.excepthook = _one_line
     handle_stops(script=True)
     if under_torchrun():
