@@ -53,7 +53,7 @@ import torch
 
 from benchmarks.common import cpu_model, peak_tflops, preset
 from benchmarks.gpu_jobs import JOBS, original_unavailable
-from utils.cli import ArgumentParser, UserError, positive_float, positive_int, require_file, run_main
+from utils.cli import ArgumentParser, UserError, positive_float, positive_int, run_main
 from utils.outputs import add_overwrite_flag, check_output_dir, write_whole
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,6 +200,18 @@ def read_result(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return {"error": f"damaged result file {path.name}: {e}"}
     return res if isinstance(res, dict) else {"error": f"damaged result file {path.name}: not a JSON object"}
+
+
+def trained_unavailable(job: dict) -> str | None:
+    """Why the trained-checkpoint job cannot run ("not run: ..."), or None. Its row says so and the other jobs
+    run: a refused suite would cost the lent device a restart (it is given back after 30 s idle)."""
+    if job["kind"] != "trained":
+        return None
+    if not Path(job["ckpt"]).is_file():
+        return f"not run: --trained_ckpt {job['ckpt']} is not a file (prepare .gpu_suite: benchmarks/README.md)"
+    if not Path(job["data"]).is_dir():
+        return f"not run: --trained_data {job['data']} is not a folder (prepare .gpu_suite: benchmarks/README.md)"
+    return None
 
 
 def run_job(job: dict, out: Path, budget_s: float, log, threads: int = 0,
@@ -417,12 +429,6 @@ def get_args(argv=None) -> argparse.Namespace:
     if (args.trained_ckpt is None) != (args.trained_data is None):
         p.error("--trained_ckpt and --trained_data go together (a checkpoint and its held-out set): give both or "
                 "neither")
-    if args.trained_ckpt is not None:
-        require_file(args.trained_ckpt, "--trained_ckpt")
-        if not Path(args.trained_data).is_dir():
-            raise UserError(f"--trained_data {args.trained_data}: "
-                            f"{'not a folder' if Path(args.trained_data).exists() else 'folder does not exist'} "
-                            "(give the DAVIS-format held-out set, make demo's data/ folder)")
     for name in ("trained_ckpt", "trained_data", "orig_root"):  # read by jobs that run in the repository
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).absolute()))
@@ -451,7 +457,7 @@ def main(argv=None) -> dict | None:
         left = args.deadline_s - (time.perf_counter() - t0)
         if left <= 0:
             return {"error": "not started: --deadline_s reached", "wall_s": 0}
-        reason = original_unavailable(job) if job.get("impl") == "original" else None
+        reason = original_unavailable(job) if job.get("impl") == "original" else trained_unavailable(job)
         if reason:  # said here: a process started only to say so costs seconds of imports
             return {"error": f"RuntimeError: {reason}", "wall_s": 0}
         print(f"[{time.perf_counter() - t0:6.0f} s] {job['name']} ...", flush=True)

@@ -274,15 +274,25 @@ def test_the_suite_checks_its_inputs_before_any_job(tmp_path, capsys):
     out = tmp_path / "suite"
     argv = ["--device", "cpu", "--smoke", "--out", str(out), "--only", "matmul"]
     assert "--config" in error_line(capsys, "gpu_suite", [*argv, "--config", "nosuch"])
-    line = error_line(capsys, "gpu_suite", [*argv, "--trained_ckpt", str(tmp_path / "none.pth"),
-                                            "--trained_data", str(tmp_path / "none")])
-    assert f"--trained_ckpt: file {tmp_path / 'none.pth'} does not exist" in line
     ckpt = tmp_path / "ckpt.pth"
     ckpt.write_bytes(b"weights")
     assert "go together" in error_line(capsys, "gpu_suite", [*argv, "--trained_ckpt", str(ckpt)])
-    line = error_line(capsys, "gpu_suite", [*argv, "--trained_ckpt", str(ckpt), "--trained_data", str(tmp_path / "no")])
-    assert f"--trained_data {tmp_path / 'no'}: folder does not exist" in line
     assert not out.exists()
+
+
+def test_missing_trained_files_are_the_trained_jobs_row_not_the_suites_end(tmp_path):
+    """A --trained_ckpt / --trained_data that is not there (.gpu_suite not prepared or not carried) is said in
+    that job's row before it starts, and the other jobs run: a refused suite costs the device a restart."""
+    from benchmarks.gpu_suite import trained_unavailable
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "ckpt.pth").write_bytes(b"weights")
+    job = {"kind": "trained", "ckpt": str(tmp_path / "none.pth"), "data": str(tmp_path / "data")}
+    assert trained_unavailable(job).startswith(f"not run: --trained_ckpt {tmp_path / 'none.pth'} is not a file")
+    job.update(ckpt=str(tmp_path / "ckpt.pth"), data=str(tmp_path / "no"))
+    assert trained_unavailable(job).startswith(f"not run: --trained_data {tmp_path / 'no'} is not a folder")
+    assert trained_unavailable({**job, "data": str(tmp_path / "data")}) is None
+    assert trained_unavailable({"kind": "infer"}) is None
 
 
 def test_an_interrupted_suite_cancels_its_queued_jobs():
