@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.common import machine_info, machine_line, peak_rss_mib, preset, run_module
 from models import build_model
-from utils.cli import ArgumentParser, clip_frames, non_negative_int, positive_int, run_main
+from utils.cli import ArgumentParser, UserError, clip_frames, non_negative_int, positive_int, run_main
 
 
 def run_child(args: argparse.Namespace) -> dict:
@@ -96,12 +96,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_onnx_file(path: str, frames: int, size: int) -> None:
-    """Refuse an ``--onnx_path`` that is missing, not an export of ours, or not for this clip, before the
-    PyTorch child's minutes of timing."""
+def check_onnx_file(path: str, frames: int, size: int, config: str) -> None:
+    """Refuse an ``--onnx_path`` that is missing, not an export of ours, not for this clip, or of another model
+    than ``--config`` (the two runtimes would time different models), before the PyTorch child's minutes of
+    timing. A file exported before configs were recorded is taken as it is."""
+    from models.config import MODEL_CONFIGS
     from models.onnx_export import OnnxModel
 
-    OnnxModel(path, threads=1).check(frames, size, size)
+    onnx = OnnxModel(path, threads=1)
+    onnx.check(frames, size, size)
+    want = MODEL_CONFIGS[config]
+    if onnx.config is not None and onnx.config != want:
+        preset = next((name for name, cfg in MODEL_CONFIGS.items() if cfg == onnx.config), None)
+        a, b = onnx.config.to_dict(), want.to_dict()
+        differ = [k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+        raise UserError(f"--onnx_path {path} is an export of {f'preset {preset}' if preset else 'another model'} "
+                        f"({', '.join(f'{k} {a[k]}' for k in differ[:4])}{' …' if len(differ) > 4 else ''}), not "
+                        f"of --config {config}: the two runtimes would time different models; pass its --config, "
+                        "or leave --onnx_path out to export this one")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_child(args)))
         return
     if args.onnx_path is not None:
-        check_onnx_file(args.onnx_path, args.frames, args.size)
+        check_onnx_file(args.onnx_path, args.frames, args.size, args.config)
     print(machine_line(machine_info()))
 
     with tempfile.TemporaryDirectory() as tmp:

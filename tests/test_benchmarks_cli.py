@@ -246,6 +246,31 @@ def test_bench_onnx_checks_the_onnx_file_before_measuring(tmp_path, capsys):
                                                                                str(junk)])
 
 
+def test_bench_onnx_refuses_an_export_of_another_model_than_config(monkeypatch):
+    """An --onnx_path exported from another preset was timed against --config's PyTorch model: two models.
+    (The file as OnnxModel reads it is stood in for: an export takes half a minute on 2 cores.)"""
+    import models.onnx_export
+    from benchmarks.bench_onnx import check_onnx_file
+    from models.config import get_config
+
+    class Export:  # what OnnxModel says of a file exported from tiny, or from before configs were recorded
+        config = get_config("tiny")
+
+        def __init__(self, path, threads=0):
+            pass
+
+        def check(self, frames, h, w):
+            pass
+
+    monkeypatch.setattr(models.onnx_export, "OnnxModel", Export)
+    check_onnx_file("tiny.onnx", 2, 32, "tiny")  # its own config: taken
+    with pytest.raises(UserError, match=r"^--onnx_path tiny.onnx is an export of preset tiny \(.*\), not of --config "
+                                        r"medvt_r101_avos: the two runtimes would time different models"):
+        check_onnx_file("tiny.onnx", 2, 32, "medvt_r101_avos")
+    Export.config = None
+    check_onnx_file("old.onnx", 2, 32, "medvt_r101_avos")  # no recorded config: nothing to compare
+
+
 def test_peak_rss_is_the_child_processs_own():
     """A child's ``ru_maxrss`` starts at its parent's peak: a parent holding 1 GiB gave a small child more than
     1 GiB. ``VmHWM`` is the child's own."""
