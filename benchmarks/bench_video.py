@@ -33,7 +33,7 @@ import numpy as np
 
 from benchmarks.common import (add_json_flags, check_json, machine_info, machine_line, peak_rss_mib, preset,
                                run_module, write_json)
-from utils.cli import ArgumentParser, UserError, clip_frames, positive_int, run_main
+from utils.cli import ArgumentParser, UserError, clip_frames, positive_int, require_folder, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -167,9 +167,7 @@ def part_speed(args, tmp: Path, ckpt: Path) -> dict:
 def demo_inputs(demo_dir: Path) -> tuple[Path, Path]:
     """The checkpoint and held-out set of a ``make demo`` folder, refused before any part runs."""
     ckpt, data = demo_dir / "train" / "checkpoint_best.pth", demo_dir / "data"
-    if not demo_dir.is_dir():
-        raise UserError(f"--demo_dir {demo_dir}: {'not a folder' if demo_dir.exists() else 'folder does not exist'}"
-                        " (give the folder make demo writes)")
+    require_folder(demo_dir, "--demo_dir", "give the folder make demo writes")
     if not ckpt.is_file() or not data.is_dir():
         raise UserError(f"--demo_dir {demo_dir}: expected train/checkpoint_best.pth and data/ in it (run make demo)")
     return ckpt, data

@@ -28,7 +28,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from utils.cli import ArgumentParser, UserError, run_main
+from utils.cli import ArgumentParser, UserError, require_folder, run_main
 from utils.outputs import check_output_dir
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
@@ -61,9 +61,7 @@ def check_out(out: Path, mirror: Path, overwrite: bool) -> None:
 
 def extract(mirror: Path, commit: str, out: Path) -> Path:
     """Write ``out/medvt/avos`` and ``out/shims``; return ``out``. A bad mirror or commit is a UserError."""
-    if not mirror.is_dir():
-        raise UserError(f"--mirror {mirror}: {'not a folder' if mirror.exists() else 'folder does not exist'} "
-                        "(give the git folder of a rkyuca/medvt mirror)")
+    require_folder(mirror, "--mirror", "give the git folder of a rkyuca/medvt mirror")
     probe = subprocess.run(["git", "-C", str(mirror), "cat-file", "-e", f"{commit}^{{tree}}:avos"],
                            capture_output=True, text=True)
     if probe.returncode != 0:

@@ -250,6 +250,13 @@ def require_file(path: str | Path | None, flag: str) -> Path:
     return Path(path)
 
 
+def require_folder(path: str | Path, flag: str, hint: str) -> Path:
+    """An input folder given by ``flag``, or the error a user reads (``hint``: what to give instead)."""
+    if not Path(path).is_dir():
+        raise UserError(f"{flag} {path}: {'not a folder' if Path(path).exists() else 'folder does not exist'} ({hint})")
+    return Path(path)
+
+
 def refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, dests: Sequence[str],
                   applies_to: str, argv: Sequence[str] | None = None) -> None:
     """Flags that do nothing in this run (``dests`` written in ``argv``, default the command line, or

@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def repository_script(main: str | None, root: Path = ROOT) -> bool:
     """Whether ``main`` (the file Python runs) is a script of this repository under ``root``, not a tool of an
     environment kept in it (``.venv/bin/pytest``: a test session keeps its own handling of Ctrl-C)."""
-    if not main or not Path(os.path.realpath(main)).is_relative_to(root):
+    path = Path(os.path.realpath(main)) if main else None
+    if path is None or not path.is_relative_to(root):
         return False
-    parts = Path(os.path.realpath(main)).relative_to(root).parts
+    parts = path.relative_to(root).parts
     return not (root / parts[0] / "pyvenv.cfg").exists() and not {"site-packages", "dist-packages"} & set(parts)
 
 
